@@ -1,0 +1,37 @@
+"""file_dataset: explicit, eager and fast reads and writes of file DataFrames.
+
+A *file DataFrame* is a pandas DataFrame with an ``id`` column and one column per file
+name, whose cells are ``s3://bucket/key`` URLs (or local paths). ``reader`` pulls those
+files into a temporary directory or into PyArrow tables, ``write_files`` pushes local
+files back, and ``Pipeline`` does both around a function of local files, row by row.
+Ray Data integration lives in ``file_dataset.ray``.
+"""
+
+from file_dataset._errors import (
+    FileDatasetError,
+    InvalidInputError,
+    ObjectAccessDeniedError,
+    ObjectNotFoundError,
+    TransferError,
+)
+from file_dataset._options import Options
+from file_dataset._pipeline import Pipeline, RowFailure
+from file_dataset._reader import FileReader, reader
+from file_dataset._writer import write_files
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FileDatasetError",
+    "FileReader",
+    "InvalidInputError",
+    "ObjectAccessDeniedError",
+    "ObjectNotFoundError",
+    "Options",
+    "Pipeline",
+    "RowFailure",
+    "TransferError",
+    "__version__",
+    "reader",
+    "write_files",
+]

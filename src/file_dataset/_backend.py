@@ -1,0 +1,85 @@
+"""The small interface every storage backend implements.
+
+The reader, writer and pipeline never look at a URL's scheme: they ask
+:func:`backend_for` for the backend of a location and call these few methods. A
+different transport (another S3 client library, another cloud) is one new class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from file_dataset._options import Options
+from file_dataset._urls import Location
+
+
+class Backend(Protocol):
+    """Reads and writes whole objects or byte ranges of one kind of storage."""
+
+    def read_first(self, loc: Location, length: int) -> tuple[bytes | bytearray, int]:
+        """Reads up to ``length`` bytes from the start of an object in one request.
+
+        Args:
+            loc: The object.
+            length: The most bytes to read.
+
+        Returns:
+            The bytes read and the object's total size. When the total is not more
+            than ``length`` the bytes are the whole object.
+        """
+        ...
+
+    def read_into(self, loc: Location, start: int, view: memoryview) -> None:
+        """Fills ``view`` with the object's bytes from ``start`` (a ranged GET)."""
+        ...
+
+    def size(self, loc: Location) -> int:
+        """The object's size in bytes, without reading its content (a HEAD)."""
+        ...
+
+    def write(self, src: Path, loc: Location) -> None:
+        """Writes a whole local file to ``loc`` in one request (atomic for local paths)."""
+        ...
+
+    def multipart_start(self, loc: Location) -> str:
+        """Starts a multipart write and returns its id."""
+        ...
+
+    def multipart_part(
+        self, loc: Location, upload_id: str, number: int, src: Path, start: int, length: int
+    ) -> str:
+        """Writes part ``number`` (from 1) from a byte range of ``src``; returns its ETag."""
+        ...
+
+    def multipart_complete(self, loc: Location, upload_id: str, etags: list[str]) -> None:
+        """Completes a multipart write from its parts' ETags, in part order."""
+        ...
+
+    def multipart_abort(self, loc: Location, upload_id: str) -> None:
+        """Abandons a multipart write; its parts are discarded."""
+        ...
+
+    @property
+    def supports_multipart(self) -> bool:
+        """Whether large writes should be split into parts."""
+        ...
+
+
+def backend_for(loc: Location, options: Options) -> Backend:
+    """The backend that serves ``loc``.
+
+    Args:
+        loc: A parsed location.
+        options: The options the backend uses.
+
+    Returns:
+        A backend instance (cheap to create).
+    """
+    if loc.is_s3:
+        from file_dataset._s3 import S3Backend
+
+        return S3Backend(options)
+    from file_dataset._local import LocalBackend
+
+    return LocalBackend()

@@ -1,0 +1,103 @@
+"""Exceptions raised by file_dataset.
+
+Every exception also inherits the built-in exception that means the same thing, so
+``except FileNotFoundError`` or ``except ValueError`` work as expected::
+
+    FileDatasetError
+    ├── InvalidInputError (ValueError)      bad URL, name, id or file DataFrame
+    └── TransferError (OSError)             a read or write of one object failed
+        ├── ObjectNotFoundError (FileNotFoundError)
+        └── ObjectAccessDeniedError (PermissionError)
+
+Transfer errors carry the ``url``, and where known the ``row_id`` and ``column`` of the
+object, as attributes and in their message. Messages never contain credentials.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FileDatasetError",
+    "InvalidInputError",
+    "ObjectAccessDeniedError",
+    "ObjectNotFoundError",
+    "TransferError",
+]
+
+
+class FileDatasetError(Exception):
+    """Base class of every exception raised by file_dataset."""
+
+
+class InvalidInputError(FileDatasetError, ValueError):
+    """A URL, file name, row id or file DataFrame is not valid."""
+
+
+def _describe(operation: str, url: str, row_id: str | None, column: str | None) -> str:
+    where = []
+    if row_id is not None:
+        where.append(f"row id {row_id!r}")
+    if column is not None:
+        where.append(f"column {column!r}")
+    suffix = f" ({', '.join(where)})" if where else ""
+    return f"{operation} {url}{suffix}"
+
+
+class TransferError(FileDatasetError, OSError):
+    """Reading or writing one object failed.
+
+    Attributes:
+        url: The object's URL or local path.
+        row_id: The id of the row the object belongs to, when known.
+        column: The file column (file name) of the object, when known.
+        operation: What was being done: ``"read"``, ``"head"`` or ``"write"``.
+        reason: A short description of the cause.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        reason: str,
+        *,
+        operation: str = "read",
+        row_id: str | None = None,
+        column: str | None = None,
+    ) -> None:
+        self.url = url
+        self.reason = reason
+        self.operation = operation
+        self.row_id = row_id
+        self.column = column
+        super().__init__(f"{_describe(f'cannot {operation}', url, row_id, column)}: {reason}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only arguments do not survive the default pickling of exceptions,
+        # and Ray ships exceptions between processes.
+        return (
+            _rebuild_transfer_error,
+            (type(self), self.url, self.reason, self.operation, self.row_id, self.column),
+        )
+
+    def with_context(self, row_id: str | None, column: str | None) -> TransferError:
+        """Returns a copy of this error that names the row id and column."""
+        return type(self)(
+            self.url, self.reason, operation=self.operation, row_id=row_id, column=column
+        )
+
+
+def _rebuild_transfer_error(
+    cls: type[TransferError],
+    url: str,
+    reason: str,
+    operation: str,
+    row_id: str | None,
+    column: str | None,
+) -> TransferError:
+    return cls(url, reason, operation=operation, row_id=row_id, column=column)
+
+
+class ObjectNotFoundError(TransferError, FileNotFoundError):
+    """The object (or its bucket, or the local file) does not exist."""
+
+
+class ObjectAccessDeniedError(TransferError, PermissionError):
+    """The credentials in use may not read or write the object."""

@@ -1,0 +1,151 @@
+"""Validation of file DataFrames and rows: ids, file names and URLs.
+
+A *file DataFrame* has an ``id`` column (unique, non-null; used as a string) and any
+number of file columns whose names are file names and whose cells are URLs or
+local paths; a null cell means "no file". A *row* is a mapping of file name to URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from file_dataset._errors import InvalidInputError
+from file_dataset._urls import Location, check_component, is_null, parse_url
+
+ID_COLUMN = "id"
+
+
+@dataclass(frozen=True)
+class FileTable:
+    """A validated file DataFrame or row.
+
+    Attributes:
+        ids: The row ids as strings, or ``None`` for a single row given as a mapping.
+        columns: The file names (file columns), in order.
+        cells: One list per row, one location (or ``None``) per file column.
+    """
+
+    ids: list[str] | None
+    columns: list[str]
+    cells: list[list[Location | None]]
+
+    def row_id(self, index: int) -> str | None:
+        """The id of row ``index`` (``None`` for a single row)."""
+        return None if self.ids is None else self.ids[index]
+
+
+def _cell(value: Any, row_id: str | None, column: str) -> Location | None:
+    if is_null(value):
+        return None
+    try:
+        return parse_url(value)
+    except InvalidInputError as e:
+        where = f"row id {row_id!r}, " if row_id is not None else ""
+        raise InvalidInputError(f"{where}column {column!r}: {e}") from None
+
+
+def parse_cells(columns: list[str], values: list[Any], row_id: str | None) -> list[Location | None]:
+    """Parses one row's cells (``None`` for null cells).
+
+    Raises:
+        InvalidInputError: A cell is not a URL or path; the message names the row id,
+            the column and the value.
+    """
+    return [_cell(value, row_id, column) for column, value in zip(columns, values, strict=True)]
+
+
+def check_ids(values: Any) -> list[str]:
+    """Validates an ``id`` column and returns the ids as strings.
+
+    Raises:
+        InvalidInputError: An id is null, repeated, or not usable as a path component.
+    """
+    ids: list[str] = []
+    for position, value in enumerate(values):
+        if is_null(value):
+            raise InvalidInputError(f"the 'id' column has a null value at position {position}")
+        ids.append(check_component(value, "id"))
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        repeated = sorted({i for i in ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
+        raise InvalidInputError(f"the 'id' column must be unique; repeated ids: {repeated[:10]}")
+    return ids
+
+
+def check_frame(frame: pd.DataFrame) -> list[str]:
+    """Checks a file DataFrame's ``id`` column and file column names.
+
+    Args:
+        frame: The file DataFrame.
+
+    Returns:
+        The ids as strings.
+
+    Raises:
+        InvalidInputError: No ``id`` column, or a bad id or column name.
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise InvalidInputError(f"expected a pandas DataFrame, got {type(frame).__name__}")
+    if ID_COLUMN not in frame.columns:
+        raise InvalidInputError(
+            "a file DataFrame needs an 'id' column (unique, non-null); "
+            f"columns are {list(frame.columns)}"
+        )
+    if list(frame.columns).count(ID_COLUMN) > 1:
+        raise InvalidInputError("a file DataFrame must have exactly one 'id' column")
+    for column in frame.columns:
+        if column != ID_COLUMN:
+            if not isinstance(column, str):
+                raise InvalidInputError(f"file column names must be strings, got {column!r}")
+            check_component(column, "file name")
+    return check_ids(frame[ID_COLUMN].tolist())
+
+
+def parse_frame(frame: pd.DataFrame) -> FileTable:
+    """Validates a file DataFrame and parses every cell.
+
+    Raises:
+        InvalidInputError: See :func:`check_frame`; or a cell is not a URL or path
+            (the message names the row id, the column and the value).
+    """
+    ids = check_frame(frame)
+    columns = [str(c) for c in frame.columns if c != ID_COLUMN]
+    rows = frame_rows(frame, columns)
+    cells = [parse_cells(columns, values, row_id) for values, row_id in zip(rows, ids, strict=True)]
+    return FileTable(ids, columns, cells)
+
+
+def frame_rows(frame: pd.DataFrame, columns: list[str]) -> list[list[Any]]:
+    """The raw cells of ``columns``, one list per row."""
+    data = [frame[c].tolist() for c in columns]
+    return (
+        [list(values) for values in zip(*data, strict=True)] if data else [[] for _ in frame.index]
+    )
+
+
+def parse_row(row: Mapping[str, Any] | pd.Series) -> FileTable:
+    """Validates a single row: a mapping of file name to URL (an ``id`` entry is ignored).
+
+    Raises:
+        InvalidInputError: A name is not a safe file name or a value not a URL or path.
+    """
+    if isinstance(row, pd.Series):
+        row = {str(k): v for k, v in row.items()}
+    if not isinstance(row, Mapping):
+        raise InvalidInputError(
+            f"expected a mapping of file name to URL or a DataFrame, got {type(row).__name__}"
+        )
+    columns: list[str] = []
+    cells: list[Location | None] = []
+    for name, value in row.items():
+        if name == ID_COLUMN:
+            continue
+        if not isinstance(name, str):
+            raise InvalidInputError(f"file names must be strings, got {name!r}")
+        columns.append(check_component(name, "file name"))
+        cells.append(_cell(value, None, name))
+    return FileTable(None, columns, [cells])

@@ -1,0 +1,101 @@
+"""Local files as a storage backend."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
+from file_dataset._urls import Location
+
+
+def translate_os_error(error: OSError, url: str, operation: str) -> TransferError:
+    """Turns an ``OSError`` into the matching file_dataset error."""
+    reason = error.strerror or str(error)
+    if isinstance(error, FileNotFoundError) or error.errno == errno.ENOENT:
+        return ObjectNotFoundError(url, "no such file", operation=operation)
+    if isinstance(error, PermissionError):
+        return ObjectAccessDeniedError(url, "permission denied", operation=operation)
+    return TransferError(url, reason, operation=operation)
+
+
+def atomic_copy(src: Path, dest: Path) -> None:
+    """Copies ``src`` to ``dest`` through a temporary name in the same folder.
+
+    No partial file is ever visible at ``dest``: it appears complete, or not at all.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 8 * 1024 * 1024)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class LocalBackend:
+    """Reads and writes files on the local file system."""
+
+    supports_multipart = False
+
+    def read_first(self, loc: Location, length: int) -> tuple[bytes | bytearray, int]:
+        try:
+            with open(loc.path, "rb") as f:
+                total = os.fstat(f.fileno()).st_size
+                if total <= length:
+                    buf = bytearray(total)
+                    f.readinto(buf)
+                    return buf, total
+                return f.read(length), total
+        except IsADirectoryError as e:
+            raise TransferError(str(loc), "is a directory, not a file") from e
+        except OSError as e:
+            raise translate_os_error(e, str(loc), "read") from e
+
+    def read_into(self, loc: Location, start: int, view: memoryview) -> None:
+        try:
+            with open(loc.path, "rb", buffering=0) as f:
+                f.seek(start)
+                done = 0
+                while done < len(view):
+                    n = f.readinto(view[done:])
+                    if not n:
+                        raise TransferError(str(loc), "file shrank while being read")
+                    done += n
+        except OSError as e:
+            if isinstance(e, TransferError):
+                raise
+            raise translate_os_error(e, str(loc), "read") from e
+
+    def size(self, loc: Location) -> int:
+        try:
+            return os.stat(loc.path).st_size
+        except OSError as e:
+            raise translate_os_error(e, str(loc), "head") from e
+
+    def write(self, src: Path, loc: Location) -> None:
+        try:
+            atomic_copy(src, loc.path)
+        except OSError as e:
+            raise translate_os_error(e, str(loc), "write") from e
+
+    def multipart_start(self, loc: Location) -> str:
+        raise NotImplementedError
+
+    def multipart_part(
+        self, loc: Location, upload_id: str, number: int, src: Path, start: int, length: int
+    ) -> str:
+        raise NotImplementedError
+
+    def multipart_complete(self, loc: Location, upload_id: str, etags: list[str]) -> None:
+        raise NotImplementedError
+
+    def multipart_abort(self, loc: Location, upload_id: str) -> None:
+        raise NotImplementedError

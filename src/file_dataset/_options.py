@@ -1,0 +1,249 @@
+"""Picklable boto3 configuration shared by every read and write."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = ["Options"]
+
+_MiB = 1024 * 1024
+_SECRET_KEYS = frozenset({"aws_secret_access_key", "aws_session_token", "aws_access_key_id"})
+# boto3.Session() and Session.client() are not thread-safe.
+_CREATE_LOCK = threading.Lock()
+
+
+def _freeze(value: Any) -> Any:
+    """Turns nested configuration into something hashable and comparable."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, set | frozenset):
+        return tuple(sorted(map(repr, value)))
+    provided = getattr(value, "_user_provided_options", None)  # botocore.config.Config
+    if isinstance(provided, dict):
+        return (type(value).__name__, _freeze(provided))
+    return value
+
+
+def _masked(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: ("***" if k in _SECRET_KEYS and v is not None else v) for k, v in kwargs.items()}
+
+
+class Options:
+    """How file_dataset talks to S3: boto3 session and client settings plus concurrency.
+
+    Options are plain values: they compare and hash by value and pickle (also with
+    cloudpickle) by their constructor arguments only. Live objects (boto3 sessions,
+    S3 clients, the thread pool) are created lazily on first use in each process: one
+    boto3 session and S3 client per thread, reused across calls, each client with a
+    connection pool sized to ``max_concurrency``.
+
+    ``repr()`` masks credentials, and no message of this library contains them.
+
+    Args:
+        session_kwargs: Keyword arguments for ``boto3.Session()`` (for example
+            ``region_name``, ``profile_name`` or explicit keys).
+        s3_client_kwargs: Keyword arguments for ``session.client("s3")`` (for example
+            ``endpoint_url``). A ``config`` (``botocore.config.Config``) given here is
+            merged over the retry and pool settings below.
+        max_concurrency: The most objects or parts transferred at once by one call.
+        part_size: The size of each ranged GET and multipart-upload part.
+        multipart_threshold: Objects larger than this are read with parallel ranged
+            GETs and written with multipart uploads; smaller ones take one request.
+        retry_mode: botocore retry mode: ``"adaptive"`` (default), ``"standard"`` or
+            ``"legacy"``.
+        max_attempts: botocore's total attempts per request, including the first.
+
+    Examples:
+        >>> options = Options(s3_client_kwargs={"endpoint_url": "http://127.0.0.1:9000"})
+        >>> import pickle
+        >>> pickle.loads(pickle.dumps(options)) == options
+        True
+    """
+
+    __slots__ = (
+        "_executor",
+        "_local",
+        "_pid",
+        "_setup_lock",
+        "max_attempts",
+        "max_concurrency",
+        "multipart_threshold",
+        "part_size",
+        "retry_mode",
+        "s3_client_kwargs",
+        "session_kwargs",
+    )
+
+    def __init__(
+        self,
+        session_kwargs: Mapping[str, Any] | None = None,
+        s3_client_kwargs: Mapping[str, Any] | None = None,
+        *,
+        max_concurrency: int = 32,
+        part_size: int = 8 * _MiB,
+        multipart_threshold: int = 16 * _MiB,
+        retry_mode: str = "adaptive",
+        max_attempts: int = 8,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        if part_size < 5 * _MiB:
+            raise ValueError(f"part_size must be at least 5 MiB (S3's minimum), got {part_size}")
+        if multipart_threshold < part_size:
+            raise ValueError("multipart_threshold must be at least part_size")
+        if retry_mode not in ("adaptive", "standard", "legacy"):
+            raise ValueError(f"unknown retry_mode {retry_mode!r}")
+        self.session_kwargs: dict[str, Any] = dict(session_kwargs or {})
+        self.s3_client_kwargs: dict[str, Any] = dict(s3_client_kwargs or {})
+        self.max_concurrency = int(max_concurrency)
+        self.part_size = int(part_size)
+        self.multipart_threshold = int(multipart_threshold)
+        self.retry_mode = retry_mode
+        self.max_attempts = int(max_attempts)
+        self._reset_runtime()
+
+    @classmethod
+    def default(cls, *, freeze_credentials: bool = True, **kwargs: Any) -> Options:
+        """The recommended options: adaptive retries and frozen default credentials.
+
+        The credentials that the default boto3 session resolves here (environment,
+        profile, instance role, …) are frozen into ``session_kwargs``, together with
+        its region, so that Ray workers started elsewhere use the same identity. Frozen
+        temporary credentials expire; pass ``freeze_credentials=False`` to let every
+        worker resolve its own.
+
+        Args:
+            freeze_credentials: Whether to capture the default session's credentials.
+            **kwargs: Any other ``Options`` argument.
+
+        Returns:
+            The options.
+        """
+        session_kwargs = dict(kwargs.pop("session_kwargs", None) or {})
+        if freeze_credentials:
+            import boto3
+
+            with _CREATE_LOCK:
+                session = boto3.Session(**session_kwargs)
+            credentials = session.get_credentials()
+            if credentials is not None:
+                frozen = credentials.get_frozen_credentials()
+                session_kwargs.update(
+                    aws_access_key_id=frozen.access_key,
+                    aws_secret_access_key=frozen.secret_key,
+                    aws_session_token=frozen.token,
+                )
+                session_kwargs.pop("profile_name", None)
+            if session.region_name and "region_name" not in session_kwargs:
+                session_kwargs["region_name"] = session.region_name
+        kwargs.setdefault("retry_mode", "adaptive")
+        return cls(session_kwargs=session_kwargs, **kwargs)
+
+    # --- live objects -------------------------------------------------------------
+
+    def _reset_runtime(self) -> None:
+        self._local = threading.local()
+        self._setup_lock = threading.Lock()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pid = os.getpid()
+
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():  # a forked child must not reuse the parent's pool
+            self._reset_runtime()
+
+    def s3_client(self) -> S3Client:
+        """The S3 client of the calling thread, created on first use.
+
+        Returns:
+            A boto3 S3 client configured from these options.
+        """
+        self._check_fork()
+        client: S3Client | None = getattr(self._local, "client", None)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                retries={"mode": self.retry_mode, "max_attempts": self.max_attempts},  # type: ignore[arg-type]
+                max_pool_connections=self.max_concurrency,
+                tcp_keepalive=True,
+            )
+            client_kwargs = dict(self.s3_client_kwargs)
+            user_config = client_kwargs.pop("config", None)
+            if user_config is not None:
+                config = config.merge(user_config)
+            with _CREATE_LOCK:
+                session = boto3.Session(**self.session_kwargs)
+                client = session.client("s3", config=config, **client_kwargs)
+            self._local.client = client
+        return client
+
+    def executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The bounded thread pool that carries this process's transfers.
+
+        Returns:
+            A pool of ``max_concurrency`` threads, created on first use.
+        """
+        self._check_fork()
+        if self._executor is None:
+            with self._setup_lock:
+                if self._executor is None:
+                    self._executor = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=self.max_concurrency, thread_name_prefix="file_dataset"
+                    )
+        return self._executor
+
+    # --- value semantics ----------------------------------------------------------
+
+    def _key(self) -> tuple[Any, ...]:
+        return (
+            _freeze(self.session_kwargs),
+            _freeze(self.s3_client_kwargs),
+            self.max_concurrency,
+            self.part_size,
+            self.multipart_threshold,
+            self.retry_mode,
+            self.max_attempts,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Options):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "session_kwargs": self.session_kwargs,
+            "s3_client_kwargs": self.s3_client_kwargs,
+            "max_concurrency": self.max_concurrency,
+            "part_size": self.part_size,
+            "multipart_threshold": self.multipart_threshold,
+            "retry_mode": self.retry_mode,
+            "max_attempts": self.max_attempts,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+        self._reset_runtime()
+
+    def __repr__(self) -> str:
+        return (
+            f"Options(session_kwargs={_masked(self.session_kwargs)!r}, "
+            f"s3_client_kwargs={_masked(self.s3_client_kwargs)!r}, "
+            f"max_concurrency={self.max_concurrency}, part_size={self.part_size}, "
+            f"multipart_threshold={self.multipart_threshold}, "
+            f"retry_mode={self.retry_mode!r}, max_attempts={self.max_attempts})"
+        )

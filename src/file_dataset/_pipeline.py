@@ -1,0 +1,274 @@
+"""Pipeline: download a row's files, run a function on local files, upload its outputs."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from file_dataset._errors import InvalidInputError
+from file_dataset._frame import ID_COLUMN, FileTable, check_frame, frame_rows, parse_cells
+from file_dataset._options import Options
+from file_dataset._reader import FileReader
+from file_dataset._urls import check_component, is_null, parse_url
+from file_dataset._writer import write_files
+
+__all__ = ["Pipeline", "RowFailure"]
+
+logger = logging.getLogger("file_dataset")
+
+UserFunction = Callable[[Path, Path], Mapping[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class RowFailure:
+    """A row that a :class:`Pipeline` dropped.
+
+    Attributes:
+        id: The row's id.
+        stage: Where it failed: ``"read"``, ``"fn"`` or ``"write"``.
+        error: The exception.
+    """
+
+    id: str
+    stage: str
+    error: BaseException
+
+
+class _RowError(Exception):
+    def __init__(self, row_id: str, stage: str, error: BaseException) -> None:
+        super().__init__(row_id, stage, error)
+        self.failure = RowFailure(row_id, stage, error)
+
+
+class Pipeline:
+    """Runs a function on local files for every row of a file DataFrame.
+
+    For each row, in order: the row's files are downloaded into a fresh input
+    directory (``<input_dir>/<file name>``; null cells are absent), ``fn(input_dir,
+    output_dir)`` is called with a fresh, empty output directory, and the files it
+    returns are written with :func:`write_files` to ``<into_path>/<id>/<name>``. Both
+    directories are removed after the row. The next row's download and the previous
+    row's upload run while ``fn`` works (at most one row ahead and one behind, so disk
+    use stays bounded); ``fn`` is always called in row order, on the calling thread.
+
+    A row that fails anywhere (download, ``fn``, a returned path that is not a file,
+    upload) is dropped from the output and logged at WARNING with its id and reason,
+    unless ``on_error="raise"``. The failures of the last call are kept in
+    :attr:`last_failures`.
+
+    Pipelines pickle (by their arguments), so they can be passed to Ray Data's
+    ``map_batches(..., batch_format="pandas")``.
+
+    Args:
+        fn: ``fn(input_dir, output_dir) -> {output file name: local path}``.
+        write_options: ``{"into_path": "s3://bucket/prefix"}`` (or a local folder);
+            may also hold ``"options"``, the :class:`Options` used for writing.
+        options: S3 settings for reading (and writing, unless ``write_options`` has
+            its own); ``Options()`` when omitted.
+        on_error: ``"drop"`` (default) to drop failed rows, ``"raise"`` to re-raise.
+
+    Examples:
+        >>> pipeline = Pipeline(resample, write_options={"into_path": "s3://b/out/"})
+        >>> outputs = pipeline(files_dataframe)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        fn: UserFunction,
+        write_options: Mapping[str, Any],
+        options: Options | None = None,
+        *,
+        on_error: Literal["drop", "raise"] = "drop",
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        if "into_path" not in write_options:
+            raise InvalidInputError("write_options needs an 'into_path'")
+        unknown = set(write_options) - {"into_path", "options"}
+        if unknown:
+            raise InvalidInputError(f"unknown write_options: {sorted(unknown)}")
+        parse_url(write_options["into_path"], prefix=True)
+        if on_error not in ("drop", "raise"):
+            raise InvalidInputError(f"on_error must be 'drop' or 'raise', got {on_error!r}")
+        self.fn = fn
+        self.write_options = dict(write_options)
+        self.options = options if options is not None else Options()
+        self.on_error = on_error
+        self.last_failures: list[RowFailure] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["last_failures"] = []
+        return state
+
+    def __repr__(self) -> str:
+        name = getattr(self.fn, "__qualname__", repr(self.fn))
+        return (
+            f"Pipeline(fn={name}, into_path={str(self.write_options['into_path'])!r}, "
+            f"on_error={self.on_error!r})"
+        )
+
+    # --- stages -------------------------------------------------------------------
+
+    def _download(self, columns: list[str], values: list[Any], row_id: str) -> Path:
+        input_dir = Path(tempfile.mkdtemp(prefix=f"file_dataset-in-{row_id}-"))
+        try:
+            cells = parse_cells(columns, values, row_id)
+            FileReader(FileTable(None, columns, [cells]), self.options).download_to(input_dir)
+        except BaseException as e:
+            shutil.rmtree(input_dir, ignore_errors=True)
+            raise _RowError(row_id, "read", e) from e
+        return input_dir
+
+    def _run_fn(self, row_id: str, input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        try:
+            returned = self.fn(input_dir, output_dir)
+            if returned is None:
+                return {}
+            if not isinstance(returned, Mapping):
+                raise TypeError(
+                    f"fn must return a mapping of file name to path, got {type(returned).__name__}"
+                )
+            outputs: dict[str, Path] = {}
+            for name, path in returned.items():
+                if not isinstance(name, str):
+                    raise InvalidInputError(f"fn returned a non-string file name {name!r}")
+                check_component(name, "output file name")
+                if is_null(path):
+                    continue
+                local = Path(os.fspath(path))
+                if not local.is_file():
+                    raise FileNotFoundError(
+                        f"fn returned {name!r} -> {str(local)!r}, which is not an existing file"
+                    )
+                outputs[name] = local
+        except BaseException as e:
+            if not isinstance(e, Exception):
+                raise
+            raise _RowError(row_id, "fn", e) from e
+        return outputs
+
+    def _upload(self, row_id: str, outputs: dict[str, Path], output_dir: Path) -> dict[str, str]:
+        try:
+            written = write_files(
+                outputs,
+                self.write_options["into_path"],
+                row_id,
+                self.write_options.get("options", self.options),
+            )
+            return {name: str(dest) for name, dest in written.items()}
+        except Exception as e:
+            raise _RowError(row_id, "write", e) from e
+        finally:
+            shutil.rmtree(output_dir, ignore_errors=True)
+
+    # --- driver -------------------------------------------------------------------
+
+    def __call__(self, file_dataframe: pd.DataFrame) -> pd.DataFrame:
+        """Processes every row and returns the written outputs.
+
+        Args:
+            file_dataframe: A file DataFrame: a unique, non-null ``id`` column plus one
+                column per input file name. Every column except ``id`` is a file column.
+
+        Returns:
+            A DataFrame with ``id`` (string) and one column per output file name
+            (``s3://`` URLs or local paths, as strings; null where a row had no such
+            output), one row per successful input row, in input order. It is a file
+            DataFrame, so it can feed another Pipeline.
+
+        Raises:
+            ValueError: The DataFrame is not a valid file DataFrame (checked before
+                any row is processed).
+            Exception: The first row's failure, when ``on_error="raise"``.
+        """
+        ids = check_frame(file_dataframe)
+        columns = [str(c) for c in file_dataframe.columns if c != ID_COLUMN]
+        values = frame_rows(file_dataframe, columns)
+        self.last_failures = []
+        rows: list[dict[str, str]] = []
+        with concurrent.futures.ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="file_dataset-pipeline"
+        ) as stages:
+            downloads: dict[int, concurrent.futures.Future[Path]] = {}
+            upload: concurrent.futures.Future[dict[str, str]] | None = None
+            upload_id = ""
+            try:
+                for index, row_id in enumerate(ids):
+                    for ahead in (index, index + 1):
+                        if ahead < len(ids) and ahead not in downloads:
+                            downloads[ahead] = stages.submit(
+                                self._download, columns, values[ahead], ids[ahead]
+                            )
+                    output_dir: Path | None = None
+                    try:
+                        input_dir = downloads.pop(index).result()
+                        try:
+                            output_dir = Path(
+                                tempfile.mkdtemp(prefix=f"file_dataset-out-{row_id}-")
+                            )
+                            outputs = self._run_fn(row_id, input_dir, output_dir)
+                        finally:
+                            shutil.rmtree(input_dir, ignore_errors=True)
+                    except _RowError as e:
+                        if output_dir is not None:
+                            shutil.rmtree(output_dir, ignore_errors=True)
+                        self._fail(e)
+                        continue
+                    if upload is not None:
+                        self._collect(upload, upload_id, rows)
+                    upload, upload_id = (
+                        stages.submit(self._upload, row_id, outputs, output_dir),
+                        row_id,
+                    )
+                if upload is not None:
+                    pending, upload = upload, None
+                    self._collect(pending, upload_id, rows)
+            finally:
+                for future in downloads.values():
+                    with contextlib.suppress(BaseException):  # the row is abandoned anyway
+                        shutil.rmtree(future.result(), ignore_errors=True)
+                if upload is not None:
+                    concurrent.futures.wait([upload])
+        return _output_frame(rows)
+
+    def _collect(
+        self,
+        upload: concurrent.futures.Future[dict[str, str]],
+        row_id: str,
+        rows: list[dict[str, str]],
+    ) -> None:
+        try:
+            rows.append({ID_COLUMN: row_id, **upload.result()})
+        except _RowError as e:
+            self._fail(e)
+
+    def _fail(self, error: _RowError) -> None:
+        failure = error.failure
+        self.last_failures.append(failure)
+        if self.on_error == "raise":
+            raise failure.error
+        logger.warning(
+            "file_dataset.Pipeline dropped row id %r (%s failed): %s",
+            failure.id,
+            failure.stage,
+            failure.error,
+        )
+
+
+def _output_frame(rows: list[dict[str, str]]) -> pd.DataFrame:
+    columns: dict[str, None] = {ID_COLUMN: None}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    frame = pd.DataFrame(rows, columns=list(columns), dtype=object)
+    return frame.astype({ID_COLUMN: str}) if len(frame) else frame

@@ -1,0 +1,177 @@
+"""S3 (and S3-compatible servers) as a storage backend, through boto3."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NoReturn
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
+from file_dataset._options import Options
+from file_dataset._urls import Location
+
+_NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchUpload"})
+_DENIED = frozenset(
+    {
+        "AccessDenied",
+        "Forbidden",
+        "403",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AllAccessDisabled",
+        "ExpiredToken",
+        "InvalidToken",
+    }
+)
+
+
+def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
+    """Raises the file_dataset error that matches a botocore error, chained to it."""
+    if isinstance(error, ClientError):
+        info = error.response.get("Error", {})
+        code = str(info.get("Code", ""))
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        message = info.get("Message") or ""
+        reason = f"{code or status}{': ' + message if message else ''}"
+        if code in _NOT_FOUND or status == 404:
+            if code == "NoSuchBucket":
+                reason = "the bucket does not exist"
+            raise ObjectNotFoundError(url, reason or "not found", operation=operation) from error
+        if code in _DENIED or status == 403:
+            raise ObjectAccessDeniedError(
+                url,
+                f"access denied ({code or status}); check the credentials in Options",
+                operation=operation,
+            ) from error
+        raise TransferError(url, reason, operation=operation) from error
+    if isinstance(error, BotoCoreError):
+        raise TransferError(url, f"{type(error).__name__}: {error}", operation=operation) from error
+    raise TransferError(url, f"{type(error).__name__}: {error}", operation=operation) from error
+
+
+def _fill(body: Any, view: memoryview, url: str) -> None:
+    """Reads a response body straight into ``view`` (no intermediate bytes object)."""
+    raw = getattr(body, "_raw_stream", None)
+    done = 0
+    try:
+        if raw is not None and hasattr(raw, "readinto"):
+            while done < len(view):
+                n = raw.readinto(view[done:])
+                if not n:
+                    break
+                done += n
+        else:
+            while done < len(view):
+                chunk = body.read(min(len(view) - done, 1 << 20))
+                if not chunk:
+                    break
+                view[done : done + len(chunk)] = chunk
+                done += len(chunk)
+    finally:
+        body.close()
+    if done != len(view):
+        raise TransferError(url, f"connection closed after {done} of {len(view)} bytes")
+
+
+class S3Backend:
+    """Reads and writes S3 objects with the calling thread's boto3 client."""
+
+    supports_multipart = True
+
+    def __init__(self, options: Options) -> None:
+        self._options = options
+
+    def read_first(self, loc: Location, length: int) -> tuple[bytes | bytearray, int]:
+        client = self._options.s3_client()
+        url = str(loc)
+        try:
+            try:
+                resp = client.get_object(
+                    Bucket=loc.bucket, Key=loc.key, Range=f"bytes=0-{length - 1}"
+                )
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") != "InvalidRange":
+                    raise
+                # A Range on an empty object is "unsatisfiable": read it plainly.
+                resp = client.get_object(Bucket=loc.bucket, Key=loc.key)
+            content_range = resp.get("ContentRange")
+            size = int(resp.get("ContentLength", 0))
+            total = int(content_range.rsplit("/", 1)[1]) if content_range else size
+            buf = bytearray(size)
+            _fill(resp["Body"], memoryview(buf), url)
+            return buf, total
+        except (ClientError, BotoCoreError) as e:
+            translate_error(e, url, "read")
+
+    def read_into(self, loc: Location, start: int, view: memoryview) -> None:
+        if not len(view):
+            return
+        url = str(loc)
+        try:
+            resp = self._options.s3_client().get_object(
+                Bucket=loc.bucket, Key=loc.key, Range=f"bytes={start}-{start + len(view) - 1}"
+            )
+            _fill(resp["Body"], view, url)
+        except (ClientError, BotoCoreError) as e:
+            translate_error(e, url, "read")
+
+    def size(self, loc: Location) -> int:
+        try:
+            resp = self._options.s3_client().head_object(Bucket=loc.bucket, Key=loc.key)
+        except (ClientError, BotoCoreError) as e:
+            translate_error(e, str(loc), "head")
+        return int(resp["ContentLength"])
+
+    def write(self, src: Path, loc: Location) -> None:
+        try:
+            with open(src, "rb") as body:
+                self._options.s3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=body)
+        except (ClientError, BotoCoreError) as e:
+            translate_error(e, str(loc), "write")
+
+    def multipart_start(self, loc: Location) -> str:
+        try:
+            resp = self._options.s3_client().create_multipart_upload(Bucket=loc.bucket, Key=loc.key)
+        except (ClientError, BotoCoreError) as e:
+            translate_error(e, str(loc), "write")
+        return str(resp["UploadId"])
+
+    def multipart_part(
+        self, loc: Location, upload_id: str, number: int, src: Path, start: int, length: int
+    ) -> str:
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            data = os.pread(fd, length, start)
+        finally:
+            os.close(fd)
+        if len(data) != length:
+            raise TransferError(str(src), "file changed while being uploaded", operation="read")
+        try:
+            resp = self._options.s3_client().upload_part(
+                Bucket=loc.bucket, Key=loc.key, UploadId=upload_id, PartNumber=number, Body=data
+            )
+        except (ClientError, BotoCoreError) as e:
+            translate_error(e, str(loc), "write")
+        return str(resp["ETag"])
+
+    def multipart_complete(self, loc: Location, upload_id: str, etags: list[str]) -> None:
+        parts = [{"ETag": etag, "PartNumber": i} for i, etag in enumerate(etags, start=1)]
+        try:
+            self._options.s3_client().complete_multipart_upload(
+                Bucket=loc.bucket,
+                Key=loc.key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+            )
+        except (ClientError, BotoCoreError) as e:
+            translate_error(e, str(loc), "write")
+
+    def multipart_abort(self, loc: Location, upload_id: str) -> None:
+        try:
+            self._options.s3_client().abort_multipart_upload(
+                Bucket=loc.bucket, Key=loc.key, UploadId=upload_id
+            )
+        except (ClientError, BotoCoreError) as e:
+            translate_error(e, str(loc), "write")

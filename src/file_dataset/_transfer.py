@@ -1,0 +1,256 @@
+"""The engine that moves bytes: many objects and parts at once on a bounded pool.
+
+Each object transfer is written as a *job*: a generator that yields lists of
+I/O calls (run in parallel on the options' thread pool) and receives their results,
+then returns its own result. The calling thread drives every job, so all
+bookkeeping happens on one thread and pool threads only do I/O; a job waiting for
+its parts never holds a pool thread, so there is no deadlock however many large
+objects are in flight.
+
+Small objects take one request (a GET of the first ``multipart_threshold`` bytes
+also tells the total size, so no HEAD is needed); larger ones continue with parallel
+ranged GETs of ``part_size`` bytes, or are written with multipart uploads.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Generator, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from file_dataset._backend import backend_for
+from file_dataset._errors import ObjectNotFoundError, TransferError
+from file_dataset._options import Options
+from file_dataset._urls import Location
+
+T = TypeVar("T")
+Call = Callable[[], Any]
+Job = Generator[list[Call], list[Any], T]
+Context = tuple[str | None, str | None]  # (row id, column) named in errors
+
+_MAX_PARTS = 10_000
+
+
+def _ranges(start: int, total: int, part_size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + part_size, total)) for s in range(start, total, part_size)]
+
+
+def read_job(loc: Location, options: Options) -> Job[bytes | bytearray]:
+    """Reads a whole object into memory."""
+    backend = backend_for(loc, options)
+    [(first, total)] = yield [partial(backend.read_first, loc, options.multipart_threshold)]
+    if total <= len(first):
+        return first  # type: ignore[no-any-return]
+    buf = bytearray(total)
+    view = memoryview(buf)
+    view[: len(first)] = first
+    del first
+    yield [
+        partial(backend.read_into, loc, s, view[s:e])
+        for s, e in _ranges(options.multipart_threshold, total, options.part_size)
+    ]
+    return buf
+
+
+def _read_part_to_file(
+    read_into: Callable[[Location, int, memoryview], None],
+    loc: Location,
+    fd: int,
+    start: int,
+    end: int,
+) -> None:
+    buf = bytearray(end - start)
+    read_into(loc, start, memoryview(buf))
+    _pwrite_all(fd, buf, start)
+
+
+def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
+    """Downloads an object to ``dest`` through a temporary name (never a partial file)."""
+    backend = backend_for(loc, options)
+    [(first, total)] = yield [partial(backend.read_first, loc, options.multipart_threshold)]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        _pwrite_all(fd, first, 0)
+        if total > len(first):
+            os.ftruncate(fd, total)
+            start = len(first)
+            del first
+            yield [
+                partial(_read_part_to_file, backend.read_into, loc, fd, s, e)
+                for s, e in _ranges(start, total, options.part_size)
+            ]
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, dest)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return dest
+
+
+def size_job(loc: Location, options: Options) -> Job[int]:
+    """Reads an object's size without its content."""
+    backend = backend_for(loc, options)
+    [size] = yield [partial(backend.size, loc)]
+    return int(size)
+
+
+def upload_job(src: Path, loc: Location, options: Options) -> Job[Location]:
+    """Writes a local file to ``loc``: one request, or a multipart upload when large."""
+    backend = backend_for(loc, options)
+    try:
+        size = os.stat(src).st_size
+    except FileNotFoundError as e:
+        raise ObjectNotFoundError(str(src), "no such local file", operation="read") from e
+    if not backend.supports_multipart or size <= options.multipart_threshold:
+        yield [partial(backend.write, src, loc)]
+        return loc
+    part_size = max(options.part_size, -(-size // _MAX_PARTS))
+    [upload_id] = yield [partial(backend.multipart_start, loc)]
+    try:
+        etags = yield [
+            partial(backend.multipart_part, loc, upload_id, number, src, s, e - s)
+            for number, (s, e) in enumerate(_ranges(0, size, part_size), start=1)
+        ]
+        yield [partial(backend.multipart_complete, loc, upload_id, etags)]
+    except BaseException:
+        with contextlib.suppress(Exception):
+            backend.multipart_abort(loc, upload_id)
+        raise
+    return loc
+
+
+class _Running:
+    __slots__ = ("error", "gen", "remaining", "results")
+
+    def __init__(self, gen: Job[Any]) -> None:
+        self.gen = gen
+        self.results: list[Any] = []
+        self.remaining = 0
+        self.error: BaseException | None = None
+
+
+def run_jobs(
+    jobs: Sequence[Job[T]],
+    options: Options,
+    contexts: Sequence[Context] | None = None,
+) -> list[T]:
+    """Runs jobs concurrently on the options' pool and returns their results in order.
+
+    On the first failure no new job is started; jobs already under way are stopped
+    at their next step (their clean-up runs: temporary files removed, multipart
+    uploads aborted) and the failure of the earliest failing job is raised, naming
+    its row id and column from ``contexts``.
+
+    Args:
+        jobs: The jobs (fresh generators).
+        options: Options giving the pool and the concurrency.
+        contexts: For each job, the (row id, column) to name in its errors.
+
+    Returns:
+        Each job's result, in the order of ``jobs``.
+
+    Raises:
+        TransferError: A job failed.
+    """
+    results: list[Any] = [None] * len(jobs)
+    if not jobs:
+        return results
+    pool = options.executor()
+    limit = 2 * options.max_concurrency
+    errors: dict[int, BaseException] = {}
+    running: dict[int, _Running] = {}
+    futures: dict[concurrent.futures.Future[Any], tuple[int, int]] = {}
+    next_job = 0
+
+    def step(index: int, job: _Running, value: list[Any] | None = None) -> None:
+        """Advances one job until it yields calls to run, or ends."""
+        while True:
+            try:
+                if job.error is not None:
+                    error, job.error = job.error, None
+                    calls = job.gen.throw(error)
+                elif errors:
+                    job.gen.close()
+                    running.pop(index, None)
+                    return
+                elif value is None:
+                    calls = next(job.gen)
+                else:
+                    calls = job.gen.send(value)
+            except StopIteration as stop:
+                results[index] = stop.value
+                running.pop(index, None)
+                return
+            except BaseException as e:
+                errors[index] = e
+                running.pop(index, None)
+                return
+            if calls:
+                job.results = [None] * len(calls)
+                job.remaining = len(calls)
+                for slot, call in enumerate(calls):
+                    futures[pool.submit(call)] = (index, slot)
+                return
+            value = []
+
+    try:
+        while True:
+            while not errors and next_job < len(jobs) and len(futures) < limit:
+                job = _Running(jobs[next_job])
+                running[next_job] = job
+                step(next_job, job)
+                next_job += 1
+            if not futures:
+                break
+            done, _ = concurrent.futures.wait(
+                futures, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for future in done:
+                index, slot = futures.pop(future)
+                job = running[index]
+                try:
+                    job.results[slot] = future.result()
+                except BaseException as e:
+                    if job.error is None:
+                        job.error = e
+                job.remaining -= 1
+                if job.remaining == 0:
+                    values, job.results = job.results, []
+                    step(index, job, values)
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        concurrent.futures.wait(futures)
+        for job in running.values():
+            job.gen.close()
+        raise
+    finally:
+        for gen in jobs:
+            gen.close()
+
+    if errors:
+        index = min(errors)
+        error = errors[index]
+        if contexts is not None and isinstance(error, TransferError):
+            row_id, column = contexts[index]
+            raise error.with_context(row_id, column) from (error.__cause__ or error)
+        raise error
+    return results

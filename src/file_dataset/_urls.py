@@ -1,0 +1,162 @@
+"""Parsing and validation of object URLs, file names and row ids.
+
+Two kinds of location are supported: ``s3://bucket/key`` (the key is used verbatim:
+spaces, unicode, ``+`` and ``%`` are never decoded) and local paths, given as ``str``,
+``os.PathLike`` or ``file://`` URLs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from file_dataset._errors import InvalidInputError
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_]{1,254}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """A parsed object location: an S3 object or a local file.
+
+    Attributes:
+        scheme: ``"s3"`` or ``"file"``.
+        bucket: The S3 bucket; empty for local files.
+        key: The S3 key (verbatim) or, for local files, the path as a string.
+    """
+
+    scheme: str
+    bucket: str
+    key: str
+
+    @property
+    def is_s3(self) -> bool:
+        """Whether the location is an S3 object."""
+        return self.scheme == "s3"
+
+    @property
+    def path(self) -> Path:
+        """The local path of a ``file`` location."""
+        return Path(self.key)
+
+    def __str__(self) -> str:
+        if self.is_s3:
+            return f"s3://{self.bucket}/{self.key}"
+        return self.key
+
+    def child(self, *parts: str) -> Location:
+        """Returns the location ``self/part/part…`` (``self`` is a prefix or folder)."""
+        if self.is_s3:
+            prefix = self.key.rstrip("/")
+            key = "/".join([prefix, *parts]) if prefix else "/".join(parts)
+            return Location("s3", self.bucket, key)
+        return Location("file", "", str(Path(self.key).joinpath(*parts)))
+
+
+def _mask(value: str) -> str:
+    """Hides a ``user:password@`` part so it never reaches a message."""
+    return re.sub(r"://[^/@]*@", "://***@", value)
+
+
+def is_null(value: Any) -> bool:
+    """Whether a cell means "no file" (``None``, NaN, ``pd.NA`` or ``NaT``)."""
+    if value is None:
+        return True
+    if isinstance(value, (str, os.PathLike)):
+        return False
+    if isinstance(value, float):
+        return math.isnan(value)
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def parse_url(value: Any, *, prefix: bool = False) -> Location:
+    """Parses an object URL or a local path.
+
+    Args:
+        value: ``s3://bucket/key``, ``file:///path``, a local path string or a
+            ``os.PathLike``.
+        prefix: Whether ``value`` is a destination prefix (then an ``s3://bucket`` with
+            no key is allowed).
+
+    Returns:
+        The parsed location.
+
+    Raises:
+        InvalidInputError: The value is not a supported URL or path.
+    """
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, bytes) or not isinstance(value, str):
+        raise InvalidInputError(
+            f"expected an s3:// URL or a local path, got {type(value).__name__} {value!r}"
+        )
+    if not value:
+        raise InvalidInputError("expected an s3:// URL or a local path, got an empty string")
+    match = _SCHEME.match(value)
+    if match is None:
+        return Location("file", "", value)
+    scheme = match.group(1).lower()
+    rest = value[match.end() :]
+    if scheme == "file":
+        parsed = urllib.parse.urlsplit(value)
+        if parsed.netloc not in ("", "localhost"):
+            raise InvalidInputError(f"file URL must name a local path: {_mask(value)!r}")
+        return Location("file", "", urllib.request.url2pathname(parsed.path))
+    if scheme not in ("s3", "s3a"):
+        raise InvalidInputError(
+            f"unsupported URL scheme {scheme!r} in {_mask(value)!r}: "
+            "use s3://bucket/key or a local path"
+        )
+    bucket, _, key = rest.partition("/")
+    if "@" in bucket or ":" in bucket:
+        raise InvalidInputError(
+            f"credentials or ports are not allowed in S3 URLs: {_mask(value)!r}; "
+            "pass credentials through file_dataset.Options"
+        )
+    if not _BUCKET.match(bucket):
+        raise InvalidInputError(f"invalid S3 bucket name in {value!r}")
+    if not key and not prefix:
+        raise InvalidInputError(f"S3 URL has no object key: {value!r}")
+    return Location("s3", bucket, key)
+
+
+def check_component(value: Any, what: str) -> str:
+    """Checks that a file name or row id is safe to use as one path component.
+
+    Args:
+        value: The name or id. Ids that are not strings are converted with ``str``.
+        what: What the value is, for the error message (``"file name"``, ``"id"``).
+
+    Returns:
+        The value as a string.
+
+    Raises:
+        InvalidInputError: The value is empty, ``.``/``..``, absolute, or contains a
+            path separator or a NUL character.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if (
+        not text
+        or text in (".", "..")
+        or "/" in text
+        or "\\" in text
+        or "\x00" in text
+        or os.path.isabs(text)
+    ):
+        raise InvalidInputError(
+            f"{what} {value!r} cannot be used as a path component: it must be non-empty "
+            "and contain no '/', '\\' or '..'"
+        )
+    return text

@@ -1,0 +1,82 @@
+"""Writing local files to S3 or to a local folder, laid out as ``<into_path>/<id>/<name>``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from file_dataset._errors import InvalidInputError, ObjectNotFoundError
+from file_dataset._options import Options
+from file_dataset._transfer import Context, Job, run_jobs, upload_job
+from file_dataset._urls import Location, check_component, is_null, parse_url
+
+__all__ = ["write_files"]
+
+
+def write_files(
+    files: Mapping[str, str | os.PathLike[str] | None],
+    into_path: str | os.PathLike[str],
+    id: str | int,
+    options: Options | None = None,
+) -> dict[str, str | Path]:
+    """Writes local files to ``<into_path>/<id>/<name>``, all at once, concurrently.
+
+    Every name, the id and every source file are checked before anything is written.
+    S3 objects above ``options.multipart_threshold`` are written with multipart uploads;
+    local destinations are written through a temporary name and renamed, so a partial
+    file is never visible. When one file fails the others of the same call may already
+    be written; none is left half-written.
+
+    Args:
+        files: File name (the name it will have at the destination) to local path.
+            ``None`` values are skipped.
+        into_path: ``s3://bucket/prefix`` or a local folder; a trailing slash makes no
+            difference.
+        id: The row id, the folder under ``into_path``; used as a string.
+        options: S3 settings; ``Options()`` when omitted.
+
+    Returns:
+        Each name's destination: an ``s3://`` URL string for S3, a ``Path`` for local.
+
+    Raises:
+        ValueError: A name or the id is not a safe path component, or ``into_path`` is
+            not a supported URL.
+        FileNotFoundError: A source file does not exist.
+        OSError: A write failed (the message names the destination).
+
+    Examples:
+        >>> write_files({"out.mha": "/tmp/out.mha"}, "s3://bucket/results/", id="7")
+        ... # doctest: +SKIP
+        {'out.mha': 's3://bucket/results/7/out.mha'}
+    """
+    options = options if options is not None else Options()
+    row_id = check_component(id, "id")
+    into = parse_url(into_path, prefix=True)
+    sources: dict[str, Path] = {}
+    for name, src in files.items():
+        if not isinstance(name, str):
+            raise InvalidInputError(f"file names must be strings, got {name!r}")
+        check_component(name, "file name")
+        if src is None or is_null(src):
+            continue
+        path = Path(os.fspath(src))
+        if not path.is_file():
+            raise ObjectNotFoundError(
+                str(path),
+                "the local file to write does not exist (or is not a regular file)",
+                operation="read",
+                row_id=row_id,
+                column=name,
+            )
+        sources[name] = path
+    jobs: list[Job[Location]] = []
+    contexts: list[Context] = []
+    results: dict[str, str | Path] = {}
+    for name, path in sources.items():
+        dest = into.child(row_id, name)
+        jobs.append(upload_job(path, dest, options))
+        contexts.append((row_id, name))
+        results[name] = str(dest) if dest.is_s3 else Path(into_path, row_id, name)
+    run_jobs(jobs, options, contexts)
+    return results

@@ -1,0 +1,193 @@
+"""A local S3 server for tests: moto in server mode on 127.0.0.1.
+
+Use it to test your own pipelines against real HTTP without touching AWS::
+
+    from file_dataset.testing import LocalS3Server
+
+    with LocalS3Server() as s3:
+        bucket = s3.create_bucket()
+        options = s3.options()  # endpoint and test credentials, picklable
+        ...
+
+The server runs in a child process by default (``mode="process"``), so it does not
+compete with the code under test for the GIL, and separate processes (Ray workers)
+reach it by its URL. ``mode="thread"`` runs it in a thread of the calling process.
+Needs the ``testing`` extra (``moto[server]``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+import urllib.request
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from file_dataset._options import Options
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = ["LocalS3Server"]
+
+TEST_CREDENTIALS = {
+    "aws_access_key_id": "testing-key-id",
+    "aws_secret_access_key": "testing-secret-key",
+    "region_name": "us-east-1",
+}
+_counter = itertools.count()
+
+
+class LocalS3Server:
+    """A moto S3 server on 127.0.0.1 with a free port.
+
+    Args:
+        mode: ``"process"`` (default) or ``"thread"``.
+        host: The address to listen on; keep the loopback address.
+    """
+
+    def __init__(self, mode: Literal["process", "thread"] = "process", host: str = "127.0.0.1"):
+        self.mode = mode
+        self.host = host
+        self.port: int | None = None
+        self._process: subprocess.Popen[str] | None = None
+        self._thread_server: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def endpoint_url(self) -> str:
+        """The server's URL, e.g. ``http://127.0.0.1:41234``."""
+        if self.port is None:
+            raise RuntimeError("the server is not started")
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> LocalS3Server:
+        """Starts the server and waits until it answers.
+
+        Returns:
+            The server itself.
+        """
+        if self.mode == "thread":
+            from moto.server import ThreadedMotoServer
+
+            _quiet_request_log()
+            server = ThreadedMotoServer(ip_address=self.host, port=0, verbose=False)
+            server.start()
+            self._thread_server = server
+            self.port = int(server.get_host_and_port()[1])
+        else:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "file_dataset.testing", "--host", self.host],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert self._process.stdout is not None
+            line = self._process.stdout.readline()  # blocks until the port is printed
+            if not line:
+                code = self._process.wait()
+                raise RuntimeError(f"the moto server exited with code {code} before starting")
+            self.port = int(json.loads(line)["port"])
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        # The listening socket exists before the port is reported, so a request is
+        # answered (queued by the kernel until the server thread accepts it).
+        with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=30):  # noqa: S310
+            pass
+
+    def stop(self) -> None:
+        """Stops the server."""
+        if self._thread_server is not None:
+            self._thread_server.stop()
+            self._thread_server = None
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            if self._process.stdout is not None:
+                self._process.stdout.close()
+            self._process = None
+
+    def __enter__(self) -> LocalS3Server:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def reset(self) -> None:
+        """Deletes every bucket and object."""
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=30):  # noqa: S310
+            pass
+
+    def options(self, **kwargs: Any) -> Options:
+        """Options that reach this server with test credentials.
+
+        Args:
+            **kwargs: Any other :class:`~file_dataset.Options` argument.
+
+        Returns:
+            The options.
+        """
+        return Options(
+            session_kwargs=dict(TEST_CREDENTIALS),
+            s3_client_kwargs={"endpoint_url": self.endpoint_url},
+            **kwargs,
+        )
+
+    def client(self) -> S3Client:
+        """A boto3 S3 client for this server (for setting up and checking tests)."""
+        return self.options().s3_client()
+
+    def create_bucket(self, name: str | None = None) -> str:
+        """Creates a bucket (a fresh unique name when ``name`` is omitted).
+
+        Returns:
+            The bucket's name.
+        """
+        bucket = name or f"test-bucket-{os.getpid()}-{next(_counter)}"
+        self.client().create_bucket(Bucket=bucket)
+        return bucket
+
+
+def _quiet_request_log() -> None:
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+
+def _main() -> None:
+    import argparse
+
+    _quiet_request_log()
+    from moto.server import ThreadedMotoServer
+
+    parser = argparse.ArgumentParser(description="Run a local moto S3 server.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    server = ThreadedMotoServer(ip_address=args.host, port=args.port, verbose=False)
+    server.start()
+    port = server.get_host_and_port()[1]
+    print(json.dumps({"port": port, "endpoint_url": f"http://{args.host}:{port}"}), flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    _main()
