@@ -1,0 +1,66 @@
+"""Shared fixtures: one local S3 server (moto, separate process) per test session.
+
+The environment is sealed so that nothing reaches real AWS or a developer's profile:
+no AWS_* variables, no config files, no instance metadata lookups. Credentials and the
+endpoint reach the code only through ``file_dataset.Options``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from file_dataset import Options
+from file_dataset.testing import LocalS3Server
+
+_SEALED = {
+    "AWS_CONFIG_FILE": "/dev/null",
+    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    "BOTO_CONFIG": "/dev/null",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+def _seal_environment() -> None:
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            del os.environ[name]
+    os.environ.update(_SEALED)
+
+
+_seal_environment()
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment() -> Iterator[None]:
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[LocalS3Server]:
+    """The session's local S3 server."""
+    with LocalS3Server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def options(s3_server: LocalS3Server) -> Options:
+    """Options pointing at the local S3 server with test credentials."""
+    return s3_server.options()
+
+
+@pytest.fixture
+def bucket(s3_server: LocalS3Server) -> str:
+    """A fresh, empty bucket for one test."""
+    return s3_server.create_bucket()
+
+
+@pytest.fixture(scope="session")
+def s3_client(s3_server: LocalS3Server):  # type: ignore[no-untyped-def]
+    """A boto3 client for setting up and checking tests."""
+    return s3_server.client()
