@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import queue
 import os
 import tempfile
 from collections.abc import Callable, Generator, Sequence
@@ -178,6 +179,8 @@ def run_jobs(
     errors: dict[int, BaseException] = {}
     running: dict[int, _Running] = {}
     futures: dict[concurrent.futures.Future[Any], tuple[int, int]] = {}
+    # Finished futures arrive here: O(1) per completion, however many are in flight.
+    finished: queue.SimpleQueue[concurrent.futures.Future[Any]] = queue.SimpleQueue()
     next_job = 0
 
     def step(index: int, job: _Running, value: list[Any] | None = None) -> None:
@@ -207,7 +210,9 @@ def run_jobs(
                 job.results = [None] * len(calls)
                 job.remaining = len(calls)
                 for slot, call in enumerate(calls):
-                    futures[pool.submit(call)] = (index, slot)
+                    future = pool.submit(call)
+                    futures[future] = (index, slot)
+                    future.add_done_callback(finished.put)
                 return
             value = []
 
@@ -220,9 +225,9 @@ def run_jobs(
                 next_job += 1
             if not futures:
                 break
-            done, _ = concurrent.futures.wait(
-                futures, return_when=concurrent.futures.FIRST_COMPLETED
-            )
+            done = [finished.get()]
+            while not finished.empty():
+                done.append(finished.get_nowait())
             for future in done:
                 index, slot = futures.pop(future)
                 job = running[index]
