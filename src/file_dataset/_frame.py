@@ -97,6 +97,9 @@ def check_frame(frame: pd.DataFrame) -> list[str]:
         )
     if list(frame.columns).count(ID_COLUMN) > 1:
         raise InvalidInputError("a file DataFrame must have exactly one 'id' column")
+    if not frame.columns.is_unique:
+        repeated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+        raise InvalidInputError(f"file column names must be unique; repeated: {repeated}")
     for column in frame.columns:
         if column != ID_COLUMN:
             if not isinstance(column, str):

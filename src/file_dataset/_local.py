@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
-from file_dataset._urls import Location
+from file_dataset._urls import Location, temp_prefix
 
 
 def translate_os_error(error: OSError, url: str, operation: str) -> TransferError:
@@ -29,7 +29,7 @@ def atomic_copy(src: Path, dest: Path) -> None:
     No partial file is ever visible at ``dest``: it appears complete, or not at all.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest.name), suffix=".part", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
             shutil.copyfileobj(inp, out, 8 * 1024 * 1024)

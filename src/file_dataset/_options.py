@@ -222,7 +222,7 @@ class Options:
         from botocore.config import Config
 
         config = Config(
-            retries={"mode": self.retry_mode, "max_attempts": self.max_attempts},  # type: ignore[arg-type]
+            retries={"mode": self.retry_mode, "total_max_attempts": self.max_attempts},  # type: ignore[arg-type]
             max_pool_connections=self.max_concurrency,
             tcp_keepalive=True,
         )

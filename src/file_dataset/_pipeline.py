@@ -19,7 +19,7 @@ from file_dataset._errors import InvalidInputError
 from file_dataset._frame import ID_COLUMN, FileTable, check_frame, frame_rows, parse_cells
 from file_dataset._options import Options
 from file_dataset._reader import FileReader
-from file_dataset._urls import check_component, is_null, parse_url
+from file_dataset._urls import check_component, is_null, parse_url, temp_prefix
 from file_dataset._writer import write_files
 
 __all__ = ["Pipeline", "RowFailure"]
@@ -121,7 +121,7 @@ class Pipeline:
     # --- stages -------------------------------------------------------------------
 
     def _download(self, columns: list[str], values: list[Any], row_id: str) -> Path:
-        input_dir = Path(tempfile.mkdtemp(prefix=f"file_dataset-in-{row_id}-"))
+        input_dir = Path(tempfile.mkdtemp(prefix=f"file_dataset-in{temp_prefix(row_id)}"))
         try:
             cells = parse_cells(columns, values, row_id)
             FileReader(FileTable(None, columns, [cells]), self.options).download_to(input_dir)
@@ -215,7 +215,7 @@ class Pipeline:
                         input_dir = downloads.pop(index).result()
                         try:
                             output_dir = Path(
-                                tempfile.mkdtemp(prefix=f"file_dataset-out-{row_id}-")
+                                tempfile.mkdtemp(prefix=f"file_dataset-out{temp_prefix(row_id)}")
                             )
                             outputs = self._run_fn(row_id, input_dir, output_dir)
                         finally:

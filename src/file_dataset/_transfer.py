@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from file_dataset._backend import backend_for
 from file_dataset._errors import ObjectNotFoundError, TransferError
 from file_dataset._options import Options
-from file_dataset._urls import Location
+from file_dataset._urls import Location, temp_prefix
 
 T = TypeVar("T")
 Call = Callable[[], Any]
@@ -83,7 +83,7 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
     backend = backend_for(loc, options)
     [(first, total)] = yield [partial(backend.read_first, loc, options.multipart_threshold)]
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest.name), suffix=".part", dir=dest.parent)
     try:
         _pwrite_all(fd, first, 0)
         if total > len(first):

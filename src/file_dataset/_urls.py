@@ -160,3 +160,13 @@ def check_component(value: Any, what: str) -> str:
             "and contain no '/', '\\' or '..'"
         )
     return text
+
+
+def temp_prefix(name: str, limit: int = 64) -> str:
+    """A prefix for a temporary file or folder named after ``name``.
+
+    File names are limited to 255 bytes, so a temporary name built from a long (but
+    valid) file name or id would fail: only the first ``limit`` UTF-8 bytes are kept.
+    """
+    short = name.encode("utf-8", "ignore")[:limit].decode("utf-8", "ignore")
+    return f".{short}."

@@ -77,6 +77,6 @@ def write_files(
         dest = into.child(row_id, name)
         jobs.append(upload_job(path, dest, options))
         contexts.append((row_id, name))
-        results[name] = str(dest) if dest.is_s3 else Path(into_path, row_id, name)
+        results[name] = str(dest) if dest.is_s3 else dest.path
     run_jobs(jobs, options, contexts)
     return results
