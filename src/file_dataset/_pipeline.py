@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from file_dataset._errors import InvalidInputError
+from file_dataset._errors import InvalidInputError, TransferError
 from file_dataset._frame import ID_COLUMN, FileTable, check_frame, frame_rows, parse_cells
 from file_dataset._options import Options
 from file_dataset._reader import FileReader
@@ -127,7 +127,11 @@ class Pipeline:
             FileReader(FileTable(None, columns, [cells]), self.options).download_to(input_dir)
         except BaseException as e:
             shutil.rmtree(input_dir, ignore_errors=True)
-            raise _RowError(row_id, "read", e) from e
+            error = e
+            if isinstance(e, TransferError) and e.row_id is None:
+                error = e.with_context(row_id, e.column)  # the single-row read knows no id
+                error.__cause__ = e.__cause__ or e
+            raise _RowError(row_id, "read", error) from error
         return input_dir
 
     def _run_fn(self, row_id: str, input_dir: Path, output_dir: Path) -> dict[str, Path]:

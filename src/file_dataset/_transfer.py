@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import queue
 import os
+import queue
 import tempfile
 from collections.abc import Callable, Generator, Sequence
 from functools import partial

@@ -129,7 +129,8 @@ class LocalS3Server:
 
     def reset(self) -> None:
         """Deletes every bucket and object."""
-        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        url = f"{self.endpoint_url}/moto-api/reset"
+        request = urllib.request.Request(url, method="POST")  # noqa: S310
         with urllib.request.urlopen(request, timeout=30):  # noqa: S310
             pass
 

@@ -1,0 +1,241 @@
+"""Options: value semantics, pickling, frozen credentials, clients, and no leaked secrets."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import pickle
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import botocore.config
+import cloudpickle
+import pytest
+
+import file_dataset
+from file_dataset import Options
+from file_dataset.testing import LocalS3Server
+
+MiB = 1024 * 1024
+CANARY_KEY_ID = "AKIACANARYKEYID0000"
+CANARY_SECRET = "canary-secret-9f3b1c7e"
+CANARY_TOKEN = "canary-token-5d2a8e4f"
+
+PICKLERS: list[Callable[[Any], Any]] = [
+    lambda value: pickle.loads(pickle.dumps(value)),
+    lambda value: cloudpickle.loads(cloudpickle.dumps(value)),
+]
+
+
+@pytest.fixture
+def canary_options(s3_server: LocalS3Server) -> Options:
+    """Options whose credentials are canaries that must never show up anywhere."""
+    return Options(
+        session_kwargs={
+            "aws_access_key_id": CANARY_KEY_ID,
+            "aws_secret_access_key": CANARY_SECRET,
+            "aws_session_token": CANARY_TOKEN,
+            "region_name": "us-east-1",
+        },
+        s3_client_kwargs={"endpoint_url": s3_server.endpoint_url},
+        max_attempts=1,
+    )
+
+
+def assert_no_secret(text: str) -> None:
+    assert CANARY_SECRET not in text
+    assert CANARY_TOKEN not in text
+
+
+@pytest.mark.parametrize("round_trip", PICKLERS, ids=["pickle", "cloudpickle"])
+def test_pickle_round_trip_keeps_value_and_works(
+    round_trip: Callable[[Options], Options], options: Options, bucket: str, s3_client: Any
+) -> None:
+    options.s3_client()  # live objects must not travel
+    options.executor()
+    copy = round_trip(options)
+    assert copy == options
+    assert hash(copy) == hash(options)
+    assert copy.session_kwargs == options.session_kwargs
+    copy.s3_client().put_object(Bucket=bucket, Key="k", Body=b"from the copy")
+    assert s3_client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"from the copy"
+
+
+def test_equality_and_hash_by_value() -> None:
+    def make(**kwargs: Any) -> Options:
+        return Options(
+            {"region_name": "eu-west-1"},
+            {
+                "endpoint_url": "http://127.0.0.1:1",
+                "config": botocore.config.Config(connect_timeout=3),
+            },
+            **kwargs,
+        )
+
+    a, b = make(), make()
+    assert a is not b
+    assert a == b
+    assert hash(a) == hash(b)
+    assert len({a, b}) == 1
+    assert make(max_concurrency=4) != a
+    assert make(part_size=6 * MiB) != a
+    assert Options({"region_name": "us-east-1"}) != Options({"region_name": "eu-west-1"})
+    assert Options() != "Options()"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_concurrency": 0}, "max_concurrency"),
+        ({"part_size": 4 * MiB}, "part_size"),
+        ({"part_size": 8 * MiB, "multipart_threshold": 6 * MiB}, "multipart_threshold"),
+        ({"retry_mode": "sometimes"}, "retry_mode"),
+    ],
+)
+def test_invalid_arguments(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Options(**kwargs)
+
+
+def test_default_uses_adaptive_retries_and_freezes_environment_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "env-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")
+    options = Options.default(max_concurrency=3)
+    assert options.retry_mode == "adaptive"
+    assert options.max_concurrency == 3
+    assert options.session_kwargs == {
+        "aws_access_key_id": "env-key-id",
+        "aws_secret_access_key": "env-secret",
+        "aws_session_token": None,
+        "region_name": "eu-central-1",
+    }
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    shipped = pickle.loads(pickle.dumps(options))  # as a Ray worker would receive it
+    client = shipped.s3_client()
+    assert client.meta.config.retries["mode"] == "adaptive"
+    credentials = client._request_signer._credentials  # what the client signs with
+    assert credentials.access_key == "env-key-id"
+    assert credentials.secret_key == "env-secret"
+    assert client.meta.region_name == "eu-central-1"
+
+
+def test_default_without_freezing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "env-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    options = Options.default(freeze_credentials=False)
+    assert options.session_kwargs == {}
+    assert options.retry_mode == "adaptive"
+
+
+def test_default_without_any_credentials_freezes_nothing() -> None:
+    assert Options.default().session_kwargs == {}
+
+
+def test_hand_built_options_freeze_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "env-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    options = Options(s3_client_kwargs={"endpoint_url": "http://127.0.0.1:1"})
+    assert options.session_kwargs == {}
+    assert "env-secret" not in repr(pickle.dumps(options))
+
+
+def test_repr_and_str_mask_credentials(canary_options: Options) -> None:
+    for text in (repr(canary_options), str(canary_options), f"{canary_options!r}"):
+        assert_no_secret(text)
+        assert CANARY_KEY_ID not in text
+        assert "'aws_secret_access_key': '***'" in text
+        assert "us-east-1" in text
+
+
+def test_repr_masks_credentials_given_to_the_client() -> None:
+    options = Options(s3_client_kwargs={"aws_secret_access_key": CANARY_SECRET})
+    assert_no_secret(repr(options))
+
+
+def test_one_client_per_thread_reused_across_calls(options: Options) -> None:
+    client = options.s3_client()
+    assert options.s3_client() is client
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        others = list(pool.map(lambda _: (options.s3_client(), options.s3_client()), range(2)))
+    for first, second in others:
+        assert first is second
+        assert first is not client
+
+
+def test_client_pool_sized_to_concurrency_and_retries_configured(
+    s3_server: LocalS3Server,
+) -> None:
+    client = s3_server.options(max_concurrency=7, max_attempts=3).s3_client()
+    assert client.meta.config.max_pool_connections == 7
+    assert client.meta.config.retries["mode"] == "adaptive"
+    assert client.meta.config.retries["total_max_attempts"] == 3
+    assert client.meta.endpoint_url == s3_server.endpoint_url
+
+
+def test_user_config_is_merged_over_defaults() -> None:
+    options = Options(
+        {"region_name": "us-east-1"},
+        {"config": botocore.config.Config(connect_timeout=3, max_pool_connections=2)},
+        max_concurrency=9,
+    )
+    config = options.s3_client().meta.config
+    assert config.connect_timeout == 3
+    assert config.max_pool_connections == 2
+    assert config.retries["mode"] == "adaptive"
+
+
+def test_executor_is_bounded_and_shared(options: Options) -> None:
+    small = Options(max_concurrency=3)
+    assert small.executor() is small.executor()
+    assert small.executor()._max_workers == 3
+
+
+# --- canary secrets in errors and logs ------------------------------------------------
+
+
+def test_no_secret_in_error_of_missing_object(canary_options: Options, bucket: str) -> None:
+    url = f"s3://{bucket}/missing.bin"
+    with pytest.raises(FileNotFoundError) as info:
+        file_dataset.reader({"x.bin": url}, canary_options).into_blob_table()
+    assert url in str(info.value)
+    assert_no_secret("".join(traceback.format_exception(info.value)))
+
+
+def test_no_secret_in_error_of_unreachable_endpoint(canary_options: Options) -> None:
+    options = Options(
+        canary_options.session_kwargs,
+        {"endpoint_url": "http://127.0.0.1:9"},  # discard port: nothing listens
+        max_attempts=1,
+    )
+    with pytest.raises(OSError) as info:
+        file_dataset.reader({"x.bin": "s3://bucket/key"}, options).into_size_table()
+    assert "s3://bucket/key" in str(info.value)
+    assert_no_secret("".join(traceback.format_exception(info.value)))
+
+
+def test_secret_key_never_logged_and_file_dataset_logs_no_credentials(
+    canary_options: Options, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """botocore itself logs the session token at DEBUG (signing and request headers).
+
+    The secret access key is never logged by anyone; file_dataset's own records carry
+    no credential at all.
+    """
+    canary_options.s3_client().put_object(Bucket=bucket, Key="k", Body=b"data")
+    caplog.set_level(logging.DEBUG)
+    table = file_dataset.reader({"k": f"s3://{bucket}/k"}, canary_options).into_blob_table()
+    with pytest.raises(FileNotFoundError):
+        file_dataset.reader({"k": f"s3://{bucket}/missing"}, canary_options).into_blob_table()
+    assert table.column("k").to_pylist() == [b"data"]
+    messages = [(record.name, record.getMessage()) for record in caplog.records]
+    assert any(name.startswith("botocore") for name, _ in messages)  # DEBUG was captured
+    for name, message in messages:
+        assert CANARY_SECRET not in message
+        if not name.startswith(("botocore", "urllib3")):
+            assert_no_secret(message)
+            assert CANARY_KEY_ID not in message

@@ -1,0 +1,412 @@
+"""Pipeline over file DataFrames, against the local S3 server."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import numpy as np
+import pandas as pd
+import pytest
+
+import file_dataset
+from file_dataset import Options, Pipeline
+from file_dataset.testing import LocalS3Server
+
+CANARY_SECRET = "canary-secret-pipeline-31337"
+
+
+def put(s3_client: Any, bucket: str, key: str, data: bytes) -> str:
+    s3_client.put_object(Bucket=bucket, Key=key, Body=data)
+    return f"s3://{bucket}/{key}"
+
+
+def read_object(s3_client: Any, url: str) -> bytes:
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    return bytes(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def upper(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+    """Concatenates the input files (by name) in upper case into ``output.mha``."""
+    if any(p.read_bytes() == b"fail" for p in input_dir.iterdir()):
+        raise RuntimeError("this row is poisoned")
+    out = output_dir / "output.mha"
+    out.write_bytes(b"".join(p.read_bytes().upper() for p in sorted(input_dir.iterdir())))
+    return {"output.mha": out}
+
+
+def reverse(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+    out = output_dir / "final.bin"
+    out.write_bytes((input_dir / "output.mha").read_bytes()[::-1])
+    return {"final.bin": out}
+
+
+@pytest.fixture
+def system_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private system temp dir, so leftover temp dirs of a Pipeline can be seen."""
+    path = tmp_path / "system-tmp"
+    path.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    return path
+
+
+@pytest.fixture
+def images(bucket: str, s3_client: Any) -> pd.DataFrame:
+    """The spec's file DataFrame: three images and their ids."""
+    return pd.DataFrame(
+        {
+            "image.mha": [
+                put(s3_client, bucket, f"image{i}.mha", f"img{i}".encode()) for i in (1, 2, 3)
+            ],
+            "id": ["1", "2", "3"],
+        }
+    )
+
+
+def outputs(frame: pd.DataFrame, s3_client: Any, column: str) -> dict[str, bytes]:
+    """The content of every output object, by row id."""
+    return {row["id"]: read_object(s3_client, row[column]) for _, row in frame.iterrows()}
+
+
+# --- Usage 3 --------------------------------------------------------------------------
+
+
+def test_pipeline_over_dataframe(
+    images: pd.DataFrame, options: Options, bucket: str, s3_client: Any, system_tmp: Path
+) -> None:
+    pipeline = Pipeline(
+        upper, write_options={"into_path": f"s3://{bucket}/resampled/"}, options=options
+    )
+    result = pipeline(images)
+    assert list(result.columns) == ["id", "output.mha"]
+    assert result["id"].tolist() == ["1", "2", "3"]
+    assert result["output.mha"].tolist() == [
+        f"s3://{bucket}/resampled/{i}/output.mha" for i in (1, 2, 3)
+    ]
+    assert outputs(result, s3_client, "output.mha") == {"1": b"IMG1", "2": b"IMG2", "3": b"IMG3"}
+    assert pipeline.last_failures == []
+    assert list(system_tmp.iterdir()) == []
+
+
+def test_two_pipelines_chained(
+    images: pd.DataFrame, options: Options, bucket: str, s3_client: Any
+) -> None:
+    first = Pipeline(upper, {"into_path": f"s3://{bucket}/first"}, options)
+    second = Pipeline(reverse, {"into_path": f"s3://{bucket}/second"}, options)
+    result = second(first(images))
+    assert list(result.columns) == ["id", "final.bin"]
+    assert result["final.bin"].tolist() == [
+        f"s3://{bucket}/second/{i}/final.bin" for i in (1, 2, 3)
+    ]
+    assert outputs(result, s3_client, "final.bin") == {"1": b"1GMI", "2": b"2GMI", "3": b"3GMI"}
+
+
+def test_pipeline_to_local_folder_with_int_ids(
+    options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    frame = pd.DataFrame(
+        {"id": [20, 10], "a": [put(s3_client, bucket, f"a{i}", b"x") for i in (2, 1)]}
+    )
+    result = Pipeline(upper, {"into_path": tmp_path / "out"}, options)(frame)
+    assert result["id"].tolist() == ["20", "10"]
+    assert result["output.mha"].tolist() == [
+        str(tmp_path / "out" / i / "output.mha") for i in ("20", "10")
+    ]
+    assert (tmp_path / "out" / "10" / "output.mha").read_bytes() == b"X"
+
+
+def test_fn_called_in_row_order_with_nulls_absent(
+    options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    ids = [f"r{i}" for i in (5, 3, 9, 1, 7, 0)]
+    seen: list[tuple[str, list[str]]] = []
+
+    def record(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        names = sorted(p.name for p in input_dir.iterdir())
+        seen.append(((input_dir / "a").read_text(), names))
+        return {}
+
+    nulls = [None, np.nan, pd.NA, "present", None, np.nan]
+    frame = pd.DataFrame(
+        {
+            "id": ids,
+            "a": [put(s3_client, bucket, f"a/{i}", i.encode()) for i in ids],
+            "b": [put(s3_client, bucket, "b", b"b") if isinstance(n, str) else n for n in nulls],
+        }
+    )
+    result = Pipeline(record, {"into_path": tmp_path}, options)(frame)
+    assert seen == [(i, ["a", "b"] if i == "r1" else ["a"]) for i in ids]
+    assert result.to_dict("list") == {"id": ids}
+
+
+def test_outputs_differ_between_rows(options: Options, bucket: str, tmp_path: Path) -> None:
+    def some(input_dir: Path, output_dir: Path) -> dict[str, Any]:
+        row = input_dir.name  # not the id: derive outputs from the data instead
+        del row
+        (output_dir / "x").write_bytes(b"x")
+        count = len(list(input_dir.iterdir()))
+        return {"x": output_dir / "x", "y": None} if count else {"y": output_dir / "x"}
+
+    frame = pd.DataFrame({"id": ["1", "2"], "in": [None, tmp_path / "in"]})
+    (tmp_path / "in").write_bytes(b"in")
+    result = Pipeline(some, {"into_path": tmp_path / "out"}, options)(frame)
+    assert list(result.columns) == ["id", "y", "x"]
+    assert result["y"].tolist()[0] == str(tmp_path / "out" / "1" / "y")
+    assert pd.isna(result["y"].tolist()[1])
+    assert pd.isna(result["x"].tolist()[0])
+    assert result["x"].tolist()[1] == str(tmp_path / "out" / "2" / "x")
+
+
+def test_fn_returning_none_or_empty_keeps_the_row(options: Options, tmp_path: Path) -> None:
+    frame = pd.DataFrame({"id": ["1", "2"], "f": [None, None]})
+    result = Pipeline(lambda i, o: None, {"into_path": tmp_path}, options)(frame)
+    assert result.to_dict("list") == {"id": ["1", "2"]}
+
+
+def test_empty_dataframe(options: Options, tmp_path: Path) -> None:
+    frame = pd.DataFrame({"id": pd.Series([], dtype=object), "f": pd.Series([], dtype=object)})
+    result = Pipeline(upper, {"into_path": tmp_path}, options)(frame)
+    assert list(result.columns) == ["id"]
+    assert len(result) == 0
+
+
+def test_longest_id(options: Options, tmp_path: Path) -> None:
+    (tmp_path / "in").write_bytes(b"long")
+    row_id = "i" * 255
+    result = Pipeline(upper, {"into_path": tmp_path / "out"}, options)(
+        pd.DataFrame({"id": [row_id], "f": [tmp_path / "in"]})
+    )
+    assert result["id"].tolist() == [row_id]
+    assert (tmp_path / "out" / row_id / "output.mha").read_bytes() == b"LONG"
+
+
+# --- failing rows ---------------------------------------------------------------------
+
+
+def test_failing_fn_row_dropped_and_logged(
+    options: Options,
+    bucket: str,
+    s3_client: Any,
+    system_tmp: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    frame = pd.DataFrame(
+        {
+            "id": ["ok-1", "bad-2", "ok-3"],
+            "f": [
+                put(s3_client, bucket, k, d) for k, d in [("1", b"a"), ("2", b"fail"), ("3", b"c")]
+            ],
+        }
+    )
+    pipeline = Pipeline(upper, {"into_path": f"s3://{bucket}/out"}, options)
+    with caplog.at_level(logging.WARNING, logger="file_dataset"):
+        result = pipeline(frame)
+    assert result["id"].tolist() == ["ok-1", "ok-3"]
+    assert outputs(result, s3_client, "output.mha") == {"ok-1": b"A", "ok-3": b"C"}
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "'bad-2'" in record.getMessage()
+    assert "this row is poisoned" in record.getMessage()
+    [failure] = pipeline.last_failures
+    assert (failure.id, failure.stage) == ("bad-2", "fn")
+    assert isinstance(failure.error, RuntimeError)
+    assert "out/bad-2/" not in str(s3_client.list_objects_v2(Bucket=bucket))
+    assert list(system_tmp.iterdir()) == []
+
+
+def test_fn_returning_missing_path_row_dropped(
+    options: Options, tmp_path: Path, system_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def lie(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        return {"out": output_dir / "never-written"}
+
+    (tmp_path / "in").write_bytes(b"x")
+    pipeline = Pipeline(lie, {"into_path": tmp_path / "out"}, options)
+    with caplog.at_level(logging.WARNING, logger="file_dataset"):
+        result = pipeline(pd.DataFrame({"id": ["7"], "f": [tmp_path / "in"]}))
+    assert len(result) == 0
+    assert [(f.id, f.stage) for f in pipeline.last_failures] == [("7", "fn")]
+    assert "'7'" in caplog.text
+    assert "never-written" in caplog.text
+    assert not (tmp_path / "out").exists()
+    assert list(system_tmp.iterdir()) == []
+
+
+def test_missing_object_row_dropped(
+    options: Options,
+    bucket: str,
+    s3_client: Any,
+    system_tmp: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    missing = f"s3://{bucket}/missing.mha"
+    frame = pd.DataFrame({"id": ["1", "2"], "f": [missing, put(s3_client, bucket, "k", b"k")]})
+    calls: list[str] = []
+
+    def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        calls.append((input_dir / "f").read_text())
+        return upper(input_dir, output_dir)
+
+    pipeline = Pipeline(fn, {"into_path": f"s3://{bucket}/out"}, options)
+    with caplog.at_level(logging.WARNING, logger="file_dataset"):
+        result = pipeline(frame)
+    assert calls == ["k"]
+    assert result["id"].tolist() == ["2"]
+    assert [(f.id, f.stage) for f in pipeline.last_failures] == [("1", "read")]
+    assert isinstance(pipeline.last_failures[0].error, FileNotFoundError)
+    assert missing in caplog.text
+    assert "'1'" in caplog.text
+    assert list(system_tmp.iterdir()) == []
+
+
+def test_upload_failure_row_dropped(
+    options: Options, tmp_path: Path, system_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "in").write_bytes(b"x")
+    pipeline = Pipeline(upper, {"into_path": "s3://no-such-bucket-pipeline/out"}, options)
+    with caplog.at_level(logging.WARNING, logger="file_dataset"):
+        result = pipeline(pd.DataFrame({"id": ["1", "2"], "f": [tmp_path / "in"] * 2}))
+    assert len(result) == 0
+    assert [(f.id, f.stage) for f in pipeline.last_failures] == [("1", "write"), ("2", "write")]
+    assert "s3://no-such-bucket-pipeline/out/1/output.mha" in caplog.text
+    assert list(system_tmp.iterdir()) == []
+
+
+def test_on_error_raise_reraises_fn_error(
+    options: Options, bucket: str, s3_client: Any, system_tmp: Path
+) -> None:
+    frame = pd.DataFrame(
+        {"id": ["1", "2"], "f": [put(s3_client, bucket, "1", b"fail"), "s3://x-y-z/k"]}
+    )
+    pipeline = Pipeline(upper, {"into_path": f"s3://{bucket}/out"}, options, on_error="raise")
+    with pytest.raises(RuntimeError, match="this row is poisoned"):
+        pipeline(frame)
+    assert list(system_tmp.iterdir()) == []
+
+
+def test_on_error_raise_reraises_missing_object(
+    options: Options, bucket: str, system_tmp: Path
+) -> None:
+    missing = f"s3://{bucket}/missing.mha"
+    pipeline = Pipeline(upper, {"into_path": f"s3://{bucket}/out"}, options, on_error="raise")
+    with pytest.raises(FileNotFoundError) as info:
+        pipeline(pd.DataFrame({"id": ["row-1"], "f": [missing]}))
+    assert missing in str(info.value)
+    assert "'row-1'" in str(info.value)
+    assert list(system_tmp.iterdir()) == []
+
+
+# --- invalid input ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pd.DataFrame({"f": ["s3://bkt/k"]}),
+        pd.DataFrame({"id": ["1", "1"], "f": ["s3://bkt/k", "s3://bkt/l"]}),
+        pd.DataFrame({"id": ["1", None], "f": ["s3://bkt/k", "s3://bkt/l"]}),
+        pd.DataFrame({"id": ["1", "../x"], "f": ["s3://bkt/k", "s3://bkt/l"]}),
+        pd.DataFrame({"id": ["1"], "a/b": ["s3://bkt/k"]}),
+    ],
+    ids=["no-id", "duplicate-id", "null-id", "escaping-id", "escaping-name"],
+)
+def test_invalid_dataframe_rejected_before_any_row(
+    frame: pd.DataFrame, options: Options, tmp_path: Path, system_tmp: Path
+) -> None:
+    calls: list[Path] = []
+    pipeline = Pipeline(lambda i, o: calls.append(i), {"into_path": tmp_path / "out"}, options)
+    with pytest.raises(ValueError):
+        pipeline(frame)
+    assert calls == []
+    assert not (tmp_path / "out").exists()
+    assert list(system_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"write_options": {}}, ValueError),
+        ({"write_options": {"into_path": "s3://bkt/o", "bogus": 1}}, ValueError),
+        ({"write_options": {"into_path": "ftp://host/o"}}, ValueError),
+        ({"write_options": {"into_path": "s3://bkt/o"}, "on_error": "ignore"}, ValueError),
+        ({"write_options": {"into_path": "s3://bkt/o"}, "fn": "not callable"}, TypeError),
+    ],
+)
+def test_invalid_pipeline_arguments(kwargs: dict[str, Any], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        Pipeline(**{"fn": upper, **kwargs})
+
+
+def test_output_name_escaping_is_a_failed_row(options: Options, tmp_path: Path) -> None:
+    def escape(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        (output_dir / "x").write_bytes(b"x")
+        return {"../escaped": output_dir / "x"}
+
+    pipeline = Pipeline(escape, {"into_path": tmp_path / "out"}, options)
+    result = pipeline(pd.DataFrame({"id": ["1"], "f": [None]}))
+    assert len(result) == 0
+    assert isinstance(pipeline.last_failures[0].error, ValueError)
+    assert not (tmp_path / "escaped").exists()
+    assert not (tmp_path / "out").exists()
+
+
+# --- pickling and repr ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "round_trip",
+    [
+        lambda p: pickle.loads(pickle.dumps(p)),
+        lambda p: cloudpickle.loads(cloudpickle.dumps(p)),
+    ],
+    ids=["pickle", "cloudpickle"],
+)
+def test_pickled_pipeline_works(
+    round_trip: Callable[[Pipeline], Pipeline],
+    images: pd.DataFrame,
+    options: Options,
+    bucket: str,
+    s3_client: Any,
+) -> None:
+    pipeline = Pipeline(upper, {"into_path": f"s3://{bucket}/pickled"}, options)
+    pipeline(images.iloc[:1])  # live clients and failures must not travel
+    copy = round_trip(pipeline)
+    assert copy.options == options
+    assert copy.write_options == pipeline.write_options
+    assert copy.on_error == "drop"
+    result = copy(images)
+    assert outputs(result, s3_client, "output.mha") == {"1": b"IMG1", "2": b"IMG2", "3": b"IMG3"}
+
+
+def test_cloudpickled_pipeline_with_closure(options: Options, tmp_path: Path) -> None:
+    suffix = b"!"
+
+    def shout(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        (output_dir / "o").write_bytes((input_dir / "f").read_bytes() + suffix)
+        return {"o": output_dir / "o"}
+
+    (tmp_path / "in").write_bytes(b"hey")
+    copy = cloudpickle.loads(cloudpickle.dumps(Pipeline(shout, {"into_path": tmp_path}, options)))
+    result = copy(pd.DataFrame({"id": ["1"], "f": [tmp_path / "in"]}))
+    assert Path(result["o"][0]).read_bytes() == b"hey!"
+
+
+def test_repr_has_no_secret(s3_server: LocalS3Server) -> None:
+    options = Options(
+        {"aws_access_key_id": "id", "aws_secret_access_key": CANARY_SECRET},
+        {"endpoint_url": s3_server.endpoint_url},
+    )
+    pipeline = Pipeline(upper, {"into_path": "s3://bkt/out", "options": options}, options)
+    assert CANARY_SECRET not in repr(pipeline)
+    assert CANARY_SECRET not in str(pipeline)
+    assert "upper" in repr(pipeline)
+    assert "s3://bkt/out" in repr(pipeline)
+
+
+def test_exports_row_failure() -> None:
+    assert file_dataset.RowFailure("1", "fn", ValueError("x")).stage == "fn"

@@ -1,0 +1,510 @@
+"""reader(): into_temp_dir, into_blob_table and into_size_table against the local S3 server."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import gc
+import json
+import os
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from botocore.exceptions import ClientError
+
+import file_dataset
+from file_dataset import Options
+from file_dataset._local import translate_os_error
+from file_dataset._s3 import translate_error
+from file_dataset.testing import LocalS3Server
+
+MiB = 1024 * 1024
+AWKWARD_KEYS = [
+    "with space.mha",
+    "ünïcödé/日本語.mha",
+    "a+b.mha",
+    "a%20b.mha",
+    "100%.mha",
+    "%%25+ +.mha",
+    "dir/sub dir/x.mha",
+]
+
+
+def put(s3_client: Any, bucket: str, key: str, data: bytes) -> str:
+    """Stores one object and returns its URL."""
+    s3_client.put_object(Bucket=bucket, Key=key, Body=data)
+    return f"s3://{bucket}/{key}"
+
+
+def put_many(s3_client: Any, bucket: str, objects: dict[str, bytes]) -> list[str]:
+    """Stores many objects concurrently and returns their URLs in order."""
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        return list(pool.map(lambda item: put(s3_client, bucket, *item), objects.items()))
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    """Every file below ``root`` (hidden ones too) by relative POSIX path."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def system_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private system temp dir, so leftovers of a test can be seen."""
+    path = tmp_path / "system-tmp"
+    path.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    return path
+
+
+# --- Usage 1: into_temp_dir -----------------------------------------------------------
+
+
+def test_row_into_temp_dir(options: Options, bucket: str, s3_client: Any, system_tmp: Path) -> None:
+    row = {
+        "image.mha": put(s3_client, bucket, "image.mha", b"image bytes"),
+        "mask.mha": put(s3_client, bucket, "deep/mask.mha", b"mask"),
+    }
+    with file_dataset.reader(row, options).into_temp_dir() as tmp:
+        assert isinstance(tmp, Path)
+        assert tmp.parent == system_tmp
+        assert files_under(tmp) == {"image.mha": b"image bytes", "mask.mha": b"mask"}
+    assert not tmp.exists()
+    assert list(system_tmp.iterdir()) == []
+
+
+def test_row_keyword_form(options: Options, bucket: str, s3_client: Any) -> None:
+    url = put(s3_client, bucket, "k", b"kw")
+    with file_dataset.reader(row={"f.bin": url}, options=options).into_temp_dir() as tmp:
+        assert files_under(tmp) == {"f.bin": b"kw"}
+
+
+def test_source_and_row_are_exclusive() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        file_dataset.reader({"a": "s3://bkt/a"}, row={"a": "s3://bkt/a"})
+    with pytest.raises(ValueError, match="exactly one"):
+        file_dataset.reader()
+
+
+def test_into_temp_dir_in_given_dir(options: Options, bucket: str, s3_client: Any, tmp_path: Path):
+    url = put(s3_client, bucket, "k", b"x")
+    with file_dataset.reader({"f": url}, options).into_temp_dir(dir=tmp_path) as tmp:
+        assert tmp.parent == tmp_path
+        assert (tmp / "f").read_bytes() == b"x"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dataframe_into_temp_dir_layout(
+    options: Options, bucket: str, s3_client: Any, system_tmp: Path
+) -> None:
+    frame = pd.DataFrame(
+        {
+            "a.mha": [put(s3_client, bucket, f"a{i}", f"a{i}".encode()) for i in range(3)],
+            "id": ["r0", "r1", "r2"],
+            "b.mha": [put(s3_client, bucket, "b0", b"b0"), None, np.nan],
+        }
+    )
+    with file_dataset.reader(frame, options).into_temp_dir() as tmp:
+        assert files_under(tmp) == {
+            "r0/a.mha": b"a0",
+            "r0/b.mha": b"b0",
+            "r1/a.mha": b"a1",
+            "r2/a.mha": b"a2",
+        }
+        assert sorted(p.name for p in tmp.iterdir()) == ["r0", "r1", "r2"]
+    assert list(system_tmp.iterdir()) == []
+
+
+def test_temp_dir_removed_when_body_raises(
+    options: Options, bucket: str, s3_client: Any, system_tmp: Path
+) -> None:
+    url = put(s3_client, bucket, "k", b"x")
+    reader = file_dataset.reader({"f": url}, options)
+    with pytest.raises(KeyError, match="from the body"), reader.into_temp_dir() as tmp:  # noqa: PT012
+        assert (tmp / "f").read_bytes() == b"x"
+        raise KeyError("from the body")
+    assert not tmp.exists()
+    assert list(system_tmp.iterdir()) == []
+
+
+def test_temp_dir_removed_when_download_fails(
+    options: Options, bucket: str, s3_client: Any, system_tmp: Path
+) -> None:
+    row = {"ok": put(s3_client, bucket, "ok", b"ok"), "missing": f"s3://{bucket}/missing"}
+    with pytest.raises(FileNotFoundError), file_dataset.reader(row, options).into_temp_dir():
+        pytest.fail("the body must not run")
+    assert list(system_tmp.iterdir()) == []
+
+
+# --- awkward keys, empty and large objects ---------------------------------------------
+
+
+@pytest.mark.parametrize("key", AWKWARD_KEYS)
+def test_awkward_keys_round_trip_verbatim(
+    key: str, options: Options, bucket: str, s3_client: Any
+) -> None:
+    data = key.encode() * 3
+    url = put(s3_client, bucket, key, data)
+    assert url == f"s3://{bucket}/{key}"
+    assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]] == [key]
+    reader = file_dataset.reader({"f.mha": url}, options)
+    assert reader.into_blob_table().column("f.mha").to_pylist() == [data]
+    assert reader.into_size_table().column("f.mha").to_pylist() == [len(data)]
+    with reader.into_temp_dir() as tmp:
+        assert files_under(tmp) == {"f.mha": data}
+
+
+def test_zero_byte_object(options: Options, bucket: str, s3_client: Any) -> None:
+    reader = file_dataset.reader({"empty": put(s3_client, bucket, "empty", b"")}, options)
+    with reader.into_temp_dir() as tmp:
+        assert files_under(tmp) == {"empty": b""}
+    blobs = reader.into_blob_table()
+    assert blobs.column("empty").to_pylist() == [b""]
+    assert reader.into_size_table().column("empty").to_pylist() == [0]
+
+
+def test_40_mib_object(options: Options, bucket: str, s3_client: Any) -> None:
+    data = os.urandom(40 * MiB)
+    reader = file_dataset.reader({"big.bin": put(s3_client, bucket, "big", data)}, options)
+    assert 40 * MiB > options.multipart_threshold
+    with reader.into_temp_dir() as tmp:
+        assert sorted(os.listdir(tmp)) == ["big.bin"]
+        assert (tmp / "big.bin").read_bytes() == data
+    blob = reader.into_blob_table().column("big.bin")
+    assert len(blob) == 1
+    assert blob[0].as_py() == data
+    assert reader.into_size_table().column("big.bin").to_pylist() == [40 * MiB]
+
+
+# --- request pattern (observed on the server) -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def recording_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3Server]:
+    """A second local S3 server whose requests can be recorded (moto's recorder)."""
+    path = tmp_path_factory.mktemp("recording") / "requests.jsonl"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MOTO_RECORDER_FILEPATH", str(path))
+        server = LocalS3Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _recorder(server: LocalS3Server, action: str, method: str = "POST") -> str:
+    url = f"{server.endpoint_url}/moto-api/recorder/{action}"
+    with urllib.request.urlopen(urllib.request.Request(url, method=method)) as resp:
+        return str(resp.read().decode())
+
+
+@contextmanager
+def recorded(server: LocalS3Server) -> Iterator[list[tuple[str, str, str | None]]]:
+    """Collects (method, key, Range header) of the requests made inside the block."""
+    requests: list[tuple[str, str, str | None]] = []
+    _recorder(server, "reset-recording")
+    _recorder(server, "start-recording")
+    try:
+        yield requests
+    finally:
+        _recorder(server, "stop-recording")
+        for line in _recorder(server, "download-recording", "GET").splitlines():
+            entry = json.loads(line)
+            key = urllib.parse.unquote(entry["url"].split("/", 4)[4])
+            requests.append((entry["method"], key, entry["headers"].get("Range")))
+
+
+def test_small_objects_take_one_get_and_large_ones_ranged_gets(
+    recording_server: LocalS3Server,
+) -> None:
+    bucket = recording_server.create_bucket()
+    client = recording_server.client()
+    big = os.urandom(11 * MiB + 1)
+    row = {
+        "big": put(client, bucket, "big", big),
+        "small": put(client, bucket, "small", b"small"),
+    }
+    options = recording_server.options(part_size=5 * MiB, multipart_threshold=5 * MiB)
+    with recorded(recording_server) as requests:
+        blobs = file_dataset.reader(row, options).into_blob_table()
+    assert blobs.column("big").to_pylist() == [big]
+    assert blobs.column("small").to_pylist() == [b"small"]
+    assert sorted(requests, key=lambda r: (r[1], r[2] or "")) == [
+        ("GET", "big", "bytes=0-5242879"),
+        ("GET", "big", "bytes=10485760-11534336"),
+        ("GET", "big", "bytes=5242880-10485759"),
+        ("GET", "small", "bytes=0-5242879"),
+    ]
+    reader = file_dataset.reader(row, options)
+    with recorded(recording_server) as requests, reader.into_temp_dir() as tmp:
+        assert (tmp / "big").read_bytes() == big
+    assert sorted(r[2] or "" for r in requests if r[1] == "big") == [
+        "bytes=0-5242879",
+        "bytes=10485760-11534336",
+        "bytes=5242880-10485759",
+    ]
+    with recorded(recording_server) as requests:
+        sizes = file_dataset.reader(row, options).into_size_table()
+    assert sizes.to_pylist() == [{"big": len(big), "small": 5}]
+    assert sorted(requests) == [("HEAD", "big", None), ("HEAD", "small", None)]
+
+
+# --- DataFrames: 200 rows, nulls, ids, shapes ---------------------------------------------
+
+
+def test_200_row_dataframe(options: Options, bucket: str, s3_client: Any, system_tmp: Path):
+    ids = [f"{i:03d}" for i in reversed(range(200))]
+    shared = put(s3_client, bucket, "shared", b"shared")
+    frame = pd.DataFrame(
+        {
+            "id": ids,
+            "x.bin": put_many(s3_client, bucket, {f"x/{i}": f"x{i}".encode() for i in ids}),
+            "y.bin": [shared if int(i) % 3 else None for i in ids],
+        }
+    )
+    expected = {f"{i}/x.bin": f"x{i}".encode() for i in ids}
+    expected |= {f"{i}/y.bin": b"shared" for i in ids if int(i) % 3}
+    reader = file_dataset.reader(frame, options)
+    with reader.into_temp_dir() as tmp:
+        assert files_under(tmp) == expected
+    table = reader.into_blob_table()
+    assert table.column_names == ["id", "x.bin", "y.bin"]
+    assert table.column("id").to_pylist() == ids
+    assert table.column("x.bin").to_pylist() == [f"x{i}".encode() for i in ids]
+    assert table.column("y.bin").to_pylist() == [b"shared" if int(i) % 3 else None for i in ids]
+    assert list(system_tmp.iterdir()) == []
+
+
+def test_usage4_row_tables(options: Options, bucket: str, s3_client: Any) -> None:
+    data = os.urandom(MiB)
+    row = {"image.mha": put(s3_client, bucket, "image_mask.mha", data)}
+    blobs = file_dataset.reader(row=row, options=options).into_blob_table()
+    assert blobs.schema == pa.schema({"image.mha": pa.binary()})
+    assert blobs.num_rows == 1
+    assert blobs.column("image.mha")[0].as_py() == data
+    sizes = file_dataset.reader(row=row, options=options).into_size_table()
+    assert sizes.schema == pa.schema({"image.mha": pa.int64()})
+    assert sizes.to_pylist() == [{"image.mha": MiB}]
+
+
+def test_dataframe_tables_id_first_in_column_and_row_order(
+    options: Options, bucket: str, s3_client: Any
+) -> None:
+    frame = pd.DataFrame(
+        {
+            "z.mha": [put(s3_client, bucket, "z2", b"zz"), put(s3_client, bucket, "z1", b"z")],
+            "a.mha": [None, put(s3_client, bucket, "a1", b"aaa")],
+            "id": [2, 1],
+        }
+    )
+    reader = file_dataset.reader(frame, options)
+    blobs = reader.into_blob_table()
+    assert blobs.schema == pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("z.mha", pa.binary()),
+            pa.field("a.mha", pa.binary()),
+        ]
+    )
+    assert blobs.to_pylist() == [
+        {"id": "2", "z.mha": b"zz", "a.mha": None},
+        {"id": "1", "z.mha": b"z", "a.mha": b"aaa"},
+    ]
+    sizes = reader.into_size_table()
+    assert sizes.schema.names == ["id", "z.mha", "a.mha"]
+    assert sizes.schema.field("z.mha").type == pa.int64()
+    assert sizes.to_pylist() == [
+        {"id": "2", "z.mha": 2, "a.mha": None},
+        {"id": "1", "z.mha": 1, "a.mha": 3},
+    ]
+
+
+@pytest.mark.parametrize("null", [None, float("nan"), pd.NA], ids=["None", "NaN", "NA"])
+def test_null_cells(null: object, options: Options, bucket: str, s3_client: Any) -> None:
+    frame = pd.DataFrame(
+        {"id": [10, 20], "f": [put(s3_client, bucket, "f", b"f"), null]}, dtype=object
+    )
+    reader = file_dataset.reader(frame, options)
+    with reader.into_temp_dir() as tmp:
+        assert files_under(tmp) == {"10/f": b"f"}
+        assert (tmp / "20").is_dir()
+    assert reader.into_blob_table().to_pylist() == [
+        {"id": "10", "f": b"f"},
+        {"id": "20", "f": None},
+    ]
+    assert reader.into_size_table().column("f").to_pylist() == [1, None]
+    row_reader = file_dataset.reader({"f": null, "g": frame["f"][0]}, options)
+    assert row_reader.into_blob_table().to_pylist() == [{"f": None, "g": b"f"}]
+    with row_reader.into_temp_dir() as tmp:
+        assert files_under(tmp) == {"g": b"f"}
+
+
+def test_empty_dataframe(options: Options) -> None:
+    frame = pd.DataFrame({"id": pd.Series([], dtype=str), "f": pd.Series([], dtype=object)})
+    table = file_dataset.reader(frame, options).into_blob_table()
+    assert table.num_rows == 0
+    assert table.column_names == ["id", "f"]
+
+
+# --- local sources -------------------------------------------------------------------
+
+
+def test_local_sources(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_bytes(b"plain")
+    (tmp_path / "b c.txt").write_bytes(b"path")
+    (tmp_path / "d.txt").write_bytes(b"url")
+    row = {
+        "a": str(tmp_path / "a.txt"),
+        "b": tmp_path / "b c.txt",
+        "d": (tmp_path / "d.txt").as_uri(),
+    }
+    reader = file_dataset.reader(row)
+    assert reader.into_blob_table().to_pylist() == [{"a": b"plain", "b": b"path", "d": b"url"}]
+    assert reader.into_size_table().to_pylist() == [{"a": 5, "b": 4, "d": 3}]
+    with reader.into_temp_dir() as tmp:
+        assert files_under(tmp) == {"a": b"plain", "b": b"path", "d": b"url"}
+
+
+def test_blob_table_over_2_gib_from_sparse_local_files(tmp_path: Path) -> None:
+    size = 800 * MiB
+    marks = {0: b"first", 123_456_789: b"middle", size - 5: b"last!"}
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"sparse{i}.bin"
+        with open(path, "wb") as f:
+            os.truncate(f.fileno(), size)
+            for offset, mark in marks.items():
+                f.seek(offset)
+                f.write(mark[:4] + bytes([i]))
+        paths.append(path)
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "blob": paths})
+    table = file_dataset.reader(frame).into_blob_table()
+    try:
+        column = table.column("blob")
+        assert column.type in (pa.binary(), pa.large_binary())
+        assert table.column("id").to_pylist() == ["a", "b", "c"]
+        assert pa.compute.sum(pa.compute.binary_length(column)).as_py() == 3 * size > 2**31
+        assert sum(len(chunk.buffers()[2]) for chunk in column.chunks) == 3 * size
+        for i in range(3):
+            value = column[i].as_buffer()
+            assert len(value) == size
+            for offset, mark in marks.items():
+                assert value[offset : offset + 5].to_pybytes() == mark[:4] + bytes([i])
+            assert value[1000:1010].to_pybytes() == bytes(10)
+            del value
+    finally:
+        del table, column
+        gc.collect()
+
+
+# --- errors ----------------------------------------------------------------------------
+
+
+def test_missing_object_names_url_row_id_and_column(
+    options: Options, bucket: str, s3_client: Any, system_tmp: Path
+) -> None:
+    url = f"s3://{bucket}/no/such key.mha"
+    frame = pd.DataFrame(
+        {"id": ["r1", "r2"], "a.mha": [put(s3_client, bucket, "a", b"a"), url]},
+    )
+    reader = file_dataset.reader(frame, options)
+    for read in (reader.into_blob_table, reader.into_size_table, reader.into_temp_dir().__enter__):
+        with pytest.raises(FileNotFoundError) as info:
+            read()
+        error = info.value
+        assert isinstance(error, file_dataset.ObjectNotFoundError)
+        assert url in str(error)
+        assert "'r2'" in str(error)
+        assert "'a.mha'" in str(error)
+        assert (error.url, error.row_id, error.column) == (url, "r2", "a.mha")
+    assert list(system_tmp.iterdir()) == []
+
+
+def test_missing_bucket_and_missing_local_file(options: Options, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"s3://no-such-bucket-here/k.*bucket"):
+        file_dataset.reader({"f": "s3://no-such-bucket-here/k"}, options).into_blob_table()
+    missing = tmp_path / "nope.bin"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        file_dataset.reader({"f": missing}).into_blob_table()
+
+
+def test_local_directory_is_not_a_file(tmp_path: Path) -> None:
+    with pytest.raises(OSError, match="directory"):
+        file_dataset.reader({"f": tmp_path}).into_blob_table()
+
+
+def _client_error(code: str, status: int, message: str = "") -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": message},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
+        "GetObject",
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "kind"),
+    [
+        ("AccessDenied", 403, file_dataset.ObjectAccessDeniedError),
+        ("InvalidAccessKeyId", 403, file_dataset.ObjectAccessDeniedError),
+        ("403", 403, file_dataset.ObjectAccessDeniedError),
+        ("NoSuchKey", 404, file_dataset.ObjectNotFoundError),
+        ("404", 404, file_dataset.ObjectNotFoundError),
+        ("NoSuchBucket", 404, file_dataset.ObjectNotFoundError),
+        ("InternalError", 500, file_dataset.TransferError),
+    ],
+)
+def test_translate_s3_errors(code: str, status: int, kind: type[Exception]) -> None:
+    url = "s3://bkt/some key"
+    original = _client_error(code, status, "details")
+    with pytest.raises(kind) as info:
+        translate_error(original, url, "read")
+    assert type(info.value) is kind
+    assert url in str(info.value)
+    assert info.value.__cause__ is original
+    if kind is file_dataset.ObjectAccessDeniedError:
+        assert isinstance(info.value, PermissionError)
+        assert "access denied" in str(info.value)
+    if kind is file_dataset.ObjectNotFoundError:
+        assert isinstance(info.value, FileNotFoundError)
+
+
+def test_access_denied_gets_row_context() -> None:
+    error = translate_os_error(PermissionError(13, "Permission denied"), "/data/x", "read")
+    assert isinstance(error, PermissionError)
+    located = error.with_context("row-7", "x.mha")
+    assert isinstance(located, PermissionError)
+    assert str(located).startswith("cannot read /data/x (row id 'row-7', column 'x.mha')")
+
+
+def test_transfer_errors_pickle_with_context() -> None:
+    import pickle
+
+    error = file_dataset.ObjectNotFoundError("s3://bkt/k", "gone", row_id="7", column="c")
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is file_dataset.ObjectNotFoundError
+    assert (copy.url, copy.row_id, copy.column, str(copy)) == ("s3://bkt/k", "7", "c", str(error))
+
+
+@pytest.mark.parametrize("bad_id", ["../x", "a/b", "..", "", "/abs", "a\\b"])
+def test_unsafe_id_rejected_before_any_download(
+    bad_id: str, options: Options, bucket: str, s3_client: Any, system_tmp: Path
+) -> None:
+    frame = pd.DataFrame({"id": ["ok", bad_id], "f": [put(s3_client, bucket, "f", b"f")] * 2})
+    with pytest.raises(ValueError, match="path component"):
+        file_dataset.reader(frame, options)
+    assert list(system_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("url", ["ftp://host/x", "s3://bucket-only", "s3://u:secret@bkt/k"])
+def test_invalid_url_rejected_by_reader(url: str) -> None:
+    with pytest.raises(ValueError) as info:
+        file_dataset.reader({"f": url})
+    assert "secret" not in str(info.value)

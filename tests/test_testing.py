@@ -1,0 +1,46 @@
+"""file_dataset.testing.LocalS3Server in both modes."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import file_dataset
+from file_dataset.testing import LocalS3Server
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_local_s3_server_round_trip(mode: str, tmp_path: Path) -> None:
+    server = LocalS3Server(mode=mode)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="not started"):
+        server.endpoint_url  # noqa: B018
+    with server:
+        assert server.endpoint_url == f"http://127.0.0.1:{server.port}"
+        bucket = server.create_bucket()
+        assert server.create_bucket() != bucket
+        options = server.options(max_concurrency=2)
+        assert options.max_concurrency == 2
+        assert options.s3_client_kwargs == {"endpoint_url": server.endpoint_url}
+        (tmp_path / "f").write_bytes(b"through " + mode.encode())
+        urls = file_dataset.write_files({"f": tmp_path / "f"}, f"s3://{bucket}/p", "1", options)
+        assert urls == {"f": f"s3://{bucket}/p/1/f"}
+        blobs = file_dataset.reader(urls, options).into_blob_table()
+        assert blobs.column("f").to_pylist() == [b"through " + mode.encode()]
+        assert server.client().get_object(Bucket=bucket, Key="p/1/f")["Body"].read() == (
+            b"through " + mode.encode()
+        )
+        server.reset()
+        assert server.client().list_buckets()["Buckets"] == []
+        assert server.create_bucket("named-bucket") == "named-bucket"
+        endpoint = server.endpoint_url
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=5)
+
+
+def test_session_server_is_a_child_process(s3_server: LocalS3Server) -> None:
+    assert s3_server.mode == "process"
+    assert s3_server._process is not None
+    assert s3_server._process.poll() is None

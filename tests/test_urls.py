@@ -1,0 +1,226 @@
+"""Validation of URLs, file names, row ids and file DataFrames (no I/O)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import file_dataset
+from file_dataset._frame import parse_frame, parse_row
+from file_dataset._urls import Location, check_component, is_null, parse_url
+
+UNSAFE_COMPONENTS = ["../x", "a/b", "..", ".", "", "/abs", "a\\b", "\\", "x\x00y"]
+
+
+@pytest.mark.parametrize(
+    ("url", "bucket", "key"),
+    [
+        ("s3://bucket/key.mha", "bucket", "key.mha"),
+        ("s3://my-bucket/a/b/c.mha", "my-bucket", "a/b/c.mha"),
+        ("s3://bucket/with space.mha", "bucket", "with space.mha"),
+        ("s3://bucket/ünï/cödé.mha", "bucket", "ünï/cödé.mha"),
+        ("s3://bucket/a+b.mha", "bucket", "a+b.mha"),
+        ("s3://bucket/a%20b.mha", "bucket", "a%20b.mha"),
+        ("s3://bucket/100%.mha", "bucket", "100%.mha"),
+        ("S3://bucket/upper-scheme", "bucket", "upper-scheme"),
+    ],
+)
+def test_s3_url_key_is_verbatim(url: str, bucket: str, key: str) -> None:
+    loc = parse_url(url)
+    assert loc == Location("s3", bucket, key)
+    assert loc.is_s3
+    assert str(loc) == f"s3://{bucket}/{key}"
+
+
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [
+        ("relative/file.mha", "relative/file.mha"),
+        ("/abs/file.mha", "/abs/file.mha"),
+        (Path("/abs/p.mha"), "/abs/p.mha"),
+        ("file:///abs/f.mha", "/abs/f.mha"),
+        ("file://localhost/abs/f.mha", "/abs/f.mha"),
+    ],
+)
+def test_local_paths(value: str | Path, path: str) -> None:
+    loc = parse_url(value)
+    assert not loc.is_s3
+    assert loc.path == Path(path)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "ftp://host/file.mha",
+        "http://host/file.mha",
+        "gs://bucket/key",
+        "s3://bucket",
+        "s3://bucket/",
+        "s3:///key",
+        "s3://_bad/key",
+        "file://remotehost/x",
+        "",
+    ],
+)
+def test_invalid_url_is_value_error_naming_it(value: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_url(value)
+    assert isinstance(info.value, file_dataset.InvalidInputError)
+    if value:
+        assert value in str(info.value)
+
+
+@pytest.mark.parametrize("value", [123, 1.5, b"s3://bucket/key", ["s3://bkt/k"]])
+def test_non_string_url_is_value_error(value: object) -> None:
+    with pytest.raises(ValueError, match="expected an s3:// URL or a local path"):
+        parse_url(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "s3://user:secret@bucket/k",
+        "s3://secret@bucket/k",
+        "ftp://user:secret@host/k",
+        "file://user:secret@host/k",
+    ],
+)
+def test_credentials_in_url_never_reach_the_message(value: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_url(value)
+    assert "secret" not in str(info.value)
+    assert "secret" not in repr(info.value)
+    assert "***@" in str(info.value)
+
+
+def test_prefix_allows_bucket_without_key() -> None:
+    assert parse_url("s3://bucket", prefix=True) == Location("s3", "bucket", "")
+    assert parse_url("s3://bucket/out/", prefix=True) == Location("s3", "bucket", "out/")
+
+
+@pytest.mark.parametrize(
+    ("prefix", "child"),
+    [
+        ("s3://bkt", "s3://bkt/1/x.mha"),
+        ("s3://bkt/", "s3://bkt/1/x.mha"),
+        ("s3://bkt/out", "s3://bkt/out/1/x.mha"),
+        ("s3://bkt/out/", "s3://bkt/out/1/x.mha"),
+        ("s3://bkt/out//", "s3://bkt/out/1/x.mha"),
+    ],
+)
+def test_child_of_s3_prefix_ignores_trailing_slashes(prefix: str, child: str) -> None:
+    assert str(parse_url(prefix, prefix=True).child("1", "x.mha")) == child
+
+
+@pytest.mark.parametrize("value", UNSAFE_COMPONENTS)
+def test_unsafe_component_is_rejected(value: str) -> None:
+    with pytest.raises(ValueError, match="cannot be used as a path component"):
+        check_component(value, "file name")
+
+
+@pytest.mark.parametrize("value", ["a", "a b", "ünïcode", "a+b", "%20", "100%", ".hidden", "x.."])
+def test_safe_component_is_accepted(value: str) -> None:
+    assert check_component(value, "file name") == value
+
+
+def test_int_component_becomes_string() -> None:
+    assert check_component(7, "id") == "7"
+    assert check_component(np.int64(42), "id") == "42"
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.text(min_size=0, max_size=8),
+    st.sampled_from(["/", "\\", "\x00"]),
+    st.text(min_size=0, max_size=8),
+)
+def test_any_name_with_a_separator_is_rejected(before: str, separator: str, after: str) -> None:
+    name = before + separator + after
+    with pytest.raises(ValueError):
+        check_component(name, "file name")
+    with pytest.raises(ValueError):
+        parse_row({name: "s3://bucket/key"})
+
+
+@pytest.mark.parametrize("value", [None, float("nan"), np.nan, pd.NA, pd.NaT, np.float64("nan")])
+def test_null_cells(value: object) -> None:
+    assert is_null(value)
+
+
+@pytest.mark.parametrize("value", ["", "s3://bkt/k", Path("x"), 0, 0.0, math.inf])
+def test_non_null_cells(value: object) -> None:
+    assert not is_null(value)
+
+
+# --- rows and file DataFrames ------------------------------------------------------
+
+
+def test_row_skips_id_and_keeps_nulls() -> None:
+    table = parse_row(
+        {"id": "ignored", "a.mha": "s3://bkt/a", "b.mha": None, "c.mha": float("nan")}
+    )
+    assert table.ids is None
+    assert table.columns == ["a.mha", "b.mha", "c.mha"]
+    assert table.cells == [[Location("s3", "bkt", "a"), None, None]]
+
+
+def test_row_from_series() -> None:
+    table = parse_row(pd.Series({"a.mha": "s3://bkt/a", "b.mha": pd.NA}))
+    assert table.cells == [[Location("s3", "bkt", "a"), None]]
+
+
+@pytest.mark.parametrize("name", UNSAFE_COMPONENTS)
+def test_row_with_unsafe_name_is_rejected(name: str) -> None:
+    with pytest.raises(ValueError):
+        parse_row({name: "s3://bkt/k"})
+
+
+def test_row_with_bad_url_names_column_and_value() -> None:
+    with pytest.raises(ValueError, match=r"column 'a\.mha'.*ftp://host/x"):
+        parse_row({"a.mha": "ftp://host/x"})
+
+
+def test_frame_with_bad_url_names_row_id() -> None:
+    frame = pd.DataFrame({"id": ["r1", "r2"], "a.mha": ["s3://bkt/a", "ftp://host/x"]})
+    with pytest.raises(ValueError, match=r"row id 'r2', column 'a\.mha'.*ftp://host/x"):
+        parse_frame(frame)
+
+
+def test_frame_ids_become_strings_in_order() -> None:
+    frame = pd.DataFrame({"a.mha": ["s3://bkt/1", "s3://bkt/2", None], "id": [3, 1, 2]})
+    table = parse_frame(frame)
+    assert table.ids == ["3", "1", "2"]
+    assert table.columns == ["a.mha"]
+    assert table.cells == [[Location("s3", "bkt", "1")], [Location("s3", "bkt", "2")], [None]]
+
+
+@pytest.mark.parametrize(
+    ("frame", "match"),
+    [
+        (pd.DataFrame({"a.mha": ["s3://bkt/k"]}), "needs an 'id' column"),
+        (pd.DataFrame({"id": ["1", "1"], "a.mha": ["s3://bkt/k", "s3://bkt/l"]}), "unique"),
+        (pd.DataFrame({"id": [1, 1.0], "a.mha": ["s3://bkt/k", "s3://bkt/l"]}), "unique"),
+        (pd.DataFrame({"id": ["1", None], "a.mha": ["s3://bkt/k", "s3://bkt/l"]}), "null"),
+        (pd.DataFrame({"id": [1.0, np.nan], "a.mha": ["s3://bkt/k", "s3://bkt/l"]}), "null"),
+        (pd.DataFrame({"id": pd.array([1, pd.NA], dtype="Int64"), "a.mha": ["x", "y"]}), "null"),
+        (pd.DataFrame({"id": ["../x"], "a.mha": ["s3://bkt/k"]}), "path component"),
+        (pd.DataFrame({"id": ["1"], "../a.mha": ["s3://bkt/k"]}), "path component"),
+        (pd.DataFrame({"id": ["1"], 5: ["s3://bkt/k"]}), "must be strings"),
+        (pd.DataFrame([["1", "s3://bkt/k", "s3://bkt/l"]], columns=["id", "a", "a"]), "unique"),
+        (pd.DataFrame([["1", "2", "s3://bkt/l"]], columns=["id", "id", "a"]), "exactly one"),
+    ],
+)
+def test_invalid_frame_is_value_error(frame: pd.DataFrame, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        file_dataset.reader(frame)
+
+
+def test_reader_rejects_non_mapping() -> None:
+    with pytest.raises(ValueError, match="expected a mapping"):
+        file_dataset.reader(["s3://bkt/k"])  # type: ignore[arg-type]

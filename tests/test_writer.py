@@ -1,0 +1,283 @@
+"""write_files() to the local S3 server and to local folders."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import file_dataset
+from file_dataset import Options
+from file_dataset.testing import LocalS3Server
+
+MiB = 1024 * 1024
+UNSAFE = ["../x", "a/b", "..", "", "/abs", "a\\b"]
+AWKWARD_NAMES = ["with space.mha", "ünï日本.mha", "a+b.mha", "a%20b.mha", "100%.mha", "%%25 +"]
+_ids = itertools.count()
+
+file_names = st.text(
+    alphabet=st.characters(categories=["L", "N", "P", "S", "Zs"], exclude_characters="/\\"),
+    min_size=1,
+    max_size=16,
+).filter(lambda name: name not in (".", ".."))
+rows = st.dictionaries(file_names, st.binary(max_size=64), min_size=1, max_size=4)
+
+
+def keys(s3_client: Any, bucket: str, prefix: str = "") -> list[str]:
+    listing = s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for o in listing.get("Contents", []))
+
+
+def read_object(s3_client: Any, url: str) -> bytes:
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    return bytes(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def make_files(folder: Path, contents: dict[str, bytes]) -> dict[str, Path]:
+    """Writes ``contents`` under ``folder`` (by position, not name) and maps name to path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for index, (name, data) in enumerate(contents.items()):
+        files[name] = folder / f"src-{index}"
+        files[name].write_bytes(data)
+    return files
+
+
+@pytest.fixture(scope="module")
+def shared_bucket(s3_server: LocalS3Server) -> str:
+    """One bucket for the property tests (each example writes under its own id)."""
+    return s3_server.create_bucket()
+
+
+# --- Usage 2: S3 ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["resampled", "resampled/", "a/b/resampled/"])
+def test_write_to_s3(
+    prefix: str, options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    files = make_files(tmp_path, {"resampled_image.mha": b"image", "mask.mha": b"mask"})
+    result = file_dataset.write_files(files, f"s3://{bucket}/{prefix}", id="1", options=options)
+    base = f"s3://{bucket}/{prefix.rstrip('/')}/1"
+    assert result == {
+        "resampled_image.mha": f"{base}/resampled_image.mha",
+        "mask.mha": f"{base}/mask.mha",
+    }
+    assert all(type(url) is str for url in result.values())
+    assert read_object(s3_client, result["resampled_image.mha"]) == b"image"
+    assert read_object(s3_client, result["mask.mha"]) == b"mask"
+    assert len(keys(s3_client, bucket)) == 2
+
+
+@pytest.mark.parametrize("into", ["s3://{bucket}", "s3://{bucket}/"])
+def test_write_to_bucket_root(
+    into: str, options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    files = make_files(tmp_path, {"f": b"root"})
+    result = file_dataset.write_files(files, into.format(bucket=bucket), id=7, options=options)
+    assert result == {"f": f"s3://{bucket}/7/f"}
+    assert keys(s3_client, bucket) == ["7/f"]
+
+
+def test_int_id_and_none_values(options: Options, bucket: str, tmp_path: Path) -> None:
+    files: dict[str, Any] = {**make_files(tmp_path, {"f": b"x"}), "skipped": None}
+    result = file_dataset.write_files(files, f"s3://{bucket}/p", id=42, options=options)
+    assert result == {"f": f"s3://{bucket}/p/42/f"}
+
+
+@pytest.mark.parametrize("name", AWKWARD_NAMES)
+def test_awkward_names_round_trip(
+    name: str, options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    files = make_files(tmp_path, {name: name.encode()})
+    result = file_dataset.write_files(files, f"s3://{bucket}/out dir+%/", id="i d", options=options)
+    assert result == {name: f"s3://{bucket}/out dir+%/i d/{name}"}
+    assert keys(s3_client, bucket) == [f"out dir+%/i d/{name}"]
+    blobs = file_dataset.reader(result, options).into_blob_table()
+    assert blobs.column(name).to_pylist() == [name.encode()]
+
+
+def test_zero_byte_file(options: Options, bucket: str, s3_client: Any, tmp_path: Path) -> None:
+    files = make_files(tmp_path, {"empty": b""})
+    s3 = file_dataset.write_files(files, f"s3://{bucket}/p", id="1", options=options)
+    assert read_object(s3_client, s3["empty"]) == b""
+    local = file_dataset.write_files(files, tmp_path / "out", id="1")
+    assert local == {"empty": tmp_path / "out" / "1" / "empty"}
+    assert local["empty"].read_bytes() == b""
+
+
+def test_40_mib_file_is_uploaded_in_parts(
+    options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    data = os.urandom(40 * MiB)
+    files = make_files(tmp_path, {"big.bin": data})
+    result = file_dataset.write_files(files, f"s3://{bucket}/big", id="1", options=options)
+    head = s3_client.head_object(Bucket=bucket, Key="big/1/big.bin")
+    assert head["ContentLength"] == 40 * MiB
+    assert head["ETag"].strip('"').endswith("-5")  # multipart, 8 MiB parts
+    assert read_object(s3_client, result["big.bin"]) == data
+
+
+@pytest.mark.parametrize(("size", "parts"), [(5 * MiB, None), (11 * MiB + 1, 3)])
+def test_multipart_threshold(
+    size: int, parts: int | None, s3_server: LocalS3Server, bucket: str, s3_client: Any, tmp_path
+) -> None:
+    options = s3_server.options(part_size=5 * MiB, multipart_threshold=5 * MiB)
+    data = os.urandom(size)
+    files = make_files(tmp_path, {"f": data})
+    result = file_dataset.write_files(files, f"s3://{bucket}/p", id="1", options=options)
+    etag = s3_client.head_object(Bucket=bucket, Key="p/1/f")["ETag"].strip('"')
+    if parts is None:
+        assert "-" not in etag  # one PUT
+    else:
+        assert etag.endswith(f"-{parts}")
+    assert read_object(s3_client, result["f"]) == data
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+# --- Usage 2: local ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ["", "/"])
+def test_write_to_local_folder(suffix: str, tmp_path: Path) -> None:
+    files = make_files(tmp_path / "src", {"resampled_image.mha": b"local", "b": b"bb"})
+    into = f"{tmp_path / 'resampled'}{suffix}"
+    result = file_dataset.write_files(files, into, id="1")
+    assert result == {
+        "resampled_image.mha": Path(into) / "1" / "resampled_image.mha",
+        "b": Path(into) / "1" / "b",
+    }
+    assert all(isinstance(p, Path) for p in result.values())
+    assert result["resampled_image.mha"].read_bytes() == b"local"
+    assert sorted(os.listdir(tmp_path / "resampled" / "1")) == ["b", "resampled_image.mha"]
+
+
+def test_write_to_relative_and_file_url_paths(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    files = make_files(tmp_path / "src", {"f": b"rel"})
+    assert file_dataset.write_files(files, "./resampled/", id=3) == {"f": Path("./resampled/3/f")}
+    assert Path("resampled/3/f").read_bytes() == b"rel"
+    result = file_dataset.write_files(files, (tmp_path / "viaurl").as_uri(), id="u")
+    assert result == {"f": tmp_path / "viaurl" / "u" / "f"}
+    assert result["f"].read_bytes() == b"rel"
+
+
+def test_local_write_is_atomic_and_overwrites(tmp_path: Path) -> None:
+    dest = tmp_path / "out" / "1" / "f"
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(b"an older and much longer content")
+    files = make_files(tmp_path / "src", {"f": b"new"})
+    assert file_dataset.write_files(files, tmp_path / "out", id="1") == {"f": dest}
+    assert dest.read_bytes() == b"new"
+    assert os.listdir(dest.parent) == ["f"]  # no temporary ".part" file left
+
+
+@pytest.mark.parametrize("name", ["x" * 255, "é" * 127], ids=["ascii", "utf8"])
+def test_longest_file_name(name: str, options: Options, bucket: str, tmp_path: Path) -> None:
+    files = make_files(tmp_path / "src", {name: b"long"})
+    local = file_dataset.write_files(files, tmp_path / "out", id="1")
+    assert local[name].read_bytes() == b"long"
+    urls = file_dataset.write_files(files, f"s3://{bucket}/p", id="1", options=options)
+    with file_dataset.reader(urls, options).into_temp_dir() as tmp:
+        assert {p.name: p.read_bytes() for p in tmp.iterdir()} == {name: b"long"}
+
+
+# --- invalid input: nothing is written ------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", UNSAFE)
+def test_unsafe_name_writes_nothing(
+    bad: str, options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    files = make_files(tmp_path / "src", {"good": b"g", bad: b"b"})
+    with pytest.raises(ValueError, match="path component"):
+        file_dataset.write_files(files, f"s3://{bucket}/p", id="1", options=options)
+    with pytest.raises(ValueError, match="path component"):
+        file_dataset.write_files(files, tmp_path / "out", id="1")
+    assert keys(s3_client, bucket) == []
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad", UNSAFE)
+def test_unsafe_id_writes_nothing(
+    bad: str, options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    files = make_files(tmp_path / "src", {"good": b"g"})
+    with pytest.raises(ValueError, match="path component"):
+        file_dataset.write_files(files, f"s3://{bucket}/p", id=bad, options=options)
+    with pytest.raises(ValueError, match="path component"):
+        file_dataset.write_files(files, tmp_path / "out", id=bad)
+    assert keys(s3_client, bucket) == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_source_writes_nothing(
+    options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    files = {**make_files(tmp_path / "src", {"good": b"g"}), "gone": tmp_path / "nope"}
+    with pytest.raises(FileNotFoundError) as info:
+        file_dataset.write_files(files, f"s3://{bucket}/p", id="9", options=options)
+    assert str(tmp_path / "nope") in str(info.value)
+    assert "'9'" in str(info.value)
+    assert "'gone'" in str(info.value)
+    assert keys(s3_client, bucket) == []
+
+
+@pytest.mark.parametrize("into", ["ftp://host/out", "s3://u:secret@bkt/out", "", "s3://"])
+def test_invalid_destination(into: str, tmp_path: Path) -> None:
+    files = make_files(tmp_path, {"f": b"x"})
+    with pytest.raises(ValueError) as info:
+        file_dataset.write_files(files, into, id="1")
+    assert "secret" not in str(info.value)
+
+
+def test_write_to_missing_bucket(options: Options, tmp_path: Path) -> None:
+    files = make_files(tmp_path, {"f": b"x"})
+    with pytest.raises(FileNotFoundError, match=r"s3://no-such-bucket-w/p/1/f \(row id '1'"):
+        file_dataset.write_files(files, "s3://no-such-bucket-w/p", id="1", options=options)
+
+
+# --- properties ------------------------------------------------------------------------
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(row=rows)
+def test_property_row_round_trip(row: dict[str, bytes], options: Options, shared_bucket: str):
+    row_id = f"row-{next(_ids)}"
+    with tempfile.TemporaryDirectory() as tmp:
+        files = make_files(Path(tmp) / "src", row)
+        urls = file_dataset.write_files(files, f"s3://{shared_bucket}/prop", row_id, options)
+        assert urls == {name: f"s3://{shared_bucket}/prop/{row_id}/{name}" for name in row}
+        reader = file_dataset.reader(urls, options)
+        assert reader.into_blob_table().to_pylist() == [row]
+        with reader.into_temp_dir() as local:
+            assert {p.name: p.read_bytes() for p in local.iterdir()} == row
+        paths = file_dataset.write_files(files, Path(tmp) / "out", row_id)
+        assert {name: p.read_bytes() for name, p in paths.items()} == row
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(row=rows, bad=st.sampled_from(UNSAFE), where=st.sampled_from(["name", "id"]))
+def test_property_unsafe_input_writes_nothing(
+    row: dict[str, bytes], bad: str, where: str, options: Options, shared_bucket: str, s3_client
+) -> None:
+    row_id = f"row-{next(_ids)}"
+    if where == "name":
+        row = {**row, bad: b"bad"}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = make_files(Path(tmp) / "src", row)
+        with pytest.raises(ValueError):
+            file_dataset.write_files(
+                files, f"s3://{shared_bucket}/bad", bad if where == "id" else row_id, options
+            )
+        assert keys(s3_client, shared_bucket, "bad/") == []
