@@ -8,7 +8,9 @@ endpoint reach the code only through ``file_dataset.Options``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +66,34 @@ def bucket(s3_server: LocalS3Server) -> str:
 def s3_client(s3_server: LocalS3Server):  # type: ignore[no-untyped-def]
     """A boto3 client for setting up and checking tests."""
     return s3_server.client()
+
+
+@pytest.fixture
+def put(bucket: str, s3_client) -> Callable[[str, bytes], str]:  # type: ignore[no-untyped-def]
+    """Stores an object in the test's bucket: ``put(key, data)`` returns its URL."""
+
+    def put(key: str, data: bytes) -> str:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=data)
+        return f"s3://{bucket}/{key}"
+
+    return put
+
+
+@pytest.fixture
+def read_object(s3_client) -> Callable[[str], bytes]:  # type: ignore[no-untyped-def]
+    """Reads an object back: ``read_object("s3://bucket/key")`` returns its bytes."""
+
+    def read_object(url: str) -> bytes:
+        bucket, _, key = url.removeprefix("s3://").partition("/")
+        return bytes(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    return read_object
+
+
+@pytest.fixture
+def system_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private system temp dir for one test, so that leftover temp dirs can be seen."""
+    path = tmp_path / "system-tmp"
+    path.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    return path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,17 +17,10 @@ import file_dataset
 from file_dataset import Options, Pipeline
 from file_dataset.testing import LocalS3Server
 
+Put = Callable[[str, bytes], str]
+ReadObject = Callable[[str], bytes]
+
 CANARY_SECRET = "canary-secret-pipeline-31337"
-
-
-def put(s3_client: Any, bucket: str, key: str, data: bytes) -> str:
-    s3_client.put_object(Bucket=bucket, Key=key, Body=data)
-    return f"s3://{bucket}/{key}"
-
-
-def read_object(s3_client: Any, url: str) -> bytes:
-    bucket, _, key = url.removeprefix("s3://").partition("/")
-    return bytes(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
 def upper(input_dir: Path, output_dir: Path) -> dict[str, Path]:
@@ -47,37 +39,26 @@ def reverse(input_dir: Path, output_dir: Path) -> dict[str, Path]:
 
 
 @pytest.fixture
-def system_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private system temp dir, so leftover temp dirs of a Pipeline can be seen."""
-    path = tmp_path / "system-tmp"
-    path.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(path))
-    return path
-
-
-@pytest.fixture
-def images(bucket: str, s3_client: Any) -> pd.DataFrame:
+def images(put: Put) -> pd.DataFrame:
     """The spec's file DataFrame: three images and their ids."""
     return pd.DataFrame(
         {
-            "image.mha": [
-                put(s3_client, bucket, f"image{i}.mha", f"img{i}".encode()) for i in (1, 2, 3)
-            ],
+            "image.mha": [put(f"image{i}.mha", f"img{i}".encode()) for i in (1, 2, 3)],
             "id": ["1", "2", "3"],
         }
     )
 
 
-def outputs(frame: pd.DataFrame, s3_client: Any, column: str) -> dict[str, bytes]:
+def outputs(frame: pd.DataFrame, read_object: ReadObject, column: str) -> dict[str, bytes]:
     """The content of every output object, by row id."""
-    return {row["id"]: read_object(s3_client, row[column]) for _, row in frame.iterrows()}
+    return {row["id"]: read_object(row[column]) for _, row in frame.iterrows()}
 
 
 # --- Usage 3 --------------------------------------------------------------------------
 
 
 def test_pipeline_over_dataframe(
-    images: pd.DataFrame, options: Options, bucket: str, s3_client: Any, system_tmp: Path
+    images: pd.DataFrame, options: Options, bucket: str, system_tmp: Path, read_object: ReadObject
 ) -> None:
     pipeline = Pipeline(
         upper, write_options={"into_path": f"s3://{bucket}/resampled/"}, options=options
@@ -88,13 +69,13 @@ def test_pipeline_over_dataframe(
     assert result["output.mha"].tolist() == [
         f"s3://{bucket}/resampled/{i}/output.mha" for i in (1, 2, 3)
     ]
-    assert outputs(result, s3_client, "output.mha") == {"1": b"IMG1", "2": b"IMG2", "3": b"IMG3"}
+    assert outputs(result, read_object, "output.mha") == {"1": b"IMG1", "2": b"IMG2", "3": b"IMG3"}
     assert pipeline.last_failures == []
     assert list(system_tmp.iterdir()) == []
 
 
 def test_two_pipelines_chained(
-    images: pd.DataFrame, options: Options, bucket: str, s3_client: Any
+    images: pd.DataFrame, options: Options, bucket: str, read_object: ReadObject
 ) -> None:
     first = Pipeline(upper, {"into_path": f"s3://{bucket}/first"}, options)
     second = Pipeline(reverse, {"into_path": f"s3://{bucket}/second"}, options)
@@ -103,15 +84,11 @@ def test_two_pipelines_chained(
     assert result["final.bin"].tolist() == [
         f"s3://{bucket}/second/{i}/final.bin" for i in (1, 2, 3)
     ]
-    assert outputs(result, s3_client, "final.bin") == {"1": b"1GMI", "2": b"2GMI", "3": b"3GMI"}
+    assert outputs(result, read_object, "final.bin") == {"1": b"1GMI", "2": b"2GMI", "3": b"3GMI"}
 
 
-def test_pipeline_to_local_folder_with_int_ids(
-    options: Options, bucket: str, s3_client: Any, tmp_path: Path
-) -> None:
-    frame = pd.DataFrame(
-        {"id": [20, 10], "a": [put(s3_client, bucket, f"a{i}", b"x") for i in (2, 1)]}
-    )
+def test_pipeline_to_local_folder_with_int_ids(options: Options, tmp_path: Path, put: Put) -> None:
+    frame = pd.DataFrame({"id": [20, 10], "a": [put(f"a{i}", b"x") for i in (2, 1)]})
     result = Pipeline(upper, {"into_path": tmp_path / "out"}, options)(frame)
     assert result["id"].tolist() == ["20", "10"]
     assert result["output.mha"].tolist() == [
@@ -121,7 +98,7 @@ def test_pipeline_to_local_folder_with_int_ids(
 
 
 def test_fn_called_in_row_order_with_nulls_absent(
-    options: Options, bucket: str, s3_client: Any, tmp_path: Path
+    options: Options, tmp_path: Path, put: Put
 ) -> None:
     ids = [f"r{i}" for i in (5, 3, 9, 1, 7, 0)]
     seen: list[tuple[str, list[str]]] = []
@@ -135,8 +112,8 @@ def test_fn_called_in_row_order_with_nulls_absent(
     frame = pd.DataFrame(
         {
             "id": ids,
-            "a": [put(s3_client, bucket, f"a/{i}", i.encode()) for i in ids],
-            "b": [put(s3_client, bucket, "b", b"b") if isinstance(n, str) else n for n in nulls],
+            "a": [put(f"a/{i}", i.encode()) for i in ids],
+            "b": [put("b", b"b") if isinstance(n, str) else n for n in nulls],
         }
     )
     result = Pipeline(record, {"into_path": tmp_path}, options)(frame)
@@ -144,13 +121,12 @@ def test_fn_called_in_row_order_with_nulls_absent(
     assert result.to_dict("list") == {"id": ids}
 
 
-def test_outputs_differ_between_rows(options: Options, bucket: str, tmp_path: Path) -> None:
+def test_outputs_differ_between_rows(options: Options, tmp_path: Path) -> None:
     def some(input_dir: Path, output_dir: Path) -> dict[str, Any]:
-        row = input_dir.name  # not the id: derive outputs from the data instead
-        del row
         (output_dir / "x").write_bytes(b"x")
-        count = len(list(input_dir.iterdir()))
-        return {"x": output_dir / "x", "y": None} if count else {"y": output_dir / "x"}
+        if any(input_dir.iterdir()):
+            return {"x": output_dir / "x", "y": None}
+        return {"y": output_dir / "x"}
 
     frame = pd.DataFrame({"id": ["1", "2"], "in": [None, tmp_path / "in"]})
     (tmp_path / "in").write_bytes(b"in")
@@ -194,20 +170,20 @@ def test_failing_fn_row_dropped_and_logged(
     s3_client: Any,
     system_tmp: Path,
     caplog: pytest.LogCaptureFixture,
+    put: Put,
+    read_object: ReadObject,
 ) -> None:
     frame = pd.DataFrame(
         {
             "id": ["ok-1", "bad-2", "ok-3"],
-            "f": [
-                put(s3_client, bucket, k, d) for k, d in [("1", b"a"), ("2", b"fail"), ("3", b"c")]
-            ],
+            "f": [put(k, d) for k, d in [("1", b"a"), ("2", b"fail"), ("3", b"c")]],
         }
     )
     pipeline = Pipeline(upper, {"into_path": f"s3://{bucket}/out"}, options)
     with caplog.at_level(logging.WARNING, logger="file_dataset"):
         result = pipeline(frame)
     assert result["id"].tolist() == ["ok-1", "ok-3"]
-    assert outputs(result, s3_client, "output.mha") == {"ok-1": b"A", "ok-3": b"C"}
+    assert outputs(result, read_object, "output.mha") == {"ok-1": b"A", "ok-3": b"C"}
     [record] = caplog.records
     assert record.levelno == logging.WARNING
     assert "'bad-2'" in record.getMessage()
@@ -238,14 +214,10 @@ def test_fn_returning_missing_path_row_dropped(
 
 
 def test_missing_object_row_dropped(
-    options: Options,
-    bucket: str,
-    s3_client: Any,
-    system_tmp: Path,
-    caplog: pytest.LogCaptureFixture,
+    options: Options, bucket: str, system_tmp: Path, caplog: pytest.LogCaptureFixture, put: Put
 ) -> None:
     missing = f"s3://{bucket}/missing.mha"
-    frame = pd.DataFrame({"id": ["1", "2"], "f": [missing, put(s3_client, bucket, "k", b"k")]})
+    frame = pd.DataFrame({"id": ["1", "2"], "f": [missing, put("k", b"k")]})
     calls: list[str] = []
 
     def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
@@ -278,11 +250,9 @@ def test_upload_failure_row_dropped(
 
 
 def test_on_error_raise_reraises_fn_error(
-    options: Options, bucket: str, s3_client: Any, system_tmp: Path
+    options: Options, bucket: str, system_tmp: Path, put: Put
 ) -> None:
-    frame = pd.DataFrame(
-        {"id": ["1", "2"], "f": [put(s3_client, bucket, "1", b"fail"), "s3://x-y-z/k"]}
-    )
+    frame = pd.DataFrame({"id": ["1", "2"], "f": [put("1", b"fail"), "s3://x-y-z/k"]})
     pipeline = Pipeline(upper, {"into_path": f"s3://{bucket}/out"}, options, on_error="raise")
     with pytest.raises(RuntimeError, match="this row is poisoned"):
         pipeline(frame)
@@ -371,7 +341,7 @@ def test_pickled_pipeline_works(
     images: pd.DataFrame,
     options: Options,
     bucket: str,
-    s3_client: Any,
+    read_object: ReadObject,
 ) -> None:
     pipeline = Pipeline(upper, {"into_path": f"s3://{bucket}/pickled"}, options)
     pipeline(images.iloc[:1])  # live clients and failures must not travel
@@ -380,7 +350,7 @@ def test_pickled_pipeline_works(
     assert copy.write_options == pipeline.write_options
     assert copy.on_error == "drop"
     result = copy(images)
-    assert outputs(result, s3_client, "output.mha") == {"1": b"IMG1", "2": b"IMG2", "3": b"IMG3"}
+    assert outputs(result, read_object, "output.mha") == {"1": b"IMG1", "2": b"IMG2", "3": b"IMG3"}
 
 
 def test_cloudpickled_pipeline_with_closure(options: Options, tmp_path: Path) -> None:

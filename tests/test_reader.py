@@ -6,9 +6,8 @@ import concurrent.futures
 import gc
 import json
 import os
-import tempfile
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ from file_dataset._local import translate_os_error
 from file_dataset._s3 import translate_error
 from file_dataset.testing import LocalS3Server
 
+Put = Callable[[str, bytes], str]
+
 MiB = 1024 * 1024
 AWKWARD_KEYS = [
     "with space.mha",
@@ -37,16 +38,10 @@ AWKWARD_KEYS = [
 ]
 
 
-def put(s3_client: Any, bucket: str, key: str, data: bytes) -> str:
-    """Stores one object and returns its URL."""
-    s3_client.put_object(Bucket=bucket, Key=key, Body=data)
-    return f"s3://{bucket}/{key}"
-
-
-def put_many(s3_client: Any, bucket: str, objects: dict[str, bytes]) -> list[str]:
+def put_many(put: Put, objects: dict[str, bytes]) -> list[str]:
     """Stores many objects concurrently and returns their URLs in order."""
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        return list(pool.map(lambda item: put(s3_client, bucket, *item), objects.items()))
+        return list(pool.map(lambda item: put(*item), objects.items()))
 
 
 def files_under(root: Path) -> dict[str, bytes]:
@@ -54,22 +49,13 @@ def files_under(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-@pytest.fixture
-def system_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private system temp dir, so leftovers of a test can be seen."""
-    path = tmp_path / "system-tmp"
-    path.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(path))
-    return path
-
-
 # --- Usage 1: into_temp_dir -----------------------------------------------------------
 
 
-def test_row_into_temp_dir(options: Options, bucket: str, s3_client: Any, system_tmp: Path) -> None:
+def test_row_into_temp_dir(options: Options, system_tmp: Path, put: Put) -> None:
     row = {
-        "image.mha": put(s3_client, bucket, "image.mha", b"image bytes"),
-        "mask.mha": put(s3_client, bucket, "deep/mask.mha", b"mask"),
+        "image.mha": put("image.mha", b"image bytes"),
+        "mask.mha": put("deep/mask.mha", b"mask"),
     }
     with file_dataset.reader(row, options).into_temp_dir() as tmp:
         assert isinstance(tmp, Path)
@@ -79,8 +65,8 @@ def test_row_into_temp_dir(options: Options, bucket: str, s3_client: Any, system
     assert list(system_tmp.iterdir()) == []
 
 
-def test_row_keyword_form(options: Options, bucket: str, s3_client: Any) -> None:
-    url = put(s3_client, bucket, "k", b"kw")
+def test_row_keyword_form(options: Options, put: Put) -> None:
+    url = put("k", b"kw")
     with file_dataset.reader(row={"f.bin": url}, options=options).into_temp_dir() as tmp:
         assert files_under(tmp) == {"f.bin": b"kw"}
 
@@ -92,22 +78,20 @@ def test_source_and_row_are_exclusive() -> None:
         file_dataset.reader()
 
 
-def test_into_temp_dir_in_given_dir(options: Options, bucket: str, s3_client: Any, tmp_path: Path):
-    url = put(s3_client, bucket, "k", b"x")
+def test_into_temp_dir_in_given_dir(options: Options, tmp_path: Path, put: Put):
+    url = put("k", b"x")
     with file_dataset.reader({"f": url}, options).into_temp_dir(dir=tmp_path) as tmp:
         assert tmp.parent == tmp_path
         assert (tmp / "f").read_bytes() == b"x"
     assert list(tmp_path.iterdir()) == []
 
 
-def test_dataframe_into_temp_dir_layout(
-    options: Options, bucket: str, s3_client: Any, system_tmp: Path
-) -> None:
+def test_dataframe_into_temp_dir_layout(options: Options, system_tmp: Path, put: Put) -> None:
     frame = pd.DataFrame(
         {
-            "a.mha": [put(s3_client, bucket, f"a{i}", f"a{i}".encode()) for i in range(3)],
+            "a.mha": [put(f"a{i}", f"a{i}".encode()) for i in range(3)],
             "id": ["r0", "r1", "r2"],
-            "b.mha": [put(s3_client, bucket, "b0", b"b0"), None, np.nan],
+            "b.mha": [put("b0", b"b0"), None, np.nan],
         }
     )
     with file_dataset.reader(frame, options).into_temp_dir() as tmp:
@@ -121,10 +105,8 @@ def test_dataframe_into_temp_dir_layout(
     assert list(system_tmp.iterdir()) == []
 
 
-def test_temp_dir_removed_when_body_raises(
-    options: Options, bucket: str, s3_client: Any, system_tmp: Path
-) -> None:
-    url = put(s3_client, bucket, "k", b"x")
+def test_temp_dir_removed_when_body_raises(options: Options, system_tmp: Path, put: Put) -> None:
+    url = put("k", b"x")
     reader = file_dataset.reader({"f": url}, options)
     with pytest.raises(KeyError, match="from the body"), reader.into_temp_dir() as tmp:  # noqa: PT012
         assert (tmp / "f").read_bytes() == b"x"
@@ -134,9 +116,9 @@ def test_temp_dir_removed_when_body_raises(
 
 
 def test_temp_dir_removed_when_download_fails(
-    options: Options, bucket: str, s3_client: Any, system_tmp: Path
+    options: Options, bucket: str, system_tmp: Path, put: Put
 ) -> None:
-    row = {"ok": put(s3_client, bucket, "ok", b"ok"), "missing": f"s3://{bucket}/missing"}
+    row = {"ok": put("ok", b"ok"), "missing": f"s3://{bucket}/missing"}
     with pytest.raises(FileNotFoundError), file_dataset.reader(row, options).into_temp_dir():
         pytest.fail("the body must not run")
     assert list(system_tmp.iterdir()) == []
@@ -147,10 +129,10 @@ def test_temp_dir_removed_when_download_fails(
 
 @pytest.mark.parametrize("key", AWKWARD_KEYS)
 def test_awkward_keys_round_trip_verbatim(
-    key: str, options: Options, bucket: str, s3_client: Any
+    key: str, options: Options, bucket: str, s3_client: Any, put: Put
 ) -> None:
     data = key.encode() * 3
-    url = put(s3_client, bucket, key, data)
+    url = put(key, data)
     assert url == f"s3://{bucket}/{key}"
     assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]] == [key]
     reader = file_dataset.reader({"f.mha": url}, options)
@@ -160,8 +142,8 @@ def test_awkward_keys_round_trip_verbatim(
         assert files_under(tmp) == {"f.mha": data}
 
 
-def test_zero_byte_object(options: Options, bucket: str, s3_client: Any) -> None:
-    reader = file_dataset.reader({"empty": put(s3_client, bucket, "empty", b"")}, options)
+def test_zero_byte_object(options: Options, put: Put) -> None:
+    reader = file_dataset.reader({"empty": put("empty", b"")}, options)
     with reader.into_temp_dir() as tmp:
         assert files_under(tmp) == {"empty": b""}
     blobs = reader.into_blob_table()
@@ -169,9 +151,9 @@ def test_zero_byte_object(options: Options, bucket: str, s3_client: Any) -> None
     assert reader.into_size_table().column("empty").to_pylist() == [0]
 
 
-def test_40_mib_object(options: Options, bucket: str, s3_client: Any) -> None:
+def test_40_mib_object(options: Options, put: Put) -> None:
     data = os.urandom(40 * MiB)
-    reader = file_dataset.reader({"big.bin": put(s3_client, bucket, "big", data)}, options)
+    reader = file_dataset.reader({"big.bin": put("big", data)}, options)
     assert 40 * MiB > options.multipart_threshold
     with reader.into_temp_dir() as tmp:
         assert sorted(os.listdir(tmp)) == ["big.bin"]
@@ -226,10 +208,9 @@ def test_small_objects_take_one_get_and_large_ones_ranged_gets(
     bucket = recording_server.create_bucket()
     client = recording_server.client()
     big = os.urandom(11 * MiB + 1)
-    row = {
-        "big": put(client, bucket, "big", big),
-        "small": put(client, bucket, "small", b"small"),
-    }
+    client.put_object(Bucket=bucket, Key="big", Body=big)
+    client.put_object(Bucket=bucket, Key="small", Body=b"small")
+    row = {"big": f"s3://{bucket}/big", "small": f"s3://{bucket}/small"}
     options = recording_server.options(part_size=5 * MiB, multipart_threshold=5 * MiB)
     with recorded(recording_server) as requests:
         blobs = file_dataset.reader(row, options).into_blob_table()
@@ -258,13 +239,13 @@ def test_small_objects_take_one_get_and_large_ones_ranged_gets(
 # --- DataFrames: 200 rows, nulls, ids, shapes ---------------------------------------------
 
 
-def test_200_row_dataframe(options: Options, bucket: str, s3_client: Any, system_tmp: Path):
+def test_200_row_dataframe(options: Options, system_tmp: Path, put: Put):
     ids = [f"{i:03d}" for i in reversed(range(200))]
-    shared = put(s3_client, bucket, "shared", b"shared")
+    shared = put("shared", b"shared")
     frame = pd.DataFrame(
         {
             "id": ids,
-            "x.bin": put_many(s3_client, bucket, {f"x/{i}": f"x{i}".encode() for i in ids}),
+            "x.bin": put_many(put, {f"x/{i}": f"x{i}".encode() for i in ids}),
             "y.bin": [shared if int(i) % 3 else None for i in ids],
         }
     )
@@ -281,9 +262,9 @@ def test_200_row_dataframe(options: Options, bucket: str, s3_client: Any, system
     assert list(system_tmp.iterdir()) == []
 
 
-def test_usage4_row_tables(options: Options, bucket: str, s3_client: Any) -> None:
+def test_usage4_row_tables(options: Options, put: Put) -> None:
     data = os.urandom(MiB)
-    row = {"image.mha": put(s3_client, bucket, "image_mask.mha", data)}
+    row = {"image.mha": put("image_mask.mha", data)}
     blobs = file_dataset.reader(row=row, options=options).into_blob_table()
     assert blobs.schema == pa.schema({"image.mha": pa.binary()})
     assert blobs.num_rows == 1
@@ -293,13 +274,11 @@ def test_usage4_row_tables(options: Options, bucket: str, s3_client: Any) -> Non
     assert sizes.to_pylist() == [{"image.mha": MiB}]
 
 
-def test_dataframe_tables_id_first_in_column_and_row_order(
-    options: Options, bucket: str, s3_client: Any
-) -> None:
+def test_dataframe_tables_id_first_in_column_and_row_order(options: Options, put: Put) -> None:
     frame = pd.DataFrame(
         {
-            "z.mha": [put(s3_client, bucket, "z2", b"zz"), put(s3_client, bucket, "z1", b"z")],
-            "a.mha": [None, put(s3_client, bucket, "a1", b"aaa")],
+            "z.mha": [put("z2", b"zz"), put("z1", b"z")],
+            "a.mha": [None, put("a1", b"aaa")],
             "id": [2, 1],
         }
     )
@@ -326,10 +305,8 @@ def test_dataframe_tables_id_first_in_column_and_row_order(
 
 
 @pytest.mark.parametrize("null", [None, float("nan"), pd.NA], ids=["None", "NaN", "NA"])
-def test_null_cells(null: object, options: Options, bucket: str, s3_client: Any) -> None:
-    frame = pd.DataFrame(
-        {"id": [10, 20], "f": [put(s3_client, bucket, "f", b"f"), null]}, dtype=object
-    )
+def test_null_cells(null: object, options: Options, put: Put) -> None:
+    frame = pd.DataFrame({"id": [10, 20], "f": [put("f", b"f"), null]}, dtype=object)
     reader = file_dataset.reader(frame, options)
     with reader.into_temp_dir() as tmp:
         assert files_under(tmp) == {"10/f": b"f"}
@@ -407,11 +384,11 @@ def test_blob_table_over_2_gib_from_sparse_local_files(tmp_path: Path) -> None:
 
 
 def test_missing_object_names_url_row_id_and_column(
-    options: Options, bucket: str, s3_client: Any, system_tmp: Path
+    options: Options, bucket: str, system_tmp: Path, put: Put
 ) -> None:
     url = f"s3://{bucket}/no/such key.mha"
     frame = pd.DataFrame(
-        {"id": ["r1", "r2"], "a.mha": [put(s3_client, bucket, "a", b"a"), url]},
+        {"id": ["r1", "r2"], "a.mha": [put("a", b"a"), url]},
     )
     reader = file_dataset.reader(frame, options)
     for read in (reader.into_blob_table, reader.into_size_table, reader.into_temp_dir().__enter__):
@@ -495,9 +472,9 @@ def test_transfer_errors_pickle_with_context() -> None:
 
 @pytest.mark.parametrize("bad_id", ["../x", "a/b", "..", "", "/abs", "a\\b"])
 def test_unsafe_id_rejected_before_any_download(
-    bad_id: str, options: Options, bucket: str, s3_client: Any, system_tmp: Path
+    bad_id: str, options: Options, system_tmp: Path, put: Put
 ) -> None:
-    frame = pd.DataFrame({"id": ["ok", bad_id], "f": [put(s3_client, bucket, "f", b"f")] * 2})
+    frame = pd.DataFrame({"id": ["ok", bad_id], "f": [put("f", b"f")] * 2})
     with pytest.raises(ValueError, match="path component"):
         file_dataset.reader(frame, options)
     assert list(system_tmp.iterdir()) == []

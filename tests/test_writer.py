@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from hypothesis import strategies as st
 import file_dataset
 from file_dataset import Options
 from file_dataset.testing import LocalS3Server
+
+ReadObject = Callable[[str], bytes]
 
 MiB = 1024 * 1024
 UNSAFE = ["../x", "a/b", "..", "", "/abs", "a\\b"]
@@ -32,11 +35,6 @@ rows = st.dictionaries(file_names, st.binary(max_size=64), min_size=1, max_size=
 def keys(s3_client: Any, bucket: str, prefix: str = "") -> list[str]:
     listing = s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix)
     return sorted(o["Key"] for o in listing.get("Contents", []))
-
-
-def read_object(s3_client: Any, url: str) -> bytes:
-    bucket, _, key = url.removeprefix("s3://").partition("/")
-    return bytes(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
 def make_files(folder: Path, contents: dict[str, bytes]) -> dict[str, Path]:
@@ -60,7 +58,12 @@ def shared_bucket(s3_server: LocalS3Server) -> str:
 
 @pytest.mark.parametrize("prefix", ["resampled", "resampled/", "a/b/resampled/"])
 def test_write_to_s3(
-    prefix: str, options: Options, bucket: str, s3_client: Any, tmp_path: Path
+    prefix: str,
+    options: Options,
+    bucket: str,
+    s3_client: Any,
+    tmp_path: Path,
+    read_object: ReadObject,
 ) -> None:
     files = make_files(tmp_path, {"resampled_image.mha": b"image", "mask.mha": b"mask"})
     result = file_dataset.write_files(files, f"s3://{bucket}/{prefix}", id="1", options=options)
@@ -70,8 +73,8 @@ def test_write_to_s3(
         "mask.mha": f"{base}/mask.mha",
     }
     assert all(type(url) is str for url in result.values())
-    assert read_object(s3_client, result["resampled_image.mha"]) == b"image"
-    assert read_object(s3_client, result["mask.mha"]) == b"mask"
+    assert read_object(result["resampled_image.mha"]) == b"image"
+    assert read_object(result["mask.mha"]) == b"mask"
     assert len(keys(s3_client, bucket)) == 2
 
 
@@ -103,17 +106,19 @@ def test_awkward_names_round_trip(
     assert blobs.column(name).to_pylist() == [name.encode()]
 
 
-def test_zero_byte_file(options: Options, bucket: str, s3_client: Any, tmp_path: Path) -> None:
+def test_zero_byte_file(
+    options: Options, bucket: str, tmp_path: Path, read_object: ReadObject
+) -> None:
     files = make_files(tmp_path, {"empty": b""})
     s3 = file_dataset.write_files(files, f"s3://{bucket}/p", id="1", options=options)
-    assert read_object(s3_client, s3["empty"]) == b""
+    assert read_object(s3["empty"]) == b""
     local = file_dataset.write_files(files, tmp_path / "out", id="1")
     assert local == {"empty": tmp_path / "out" / "1" / "empty"}
     assert local["empty"].read_bytes() == b""
 
 
 def test_40_mib_file_is_uploaded_in_parts(
-    options: Options, bucket: str, s3_client: Any, tmp_path: Path
+    options: Options, bucket: str, s3_client: Any, tmp_path: Path, read_object: ReadObject
 ) -> None:
     data = os.urandom(40 * MiB)
     files = make_files(tmp_path, {"big.bin": data})
@@ -121,12 +126,18 @@ def test_40_mib_file_is_uploaded_in_parts(
     head = s3_client.head_object(Bucket=bucket, Key="big/1/big.bin")
     assert head["ContentLength"] == 40 * MiB
     assert head["ETag"].strip('"').endswith("-5")  # multipart, 8 MiB parts
-    assert read_object(s3_client, result["big.bin"]) == data
+    assert read_object(result["big.bin"]) == data
 
 
 @pytest.mark.parametrize(("size", "parts"), [(5 * MiB, None), (11 * MiB + 1, 3)])
 def test_multipart_threshold(
-    size: int, parts: int | None, s3_server: LocalS3Server, bucket: str, s3_client: Any, tmp_path
+    size: int,
+    parts: int | None,
+    s3_server: LocalS3Server,
+    bucket: str,
+    s3_client: Any,
+    tmp_path,
+    read_object: ReadObject,
 ) -> None:
     options = s3_server.options(part_size=5 * MiB, multipart_threshold=5 * MiB)
     data = os.urandom(size)
@@ -137,7 +148,7 @@ def test_multipart_threshold(
         assert "-" not in etag  # one PUT
     else:
         assert etag.endswith(f"-{parts}")
-    assert read_object(s3_client, result["f"]) == data
+    assert read_object(result["f"]) == data
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
@@ -191,28 +202,16 @@ def test_longest_file_name(name: str, options: Options, bucket: str, tmp_path: P
 # --- invalid input: nothing is written ------------------------------------------------
 
 
+@pytest.mark.parametrize("where", ["name", "id"])
 @pytest.mark.parametrize("bad", UNSAFE)
-def test_unsafe_name_writes_nothing(
-    bad: str, options: Options, bucket: str, s3_client: Any, tmp_path: Path
+def test_unsafe_name_or_id_writes_nothing(
+    bad: str, where: str, options: Options, bucket: str, s3_client: Any, tmp_path: Path
 ) -> None:
-    files = make_files(tmp_path / "src", {"good": b"g", bad: b"b"})
-    with pytest.raises(ValueError, match="path component"):
-        file_dataset.write_files(files, f"s3://{bucket}/p", id="1", options=options)
-    with pytest.raises(ValueError, match="path component"):
-        file_dataset.write_files(files, tmp_path / "out", id="1")
-    assert keys(s3_client, bucket) == []
-    assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize("bad", UNSAFE)
-def test_unsafe_id_writes_nothing(
-    bad: str, options: Options, bucket: str, s3_client: Any, tmp_path: Path
-) -> None:
-    files = make_files(tmp_path / "src", {"good": b"g"})
-    with pytest.raises(ValueError, match="path component"):
-        file_dataset.write_files(files, f"s3://{bucket}/p", id=bad, options=options)
-    with pytest.raises(ValueError, match="path component"):
-        file_dataset.write_files(files, tmp_path / "out", id=bad)
+    files = make_files(tmp_path / "src", {"good": b"g", **({bad: b"b"} if where == "name" else {})})
+    row_id = bad if where == "id" else "1"
+    for into in (f"s3://{bucket}/p", tmp_path / "out"):
+        with pytest.raises(ValueError, match="path component"):
+            file_dataset.write_files(files, into, id=row_id, options=options)
     assert keys(s3_client, bucket) == []
     assert not (tmp_path / "out").exists()
 
