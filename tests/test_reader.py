@@ -6,6 +6,7 @@ import concurrent.futures
 import gc
 import json
 import os
+import tempfile
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from botocore.exceptions import ClientError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import file_dataset
 from file_dataset import Options
@@ -327,6 +330,65 @@ def test_empty_dataframe(options: Options) -> None:
     table = file_dataset.reader(frame, options).into_blob_table()
     assert table.num_rows == 0
     assert table.column_names == ["id", "f"]
+
+
+safe_text = st.text(
+    alphabet=st.characters(categories=["L", "N", "P", "S", "Zs"], exclude_characters="/\\"),
+    min_size=1,
+    max_size=12,
+).filter(lambda text: text not in (".", "..", "id"))
+
+
+@st.composite
+def file_frames(draw: st.DrawFn) -> tuple[list[str], list[str], list[list[bytes | None]]]:
+    """Unique ids, unique file names, and per row per name the bytes of a file or None."""
+    ids = draw(st.lists(safe_text, min_size=0, max_size=5, unique=True))
+    names = draw(st.lists(safe_text, min_size=1, max_size=3, unique=True))
+    cells = st.one_of(st.none(), st.binary(max_size=32))
+    rows = draw(
+        st.lists(
+            st.lists(cells, min_size=len(names), max_size=len(names)),
+            min_size=len(ids),
+            max_size=len(ids),
+        )
+    )
+    return ids, names, rows
+
+
+@settings(max_examples=25, deadline=None)
+@given(file_frames())
+def test_property_dataframe_tables_and_layout(
+    frame_data: tuple[list[str], list[str], list[list[bytes | None]]],
+) -> None:
+    ids, names, rows = frame_data
+    with tempfile.TemporaryDirectory() as src:
+        columns: dict[str, list[Any]] = {"id": ids, **{name: [] for name in names}}
+        for r, row in enumerate(rows):
+            for c, (name, data) in enumerate(zip(names, row, strict=True)):
+                path = None
+                if data is not None:
+                    path = Path(src) / f"{r}-{c}"
+                    path.write_bytes(data)
+                columns[name].append(path)
+        reader = file_dataset.reader(pd.DataFrame(columns))
+        table = reader.into_blob_table()
+        assert table.column_names == ["id", *names]
+        assert table.to_pylist() == [
+            {"id": i, **dict(zip(names, row, strict=True))}
+            for i, row in zip(ids, rows, strict=True)
+        ]
+        sizes = reader.into_size_table().to_pylist()
+        assert sizes == [
+            {"id": i, **{n: None if d is None else len(d) for n, d in zip(names, row, strict=True)}}
+            for i, row in zip(ids, rows, strict=True)
+        ]
+        with reader.into_temp_dir() as tmp:
+            assert files_under(tmp) == {
+                f"{i}/{n}": d
+                for i, row in zip(ids, rows, strict=True)
+                for n, d in zip(names, row, strict=True)
+                if d is not None
+            }
 
 
 # --- local sources -------------------------------------------------------------------
