@@ -218,14 +218,12 @@ def test_no_secret_in_error_of_unreachable_endpoint(canary_options: Options) -> 
     assert_no_secret("".join(traceback.format_exception(info.value)))
 
 
-def test_secret_key_never_logged_and_file_dataset_logs_no_credentials(
+def test_no_secret_or_token_in_any_log_line(
     canary_options: Options, bucket: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """botocore itself logs the session token at DEBUG (signing and request headers).
-
-    The secret access key is never logged by anyone; file_dataset's own records carry
-    no credential at all.
-    """
+    """botocore logs the session token at DEBUG (signing and request headers): the
+    filter that Options installs on botocore's loggers masks it, and file_dataset's own
+    records carry no credential at all."""
     canary_options.s3_client().put_object(Bucket=bucket, Key="k", Body=b"data")
     caplog.set_level(logging.DEBUG)
     table = file_dataset.reader({"k": f"s3://{bucket}/k"}, canary_options).into_blob_table()
@@ -234,8 +232,10 @@ def test_secret_key_never_logged_and_file_dataset_logs_no_credentials(
     assert table.column("k").to_pylist() == [b"data"]
     messages = [(record.name, record.getMessage()) for record in caplog.records]
     assert any(name.startswith("botocore") for name, _ in messages)  # DEBUG was captured
+    assert any("***" in message for name, message in messages if name.startswith("botocore"))
     for name, message in messages:
         assert CANARY_SECRET not in message
+        assert CANARY_TOKEN not in message
         if not name.startswith(("botocore", "urllib3")):
             assert_no_secret(message)
             assert CANARY_KEY_ID not in message

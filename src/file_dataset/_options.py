@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
 import threading
 from collections.abc import Mapping
@@ -18,6 +19,48 @@ _SECRET_KEYS = frozenset({"aws_secret_access_key", "aws_session_token", "aws_acc
 # boto3.Session() and Session.client() are not thread-safe.
 _CREATE_LOCK = threading.Lock()
 _LOADER: Any = None
+# botocore logs signing details and request headers (with the session token) at DEBUG.
+_BOTOCORE_LOGGERS = (
+    "botocore",
+    "botocore.auth",
+    "botocore.endpoint",
+    "botocore.hooks",
+    "botocore.httpsession",
+    "botocore.parsers",
+    "botocore.retryhandler",
+    "botocore.credentials",
+)
+
+
+class _RedactSecrets(logging.Filter):
+    """Replaces the secrets of every client made here with ``***`` in botocore's logs."""
+
+    def __init__(self) -> None:
+        super().__init__("file_dataset")
+        self._secrets: frozenset[str] = frozenset()
+        self._installed = False
+
+    def add(self, *secrets: str | None) -> None:
+        new = {s for s in secrets if s and len(s) >= 8}
+        if new <= self._secrets:
+            return
+        self._secrets = self._secrets | new
+        if not self._installed:
+            self._installed = True
+            for name in _BOTOCORE_LOGGERS:
+                logging.getLogger(name).addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = message
+        for secret in self._secrets:
+            redacted = redacted.replace(secret, "***")
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+_REDACTOR = _RedactSecrets()
 _MAX_RUNTIMES = 16
 
 
@@ -240,7 +283,12 @@ class Options:
             else:
                 core.register_component("data_loader", _LOADER)
             session = boto3.Session(botocore_session=core, **self.session_kwargs)
-            return session.client("s3", config=config, **client_kwargs)
+            client = session.client("s3", config=config, **client_kwargs)
+        credentials = session.get_credentials()
+        if credentials is not None:
+            frozen = credentials.get_frozen_credentials()
+            _REDACTOR.add(frozen.secret_key, frozen.token)
+        return client
 
     def executor(self) -> concurrent.futures.ThreadPoolExecutor:
         """The bounded thread pool that carries transfers made with these options.
