@@ -1,0 +1,877 @@
+"""One contender, run in its own process: ``python _contenders.py SPEC.json``.
+
+The parent (run.py) writes a spec, this process sets up (imports, Ray start, ...)
+outside the measured region, runs the contender once inside it, then checks every
+object's bytes and writes a result JSON next to the spec. Measured: wall time, CPU
+seconds of this process and all its descendants (Ray workers, curl, s5cmd), peak RSS
+of the process tree (sampled every 20 ms), and the server's request count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import zlib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+CHUNK = 8 * 1024 * 1024
+
+
+class Skip(Exception):  # noqa: N818
+    """The contender cannot run here (a tool or module is missing)."""
+
+
+# --- measuring ----------------------------------------------------------------------
+
+
+def _tree() -> list[psutil.Process]:
+    me = psutil.Process()
+    try:
+        return [me, *me.children(recursive=True)]
+    except psutil.Error:
+        return [me]
+
+
+def _tree_cpu() -> float:
+    total = 0.0
+    for p in _tree():
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _tree_rss() -> int:
+    total = 0
+    for p in _tree():
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+class Meter:
+    def __init__(self, log: str | None) -> None:
+        self.log = log
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def _offset(self) -> int:
+        return os.path.getsize(self.log) if self.log and os.path.exists(self.log) else 0
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _tree_rss())
+
+    def __enter__(self) -> Meter:
+        self.log_start = self._offset()
+        self.base_rss = _tree_rss()
+        self.peak = self.base_rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        self.cpu0 = _tree_cpu()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.t0
+        self.cpu = _tree_cpu() - self.cpu0
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _tree_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        self.requests: int | None = None
+        if self.log:
+            time.sleep(0.1)  # nginx logs a request as it finishes it
+            with open(self.log, "rb") as f:
+                f.seek(self.log_start)
+                self.requests = f.read().count(b"\n")
+
+
+# --- checking -----------------------------------------------------------------------
+
+
+class Checker:
+    """Compares what a contender produced with the manifest."""
+
+    def __init__(self, manifest: dict[str, list[int]]) -> None:
+        self.manifest = manifest
+        self.seen: set[str] = set()
+        self.nulls = 0
+        self.wrong: list[str] = []
+
+    def blob(self, name: str, data: Any) -> None:
+        if name not in self.manifest:
+            self.wrong.append(f"unexpected object {name}")
+            return
+        self.seen.add(name)
+        if data is None:
+            self.nulls += 1
+            return
+        view = memoryview(data).cast("B")
+        size, crc = self.manifest[name]
+        if len(view) != size:
+            self.wrong.append(f"{name}: {len(view)} bytes, expected {size}")
+        elif zlib.crc32(view) != crc:
+            self.wrong.append(f"{name}: checksum mismatch")
+
+    def file(self, name: str, path: Path) -> None:
+        if not path.is_file():
+            self.blob(name, None)
+            return
+        crc = 0
+        n = 0
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                crc = zlib.crc32(chunk, crc)
+                n += len(chunk)
+        if name not in self.manifest:
+            self.wrong.append(f"unexpected object {name}")
+            return
+        self.seen.add(name)
+        size, want = self.manifest[name]
+        if n != size:
+            self.wrong.append(f"{name}: {n} bytes, expected {size}")
+        elif crc != want:
+            self.wrong.append(f"{name}: checksum mismatch")
+
+    def table(self, table: Any, columns: Iterable[tuple[str, str]], id_column: str = "id") -> None:
+        """Checks an Arrow table: ``columns`` pairs (file name, binary column)."""
+        ids = table.column(id_column).to_pylist()
+        for name, binary in columns:
+            col = table.column(binary)
+            i = 0
+            for chunk in col.chunks:
+                for j in range(len(chunk)):
+                    value = chunk[j]
+                    self.blob(f"{ids[i]}/{name}", value.as_buffer() if value.is_valid else None)
+                    i += 1
+
+    def summary(self) -> tuple[bool, str, int]:
+        missing = len(set(self.manifest) - self.seen)
+        problems = []
+        if self.nulls:
+            problems.append(f"{self.nulls} nulls")
+        if missing:
+            problems.append(f"{missing} missing")
+        if self.wrong:
+            problems.append(f"{len(self.wrong)} wrong (e.g. {self.wrong[0]})")
+        return (not problems, "; ".join(problems), self.nulls)
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def _pairs(spec: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(row id, file column, cell) for every cell of the frame."""
+    import pandas as pd
+
+    df = pd.read_parquet(spec["frame"])
+    spec["_df"] = df
+    cols = [c for c in df.columns if c != "id"]
+    return [(str(r["id"]), c, str(r[c])) for _, r in df.iterrows() for c in cols]
+
+
+def _split(url: str) -> tuple[str, str]:
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
+_MEMO: dict[Any, Any] = {}
+
+
+def _memo(key: Any, make: Callable[[], Any]) -> Any:
+    """One instance per process and key, so the warm-up and the measured run share it."""
+    if key not in _MEMO:
+        _MEMO[key] = make()
+    return _MEMO[key]
+
+
+def _options(spec: dict[str, Any], **kw: Any) -> Any:
+    return _memo(("options", spec["endpoint"]), lambda: _new_options(spec, **kw))
+
+
+def _new_options(spec: dict[str, Any], **kw: Any) -> Any:
+    from file_dataset import Options
+
+    creds = spec["creds"]
+    return Options(
+        session_kwargs={
+            "aws_access_key_id": creds["key"],
+            "aws_secret_access_key": creds["secret"],
+            "region_name": creds["region"],
+        },
+        s3_client_kwargs={"endpoint_url": spec["endpoint"]},
+        **kw,
+    )
+
+
+def _boto3_client(spec: dict[str, Any], pool: int = 10) -> Any:
+    return _memo(("boto3", spec["endpoint"], pool), lambda: _new_boto3_client(spec, pool))
+
+
+def _new_boto3_client(spec: dict[str, Any], pool: int) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    creds = spec["creds"]
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=spec["endpoint"],
+        aws_access_key_id=creds["key"],
+        aws_secret_access_key=creds["secret"],
+        region_name=creds["region"],
+        config=Config(max_pool_connections=pool, retries={"mode": "standard", "max_attempts": 3}),
+    )
+
+
+def _pyarrow_fs(spec: dict[str, Any]) -> Any:
+    import pyarrow.fs
+
+    creds = spec["creds"]
+    return pyarrow.fs.S3FileSystem(
+        access_key=creds["key"],
+        secret_key=creds["secret"],
+        region=creds["region"],
+        endpoint_override=spec["endpoint"],  # with http://, which Ray passes on to obstore
+        scheme="http",
+        allow_bucket_creation=False,
+    )
+
+
+def _env_creds(spec: dict[str, Any]) -> dict[str, str]:
+    creds = spec["creds"]
+    env = dict(os.environ)
+    env.update(
+        AWS_ACCESS_KEY_ID=creds["key"],
+        AWS_SECRET_ACCESS_KEY=creds["secret"],
+        AWS_REGION=creds["region"],
+        AWS_DEFAULT_REGION=creds["region"],
+    )
+    return env
+
+
+def _tmpdir(spec: dict[str, Any]) -> Path:
+    return Path(tempfile.mkdtemp(prefix="dl-", dir=spec["tmp"]))
+
+
+def _check_dir(checker: Checker, root: Path, pairs: list[tuple[str, str, str]]) -> None:
+    for row_id, col, _ in pairs:
+        checker.file(f"{row_id}/{col}", root / row_id / col)
+
+
+def _ray_init(spec: dict[str, Any]) -> Any:
+    import ray
+
+    if ray.is_initialized():
+        return ray
+
+    total = spec["workload"]["count"] * spec["workload"]["size"]
+    ray.init(
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+        object_store_memory=max(2 << 30, 3 * total),
+        _temp_dir=f"/tmp/rayb{os.getpid()}",  # short: Ray's socket paths are limited to 107 bytes
+    )
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    try:
+        ctx.print_on_execution_start = False
+    except AttributeError:
+        pass
+    # start the workers outside the measured region
+    ray.data.range(8, override_num_blocks=4).map_batches(lambda b: b).materialize()
+    return ray
+
+
+# --- read contenders ----------------------------------------------------------------
+# Each takes (spec, pairs, checker) and returns a function that does the measured work
+# and returns a function that checks the result (called after the measurement).
+
+Prepared = Callable[[], Callable[[], None]]
+
+
+def fd_blob(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
+    import file_dataset
+
+    options = _options(spec)
+    df = spec["_df"]
+
+    def run() -> Callable[[], None]:
+        table = file_dataset.reader(df, options).into_blob_table()
+        return lambda: checker.table(table, [(c, c) for c in df.columns if c != "id"])
+
+    return run
+
+
+def fd_tempdir(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
+    import file_dataset
+
+    options = _options(spec)
+    df = spec["_df"]
+
+    def run() -> Callable[[], None]:
+        ctx = file_dataset.reader(df, options).into_temp_dir(dir=spec["tmp"])
+        root = ctx.__enter__()
+
+        def check() -> None:
+            try:
+                _check_dir(checker, root, pairs)
+            finally:
+                ctx.__exit__(None, None, None)
+
+        return check
+
+    return run
+
+
+def fd_ray(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
+    try:
+        from file_dataset.ray import read_file_dataset
+    except ImportError as e:
+        raise Skip(f"file_dataset.ray.read_file_dataset not available ({e})") from e
+    import pyarrow as pa
+
+    ray = _ray_init(spec)
+    options = _options(spec)
+    df = spec["_df"]
+
+    def run() -> Callable[[], None]:
+        batch = min(2500, max(1, -(-len(df) // 4)))  # about 4 read tasks (2 CPUs)
+        ds = read_file_dataset(df, batch_size=batch, options=options)
+        table = pa.concat_tables(ray.get(ds.to_arrow_refs()))
+        cols = [c for c in df.columns if c != "id"]
+        return lambda: checker.table(table, [(c, c) for c in cols])
+
+    return run
+
+
+def fd_pipeline(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
+    """Pipeline whose fn keeps its inputs (hard links) and returns no outputs."""
+    import file_dataset
+
+    options = _options(spec)
+    df = spec["_df"]
+    keep = _tmpdir(spec)
+    out = _tmpdir(spec)
+
+    def fn(input_dir: Path, output_dir: Path) -> dict[str, Any]:
+        target = keep / str(len(os.listdir(keep)))
+        target.mkdir()
+        for p in input_dir.iterdir():
+            os.link(p, target / p.name)
+        return {}
+
+    order = list(df["id"])
+
+    def run() -> Callable[[], None]:
+        result = file_dataset.Pipeline(fn, {"into_path": str(out)}, options, on_error="raise")(df)
+        assert len(result) == len(df), result
+
+        def check() -> None:
+            for n, row_id in enumerate(order):
+                for col in [c for c in df.columns if c != "id"]:
+                    checker.file(f"{row_id}/{col}", keep / str(n) / col)
+
+        return check
+
+    return run
+
+
+def _ray_download(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
+    import pyarrow as pa
+
+    ray = _ray_init(spec)
+    from ray.data._internal.planner import _obstore_download
+    from ray.data.expressions import col as ray_col  # noqa: F401
+    from ray.data.expressions import download
+
+    spec["_note"] = f"ray obstore path: {bool(_obstore_download.OBSTORE_AVAILABLE)}"
+    want_obstore = spec["contender"] == "ray_download"
+    if bool(_obstore_download.OBSTORE_AVAILABLE) != want_obstore:
+        raise RuntimeError(f"obstore toggle did not take effect ({spec['_note']})")
+    fs = _pyarrow_fs(spec)
+    df = spec["_df"]
+    cols = [c for c in df.columns if c != "id"]
+
+    def run() -> Callable[[], None]:
+        ds = ray.data.from_pandas(df)
+        for c in cols:
+            ds = ds.with_column(f"{c}:bytes", download(c, filesystem=fs))
+        table = pa.concat_tables(ray.get(ds.to_arrow_refs()))
+        return lambda: checker.table(table, [(c, f"{c}:bytes") for c in cols])
+
+    return run
+
+
+
+
+def ray_read_binary(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
+    import pyarrow as pa
+
+    ray = _ray_init(spec)
+    fs = _pyarrow_fs(spec)
+    name_of = {url.removeprefix("s3://"): f"{rid}/{c}" for rid, c, url in pairs}
+
+    def run() -> Callable[[], None]:
+        ds = ray.data.read_binary_files(list(name_of), filesystem=fs, include_paths=True)
+        table = pa.concat_tables(ray.get(ds.to_arrow_refs()))
+
+        def check() -> None:
+            paths = table.column("path").to_pylist()
+            data = table.column("bytes")
+            i = 0
+            for chunk in data.chunks:
+                for j in range(len(chunk)):
+                    v = chunk[j]
+                    checker.blob(name_of.get(paths[i], paths[i]), v.as_buffer() if v.is_valid else None)
+                    i += 1
+
+        return check
+
+    return run
+
+
+def _daft(spec: dict[str, Any], pairs: list, checker: Checker, on_ray: bool) -> Prepared:
+    try:
+        import daft
+        from daft.io import IOConfig, S3Config
+    except ImportError as e:
+        raise Skip(f"daft not installed ({e})") from e
+    if on_ray:
+        _ray_init(spec)
+        _memo("daft-runner", lambda: daft.set_runner_ray(noop_if_initialized=True))
+    else:
+        _memo("daft-runner", daft.set_runner_native)
+    creds = spec["creds"]
+    io = IOConfig(
+        s3=S3Config(
+            endpoint_url=spec["endpoint"],
+            key_id=creds["key"],
+            access_key=creds["secret"],
+            region_name=creds["region"],
+            use_ssl=False,
+            force_virtual_addressing=False,
+        )
+    )
+    df = spec["_df"]
+    cols = [c for c in df.columns if c != "id"]
+
+    def run() -> Callable[[], None]:
+        d = daft.from_pandas(df)
+        for c in cols:
+            d = d.with_column(f"{c}:bytes", daft.functions.download(daft.col(c), io_config=io))
+        table = d.to_arrow()
+        return lambda: checker.table(table, [(c, f"{c}:bytes") for c in cols])
+
+    return run
+
+
+def daft_native(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
+    return _daft(spec, pairs, checker, on_ray=False)
+
+
+def daft_ray(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
+    return _daft(spec, pairs, checker, on_ray=True)
+
+
+def s3fs_cat(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
+    import s3fs
+
+    creds = spec["creds"]
+    fs = _memo("s3fs", lambda: s3fs.S3FileSystem(
+        key=creds["key"],
+        secret=creds["secret"],
+        endpoint_url=spec["endpoint"],
+        client_kwargs={"region_name": creds["region"]},
+        use_listings_cache=False,
+    ))
+    name_of = {url.removeprefix("s3://"): f"{rid}/{c}" for rid, c, url in pairs}
+
+    def run() -> Callable[[], None]:
+        out = fs.cat(list(name_of), on_error="return")
+
+        def check() -> None:
+            for path, data in out.items():
+                name = name_of.get(path.removeprefix("s3://"), path)
+                checker.blob(name, None if isinstance(data, BaseException) else data)
+
+        return check
+
+    return run
+
+
+def obstore_async(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
+    import obstore
+    from obstore.store import S3Store
+
+    creds = spec["creds"]
+    stores: dict[str, Any] = _memo("stores", dict)
+    for _, _, url in pairs:
+        bucket, _ = _split(url)
+        if bucket not in stores:
+            stores[bucket] = S3Store(
+                bucket,
+                endpoint=spec["endpoint"],
+                access_key_id=creds["key"],
+                secret_access_key=creds["secret"],
+                region=creds["region"],
+                virtual_hosted_style_request=False,
+                client_options={"allow_http": True},
+            )
+
+    async def main() -> dict[str, Any]:
+        sem = asyncio.Semaphore(64)
+
+        async def one(name: str, url: str) -> tuple[str, Any]:
+            bucket, key = _split(url)
+            async with sem:
+                res = await obstore.get_async(stores[bucket], key)
+                return name, await res.bytes_async()
+
+        got = await asyncio.gather(*(one(f"{rid}/{c}", url) for rid, c, url in pairs))
+        return dict(got)
+
+    def run() -> Callable[[], None]:
+        out = asyncio.run(main())
+        return lambda: [checker.blob(n, d) for n, d in out.items()] and None
+
+    return run
+
+
+def boto3_seq(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
+    client = _boto3_client(spec)
+
+    def run() -> Callable[[], None]:
+        out = {}
+        for rid, c, url in pairs:
+            bucket, key = _split(url)
+            out[f"{rid}/{c}"] = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return lambda: [checker.blob(n, d) for n, d in out.items()] and None
+
+    return run
+
+
+def boto3_pool(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
+    """The usual hand-written pool: 32 threads sharing one client (clients are thread-safe)."""
+    threads = 32
+    client = _boto3_client(spec, threads)
+    pool = _memo("pool", lambda: concurrent.futures.ThreadPoolExecutor(threads))
+
+    def get(url: str) -> bytes:
+        bucket, key = _split(url)
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()  # type: ignore[no-any-return]
+
+    def run() -> Callable[[], None]:
+        datas = list(pool.map(get, [url for _, _, url in pairs]))
+        out = {f"{rid}/{c}": d for (rid, c, _), d in zip(pairs, datas, strict=True)}
+        return lambda: [checker.blob(n, d) for n, d in out.items()] and None
+
+    return run
+
+
+def _s5cmd_binary() -> str:
+    found = shutil.which("s5cmd") or os.path.join(os.path.dirname(sys.executable), "s5cmd")
+    if not os.access(found, os.X_OK):
+        raise Skip("s5cmd not installed")
+    return found
+
+
+def s5cmd(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
+    binary = _s5cmd_binary()
+    root = _tmpdir(spec)
+    cmds = Path(spec["tmp"]) / "s5cmd-read.txt"
+    cmds.write_text("".join(f'cp "{url}" "{root}/{rid}/{c}"\n' for rid, c, url in pairs))
+    env = _env_creds(spec)
+
+    def run() -> Callable[[], None]:
+        subprocess.run(
+            [binary, "--endpoint-url", spec["endpoint"], "--numworkers", "64", "--log", "error", "run", str(cmds)],
+            check=True,
+            env=env,
+        )
+        return lambda: _check_dir(checker, root, pairs)
+
+    return run
+
+
+def curl(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
+    binary = shutil.which("curl")
+    if binary is None:
+        raise Skip("curl not installed")
+    if not spec.get("unsigned_ok", True):
+        raise Skip("curl sends unsigned requests, which moto refuses (reads fell back to moto)")
+    root = _tmpdir(spec)
+    cfg = Path(spec["tmp"]) / "curl.cfg"
+    lines = []
+    for rid, c, url in pairs:
+        bucket, key = _split(url)
+        lines.append(f'url = "{spec["endpoint"]}/{bucket}/{key}"\noutput = "{root}/{rid}/{c}"\n')
+    cfg.write_text("".join(lines))
+
+    def run() -> Callable[[], None]:
+        subprocess.run(
+            [binary, "-Z", "--parallel-max", "64", "-s", "-S", "--fail", "--create-dirs", "-K", str(cfg)],
+            check=True,
+        )
+        return lambda: _check_dir(checker, root, pairs)
+
+    return run
+
+
+# --- write contenders ---------------------------------------------------------------
+# The frame holds local paths; objects go to s3://<out bucket>/<prefix>/<id>/<name>.
+
+
+def _written_checker(spec: dict[str, Any], pairs: list, checker: Checker) -> Callable[[], None]:
+    """Reads every written object back (after the measurement) and checks it."""
+
+    def check() -> None:
+        client = _boto3_client(spec, 8)
+        bucket, prefix = spec["out_bucket"], spec["out_prefix"]
+
+        def get(rid: str, c: str) -> tuple[str, bytes | None]:
+            try:
+                body = client.get_object(Bucket=bucket, Key=f"{prefix}/{rid}/{c}")["Body"].read()
+            except Exception:  # noqa: BLE001
+                return f"{rid}/{c}", None
+            return f"{rid}/{c}", body
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            for name, data in pool.map(lambda p: get(p[0], p[1]), pairs):
+                checker.blob(name, data)
+
+    return check
+
+
+def fd_write_files(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
+    import file_dataset
+
+    options = _options(spec)
+    into = f"s3://{spec['out_bucket']}/{spec['out_prefix']}"
+    rows: dict[str, dict[str, str]] = {}
+    for rid, c, path in pairs:
+        rows.setdefault(rid, {})[c] = path
+
+    def run() -> Callable[[], None]:
+        for rid, files in rows.items():
+            file_dataset.write_files(files, into, rid, options)
+        return _written_checker(spec, pairs, checker)
+
+    return run
+
+
+def fd_pipeline_upload(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
+    """Pipeline over a frame (local paths, or s3 URLs on nginx for the overlap test)
+    whose fn returns its inputs (hard links), optionally after sleeping."""
+    import file_dataset
+
+    write_opts = _options({**spec, "endpoint": spec["write_endpoint"]})
+    read_opts = _options(spec) if spec.get("read_endpoint") is None else _options({**spec, "endpoint": spec["read_endpoint"]})
+    into = f"s3://{spec['out_bucket']}/{spec['out_prefix']}"
+    sleep_s = float(spec.get("sleep_s") or 0)
+    df = spec["_df"]
+
+    def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        if sleep_s:
+            time.sleep(sleep_s)
+        out = {}
+        for p in input_dir.iterdir():
+            os.link(p, output_dir / p.name)
+            out[p.name] = output_dir / p.name
+        return out
+
+    def run() -> Callable[[], None]:
+        result = file_dataset.Pipeline(
+            fn, {"into_path": into, "options": write_opts}, read_opts, on_error="raise"
+        )(df)
+        assert len(result) == len(df)
+        return _written_checker({**spec, "endpoint": spec["write_endpoint"]}, pairs, checker)
+
+    return run
+
+
+def boto3_upload_file(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
+    client = _boto3_client(spec)
+
+    def run() -> Callable[[], None]:
+        for rid, c, path in pairs:
+            client.upload_file(path, spec["out_bucket"], f"{spec['out_prefix']}/{rid}/{c}")
+        return _written_checker(spec, pairs, checker)
+
+    return run
+
+
+def s3transfer_pool(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
+    from s3transfer.manager import TransferConfig, TransferManager
+
+    client = _boto3_client(spec, 32)
+
+    def run() -> Callable[[], None]:
+        config = TransferConfig(max_request_concurrency=32)
+        with TransferManager(client, config) as manager:
+            futures = [
+                manager.upload(path, spec["out_bucket"], f"{spec['out_prefix']}/{rid}/{c}")
+                for rid, c, path in pairs
+            ]
+            for f in futures:
+                f.result()
+        return _written_checker(spec, pairs, checker)
+
+    return run
+
+
+def s5cmd_upload(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
+    binary = _s5cmd_binary()
+    cmds = Path(spec["tmp"]) / "s5cmd-write.txt"
+    cmds.write_text(
+        "".join(
+            f'cp "{path}" "s3://{spec["out_bucket"]}/{spec["out_prefix"]}/{rid}/{c}"\n'
+            for rid, c, path in pairs
+        )
+    )
+    env = _env_creds(spec)
+
+    def run() -> Callable[[], None]:
+        subprocess.run(
+            [binary, "--endpoint-url", spec["endpoint"], "--numworkers", "32", "--log", "error", "run", str(cmds)],
+            check=True,
+            env=env,
+        )
+        return _written_checker(spec, pairs, checker)
+
+    return run
+
+
+CONTENDERS: dict[str, Callable[..., Prepared]] = {
+    "fd_blob": fd_blob,
+    "fd_blob_cold": fd_blob,
+    "fd_tempdir": fd_tempdir,
+    "fd_ray": fd_ray,
+    "fd_pipeline": fd_pipeline,
+    "ray_download": _ray_download,
+    "ray_download_noobstore": _ray_download,
+    "ray_read_binary": ray_read_binary,
+    "daft_native": daft_native,
+    "daft_ray": daft_ray,
+    "s3fs_cat": s3fs_cat,
+    "obstore_async": obstore_async,
+    "boto3_seq": boto3_seq,
+    "boto3_pool": boto3_pool,
+    "s5cmd": s5cmd,
+    "curl": curl,
+    "fd_write_files": fd_write_files,
+    "fd_pipeline_upload": fd_pipeline_upload,
+    "fd_pipeline_io": fd_pipeline_upload,
+    "fd_pipeline_sleep": fd_pipeline_upload,
+    "boto3_upload_file": boto3_upload_file,
+    "s3transfer_pool": s3transfer_pool,
+    "s5cmd_upload": s5cmd_upload,
+}
+
+
+# Processes started per run: nothing to warm up (their start is part of their cost).
+NO_WARMUP = {"s5cmd", "curl", "s5cmd_upload", "fd_blob_cold"}
+
+
+_T0 = time.perf_counter()
+
+
+def _phase(name: str) -> None:
+    print(f"[{time.perf_counter() - _T0:7.2f} s] {name}", file=sys.stderr, flush=True)
+
+
+def main(spec_path: str) -> None:
+    _phase("started")
+    spec = json.loads(Path(spec_path).read_text())
+    result: dict[str, Any] = {"contender": spec["contender"], "status": "ERROR"}
+    out = Path(spec["result"])
+    try:
+        manifest = json.loads(Path(spec["manifest"]).read_text())
+        checker = Checker(manifest)
+        pairs = _pairs(spec)
+        impl_name = spec["contender"].split("[")[0]
+        prepare = CONTENDERS[impl_name]
+        try:
+            if spec.get("warm_frame") and impl_name not in NO_WARMUP:
+                # the same clients, pools and workers read a small other set first
+                warm = {**spec, "frame": spec["warm_frame"], "out_prefix": f"{spec.get('out_prefix')}-warm"}
+                warm_checker = Checker(json.loads(Path(spec["warm_manifest"]).read_text()))
+                warm_pairs = _pairs(warm)
+                _phase("warm-up")
+                prepare(warm, warm_pairs, warm_checker)()()
+                ok, problems, _ = warm_checker.summary()
+                if not ok:
+                    raise RuntimeError(f"warm-up read wrong bytes: {problems}")
+            _phase("prepare")
+            run = prepare(spec, pairs, checker)
+        except Skip as e:
+            result.update(status="SKIPPED", reason=str(e))
+            return
+        with Meter(spec.get("log")) as meter:
+            try:
+                check = run()
+                error = None
+            except Exception as e:  # noqa: BLE001
+                error = e
+                tb = traceback.format_exc()
+        result.update(
+            wall=meter.wall,
+            cpu=meter.cpu,
+            peak_rss=meter.peak,
+            base_rss=meter.base_rss,
+            requests=meter.requests,
+            objects=len(pairs),
+            bytes=sum(s for s, _ in manifest.values()),
+            note=spec.get("_note", ""),
+        )
+        if error is not None:
+            result.update(status="FAILED", reason=f"raised {type(error).__name__}: {str(error)[:300]}")
+            sys.stderr.write(tb)
+            return
+        _phase("check")
+        check()
+        _phase("checked")
+        ok, problems, nulls = checker.summary()
+        result.update(nulls=nulls)
+        result.update(status="OK" if ok else "FAILED", reason=problems)
+    except Exception as e:  # noqa: BLE001
+        traceback.print_exc()
+        result.update(status="FAILED", reason=f"{type(e).__name__}: {str(e)[:300]}")
+    finally:
+        out.write_text(json.dumps(result))
+        if "ray" in sys.modules:
+            try:
+                import ray
+
+                if ray.is_initialized():
+                    ray.shutdown()
+                shutil.rmtree(f"/tmp/rayb{os.getpid()}", ignore_errors=True)
+            except Exception:  # noqa: BLE001
+                pass
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # do not wait for Ray's or pools' shutdown
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

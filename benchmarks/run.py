@@ -1,0 +1,520 @@
+"""file_dataset benchmark suite: every peer, same servers, same data, one run.
+
+Usage (from the repository root)::
+
+    uv run --all-groups python benchmarks/run.py            # everything (~1 h)
+    uv run --all-groups python benchmarks/run.py --workloads A,Ap --latency delay
+    uv run --all-groups python benchmarks/run.py --contenders fd_blob,boto3_pool,curl
+    uv run python benchmarks/run.py --quick                  # CI smoke, < 60 s
+
+It starts nginx (plain, and with a 10 ms first-byte delay through the echo module)
+serving ``<workdir>/data/<bucket>/<key>`` to path-style S3 requests, and moto
+(``file_dataset.testing.LocalS3Server``, behind an nginx proxy that logs requests) for
+writes; generates the data; runs each contender in its own process (so CPU and peak
+RSS are its own); checks every object's bytes; prints a table; and, for full runs,
+merges the figures into ``benchmarks/results.json`` and rewrites
+``benchmarks/RESULTS.md``. Without nginx, reads fall back to moto (printed).
+
+Exit status: 1 if any contender returned wrong or missing bytes (FAILED), else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _data import (  # noqa: E402
+    ALIASES,
+    BUCKET,
+    COLUMNS,
+    QUICK_READ,
+    QUICK_WRITE,
+    READ_WORKLOADS,
+    WRITE_WORKLOADS,
+    Workload,
+    frame,
+    generate,
+    human,
+    key_of,
+)
+from _servers import Servers  # noqa: E402
+
+CREDS = {"key": "bench-key-id", "secret": "bench-secret-key", "region": "us-east-1"}
+OUT_BUCKET = "bench-out"
+
+READ_CONTENDERS = [
+    "fd_blob",
+    "fd_blob_cold",
+    "fd_tempdir",
+    "fd_ray",
+    "fd_pipeline",
+    "fd_blob[obstore]",
+    "fd_tempdir[obstore]",
+    "ray_download",
+    "ray_download_noobstore",
+    "ray_read_binary",
+    "daft_native",
+    "daft_ray",
+    "s3fs_cat",
+    "obstore_async",
+    "boto3_seq",
+    "boto3_pool",
+    "s5cmd",
+    "curl",
+]
+WRITE_CONTENDERS = [
+    "fd_write_files",
+    "fd_pipeline_upload",
+    "fd_write_files[obstore]",
+    "boto3_upload_file",
+    "s3transfer_pool",
+    "s5cmd_upload",
+]
+PIPELINE_CONTENDERS = ["fd_pipeline_io", "fd_pipeline_sleep"]
+QUICK_CONTENDERS = ["fd_blob", "fd_tempdir", "boto3_pool", "curl", "fd_write_files"]
+# Contenders that produce files (compared with into_temp_dir); the others produce blobs.
+DIR_CONTENDERS = {"fd_tempdir", "fd_tempdir[obstore]", "fd_pipeline", "s5cmd", "curl"}
+RAY_CONTENDERS = {"fd_ray", "ray_download", "ray_download_noobstore", "ray_read_binary", "daft_ray"}
+DESCRIPTIONS = {
+    "fd_blob": "file_dataset reader(df).into_blob_table()",
+    "fd_blob_cold": "into_blob_table as the first call of a process (no warm-up: S3 clients and pool created inside)",
+    "fd_tempdir": "file_dataset reader(df).into_temp_dir()",
+    "fd_ray": "file_dataset.ray.read_file_dataset, fully materialised to the driver",
+    "fd_pipeline": "file_dataset Pipeline, fn hard-links its inputs aside, no outputs",
+    "fd_blob[obstore]": "into_blob_table with FILE_DATASET_TRANSPORT=obstore",
+    "fd_tempdir[obstore]": "into_temp_dir with FILE_DATASET_TRANSPORT=obstore",
+    "ray_download": "Ray Data with_column(download()) per file column, obstore installed",
+    "ray_download_noobstore": "same, obstore made unimportable (sitecustomize shim)",
+    "ray_read_binary": "ray.data.read_binary_files(all paths, include_paths=True)",
+    "daft_native": "Daft daft.functions.download(), native runner",
+    "daft_ray": "Daft download() on the Ray runner",
+    "s3fs_cat": "s3fs S3FileSystem.cat(all paths)",
+    "obstore_async": "obstore get_async + bytes_async, asyncio, 64 in flight",
+    "boto3_seq": "boto3 get_object().read(), one at a time",
+    "boto3_pool": "boto3 get_object().read(), 32 threads, client per thread",
+    "s5cmd": "s5cmd run (cp per object, 64 workers) into a directory",
+    "curl": "curl -Z --parallel-max 64 into a directory (ceiling; unsigned)",
+    "fd_write_files": "file_dataset write_files, one call per row",
+    "fd_write_files[obstore]": "write_files with FILE_DATASET_TRANSPORT=obstore",
+    "fd_pipeline_upload": "file_dataset Pipeline over local inputs, fn returns its inputs",
+    "boto3_upload_file": "boto3 upload_file, one at a time (s3transfer inside)",
+    "s3transfer_pool": "s3transfer TransferManager, 32 concurrent requests",
+    "s5cmd_upload": "s5cmd run (cp per file, 32 workers)",
+    "fd_pipeline_io": "Pipeline over B (nginx -> moto), identity fn",
+    "fd_pipeline_sleep": "same, fn sleeps one row's I/O time (from fd_pipeline_io)",
+}
+
+
+def _subreaper() -> None:
+    """Orphans of contenders (Ray daemons) become our children, so we can end them."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _reap_strays(keep: set[int]) -> None:
+    me = psutil.Process()
+    strays = [p for p in me.children(recursive=True) if p.pid not in keep]
+    for p in strays:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(strays, timeout=5)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+def _noobstore_shim(workdir: Path) -> Path:
+    shim = workdir / "noobstore"
+    shim.mkdir(parents=True, exist_ok=True)
+    (shim / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoObstore:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'obstore' or name.startswith('obstore.'):\n"
+        "            raise ImportError('obstore disabled for this benchmark contender')\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, _NoObstore())\n"
+    )
+    return shim
+
+
+class Suite:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.workdir = Path(args.workdir)
+        self.data_root = self.workdir / "data"
+        self.tmp = self.workdir / "tmp"
+        self.results: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+        self._warm_cache: dict[bool, tuple[Path, Path]] = {}
+
+    # --- running one contender ------------------------------------------------------
+
+    def run_one(self, workload: Workload, server: str, contender: str, spec: dict[str, Any]) -> dict[str, Any]:
+        runs = self.tmp / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix="c-", dir=self.tmp))
+        tag = f"{workload.slug}-{server}-{contender}".replace("[", "_").replace("]", "")
+        spec_path = runs / f"{tag}.json"
+        spec.update(contender=contender, tmp=str(tmp), result=str(runs / f"{tag}.result.json"))
+        spec["unsigned_ok"] = not self.reads_on_moto or server != "plain"
+        Path(spec["result"]).unlink(missing_ok=True)
+        spec_path.write_text(json.dumps(spec))
+        env = dict(os.environ)
+        env.pop("FILE_DATASET_TRANSPORT", None)
+        if contender.endswith("[obstore]"):
+            env["FILE_DATASET_TRANSPORT"] = "obstore"
+        if contender == "ray_download":
+            # Ray enables plain http for obstore only for http:// URIs; for s3:// URIs on
+            # an http endpoint it would silently return null rows without this.
+            env["AWS_ALLOW_HTTP"] = "true"
+        if contender == "ray_download_noobstore":
+            shim = _noobstore_shim(self.workdir)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shim), env.get("PYTHONPATH")]))
+        print(f"  {contender:<24}", end="", flush=True)
+        log = open(runs / f"{tag}.log", "wb")  # noqa: SIM115
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "_contenders.py"), str(spec_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        timed_out = False
+        try:
+            proc.wait(timeout=self.args.timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        _reap_strays(self.server_pids)
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            result = json.loads(Path(spec["result"]).read_text())
+        except (OSError, ValueError):
+            tail = (runs / f"{tag}.log").read_text(errors="replace")[-600:]
+            reason = f"timed out after {self.args.timeout} s" if timed_out else f"crashed (exit {proc.returncode}): {tail}"
+            result = {"contender": contender, "status": "FAILED", "reason": reason}
+        if result["status"] == "FAILED" and not timed_out:
+            tail = (runs / f"{tag}.log").read_text(errors="replace").strip().splitlines()[-3:]
+            result.setdefault("log", " | ".join(tail)[-400:])
+        result.update(workload=workload.name, server=server, elapsed=time.monotonic() - started)
+        result["workload_text"] = f"{workload.count:,} x {human(workload.size)}" + (" written" if workload.kind == "write" else "")
+        result["description"] = DESCRIPTIONS.get(contender, "")
+        self._print_row(result, workload)
+        print(f"{'':28}(process {result['elapsed']:.1f} s)", flush=True) if self.args.verbose else None
+        self.results.append(result)
+        return result
+
+    @staticmethod
+    def _print_row(r: dict[str, Any], workload: Workload) -> None:
+        if r["status"] == "SKIPPED":
+            print(f"SKIPPED  {r.get('reason', '')}", flush=True)
+            return
+        if "wall" not in r:
+            print(f"{r['status']}  {r.get('reason', '')}", flush=True)
+            return
+        objs = r["objects"] / r["wall"]
+        mbs = r["bytes"] / r["wall"] / 1e6
+        cpu = 1000 * r["cpu"] / r["objects"]
+        req = f"{r['requests'] / r['objects']:.2f}" if r.get("requests") is not None else "-"
+        print(
+            f"{r['status']:<7} {r['wall']:7.2f} s {objs:9.0f} obj/s {mbs:8.0f} MB/s "
+            f"cpu {cpu:6.2f} ms/obj  req/obj {req:>5}  peak {r['peak_rss'] / 2**20:6.0f} MiB"
+            + (f"  [{r['reason']}]" if r.get("reason") else "")
+            + (f"  ({r['note']})" if r.get("note") else ""),
+            flush=True,
+        )
+
+    # --- the suite ------------------------------------------------------------------
+
+    def prepare_reads(self, workload: Workload) -> tuple[Path, Path]:
+        manifest = generate(workload, self.data_root)
+        if self.reads_on_moto:
+            self._upload_to_moto(workload)
+        frames = self.workdir / "frames"
+        frames.mkdir(exist_ok=True)
+        mpath = frames / f"{workload.slug}-{workload.size}.manifest.json"
+        mpath.write_text(json.dumps(manifest))
+        fpath = frames / f"{workload.slug}-{workload.size}.parquet"
+        frame(workload, lambda key: f"s3://{BUCKET}/{key}").to_parquet(fpath)
+        return fpath, mpath
+
+    def _upload_to_moto(self, workload: Workload) -> None:
+        client = self._moto_client()
+        with contextlib.suppress(Exception):
+            client.create_bucket(Bucket=BUCKET)
+        import concurrent.futures
+
+        def put(p: Path) -> None:
+            client.upload_file(str(p), BUCKET, str(p.relative_to(self.data_root / BUCKET)))
+
+        prefix = self.data_root / BUCKET / key_of(workload, "x", "y").split("/")[0]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(put, [p for p in prefix.rglob("*") if p.is_file()]))
+
+    def _moto_client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.servers.endpoints["moto"].url,
+            aws_access_key_id=CREDS["key"],
+            aws_secret_access_key=CREDS["secret"],
+            region_name=CREDS["region"],
+        )
+
+    def _clear_out_bucket(self) -> None:
+        client = self._moto_client()
+        with contextlib.suppress(Exception):
+            client.create_bucket(Bucket=OUT_BUCKET)
+        paginator = client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=OUT_BUCKET):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=OUT_BUCKET, Delete={"Objects": keys})
+
+    def _room_for(self, workload: Workload) -> str | None:
+        need_disk = 3 * workload.total + (1 << 30)
+        free_disk = shutil.disk_usage(self.workdir).free
+        avail = psutil.virtual_memory().available
+        need_mem = 4 * workload.total + (2 << 30)
+        if free_disk < need_disk:
+            return f"needs {human(need_disk)} of disk, {human(free_disk)} free"
+        if avail < need_mem:
+            return f"needs {human(need_mem)} of memory, {human(avail)} available"
+        return None
+
+    def run(self) -> int:
+        args = self.args
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.data_root.mkdir(parents=True, exist_ok=True)
+        _subreaper()
+        reads, writes, pipeline = self._select_workloads()
+        self.servers = Servers(
+            self.workdir,
+            self.data_root,
+            want_moto=bool(writes or pipeline) or args.moto_reads,
+            force_moto_reads=args.moto_reads,
+        )
+        t0 = time.monotonic()
+        with self.servers:
+            self.server_pids = {p.pid for p in psutil.Process().children(recursive=True)}
+            self.reads_on_moto = self.servers.endpoints["plain"].name.endswith("(moto)")
+            self.notes += self.servers.notes
+            for workload in reads:
+                self._run_read(workload)
+            for workload in writes:
+                self._run_write(workload)
+            if pipeline:
+                self._run_pipeline(pipeline)
+        print(f"\nfinished in {time.monotonic() - t0:.0f} s")
+        return self._finish()
+
+    def _select_workloads(self) -> tuple[list[Workload], list[Workload], Workload | None]:
+        args = self.args
+        read_set = QUICK_READ if args.quick else READ_WORKLOADS
+        write_set = QUICK_WRITE if args.quick else WRITE_WORKLOADS
+        if args.workloads:
+            names = [ALIASES.get(n.strip().upper(), n.strip().upper()) for n in args.workloads.split(",")]
+        else:
+            names = [*read_set, *write_set] + ([] if args.quick else ["P"])
+        unknown = [n for n in names if n not in read_set and n not in write_set and n != "P"]
+        if unknown:
+            raise SystemExit(f"unknown workloads {unknown}; known: {[*read_set, *write_set, 'P']}")
+        reads = [read_set[n] for n in names if n in read_set]
+        writes = [write_set[n] for n in names if n in write_set]
+        pipeline = READ_WORKLOADS["B"] if "P" in names else None
+        return reads, writes, pipeline
+
+    def _contenders(self, default: list[str]) -> list[str]:
+        if self.args.quick and not self.args.contenders:
+            return [c for c in default if c in QUICK_CONTENDERS]
+        if not self.args.contenders:
+            return default
+        wanted = [c.strip() for c in self.args.contenders.split(",")]
+        return [c for c in default if c in wanted]
+
+    def _warm(self, local: bool) -> tuple[Path, Path]:
+        """A small other set every contender reads (or writes) first, unmeasured."""
+        if local in self._warm_cache:
+            return self._warm_cache[local]
+        warm = Workload("warm", 64, 4096)
+        manifest = generate(warm, self.data_root)
+        if self.reads_on_moto and not local:
+            self._upload_to_moto(warm)
+        frames = self.workdir / "frames"
+        frames.mkdir(exist_ok=True)
+        mpath = frames / "warm.manifest.json"
+        mpath.write_text(json.dumps(manifest))
+        fpath = frames / ("warm.local.parquet" if local else "warm.parquet")
+        frame(warm, (lambda key: str(self.data_root / BUCKET / key)) if local else (lambda key: f"s3://{BUCKET}/{key}")).to_parquet(fpath)
+        self._warm_cache[local] = (fpath, mpath)
+        return fpath, mpath
+
+    def _base_spec(self, server: str, manifest: Path, fpath: Path, workload: Workload, local: bool = False) -> dict[str, Any]:
+        endpoint = self.servers.endpoints[server]
+        warm_frame, warm_manifest = self._warm(local)
+        return {
+            "warm_frame": str(warm_frame),
+            "warm_manifest": str(warm_manifest),
+            "workload": {"name": workload.name, "count": workload.count, "size": workload.size},
+            "frame": str(fpath),
+            "manifest": str(manifest),
+            "endpoint": endpoint.url,
+            "log": str(endpoint.log) if endpoint.log else None,
+            "creds": CREDS,
+        }
+
+    def _run_read(self, workload: Workload) -> None:
+        room = self._room_for(workload)
+        if room:
+            msg = f"workload {workload.name} skipped: {room}"
+            print(msg)
+            self.notes.append(msg)
+            return
+        print(f"\n== {workload.describe()}: generating data", flush=True)
+        fpath, mpath = self.prepare_reads(workload)
+        servers = [s for s in workload.latencies if s in self.servers.endpoints]
+        if self.args.latency:
+            servers = [s for s in servers if s in self.args.latency.split(",")]
+        for server in servers:
+            print(f"-- {workload.name} on {self.servers.endpoints[server].name} ({self.servers.endpoints[server].url})")
+            for contender in self._contenders(READ_CONTENDERS):
+                spec = self._base_spec(server, mpath, fpath, workload)
+                self.run_one(workload, server, contender, spec)
+
+    def _run_write(self, workload: Workload) -> None:
+        room = self._room_for(workload)
+        if room:
+            print(f"workload {workload.name} skipped: {room}")
+            return
+        print(f"\n== {workload.describe()} (writes to moto): generating data", flush=True)
+        manifest = generate(workload, self.data_root)
+        frames = self.workdir / "frames"
+        frames.mkdir(exist_ok=True)
+        mpath = frames / f"{workload.slug}-{workload.size}.manifest.json"
+        mpath.write_text(json.dumps(manifest))
+        fpath = frames / f"{workload.slug}-{workload.size}.local.parquet"
+        frame(workload, lambda key: str(self.data_root / BUCKET / key)).to_parquet(fpath)
+        for n, contender in enumerate(self._contenders(WRITE_CONTENDERS)):
+            self._clear_out_bucket()
+            spec = self._base_spec("moto", mpath, fpath, workload, local=True)
+            spec.update(out_bucket=OUT_BUCKET, out_prefix=f"w{n}", write_endpoint=spec["endpoint"])
+            self.run_one(workload, "moto", contender, spec)
+        self._clear_out_bucket()
+
+    def _run_pipeline(self, workload: Workload) -> None:
+        if self.reads_on_moto:
+            print("workload P skipped: needs nginx")
+            return
+        print(f"\n== P: Pipeline overlap over {workload.describe()} (read nginx, write moto)", flush=True)
+        fpath, mpath = self.prepare_reads(workload)
+        io_wall = None
+        for contender in self._contenders(PIPELINE_CONTENDERS):
+            self._clear_out_bucket()
+            spec = self._base_spec("moto", mpath, fpath, workload)
+            spec.update(
+                out_bucket=OUT_BUCKET,
+                out_prefix=contender,
+                write_endpoint=spec["endpoint"],
+                read_endpoint=self.servers.endpoints["plain"].url,
+            )
+            if contender == "fd_pipeline_sleep":
+                if io_wall is None:
+                    print("  fd_pipeline_sleep needs fd_pipeline_io first")
+                    continue
+                spec["sleep_s"] = io_wall / workload.rows
+            r = self.run_one(Workload("P", workload.count, workload.size, ("moto",)), "moto", contender, spec)
+            if contender == "fd_pipeline_io" and r["status"] == "OK":
+                io_wall = r["wall"]
+            if contender == "fd_pipeline_sleep" and r["status"] == "OK" and io_wall:
+                r["pipeline_ratio"] = r["wall"] / max(io_wall, spec["sleep_s"] * workload.rows)
+                r["note"] = (r.get("note") or "") + f"sleep {spec['sleep_s'] * 1000:.1f} ms/row; wall / max(I/O, compute) = {r['pipeline_ratio']:.2f}"
+                print(f"    -> {r['note']}")
+        self._clear_out_bucket()
+
+    # --- reporting ------------------------------------------------------------------
+
+    def _finish(self) -> int:
+        from _report import machine_info, render, table_text
+
+        failed = [r for r in self.results if r["status"] == "FAILED"]
+        print()
+        print(table_text(self.results))
+        if self.args.quick or self.args.no_save:
+            out = self.workdir / "quick-results.md"
+            out.write_text(render(self.results, machine_info(), self.notes, quick=True))
+            print(f"\n(written to {out}; RESULTS.md untouched in quick mode)")
+        else:
+            store = HERE / "results.json"
+            old = json.loads(store.read_text()) if store.exists() else {"results": [], "notes": []}
+            keys = {(r["workload"], r["server"], r["contender"]) for r in self.results}
+            merged = [r for r in old["results"] if (r["workload"], r["server"], r["contender"]) not in keys]
+            info = machine_info()
+            for r in self.results:
+                r["date"] = info["date"]
+            merged += self.results
+            notes = sorted(set(old.get("notes", [])) | set(self.notes))
+            store.write_text(json.dumps({"results": merged, "notes": notes, "machine": info}, indent=1))
+            (HERE / "RESULTS.md").write_text(render(merged, info, notes, quick=False))
+            print(f"\nmerged into {store} and {HERE / 'RESULTS.md'}")
+        if failed:
+            print(f"\n{len(failed)} contender(s) FAILED (wrong or missing bytes, or errors):")
+            for r in failed:
+                print(f"  {r['workload']} {r['server']} {r['contender']}: {r.get('reason')} {r.get('log', '')}")
+            return 1
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, a few contenders (CI smoke)")
+    parser.add_argument("--workloads", help="comma-separated: A,Ap (A'),B,C,D,W1,W64,P")
+    parser.add_argument("--contenders", help="comma-separated names (see --list)")
+    parser.add_argument("--latency", help="comma-separated servers for reads: plain,delay")
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "file_dataset-bench"))
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per contender")
+    parser.add_argument("--moto-reads", action="store_true", help="serve reads from moto even if nginx exists")
+    parser.add_argument("--no-save", action="store_true", help="do not touch results.json / RESULTS.md")
+    parser.add_argument("--verbose", action="store_true", help="also print each process's total time")
+    parser.add_argument("--list", action="store_true", help="list contenders and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name in READ_CONTENDERS + WRITE_CONTENDERS + PIPELINE_CONTENDERS:
+            print(f"{name:<26} {DESCRIPTIONS.get(name, '')}")
+        return 0
+    if args.timeout is None:
+        args.timeout = 60.0 if args.quick else 900.0
+    if args.quick:
+        args.workdir = str(Path(args.workdir).with_name(Path(args.workdir).name + "-quick"))
+    return Suite(args).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
