@@ -21,6 +21,8 @@ __all__ = ["FileReader", "reader"]
 
 # One Arrow binary chunk holds at most this many bytes (int32 offsets cap it at 2 GiB).
 _CHUNK_BYTES = 64 * 1024 * 1024
+# An object at least this large becomes a chunk of its own, without being copied.
+_OWN_CHUNK_BYTES = 8 * 1024 * 1024
 _INT32_MAX = 2**31 - 1
 
 
@@ -142,8 +144,8 @@ class FileReader:
         Columns are ``pa.binary()`` split into chunks of at most 64 MiB each (int32
         offsets cannot address more than 2 GiB in one chunk), so a table of any
         total size is correct; an object too large to be the sole value of a chunk
-        (2 GiB or more) turns its column into ``pa.large_binary()``. Objects larger
-        than 64 MiB become their own chunk without being copied.
+        (2 GiB or more) turns its column into ``pa.large_binary()``. Objects of 8 MiB
+        or more become a chunk of their own without being copied.
 
         Returns:
             The blob table.
@@ -234,7 +236,7 @@ def _binary_column(values: list[bytes | bytearray | None]) -> pa.ChunkedArray[An
 
     for index, blob in enumerate(values):
         values[index] = None  # let each blob go once it lives in a chunk
-        if blob is not None and len(blob) > _CHUNK_BYTES:
+        if blob is not None and len(blob) >= _OWN_CHUNK_BYTES:
             flush()
             chunks.append(_single_value_chunk(blob))
             continue
