@@ -1,0 +1,423 @@
+"""FileDataFrameAsBlobDatasource and read_file_dataset on a real local Ray and S3 server."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import ray.cloudpickle
+import ray.data
+
+import file_dataset
+import file_dataset._reader
+from file_dataset import Options
+from file_dataset.ray import FileDataFrameAsBlobDatasource, blob_reader, read_file_dataset
+from file_dataset.testing import LocalS3Server
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+pytestmark = pytest.mark.ray
+
+BATCH = 50
+FILE_COLUMNS = ["image.bin", "mask.bin"]
+EXPECTED_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("image.bin", pa.binary()),
+        pa.field("mask.bin", pa.binary()),
+    ]
+)
+CREDENTIAL_VARIABLES = {
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+}
+
+
+@pytest.fixture(scope="module")
+def materialized(ray_local: None, blob_dataset: Any, options: Options) -> ray.data.Dataset:
+    """The 1000-row dataset read once, kept in the object store for several tests."""
+    return read_file_dataset(blob_dataset.frame, BATCH, options).materialize()
+
+
+def _expected_table(blob_dataset: Any) -> pa.Table:
+    ids = blob_dataset.frame["id"].tolist()
+    columns = {
+        name: pa.array([blob_dataset.expected(i, name) for i in ids], pa.binary())
+        for name in FILE_COLUMNS
+    }
+    return pa.table({"id": pa.array(ids, pa.string()), **columns})
+
+
+# --- reading --------------------------------------------------------------------------
+
+
+def test_every_row_has_the_uploaded_bytes_and_its_id(
+    materialized: ray.data.Dataset, blob_dataset: Any
+) -> None:
+    schema = materialized.schema()
+    assert schema.names == EXPECTED_SCHEMA.names
+    assert schema.types == EXPECTED_SCHEMA.types
+    frame_ids = blob_dataset.frame["id"].tolist()
+    position = {row_id: i for i, row_id in enumerate(frame_ids)}
+    seen: list[str] = []
+    for block in materialized.iter_batches(batch_size=None, batch_format="pyarrow"):
+        assert block.schema.equals(EXPECTED_SCHEMA)
+        ids = block["id"].to_pylist()
+        assert 0 < len(ids) <= BATCH
+        # One block is one read task: consecutive DataFrame rows, in order.
+        first = position[ids[0]]
+        assert ids == frame_ids[first : first + len(ids)]
+        for row in block.to_pylist():
+            for name in FILE_COLUMNS:
+                assert row[name] == blob_dataset.expected(row["id"], name), (row["id"], name)
+        seen.extend(ids)
+    assert len(seen) == len(frame_ids) == 1000
+    assert sorted(seen) == sorted(frame_ids)
+    assert sum(blob_dataset.frame["mask.bin"].isna()) > 0  # null cells were exercised
+
+
+def test_blob_reader_is_read_file_dataset() -> None:
+    assert blob_reader is read_file_dataset
+
+
+def test_schema_is_known_without_reading(
+    ray_local: None, s3_server: LocalS3Server, put_objects: Callable[..., None], options: Options
+) -> None:
+    bucket = s3_server.create_bucket()
+    put_objects(bucket, {"0/a": b"a", "0/b": b"b"})
+    frame = pd.DataFrame(
+        {
+            "id": ["0", "1"],
+            "a": [f"s3://{bucket}/0/a", f"s3://{bucket}/1/a"],  # row 1 does not exist
+            "b": [f"s3://{bucket}/0/b", f"s3://{bucket}/1/b"],
+        }
+    )
+    ds = read_file_dataset(frame, 1, options)
+    schema = ds.schema(fetch_if_missing=False)
+    assert schema is not None
+    assert schema.names == ["id", "a", "b"]
+    assert schema.types == [pa.string(), pa.binary(), pa.binary()]
+    with pytest.raises(Exception, match=f"s3://{bucket}/1/a"):
+        ds.materialize()
+
+
+def test_zero_copy_map_batches_reads_blobs_as_arrow(
+    materialized: ray.data.Dataset, blob_dataset: Any
+) -> None:
+    expected = _expected_table(blob_dataset)
+
+    def check(batch: pa.Table, expected: pa.Table) -> pa.Table:
+        # Arrow compute only: no blob becomes a Python object.
+        assert isinstance(batch, pa.Table)
+        rows = pc.index_in(batch["id"], value_set=expected["id"])
+        out: dict[str, Any] = {"id": batch["id"]}
+        for name in FILE_COLUMNS:
+            column = batch[name]
+            assert column.type == pa.binary()
+            # Blocks come from the object store: their buffers are the read-only shared
+            # memory itself, not a copy.
+            assert all(not chunk.buffers()[2].is_mutable for chunk in column.chunks if len(chunk))
+            want = expected[name].take(rows)
+            same = pc.fill_null(pc.equal(column, want), False)
+            both_null = pc.and_(pc.is_null(column), pc.is_null(want))
+            out[f"{name}:same"] = pc.or_(same, both_null)
+            out[f"{name}:length"] = pc.binary_length(column)
+            out[f"{name}:head"] = pc.binary_slice(column, 0, 8)
+        return pa.table(out)
+
+    result = materialized.map_batches(
+        check,
+        batch_format="pyarrow",
+        zero_copy_batch=True,
+        batch_size=None,
+        fn_kwargs={"expected": expected},
+    ).to_arrow_refs()
+    table = pa.concat_tables(ray.get(result))
+    assert table.num_rows == 1000
+    assert sorted(table["id"].to_pylist()) == sorted(blob_dataset.frame["id"])
+    for name in FILE_COLUMNS:
+        assert pc.all(table[f"{name}:same"]).as_py() is True
+        for row_id, length, head in zip(
+            table["id"].to_pylist(),
+            table[f"{name}:length"].to_pylist(),
+            table[f"{name}:head"].to_pylist(),
+            strict=True,
+        ):
+            blob = blob_dataset.expected(row_id, name)
+            assert length == (None if blob is None else len(blob))
+            assert head == (None if blob is None else blob[:8])
+
+
+def test_blobs_round_trip_through_parquet(
+    materialized: ray.data.Dataset, blob_dataset: Any, tmp_path: Any
+) -> None:
+    materialized.write_parquet(str(tmp_path), min_rows_per_file=500)
+    table = ray.data.read_parquet(str(tmp_path)).to_arrow_refs()
+    back = pa.concat_tables(ray.get(table))
+    assert back.num_rows == 1000
+    assert back.schema.field("image.bin").type == pa.binary()
+    for row in back.to_pylist():
+        for name in FILE_COLUMNS:
+            assert row[name] == blob_dataset.expected(row["id"], name)
+
+
+def test_chunked_blob_columns_flow_through_ray(
+    ray_local: None, blob_dataset: Any, options: Options, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reader splits a binary column into chunks of at most 64 MiB; make that 4 KiB
+    # here and run the read task in this process, so a block has many chunks.
+    monkeypatch.setattr(file_dataset._reader, "_CHUNK_BYTES", 4096)
+    frame = blob_dataset.frame.head(100)
+    [task] = FileDataFrameAsBlobDatasource(frame, 100, options).get_read_tasks(1)
+    [block] = list(task())
+    assert block["image.bin"].num_chunks > 5
+    expected = _expected_table(blob_dataset).slice(0, 100)
+    assert block.equals(expected.cast(EXPECTED_SCHEMA))
+
+    def lengths(batch: pa.Table) -> pa.Table:
+        return pa.table({"id": batch["id"], "n": pc.binary_length(batch["image.bin"])})
+
+    ds = ray.data.from_arrow(block)
+    [round_trip] = ray.get(ds.to_arrow_refs())
+    assert round_trip.equals(block)
+    out = ds.map_batches(lengths, batch_format="pyarrow", zero_copy_batch=True).to_pandas()
+    assert dict(zip(out["id"], out["n"], strict=True)) == {
+        row_id: len(blob_dataset.expected(row_id, "image.bin")) for row_id in frame["id"]
+    }
+
+
+def test_empty_frame_gives_an_empty_dataset(ray_local: None, options: Options) -> None:
+    frame = pd.DataFrame({"id": pd.Series([], dtype=str), "a": pd.Series([], dtype=str)})
+    datasource = FileDataFrameAsBlobDatasource(frame, 4, options)
+    assert datasource.get_read_tasks(8) == []
+    assert datasource.estimate_inmemory_data_size() == 0
+    assert read_file_dataset(frame, 4, options).count() == 0
+
+
+def test_limit_reads_only_what_is_needed(
+    ray_local: None, blob_dataset: Any, options: Options
+) -> None:
+    datasource = FileDataFrameAsBlobDatasource(blob_dataset.frame, BATCH, options)
+    tasks = datasource.get_read_tasks(1, per_task_row_limit=3)
+    assert len(tasks) == 1000 // BATCH
+    assert {task.metadata.num_rows for task in tasks} == {3}
+    rows = read_file_dataset(blob_dataset.frame, BATCH, options).limit(5).take_all()
+    assert len(rows) == 5
+    for row in rows:
+        assert row["image.bin"] == blob_dataset.expected(row["id"], "image.bin")
+
+
+# --- read tasks and size estimate ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("batch_size", "parallelism"), [(1, 1), (7, 8), (64, 10_000)])
+def test_one_read_task_per_batch_whatever_the_parallelism(
+    blob_dataset: Any, options: Options, batch_size: int, parallelism: int
+) -> None:
+    frame = blob_dataset.frame
+    datasource = FileDataFrameAsBlobDatasource(frame, batch_size, options)
+    tasks = datasource.get_read_tasks(parallelism, per_task_row_limit=None, data_context=None)
+    assert len(tasks) == math.ceil(len(frame) / batch_size)
+    counts = [task.metadata.num_rows for task in tasks]
+    assert counts[:-1] == [batch_size] * (len(tasks) - 1)
+    assert sum(counts) == len(frame)
+    for task in tasks:
+        assert task.schema.equals(EXPECTED_SCHEMA)
+        assert task.metadata.size_bytes > 0
+    assert sum(task.metadata.size_bytes for task in tasks) == pytest.approx(
+        datasource.estimate_inmemory_data_size(), rel=1e-3
+    )
+
+
+def test_one_read_task_when_the_batch_is_larger_than_the_frame(
+    blob_dataset: Any, options: Options
+) -> None:
+    frame = blob_dataset.frame.head(10)
+    tasks = FileDataFrameAsBlobDatasource(frame, 1500, options).get_read_tasks(64)
+    assert [task.metadata.num_rows for task in tasks] == [10]
+
+
+def test_pickled_read_task_holds_only_its_chunk(blob_dataset: Any, options: Options) -> None:
+    small = FileDataFrameAsBlobDatasource(blob_dataset.frame.head(BATCH), BATCH, options)
+    large = FileDataFrameAsBlobDatasource(blob_dataset.frame, BATCH, options)
+    small_size = len(ray.cloudpickle.dumps(small.get_read_tasks(1)[0]))
+    large_sizes = [len(ray.cloudpickle.dumps(task)) for task in large.get_read_tasks(1)]
+    frame_size = len(ray.cloudpickle.dumps(blob_dataset.frame))
+    assert max(large_sizes) < small_size + 200
+    assert max(large_sizes) < frame_size / 5
+
+
+def test_estimate_is_close_to_the_real_size_for_uniform_rows(
+    s3_server: LocalS3Server, put_objects: Callable[..., None], options: Options
+) -> None:
+    bucket = s3_server.create_bucket()
+    rows = 100
+    put_objects(
+        bucket,
+        {
+            f"{i}/{name}": bytes([i % 256]) * size
+            for i in range(rows)
+            for name, size in (("a", 600), ("b", 400))
+        },
+    )
+    frame = pd.DataFrame(
+        {
+            "id": [f"u{i:04d}" for i in range(rows)],
+            "a": [f"s3://{bucket}/{i}/a" for i in range(rows)],
+            "b": [f"s3://{bucket}/{i}/b" for i in range(rows)],
+        }
+    )
+    estimate = FileDataFrameAsBlobDatasource(frame, 10, options).estimate_inmemory_data_size()
+    real = file_dataset.reader(frame, options).into_blob_table().nbytes
+    assert estimate > 0
+    assert estimate == pytest.approx(real, rel=0.02)
+
+
+def test_estimate_sizes_only_the_first_batch_once(
+    s3_server: LocalS3Server,
+    put_objects: Callable[..., None],
+    s3_client: Any,
+    options: Options,
+) -> None:
+    bucket = s3_server.create_bucket()
+    batch = 10
+    put_objects(bucket, {f"{i}/a": b"x" * 100 for i in range(batch)})
+    # Rows after the first batch point at objects that do not exist: a HEAD of any of
+    # them would raise FileNotFoundError.
+    frame = pd.DataFrame(
+        {"id": [str(i) for i in range(1000)], "a": [f"s3://{bucket}/{i}/a" for i in range(1000)]}
+    )
+    with pytest.raises(FileNotFoundError):
+        file_dataset.reader(frame.iloc[batch : batch + 1], options).into_size_table()
+    datasource = FileDataFrameAsBlobDatasource(frame, batch, options)
+    estimate = datasource.estimate_inmemory_data_size()
+    head_bytes = file_dataset.reader(frame.head(batch), options).into_blob_table().nbytes
+    assert estimate == pytest.approx(head_bytes * 1000 / batch, rel=0.02)
+    # Cached: with the first batch's objects gone, nothing is asked of S3 again.
+    for i in range(batch):
+        s3_client.delete_object(Bucket=bucket, Key=f"{i}/a")
+    assert datasource.estimate_inmemory_data_size() == estimate
+    assert len(datasource.get_read_tasks(4)) == 1000 // batch
+
+
+# --- options and credentials ---------------------------------------------------------------
+
+
+def test_workers_use_the_endpoint_and_credentials_of_options(
+    ray_local: None, blob_dataset: Any, options: Options
+) -> None:
+    assert not CREDENTIAL_VARIABLES & set(os.environ)
+    assert options.s3_client_kwargs["endpoint_url"].startswith("http://127.0.0.1:")
+
+    def where(batch: pa.Table) -> pa.Table:
+        names = ",".join(sorted(CREDENTIAL_VARIABLES & set(os.environ)))
+        return batch.append_column("pid", pa.array([os.getpid()] * batch.num_rows)).append_column(
+            "aws_env", pa.array([names] * batch.num_rows)
+        )
+
+    frame = blob_dataset.frame.head(20)
+    rows = (
+        read_file_dataset(frame, 5, options)
+        .map_batches(where, batch_format="pyarrow", batch_size=None)
+        .take_all()
+    )
+    assert len(rows) == 20
+    assert all(row["pid"] != os.getpid() for row in rows)
+    assert all(row["aws_env"] == "" for row in rows)
+    for row in rows:
+        assert row["image.bin"] == blob_dataset.expected(row["id"], "image.bin")
+
+
+def test_worker_without_credentials_in_options_fails_naming_the_url(
+    ray_local: None, blob_dataset: Any, s3_server: LocalS3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The driver has credentials in its environment (so sizing the first batch here
+    # works); the workers, started without any AWS variable, only have the options.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-key")
+    no_credentials = Options(
+        session_kwargs={"region_name": "us-east-1"},
+        s3_client_kwargs={"endpoint_url": s3_server.endpoint_url},
+    )
+    frame = blob_dataset.frame.head(4)
+    ds = read_file_dataset(frame, 2, no_credentials)
+    with pytest.raises(OSError) as raised:
+        ds.materialize()
+    message = str(raised.value)
+    assert "NoCredentialsError" in message
+    assert any(url in message for url in frame["image.bin"]), message
+
+
+def test_default_options_freeze_the_drivers_credentials_for_the_workers(
+    ray_local: None, blob_dataset: Any, s3_server: LocalS3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-key")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    options = Options.default(s3_client_kwargs={"endpoint_url": s3_server.endpoint_url})
+    frame = blob_dataset.frame.head(4)
+    rows = read_file_dataset(frame, 2, options).take_all()
+    assert sorted(row["id"] for row in rows) == sorted(frame["id"])
+    for row in rows:
+        assert row["mask.bin"] == blob_dataset.expected(row["id"], "mask.bin")
+
+
+# --- validation --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("frame", "match"),
+    [
+        (pd.DataFrame({"a": ["s3://b/k"]}), "'id' column"),
+        (pd.DataFrame({"id": ["1", "1"], "a": ["s3://b/k1", "s3://b/k2"]}), "unique"),
+        (pd.DataFrame({"id": ["1", None], "a": ["s3://b/k1", "s3://b/k2"]}), "null"),
+        ({"id": ["1"], "a": ["s3://b/k"]}, "DataFrame"),
+    ],
+    ids=["no-id", "repeated-id", "null-id", "not-a-frame"],
+)
+def test_invalid_frame_is_a_value_error(frame: Any, match: str, options: Options) -> None:
+    with pytest.raises(ValueError, match=match):
+        FileDataFrameAsBlobDatasource(frame, 4, options)
+    with pytest.raises(ValueError, match=match):
+        read_file_dataset(frame, 4, options)
+
+
+@pytest.mark.parametrize("batch_size", [0, -3, 2.5, "4", True, None])
+def test_batch_size_must_be_a_positive_int(batch_size: Any, options: Options) -> None:
+    frame = pd.DataFrame({"id": ["1"], "a": ["s3://b/k"]})
+    with pytest.raises(ValueError, match="batch_size"):
+        FileDataFrameAsBlobDatasource(frame, batch_size, options)
+    with pytest.raises(ValueError, match="batch_size"):
+        read_file_dataset(frame, batch_size, options)
+
+
+def test_importing_file_dataset_does_not_import_ray() -> None:
+    code = (
+        "import sys, file_dataset, file_dataset.ray; "
+        "assert 'ray' not in sys.modules, 'ray imported'; "
+        "file_dataset.ray.read_file_dataset; "
+        "assert 'ray.data' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_ray_module_exports() -> None:
+    import file_dataset.ray as module
+
+    assert module.__all__ == sorted(module.__all__)
+    for name in module.__all__:
+        assert getattr(module, name) is not None
+        assert name in dir(module)
+    with pytest.raises(AttributeError):
+        module.no_such_name  # noqa: B018

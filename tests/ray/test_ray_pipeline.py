@@ -1,0 +1,67 @@
+"""Pipeline inside Ray Data's map_batches, on a real local Ray and S3 server."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import ray.cloudpickle
+import ray.data
+
+from file_dataset import Options, Pipeline
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+pytestmark = pytest.mark.ray
+
+FAILING_ID = "case-0042"
+
+
+def reverse_and_tag(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+    """Writes ``out.bin`` = reversed image + mask (when there is one); fails for one id."""
+    image = (input_dir / "image.bin").read_bytes()
+    if image == b"fail":
+        raise RuntimeError("this row fails on purpose")
+    mask = input_dir / "mask.bin"
+    out = output_dir / "out.bin"
+    out.write_bytes(image[::-1] + (mask.read_bytes() if mask.exists() else b""))
+    return {"out.bin": out}
+
+
+def test_pipeline_in_map_batches_writes_every_row_but_the_failing_one(
+    ray_local: None, blob_dataset: Any, s3_client: Any, options: Options
+) -> None:
+    bucket = blob_dataset.bucket
+    frame = blob_dataset.frame.head(100).copy()
+    # The failing row's image says "fail".
+    fail_key = f"inputs/{FAILING_ID}/image-fail.bin"
+    s3_client.put_object(Bucket=bucket, Key=fail_key, Body=b"fail")
+    frame.loc[frame["id"] == FAILING_ID, "image.bin"] = f"s3://{bucket}/{fail_key}"
+    into_path = f"s3://{bucket}/pipeline-out/"
+    pipeline = Pipeline(reverse_and_tag, write_options={"into_path": into_path}, options=options)
+
+    # Four input blocks, so that both concurrent tasks get work (with a single block Ray
+    # warns that concurrency=2 cannot be used). Not override_num_blocks=4: with pandas 3
+    # Ray 2.60's from_pandas splits the frame into NumPy arrays and fails.
+    blocks = [frame.iloc[start : start + 25] for start in range(0, len(frame), 25)]
+    output = (
+        ray.data.from_pandas(blocks)
+        .map_batches(pipeline, batch_format="pandas", batch_size=8, concurrency=2)
+        .to_pandas()
+    )
+
+    assert isinstance(output, pd.DataFrame)
+    expected_ids = [i for i in frame["id"] if i != FAILING_ID]
+    assert len(output) == 99
+    assert sorted(output["id"]) == sorted(expected_ids)
+    assert FAILING_ID not in set(output["id"])
+    for row_id, url in zip(output["id"], output["out.bin"], strict=True):
+        assert url == f"{into_path}{row_id}/out.bin"
+        body = s3_client.get_object(Bucket=bucket, Key=f"pipeline-out/{row_id}/out.bin")
+        mask = blob_dataset.expected(row_id, "mask.bin") or b""
+        assert body["Body"].read() == blob_dataset.expected(row_id, "image.bin")[::-1] + mask
+    listed = s3_client.list_objects_v2(Bucket=bucket, Prefix="pipeline-out/")
+    keys = {item["Key"] for item in listed.get("Contents", [])}
+    assert keys == {f"pipeline-out/{row_id}/out.bin" for row_id in expected_ids}
