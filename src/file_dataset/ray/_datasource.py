@@ -97,8 +97,9 @@ class FileDataFrameAsBlobDatasource(Datasource):
     worker, using these ``options`` (pickled with the task), so the endpoint, the
     credentials, the concurrency and the retries are exactly those of the core library.
 
-    A task's block is the blob table as the reader builds it, with binary columns in
-    chunks of at most 64 MiB. Ray's Arrow blocks take chunked columns as they are
+    A task's block is the blob table as the reader builds it, whose binary columns are
+    chunked (small objects packed into chunks of up to 64 MiB, large objects in chunks of
+    their own, not copied). Ray's Arrow blocks take chunked columns as they are
     (slicing, batching, the object store and Parquet all handle them), so the chunks are
     not combined: that would copy every blob and could overflow a ``binary`` array's
     2 GiB limit.
