@@ -142,8 +142,10 @@ def main() -> None:
         # Usage 4: blobs and sizes in memory.
         blobs = file_dataset.reader(files, options=options).into_blob_table()
         sizes = file_dataset.reader(files, options=options).into_size_table()
-        print(f"\nusage 4: blob table {blobs.num_rows} rows x {blobs.num_columns} columns, "
-              f"{blobs.nbytes:,} bytes; schema: {blobs.schema.types}")
+        print(
+            f"\nusage 4: blob table {blobs.num_rows} rows x {blobs.num_columns} columns, "
+            f"{blobs.nbytes:,} bytes; schema: {blobs.schema.types}"
+        )
         print(f"size table {sizes.shape}: {sizes.column('image.mha').to_pylist()}")
         assert sizes.column("image.mha").to_pylist() == [
             len(blob) for blob in blobs.column("image.mha").to_pylist()
@@ -162,17 +164,26 @@ def run_ray_demo(files: pd.DataFrame, options: file_dataset.Options, bucket: str
     except ImportError:
         print("\nRay is not installed (pip install 'file-dataset[ray]'): skipping the Ray demo")
         return
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, single-user cluster
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+    )
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.enable_auto_log_stats = False
     try:
         dataset = fd_ray.read_file_dataset(files, batch_size=2, options=options)
         table = dataset.to_arrow_refs()
         blobs = ray.get(table)
         rows = sum(t.num_rows for t in blobs)
         total = sum(t.column("image.mha").nbytes for t in blobs)
-        print(f"\nray: read_file_dataset -> {rows} rows in {len(blobs)} blocks, "
-              f"{total:,} bytes of blobs; schema {dataset.schema()}")
+        print(
+            f"\nray: read_file_dataset -> {rows} rows in {len(blobs)} blocks, "
+            f"{total:,} bytes of blobs; schema {dataset.schema()}"
+        )
         outputs = (
-            ray.data.from_pandas(files)
+            ray.data.from_pandas(files, override_num_blocks=2)
             .map_batches(
                 file_dataset.Pipeline(
                     resample_local_image_file,
@@ -181,7 +192,7 @@ def run_ray_demo(files: pd.DataFrame, options: file_dataset.Options, bucket: str
                 ),
                 batch_format="pandas",
                 batch_size=2,
-                concurrency=2,
+                compute=ray.data.TaskPoolStrategy(size=2),
             )
             .to_pandas()
             .sort_values("id")
