@@ -86,9 +86,10 @@ class _Runtime:
                 cls._registry, cls._registry_pid = {}, os.getpid()
             runtime = cls._registry.get(key)
             if runtime is None:
-                if len(cls._registry) >= _MAX_RUNTIMES:  # forget the oldest
-                    oldest = cls._registry.pop(next(iter(cls._registry)))
-                    oldest.shutdown()
+                if len(cls._registry) >= _MAX_RUNTIMES:
+                    # Forget the oldest, but do not shut its pool down: Options that
+                    # already hold it keep using it; it ends when they are collected.
+                    del cls._registry[next(iter(cls._registry))]
                 runtime = cls._registry[key] = cls(options.max_concurrency)
             return runtime
 
