@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numbers
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -22,27 +21,6 @@ __all__ = ["FileDataFrameAsBlobDatasource", "blob_reader", "read_file_dataset"]
 
 # Per row and column of a blob table: one int32 offset; the id column has one more.
 _OFFSET_BYTES = 4
-
-# Options that read tasks used in this (worker) process, so that the next task with equal
-# options reuses their boto3 clients and thread pool instead of building new ones.
-_SHARED_OPTIONS: dict[Options, Options] = {}
-_SHARED_OPTIONS_LOCK = threading.Lock()
-_MAX_SHARED_OPTIONS = 8
-
-
-def _shared_options(options: Options) -> Options:
-    """The live Options of this process equal to ``options`` (``options`` if none yet).
-
-    Every read task unpickles its own copy of the options; without this, each task
-    would build new boto3 sessions, clients and a thread pool, and throw them away.
-    """
-    with _SHARED_OPTIONS_LOCK:
-        shared = _SHARED_OPTIONS.get(options)
-        if shared is None:
-            if len(_SHARED_OPTIONS) >= _MAX_SHARED_OPTIONS:
-                del _SHARED_OPTIONS[next(iter(_SHARED_OPTIONS))]
-            _SHARED_OPTIONS[options] = shared = options
-        return shared
 
 
 def _check_batch_size(batch_size: Any) -> int:
@@ -73,13 +51,13 @@ def _make_read_fn(chunk: dict[str, Any], options: Options) -> Callable[[], list[
     ``chunk`` maps each column name (in DataFrame order) to the values of this task's
     rows. The function runs in a Ray worker, after ``chunk`` and ``options`` were
     unpickled there: it rebuilds the rows as a DataFrame and reads them with the core
-    reader, which builds the worker's boto3 sessions and clients from ``options``
-    (reused by later tasks with equal options).
+    reader, which builds the worker's boto3 sessions and clients from ``options`` (and
+    shares them with later tasks whose options are equal).
     """
 
     def read_file_dataframe_blobs() -> list[pa.Table]:
         frame = pd.DataFrame(chunk, columns=list(chunk))
-        return [reader(frame, _shared_options(options)).into_blob_table()]
+        return [reader(frame, options).into_blob_table()]
 
     return read_file_dataframe_blobs
 
