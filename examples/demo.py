@@ -183,7 +183,9 @@ def run_ray_demo(files: pd.DataFrame, options: file_dataset.Options, bucket: str
             f"{total:,} bytes of blobs; schema {dataset.schema()}"
         )
         outputs = (
-            ray.data.from_pandas(files, override_num_blocks=2)
+            # Two blocks, so two Pipeline tasks run at once. (from_pandas's
+            # override_num_blocks does not work with pandas 3 in Ray 2.60.)
+            ray.data.from_pandas([files.iloc[: len(files) // 2], files.iloc[len(files) // 2 :]])
             .map_batches(
                 file_dataset.Pipeline(
                     resample_local_image_file,

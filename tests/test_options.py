@@ -195,6 +195,23 @@ def test_executor_is_bounded_and_shared(options: Options) -> None:
     assert small.executor()._max_workers == 3
 
 
+def test_equal_options_share_pool_and_clients_across_pickling(options: Options) -> None:
+    copy = pickle.loads(pickle.dumps(options))
+    assert copy.executor() is options.executor()
+    assert copy.s3_client() is options.s3_client()
+
+
+def test_options_keep_working_after_many_other_options_were_used(
+    options: Options, put: Callable[[str, bytes], str]
+) -> None:
+    """Process-wide pools are forgotten past a bound, never shut down under a user."""
+    url = put("k", b"payload")
+    assert file_dataset.reader({"k": url}, options).into_blob_table()["k"][0].as_py() == b"payload"
+    for i in range(40):  # far more distinct values than the process keeps
+        Options(max_concurrency=1 + i).executor().submit(int).result()
+    assert file_dataset.reader({"k": url}, options).into_blob_table()["k"][0].as_py() == b"payload"
+
+
 # --- canary secrets in errors and logs ------------------------------------------------
 
 
