@@ -149,6 +149,11 @@ class Options:
         retry_mode: botocore retry mode: ``"adaptive"`` (default), ``"standard"`` or
             ``"legacy"``.
         max_attempts: botocore's total attempts per request, including the first.
+        transport: What carries the bytes of S3 requests. ``"auto"`` (default):
+            obstore (Rust, a fraction of boto3's CPU per request) when it is installed,
+            else boto3. ``"obstore"`` or ``"boto3"`` force one. Either way the
+            endpoint, region, credentials and retry budget are the ones these options
+            resolve through boto3; multipart uploads always go through boto3.
 
     Examples:
         >>> options = Options(s3_client_kwargs={"endpoint_url": "http://127.0.0.1:9000"})
@@ -166,6 +171,7 @@ class Options:
         "retry_mode",
         "s3_client_kwargs",
         "session_kwargs",
+        "transport",
     )
 
     def __init__(
@@ -178,6 +184,7 @@ class Options:
         multipart_threshold: int = 16 * _MiB,
         retry_mode: str = "adaptive",
         max_attempts: int = 8,
+        transport: str = "auto",
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -194,6 +201,9 @@ class Options:
         self.multipart_threshold = int(multipart_threshold)
         self.retry_mode = retry_mode
         self.max_attempts = int(max_attempts)
+        if transport not in ("auto", "obstore", "boto3"):
+            raise ValueError(f"transport must be 'auto', 'obstore' or 'boto3', got {transport!r}")
+        self.transport = transport
         self._reset_runtime()
 
     @classmethod
@@ -311,6 +321,7 @@ class Options:
             self.multipart_threshold,
             self.retry_mode,
             self.max_attempts,
+            self.transport,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -330,9 +341,11 @@ class Options:
             "multipart_threshold": self.multipart_threshold,
             "retry_mode": self.retry_mode,
             "max_attempts": self.max_attempts,
+            "transport": self.transport,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = {"transport": "auto", **state}  # pickles made before transport existed
         for name, value in state.items():
             setattr(self, name, value)
         self._reset_runtime()
@@ -343,5 +356,6 @@ class Options:
             f"s3_client_kwargs={_masked(self.s3_client_kwargs)!r}, "
             f"max_concurrency={self.max_concurrency}, part_size={self.part_size}, "
             f"multipart_threshold={self.multipart_threshold}, "
-            f"retry_mode={self.retry_mode!r}, max_attempts={self.max_attempts})"
+            f"retry_mode={self.retry_mode!r}, max_attempts={self.max_attempts}, "
+            f"transport={self.transport!r})"
         )
