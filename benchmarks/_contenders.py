@@ -28,6 +28,10 @@ from typing import Any
 
 import psutil
 
+# Ray would start its workers through `uv run` when the suite runs under uv: slow, and
+# not what a deployed cluster does.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
 CHUNK = 8 * 1024 * 1024
 
 
@@ -204,6 +208,8 @@ def _memo(key: Any, make: Callable[[], Any]) -> Any:
 
 
 def _options(spec: dict[str, Any], **kw: Any) -> Any:
+    if spec.get("max_concurrency"):
+        kw["max_concurrency"] = int(spec["max_concurrency"])
     return _memo(("options", spec["endpoint"]), lambda: _new_options(spec, **kw))
 
 
@@ -810,6 +816,10 @@ def main(spec_path: str) -> None:
         checker = Checker(manifest)
         pairs = _pairs(spec)
         impl_name = spec["contender"].split("[")[0]
+        tokens = spec["contender"].partition("[")[2].rstrip("]").split(",")
+        for token in tokens:  # e.g. fd_blob[obstore,c64]: 64 concurrent transfers
+            if token.startswith("c") and token[1:].isdigit():
+                spec["max_concurrency"] = int(token[1:])
         prepare = CONTENDERS[impl_name]
         try:
             if spec.get("warm_frame") and impl_name not in NO_WARMUP:

@@ -12,7 +12,11 @@ from typing import Any
 
 WORKLOAD_ORDER = ["A", "A'", "B", "C", "D", "W1", "W64", "P"]
 SERVER_ORDER = ["plain", "delay", "moto"]
-SERVER_NAMES = {"plain": "nginx, no added latency", "delay": "nginx, 10 ms first-byte latency", "moto": "moto (writes)"}
+SERVER_NAMES = {
+    "plain": "nginx, no added latency",
+    "delay": "nginx, 10 ms first-byte latency",
+    "moto": "moto (writes)",
+}
 DIR = {"fd_tempdir", "fd_tempdir[obstore]", "fd_pipeline", "s5cmd", "curl"}
 PEERS = {
     "ray_download",
@@ -26,6 +30,8 @@ PEERS = {
     "boto3_pool",
     "s5cmd",
 }
+# file_dataset's own read contenders judged against the targets
+MINE = ["fd_blob", "fd_blob[obstore]", "fd_blob[obstore,c64]", "fd_ray", "fd_ray[obstore]"]
 WORKLOAD_TEXT = {
     "A": "2,000 x 64 KiB",
     "A'": "20,000 x 16 KiB",
@@ -73,7 +79,19 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "versions": {
             n: _version(n)
-            for n in ["file-dataset", "boto3", "botocore", "pyarrow", "pandas", "ray", "daft", "obstore", "s3fs", "s5cmd", "moto"]
+            for n in [
+                "file-dataset",
+                "boto3",
+                "botocore",
+                "pyarrow",
+                "pandas",
+                "ray",
+                "daft",
+                "obstore",
+                "s3fs",
+                "s5cmd",
+                "moto",
+            ]
         },
         "nginx": _cmd(["nginx", "-v"]),
         "curl": _cmd(["curl", "--version"]),
@@ -105,7 +123,14 @@ def _rate(r: dict[str, Any]) -> float:
 
 def _baseline(rows: list[dict[str, Any]], contender: str) -> dict[str, Any] | None:
     by = {r["contender"]: r for r in rows}
-    if contender in ("fd_write_files", "fd_pipeline_upload", "s3transfer_pool", "boto3_upload_file", "s5cmd_upload", "fd_write_files[obstore]"):
+    if contender in (
+        "fd_write_files",
+        "fd_pipeline_upload",
+        "s3transfer_pool",
+        "boto3_upload_file",
+        "s5cmd_upload",
+        "fd_write_files[obstore]",
+    ):
         return by.get("fd_write_files")
     if contender.startswith("fd_pipeline_"):
         return by.get("fd_pipeline_io")
@@ -141,7 +166,18 @@ def _note(r: dict[str, Any]) -> str:
     return "; ".join(parts).replace("|", "/").replace("\n", " ")[:200]
 
 
-HEADER = ["contender", "status", "wall s", "obj/s", "MB/s", "CPU ms/obj", "req/obj", "peak RSS MiB", "vs fd", "notes"]
+HEADER = [
+    "contender",
+    "status",
+    "wall s",
+    "obj/s",
+    "MB/s",
+    "CPU ms/obj",
+    "req/obj",
+    "peak RSS MiB",
+    "vs fd",
+    "notes",
+]
 
 
 def _wtext(workload: str, rows: list[dict[str, Any]]) -> str:
@@ -158,12 +194,22 @@ def table_text(results: list[dict[str, Any]]) -> str:
         cells = [HEADER] + [_cells(r, rows) for r in rows]
         widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER) - 1)]
         for c in cells:
-            lines.append("  " + "  ".join(c[i].rjust(widths[i]) if i else c[i].ljust(widths[i]) for i in range(len(widths))) + "  " + c[-1])
+            lines.append(
+                "  "
+                + "  ".join(
+                    c[i].rjust(widths[i]) if i else c[i].ljust(widths[i])
+                    for i in range(len(widths))
+                )
+                + "  "
+                + c[-1]
+            )
         lines.append("")
     return "\n".join(lines)
 
 
-def _find(results: list[dict[str, Any]], workload: str, server: str, contender: str) -> dict[str, Any] | None:
+def _find(
+    results: list[dict[str, Any]], workload: str, server: str, contender: str
+) -> dict[str, Any] | None:
     for r in results:
         if (r["workload"], r["server"], r["contender"]) == (workload, server, contender):
             return r
@@ -178,8 +224,10 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
 
     for w in ("A", "A'"):
         rows = [r for r in results if r["workload"] == w and r["server"] == "delay"]
-        for mine in ("fd_blob", "fd_ray"):
+        for mine in MINE:
             r = _find(results, w, "delay", mine)
+            if r is None:
+                continue
             peers = [p for p in rows if p["contender"] in PEERS and _ok(p)]
             if not _ok(r) or not peers:
                 out.append(f"- {w} @10 ms: `{mine}` ahead of every peer: n/a (not measured)")
@@ -192,57 +240,84 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
             ray = _find(results, w, "delay", "ray_download_noobstore")
             if _ok(ray):
                 x = _rate(r) / _rate(ray)
-                out.append(f"- {w} @10 ms: `{mine}` >= 2x Ray download() without obstore: {verdict(x >= 2)} ({x:.2f}x)")
+                out.append(
+                    f"- {w} @10 ms: `{mine}` >= 2x Ray download() without obstore: {verdict(x >= 2)} ({x:.2f}x)"
+                )
         for server in ("plain", "delay"):
-            r = _find(results, w, server, "fd_blob")
-            if _ok(r):
-                ms = 1000 * r["cpu"] / r["objects"]
-                out.append(f"- {w} {server}: client CPU per object <= 0.5 ms (`fd_blob`): {verdict(ms <= 0.5)} ({ms:.2f} ms)")
+            for mine in MINE:
+                r = _find(results, w, server, mine)
+                if _ok(r):
+                    ms = 1000 * r["cpu"] / r["objects"]
+                    out.append(
+                        f"- {w} {server}: client CPU per object <= 0.5 ms (`{mine}`): {verdict(ms <= 0.5)} ({ms:.2f} ms)"
+                    )
     for w in ("C", "D"):
         ceiling = _find(results, w, "plain", "curl")
-        for mine in ("fd_blob", "fd_tempdir"):
+        for mine in ("fd_blob", "fd_tempdir", "fd_blob[obstore]", "fd_tempdir[obstore]"):
             r = _find(results, w, "plain", mine)
             if _ok(r) and _ok(ceiling):
                 x = _rate(r) / _rate(ceiling)
-                out.append(f"- {w}: `{mine}` >= 90 % of curl: {verdict(x >= 0.9)} ({100 * x:.0f} %)")
-        r = _find(results, w, "plain", "fd_blob")
-        if _ok(r):
-            x = r["peak_rss"] / r["bytes"]
-            d = (r["peak_rss"] - r["base_rss"]) / r["bytes"]
-            out.append(
-                f"- {w}: `fd_blob` peak RSS <= 1.3x bytes held: {verdict(x <= 1.3)} "
-                f"({x:.2f}x total process; {d:.2f}x above the pre-read baseline of {r['base_rss'] / 2**20:.0f} MiB)"
-            )
+                out.append(
+                    f"- {w}: `{mine}` >= 90 % of curl: {verdict(x >= 0.9)} ({100 * x:.0f} %)"
+                )
+        for mine in ("fd_blob", "fd_blob[obstore]"):
+            r = _find(results, w, "plain", mine)
+            if _ok(r):
+                x = r["peak_rss"] / r["bytes"]
+                d = (r["peak_rss"] - r["base_rss"]) / r["bytes"]
+                out.append(
+                    f"- {w}: `{mine}` peak RSS <= 1.3x bytes held: {verdict(x <= 1.3)} "
+                    f"({x:.2f}x total process; {d:.2f}x above the pre-read baseline of {r['base_rss'] / 2**20:.0f} MiB)"
+                )
         r = _find(results, w, "plain", "fd_tempdir")
         if _ok(r) and r.get("requests") is not None:
-            out.append(f"- {w}: large objects in ranged parts: {r['requests'] / r['objects']:.1f} requests per object (`fd_tempdir`)")
+            out.append(
+                f"- {w}: large objects in ranged parts: {r['requests'] / r['objects']:.1f} requests per object (`fd_tempdir`)"
+            )
     p = _find(results, "P", "moto", "fd_pipeline_sleep")
     if _ok(p) and p.get("pipeline_ratio"):
-        out.append(f"- Pipeline overlap (B, fn sleeps one row's I/O): wall <= 1.2x max(I/O, compute): {verdict(p['pipeline_ratio'] <= 1.2)} ({p['pipeline_ratio']:.2f}x)")
+        out.append(
+            f"- Pipeline overlap (B, fn sleeps one row's I/O): wall <= 1.2x max(I/O, compute): {verdict(p['pipeline_ratio'] <= 1.2)} ({p['pipeline_ratio']:.2f}x)"
+        )
     for w in ("A", "A'", "B"):
         for server in ("plain", "delay"):
-            r, b = _find(results, w, server, "fd_ray"), _find(results, w, server, "fd_blob")
-            if _ok(r) and _ok(b):
-                x = _rate(r) / _rate(b)
-                out.append(f"- {w} {server}: `read_file_dataset` within 80 % of `into_blob_table`: {verdict(x >= 0.8)} ({100 * x:.0f} %)")
+            for ray_name, blob_name in (
+                ("fd_ray", "fd_blob"),
+                ("fd_ray[obstore]", "fd_blob[obstore]"),
+            ):
+                r, b = _find(results, w, server, ray_name), _find(results, w, server, blob_name)
+                if _ok(r) and _ok(b):
+                    x = _rate(r) / _rate(b)
+                    out.append(
+                        f"- {w} {server}: `{ray_name}` within 80 % of `{blob_name}`: {verdict(x >= 0.8)} ({100 * x:.0f} %)"
+                    )
     r = _find(results, "A'", "plain", "fd_ray")
     if _ok(r) and r.get("requests") is not None:
         x = r["requests"] / r["objects"]
-        out.append(f"- A': 20,000 rows planned without HEADing every row: {verdict(x < 1.5)} ({x:.2f} requests per object)")
+        out.append(
+            f"- A': 20,000 rows planned without HEADing every row: {verdict(x < 1.5)} ({x:.2f} requests per object)"
+        )
     if not any(_ok(r) for r in results if r["contender"] == "fd_ray"):
-        out.append("- `read_file_dataset` targets: n/a (file_dataset.ray.read_file_dataset was not available when measured)")
+        out.append(
+            "- `read_file_dataset` targets: n/a (file_dataset.ray.read_file_dataset was not available when measured)"
+        )
     return out
 
 
-def render(results: list[dict[str, Any]], info: dict[str, Any], notes: list[str], quick: bool) -> str:
+def render(
+    results: list[dict[str, Any]], info: dict[str, Any], notes: list[str], quick: bool
+) -> str:
     lines = [
-        "# Benchmark results" + (" (quick smoke run: tiny sizes, not representative)" if quick else ""),
+        "# Benchmark results"
+        + (" (quick smoke run: tiny sizes, not representative)" if quick else ""),
         "",
         "Reproduce: `uv sync --all-groups && uv run --all-groups python benchmarks/run.py` "
         "(pieces: `--workloads A,Ap --latency delay`, `--contenders fd_blob,curl`; see `benchmarks/README.md`).",
         "",
         f"- Last update: {info['date']}; machine: {info['cpu']}, {info['memory']}, {info['os']}, Python {info['python']}",
-        "- Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + f"; {info['nginx']}; {info['curl'].split(' (')[0]}",
+        "- Versions: "
+        + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+        + f"; {info['nginx']}; {info['curl'].split(' (')[0]}",
         "- Servers on 127.0.0.1: nginx (1 worker) serving files to path-style S3 GET/HEAD/Range; "
         "the 10 ms server adds `echo_sleep 0.01` before every response; writes go to moto behind an nginx proxy (for request counts).",
         "- Each contender runs once, in its own process, after its setup (imports, `ray.init` and a warm-up job are not measured). "
@@ -259,7 +334,10 @@ def render(results: list[dict[str, Any]], info: dict[str, Any], notes: list[str]
     lines += ["", "## Figures", ""]
     for (workload, server), rows in _group(results).items():
         date = max((r.get("date", "") for r in rows), default="")
-        lines.append(f"### {workload}: {_wtext(workload, rows)}, {SERVER_NAMES.get(server, server)}" + (f" ({date})" if date else ""))
+        lines.append(
+            f"### {workload}: {_wtext(workload, rows)}, {SERVER_NAMES.get(server, server)}"
+            + (f" ({date})" if date else "")
+        )
         lines.append("")
         lines.append("| " + " | ".join(HEADER) + " |")
         lines.append("|" + "|".join(["---"] + ["---:"] * (len(HEADER) - 2) + ["---"]) + "|")

@@ -120,6 +120,7 @@ class Servers:
             lines.append("user root;")
         lines += [
             "worker_processes 1;",
+            "worker_rlimit_nofile 65536;",
             f"pid {prefix}/nginx.pid;",
             f"error_log {prefix}/logs/error.log warn;",
             "events { worker_connections 4096; multi_accept on; }",
@@ -127,7 +128,7 @@ class Servers:
             "  access_log off;",
             "  sendfile on; tcp_nopush on; tcp_nodelay on;",
             "  keepalive_requests 1000000; keepalive_timeout 120s;",
-            "  open_file_cache max=50000 inactive=120s;",
+            "  open_file_cache max=1000 inactive=20s;",  # each cached file holds a descriptor
             "  default_type application/octet-stream;",
             "  log_format short '$request_method $uri $status $body_bytes_sent';",
             f"  client_body_temp_path {prefix}/tmp/body;",

@@ -69,6 +69,8 @@ READ_CONTENDERS = [
     "fd_pipeline",
     "fd_blob[obstore]",
     "fd_tempdir[obstore]",
+    "fd_ray[obstore]",
+    "fd_blob[obstore,c64]",
     "ray_download",
     "ray_download_noobstore",
     "ray_read_binary",
@@ -92,7 +94,7 @@ WRITE_CONTENDERS = [
 PIPELINE_CONTENDERS = ["fd_pipeline_io", "fd_pipeline_sleep"]
 QUICK_CONTENDERS = ["fd_blob", "fd_tempdir", "boto3_pool", "curl", "fd_write_files"]
 # Contenders that produce files (compared with into_temp_dir); the others produce blobs.
-DIR_CONTENDERS = {"fd_tempdir", "fd_tempdir[obstore]", "fd_pipeline", "s5cmd", "curl"}
+DIR_CONTENDERS = {"fd_tempdir", "fd_tempdir[obstore]", "fd_pipeline", "s5cmd", "curl"}  # see _report.DIR
 RAY_CONTENDERS = {"fd_ray", "ray_download", "ray_download_noobstore", "ray_read_binary", "daft_ray"}
 DESCRIPTIONS = {
     "fd_blob": "file_dataset reader(df).into_blob_table()",
@@ -102,6 +104,8 @@ DESCRIPTIONS = {
     "fd_pipeline": "file_dataset Pipeline, fn hard-links its inputs aside, no outputs",
     "fd_blob[obstore]": "into_blob_table with FILE_DATASET_TRANSPORT=obstore",
     "fd_tempdir[obstore]": "into_temp_dir with FILE_DATASET_TRANSPORT=obstore",
+    "fd_blob[obstore,c64]": "into_blob_table, obstore transport, Options(max_concurrency=64)",
+    "fd_ray[obstore]": "read_file_dataset with FILE_DATASET_TRANSPORT=obstore (inherited by Ray workers)",
     "ray_download": "Ray Data with_column(download()) per file column, obstore installed",
     "ray_download_noobstore": "same, obstore made unimportable (sitecustomize shim)",
     "ray_read_binary": "ray.data.read_binary_files(all paths, include_paths=True)",
@@ -168,6 +172,7 @@ class Suite:
         self.results: list[dict[str, Any]] = []
         self.notes: list[str] = []
         self._warm_cache: dict[bool, tuple[Path, Path]] = {}
+        self._info: dict[str, Any] | None = None
 
     # --- running one contender ------------------------------------------------------
 
@@ -183,7 +188,7 @@ class Suite:
         spec_path.write_text(json.dumps(spec))
         env = dict(os.environ)
         env.pop("FILE_DATASET_TRANSPORT", None)
-        if contender.endswith("[obstore]"):
+        if "obstore" in contender.partition("[")[2].rstrip("]").split(","):
             env["FILE_DATASET_TRANSPORT"] = "obstore"
         if contender == "ray_download":
             # Ray enables plain http for obstore only for http:// URIs; for s3:// URIs on
@@ -226,6 +231,8 @@ class Suite:
         result["workload_text"] = f"{workload.count:,} x {human(workload.size)}" + (" written" if workload.kind == "write" else "")
         result["description"] = DESCRIPTIONS.get(contender, "")
         self._print_row(result, workload)
+        if not (self.args.quick or self.args.no_save):
+            self._save([result])
         print(f"{'':28}(process {result['elapsed']:.1f} s)", flush=True) if self.args.verbose else None
         self.results.append(result)
         return result
@@ -457,9 +464,29 @@ class Suite:
                 r["pipeline_ratio"] = r["wall"] / max(io_wall, spec["sleep_s"] * workload.rows)
                 r["note"] = (r.get("note") or "") + f"sleep {spec['sleep_s'] * 1000:.1f} ms/row; wall / max(I/O, compute) = {r['pipeline_ratio']:.2f}"
                 print(f"    -> {r['note']}")
+                if not (self.args.quick or self.args.no_save):
+                    self._save([r])
         self._clear_out_bucket()
 
     # --- reporting ------------------------------------------------------------------
+
+    def _save(self, results: list[dict[str, Any]]) -> None:
+        """Merges results into results.json (replacing the same workload, server and
+        contender) and rewrites RESULTS.md."""
+        from _report import machine_info, render
+
+        store = HERE / "results.json"
+        old = json.loads(store.read_text()) if store.exists() else {"results": [], "notes": []}
+        keys = {(r["workload"], r["server"], r["contender"]) for r in results}
+        merged = [r for r in old["results"] if (r["workload"], r["server"], r["contender"]) not in keys]
+        if self._info is None:
+            self._info = machine_info()
+        for r in results:
+            r["date"] = self._info["date"]
+        merged += results
+        notes = sorted(set(old.get("notes", [])) | set(self.notes))
+        store.write_text(json.dumps({"results": merged, "notes": notes, "machine": self._info}, indent=1))
+        (HERE / "RESULTS.md").write_text(render(merged, self._info, notes, quick=False))
 
     def _finish(self) -> int:
         from _report import machine_info, render, table_text
@@ -472,18 +499,7 @@ class Suite:
             out.write_text(render(self.results, machine_info(), self.notes, quick=True))
             print(f"\n(written to {out}; RESULTS.md untouched in quick mode)")
         else:
-            store = HERE / "results.json"
-            old = json.loads(store.read_text()) if store.exists() else {"results": [], "notes": []}
-            keys = {(r["workload"], r["server"], r["contender"]) for r in self.results}
-            merged = [r for r in old["results"] if (r["workload"], r["server"], r["contender"]) not in keys]
-            info = machine_info()
-            for r in self.results:
-                r["date"] = info["date"]
-            merged += self.results
-            notes = sorted(set(old.get("notes", [])) | set(self.notes))
-            store.write_text(json.dumps({"results": merged, "notes": notes, "machine": info}, indent=1))
-            (HERE / "RESULTS.md").write_text(render(merged, info, notes, quick=False))
-            print(f"\nmerged into {store} and {HERE / 'RESULTS.md'}")
+            print(f"\nmerged into {HERE / 'results.json'} and {HERE / 'RESULTS.md'}")
         if failed:
             print(f"\n{len(failed)} contender(s) FAILED (wrong or missing bytes, or errors):")
             for r in failed:

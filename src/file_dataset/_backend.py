@@ -7,6 +7,7 @@ different transport (another S3 client library, another cloud) is one new class.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -69,6 +70,11 @@ class Backend(Protocol):
 def backend_for(loc: Location, options: Options) -> Backend:
     """The backend that serves ``loc``.
 
+    S3 goes through boto3, or through obstore when the environment variable
+    ``FILE_DATASET_TRANSPORT=obstore`` is set, obstore is installed and it can honour
+    every setting of ``options`` (see ``_s3_obstore.can_serve``); the variable is read
+    at every call, so it also reaches Ray workers that inherit it.
+
     Args:
         loc: A parsed location.
         options: The options the backend uses.
@@ -77,6 +83,14 @@ def backend_for(loc: Location, options: Options) -> Backend:
         A backend instance (cheap to create).
     """
     if loc.is_s3:
+        if os.environ.get("FILE_DATASET_TRANSPORT", "boto3") == "obstore":
+            try:
+                from file_dataset._s3_obstore import ObstoreS3Backend, can_serve
+            except ImportError:  # obstore not installed: keep boto3
+                pass
+            else:
+                if can_serve(options):
+                    return ObstoreS3Backend(options)
         from file_dataset._s3 import S3Backend
 
         return S3Backend(options)
