@@ -67,13 +67,32 @@ class Backend(Protocol):
         ...
 
 
+_TRANSPORTS = ("auto", "obstore", "boto3")
+# Whether "auto" picks obstore (when installed and able to honour the options): it costs
+# a fraction of boto3's client CPU per request (benchmarks/RESULTS.md).
+AUTO_PREFERS_OBSTORE = True
+
+
+def transport_of(options: Options) -> str:
+    """The transport asked for: ``FILE_DATASET_TRANSPORT`` if set, else ``options.transport``.
+
+    The environment variable (``auto``, ``obstore`` or ``boto3``) overrides every
+    ``Options`` of the process, and of Ray workers that inherit it; the benchmark suite
+    uses it to measure both transports.
+    """
+    forced = os.environ.get("FILE_DATASET_TRANSPORT")
+    if forced in _TRANSPORTS:
+        return forced
+    return str(getattr(options, "transport", "auto"))
+
+
 def backend_for(loc: Location, options: Options) -> Backend:
     """The backend that serves ``loc``.
 
-    S3 goes through boto3, or through obstore when the environment variable
-    ``FILE_DATASET_TRANSPORT=obstore`` is set, obstore is installed and it can honour
-    every setting of ``options`` (see ``_s3_obstore.can_serve``); the variable is read
-    at every call, so it also reaches Ray workers that inherit it.
+    S3 goes through obstore (a fraction of boto3's client CPU per request) when the
+    transport (see :func:`transport_of`) is ``"obstore"``, or ``"auto"`` with
+    :data:`AUTO_PREFERS_OBSTORE` set and obstore installed and able to honour every
+    setting of ``options`` (``_s3_obstore.can_serve``); otherwise through boto3.
 
     Args:
         loc: A parsed location.
@@ -81,15 +100,23 @@ def backend_for(loc: Location, options: Options) -> Backend:
 
     Returns:
         A backend instance (cheap to create).
+
+    Raises:
+        ImportError: ``transport="obstore"`` but obstore is not installed.
     """
     if loc.is_s3:
-        if os.environ.get("FILE_DATASET_TRANSPORT", "boto3") == "obstore":
+        transport = transport_of(options)
+        if transport == "obstore" or (transport == "auto" and AUTO_PREFERS_OBSTORE):
             try:
                 from file_dataset._s3_obstore import ObstoreS3Backend, can_serve
-            except ImportError:  # obstore not installed: keep boto3
-                pass
+            except ImportError as e:
+                if transport == "obstore":
+                    raise ImportError(
+                        "Options(transport='obstore') needs the obstore package "
+                        "(pip install obstore)"
+                    ) from e
             else:
-                if can_serve(options):
+                if transport == "obstore" or can_serve(options):
                     return ObstoreS3Backend(options)
         from file_dataset._s3 import S3Backend
 

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
 import obstore
+from botocore import UNSIGNED
+from botocore.exceptions import BotoCoreError, NoCredentialsError
 from obstore.exceptions import (
     BaseError,
     NotFoundError,
@@ -33,7 +36,8 @@ from file_dataset._errors import (
     TransferError,
 )
 from file_dataset._options import Options
-from file_dataset._s3 import S3Backend
+from file_dataset._s3 import _DENIED, _NOT_FOUND, S3Backend
+from file_dataset._s3 import translate_error as translate_boto_error
 from file_dataset._urls import Location
 
 _STORES: dict[tuple[Any, ...], S3Store] = {}  # by (pid, options value, bucket)
@@ -48,20 +52,34 @@ _DENIED_WORDS = (
 )
 
 
+def _s3_code(text: str) -> tuple[str, str]:
+    """The S3 error code and message of the XML error body quoted in an obstore error."""
+    code = re.search(r"<Code>([^<]*)</Code>", text)
+    message = re.search(r"<Message>([^<]*)</Message>", text)
+    return (code.group(1) if code else "", message.group(1) if message else "")
+
+
 def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
     """Raises the file_dataset error that matches an obstore error, chained to it."""
-    text = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-    if isinstance(error, NotFoundError | FileNotFoundError):
-        raise ObjectNotFoundError(url, "not found", operation=operation) from error
-    if isinstance(error, PermissionDeniedError | UnauthenticatedError | PermissionError) or any(
-        word in str(error) for word in _DENIED_WORDS
+    text = str(error)
+    code, message = _s3_code(text)
+    status = re.search(r"status(?: code)?:? (\d{3})", text)
+    status_code = status.group(1) if status else ""
+    first_line = text.strip().splitlines()[0][:300] if text.strip() else type(error).__name__
+    reason = f"{code}: {message}" if code and message else (code or first_line)
+    if isinstance(error, NotFoundError | FileNotFoundError) or code in _NOT_FOUND:
+        if code == "NoSuchBucket":
+            reason = "the bucket does not exist"
+        raise ObjectNotFoundError(url, reason, operation=operation) from error
+    if (
+        isinstance(error, PermissionDeniedError | UnauthenticatedError | PermissionError)
+        or code in _DENIED
+        or status_code == "403"
     ):
-        raise ObjectAccessDeniedError(
-            url, "access denied; check the credentials in Options", operation=operation
-        ) from error
-    if "NoSuchBucket" in str(error) or "404" in text:
-        raise ObjectNotFoundError(url, "not found", operation=operation) from error
-    raise TransferError(url, f"{type(error).__name__}: {text}", operation=operation) from error
+        what = code or status_code or "forbidden"
+        reason = f"access denied ({what}); check the credentials in Options"
+        raise ObjectAccessDeniedError(url, reason, operation=operation) from error
+    raise TransferError(url, reason, operation=operation) from error
 
 
 class _Credentials:
@@ -154,6 +172,8 @@ def _new_store(options: Options, bucket: str) -> S3Store:
     kwargs: dict[str, Any] = {}
     credentials = client._request_signer._credentials  # type: ignore[attr-defined]
     if credentials is None:
+        if getattr(meta.config, "signature_version", None) is not UNSIGNED:
+            raise NoCredentialsError()  # what boto3 itself would raise for this request
         config["skip_signature"] = True
     elif hasattr(credentials, "_expiry_time") and getattr(credentials, "_refresh_using", None):
         kwargs["credential_provider"] = _Credentials(credentials)
@@ -212,7 +232,10 @@ class ObstoreS3Backend:
         self._boto3 = S3Backend(options)
 
     def _store(self, loc: Location) -> S3Store:
-        return store_for(self._options, loc.bucket)
+        try:
+            return store_for(self._options, loc.bucket)
+        except BotoCoreError as e:
+            translate_boto_error(e, str(loc), "read")
 
     def read_first(self, loc: Location, length: int) -> tuple[bytes | bytearray, int]:
         store = self._store(loc)
