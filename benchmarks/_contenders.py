@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import resource
@@ -35,7 +36,7 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 CHUNK = 8 * 1024 * 1024
 
 
-class Skip(Exception):  # noqa: N818
+class Skip(Exception):
     """The contender cannot run here (a tool or module is missing)."""
 
 
@@ -64,10 +65,8 @@ def _tree_cpu() -> float:
 def _tree_rss() -> int:
     total = 0
     for p in _tree():
-        try:
+        with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 
@@ -99,7 +98,9 @@ class Meter:
         self.cpu = _tree_cpu() - self.cpu0
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _tree_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        self.peak = max(
+            self.peak, _tree_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        )
         self.requests: int | None = None
         if self.log:
             time.sleep(0.1)  # nginx logs a request as it finishes it
@@ -300,10 +301,8 @@ def _ray_init(spec: dict[str, Any]) -> Any:
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    try:
+    with contextlib.suppress(AttributeError):
         ctx.print_on_execution_start = False
-    except AttributeError:
-        pass
     # start the workers outside the measured region
     ray.data.range(8, override_num_blocks=4).map_batches(lambda b: b).materialize()
     return ray
@@ -429,8 +428,6 @@ def _ray_download(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepar
     return run
 
 
-
-
 def ray_read_binary(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
     import pyarrow as pa
 
@@ -449,7 +446,9 @@ def ray_read_binary(spec: dict[str, Any], pairs: list, checker: Checker) -> Prep
             for chunk in data.chunks:
                 for j in range(len(chunk)):
                     v = chunk[j]
-                    checker.blob(name_of.get(paths[i], paths[i]), v.as_buffer() if v.is_valid else None)
+                    checker.blob(
+                        name_of.get(paths[i], paths[i]), v.as_buffer() if v.is_valid else None
+                    )
                     i += 1
 
         return check
@@ -504,13 +503,16 @@ def s3fs_cat(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
     import s3fs
 
     creds = spec["creds"]
-    fs = _memo("s3fs", lambda: s3fs.S3FileSystem(
-        key=creds["key"],
-        secret=creds["secret"],
-        endpoint_url=spec["endpoint"],
-        client_kwargs={"region_name": creds["region"]},
-        use_listings_cache=False,
-    ))
+    fs = _memo(
+        "s3fs",
+        lambda: s3fs.S3FileSystem(
+            key=creds["key"],
+            secret=creds["secret"],
+            endpoint_url=spec["endpoint"],
+            client_kwargs={"region_name": creds["region"]},
+            use_listings_cache=False,
+        ),
+    )
     name_of = {url.removeprefix("s3://"): f"{rid}/{c}" for rid, c, url in pairs}
 
     def run() -> Callable[[], None]:
@@ -611,7 +613,17 @@ def s5cmd(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
 
     def run() -> Callable[[], None]:
         subprocess.run(
-            [binary, "--endpoint-url", spec["endpoint"], "--numworkers", "64", "--log", "error", "run", str(cmds)],
+            [
+                binary,
+                "--endpoint-url",
+                spec["endpoint"],
+                "--numworkers",
+                "64",
+                "--log",
+                "error",
+                "run",
+                str(cmds),
+            ],
             check=True,
             env=env,
         )
@@ -636,7 +648,18 @@ def curl(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
 
     def run() -> Callable[[], None]:
         subprocess.run(
-            [binary, "-Z", "--parallel-max", "64", "-s", "-S", "--fail", "--create-dirs", "-K", str(cfg)],
+            [
+                binary,
+                "-Z",
+                "--parallel-max",
+                "64",
+                "-s",
+                "-S",
+                "--fail",
+                "--create-dirs",
+                "-K",
+                str(cfg),
+            ],
             check=True,
         )
         return lambda: _check_dir(checker, root, pairs)
@@ -658,7 +681,7 @@ def _written_checker(spec: dict[str, Any], pairs: list, checker: Checker) -> Cal
         def get(rid: str, c: str) -> tuple[str, bytes | None]:
             try:
                 body = client.get_object(Bucket=bucket, Key=f"{prefix}/{rid}/{c}")["Body"].read()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 return f"{rid}/{c}", None
             return f"{rid}/{c}", body
 
@@ -692,7 +715,11 @@ def fd_pipeline_upload(spec: dict[str, Any], pairs: list, checker: Checker) -> P
     import file_dataset
 
     write_opts = _options({**spec, "endpoint": spec["write_endpoint"]})
-    read_opts = _options(spec) if spec.get("read_endpoint") is None else _options({**spec, "endpoint": spec["read_endpoint"]})
+    read_opts = (
+        _options(spec)
+        if spec.get("read_endpoint") is None
+        else _options({**spec, "endpoint": spec["read_endpoint"]})
+    )
     into = f"s3://{spec['out_bucket']}/{spec['out_prefix']}"
     sleep_s = float(spec.get("sleep_s") or 0)
     df = spec["_df"]
@@ -759,7 +786,17 @@ def s5cmd_upload(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepare
 
     def run() -> Callable[[], None]:
         subprocess.run(
-            [binary, "--endpoint-url", spec["endpoint"], "--numworkers", "32", "--log", "error", "run", str(cmds)],
+            [
+                binary,
+                "--endpoint-url",
+                spec["endpoint"],
+                "--numworkers",
+                "32",
+                "--log",
+                "error",
+                "run",
+                str(cmds),
+            ],
             check=True,
             env=env,
         )
@@ -816,15 +853,19 @@ def main(spec_path: str) -> None:
         checker = Checker(manifest)
         pairs = _pairs(spec)
         impl_name = spec["contender"].split("[")[0]
-        tokens = spec["contender"].partition("[")[2].rstrip("]").split(",")
-        for token in tokens:  # e.g. fd_blob[obstore,c64]: 64 concurrent transfers
+        tokens = spec["contender"].partition("[")[2].rstrip("]").replace("+", ",").split(",")
+        for token in tokens:  # e.g. fd_blob[obstore+c64]: 64 concurrent transfers
             if token.startswith("c") and token[1:].isdigit():
                 spec["max_concurrency"] = int(token[1:])
         prepare = CONTENDERS[impl_name]
         try:
             if spec.get("warm_frame") and impl_name not in NO_WARMUP:
                 # the same clients, pools and workers read a small other set first
-                warm = {**spec, "frame": spec["warm_frame"], "out_prefix": f"{spec.get('out_prefix')}-warm"}
+                warm = {
+                    **spec,
+                    "frame": spec["warm_frame"],
+                    "out_prefix": f"{spec.get('out_prefix')}-warm",
+                }
                 warm_checker = Checker(json.loads(Path(spec["warm_manifest"]).read_text()))
                 warm_pairs = _pairs(warm)
                 _phase("warm-up")
@@ -841,7 +882,7 @@ def main(spec_path: str) -> None:
             try:
                 check = run()
                 error = None
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 error = e
                 tb = traceback.format_exc()
         result.update(
@@ -855,7 +896,9 @@ def main(spec_path: str) -> None:
             note=spec.get("_note", ""),
         )
         if error is not None:
-            result.update(status="FAILED", reason=f"raised {type(error).__name__}: {str(error)[:300]}")
+            result.update(
+                status="FAILED", reason=f"raised {type(error).__name__}: {str(error)[:300]}"
+            )
             sys.stderr.write(tb)
             return
         _phase("check")
@@ -864,7 +907,7 @@ def main(spec_path: str) -> None:
         ok, problems, nulls = checker.summary()
         result.update(nulls=nulls)
         result.update(status="OK" if ok else "FAILED", reason=problems)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         traceback.print_exc()
         result.update(status="FAILED", reason=f"{type(e).__name__}: {str(e)[:300]}")
     finally:
@@ -876,7 +919,7 @@ def main(spec_path: str) -> None:
                 if ray.is_initialized():
                     ray.shutdown()
                 shutil.rmtree(f"/tmp/rayb{os.getpid()}", ignore_errors=True)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         sys.stdout.flush()
         sys.stderr.flush()

@@ -76,7 +76,7 @@ def human(n: float) -> str:
 
 
 def _pool() -> bytes:
-    return random.Random(20240607).randbytes(_POOL_SIZE)  # noqa: S311
+    return random.Random(20240607).randbytes(_POOL_SIZE)
 
 
 def object_bytes(pool: bytes, name: str, index: int, size: int):  # type: ignore[no-untyped-def]
@@ -117,7 +117,9 @@ def generate(workload: Workload, root: Path) -> dict[str, list[int]]:
             path.parent.mkdir(parents=True, exist_ok=True)
             crc = 0
             with open(path, "wb") as f:
-                for chunk in object_bytes(pool, f"{workload.slug}/{row_id}/{column}", index, workload.size):
+                for chunk in object_bytes(
+                    pool, f"{workload.slug}/{row_id}/{column}", index, workload.size
+                ):
                     f.write(chunk)
                     crc = zlib.crc32(chunk, crc)
             manifest[f"{row_id}/{column}"] = [workload.size, crc]

@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 WORKLOAD_ORDER = ["A", "A'", "B", "C", "D", "W1", "W64", "P"]
@@ -17,7 +18,7 @@ SERVER_NAMES = {
     "delay": "nginx, 10 ms first-byte latency",
     "moto": "moto (writes)",
 }
-DIR = {"fd_tempdir", "fd_tempdir[obstore]", "fd_pipeline", "s5cmd", "curl"}
+DIR = {"fd_tempdir", "fd_tempdir[boto3]", "fd_pipeline", "fd_pipeline[boto3]", "s5cmd", "curl"}
 PEERS = {
     "ray_download",
     "ray_download_noobstore",
@@ -31,7 +32,7 @@ PEERS = {
     "s5cmd",
 }
 # file_dataset's own read contenders judged against the targets
-MINE = ["fd_blob", "fd_blob[obstore]", "fd_blob[obstore,c64]", "fd_ray", "fd_ray[obstore]"]
+MINE = ["fd_blob", "fd_blob[c64]", "fd_ray", "fd_blob[boto3]", "fd_ray[boto3]"]
 WORKLOAD_TEXT = {
     "A": "2,000 x 64 KiB",
     "A'": "20,000 x 16 KiB",
@@ -123,13 +124,10 @@ def _rate(r: dict[str, Any]) -> float:
 
 def _baseline(rows: list[dict[str, Any]], contender: str) -> dict[str, Any] | None:
     by = {r["contender"]: r for r in rows}
-    if contender in (
-        "fd_write_files",
-        "fd_pipeline_upload",
+    if contender.startswith(("fd_write_files", "fd_pipeline_upload")) or contender in (
         "s3transfer_pool",
         "boto3_upload_file",
         "s5cmd_upload",
-        "fd_write_files[obstore]",
     ):
         return by.get("fd_write_files")
     if contender.startswith("fd_pipeline_"):
@@ -138,7 +136,7 @@ def _baseline(rows: list[dict[str, Any]], contender: str) -> dict[str, Any] | No
 
 
 def _cells(r: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
-    if not ("wall" in r):
+    if "wall" not in r:
         return [r["contender"], r["status"], "", "", "", "", "", "", "", _note(r)]
     base = _baseline(rows, r["contender"])
     ratio = f"{_rate(r) / _rate(base):.2f}x" if _ok(base) and r.get("status") == "OK" else "-"
@@ -253,14 +251,14 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
                     )
     for w in ("C", "D"):
         ceiling = _find(results, w, "plain", "curl")
-        for mine in ("fd_blob", "fd_tempdir", "fd_blob[obstore]", "fd_tempdir[obstore]"):
+        for mine in ("fd_blob", "fd_tempdir", "fd_blob[boto3]", "fd_tempdir[boto3]"):
             r = _find(results, w, "plain", mine)
             if _ok(r) and _ok(ceiling):
                 x = _rate(r) / _rate(ceiling)
                 out.append(
                     f"- {w}: `{mine}` >= 90 % of curl: {verdict(x >= 0.9)} ({100 * x:.0f} %)"
                 )
-        for mine in ("fd_blob", "fd_blob[obstore]"):
+        for mine in ("fd_blob", "fd_blob[boto3]"):
             r = _find(results, w, "plain", mine)
             if _ok(r):
                 x = r["peak_rss"] / r["bytes"]
@@ -274,16 +272,18 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
             out.append(
                 f"- {w}: large objects in ranged parts: {r['requests'] / r['objects']:.1f} requests per object (`fd_tempdir`)"
             )
-    p = _find(results, "P", "moto", "fd_pipeline_sleep")
-    if _ok(p) and p.get("pipeline_ratio"):
-        out.append(
-            f"- Pipeline overlap (B, fn sleeps one row's I/O): wall <= 1.2x max(I/O, compute): {verdict(p['pipeline_ratio'] <= 1.2)} ({p['pipeline_ratio']:.2f}x)"
-        )
+    for name in ("fd_pipeline_sleep", "fd_pipeline_sleep[boto3]"):
+        p = _find(results, "P", "moto", name)
+        if _ok(p) and p.get("pipeline_ratio"):
+            out.append(
+                f"- Pipeline overlap (`{name}`, B, fn sleeps one row's I/O): wall <= 1.2x max(I/O, compute): "
+                f"{verdict(p['pipeline_ratio'] <= 1.2)} ({p['pipeline_ratio']:.2f}x)"
+            )
     for w in ("A", "A'", "B"):
         for server in ("plain", "delay"):
             for ray_name, blob_name in (
                 ("fd_ray", "fd_blob"),
-                ("fd_ray[obstore]", "fd_blob[obstore]"),
+                ("fd_ray[boto3]", "fd_blob[boto3]"),
             ):
                 r, b = _find(results, w, server, ray_name), _find(results, w, server, blob_name)
                 if _ok(r) and _ok(b):
@@ -291,7 +291,7 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
                     out.append(
                         f"- {w} {server}: `{ray_name}` within 80 % of `{blob_name}`: {verdict(x >= 0.8)} ({100 * x:.0f} %)"
                     )
-    r = _find(results, "A'", "plain", "fd_ray")
+    r = _find(results, "A'", "plain", "fd_ray") or _find(results, "A'", "delay", "fd_ray")
     if _ok(r) and r.get("requests") is not None:
         x = r["requests"] / r["objects"]
         out.append(
@@ -329,6 +329,9 @@ def render(
     ]
     for n in notes:
         lines.append(f"- Note: {n}")
+    findings = Path(__file__).with_name("findings.md")
+    if not quick and findings.exists():
+        lines += ["", findings.read_text().strip()]
     lines += ["", "## Targets of issue 4", ""]
     lines += targets(results) or ["- nothing measured yet"]
     lines += ["", "## Figures", ""]

@@ -178,7 +178,9 @@ class Servers:
             stdout=subprocess.DEVNULL,
             stderr=open(prefix / "logs" / "stderr.log", "wb"),  # noqa: SIM115
         )
-        self.endpoints["plain"] = Endpoint("nginx", f"http://127.0.0.1:{ports['plain']}", logs["plain"])
+        self.endpoints["plain"] = Endpoint(
+            "nginx", f"http://127.0.0.1:{ports['plain']}", logs["plain"]
+        )
         if echo:
             self.endpoints["delay"] = Endpoint(
                 f"nginx+{self.delay_ms}ms", f"http://127.0.0.1:{ports['delay']}", logs["delay"]
@@ -198,7 +200,7 @@ class Servers:
                     )
                 try:
                     req = urllib.request.Request(self.endpoints[name].url + "/", method="HEAD")
-                    urllib.request.urlopen(req, timeout=5).close()  # noqa: S310
+                    urllib.request.urlopen(req, timeout=5).close()
                     break
                 except urllib.error.HTTPError:
                     break  # it answers

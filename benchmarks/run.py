@@ -23,11 +23,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import datetime as dt
-import importlib.metadata
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -45,7 +42,6 @@ sys.path.insert(0, str(HERE))
 from _data import (  # noqa: E402
     ALIASES,
     BUCKET,
-    COLUMNS,
     QUICK_READ,
     QUICK_WRITE,
     READ_WORKLOADS,
@@ -61,16 +57,20 @@ from _servers import Servers  # noqa: E402
 CREDS = {"key": "bench-key-id", "secret": "bench-secret-key", "region": "us-east-1"}
 OUT_BUCKET = "bench-out"
 
+# Plain fd_* names use the library's default transport (Options.transport="auto":
+# obstore); [boto3] or [obstore] force one through FILE_DATASET_TRANSPORT, and [c64] sets
+# Options(max_concurrency=64); tokens combine with "+".
 READ_CONTENDERS = [
     "fd_blob",
     "fd_blob_cold",
     "fd_tempdir",
     "fd_ray",
     "fd_pipeline",
-    "fd_blob[obstore]",
-    "fd_tempdir[obstore]",
-    "fd_ray[obstore]",
-    "fd_blob[obstore,c64]",
+    "fd_blob[c64]",
+    "fd_blob[boto3]",
+    "fd_tempdir[boto3]",
+    "fd_ray[boto3]",
+    "fd_pipeline[boto3]",
     "ray_download",
     "ray_download_noobstore",
     "ray_read_binary",
@@ -86,26 +86,40 @@ READ_CONTENDERS = [
 WRITE_CONTENDERS = [
     "fd_write_files",
     "fd_pipeline_upload",
-    "fd_write_files[obstore]",
+    "fd_write_files[boto3]",
+    "fd_pipeline_upload[boto3]",
     "boto3_upload_file",
     "s3transfer_pool",
     "s5cmd_upload",
 ]
-PIPELINE_CONTENDERS = ["fd_pipeline_io", "fd_pipeline_sleep"]
+PIPELINE_CONTENDERS = [
+    "fd_pipeline_io",
+    "fd_pipeline_sleep",
+    "fd_pipeline_io[boto3]",
+    "fd_pipeline_sleep[boto3]",
+]
 QUICK_CONTENDERS = ["fd_blob", "fd_tempdir", "boto3_pool", "curl", "fd_write_files"]
 # Contenders that produce files (compared with into_temp_dir); the others produce blobs.
-DIR_CONTENDERS = {"fd_tempdir", "fd_tempdir[obstore]", "fd_pipeline", "s5cmd", "curl"}  # see _report.DIR
-RAY_CONTENDERS = {"fd_ray", "ray_download", "ray_download_noobstore", "ray_read_binary", "daft_ray"}
+DIR_CONTENDERS = {
+    "fd_tempdir",
+    "fd_tempdir[boto3]",
+    "fd_pipeline",
+    "fd_pipeline[boto3]",
+    "s5cmd",
+    "curl",
+}
 DESCRIPTIONS = {
-    "fd_blob": "file_dataset reader(df).into_blob_table()",
-    "fd_blob_cold": "into_blob_table as the first call of a process (no warm-up: S3 clients and pool created inside)",
+    "fd_blob": "file_dataset reader(df).into_blob_table(), default transport (obstore)",
+    "fd_blob_cold": "into_blob_table as the first call of a process (no warm-up: clients and pool created inside)",
     "fd_tempdir": "file_dataset reader(df).into_temp_dir()",
     "fd_ray": "file_dataset.ray.read_file_dataset, fully materialised to the driver",
     "fd_pipeline": "file_dataset Pipeline, fn hard-links its inputs aside, no outputs",
-    "fd_blob[obstore]": "into_blob_table with FILE_DATASET_TRANSPORT=obstore",
-    "fd_tempdir[obstore]": "into_temp_dir with FILE_DATASET_TRANSPORT=obstore",
-    "fd_blob[obstore,c64]": "into_blob_table, obstore transport, Options(max_concurrency=64)",
-    "fd_ray[obstore]": "read_file_dataset with FILE_DATASET_TRANSPORT=obstore (inherited by Ray workers)",
+    "fd_blob[c64]": "into_blob_table with Options(max_concurrency=64)",
+    "fd_blob[boto3]": "into_blob_table, boto3 transport (FILE_DATASET_TRANSPORT=boto3)",
+    "fd_blob_cold[boto3]": "fd_blob_cold, boto3 transport",
+    "fd_tempdir[boto3]": "into_temp_dir, boto3 transport",
+    "fd_ray[boto3]": "read_file_dataset, boto3 transport (variable inherited by Ray workers)",
+    "fd_pipeline[boto3]": "fd_pipeline, boto3 transport",
     "ray_download": "Ray Data with_column(download()) per file column, obstore installed",
     "ray_download_noobstore": "same, obstore made unimportable (sitecustomize shim)",
     "ray_read_binary": "ray.data.read_binary_files(all paths, include_paths=True)",
@@ -114,17 +128,20 @@ DESCRIPTIONS = {
     "s3fs_cat": "s3fs S3FileSystem.cat(all paths)",
     "obstore_async": "obstore get_async + bytes_async, asyncio, 64 in flight",
     "boto3_seq": "boto3 get_object().read(), one at a time",
-    "boto3_pool": "boto3 get_object().read(), 32 threads, client per thread",
+    "boto3_pool": "boto3 get_object().read(), 32 threads sharing one client",
     "s5cmd": "s5cmd run (cp per object, 64 workers) into a directory",
     "curl": "curl -Z --parallel-max 64 into a directory (ceiling; unsigned)",
-    "fd_write_files": "file_dataset write_files, one call per row",
-    "fd_write_files[obstore]": "write_files with FILE_DATASET_TRANSPORT=obstore",
+    "fd_write_files": "file_dataset write_files, one call per row, default transport (multipart parts go through boto3)",
+    "fd_write_files[boto3]": "write_files, boto3 transport",
     "fd_pipeline_upload": "file_dataset Pipeline over local inputs, fn returns its inputs",
+    "fd_pipeline_upload[boto3]": "same, boto3 transport",
     "boto3_upload_file": "boto3 upload_file, one at a time (s3transfer inside)",
     "s3transfer_pool": "s3transfer TransferManager, 32 concurrent requests",
     "s5cmd_upload": "s5cmd run (cp per file, 32 workers)",
     "fd_pipeline_io": "Pipeline over B (nginx -> moto), identity fn",
     "fd_pipeline_sleep": "same, fn sleeps one row's I/O time (from fd_pipeline_io)",
+    "fd_pipeline_io[boto3]": "fd_pipeline_io, boto3 transport",
+    "fd_pipeline_sleep[boto3]": "fd_pipeline_sleep, boto3 transport",
 }
 
 
@@ -176,7 +193,9 @@ class Suite:
 
     # --- running one contender ------------------------------------------------------
 
-    def run_one(self, workload: Workload, server: str, contender: str, spec: dict[str, Any]) -> dict[str, Any]:
+    def run_one(
+        self, workload: Workload, server: str, contender: str, spec: dict[str, Any]
+    ) -> dict[str, Any]:
         runs = self.tmp / "runs"
         runs.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix="c-", dir=self.tmp))
@@ -188,8 +207,10 @@ class Suite:
         spec_path.write_text(json.dumps(spec))
         env = dict(os.environ)
         env.pop("FILE_DATASET_TRANSPORT", None)
-        if "obstore" in contender.partition("[")[2].rstrip("]").split(","):
-            env["FILE_DATASET_TRANSPORT"] = "obstore"
+        tokens = contender.partition("[")[2].rstrip("]").split("+")
+        for transport in ("boto3", "obstore"):
+            if transport in tokens:
+                env["FILE_DATASET_TRANSPORT"] = transport
         if contender == "ray_download":
             # Ray enables plain http for obstore only for http:// URIs; for s3:// URIs on
             # an http endpoint it would silently return null rows without this.
@@ -222,18 +243,26 @@ class Suite:
             result = json.loads(Path(spec["result"]).read_text())
         except (OSError, ValueError):
             tail = (runs / f"{tag}.log").read_text(errors="replace")[-600:]
-            reason = f"timed out after {self.args.timeout} s" if timed_out else f"crashed (exit {proc.returncode}): {tail}"
+            reason = (
+                f"timed out after {self.args.timeout} s"
+                if timed_out
+                else f"crashed (exit {proc.returncode}): {tail}"
+            )
             result = {"contender": contender, "status": "FAILED", "reason": reason}
         if result["status"] == "FAILED" and not timed_out:
             tail = (runs / f"{tag}.log").read_text(errors="replace").strip().splitlines()[-3:]
             result.setdefault("log", " | ".join(tail)[-400:])
         result.update(workload=workload.name, server=server, elapsed=time.monotonic() - started)
-        result["workload_text"] = f"{workload.count:,} x {human(workload.size)}" + (" written" if workload.kind == "write" else "")
+        result["workload_text"] = f"{workload.count:,} x {human(workload.size)}" + (
+            " written" if workload.kind == "write" else ""
+        )
         result["description"] = DESCRIPTIONS.get(contender, "")
         self._print_row(result, workload)
         if not (self.args.quick or self.args.no_save):
             self._save([result])
-        print(f"{'':28}(process {result['elapsed']:.1f} s)", flush=True) if self.args.verbose else None
+        print(
+            f"{'':28}(process {result['elapsed']:.1f} s)", flush=True
+        ) if self.args.verbose else None
         self.results.append(result)
         return result
 
@@ -348,7 +377,9 @@ class Suite:
         read_set = QUICK_READ if args.quick else READ_WORKLOADS
         write_set = QUICK_WRITE if args.quick else WRITE_WORKLOADS
         if args.workloads:
-            names = [ALIASES.get(n.strip().upper(), n.strip().upper()) for n in args.workloads.split(",")]
+            names = [
+                ALIASES.get(n.strip().upper(), n.strip().upper()) for n in args.workloads.split(",")
+            ]
         else:
             names = [*read_set, *write_set] + ([] if args.quick else ["P"])
         unknown = [n for n in names if n not in read_set and n not in write_set and n != "P"]
@@ -380,11 +411,18 @@ class Suite:
         mpath = frames / "warm.manifest.json"
         mpath.write_text(json.dumps(manifest))
         fpath = frames / ("warm.local.parquet" if local else "warm.parquet")
-        frame(warm, (lambda key: str(self.data_root / BUCKET / key)) if local else (lambda key: f"s3://{BUCKET}/{key}")).to_parquet(fpath)
+        frame(
+            warm,
+            (lambda key: str(self.data_root / BUCKET / key))
+            if local
+            else (lambda key: f"s3://{BUCKET}/{key}"),
+        ).to_parquet(fpath)
         self._warm_cache[local] = (fpath, mpath)
         return fpath, mpath
 
-    def _base_spec(self, server: str, manifest: Path, fpath: Path, workload: Workload, local: bool = False) -> dict[str, Any]:
+    def _base_spec(
+        self, server: str, manifest: Path, fpath: Path, workload: Workload, local: bool = False
+    ) -> dict[str, Any]:
         endpoint = self.servers.endpoints[server]
         warm_frame, warm_manifest = self._warm(local)
         return {
@@ -411,7 +449,9 @@ class Suite:
         if self.args.latency:
             servers = [s for s in servers if s in self.args.latency.split(",")]
         for server in servers:
-            print(f"-- {workload.name} on {self.servers.endpoints[server].name} ({self.servers.endpoints[server].url})")
+            print(
+                f"-- {workload.name} on {self.servers.endpoints[server].name} ({self.servers.endpoints[server].url})"
+            )
             for contender in self._contenders(READ_CONTENDERS):
                 spec = self._base_spec(server, mpath, fpath, workload)
                 self.run_one(workload, server, contender, spec)
@@ -440,8 +480,12 @@ class Suite:
         if self.reads_on_moto:
             print("workload P skipped: needs nginx")
             return
-        print(f"\n== P: Pipeline overlap over {workload.describe()} (read nginx, write moto)", flush=True)
+        print(
+            f"\n== P: Pipeline overlap over {workload.describe()} (read nginx, write moto)",
+            flush=True,
+        )
         fpath, mpath = self.prepare_reads(workload)
+        io_walls: dict[str, float] = {}
         io_wall = None
         for contender in self._contenders(PIPELINE_CONTENDERS):
             self._clear_out_bucket()
@@ -452,17 +496,23 @@ class Suite:
                 write_endpoint=spec["endpoint"],
                 read_endpoint=self.servers.endpoints["plain"].url,
             )
-            if contender == "fd_pipeline_sleep":
+            if contender.startswith("fd_pipeline_sleep"):
+                io_wall = io_walls.get(contender.replace("sleep", "io"))
                 if io_wall is None:
                     print("  fd_pipeline_sleep needs fd_pipeline_io first")
                     continue
                 spec["sleep_s"] = io_wall / workload.rows
-            r = self.run_one(Workload("P", workload.count, workload.size, ("moto",)), "moto", contender, spec)
-            if contender == "fd_pipeline_io" and r["status"] == "OK":
-                io_wall = r["wall"]
-            if contender == "fd_pipeline_sleep" and r["status"] == "OK" and io_wall:
+            r = self.run_one(
+                Workload("P", workload.count, workload.size, ("moto",)), "moto", contender, spec
+            )
+            if contender.startswith("fd_pipeline_io") and r["status"] == "OK":
+                io_walls[contender] = r["wall"]
+            if contender.startswith("fd_pipeline_sleep") and r["status"] == "OK" and io_wall:
                 r["pipeline_ratio"] = r["wall"] / max(io_wall, spec["sleep_s"] * workload.rows)
-                r["note"] = (r.get("note") or "") + f"sleep {spec['sleep_s'] * 1000:.1f} ms/row; wall / max(I/O, compute) = {r['pipeline_ratio']:.2f}"
+                r["note"] = (
+                    (r.get("note") or "")
+                    + f"sleep {spec['sleep_s'] * 1000:.1f} ms/row; wall / max(I/O, compute) = {r['pipeline_ratio']:.2f}"
+                )
                 print(f"    -> {r['note']}")
                 if not (self.args.quick or self.args.no_save):
                     self._save([r])
@@ -478,14 +528,18 @@ class Suite:
         store = HERE / "results.json"
         old = json.loads(store.read_text()) if store.exists() else {"results": [], "notes": []}
         keys = {(r["workload"], r["server"], r["contender"]) for r in results}
-        merged = [r for r in old["results"] if (r["workload"], r["server"], r["contender"]) not in keys]
+        merged = [
+            r for r in old["results"] if (r["workload"], r["server"], r["contender"]) not in keys
+        ]
         if self._info is None:
             self._info = machine_info()
         for r in results:
             r["date"] = self._info["date"]
         merged += results
         notes = sorted(set(old.get("notes", [])) | set(self.notes))
-        store.write_text(json.dumps({"results": merged, "notes": notes, "machine": self._info}, indent=1))
+        store.write_text(
+            json.dumps({"results": merged, "notes": notes, "machine": self._info}, indent=1)
+        )
         (HERE / "RESULTS.md").write_text(render(merged, self._info, notes, quick=False))
 
     def _finish(self) -> int:
@@ -503,22 +557,36 @@ class Suite:
         if failed:
             print(f"\n{len(failed)} contender(s) FAILED (wrong or missing bytes, or errors):")
             for r in failed:
-                print(f"  {r['workload']} {r['server']} {r['contender']}: {r.get('reason')} {r.get('log', '')}")
+                print(
+                    f"  {r['workload']} {r['server']} {r['contender']}: {r.get('reason')} {r.get('log', '')}"
+                )
             return 1
         return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, a few contenders (CI smoke)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes, a few contenders (CI smoke)"
+    )
     parser.add_argument("--workloads", help="comma-separated: A,Ap (A'),B,C,D,W1,W64,P")
     parser.add_argument("--contenders", help="comma-separated names (see --list)")
     parser.add_argument("--latency", help="comma-separated servers for reads: plain,delay")
-    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "file_dataset-bench"))
+    parser.add_argument(
+        "--workdir", default=os.path.join(tempfile.gettempdir(), "file_dataset-bench")
+    )
     parser.add_argument("--timeout", type=float, default=None, help="seconds per contender")
-    parser.add_argument("--moto-reads", action="store_true", help="serve reads from moto even if nginx exists")
-    parser.add_argument("--no-save", action="store_true", help="do not touch results.json / RESULTS.md")
-    parser.add_argument("--verbose", action="store_true", help="also print each process's total time")
+    parser.add_argument(
+        "--moto-reads", action="store_true", help="serve reads from moto even if nginx exists"
+    )
+    parser.add_argument(
+        "--no-save", action="store_true", help="do not touch results.json / RESULTS.md"
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="also print each process's total time"
+    )
     parser.add_argument("--list", action="store_true", help="list contenders and exit")
     args = parser.parse_args(argv)
     if args.list:
