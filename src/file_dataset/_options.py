@@ -179,7 +179,7 @@ class Options:
         session_kwargs: Mapping[str, Any] | None = None,
         s3_client_kwargs: Mapping[str, Any] | None = None,
         *,
-        max_concurrency: int = 32,
+        max_concurrency: int = 64,
         part_size: int = 8 * _MiB,
         multipart_threshold: int = 16 * _MiB,
         retry_mode: str = "adaptive",
