@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 import pyarrow as pa
@@ -18,6 +18,8 @@ from file_dataset._transfer import Context, Job, download_job, read_job, run_job
 from file_dataset._urls import Location
 
 __all__ = ["FileReader", "reader"]
+
+T = TypeVar("T")
 
 # One Arrow binary chunk holds at most this many bytes (int32 offsets cap it at 2 GiB).
 _CHUNK_BYTES = 64 * 1024 * 1024
@@ -156,22 +158,7 @@ class FileReader:
             PermissionError: Access to an object was denied.
             OSError: Another transfer failure.
         """
-        table = self._table
-        jobs: list[Job[bytes | bytearray]] = []
-        contexts: list[Context] = []
-        where: list[tuple[int, int]] = []
-        for i, j, loc in self._cells():
-            jobs.append(read_job(loc, self._options))
-            contexts.append(self._context(i, j))
-            where.append((i, j))
-        blobs = run_jobs(jobs, self._options, contexts)
-        del jobs
-        columns: list[list[bytes | bytearray | None]] = [
-            [None] * len(table.cells) for _ in table.columns
-        ]
-        for (i, j), blob in zip(where, blobs, strict=True):
-            columns[j][i] = blob
-        del blobs
+        columns = self._run_per_cell(lambda loc: read_job(loc, self._options))
         arrays = [_binary_column(values) for values in columns]
         return self._assemble(arrays, pa.binary())
 
@@ -189,20 +176,26 @@ class FileReader:
             PermissionError: Access to an object was denied.
             OSError: Another failure.
         """
+        columns = self._run_per_cell(lambda loc: size_job(loc, self._options))
+        arrays = [pa.chunked_array([pa.array(values, pa.int64())]) for values in columns]
+        return self._assemble(arrays, pa.int64())
+
+    def _run_per_cell(self, make_job: Callable[[Location], Job[T]]) -> list[list[T | None]]:
+        """Runs one job per non-null cell, all at once; returns the results by column."""
         table = self._table
-        jobs: list[Job[int]] = []
+        jobs: list[Job[T]] = []
         contexts: list[Context] = []
         where: list[tuple[int, int]] = []
         for i, j, loc in self._cells():
-            jobs.append(size_job(loc, self._options))
+            jobs.append(make_job(loc))
             contexts.append(self._context(i, j))
             where.append((i, j))
-        sizes = run_jobs(jobs, self._options, contexts)
-        columns: list[list[int | None]] = [[None] * len(table.cells) for _ in table.columns]
-        for (i, j), size in zip(where, sizes, strict=True):
-            columns[j][i] = size
-        arrays = [pa.chunked_array([pa.array(values, pa.int64())]) for values in columns]
-        return self._assemble(arrays, pa.int64())
+        results = run_jobs(jobs, self._options, contexts)
+        del jobs
+        columns: list[list[T | None]] = [[None] * len(table.cells) for _ in table.columns]
+        for (i, j), value in zip(where, results, strict=True):
+            columns[j][i] = value
+        return columns
 
     def _assemble(self, arrays: list[pa.ChunkedArray[Any]], value_type: pa.DataType) -> pa.Table:
         table = self._table
