@@ -99,9 +99,31 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+ORDER = [
+    "fd_blob",
+    "fd_blob[c64]",
+    "fd_blob_cold",
+    "fd_tempdir",
+    "fd_ray",
+    "fd_pipeline",
+    "fd_write_files",
+    "fd_pipeline_upload",
+    "fd_pipeline_io",
+    "fd_pipeline_sleep",
+]
+
+
+def _order(name: str) -> tuple[int, int, str]:
+    """file_dataset first (default transport, then [boto3] variants), then the peers."""
+    base = name.replace("[boto3]", "")
+    if base in ORDER:
+        return (0 if base == name else 1, ORDER.index(base), name)
+    return (2, 0, name)
+
+
 def _group(results: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in results:
+    for r in sorted(results, key=lambda r: _order(r["contender"])):
         groups[(r["workload"], r["server"])].append(r)
     return dict(
         sorted(
@@ -347,7 +369,10 @@ def render(
         for r in rows:
             lines.append("| " + " | ".join(_cells(r, rows)) + " |")
         lines.append("")
-    descs = {r["contender"]: r.get("description", "") for r in results}
+    descs = {
+        r["contender"]: r.get("description", "")
+        for r in sorted(results, key=lambda r: _order(r["contender"]))
+    }
     lines += ["## Contenders", ""]
     lines += [f"- `{k}`: {v}" for k, v in descs.items()]
     lines.append("")
