@@ -14,11 +14,15 @@ from typing import Protocol
 from file_dataset._options import Options
 from file_dataset._urls import Location
 
+# Object bytes as a backend hands them over: any contiguous buffer, never copied only to
+# change its type (Arrow and os.pwrite both take a memoryview).
+Blob = bytes | bytearray | memoryview
+
 
 class Backend(Protocol):
     """Reads and writes whole objects or byte ranges of one kind of storage."""
 
-    def read_first(self, loc: Location, length: int) -> tuple[bytes | bytearray, int]:
+    def read_first(self, loc: Location, length: int) -> tuple[Blob, int]:
         """Reads up to ``length`` bytes from the start of an object in one request.
 
         Args:

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from file_dataset._backend import Blob
 from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
 from file_dataset._urls import Location, temp_prefix
 
@@ -45,7 +46,7 @@ class LocalBackend:
 
     supports_multipart = False
 
-    def read_first(self, loc: Location, length: int) -> tuple[bytes | bytearray, int]:
+    def read_first(self, loc: Location, length: int) -> tuple[Blob, int]:
         try:
             with open(loc.path, "rb") as f:
                 total = os.fstat(f.fileno()).st_size

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import pandas as pd
 import pyarrow as pa
 
+from file_dataset._backend import Blob
 from file_dataset._frame import ID_COLUMN, FileTable, parse_frame, parse_row
 from file_dataset._options import Options
 from file_dataset._transfer import Context, Job, download_job, read_job, run_jobs, size_job
@@ -206,7 +207,7 @@ class FileReader:
         return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def _single_value_chunk(blob: bytes | bytearray) -> pa.Array[Any]:
+def _single_value_chunk(blob: Blob) -> pa.Array[Any]:
     """A one-value binary array over ``blob``'s own memory (no copy)."""
     large = len(blob) > _INT32_MAX
     offsets = pa.array([0, len(blob)], pa.int64() if large else pa.int32()).buffers()[1]
@@ -215,10 +216,10 @@ def _single_value_chunk(blob: bytes | bytearray) -> pa.Array[Any]:
     )
 
 
-def _binary_column(values: list[bytes | bytearray | None]) -> pa.ChunkedArray[Any]:
+def _binary_column(values: list[Blob | None]) -> pa.ChunkedArray[Any]:
     """Builds a chunked binary column, releasing each blob as soon as it is copied."""
     chunks: list[pa.Array[Any]] = []
-    pending: list[bytes | bytearray | None] = []
+    pending: list[Blob | None] = []
     pending_bytes = 0
 
     def flush() -> None:

@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from file_dataset._backend import Blob
 from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
 from file_dataset._options import Options
 from file_dataset._urls import Location
@@ -83,7 +84,7 @@ class S3Backend:
     def __init__(self, options: Options) -> None:
         self._options = options
 
-    def read_first(self, loc: Location, length: int) -> tuple[bytes | bytearray, int]:
+    def read_first(self, loc: Location, length: int) -> tuple[Blob, int]:
         client = self._options.s3_client()
         url = str(loc)
         try:

@@ -30,6 +30,7 @@ from obstore.exceptions import (
 )
 from obstore.store import S3Store
 
+from file_dataset._backend import Blob
 from file_dataset._errors import (
     ObjectAccessDeniedError,
     ObjectNotFoundError,
@@ -237,7 +238,7 @@ class ObstoreS3Backend:
         except BotoCoreError as e:
             translate_boto_error(e, str(loc), "read")
 
-    def read_first(self, loc: Location, length: int) -> tuple[bytes | bytearray, int]:
+    def read_first(self, loc: Location, length: int) -> tuple[Blob, int]:
         store = self._store(loc)
         try:
             try:
@@ -252,9 +253,8 @@ class ObstoreS3Backend:
             translate_error(e, str(loc), "read")
         if len(data) != min(total, length):
             raise TransferError(str(loc), f"got {len(data)} bytes, expected {min(total, length)}")
-        if total > len(data):  # a first part: only copied into the whole object's buffer
-            return data, total  # type: ignore[return-value]  # obstore.Bytes: a read-only buffer
-        return data.to_bytes(), total  # a whole object: a real bytes for the blob table
+        # A read-only view of obstore's own buffer: no copy (Arrow and pwrite take views).
+        return memoryview(data), total
 
     def read_into(self, loc: Location, start: int, view: memoryview) -> None:
         if not len(view):

@@ -24,7 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from file_dataset._backend import backend_for
+from file_dataset._backend import Blob, backend_for
 from file_dataset._errors import ObjectNotFoundError, TransferError
 from file_dataset._options import Options
 from file_dataset._urls import Location, temp_prefix
@@ -41,7 +41,7 @@ def _ranges(start: int, total: int, part_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + part_size, total)) for s in range(start, total, part_size)]
 
 
-def read_job(loc: Location, options: Options) -> Job[bytes | bytearray]:
+def read_job(loc: Location, options: Options) -> Job[Blob]:
     """Reads a whole object into memory."""
     backend = backend_for(loc, options)
     [(first, total)] = yield [partial(backend.read_first, loc, options.multipart_threshold)]
@@ -70,7 +70,7 @@ def _read_part_to_file(
     _pwrite_all(fd, buf, start)
 
 
-def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
+def _pwrite_all(fd: int, data: Blob, offset: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
