@@ -7,6 +7,7 @@ local paths; a null cell means "no file". A *row* is a mapping of file name to U
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -70,8 +71,7 @@ def check_ids(values: Any) -> list[str]:
             raise InvalidInputError(f"the 'id' column has a null value at position {position}")
         ids.append(check_component(value, "id"))
     if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        repeated = sorted({i for i in ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
+        repeated = sorted(i for i, count in Counter(ids).items() if count > 1)
         raise InvalidInputError(f"the 'id' column must be unique; repeated ids: {repeated[:10]}")
     return ids
 
