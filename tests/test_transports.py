@@ -84,3 +84,21 @@ def test_missing_bucket_is_not_found(transport_options: Options) -> None:
         file_dataset.reader(
             {"k": "s3://no-such-bucket-here/k"}, transport_options
         ).into_blob_table()
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_large_first_response_streams_into_place(
+    s3_server: LocalS3Server,
+    transport: str,
+    put: Callable[[str, bytes], str],
+) -> None:
+    """Default thresholds: the first 16 MiB come in one response, streamed in 1 MiB chunks
+    straight into the object's buffer or file, then one ranged part."""
+    options = s3_server.options(transport=transport)
+    data = bytes(range(251)) * (19 * MiB // 251)  # not a multiple of the chunk size
+    row = {"big.bin": put("streamed", data)}
+    blob = file_dataset.reader(row, options).into_blob_table().column("big.bin")
+    assert blob.to_pylist() == [data]
+    with file_dataset.reader(row, options).into_temp_dir() as tmp:
+        assert [p.name for p in tmp.iterdir()] == ["big.bin"]
+        assert (tmp / "big.bin").read_bytes() == data

@@ -8,6 +8,7 @@ different transport (another S3 client library, another cloud) is one new class.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -17,26 +18,49 @@ from file_dataset._urls import Location
 # Object bytes as a backend hands them over: any contiguous buffer, never copied only to
 # change its type (Arrow and os.pwrite both take a memoryview).
 Blob = bytes | bytearray | memoryview
+# How much a streamed ranged read hands over at a time.
+CHUNK_BYTES = 1024 * 1024
+# A first response at least this large is streamed into a sink (when one is given)
+# instead of being returned as one buffer.
+STREAM_BYTES = 8 * 1024 * 1024
+# Where a streamed first response goes: called once with the object's total size, it
+# returns a function that stores ``data`` at byte ``offset`` of the object.
+Sink = Callable[[int], Callable[[int, Blob], None]]
 
 
 class Backend(Protocol):
     """Reads and writes whole objects or byte ranges of one kind of storage."""
 
-    def read_first(self, loc: Location, length: int) -> tuple[Blob, int]:
+    def read_first(
+        self, loc: Location, length: int, sink: Sink | None = None
+    ) -> tuple[Blob | None, int]:
         """Reads up to ``length`` bytes from the start of an object in one request.
 
         Args:
             loc: The object.
             length: The most bytes to read.
+            sink: Optional; a backend may stream a large response (at least
+                :data:`STREAM_BYTES`) into ``sink(total)`` as it arrives, so that it is
+                never held twice in memory, and then return ``None`` for the bytes.
 
         Returns:
-            The bytes read and the object's total size. When the total is not more
-            than ``length`` the bytes are the whole object.
+            The bytes read (``None`` when they went to the sink) and the object's
+            total size. When the total is not more than ``length`` the bytes are the
+            whole object.
         """
         ...
 
     def read_into(self, loc: Location, start: int, view: memoryview) -> None:
         """Fills ``view`` with the object's bytes from ``start`` (a ranged GET)."""
+        ...
+
+    def read_chunks(self, loc: Location, start: int, length: int) -> Iterator[Blob]:
+        """Reads ``length`` bytes from ``start`` (a ranged GET) as a stream of buffers.
+
+        Used where the bytes go on to a file: each buffer of the transport's is
+        written as it arrives, so a part in flight holds about one chunk of memory.
+        Raises if the object ends before ``length`` bytes.
+        """
         ...
 
     def size(self, loc: Location) -> int:

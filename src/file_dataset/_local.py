@@ -7,9 +7,10 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from file_dataset._backend import Blob
+from file_dataset._backend import CHUNK_BYTES, Blob, Sink
 from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
 from file_dataset._urls import Location, temp_prefix
 
@@ -46,7 +47,9 @@ class LocalBackend:
 
     supports_multipart = False
 
-    def read_first(self, loc: Location, length: int) -> tuple[Blob, int]:
+    def read_first(
+        self, loc: Location, length: int, sink: Sink | None = None
+    ) -> tuple[Blob | None, int]:
         try:
             with open(loc.path, "rb") as f:
                 total = os.fstat(f.fileno()).st_size
@@ -70,6 +73,23 @@ class LocalBackend:
                     if not n:
                         raise TransferError(str(loc), "file shrank while being read")
                     done += n
+        except OSError as e:
+            if isinstance(e, TransferError):
+                raise
+            raise translate_os_error(e, str(loc), "read") from e
+
+    def read_chunks(self, loc: Location, start: int, length: int) -> Iterator[Blob]:
+        buf = memoryview(bytearray(min(length, CHUNK_BYTES)))
+        done = 0
+        try:
+            with open(loc.path, "rb", buffering=0) as f:
+                f.seek(start)
+                while done < length:
+                    n = f.readinto(buf[: min(len(buf), length - done)])
+                    if not n:
+                        raise TransferError(str(loc), "file shrank while being read")
+                    done += n
+                    yield buf[:n]
         except OSError as e:
             if isinstance(e, TransferError):
                 raise

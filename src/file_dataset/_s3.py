@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from file_dataset._backend import Blob
+from file_dataset._backend import CHUNK_BYTES, Blob, Sink
 from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
 from file_dataset._options import Options
 from file_dataset._urls import Location
@@ -84,7 +85,9 @@ class S3Backend:
     def __init__(self, options: Options) -> None:
         self._options = options
 
-    def read_first(self, loc: Location, length: int) -> tuple[Blob, int]:
+    def read_first(
+        self, loc: Location, length: int, sink: Sink | None = None
+    ) -> tuple[Blob | None, int]:
         client = self._options.s3_client()
         url = str(loc)
         try:
@@ -117,6 +120,33 @@ class S3Backend:
             _fill(resp["Body"], view, url)
         except (ClientError, BotoCoreError) as e:
             translate_error(e, url, "read")
+
+    def read_chunks(self, loc: Location, start: int, length: int) -> Iterator[Blob]:
+        if not length:
+            return
+        url = str(loc)
+        try:
+            resp = self._options.s3_client().get_object(
+                Bucket=loc.bucket, Key=loc.key, Range=f"bytes={start}-{start + length - 1}"
+            )
+        except (ClientError, BotoCoreError) as e:
+            translate_error(e, url, "read")
+        body = resp["Body"]
+        # One reused buffer: each chunk is written out before the next is read into it.
+        buf = memoryview(bytearray(min(length, CHUNK_BYTES)))
+        done = 0
+        try:
+            while done < length:
+                try:
+                    n = body.readinto(buf[: min(len(buf), length - done)])  # type: ignore[arg-type]
+                except (ClientError, BotoCoreError, OSError) as e:
+                    translate_error(e, url, "read")
+                if not n:
+                    raise TransferError(url, f"connection closed after {done} of {length} bytes")
+                done += n
+                yield buf[:n]
+        finally:
+            body.close()
 
     def size(self, loc: Location) -> int:
         try:

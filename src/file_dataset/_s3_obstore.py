@@ -16,6 +16,7 @@ import datetime as dt
 import os
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
@@ -30,7 +31,7 @@ from obstore.exceptions import (
 )
 from obstore.store import S3Store
 
-from file_dataset._backend import Blob
+from file_dataset._backend import CHUNK_BYTES, STREAM_BYTES, Blob, Sink
 from file_dataset._errors import (
     ObjectAccessDeniedError,
     ObjectNotFoundError,
@@ -238,8 +239,11 @@ class ObstoreS3Backend:
         except BotoCoreError as e:
             translate_boto_error(e, str(loc), "read")
 
-    def read_first(self, loc: Location, length: int) -> tuple[Blob, int]:
+    def read_first(
+        self, loc: Location, length: int, sink: Sink | None = None
+    ) -> tuple[Blob | None, int]:
         store = self._store(loc)
+        url = str(loc)
         try:
             try:
                 result = obstore.get(store, loc.key, options={"range": (0, length)})
@@ -248,24 +252,59 @@ class ObstoreS3Backend:
                     raise
                 result = obstore.get(store, loc.key)  # an empty object: no range satisfiable
             total = int(result.meta["size"])
+            expected = min(total, length)
+            if sink is not None and expected >= STREAM_BYTES:
+                write = sink(total)
+                done = 0
+                for chunk in self._chunks(result, url, expected):
+                    write(done, chunk)
+                    done += len(chunk)
+                return None, total
             data = result.bytes()
         except (BaseError, OSError) as e:
-            translate_error(e, str(loc), "read")
-        if len(data) != min(total, length):
-            raise TransferError(str(loc), f"got {len(data)} bytes, expected {min(total, length)}")
+            if isinstance(e, TransferError):
+                raise
+            translate_error(e, url, "read")
+        if len(data) != expected:
+            raise TransferError(url, f"got {len(data)} bytes, expected {expected}")
         # A read-only view of obstore's own buffer: no copy (Arrow and pwrite take views).
         return memoryview(data), total
 
-    def read_into(self, loc: Location, start: int, view: memoryview) -> None:
-        if not len(view):
+    @staticmethod
+    def _chunks(result: obstore.GetResult, url: str, length: int) -> Iterator[memoryview]:
+        """A response's body in chunks of about 1 MiB, checked to be ``length`` bytes.
+
+        A transfer in flight then holds one chunk, not the whole body, and the small
+        buffers are reused by the allocator instead of touching fresh pages.
+        """
+        done = 0
+        for chunk in result.stream(min_chunk_size=CHUNK_BYTES):
+            view = memoryview(chunk)
+            if done + len(view) > length:
+                raise TransferError(url, f"got more than the {length} bytes asked for")
+            done += len(view)
+            yield view
+        if done != length:
+            raise TransferError(url, f"got {done} of {length} bytes")
+
+    def read_chunks(self, loc: Location, start: int, length: int) -> Iterator[Blob]:
+        if not length:
             return
+        url = str(loc)
         try:
-            data = obstore.get_range(self._store(loc), loc.key, start=start, length=len(view))
+            store = self._store(loc)
+            result = obstore.get(store, loc.key, options={"range": (start, start + length)})
+            yield from self._chunks(result, url, length)
         except (BaseError, OSError) as e:
-            translate_error(e, str(loc), "read")
-        if len(data) != len(view):
-            raise TransferError(str(loc), f"got {len(data)} of {len(view)} bytes")
-        view[:] = memoryview(data)
+            if isinstance(e, TransferError):
+                raise
+            translate_error(e, url, "read")
+
+    def read_into(self, loc: Location, start: int, view: memoryview) -> None:
+        done = 0
+        for chunk in self.read_chunks(loc, start, len(view)):
+            view[done : done + len(chunk)] = chunk
+            done += len(chunk)
 
     def size(self, loc: Location) -> int:
         try:

@@ -19,7 +19,7 @@ import contextlib
 import os
 import queue
 import tempfile
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,33 +44,51 @@ def _ranges(start: int, total: int, part_size: int) -> list[tuple[int, int]]:
 def read_job(loc: Location, options: Options) -> Job[Blob]:
     """Reads a whole object into memory."""
     backend = backend_for(loc, options)
-    [(first, total)] = yield [partial(backend.read_first, loc, options.multipart_threshold)]
-    if total <= len(first):
-        return first  # type: ignore[no-any-return]
-    buf = bytearray(total)
-    view = memoryview(buf)
-    view[: len(first)] = first
-    del first
+    views: list[memoryview] = []
+
+    def sink(total: int) -> Callable[[int, Blob], None]:
+        views.append(memoryview(bytearray(total)))
+        return partial(_copy_into, views[0])
+
+    first_call = partial(backend.read_first, loc, options.multipart_threshold, sink)
+    [(first, total)] = yield [first_call]
+    if first is None:  # streamed into the object's buffer
+        view = views[0]
+        start = min(total, options.multipart_threshold)
+    else:
+        if total <= len(first):
+            return first  # type: ignore[no-any-return]
+        view = memoryview(bytearray(total))
+        view[: len(first)] = first
+        start = len(first)
+        del first
     yield [
         partial(backend.read_into, loc, s, view[s:e])
-        for s, e in _ranges(options.multipart_threshold, total, options.part_size)
+        for s, e in _ranges(start, total, options.part_size)
     ]
-    return buf
+    return view.obj  # type: ignore[return-value]
+
+
+def _copy_into(view: memoryview, offset: int, data: Blob) -> None:
+    view[offset : offset + len(data)] = data
 
 
 def _read_part_to_file(
-    read_into: Callable[[Location, int, memoryview], None],
+    read_chunks: Callable[[Location, int, int], Iterator[Blob]],
     loc: Location,
     fd: int,
     start: int,
     end: int,
 ) -> None:
-    buf = bytearray(end - start)
-    read_into(loc, start, memoryview(buf))
-    _pwrite_all(fd, buf, start)
+    # Each of the transport's buffers goes straight to the file (one copy, into the
+    # kernel) as it arrives.
+    offset = start
+    for chunk in read_chunks(loc, start, end - start):
+        _pwrite_all(fd, offset, chunk)
+        offset += len(chunk)
 
 
-def _pwrite_all(fd: int, data: Blob, offset: int) -> None:
+def _pwrite_all(fd: int, offset: int, data: Blob) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
@@ -81,17 +99,26 @@ def _pwrite_all(fd: int, data: Blob, offset: int) -> None:
 def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
     """Downloads an object to ``dest`` through a temporary name (never a partial file)."""
     backend = backend_for(loc, options)
-    [(first, total)] = yield [partial(backend.read_first, loc, options.multipart_threshold)]
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest.name), suffix=".part", dir=dest.parent)
+
+    def sink(total: int) -> Callable[[int, Blob], None]:
+        os.ftruncate(fd, total)
+        return partial(_pwrite_all, fd)
+
     try:
-        _pwrite_all(fd, first, 0)
-        if total > len(first):
-            os.ftruncate(fd, total)
+        first_call = partial(backend.read_first, loc, options.multipart_threshold, sink)
+        [(first, total)] = yield [first_call]
+        if first is None:  # streamed into the file
+            start = min(total, options.multipart_threshold)
+        else:
+            _pwrite_all(fd, 0, first)
             start = len(first)
             del first
+        if total > start:
+            os.ftruncate(fd, total)
             yield [
-                partial(_read_part_to_file, backend.read_into, loc, fd, s, e)
+                partial(_read_part_to_file, backend.read_chunks, loc, fd, s, e)
                 for s, e in _ranges(start, total, options.part_size)
             ]
         os.close(fd)
