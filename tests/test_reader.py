@@ -547,3 +547,32 @@ def test_invalid_url_rejected_by_reader(url: str) -> None:
     with pytest.raises(ValueError) as info:
         file_dataset.reader({"f": url})
     assert "secret" not in str(info.value)
+
+
+def test_blob_column_built_while_objects_arrive_out_of_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Chunks are cut from the complete prefix of a column as objects arrive, in any
+    order; nulls, empty objects and objects large enough for a chunk of their own keep
+    their place."""
+    from file_dataset import _reader
+
+    monkeypatch.setattr(_reader, "_EARLY_CHUNK_BYTES", 10)
+    monkeypatch.setattr(_reader, "_CHUNK_BYTES", 16)
+    monkeypatch.setattr(_reader, "_OWN_CHUNK_BYTES", 20)
+    values: list[bytes | None] = [b"aaaa", None, b"", b"bbbbbbbb", b"x" * 25, None, b"cc", b"d"]
+    builder = _reader._ColumnBuilder(len(values))
+    present = [i for i, v in enumerate(values) if v is not None]
+    for i in present:
+        builder.expect(i)
+    for i in reversed(present):  # the last object arrives first
+        blob = values[i]
+        assert blob is not None
+        builder.put(i, memoryview(blob))
+    column = builder.finish()
+    assert column.to_pylist() == values
+    assert column.null_count == 2
+    assert column.num_chunks > 2
+    for chunk in column.chunks:
+        chunk.validate(full=True)
+        assert len(chunk.buffers()[2] or b"") <= 25

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -24,6 +25,9 @@ T = TypeVar("T")
 
 # One Arrow binary chunk holds at most this many bytes (int32 offsets cap it at 2 GiB).
 _CHUNK_BYTES = 64 * 1024 * 1024
+# While objects are still arriving, a column's complete prefix becomes a chunk once it
+# holds this much (smaller than _CHUNK_BYTES, so the copy overlaps the transfers).
+_EARLY_CHUNK_BYTES = 8 * 1024 * 1024
 # An object at least this large becomes a chunk of its own, without being copied.
 _OWN_CHUNK_BYTES = 8 * 1024 * 1024
 _INT32_MAX = 2**31 - 1
@@ -159,9 +163,26 @@ class FileReader:
             PermissionError: Access to an object was denied.
             OSError: Another transfer failure.
         """
-        columns = self._run_per_cell(lambda loc: read_job(loc, self._options))
-        arrays = [_binary_column(values) for values in columns]
-        return self._assemble(arrays, pa.binary())
+        table = self._table
+        builders = [_ColumnBuilder(len(table.cells)) for _ in table.columns]
+        jobs: list[Job[Blob]] = []
+        contexts: list[Context] = []
+        where: list[tuple[int, int]] = []
+        for i, j, loc in self._cells():
+            jobs.append(read_job(loc, self._options))
+            contexts.append(self._context(i, j))
+            where.append((i, j))
+            builders[j].expect(i)
+
+        def on_result(index: int, blob: Blob) -> None:
+            i, j = where[index]
+            builders[j].put(i, blob)
+
+        # Chunks are built while later objects are still in flight: the copy overlaps
+        # the I/O, and each transport buffer is let go as soon as it has been copied.
+        run_jobs(jobs, self._options, contexts, on_result=on_result)
+        del jobs
+        return self._assemble([b.finish() for b in builders], pa.binary())
 
     def into_size_table(self) -> pa.Table:
         """Reads every object's size (a HEAD request each; no content is downloaded).
@@ -216,29 +237,89 @@ def _single_value_chunk(blob: Blob) -> pa.Array[Any]:
     )
 
 
-def _binary_column(values: list[Blob | None]) -> pa.ChunkedArray[Any]:
-    """Builds a chunked binary column, releasing each blob as soon as it is copied."""
-    chunks: list[pa.Array[Any]] = []
-    pending: list[Blob | None] = []
-    pending_bytes = 0
+_MISSING: Any = object()  # a cell whose object has not arrived yet
 
-    def flush() -> None:
-        nonlocal pending, pending_bytes
-        if pending:
-            chunks.append(pa.array(pending, pa.binary()))
-            pending, pending_bytes = [], 0
 
-    for index, blob in enumerate(values):
-        values[index] = None  # let each blob go once it lives in a chunk
-        if blob is not None and len(blob) >= _OWN_CHUNK_BYTES:
-            flush()
-            chunks.append(_single_value_chunk(blob))
-            continue
-        if pending_bytes + (len(blob) if blob is not None else 0) > _CHUNK_BYTES:
-            flush()
-        pending.append(blob)
-        pending_bytes += len(blob) if blob is not None else 0
-    flush()
-    if any(chunk.type == pa.large_binary() for chunk in chunks):
-        chunks = [chunk.cast(pa.large_binary()) for chunk in chunks]
-    return pa.chunked_array(chunks, type=chunks[0].type if chunks else pa.binary())
+class _ColumnBuilder:
+    """Builds one chunked binary column from objects that arrive in any order.
+
+    Whenever the cells from the start of the column up to the first one still missing
+    add up to ``_EARLY_CHUNK_BYTES`` they become a chunk, so the copy into Arrow runs
+    while later objects are in flight and each object's buffer is released once
+    copied. Chunks hold at most ``_CHUNK_BYTES``; an object of ``_OWN_CHUNK_BYTES`` or
+    more becomes a chunk of its own without being copied.
+    """
+
+    def __init__(self, length: int) -> None:
+        self._values: list[Blob | None] = [None] * length  # null cells stay None
+        self._next = 0  # the first cell not yet moved to pending
+        self._chunks: list[pa.Array[Any]] = []
+        self._pending: list[Blob | None] = []
+        self._pending_bytes = 0
+
+    def expect(self, index: int) -> None:
+        """Marks a non-null cell whose object is still to come."""
+        self._values[index] = _MISSING
+
+    def put(self, index: int, blob: Blob) -> None:
+        """Stores an object and moves the complete prefix of the column along."""
+        self._values[index] = blob
+        self._advance()
+        if self._pending_bytes >= _EARLY_CHUNK_BYTES:
+            self._flush()
+
+    def finish(self) -> pa.ChunkedArray[Any]:
+        """The column (every expected object must have arrived)."""
+        self._advance()
+        if self._next != len(self._values):
+            raise RuntimeError("a blob column was finished before all its objects arrived")
+        self._flush()
+        chunks = self._chunks
+        if any(chunk.type == pa.large_binary() for chunk in chunks):
+            chunks = [chunk.cast(pa.large_binary()) for chunk in chunks]
+        return pa.chunked_array(chunks, type=chunks[0].type if chunks else pa.binary())
+
+    def _advance(self) -> None:
+        values = self._values
+        while self._next < len(values):
+            blob = values[self._next]
+            if blob is _MISSING:
+                return
+            values[self._next] = None  # the pending list or a chunk holds it now
+            self._next += 1
+            size = len(blob) if blob is not None else 0
+            if size >= _OWN_CHUNK_BYTES:
+                self._flush()
+                self._chunks.append(_single_value_chunk(blob))  # type: ignore[arg-type]
+                continue
+            if self._pending_bytes + size > _CHUNK_BYTES:
+                self._flush()
+            self._pending.append(blob)
+            self._pending_bytes += size
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._chunks.append(_concat_chunk(self._pending))
+            self._pending, self._pending_bytes = [], 0
+
+
+def _concat_chunk(blobs: list[Blob | None]) -> pa.Array[Any]:
+    """One binary array from ``blobs``, copied once into a buffer of the exact size.
+
+    (``pa.array`` grows its buffer by doubling, touching up to twice the memory.)
+    """
+    sizes = [0 if blob is None else len(blob) for blob in blobs]
+    data = pa.allocate_buffer(sum(sizes))
+    view = memoryview(data).cast("B")
+    position = 0
+    for blob, size in zip(blobs, sizes, strict=True):
+        if size:
+            view[position : position + size] = blob  # type: ignore[assignment]
+            position += size
+    view.release()
+    offsets = pa.array(list(itertools.accumulate(sizes, initial=0)), pa.int32()).buffers()[1]
+    nulls = sizes.count(0) and sum(blob is None for blob in blobs)
+    validity = pa.array([blob is not None for blob in blobs]).buffers()[1] if nulls else None
+    return pa.Array.from_buffers(
+        pa.binary(), len(blobs), [validity, offsets, data], null_count=nulls
+    )

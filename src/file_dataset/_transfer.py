@@ -179,6 +179,7 @@ def run_jobs(
     jobs: Sequence[Job[T]],
     options: Options,
     contexts: Sequence[Context] | None = None,
+    on_result: Callable[[int, T], None] | None = None,
 ) -> list[T]:
     """Runs jobs concurrently on the options' pool and returns their results in order.
 
@@ -191,9 +192,12 @@ def run_jobs(
         jobs: The jobs (fresh generators).
         options: Options giving the pool and the concurrency.
         contexts: For each job, the (row id, column) to name in its errors.
+        on_result: Optional; called on the calling thread with each job's index and
+            result as soon as the job ends (the result is then not kept).
 
     Returns:
-        Each job's result, in the order of ``jobs``.
+        Each job's result, in the order of ``jobs`` (``None`` for each job whose
+        result went to ``on_result``).
 
     Raises:
         TransferError: A job failed.
@@ -226,8 +230,14 @@ def run_jobs(
                 else:
                     calls = job.gen.send(value)
             except StopIteration as stop:
-                results[index] = stop.value
                 running.pop(index, None)
+                if on_result is None:
+                    results[index] = stop.value
+                    return
+                try:
+                    on_result(index, stop.value)
+                except BaseException as e:
+                    errors[index] = e
                 return
             except BaseException as e:
                 errors[index] = e
