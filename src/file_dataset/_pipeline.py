@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import logging
@@ -59,7 +60,9 @@ class Pipeline:
     returns are written with :func:`write_files` to ``<into_path>/<id>/<name>``. Both
     directories are removed after the row. The next row's download and the previous
     row's upload run while ``fn`` works (at most one row ahead and one behind, so disk
-    use stays bounded); ``fn`` is always called in row order, on the calling thread.
+    use stays bounded; a row's upload starts as soon as its ``fn`` returns, while the
+    previous row's may still be finishing); ``fn`` is always called in row order, on
+    the calling thread.
 
     A row that fails anywhere (download, ``fn``, a returned path that is not a file,
     upload) is dropped from the output and logged at WARNING with its id and reason,
@@ -202,11 +205,12 @@ class Pipeline:
         self.last_failures = []
         rows: list[dict[str, str]] = []
         with concurrent.futures.ThreadPoolExecutor(
-            max_workers=2, thread_name_prefix="file_dataset-pipeline"
+            max_workers=3, thread_name_prefix="file_dataset-pipeline"
         ) as stages:
             downloads: dict[int, concurrent.futures.Future[Path]] = {}
-            upload: concurrent.futures.Future[dict[str, str]] | None = None
-            upload_id = ""
+            # Uploads in flight, oldest first: at most the previous row's and this one's.
+            uploads: collections.deque[tuple[str, concurrent.futures.Future[dict[str, str]]]]
+            uploads = collections.deque()
             try:
                 for index, row_id in enumerate(ids):
                     for ahead in (index, index + 1):
@@ -229,27 +233,27 @@ class Pipeline:
                             shutil.rmtree(output_dir, ignore_errors=True)
                         self._fail(e)
                         continue
-                    if upload is not None:
-                        self._collect(upload, upload_id, rows)
-                    upload, upload_id = (
-                        stages.submit(self._upload, row_id, outputs, output_dir),
-                        row_id,
+                    # This row's upload starts at once; the previous row's is collected
+                    # after it, so a slow upload never delays the next fn call by more
+                    # than one row.
+                    uploads.append(
+                        (row_id, stages.submit(self._upload, row_id, outputs, output_dir))
                     )
-                if upload is not None:
-                    pending, upload = upload, None
-                    self._collect(pending, upload_id, rows)
+                    if len(uploads) > 1:
+                        self._collect(*uploads.popleft(), rows)
+                while uploads:
+                    self._collect(*uploads.popleft(), rows)
             finally:
                 for future in downloads.values():
                     with contextlib.suppress(BaseException):  # the row is abandoned anyway
                         shutil.rmtree(future.result(), ignore_errors=True)
-                if upload is not None:
-                    concurrent.futures.wait([upload])
+                concurrent.futures.wait([future for _, future in uploads])
         return _output_frame(rows)
 
     def _collect(
         self,
-        upload: concurrent.futures.Future[dict[str, str]],
         row_id: str,
+        upload: concurrent.futures.Future[dict[str, str]],
         rows: list[dict[str, str]],
     ) -> None:
         try:
