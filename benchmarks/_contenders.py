@@ -370,6 +370,17 @@ def fd_ray(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
     return run
 
 
+def fd_ray_local(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
+    """fd_ray over the same objects as local files (the server's own copies): what Ray
+    costs (tasks, object store, transfer to the driver) when reading is almost free."""
+    root = spec["data_root"]
+    df = spec["_df"].copy()
+    for column in df.columns:
+        if column != "id":
+            df[column] = [f"{root}/{url[len('s3://') :]}" for url in df[column]]
+    return fd_ray({**spec, "_df": df}, pairs, checker)
+
+
 def fd_pipeline(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
     """Pipeline whose fn keeps its inputs (hard links) and returns no outputs."""
     import file_dataset
@@ -824,6 +835,7 @@ CONTENDERS: dict[str, Callable[..., Prepared]] = {
     "curl": curl,
     "fd_write_files": fd_write_files,
     "fd_pipeline_upload": fd_pipeline_upload,
+    "fd_ray_local": fd_ray_local,
     "fd_pipeline_io": fd_pipeline_upload,
     "fd_pipeline_sleep": fd_pipeline_upload,
     "boto3_upload_file": boto3_upload_file,

@@ -65,6 +65,7 @@ READ_CONTENDERS = [
     "fd_blob_cold",
     "fd_tempdir",
     "fd_ray",
+    "fd_ray_local",
     "fd_pipeline",
     "fd_blob[c64]",
     "fd_blob[boto3]",
@@ -113,6 +114,7 @@ DESCRIPTIONS = {
     "fd_blob_cold": "into_blob_table as the first call of a process (no warm-up: clients and pool created inside)",
     "fd_tempdir": "file_dataset reader(df).into_temp_dir()",
     "fd_ray": "file_dataset.ray.read_file_dataset, fully materialised to the driver",
+    "fd_ray_local": "read_file_dataset over the same objects as local paths: Ray's own cost, no network",
     "fd_pipeline": "file_dataset Pipeline, fn hard-links its inputs aside, no outputs",
     "fd_blob[c64]": "into_blob_table with Options(max_concurrency=64)",
     "fd_blob[boto3]": "into_blob_table, boto3 transport (FILE_DATASET_TRANSPORT=boto3)",
@@ -203,6 +205,7 @@ class Suite:
         spec_path = runs / f"{tag}.json"
         spec.update(contender=contender, tmp=str(tmp), result=str(runs / f"{tag}.result.json"))
         spec["unsigned_ok"] = not self.reads_on_moto or server != "plain"
+        spec["data_root"] = str(self.data_root)
         Path(spec["result"]).unlink(missing_ok=True)
         spec_path.write_text(json.dumps(spec))
         env = dict(os.environ)

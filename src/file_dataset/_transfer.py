@@ -99,36 +99,48 @@ def _pwrite_all(fd: int, offset: int, data: Blob) -> None:
 def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
     """Downloads an object to ``dest`` through a temporary name (never a partial file)."""
     backend = backend_for(loc, options)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest.name), suffix=".part", dir=dest.parent)
+    files: list[tuple[int, str]] = []  # the temporary file, once made
+
+    def open_temp(total: int) -> int:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest.name), suffix=".part", dir=dest.parent)
+        files.append((fd, tmp))
+        if total:
+            os.ftruncate(fd, total)
+        return fd
 
     def sink(total: int) -> Callable[[int, Blob], None]:
-        os.ftruncate(fd, total)
-        return partial(_pwrite_all, fd)
+        # Runs on a pool thread once the response has begun: the file is made there.
+        return partial(_pwrite_all, open_temp(total))
 
     try:
         first_call = partial(backend.read_first, loc, options.multipart_threshold, sink)
         [(first, total)] = yield [first_call]
         if first is None:  # streamed into the file
+            [(fd, tmp)] = files
             start = min(total, options.multipart_threshold)
         else:
+            fd = open_temp(total if total > len(first) else 0)
+            tmp = files[0][1]
             _pwrite_all(fd, 0, first)
             start = len(first)
             del first
         if total > start:
-            os.ftruncate(fd, total)
             yield [
                 partial(_read_part_to_file, backend.read_chunks, loc, fd, s, e)
                 for s, e in _ranges(start, total, options.part_size)
             ]
         os.close(fd)
-        fd = -1
+        files[0] = (-1, tmp)
         os.replace(tmp, dest)
+        files.clear()
     except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        for fd, tmp in files:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
     return dest
 
