@@ -105,6 +105,7 @@ ORDER = [
     "fd_blob_cold",
     "fd_tempdir",
     "fd_ray",
+    "fd_ray_local",
     "fd_pipeline",
     "fd_write_files",
     "fd_pipeline_upload",
@@ -310,8 +311,14 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
                 r, b = _find(results, w, server, ray_name), _find(results, w, server, blob_name)
                 if _ok(r) and _ok(b):
                     x = _rate(r) / _rate(b)
+                    floor = _find(results, w, server, "fd_ray_local")
+                    context = (
+                        f"; Ray over local files, no network: {100 * _rate(floor) / _rate(b):.0f} %"
+                        if ray_name == "fd_ray" and _ok(floor)
+                        else ""
+                    )
                     out.append(
-                        f"- {w} {server}: `{ray_name}` within 80 % of `{blob_name}`: {verdict(x >= 0.8)} ({100 * x:.0f} %)"
+                        f"- {w} {server}: `{ray_name}` within 80 % of `{blob_name}`: {verdict(x >= 0.8)} ({100 * x:.0f} %{context})"
                     )
     r = _find(results, "A'", "plain", "fd_ray") or _find(results, "A'", "delay", "fd_ray")
     if _ok(r) and r.get("requests") is not None:

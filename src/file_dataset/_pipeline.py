@@ -30,6 +30,11 @@ logger = logging.getLogger("file_dataset")
 UserFunction = Callable[[Path, Path], Mapping[str, Any] | None]
 
 
+# The most rows whose outputs are still uploading while fn runs on a later row: more
+# than one absorbs an upload slower than usual without stalling fn.
+_UPLOADS_IN_FLIGHT = 2
+
+
 @dataclass(frozen=True)
 class RowFailure:
     """A row that a :class:`Pipeline` dropped.
@@ -59,10 +64,10 @@ class Pipeline:
     output_dir)`` is called with a fresh, empty output directory, and the files it
     returns are written with :func:`write_files` to ``<into_path>/<id>/<name>``. Both
     directories are removed after the row. The next row's download and the previous
-    row's upload run while ``fn`` works (at most one row ahead and one behind, so disk
-    use stays bounded; a row's upload starts as soon as its ``fn`` returns, while the
-    previous row's may still be finishing); ``fn`` is always called in row order, on
-    the calling thread.
+    rows' uploads run while ``fn`` works: one row is downloaded ahead, and the outputs
+    of at most two earlier rows are still uploading, so disk use stays bounded (a
+    row's upload starts as soon as its ``fn`` returns). ``fn`` is always called in row
+    order, on the calling thread.
 
     A row that fails anywhere (download, ``fn``, a returned path that is not a file,
     upload) is dropped from the output and logged at WARNING with its id and reason,
@@ -205,10 +210,10 @@ class Pipeline:
         self.last_failures = []
         rows: list[dict[str, str]] = []
         with concurrent.futures.ThreadPoolExecutor(
-            max_workers=3, thread_name_prefix="file_dataset-pipeline"
+            max_workers=_UPLOADS_IN_FLIGHT + 3, thread_name_prefix="file_dataset-pipeline"
         ) as stages:
             downloads: dict[int, concurrent.futures.Future[Path]] = {}
-            # Uploads in flight, oldest first: at most the previous row's and this one's.
+            # Uploads in flight, oldest first: at most _UPLOADS_IN_FLIGHT rows' outputs.
             uploads: collections.deque[tuple[str, concurrent.futures.Future[dict[str, str]]]]
             uploads = collections.deque()
             try:
@@ -227,19 +232,20 @@ class Pipeline:
                             )
                             outputs = self._run_fn(row_id, input_dir, output_dir)
                         finally:
-                            shutil.rmtree(input_dir, ignore_errors=True)
+                            # off the calling thread: the next fn call need not wait
+                            stages.submit(shutil.rmtree, input_dir, ignore_errors=True)
                     except _RowError as e:
                         if output_dir is not None:
                             shutil.rmtree(output_dir, ignore_errors=True)
                         self._fail(e)
                         continue
-                    # This row's upload starts at once; the previous row's is collected
-                    # after it, so a slow upload never delays the next fn call by more
-                    # than one row.
+                    # This row's upload starts at once; the oldest is collected only when
+                    # more than _UPLOADS_IN_FLIGHT are under way, so one slow upload
+                    # does not hold up the next fn call (outputs on disk stay bounded).
                     uploads.append(
                         (row_id, stages.submit(self._upload, row_id, outputs, output_dir))
                     )
-                    if len(uploads) > 1:
+                    if len(uploads) > _UPLOADS_IN_FLIGHT:
                         self._collect(*uploads.popleft(), rows)
                 while uploads:
                     self._collect(*uploads.popleft(), rows)

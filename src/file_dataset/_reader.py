@@ -148,11 +148,12 @@ class FileReader:
         ``id`` (``string``) column first, then the file columns in DataFrame order,
         rows in DataFrame order. Null cells are null.
 
-        Columns are ``pa.binary()`` split into chunks of at most 64 MiB each (int32
-        offsets cannot address more than 2 GiB in one chunk), so a table of any
-        total size is correct; an object too large to be the sole value of a chunk
-        (2 GiB or more) turns its column into ``pa.large_binary()``. Objects of 8 MiB
-        or more become a chunk of their own without being copied.
+        Columns are ``pa.binary()`` split into chunks (int32 offsets cannot address
+        more than 2 GiB in one chunk), so a table of any total size is correct: small
+        objects are copied into chunks of about 8 MiB (at most 64 MiB) while later
+        objects are still being read; objects of 8 MiB or more become a chunk of
+        their own without being copied; an object too large to be the sole value of a
+        chunk (2 GiB or more) turns its column into ``pa.large_binary()``.
 
         Returns:
             The blob table.
