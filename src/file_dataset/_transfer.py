@@ -14,7 +14,6 @@ ranged GETs of ``part_size`` bytes, or are written with multipart uploads.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import os
 import queue
@@ -26,7 +25,7 @@ from typing import Any, TypeVar
 
 from file_dataset._backend import Blob, backend_for
 from file_dataset._errors import ObjectNotFoundError, TransferError
-from file_dataset._options import Options
+from file_dataset._options import Options, Reply
 from file_dataset._urls import Location, temp_prefix
 
 T = TypeVar("T")
@@ -217,17 +216,19 @@ def run_jobs(
     results: list[Any] = [None] * len(jobs)
     if not jobs:
         return results
-    pool = options.executor()
+    workers = options._transfer_workers()
     limit = 2 * options.max_concurrency
     errors: dict[int, BaseException] = {}
     running: dict[int, _Running] = {}
-    futures: dict[concurrent.futures.Future[Any], tuple[int, int]] = {}
-    # Finished futures arrive here: O(1) per completion, however many are in flight.
-    finished: queue.SimpleQueue[concurrent.futures.Future[Any]] = queue.SimpleQueue()
+    # Every call's (index, slot), result and error arrive here, however many are out.
+    finished: queue.SimpleQueue[Reply] = queue.SimpleQueue()
+    abandoned: list[bool] = []  # non-empty: calls not yet started are skipped
+    outstanding = 0
     next_job = 0
 
     def step(index: int, job: _Running, value: list[Any] | None = None) -> None:
         """Advances one job until it yields calls to run, or ends."""
+        nonlocal outstanding
         while True:
             try:
                 if job.error is not None:
@@ -259,40 +260,39 @@ def run_jobs(
                 job.results = [None] * len(calls)
                 job.remaining = len(calls)
                 for slot, call in enumerate(calls):
-                    future = pool.submit(call)
-                    futures[future] = (index, slot)
-                    future.add_done_callback(finished.put)
+                    workers.submit(call, finished, (index, slot), abandoned)
+                outstanding += len(calls)
                 return
             value = []
 
     try:
         while True:
-            while not errors and next_job < len(jobs) and len(futures) < limit:
+            while not errors and next_job < len(jobs) and outstanding < limit:
                 job = _Running(jobs[next_job])
                 running[next_job] = job
                 step(next_job, job)
                 next_job += 1
-            if not futures:
+            if not outstanding:
                 break
             done = [finished.get()]
             while not finished.empty():
                 done.append(finished.get_nowait())
-            for future in done:
-                index, slot = futures.pop(future)
+            outstanding -= len(done)
+            for (index, slot), value, error in done:
                 job = running[index]
-                try:
-                    job.results[slot] = future.result()
-                except BaseException as e:
-                    if job.error is None:
-                        job.error = e
+                if error is None:
+                    job.results[slot] = value
+                elif job.error is None:
+                    job.error = error
                 job.remaining -= 1
                 if job.remaining == 0:
                     values, job.results = job.results, []
                     step(index, job, values)
     except BaseException:
-        for future in futures:
-            future.cancel()
-        concurrent.futures.wait(futures)
+        abandoned.append(True)
+        while outstanding:  # calls under way finish; the others are skipped
+            finished.get()
+            outstanding -= 1
         for job in running.values():
             job.gen.close()
         raise
