@@ -123,7 +123,8 @@ Reply = tuple[Any, Any, BaseException | None]
 class _Workers:
     """The threads that carry the transfer engine's I/O calls.
 
-    A bare queue of calls and a fixed set of daemon threads: per call it costs two
+    A bare queue of calls and up to ``size`` daemon threads, started only when no
+    worker is idle (as ``ThreadPoolExecutor`` does): per call it costs two
     queue operations, where ``ThreadPoolExecutor`` also makes a future, locks it,
     and runs its callbacks; at thousands of small objects per second that shows.
     Each call comes with the queue its reply goes to and a flag list: a call whose
@@ -135,7 +136,10 @@ class _Workers:
             tuple[Callable[[], Any], queue.SimpleQueue[Reply], Any, list[bool]]
         ] = queue.SimpleQueue()
         self._size = size
-        self._started = False
+        self._threads = 0
+        # Released by a worker each time it waits for a call: a new thread (and with
+        # it a new S3 client and connections) is started only when none is idle.
+        self._idle = threading.Semaphore(0)
         self._lock = threading.Lock()
 
     def submit(
@@ -146,22 +150,19 @@ class _Workers:
         abandoned: list[bool],
     ) -> None:
         """Runs ``call`` on a worker; ``(tag, result, error)`` is put on ``reply``."""
-        if not self._started:
-            self._start()
         self._calls.put((call, reply, tag, abandoned))
-
-    def _start(self) -> None:
-        with self._lock:
-            if not self._started:
-                for n in range(self._size):
+        if not self._idle.acquire(blocking=False) and self._threads < self._size:
+            with self._lock:
+                if self._threads < self._size:
+                    self._threads += 1
                     threading.Thread(
-                        target=self._work, name=f"file_dataset-io-{n}", daemon=True
+                        target=self._work, name=f"file_dataset-io-{self._threads}", daemon=True
                     ).start()
-                self._started = True
 
     def _work(self) -> None:
         calls = self._calls
         while True:
+            self._idle.release()
             call, reply, tag, abandoned = calls.get()
             if abandoned:
                 reply.put((tag, None, concurrent.futures.CancelledError()))
