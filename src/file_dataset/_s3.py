@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from botocore.exceptions import BotoCoreError, ClientError
+from s3transfer.utils import ReadFileChunk
 
 from file_dataset._backend import CHUNK_BYTES, Blob, Sink
 from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
@@ -172,19 +173,23 @@ class S3Backend:
     def multipart_part(
         self, loc: Location, upload_id: str, number: int, src: Path, start: int, length: int
     ) -> str:
-        fd = os.open(src, os.O_RDONLY)
-        try:
-            data = os.pread(fd, length, start)
-        finally:
-            os.close(fd)
-        if len(data) != length:
+        if os.stat(src).st_size < start + length:
             raise TransferError(str(src), "file changed while being uploaded", operation="read")
+        # The part is streamed from the file (s3transfer's ReadFileChunk, as boto3's own
+        # upload_file does) rather than read into an 8 MiB buffer first.
+        body = ReadFileChunk.from_filename(str(src), start, length, enable_callbacks=False)
         try:
             resp = self._options.s3_client().upload_part(
-                Bucket=loc.bucket, Key=loc.key, UploadId=upload_id, PartNumber=number, Body=data
+                Bucket=loc.bucket,
+                Key=loc.key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,  # type: ignore[arg-type]
             )
         except (ClientError, BotoCoreError) as e:
             translate_error(e, str(loc), "write")
+        finally:
+            body.close()
         return str(resp["ETag"])
 
     def multipart_complete(self, loc: Location, upload_id: str, etags: list[str]) -> None:
