@@ -28,6 +28,24 @@ STREAM_BYTES = 8 * 1024 * 1024
 Sink = Callable[[int], Callable[[int, Blob], None]]
 
 
+def readinto_chunks(
+    readinto: Callable[[memoryview], int], length: int, short: Callable[[int], Exception]
+) -> Iterator[memoryview]:
+    """Streams ``length`` bytes from ``readinto`` through one reused buffer.
+
+    Each chunk is a view of the same buffer, valid until the next one is read: the
+    caller writes it out first. ``short(done)`` is raised if the source ends early.
+    """
+    buf = memoryview(bytearray(min(length, CHUNK_BYTES)))
+    done = 0
+    while done < length:
+        n = readinto(buf[: min(len(buf), length - done)])
+        if not n:
+            raise short(done)
+        done += n
+        yield buf[:n]
+
+
 class Backend(Protocol):
     """Reads and writes whole objects or byte ranges of one kind of storage."""
 

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from file_dataset._backend import CHUNK_BYTES, Blob, Sink
+from file_dataset._backend import Blob, Sink, readinto_chunks
 from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
 from file_dataset._urls import Location, temp_prefix
 
@@ -79,17 +79,13 @@ class LocalBackend:
             raise translate_os_error(e, str(loc), "read") from e
 
     def read_chunks(self, loc: Location, start: int, length: int) -> Iterator[Blob]:
-        buf = memoryview(bytearray(min(length, CHUNK_BYTES)))
-        done = 0
+        def shrank(done: int) -> TransferError:
+            return TransferError(str(loc), "file shrank while being read")
+
         try:
             with open(loc.path, "rb", buffering=0) as f:
                 f.seek(start)
-                while done < length:
-                    n = f.readinto(buf[: min(len(buf), length - done)])
-                    if not n:
-                        raise TransferError(str(loc), "file shrank while being read")
-                    done += n
-                    yield buf[:n]
+                yield from readinto_chunks(f.readinto, length, shrank)
         except OSError as e:
             if isinstance(e, TransferError):
                 raise

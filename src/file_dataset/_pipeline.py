@@ -209,8 +209,11 @@ class Pipeline:
         values = frame_rows(file_dataframe, columns)
         self.last_failures = []
         rows: list[dict[str, str]] = []
+        # Threads: this row's and the next row's downloads, up to _UPLOADS_IN_FLIGHT + 1
+        # uploads (the newest is submitted before the oldest is collected), and the
+        # removal of input folders.
         with concurrent.futures.ThreadPoolExecutor(
-            max_workers=_UPLOADS_IN_FLIGHT + 3, thread_name_prefix="file_dataset-pipeline"
+            max_workers=_UPLOADS_IN_FLIGHT + 4, thread_name_prefix="file_dataset-pipeline"
         ) as stages:
             downloads: dict[int, concurrent.futures.Future[Path]] = {}
             # Uploads in flight, oldest first: at most _UPLOADS_IN_FLIGHT rows' outputs.

@@ -166,13 +166,8 @@ class FileReader:
         """
         table = self._table
         builders = [_ColumnBuilder(len(table.cells)) for _ in table.columns]
-        jobs: list[Job[Blob]] = []
-        contexts: list[Context] = []
-        where: list[tuple[int, int]] = []
-        for i, j, loc in self._cells():
-            jobs.append(read_job(loc, self._options))
-            contexts.append(self._context(i, j))
-            where.append((i, j))
+        jobs, contexts, where = self._jobs_per_cell(lambda loc: read_job(loc, self._options))
+        for i, j in where:
             builders[j].expect(i)
 
         def on_result(index: int, blob: Blob) -> None:
@@ -203,9 +198,10 @@ class FileReader:
         arrays = [pa.chunked_array([pa.array(values, pa.int64())]) for values in columns]
         return self._assemble(arrays, pa.int64())
 
-    def _run_per_cell(self, make_job: Callable[[Location], Job[T]]) -> list[list[T | None]]:
-        """Runs one job per non-null cell, all at once; returns the results by column."""
-        table = self._table
+    def _jobs_per_cell(
+        self, make_job: Callable[[Location], Job[T]]
+    ) -> tuple[list[Job[T]], list[Context], list[tuple[int, int]]]:
+        """One job per non-null cell, with its (row id, column) and its (row, column)."""
         jobs: list[Job[T]] = []
         contexts: list[Context] = []
         where: list[tuple[int, int]] = []
@@ -213,9 +209,16 @@ class FileReader:
             jobs.append(make_job(loc))
             contexts.append(self._context(i, j))
             where.append((i, j))
+        return jobs, contexts, where
+
+    def _run_per_cell(self, make_job: Callable[[Location], Job[T]]) -> list[list[T | None]]:
+        """Runs one job per non-null cell, all at once; returns the results by column."""
+        jobs, contexts, where = self._jobs_per_cell(make_job)
         results = run_jobs(jobs, self._options, contexts)
         del jobs
-        columns: list[list[T | None]] = [[None] * len(table.cells) for _ in table.columns]
+        columns: list[list[T | None]] = [
+            [None] * len(self._table.cells) for _ in self._table.columns
+        ]
         for (i, j), value in zip(where, results, strict=True):
             columns[j][i] = value
         return columns
@@ -319,7 +322,7 @@ def _concat_chunk(blobs: list[Blob | None]) -> pa.Array[Any]:
             position += size
     view.release()
     offsets = pa.array(list(itertools.accumulate(sizes, initial=0)), pa.int32()).buffers()[1]
-    nulls = sizes.count(0) and sum(blob is None for blob in blobs)
+    nulls = sum(blob is None for blob in blobs)
     validity = pa.array([blob is not None for blob in blobs]).buffers()[1] if nulls else None
     return pa.Array.from_buffers(
         pa.binary(), len(blobs), [validity, offsets, data], null_count=nulls

@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 from botocore.exceptions import BotoCoreError, ClientError
 from s3transfer.utils import ReadFileChunk
 
-from file_dataset._backend import CHUNK_BYTES, Blob, Sink
+from file_dataset._backend import Blob, Sink, readinto_chunks
 from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
 from file_dataset._options import Options
 from file_dataset._urls import Location
@@ -31,7 +31,13 @@ _DENIED = frozenset(
 
 
 def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
-    """Raises the file_dataset error that matches a botocore error, chained to it."""
+    """Raises the file_dataset error that matches a botocore error, chained to it.
+
+    A :class:`TransferError` (raised by our own checks inside the same ``try``) is
+    raised as it is.
+    """
+    if isinstance(error, TransferError):
+        raise error
     if isinstance(error, ClientError):
         info = error.response.get("Error", {})
         code = str(info.get("Code", ""))
@@ -130,22 +136,17 @@ class S3Backend:
             resp = self._options.s3_client().get_object(
                 Bucket=loc.bucket, Key=loc.key, Range=f"bytes={start}-{start + length - 1}"
             )
+            body = resp["Body"]
         except (ClientError, BotoCoreError) as e:
             translate_error(e, url, "read")
-        body = resp["Body"]
-        # One reused buffer: each chunk is written out before the next is read into it.
-        buf = memoryview(bytearray(min(length, CHUNK_BYTES)))
-        done = 0
+
+        def closed(done: int) -> TransferError:
+            return TransferError(url, f"connection closed after {done} of {length} bytes")
+
         try:
-            while done < length:
-                try:
-                    n = body.readinto(buf[: min(len(buf), length - done)])  # type: ignore[arg-type]
-                except (ClientError, BotoCoreError, OSError) as e:
-                    translate_error(e, url, "read")
-                if not n:
-                    raise TransferError(url, f"connection closed after {done} of {length} bytes")
-                done += n
-                yield buf[:n]
+            yield from readinto_chunks(body.readinto, length, closed)  # type: ignore[arg-type]
+        except (ClientError, BotoCoreError, OSError) as e:
+            translate_error(e, url, "read")
         finally:
             body.close()
 

@@ -62,7 +62,13 @@ def _s3_code(text: str) -> tuple[str, str]:
 
 
 def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
-    """Raises the file_dataset error that matches an obstore error, chained to it."""
+    """Raises the file_dataset error that matches an obstore error, chained to it.
+
+    A :class:`TransferError` (raised by our own checks inside the same ``try``) is
+    raised as it is.
+    """
+    if isinstance(error, TransferError):
+        raise error
     text = str(error)
     code, message = _s3_code(text)
     status = re.search(r"status(?: code)?:? (\d{3})", text)
@@ -262,8 +268,6 @@ class ObstoreS3Backend:
                 return None, total
             data = result.bytes()
         except (BaseError, OSError) as e:
-            if isinstance(e, TransferError):
-                raise
             translate_error(e, url, "read")
         if len(data) != expected:
             raise TransferError(url, f"got {len(data)} bytes, expected {expected}")
@@ -296,8 +300,6 @@ class ObstoreS3Backend:
             result = obstore.get(store, loc.key, options={"range": (start, start + length)})
             yield from self._chunks(result, url, length)
         except (BaseError, OSError) as e:
-            if isinstance(e, TransferError):
-                raise
             translate_error(e, url, "read")
 
     def read_into(self, loc: Location, start: int, view: memoryview) -> None:

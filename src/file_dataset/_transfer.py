@@ -43,16 +43,16 @@ def _ranges(start: int, total: int, part_size: int) -> list[tuple[int, int]]:
 def read_job(loc: Location, options: Options) -> Job[Blob]:
     """Reads a whole object into memory."""
     backend = backend_for(loc, options)
-    views: list[memoryview] = []
+    view = memoryview(b"")  # the object's buffer, once its size is known
 
     def sink(total: int) -> Callable[[int, Blob], None]:
-        views.append(memoryview(bytearray(total)))
-        return partial(_copy_into, views[0])
+        nonlocal view
+        view = memoryview(bytearray(total))
+        return partial(_copy_into, view)
 
     first_call = partial(backend.read_first, loc, options.multipart_threshold, sink)
     [(first, total)] = yield [first_call]
     if first is None:  # streamed into the object's buffer
-        view = views[0]
         start = min(total, options.multipart_threshold)
     else:
         if total <= len(first):
@@ -98,12 +98,12 @@ def _pwrite_all(fd: int, offset: int, data: Blob) -> None:
 def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
     """Downloads an object to ``dest`` through a temporary name (never a partial file)."""
     backend = backend_for(loc, options)
-    files: list[tuple[int, str]] = []  # the temporary file, once made
+    fd, tmp = -1, ""  # the temporary file, once made
 
     def open_temp(total: int) -> int:
+        nonlocal fd, tmp
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest.name), suffix=".part", dir=dest.parent)
-        files.append((fd, tmp))
         if total:
             os.ftruncate(fd, total)
         return fd
@@ -116,11 +116,9 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
         first_call = partial(backend.read_first, loc, options.multipart_threshold, sink)
         [(first, total)] = yield [first_call]
         if first is None:  # streamed into the file
-            [(fd, tmp)] = files
             start = min(total, options.multipart_threshold)
         else:
-            fd = open_temp(total if total > len(first) else 0)
-            tmp = files[0][1]
+            open_temp(total if total > len(first) else 0)
             _pwrite_all(fd, 0, first)
             start = len(first)
             del first
@@ -129,15 +127,14 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
                 partial(_read_part_to_file, backend.read_chunks, loc, fd, s, e)
                 for s, e in _ranges(start, total, options.part_size)
             ]
-        os.close(fd)
-        files[0] = (-1, tmp)
+        closing, fd = fd, -1
+        os.close(closing)
         os.replace(tmp, dest)
-        files.clear()
     except BaseException:
-        for fd, tmp in files:
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if tmp:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         raise
