@@ -218,6 +218,26 @@ def test_limit_reads_only_what_is_needed(
         assert row["image.bin"] == blob_dataset.expected(row["id"], "image.bin")
 
 
+def test_each_batch_is_one_block_unless_more_blocks_are_asked_for(
+    ray_local: None, blob_dataset: Any, options: Options
+) -> None:
+    frame = blob_dataset.frame.head(200)
+    dataset = read_file_dataset(frame, BATCH, options).materialize()
+    assert dataset.num_blocks() == 200 // BATCH
+    refs = dataset.to_arrow_refs()
+    tables = ray.get(refs)
+    assert [t.num_rows for t in tables] == [BATCH] * (200 // BATCH)
+    ids = sorted(i for t in tables for i in t.column("id").to_pylist())
+    assert ids == sorted(frame["id"])
+    # asking for more blocks than batches makes Ray split every batch
+    split = read_file_dataset(frame, BATCH, options, override_num_blocks=16).materialize()
+    assert split.num_blocks() == 16
+    rows = split.take_all()
+    assert sorted(r["id"] for r in rows) == sorted(frame["id"])
+    for row in rows[:10]:
+        assert row["mask.bin"] == blob_dataset.expected(row["id"], "mask.bin")
+
+
 # --- read tasks and size estimate ----------------------------------------------------------
 
 
