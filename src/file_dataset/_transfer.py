@@ -96,7 +96,13 @@ def _pwrite_all(fd: int, offset: int, data: Blob) -> None:
 
 
 def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
-    """Downloads an object to ``dest`` through a temporary name (never a partial file)."""
+    """Downloads an object to ``dest`` through a temporary name (never a partial file).
+
+    The file work (making the temporary file, writing it, renaming it into place) runs
+    on the pool thread of the request it follows: the calling thread drives every job,
+    and a small object's file calls would otherwise queue there, leaving the pool idle
+    under latency.
+    """
     backend = backend_for(loc, options)
     fd, tmp = -1, ""  # the temporary file, once made
 
@@ -112,24 +118,35 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
         # Runs on a pool thread once the response has begun: the file is made there.
         return partial(_pwrite_all, open_temp(total))
 
-    try:
-        first_call = partial(backend.read_first, loc, options.multipart_threshold, sink)
-        [(first, total)] = yield [first_call]
+    def finish() -> None:
+        nonlocal fd, tmp
+        closing, fd = fd, -1
+        os.close(closing)
+        os.replace(tmp, dest)
+        tmp = ""
+
+    def first_response() -> tuple[int, int]:
+        # (bytes stored, total size); a whole object is complete when this returns.
+        first, total = backend.read_first(loc, options.multipart_threshold, sink)
         if first is None:  # streamed into the file
-            start = min(total, options.multipart_threshold)
+            stored = min(total, options.multipart_threshold)
         else:
             open_temp(total if total > len(first) else 0)
             _pwrite_all(fd, 0, first)
-            start = len(first)
+            stored = len(first)
             del first
+        if stored >= total:
+            finish()
+        return stored, total
+
+    try:
+        [(start, total)] = yield [first_response]
         if total > start:
             yield [
                 partial(_read_part_to_file, backend.read_chunks, loc, fd, s, e)
                 for s, e in _ranges(start, total, options.part_size)
             ]
-        closing, fd = fd, -1
-        os.close(closing)
-        os.replace(tmp, dest)
+            finish()
     except BaseException:
         if fd >= 0:
             with contextlib.suppress(OSError):
