@@ -238,6 +238,16 @@ def test_each_batch_is_one_block_unless_more_blocks_are_asked_for(
         assert row["mask.bin"] == blob_dataset.expected(row["id"], "mask.bin")
 
 
+def test_default_block_count_only_below_rays_warning_threshold() -> None:
+    from file_dataset.ray._datasource import _default_num_blocks
+
+    assert _default_num_blocks(0) == 1  # an empty dataset still needs a valid value
+    assert _default_num_blocks(4) == 4
+    assert _default_num_blocks(4999) == 4999
+    assert _default_num_blocks(5000) is None  # Ray's choice; it would warn otherwise
+    assert _default_num_blocks(1_000_000) is None
+
+
 # --- read tasks and size estimate ----------------------------------------------------------
 
 

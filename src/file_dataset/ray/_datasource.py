@@ -250,6 +250,25 @@ class FileDataFrameAsBlobDatasource(Datasource):
         return state
 
 
+# Ray warns that a requested number of blocks of 5,000 or more may slow reading down;
+# with that many read tasks Ray's own choice does not split them anyway.
+_MANY_READ_TASKS = 5000
+
+
+def _default_num_blocks(num_read_tasks: int) -> int | None:
+    """The ``override_num_blocks`` that keeps one block per read task, or ``None``.
+
+    Left to itself, Ray asks for ``max(200, 2 * cluster CPUs, size / 128 MiB)`` blocks
+    and splits every read task's output to reach that, so for fewer tasks the number
+    of tasks is passed. From :data:`_MANY_READ_TASKS` tasks on nothing is passed: Ray
+    would split them only on a cluster of more than 2,500 CPUs or for blocks over
+    128 MiB (which it splits by size anyway), and asking would make it warn.
+    """
+    if num_read_tasks >= _MANY_READ_TASKS:
+        return None
+    return max(num_read_tasks, 1)
+
+
 def read_file_dataset(
     file_dataframe: pd.DataFrame,
     batch_size: int,
@@ -271,13 +290,13 @@ def read_file_dataset(
         options: S3 settings for the workers; ``Options.default()`` when omitted.
         **ray_kwargs: Passed to :func:`ray.data.read_datasource` (for example
             ``concurrency``, ``num_cpus``, ``memory``). ``override_num_blocks`` does
-            not change the number of read tasks; it defaults to that number, so that
-            each read task's table stays one block. (Left to itself, Ray asks for
-            about 200 blocks on a small cluster and cuts every task's table into that
-            many pieces, each stored, scheduled and fetched on its own, which made
-            reading two to three times slower in our benchmarks.) A larger value makes
-            Ray split each task's table into about ``override_num_blocks / tasks``
-            blocks.
+            not change the number of read tasks; below 5,000 tasks it defaults to
+            that number, so that each read task's table stays one block. (Left to
+            itself, Ray asks for about 200 blocks on a small cluster and cuts every
+            task's table into that many pieces, each stored, scheduled and fetched on
+            its own, which made reading two to three times slower in our
+            benchmarks.) A larger value makes Ray split each task's table into about
+            ``override_num_blocks / tasks`` blocks.
 
     Returns:
         The dataset.
@@ -297,7 +316,9 @@ def read_file_dataset(
         image.mha  binary
     """
     datasource = FileDataFrameAsBlobDatasource(file_dataframe, batch_size, options)
-    ray_kwargs.setdefault("override_num_blocks", max(datasource.num_read_tasks, 1))
+    blocks = _default_num_blocks(datasource.num_read_tasks)
+    if blocks is not None:
+        ray_kwargs.setdefault("override_num_blocks", blocks)
     dataset: ray.data.Dataset = ray.data.read_datasource(datasource, **ray_kwargs)
     return dataset
 
