@@ -62,9 +62,9 @@ def _tree_cpu() -> float:
     return total
 
 
-def _tree_rss() -> int:
+def _tree_rss(procs: list[psutil.Process] | None = None) -> int:
     total = 0
-    for p in _tree():
+    for p in _tree() if procs is None else procs:
         with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
     return total
@@ -87,11 +87,7 @@ class Meter:
         while not self._stop.wait(0.02):
             if time.perf_counter() - listed > 0.5:
                 procs, listed = _tree(), time.perf_counter()
-            total = 0
-            for p in procs:
-                with contextlib.suppress(psutil.Error):
-                    total += p.memory_info().rss
-            self.peak = max(self.peak, total)
+            self.peak = max(self.peak, _tree_rss(procs))
 
     def __enter__(self) -> Meter:
         self.log_start = self._offset()

@@ -67,7 +67,7 @@ class Pipeline:
     returns are written with :func:`write_files` to ``<into_path>/<id>/<name>``. Both
     directories are removed after the row. The next row's download and the previous
     rows' uploads run while ``fn`` works: one row is downloaded ahead, and the outputs
-    of at most two earlier rows are still uploading, so disk use stays bounded (a
+    of at most four earlier rows are still uploading, so disk use stays bounded (a
     row's upload starts as soon as its ``fn`` returns). ``fn`` is always called in row
     order, on the calling thread.
 
