@@ -740,14 +740,17 @@ def fd_pipeline_upload(spec: dict[str, Any], pairs: list, checker: Checker) -> P
     into = f"s3://{spec['out_bucket']}/{spec['out_prefix']}"
     sleep_s = float(spec.get("sleep_s") or 0)
     df = spec["_df"]
+    spec["_compute_s"] = 0.0  # the time spent in fn, summed over rows
 
     def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        start = time.perf_counter()
         if sleep_s:
             time.sleep(sleep_s)
         out = {}
         for p in input_dir.iterdir():
             os.link(p, output_dir / p.name)
             out[p.name] = output_dir / p.name
+        spec["_compute_s"] += time.perf_counter() - start
         return out
 
     def run() -> Callable[[], None]:
@@ -912,6 +915,7 @@ def main(spec_path: str) -> None:
             objects=len(pairs),
             bytes=sum(s for s, _ in manifest.values()),
             note=spec.get("_note", ""),
+            compute=spec.get("_compute_s"),
         )
         if error is not None:
             result.update(
