@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import http.server
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -102,3 +105,67 @@ def test_large_first_response_streams_into_place(
     with file_dataset.reader(row, options).into_temp_dir() as tmp:
         assert [p.name for p in tmp.iterdir()] == ["big.bin"]
         assert (tmp / "big.bin").read_bytes() == data
+
+
+class _TruncatingHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with the right headers but only half the body, then hangs up."""
+
+    sizes: ClassVar[dict[str, int]] = {}
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        total = self.sizes[self.path.split("?")[0].rsplit("/", 1)[-1]]
+        start, end = 0, total - 1
+        if rng := self.headers.get("Range"):
+            first, _, last = rng.removeprefix("bytes=").partition("-")
+            start, end = int(first), min(int(last), total - 1)
+        self.send_response(206 if rng else 200)
+        if rng:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
+        length = end - start + 1
+        self.send_header("Content-Length", str(length))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(b"x" * (length // 2))
+        self.wfile.flush()
+        self.close_connection = True
+
+
+@pytest.fixture
+def truncating_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TruncatingHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+@pytest.mark.parametrize("size", [1000, 12 * MiB])
+def test_a_truncated_body_is_an_error_not_garbage(
+    truncating_server: str, transport: str, size: int, tmp_path: Path
+) -> None:
+    """Object buffers are not zero-filled, so a short body must never pass as complete:
+    both the one-request path and the ranged-part path raise, naming the URL."""
+    _TruncatingHandler.sizes = {"obj.bin": size}
+    options = Options(
+        session_kwargs={
+            "aws_access_key_id": "test-key",
+            "aws_secret_access_key": "test-secret",
+            "region_name": "us-east-1",
+        },
+        s3_client_kwargs={"endpoint_url": truncating_server},
+        transport=transport,
+        part_size=5 * MiB,
+        multipart_threshold=5 * MiB,
+        max_attempts=1,
+    )
+    row = {"obj.bin": "s3://bucket/obj.bin"}
+    with pytest.raises(OSError, match=r"s3://bucket/obj\.bin"):
+        file_dataset.reader(row, options).into_blob_table()
+    with pytest.raises(OSError, match=r"s3://bucket/obj\.bin"):
+        file_dataset.reader(row, options).download_to(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no partial file left behind

@@ -12,6 +12,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+import pyarrow as pa
+
 from file_dataset._options import Options
 from file_dataset._urls import Location
 
@@ -26,6 +29,31 @@ STREAM_BYTES = 8 * 1024 * 1024
 # Where a streamed first response goes: called once with the object's total size, it
 # returns a function that stores ``data`` at byte ``offset`` of the object.
 Sink = Callable[[int], Callable[[int, Blob], None]]
+
+
+# Copies at least this large go through numpy, which copies without holding the GIL.
+_GIL_FREE_COPY_BYTES = 64 * 1024
+
+
+def new_buffer(size: int) -> memoryview:
+    """A writable buffer of ``size`` bytes for an object's contents, not zero-filled.
+
+    ``bytearray(size)`` zero-fills fresh pages while holding the GIL (34 ms per 64 MiB
+    on the project's machine, stalling every other transfer); Arrow's allocation from
+    the system allocator leaves the memory untouched, so its pages are first touched by
+    the copies into it, which run without the GIL. (Arrow's default pool reuses freed
+    memory faster but was 2-4x slower to touch the first time, and keeps what it took.)
+    """
+    return memoryview(pa.allocate_buffer(size, memory_pool=pa.system_memory_pool())).cast("B")
+
+
+def copy_into(view: memoryview, offset: int, data: Blob) -> None:
+    """Copies ``data`` into ``view`` at ``offset`` (large copies without the GIL)."""
+    n = len(data)
+    if n >= _GIL_FREE_COPY_BYTES:
+        np.copyto(np.frombuffer(view[offset : offset + n], np.uint8), np.frombuffer(data, np.uint8))
+    else:
+        view[offset : offset + n] = data
 
 
 def readinto_chunks(

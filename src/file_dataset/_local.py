@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from file_dataset._backend import Blob, Sink, readinto_chunks
+from file_dataset._backend import Blob, Sink, new_buffer, readinto_chunks
 from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
 from file_dataset._urls import Location, temp_prefix
 
@@ -53,15 +53,17 @@ class LocalBackend:
         try:
             with open(loc.path, "rb") as f:
                 total = os.fstat(f.fileno()).st_size
-                if total <= length:
-                    buf = bytearray(total)
-                    f.readinto(buf)
-                    return buf, total
-                return f.read(length), total
+                if total > length:
+                    return f.read(length), total
+                buf = new_buffer(total)
+                got = f.readinto(buf)
         except IsADirectoryError as e:
             raise TransferError(str(loc), "is a directory, not a file") from e
         except OSError as e:
             raise translate_os_error(e, str(loc), "read") from e
+        if got != total:  # the buffer is not zero-filled: never hand out its tail
+            raise TransferError(str(loc), f"file shrank while being read ({got} of {total} bytes)")
+        return buf, total
 
     def read_into(self, loc: Location, start: int, view: memoryview) -> None:
         try:

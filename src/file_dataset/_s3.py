@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 from botocore.exceptions import BotoCoreError, ClientError
 from s3transfer.utils import ReadFileChunk
 
-from file_dataset._backend import Blob, Sink, readinto_chunks
+from file_dataset._backend import Blob, Sink, new_buffer, readinto_chunks
 from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
 from file_dataset._options import Options
 from file_dataset._urls import Location
@@ -110,8 +110,8 @@ class S3Backend:
             content_range = resp.get("ContentRange")
             size = int(resp.get("ContentLength", 0))
             total = int(content_range.rsplit("/", 1)[1]) if content_range else size
-            buf = bytearray(size)
-            _fill(resp["Body"], memoryview(buf), url)
+            buf = new_buffer(size)
+            _fill(resp["Body"], buf, url)
             return buf, total
         except (ClientError, BotoCoreError) as e:
             translate_error(e, url, "read")

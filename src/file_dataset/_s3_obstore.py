@@ -31,7 +31,7 @@ from obstore.exceptions import (
 )
 from obstore.store import S3Store
 
-from file_dataset._backend import CHUNK_BYTES, STREAM_BYTES, Blob, Sink
+from file_dataset._backend import CHUNK_BYTES, STREAM_BYTES, Blob, Sink, copy_into
 from file_dataset._errors import (
     ObjectAccessDeniedError,
     ObjectNotFoundError,
@@ -305,7 +305,7 @@ class ObstoreS3Backend:
     def read_into(self, loc: Location, start: int, view: memoryview) -> None:
         done = 0
         for chunk in self.read_chunks(loc, start, len(view)):
-            view[done : done + len(chunk)] = chunk
+            copy_into(view, done, chunk)
             done += len(chunk)
 
     def size(self, loc: Location) -> int:

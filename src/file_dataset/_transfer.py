@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from file_dataset._backend import Blob, backend_for
+from file_dataset._backend import Blob, backend_for, copy_into, new_buffer
 from file_dataset._errors import ObjectNotFoundError, TransferError
 from file_dataset._options import Options, Reply
 from file_dataset._urls import Location, temp_prefix
@@ -47,8 +47,8 @@ def read_job(loc: Location, options: Options) -> Job[Blob]:
 
     def sink(total: int) -> Callable[[int, Blob], None]:
         nonlocal view
-        view = memoryview(bytearray(total))
-        return partial(_copy_into, view)
+        view = new_buffer(total)
+        return partial(copy_into, view)
 
     first_call = partial(backend.read_first, loc, options.multipart_threshold, sink)
     [(first, total)] = yield [first_call]
@@ -57,19 +57,15 @@ def read_job(loc: Location, options: Options) -> Job[Blob]:
     else:
         if total <= len(first):
             return first  # type: ignore[no-any-return]
-        view = memoryview(bytearray(total))
-        view[: len(first)] = first
+        view = new_buffer(total)
+        copy_into(view, 0, first)
         start = len(first)
         del first
     yield [
         partial(backend.read_into, loc, s, view[s:e])
         for s, e in _ranges(start, total, options.part_size)
     ]
-    return view.obj  # type: ignore[return-value]
-
-
-def _copy_into(view: memoryview, offset: int, data: Blob) -> None:
-    view[offset : offset + len(data)] = data
+    return view
 
 
 def _read_part_to_file(
