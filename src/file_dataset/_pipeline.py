@@ -130,11 +130,17 @@ class Pipeline:
 
     # --- stages -------------------------------------------------------------------
 
-    def _download(self, columns: list[str], values: list[Any], row_id: str) -> Path:
+    def _download(self, columns: list[str], values: list[Any], row_id: str) -> tuple[Path, Path]:
+        """Downloads a row into a new input folder; also makes its empty output folder.
+
+        Both folders are made here, on a pool thread, so that the calling thread goes
+        from one ``fn`` call to the next without touching the file system.
+        """
         input_dir = Path(tempfile.mkdtemp(prefix=f"file_dataset-in{temp_prefix(row_id)}"))
         try:
             cells = parse_cells(columns, values, row_id)
             FileReader(FileTable(None, columns, [cells]), self.options).download_to(input_dir)
+            output_dir = Path(tempfile.mkdtemp(prefix=f"file_dataset-out{temp_prefix(row_id)}"))
         except BaseException as e:
             shutil.rmtree(input_dir, ignore_errors=True)
             error = e
@@ -142,7 +148,7 @@ class Pipeline:
                 error = e.with_context(row_id, e.column)  # the single-row read knows no id
                 error.__cause__ = e.__cause__ or e
             raise _RowError(row_id, "read", error) from error
-        return input_dir
+        return input_dir, output_dir
 
     def _run_fn(self, row_id: str, input_dir: Path, output_dir: Path) -> dict[str, Path]:
         try:
@@ -211,13 +217,14 @@ class Pipeline:
         values = frame_rows(file_dataframe, columns)
         self.last_failures = []
         rows: list[dict[str, str]] = []
-        # Threads: this row's and the next row's downloads, up to _UPLOADS_IN_FLIGHT + 1
-        # uploads (the newest is submitted before the oldest is collected), and the
-        # removal of input folders.
+        # Threads: this row's and the next row's downloads (each also makes the row's
+        # output folder), up to _UPLOADS_IN_FLIGHT + 1 uploads (the newest is submitted
+        # before the oldest is collected), and the removal of folders.
         with concurrent.futures.ThreadPoolExecutor(
             max_workers=_UPLOADS_IN_FLIGHT + 4, thread_name_prefix="file_dataset-pipeline"
         ) as stages:
-            downloads: dict[int, concurrent.futures.Future[Path]] = {}
+            # Each row's (input folder, output folder), one row ahead of fn.
+            downloads: dict[int, concurrent.futures.Future[tuple[Path, Path]]] = {}
             # Uploads in flight, oldest first: at most _UPLOADS_IN_FLIGHT rows' outputs.
             uploads: collections.deque[tuple[str, concurrent.futures.Future[dict[str, str]]]]
             uploads = collections.deque()
@@ -228,22 +235,22 @@ class Pipeline:
                             downloads[ahead] = stages.submit(
                                 self._download, columns, values[ahead], ids[ahead]
                             )
-                    output_dir: Path | None = None
                     try:
-                        input_dir = downloads.pop(index).result()
-                        try:
-                            output_dir = Path(
-                                tempfile.mkdtemp(prefix=f"file_dataset-out{temp_prefix(row_id)}")
-                            )
-                            outputs = self._run_fn(row_id, input_dir, output_dir)
-                        finally:
-                            # off the calling thread: the next fn call need not wait
-                            stages.submit(shutil.rmtree, input_dir, ignore_errors=True)
+                        input_dir, output_dir = downloads.pop(index).result()
                     except _RowError as e:
-                        if output_dir is not None:
-                            shutil.rmtree(output_dir, ignore_errors=True)
                         self._fail(e)
                         continue
+                    try:
+                        outputs = self._run_fn(row_id, input_dir, output_dir)
+                    except BaseException as e:
+                        stages.submit(shutil.rmtree, output_dir, ignore_errors=True)
+                        if not isinstance(e, _RowError):
+                            raise  # KeyboardInterrupt and the like end the call
+                        self._fail(e)
+                        continue
+                    finally:
+                        # off the calling thread: the next fn call need not wait
+                        stages.submit(shutil.rmtree, input_dir, ignore_errors=True)
                     # This row's upload starts at once; the oldest is collected only when
                     # more than _UPLOADS_IN_FLIGHT are under way, so one slow upload
                     # does not hold up the next fn call (outputs on disk stay bounded).
@@ -257,7 +264,8 @@ class Pipeline:
             finally:
                 for future in downloads.values():
                     with contextlib.suppress(BaseException):  # the row is abandoned anyway
-                        shutil.rmtree(future.result(), ignore_errors=True)
+                        for folder in future.result():
+                            shutil.rmtree(folder, ignore_errors=True)
                 concurrent.futures.wait([future for _, future in uploads])
         return _output_frame(rows)
 
