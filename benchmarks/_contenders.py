@@ -309,6 +309,10 @@ def _ray_init(spec: dict[str, Any]) -> Any:
     ctx.enable_progress_bars = False
     with contextlib.suppress(AttributeError):
         ctx.print_on_execution_start = False
+    if spec.get("ray_noreserve"):
+        # Ray Data otherwise budgets one operator at about half the CPUs of a small
+        # cluster, and at nothing in an execution's first second (findings.md, 5th round)
+        ctx.op_resource_reservation_enabled = False
     # start the workers outside the measured region
     ray.data.range(8, override_num_blocks=4).map_batches(lambda b: b).materialize()
     return ray
@@ -428,7 +432,7 @@ def _ray_download(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepar
     from ray.data.expressions import download
 
     spec["_note"] = f"ray obstore path: {bool(_obstore_download.OBSTORE_AVAILABLE)}"
-    want_obstore = spec["contender"] == "ray_download"
+    want_obstore = not spec["contender"].startswith("ray_download_noobstore")
     if bool(_obstore_download.OBSTORE_AVAILABLE) != want_obstore:
         raise RuntimeError(f"obstore toggle did not take effect ({spec['_note']})")
     fs = _pyarrow_fs(spec)
@@ -878,6 +882,8 @@ def main(spec_path: str) -> None:
         for token in tokens:  # e.g. fd_blob[obstore+c64]: 64 concurrent transfers
             if token.startswith("c") and token[1:].isdigit():
                 spec["max_concurrency"] = int(token[1:])
+            if token == "noreserve":  # Ray Data without per-operator reservations
+                spec["ray_noreserve"] = True
         prepare = CONTENDERS[impl_name]
         try:
             if spec.get("warm_frame") and impl_name not in NO_WARMUP:

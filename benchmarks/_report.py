@@ -21,6 +21,7 @@ SERVER_NAMES = {
 DIR = {"fd_tempdir", "fd_tempdir[boto3]", "fd_pipeline", "fd_pipeline[boto3]", "s5cmd", "curl"}
 PEERS = {
     "ray_download",
+    "ray_download[noreserve]",
     "ray_download_noobstore",
     "ray_read_binary",
     "daft_native",
@@ -32,7 +33,14 @@ PEERS = {
     "s5cmd",
 }
 # file_dataset's own read contenders judged against the targets
-MINE = ["fd_blob", "fd_blob[c64]", "fd_ray", "fd_blob[boto3]", "fd_ray[boto3]"]
+MINE = [
+    "fd_blob",
+    "fd_blob[c64]",
+    "fd_ray",
+    "fd_ray[noreserve]",
+    "fd_blob[boto3]",
+    "fd_ray[boto3]",
+]
 WORKLOAD_TEXT = {
     "A": "2,000 x 64 KiB",
     "A'": "20,000 x 16 KiB",
@@ -105,6 +113,7 @@ ORDER = [
     "fd_blob_cold",
     "fd_tempdir",
     "fd_ray",
+    "fd_ray[noreserve]",
     "fd_ray_local",
     "fd_pipeline",
     "fd_write_files",
@@ -306,6 +315,7 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
         for server in ("plain", "delay"):
             for ray_name, blob_name in (
                 ("fd_ray", "fd_blob"),
+                ("fd_ray[noreserve]", "fd_blob"),
                 ("fd_ray[boto3]", "fd_blob[boto3]"),
             ):
                 r, b = _find(results, w, server, ray_name), _find(results, w, server, blob_name)

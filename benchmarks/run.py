@@ -60,7 +60,9 @@ OUT_BUCKET = "bench-out"
 
 # Plain fd_* names use the library's default transport (Options.transport="auto":
 # obstore); [boto3] or [obstore] force one through FILE_DATASET_TRANSPORT, and [c64] sets
-# Options(max_concurrency=64); tokens combine with "+".
+# Options(max_concurrency=64), and [noreserve] turns Ray Data's per-operator resource
+# reservation off (DataContext.op_resource_reservation_enabled = False); tokens combine
+# with "+".
 READ_CONTENDERS = [
     "fd_blob",
     "fd_blob_cold",
@@ -73,8 +75,10 @@ READ_CONTENDERS = [
     "fd_tempdir[boto3]",
     "fd_ray[boto3]",
     "fd_pipeline[boto3]",
+    "fd_ray[noreserve]",
     "ray_download",
     "ray_download_noobstore",
+    "ray_download[noreserve]",
     "ray_read_binary",
     "daft_native",
     "daft_ray",
@@ -123,6 +127,8 @@ DESCRIPTIONS = {
     "fd_tempdir[boto3]": "into_temp_dir, boto3 transport",
     "fd_ray[boto3]": "read_file_dataset, boto3 transport (variable inherited by Ray workers)",
     "fd_pipeline[boto3]": "fd_pipeline, boto3 transport",
+    "fd_ray[noreserve]": "fd_ray with DataContext.op_resource_reservation_enabled = False",
+    "ray_download[noreserve]": "ray_download with DataContext.op_resource_reservation_enabled = False",
     "ray_download": "Ray Data with_column(download()) per file column, obstore installed",
     "ray_download_noobstore": "same, obstore made unimportable (sitecustomize shim)",
     "ray_read_binary": "ray.data.read_binary_files(all paths, include_paths=True)",
@@ -215,7 +221,7 @@ class Suite:
         for transport in ("boto3", "obstore"):
             if transport in tokens:
                 env["FILE_DATASET_TRANSPORT"] = transport
-        if contender == "ray_download":
+        if contender.partition("[")[0] == "ray_download":
             # Ray enables plain http for obstore only for http:// URIs; for s3:// URIs on
             # an http endpoint it would silently return null rows without this.
             env["AWS_ALLOW_HTTP"] = "true"
