@@ -87,6 +87,28 @@ def test_every_row_has_the_uploaded_bytes_and_its_id(
     assert sum(blob_dataset.frame["mask.bin"].isna()) > 0  # null cells were exercised
 
 
+def test_reading_without_rays_operator_reservation_gives_the_same_rows(
+    ray_local: None, blob_dataset: Any, options: Options
+) -> None:
+    # The README's recipe for short datasets on small clusters: Ray Data's per-operator
+    # resource reservation off. Read tasks then run side by side; the rows must not change.
+    context = ray.data.DataContext.get_current()
+    before = context.op_resource_reservation_enabled
+    context.op_resource_reservation_enabled = False
+    try:
+        frame = blob_dataset.frame.head(200)
+        table = pa.concat_tables(
+            ray.get(read_file_dataset(frame, 25, options).to_arrow_refs())
+        ).sort_by("id")
+    finally:
+        context.op_resource_reservation_enabled = before
+    assert table.schema.equals(EXPECTED_SCHEMA)
+    assert table["id"].to_pylist() == sorted(frame["id"].tolist())
+    for row in table.to_pylist():
+        for name in FILE_COLUMNS:
+            assert row[name] == blob_dataset.expected(row["id"], name), (row["id"], name)
+
+
 def test_blob_reader_is_read_file_dataset() -> None:
     assert blob_reader is read_file_dataset
 

@@ -282,6 +282,13 @@ def read_file_dataset(
     Ray Data, except that the first ``batch_size`` rows are sized now (HEAD requests)
     to estimate the dataset's size. See :class:`FileDataFrameAsBlobDatasource`.
 
+    On a small cluster Ray Data (2.60) runs the read tasks of a short dataset nearly
+    one at a time: it budgets each operator about half the cluster's CPUs, and nothing
+    in an execution's first second. If that matters (a laptop, a short job), set
+    ``ray.data.DataContext.get_current().op_resource_reservation_enabled = False`` in
+    the driver before running the dataset. It is left to you because it applies to the
+    whole pipeline, whose other operators it would stop protecting.
+
     Args:
         file_dataframe: A file DataFrame: a unique, non-null ``id`` column plus one
             column per file name whose cells are ``s3://`` URLs or local paths.
