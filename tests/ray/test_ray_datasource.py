@@ -91,17 +91,15 @@ def test_reading_without_rays_operator_reservation_gives_the_same_rows(
     ray_local: None, blob_dataset: Any, options: Options
 ) -> None:
     # The README's recipe for short datasets on small clusters: Ray Data's per-operator
-    # resource reservation off. Read tasks then run side by side; the rows must not change.
-    context = ray.data.DataContext.get_current()
-    before = context.op_resource_reservation_enabled
-    context.op_resource_reservation_enabled = False
-    try:
-        frame = blob_dataset.frame.head(200)
-        table = pa.concat_tables(
-            ray.get(read_file_dataset(frame, 25, options).to_arrow_refs())
-        ).sort_by("id")
-    finally:
-        context.op_resource_reservation_enabled = before
+    # resource reservation off, on the returned dataset's own context (a dataset copies
+    # the driver's context when it is created). Read tasks then run side by side; the
+    # rows must not change, and the driver's context must not be touched.
+    driver_setting = ray.data.DataContext.get_current().op_resource_reservation_enabled
+    frame = blob_dataset.frame.head(200)
+    dataset = read_file_dataset(frame, 25, options)
+    dataset.context.op_resource_reservation_enabled = False
+    assert ray.data.DataContext.get_current().op_resource_reservation_enabled == driver_setting
+    table = pa.concat_tables(ray.get(dataset.to_arrow_refs())).sort_by("id")
     assert table.schema.equals(EXPECTED_SCHEMA)
     assert table["id"].to_pylist() == sorted(frame["id"].tolist())
     expected = _expected_table(blob_dataset).slice(0, 200).cast(EXPECTED_SCHEMA)

@@ -285,9 +285,12 @@ def read_file_dataset(
     On a small cluster Ray Data (2.60) runs the read tasks of a short dataset nearly
     one at a time: it budgets each operator about half the cluster's CPUs, and nothing
     in an execution's first second. If that matters (a laptop, a short job), set
-    ``ray.data.DataContext.get_current().op_resource_reservation_enabled = False`` in
-    the driver before running the dataset. It is left to you because it applies to the
-    whole pipeline, whose other operators it would stop protecting.
+    ``dataset.context.op_resource_reservation_enabled = False`` on the returned
+    dataset, or the same on ``ray.data.DataContext.get_current()`` *before* calling
+    this function: a dataset keeps the copy of the driver's context made when it was
+    created, so changing the driver's context afterwards has no effect on it. It is
+    left to you because it applies to the whole pipeline built on the dataset, whose
+    other operators it would stop protecting.
 
     Args:
         file_dataframe: A file DataFrame: a unique, non-null ``id`` column plus one
