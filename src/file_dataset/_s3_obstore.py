@@ -45,7 +45,7 @@ from file_dataset._urls import Location
 # A streamed body (a large object's first response or a ranged part) is handed over in
 # chunks of at least this many bytes. Each chunk is a fresh buffer held until it is
 # copied out, so with 64 transfers in flight the chunk size sets the transient memory:
-# 8 x 64 MiB into blobs peaked at 737-747 MiB RSS with 256 KiB chunks against 787-794 MiB
+# 8 x 64 MiB into blobs peaked at 744-748 MiB RSS with 256 KiB chunks against 787-794 MiB
 # with 1 MiB (2 x 1 GiB: 2,340 against 2,408 MiB), at the same speed; 64 KiB was slower.
 _STREAM_CHUNK_BYTES = 256 * 1024
 _STORES: dict[tuple[Any, ...], S3Store] = {}  # by (pid, options value, bucket)
