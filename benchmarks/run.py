@@ -14,6 +14,9 @@ writes; generates the data; runs each contender in its own process (so CPU and p
 RSS are its own); checks every object's bytes; prints a table; and, for full runs,
 merges the figures into ``benchmarks/results.json`` and rewrites
 ``benchmarks/RESULTS.md``. Without nginx, reads fall back to moto (printed).
+``--repeat N`` measures each read contender N times in its process, after the same
+warm-up, and reports the run with the median wall time (steadier figures, and Ray's
+first-execution costs are then paid once, as in a long job).
 
 Exit status: 1 if any contender returned wrong or missing bytes (FAILED), else 0.
 """
@@ -469,6 +472,7 @@ class Suite:
             "warm_frame": str(warm_frame),
             "warm_manifest": str(warm_manifest),
             "workload": {"name": workload.name, "count": workload.count, "size": workload.size},
+            "repeat": self.args.repeat if workload.kind == "read" else 1,
             "frame": str(fpath),
             "manifest": str(manifest),
             "endpoint": endpoint.url,
@@ -543,6 +547,7 @@ class Suite:
                 out_prefix=contender,
                 write_endpoint=spec["endpoint"],
                 read_endpoint=self.servers.endpoints["plain"].url,
+                repeat=1,
             )
             if contender.startswith("fd_pipeline_sleep"):
                 io_wall = io_walls.get(contender.replace("sleep", "io"))
@@ -629,6 +634,12 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir", default=os.path.join(tempfile.gettempdir(), "file_dataset-bench")
     )
     parser.add_argument("--timeout", type=float, default=None, help="seconds per contender")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="reads: measure each contender N times in its process, report the median run",
+    )
     parser.add_argument(
         "--moto-reads", action="store_true", help="serve reads from moto even if nginx exists"
     )
