@@ -211,6 +211,9 @@ class Options:
             ``endpoint_url``). A ``config`` (``botocore.config.Config``) given here is
             merged over the retry and pool settings below.
         max_concurrency: The most objects or parts transferred at once by one call.
+            Raising it (to 128, say) helps many small objects over a slow link and
+            costs threads and connections (and one boto3 client per thread where
+            boto3 carries the bytes).
         part_size: The size of each ranged GET and multipart-upload part.
         multipart_threshold: Objects larger than this are read with parallel ranged
             GETs and written with multipart uploads; smaller ones take one request.
