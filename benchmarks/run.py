@@ -45,7 +45,6 @@ sys.path.insert(0, str(HERE))
 from _data import (  # noqa: E402
     ALIASES,
     BUCKET,
-    COLUMNS,
     QUICK_READ,
     QUICK_WRITE,
     READ_WORKLOADS,
@@ -55,14 +54,12 @@ from _data import (  # noqa: E402
     generate,
     human,
     key_of,
-    row_ids,
     warm_page_cache,
 )
 from _servers import Servers  # noqa: E402
 
 CREDS = {"key": "bench-key-id", "secret": "bench-secret-key", "region": "us-east-1"}
 OUT_BUCKET = "bench-out"
-_MULTIPART_THRESHOLD = 16 * 1024 * 1024  # Options' default
 
 # Plain fd_* names use the library's default transport (Options.transport="auto":
 # obstore); [boto3] or [obstore] force one through FILE_DATASET_TRANSPORT, and [c64] sets
@@ -325,18 +322,20 @@ class Suite:
         n, seconds = warm_page_cache(workload, self.data_root)
         print(f"   page cache warmed: {human(n)} read in {seconds:.2f} s", flush=True)
 
-    def _upload_to_moto(self, workload: Workload) -> None:
+    def _upload_to_moto(self, workload: Workload, bucket: str = BUCKET, prefix: str = "") -> None:
+        """Uploads the workload's files to ``bucket`` under their keys (after ``prefix``)."""
         client = self._moto_client()
         with contextlib.suppress(Exception):
-            client.create_bucket(Bucket=BUCKET)
+            client.create_bucket(Bucket=bucket)
         import concurrent.futures
 
         def put(p: Path) -> None:
-            client.upload_file(str(p), BUCKET, str(p.relative_to(self.data_root / BUCKET)))
+            key = prefix + str(p.relative_to(self.data_root / BUCKET))
+            client.upload_file(str(p), bucket, key)
 
-        prefix = self.data_root / BUCKET / key_of(workload, "x", "y").split("/")[0]
+        folder = self.data_root / BUCKET / key_of(workload, "x", "y").split("/")[0]
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            list(pool.map(put, [p for p in prefix.rglob("*") if p.is_file()]))
+            list(pool.map(put, [p for p in folder.rglob("*") if p.is_file()]))
 
     def _moto_client(self) -> Any:
         import boto3
@@ -352,22 +351,11 @@ class Suite:
     def _warm_moto(self, workload: Workload) -> None:
         # moto keeps objects in its own memory: write the workload once before the
         # contenders, so that the first of them does not alone pay for growing moto's heap.
-        from s3transfer.manager import TransferConfig, TransferManager
-
-        self._clear_out_bucket()
         started = time.monotonic()
-        root = self.data_root / BUCKET
-        files = [root / key_of(workload, r, c) for r in row_ids(workload) for c in COLUMNS]
-        with TransferManager(self._moto_client(), TransferConfig(max_request_concurrency=16)) as m:
-            futures = [m.upload(str(p), OUT_BUCKET, f"warm/{i}") for i, p in enumerate(files)]
-            for future in futures:
-                future.result()
         self._clear_out_bucket()
-        print(
-            f"   moto warmed: {len(files)} files written and deleted in "
-            f"{time.monotonic() - started:.2f} s",
-            flush=True,
-        )
+        self._upload_to_moto(workload, OUT_BUCKET, "warm/")
+        self._clear_out_bucket()
+        print(f"   moto warmed in {time.monotonic() - started:.2f} s", flush=True)
 
     def _clear_out_bucket(self) -> None:
         client = self._moto_client()
@@ -517,11 +505,14 @@ class Suite:
         fpath = frames / f"{workload.slug}-{workload.size}.local.parquet"
         frame(workload, lambda key: str(self.data_root / BUCKET / key)).to_parquet(fpath)
         self._warm_moto(workload)
+        from file_dataset import Options
+
+        multipart_threshold = Options().multipart_threshold  # the library's default
         for n, contender in enumerate(self._contenders(WRITE_CONTENDERS)):
             self._clear_out_bucket()
             spec = self._base_spec("moto", mpath, fpath, workload, local=True)
             spec.update(out_bucket=OUT_BUCKET, out_prefix=f"w{n}", write_endpoint=spec["endpoint"])
-            if workload.size > _MULTIPART_THRESHOLD:
+            if workload.size > multipart_threshold:
                 # Warm up on the workload itself: a multipart upload's first use of boto3
                 # in a process costs ~1 s of CPU (service model, one client per pool
                 # thread), which the small warm-up set never reaches; contenders that hold

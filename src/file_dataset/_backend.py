@@ -21,7 +21,8 @@ from file_dataset._urls import Location
 # Object bytes as a backend hands them over: any contiguous buffer, never copied only to
 # change its type (Arrow and os.pwrite both take a memoryview).
 Blob = bytes | bytearray | memoryview
-# How much a streamed ranged read hands over at a time.
+# The buffer a file-like body (boto3's, a local file's) is read into, reused chunk by
+# chunk (obstore's streams choose their own chunk size).
 CHUNK_BYTES = 1024 * 1024
 # A first response at least this large is streamed into a sink (when one is given)
 # instead of being returned as one buffer.

@@ -46,7 +46,8 @@ from file_dataset._urls import Location
 # chunks of at least this many bytes. Each chunk is a fresh buffer held until it is
 # copied out, so with 64 transfers in flight the chunk size sets the transient memory:
 # 8 x 64 MiB into blobs peaked at 744-748 MiB RSS with 256 KiB chunks against 787-794 MiB
-# with 1 MiB (2 x 1 GiB: 2,340 against 2,408 MiB), at the same speed; 64 KiB was slower.
+# with 1 MiB (2 x 1 GiB: 2,340 against 2,408 MiB), at speeds within the run-to-run
+# spread; 64 KiB was slower.
 _STREAM_CHUNK_BYTES = 256 * 1024
 _STORES: dict[tuple[Any, ...], S3Store] = {}  # by (pid, options value, bucket)
 _FAST: dict[tuple[int, int, str], tuple[Options, S3Store]] = {}  # by (pid, id(options), bucket)
