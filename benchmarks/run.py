@@ -16,7 +16,8 @@ merges the figures into ``benchmarks/results.json`` and rewrites
 ``benchmarks/RESULTS.md``. Without nginx, reads fall back to moto (printed).
 ``--repeat N`` measures each read contender N times in its process, after the same
 warm-up, and reports the run with the median wall time (steadier figures, and Ray's
-first-execution costs are then paid once, as in a long job).
+first-execution costs are then paid once, as in a long job); for P it runs N (identity
+``fn``, sleeping ``fn``) pairs and reports the pair whose ratio is the median.
 
 Exit status: 1 if any contender returned wrong or missing bytes (FAILED), else 0.
 """
@@ -208,8 +209,15 @@ class Suite:
     # --- running one contender ------------------------------------------------------
 
     def run_one(
-        self, workload: Workload, server: str, contender: str, spec: dict[str, Any]
+        self,
+        workload: Workload,
+        server: str,
+        contender: str,
+        spec: dict[str, Any],
+        record: bool = True,
     ) -> dict[str, Any]:
+        """Runs one contender in its own process and prints its row; with ``record``,
+        also keeps the result for the table and saves it (full runs)."""
         runs = self.tmp / "runs"
         runs.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix="c-", dir=self.tmp))
@@ -273,13 +281,18 @@ class Suite:
         )
         result["description"] = DESCRIPTIONS.get(contender, "")
         self._print_row(result, workload)
-        if not (self.args.quick or self.args.no_save):
-            self._save([result])
         print(
             f"{'':28}(process {result['elapsed']:.1f} s)", flush=True
         ) if self.args.verbose else None
-        self.results.append(result)
+        if record:
+            self._record([result])
         return result
+
+    def _record(self, results: list[dict[str, Any]]) -> None:
+        """Keeps results for the final table and, in full runs, saves them."""
+        if not (self.args.quick or self.args.no_save):
+            self._save(results)
+        self.results.extend(results)
 
     @staticmethod
     def _print_row(r: dict[str, Any], workload: Workload) -> None:
@@ -522,50 +535,90 @@ class Suite:
         self._clear_out_bucket()
 
     def _run_pipeline(self, workload: Workload) -> None:
+        """Pipeline over B with an identity ``fn`` (its wall time is the I/O time), then
+        with an ``fn`` that sleeps one row's share of that time; ``--repeat N`` runs N
+        such pairs back to back and keeps the pair with the median ratio (one run of
+        a pair is about 2 s here, and moto's speed varies by 10-20 % between runs)."""
         if self.reads_on_moto:
             print("workload P skipped: needs nginx")
             return
+        rounds = max(1, self.args.repeat)
         print(
-            f"\n== P: Pipeline overlap over {workload.describe()} (read nginx, write moto)",
+            f"\n== P: Pipeline overlap over {workload.describe()} (read nginx, write moto)"
+            + (f", {rounds} pairs each" if rounds > 1 else ""),
             flush=True,
         )
         fpath, mpath = self.prepare_reads(workload)
-        io_walls: dict[str, float] = {}
-        io_wall = None
-        for contender in self._contenders(PIPELINE_CONTENDERS):
-            self._clear_out_bucket()
-            spec = self._base_spec("moto", mpath, fpath, workload)
-            spec.update(
-                out_bucket=OUT_BUCKET,
-                out_prefix=contender,
-                write_endpoint=spec["endpoint"],
-                read_endpoint=self.servers.endpoints["plain"].url,
-                repeat=1,
-            )
-            if contender.startswith("fd_pipeline_sleep"):
-                io_wall = io_walls.get(contender.replace("sleep", "io"))
-                if io_wall is None:
-                    print("  fd_pipeline_sleep needs fd_pipeline_io first")
+        shown = Workload("P", workload.count, workload.size, ("moto",))
+        chosen = self._contenders(PIPELINE_CONTENDERS)
+        for sleep_name in [c for c in chosen if "_sleep" in c]:
+            if sleep_name.replace("_sleep", "_io") not in chosen:
+                print(f"  {sleep_name} needs {sleep_name.replace('_sleep', '_io')} too")
+        for io_name in [c for c in chosen if "_io" in c]:
+            sleep_name = io_name.replace("_io", "_sleep")
+            pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+            for _ in range(rounds):
+                io = self._pipeline_run(workload, shown, fpath, mpath, io_name, None)
+                if io["status"] != "OK":
+                    break
+                if sleep_name not in chosen:
+                    pairs.append((io, {}))
                     continue
-                spec["sleep_s"] = io_wall / workload.rows
-            r = self.run_one(
-                Workload("P", workload.count, workload.size, ("moto",)), "moto", contender, spec
-            )
-            if contender.startswith("fd_pipeline_io") and r["status"] == "OK":
-                io_walls[contender] = r["wall"]
-            if contender.startswith("fd_pipeline_sleep") and r["status"] == "OK" and io_wall:
-                # compute = the time fn really took (its sleep plus the hard links it
-                # makes), as measured around every call
-                compute = r.get("compute") or spec["sleep_s"] * workload.rows
-                r["pipeline_ratio"] = r["wall"] / max(io_wall, compute)
-                r["note"] = (r.get("note") or "") + (
-                    f"sleep {spec['sleep_s'] * 1000:.1f} ms/row, fn {compute:.2f} s in all; "
-                    f"wall / max(I/O, compute) = {r['pipeline_ratio']:.2f}"
+                sleep = self._pipeline_run(
+                    workload, shown, fpath, mpath, sleep_name, io["wall"] / workload.rows
                 )
-                print(f"    -> {r['note']}")
-                if not (self.args.quick or self.args.no_save):
-                    self._save([r])
+                if sleep["status"] != "OK":
+                    break
+                pairs.append((io, sleep))
+            if not pairs:
+                continue
+            if not pairs[0][1]:
+                self._record([pairs[0][0]])
+                continue
+            ratios = [sleep["pipeline_ratio"] for _, sleep in pairs]
+            io, sleep = sorted(pairs, key=lambda pair: pair[1]["pipeline_ratio"])[
+                (len(pairs) - 1) // 2
+            ]
+            if rounds > 1:
+                listed = ", ".join(f"{r:.2f}" for r in ratios)
+                sleep["note"] += f"; median of {len(pairs)} pairs ({listed})"
+                print(f"    {sleep_name}: median ratio of {len(pairs)} pairs: {sleep['note']}")
+            self._record([io, sleep])
         self._clear_out_bucket()
+
+    def _pipeline_run(
+        self,
+        workload: Workload,
+        shown: Workload,
+        fpath: Path,
+        mpath: Path,
+        contender: str,
+        sleep_s: float | None,
+    ) -> dict[str, Any]:
+        self._clear_out_bucket()
+        spec = self._base_spec("moto", mpath, fpath, workload)
+        spec.update(
+            out_bucket=OUT_BUCKET,
+            out_prefix=contender,
+            write_endpoint=spec["endpoint"],
+            read_endpoint=self.servers.endpoints["plain"].url,
+            repeat=1,
+        )
+        if sleep_s is not None:
+            spec["sleep_s"] = sleep_s
+        r = self.run_one(shown, "moto", contender, spec, record=False)
+        if sleep_s is not None and r["status"] == "OK":
+            io_wall = sleep_s * workload.rows
+            # compute = the time fn really took (its sleep plus the hard links it makes),
+            # as measured around every call
+            compute = r.get("compute") or io_wall
+            r["pipeline_ratio"] = r["wall"] / max(io_wall, compute)
+            r["note"] = (r.get("note") or "") + (
+                f"sleep {sleep_s * 1000:.1f} ms/row, fn {compute:.2f} s in all; "
+                f"wall / max(I/O, compute) = {r['pipeline_ratio']:.2f}"
+            )
+            print(f"    -> {r['note']}")
+        return r
 
     # --- reporting ------------------------------------------------------------------
 
@@ -631,7 +684,8 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat",
         type=int,
         default=1,
-        help="reads: measure each contender N times in its process, report the median run",
+        help="reads: measure each contender N times in its process, report the median "
+        "run; P: run N (identity, sleep) pairs, report the pair with the median ratio",
     )
     parser.add_argument(
         "--moto-reads", action="store_true", help="serve reads from moto even if nginx exists"
