@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -321,12 +322,23 @@ class Suite:
         self._warm_page_cache(workload)
         if self.reads_on_moto:
             self._upload_to_moto(workload)
+        return self._frame_files(workload, manifest, "", lambda key: f"s3://{BUCKET}/{key}")
+
+    def _frame_files(
+        self,
+        workload: Workload,
+        manifest: dict[str, list[int]],
+        suffix: str,
+        location: Callable[[str], str],
+    ) -> tuple[Path, Path]:
+        """Writes the workload's file DataFrame (cells from ``location(key)``) and its
+        manifest under ``<workdir>/frames``; returns (frame path, manifest path)."""
         frames = self.workdir / "frames"
         frames.mkdir(exist_ok=True)
         mpath = frames / f"{workload.slug}-{workload.size}.manifest.json"
         mpath.write_text(json.dumps(manifest))
-        fpath = frames / f"{workload.slug}-{workload.size}.parquet"
-        frame(workload, lambda key: f"s3://{BUCKET}/{key}").to_parquet(fpath)
+        fpath = frames / f"{workload.slug}-{workload.size}{suffix}.parquet"
+        frame(workload, location).to_parquet(fpath)
         return fpath, mpath
 
     def _warm_page_cache(self, workload: Workload) -> None:
@@ -511,12 +523,9 @@ class Suite:
         print(f"\n== {workload.describe()} (writes to moto): generating data", flush=True)
         manifest = generate(workload, self.data_root)
         self._warm_page_cache(workload)
-        frames = self.workdir / "frames"
-        frames.mkdir(exist_ok=True)
-        mpath = frames / f"{workload.slug}-{workload.size}.manifest.json"
-        mpath.write_text(json.dumps(manifest))
-        fpath = frames / f"{workload.slug}-{workload.size}.local.parquet"
-        frame(workload, lambda key: str(self.data_root / BUCKET / key)).to_parquet(fpath)
+        fpath, mpath = self._frame_files(
+            workload, manifest, ".local", lambda key: str(self.data_root / BUCKET / key)
+        )
         self._warm_moto(workload)
         from file_dataset import Options
 
