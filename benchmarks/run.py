@@ -14,7 +14,7 @@ writes; generates the data; runs each contender in its own process (so CPU and p
 RSS are its own); checks every object's bytes; prints a table; and, for full runs,
 merges the figures into ``benchmarks/results.json`` and rewrites
 ``benchmarks/RESULTS.md``. Without nginx, reads fall back to moto (printed).
-``--repeat N`` measures each read contender N times in its process, after the same
+``--repeat N`` measures each read or write contender N times in its process, after the same
 warm-up, and reports the run with the median wall time (steadier figures, and Ray's
 first-execution costs are then paid once, as in a long job); for P it runs N (identity
 ``fn``, sleeping ``fn``) pairs and reports the pair whose ratio is the median.
@@ -487,7 +487,7 @@ class Suite:
             "warm_frame": str(warm_frame),
             "warm_manifest": str(warm_manifest),
             "workload": {"name": workload.name, "count": workload.count, "size": workload.size},
-            "repeat": self.args.repeat if workload.kind == "read" else 1,
+            "repeat": self.args.repeat,  # the P workload sets its own (pairs of runs)
             "frame": str(fpath),
             "manifest": str(manifest),
             "endpoint": endpoint.url,
@@ -693,8 +693,9 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat",
         type=int,
         default=1,
-        help="reads: measure each contender N times in its process, report the median "
-        "run; P: run N (identity, sleep) pairs, report the pair with the median ratio",
+        help="reads and writes: measure each contender N times in its process, report "
+        "the median run; P: run N (identity, sleep) pairs, report the pair with the "
+        "median ratio",
     )
     parser.add_argument(
         "--moto-reads", action="store_true", help="serve reads from moto even if nginx exists"
