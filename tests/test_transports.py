@@ -169,3 +169,43 @@ def test_a_truncated_body_is_an_error_not_garbage(
     with pytest.raises(OSError, match=r"s3://bucket/obj\.bin"):
         file_dataset.reader(row, options).download_to(tmp_path)
     assert list(tmp_path.iterdir()) == []  # no partial file left behind
+
+
+def test_transport_is_chosen_once_per_options_object_and_override(
+    s3_server: LocalS3Server,
+    put: Callable[[str, bytes], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The backend is picked once per Options object (not per object read), and the
+    FILE_DATASET_TRANSPORT override still switches it, also for Options already used."""
+    from file_dataset._backend import backend_for
+    from file_dataset._local import LocalBackend
+    from file_dataset._s3 import S3Backend
+    from file_dataset._s3_obstore import ObstoreS3Backend
+    from file_dataset._urls import parse_url
+
+    monkeypatch.delenv("FILE_DATASET_TRANSPORT", raising=False)
+    url = put("chosen.bin", b"chosen once")
+    local = tmp_path / "local.bin"
+    local.write_bytes(b"local bytes")
+    row = {"s3.bin": url, "local.bin": str(local)}
+    options = s3_server.options()
+    loc = parse_url(url)
+
+    first = backend_for(loc, options)
+    assert type(first) is ObstoreS3Backend
+    assert backend_for(loc, options) is first
+    assert backend_for(loc, s3_server.options()) is not first  # an equal, other object
+    assert type(backend_for(parse_url(str(local)), options)) is LocalBackend
+    assert file_dataset.reader(row, options).into_blob_table().to_pylist() == [
+        {"s3.bin": b"chosen once", "local.bin": b"local bytes"}
+    ]
+
+    monkeypatch.setenv("FILE_DATASET_TRANSPORT", "boto3")
+    assert type(backend_for(loc, options)) is S3Backend
+    assert file_dataset.reader(row, options).into_blob_table().to_pylist() == [
+        {"s3.bin": b"chosen once", "local.bin": b"local bytes"}
+    ]
+    monkeypatch.delenv("FILE_DATASET_TRANSPORT")
+    assert backend_for(loc, options) is first

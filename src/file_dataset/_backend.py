@@ -161,6 +161,14 @@ def transport_of(options: Options) -> str:
     return str(getattr(options, "transport", "auto"))
 
 
+# backend_for is called once per object; its answer depends only on the options (by
+# identity, as in _s3_obstore.store_for), whether the location is S3, and the
+# FILE_DATASET_TRANSPORT override, so each answer is kept (backends hold no state of a
+# transfer and are shared by threads). Bounded, since callers may make many Options.
+_BACKENDS: dict[tuple[int, bool, str | None], tuple[Options, Backend]] = {}
+_MAX_BACKENDS = 64
+
+
 def backend_for(loc: Location, options: Options) -> Backend:
     """The backend that serves ``loc``.
 
@@ -174,11 +182,23 @@ def backend_for(loc: Location, options: Options) -> Backend:
         options: The options the backend uses.
 
     Returns:
-        A backend instance (cheap to create).
+        A backend instance, shared by calls with the same ``options`` object.
 
     Raises:
         ImportError: ``transport="obstore"`` but obstore is not installed.
     """
+    key = (id(options), loc.is_s3, os.environ.get("FILE_DATASET_TRANSPORT"))
+    known = _BACKENDS.get(key)
+    if known is not None and known[0] is options:
+        return known[1]
+    backend = _new_backend(loc, options)
+    if len(_BACKENDS) >= _MAX_BACKENDS:
+        _BACKENDS.clear()
+    _BACKENDS[key] = (options, backend)
+    return backend
+
+
+def _new_backend(loc: Location, options: Options) -> Backend:
     if loc.is_s3:
         transport = transport_of(options)
         if transport == "obstore" or (transport == "auto" and AUTO_PREFERS_OBSTORE):
