@@ -200,7 +200,9 @@ class Options:
     cloudpickle) by their constructor arguments only. Live objects (boto3 sessions,
     S3 clients, the thread pool) are created lazily on first use in each process: one
     boto3 session and S3 client per thread, reused across calls, each client with a
-    connection pool sized to ``max_concurrency``.
+    connection pool sized to ``max_concurrency``. Treat an instance as read-only: what
+    it resolves (transport, stores, pool) is kept for that object, so make a new one to
+    change a setting.
 
     ``repr()`` masks credentials, and no message of this library contains them.
 
