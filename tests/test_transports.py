@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -209,3 +210,35 @@ def test_transport_is_chosen_once_per_options_object_and_override(
     ]
     monkeypatch.delenv("FILE_DATASET_TRANSPORT")
     assert backend_for(loc, options) is first
+
+
+def test_equal_options_objects_share_one_store_and_identity_caches_stay_bounded(
+    s3_server: LocalS3Server,
+    put: Callable[[str, bytes], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ray worker unpickles a new, equal Options for every task: each must find the
+    process's store without rehashing per request, and the caches by identity (which
+    hold their options alive) must not grow with every task."""
+    from file_dataset import _backend, _s3_obstore
+
+    monkeypatch.delenv("FILE_DATASET_TRANSPORT", raising=False)
+    monkeypatch.setattr(_s3_obstore, "_MAX_BY_IDENTITY", 8)
+    monkeypatch.setattr(_backend, "_MAX_BACKENDS", 8)
+    url = put("shared.bin", b"one store for equal options")
+    bucket = url.split("/")[2]
+    row = {"shared.bin": url}
+    first = s3_server.options()
+    assert file_dataset.reader(row, first).into_blob_table().to_pylist() == [
+        {"shared.bin": b"one store for equal options"}
+    ]
+    store = _s3_obstore.store_for(first, bucket)
+    for _ in range(20):
+        options = s3_server.options()  # equal to first, a new object (as in a Ray task)
+        assert file_dataset.reader(row, options).into_blob_table().to_pylist() == [
+            {"shared.bin": b"one store for equal options"}
+        ]
+        assert _s3_obstore._FAST[(os.getpid(), id(options), bucket)] == (options, store)
+        assert len(_s3_obstore._FAST) <= 8
+        assert len(_s3_obstore._SERVES) <= 8
+        assert len(_backend._BACKENDS) <= 8
