@@ -558,31 +558,27 @@ class Suite:
             flush=True,
         )
         fpath, mpath = self.prepare_reads(workload)
-        shown = Workload("P", workload.count, workload.size, ("moto",))
         chosen = self._contenders(PIPELINE_CONTENDERS)
         for sleep_name in [c for c in chosen if "_sleep" in c]:
             if sleep_name.replace("_sleep", "_io") not in chosen:
                 print(f"  {sleep_name} needs {sleep_name.replace('_sleep', '_io')} too")
         for io_name in [c for c in chosen if "_io" in c]:
             sleep_name = io_name.replace("_io", "_sleep")
+            if sleep_name not in chosen:  # the I/O time alone
+                self._record([self._pipeline_run(workload, fpath, mpath, io_name, None)])
+                continue
             pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
             for _ in range(rounds):
-                io = self._pipeline_run(workload, shown, fpath, mpath, io_name, None)
+                io = self._pipeline_run(workload, fpath, mpath, io_name, None)
                 if io["status"] != "OK":
                     break
-                if sleep_name not in chosen:
-                    pairs.append((io, {}))
-                    continue
                 sleep = self._pipeline_run(
-                    workload, shown, fpath, mpath, sleep_name, io["wall"] / workload.rows
+                    workload, fpath, mpath, sleep_name, io["wall"] / workload.rows
                 )
                 if sleep["status"] != "OK":
                     break
                 pairs.append((io, sleep))
             if not pairs:
-                continue
-            if not pairs[0][1]:
-                self._record([pairs[0][0]])
                 continue
             ratios = [sleep["pipeline_ratio"] for _, sleep in pairs]
             io, sleep = sorted(pairs, key=lambda pair: pair[1]["pipeline_ratio"])[
@@ -598,7 +594,6 @@ class Suite:
     def _pipeline_run(
         self,
         workload: Workload,
-        shown: Workload,
         fpath: Path,
         mpath: Path,
         contender: str,
@@ -615,6 +610,7 @@ class Suite:
         )
         if sleep_s is not None:
             spec["sleep_s"] = sleep_s
+        shown = Workload("P", workload.count, workload.size, ("moto",))
         r = self.run_one(shown, "moto", contender, spec, record=False)
         if sleep_s is not None and r["status"] == "OK":
             io_wall = sleep_s * workload.rows

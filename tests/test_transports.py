@@ -223,8 +223,7 @@ def test_equal_options_objects_share_one_store_and_identity_caches_stay_bounded(
     from file_dataset import _backend, _s3_obstore
 
     monkeypatch.delenv("FILE_DATASET_TRANSPORT", raising=False)
-    monkeypatch.setattr(_s3_obstore, "_MAX_BY_IDENTITY", 8)
-    monkeypatch.setattr(_backend, "_MAX_BACKENDS", 8)
+    monkeypatch.setattr(_backend, "_MAX_BY_IDENTITY", 8)  # every cache by identity
     url = put("shared.bin", b"one store for equal options")
     bucket = url.split("/")[2]
     row = {"shared.bin": url}

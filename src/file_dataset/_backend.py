@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -161,12 +161,23 @@ def transport_of(options: Options) -> str:
     return str(getattr(options, "transport", "auto"))
 
 
+# Caches keyed by an Options object's identity (backend_for here, and the store and
+# can_serve lookups of _s3_obstore) keep that object alive, and a Ray worker unpickles a
+# new, equal Options for every task: such a cache is emptied when it reaches this size.
+_MAX_BY_IDENTITY = 256
+
+
+def remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    """Stores ``value`` in a cache keyed by an options identity, keeping it bounded."""
+    if len(cache) >= _MAX_BY_IDENTITY:
+        cache.clear()
+    cache[key] = value
+
+
 # backend_for is called once per object; its answer depends only on the options (by
-# identity, as in _s3_obstore.store_for), whether the location is S3, and the
-# FILE_DATASET_TRANSPORT override, so each answer is kept (backends hold no state of a
-# transfer and are shared by threads). Bounded, since callers may make many Options.
+# identity), whether the location is S3, and the FILE_DATASET_TRANSPORT override, so
+# each answer is kept (backends hold no state of a transfer and are shared by threads).
 _BACKENDS: dict[tuple[int, bool, str | None], tuple[Options, Backend]] = {}
-_MAX_BACKENDS = 64
 
 
 def backend_for(loc: Location, options: Options) -> Backend:
@@ -192,9 +203,7 @@ def backend_for(loc: Location, options: Options) -> Backend:
     if known is not None and known[0] is options:
         return known[1]
     backend = _new_backend(loc, options)
-    if len(_BACKENDS) >= _MAX_BACKENDS:
-        _BACKENDS.clear()
-    _BACKENDS[key] = (options, backend)
+    remember(_BACKENDS, key, (options, backend))
     return backend
 
 

@@ -31,7 +31,7 @@ from obstore.exceptions import (
 )
 from obstore.store import S3Store
 
-from file_dataset._backend import STREAM_BYTES, Blob, Sink, copy_into
+from file_dataset._backend import STREAM_BYTES, Blob, Sink, copy_into, remember
 from file_dataset._errors import (
     ObjectAccessDeniedError,
     ObjectNotFoundError,
@@ -149,19 +149,8 @@ def can_serve(options: Options) -> bool:
     if known is not None and known[0] is options:
         return known[1]
     result = _can_serve(options)
-    _remember(_SERVES, id(options), (options, result))
+    remember(_SERVES, id(options), (options, result))
     return result
-
-
-# The caches by options identity hold their options alive, and a Ray worker unpickles a
-# new (equal) Options object for every task: they are emptied when they reach this size.
-_MAX_BY_IDENTITY = 256
-
-
-def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
-    if len(cache) >= _MAX_BY_IDENTITY:
-        cache.clear()
-    cache[key] = value
 
 
 def _can_serve(options: Options) -> bool:
@@ -247,7 +236,7 @@ def store_for(options: Options, bucket: str) -> S3Store:
             store = _STORES.get(key)
             if store is None:
                 store = _STORES[key] = _new_store(options, bucket)
-    _remember(_FAST, fast_key, (options, store))
+    remember(_FAST, fast_key, (options, store))
     return store
 
 
