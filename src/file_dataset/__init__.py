@@ -4,9 +4,13 @@ A *file DataFrame* is a pandas DataFrame with an ``id`` column and one column pe
 name, whose cells are ``s3://bucket/key`` URLs (or local paths). ``reader`` pulls those
 files into a temporary directory or into PyArrow tables, ``write_files`` pushes local
 files back, and ``Pipeline`` does both around a function of local files, row by row.
-Ray Data integration lives in ``file_dataset.ray``.
+Ray Data integration lives in ``file_dataset.ray``, which ``import file_dataset``
+makes available as an attribute without importing Ray itself (Ray loads on first use).
 """
 
+# ``file_dataset.ray`` resolves its names lazily, so binding it here is cheap and lets
+# ``import file_dataset; file_dataset.ray.read_file_dataset(...)`` work as written.
+from file_dataset import ray as ray
 from file_dataset._errors import (
     FileDatasetError,
     InvalidInputError,
