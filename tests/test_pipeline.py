@@ -87,6 +87,46 @@ def test_two_pipelines_chained(
     assert outputs(result, read_object, "final.bin") == {"1": b"1GMI", "2": b"2GMI", "3": b"3GMI"}
 
 
+def forward(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+    """Passes the input through: once by its own path, once by a link in ``output_dir``."""
+    link = output_dir / "linked.mha"
+    link.symlink_to(input_dir / "image.mha")
+    return {"image.mha": input_dir / "image.mha", "linked.mha": link}
+
+
+@pytest.mark.parametrize("into", ["s3", "local"])
+def test_fn_forwarding_its_inputs_as_outputs(
+    into: str,
+    options: Options,
+    bucket: str,
+    put: Put,
+    tmp_path: Path,
+    system_tmp: Path,
+    read_object: ReadObject,
+) -> None:
+    # The design names "forwarding input as an output" as a use. Each row's upload
+    # runs after fn returns, so its input folder must still be there: eight rows keep
+    # several uploads in flight while later rows' inputs come and go.
+    ids = [str(i) for i in range(8)]
+    frame = pd.DataFrame(
+        {"id": ids, "image.mha": [put(f"in/{i}.mha", f"image {i}".encode()) for i in ids]}
+    )
+    into_path = f"s3://{bucket}/fwd" if into == "s3" else str(tmp_path / "fwd")
+    pipeline = Pipeline(forward, {"into_path": into_path}, options)
+    result = pipeline(frame)
+    assert pipeline.last_failures == []
+    assert result["id"].tolist() == ids
+    for column in ("image.mha", "linked.mha"):
+        assert result[column].tolist() == [f"{into_path}/{i}/{column}" for i in ids]
+        written = (
+            outputs(result, read_object, column)
+            if into == "s3"
+            else {i: Path(result[column][n]).read_bytes() for n, i in enumerate(ids)}
+        )
+        assert written == {i: f"image {i}".encode() for i in ids}
+    assert list(system_tmp.iterdir()) == []  # the kept input folders went too
+
+
 def test_pipeline_to_local_folder_with_int_ids(options: Options, tmp_path: Path, put: Put) -> None:
     frame = pd.DataFrame({"id": [20, 10], "a": [put(f"a{i}", b"x") for i in (2, 1)]})
     result = Pipeline(upper, {"into_path": tmp_path / "out"}, options)(frame)

@@ -9,7 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -65,11 +65,13 @@ class Pipeline:
     directory (``<input_dir>/<file name>``; null cells are absent), ``fn(input_dir,
     output_dir)`` is called with a fresh, empty output directory, and the files it
     returns are written with :func:`write_files` to ``<into_path>/<id>/<name>``. Both
-    directories are removed after the row. The next row's download and the previous
-    rows' uploads run while ``fn`` works: one row is downloaded ahead, and the outputs
-    of at most four earlier rows are still uploading, so disk use stays bounded (a
-    row's upload starts as soon as its ``fn`` returns). ``fn`` is always called in row
-    order, on the calling thread.
+    directories are removed after the row: the input directory as soon as ``fn``
+    returns, or after the upload when ``fn`` passes an input file through as an output
+    (by its path or by a link to it). The next row's download and the previous rows'
+    uploads run while ``fn`` works: one row is downloaded ahead, and the outputs of at
+    most four earlier rows are still uploading, so disk use stays bounded (a row's
+    upload starts as soon as its ``fn`` returns). ``fn`` is always called in row order,
+    on the calling thread.
 
     A row that fails anywhere (download, ``fn``, a returned path that is not a file,
     upload) is dropped from the output and logged at WARNING with its id and reason,
@@ -178,7 +180,8 @@ class Pipeline:
             raise _RowError(row_id, "fn", e) from e
         return outputs
 
-    def _upload(self, row_id: str, outputs: dict[str, Path], output_dir: Path) -> dict[str, str]:
+    def _upload(self, row_id: str, outputs: dict[str, Path], folders: list[Path]) -> dict[str, str]:
+        """Writes a row's outputs, then removes ``folders`` (the row's temporary ones)."""
         try:
             written = write_files(
                 outputs,
@@ -190,7 +193,7 @@ class Pipeline:
         except Exception as e:
             raise _RowError(row_id, "write", e) from e
         finally:
-            shutil.rmtree(output_dir, ignore_errors=True)
+            _remove(folders)
 
     # --- driver -------------------------------------------------------------------
 
@@ -243,20 +246,23 @@ class Pipeline:
                     try:
                         outputs = self._run_fn(row_id, input_dir, output_dir)
                     except BaseException as e:
-                        stages.submit(shutil.rmtree, output_dir, ignore_errors=True)
+                        # off the calling thread: the next fn call need not wait
+                        stages.submit(_remove, (input_dir, output_dir))
                         if not isinstance(e, _RowError):
                             raise  # KeyboardInterrupt and the like end the call
                         self._fail(e)
                         continue
-                    finally:
-                        # off the calling thread: the next fn call need not wait
-                        stages.submit(shutil.rmtree, input_dir, ignore_errors=True)
+                    # An output may be an input passed through (or a link to one): then
+                    # the input folder must outlive the upload; otherwise it goes now.
+                    folders = [output_dir]
+                    if _refers_to(outputs.values(), input_dir):
+                        folders.append(input_dir)
+                    else:
+                        stages.submit(_remove, (input_dir,))
                     # This row's upload starts at once; the oldest is collected only when
                     # more than _UPLOADS_IN_FLIGHT are under way, so one slow upload
                     # does not hold up the next fn call (outputs on disk stay bounded).
-                    uploads.append(
-                        (row_id, stages.submit(self._upload, row_id, outputs, output_dir))
-                    )
+                    uploads.append((row_id, stages.submit(self._upload, row_id, outputs, folders)))
                     if len(uploads) > _UPLOADS_IN_FLIGHT:
                         self._collect(*uploads.popleft(), rows)
                 while uploads:
@@ -264,8 +270,7 @@ class Pipeline:
             finally:
                 for future in downloads.values():
                     with contextlib.suppress(BaseException):  # the row is abandoned anyway
-                        for folder in future.result():
-                            shutil.rmtree(folder, ignore_errors=True)
+                        _remove(future.result())
                 concurrent.futures.wait([future for _, future in uploads])
         return _output_frame(rows)
 
@@ -291,6 +296,20 @@ class Pipeline:
             failure.stage,
             failure.error,
         )
+
+
+def _remove(folders: Iterable[Path]) -> None:
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _refers_to(paths: Iterable[Path], folder: Path) -> bool:
+    """Whether any path lies in ``folder``, as written or once links are resolved."""
+    real = folder.resolve()
+    return any(
+        Path(os.path.abspath(path)).is_relative_to(folder) or path.resolve().is_relative_to(real)
+        for path in paths
+    )
 
 
 def _output_frame(rows: list[dict[str, str]]) -> pd.DataFrame:
