@@ -108,6 +108,33 @@ def test_dataframe_into_temp_dir_layout(options: Options, system_tmp: Path, put:
     assert list(system_tmp.iterdir()) == []
 
 
+def test_into_temp_dir_copies_at_the_call_and_is_path_like(
+    options: Options, bucket: str, system_tmp: Path, put: Put, s3_client: Any
+) -> None:
+    # Eager, as the design says: the copy is made when into_temp_dir() is called, so
+    # the object can go before the with block (or without any with block at all).
+    url = put("eager.mha", b"eager bytes")
+    temp = file_dataset.reader({"image.mha": url}, options).into_temp_dir()
+    s3_client.delete_object(Bucket=bucket, Key="eager.mha")
+    assert isinstance(temp, file_dataset.TempDir)
+    assert (temp / "image.mha").read_bytes() == b"eager bytes"
+    assert os.listdir(temp) == ["image.mha"]
+    assert Path(temp) == temp.path == next(system_tmp.iterdir())
+    with temp as tmp:
+        assert tmp == temp.path
+        assert (tmp / "image.mha").read_bytes() == b"eager bytes"
+    assert list(system_tmp.iterdir()) == []
+    temp.cleanup()  # a second removal is harmless
+
+    other = file_dataset.reader({"image.mha": put("k", b"k")}, options).into_temp_dir()
+    assert (other / "image.mha").read_bytes() == b"k"
+    other.cleanup()
+    assert list(system_tmp.iterdir()) == []
+    file_dataset.reader({"image.mha": put("k", b"k")}, options).into_temp_dir()
+    gc.collect()  # dropped without a with block or cleanup(): removed when collected
+    assert list(system_tmp.iterdir()) == []
+
+
 def test_temp_dir_removed_when_body_raises(options: Options, system_tmp: Path, put: Put) -> None:
     url = put("k", b"x")
     reader = file_dataset.reader({"f": url}, options)
@@ -453,7 +480,7 @@ def test_missing_object_names_url_row_id_and_column(
         {"id": ["r1", "r2"], "a.mha": [put("a", b"a"), url]},
     )
     reader = file_dataset.reader(frame, options)
-    for read in (reader.into_blob_table, reader.into_size_table, reader.into_temp_dir().__enter__):
+    for read in (reader.into_blob_table, reader.into_size_table, reader.into_temp_dir):
         with pytest.raises(FileNotFoundError) as info:
             read()
         error = info.value

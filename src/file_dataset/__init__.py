@@ -20,7 +20,7 @@ from file_dataset._errors import (
 )
 from file_dataset._options import Options
 from file_dataset._pipeline import Pipeline, RowFailure
-from file_dataset._reader import FileReader, reader
+from file_dataset._reader import FileReader, TempDir, reader
 from file_dataset._writer import write_files
 
 __version__ = "0.1.0"
@@ -34,6 +34,7 @@ __all__ = [
     "Options",
     "Pipeline",
     "RowFailure",
+    "TempDir",
     "TransferError",
     "__version__",
     "reader",

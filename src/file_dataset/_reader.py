@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
+import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import TracebackType
 from typing import Any, TypeVar
 
 import pandas as pd
@@ -19,7 +21,7 @@ from file_dataset._options import Options
 from file_dataset._transfer import Context, Job, download_job, read_job, run_jobs, size_job
 from file_dataset._urls import Location
 
-__all__ = ["FileReader", "reader"]
+__all__ = ["FileReader", "TempDir", "reader"]
 
 T = TypeVar("T")
 
@@ -71,6 +73,50 @@ def reader(
     return FileReader(table, options if options is not None else Options())
 
 
+class TempDir(os.PathLike[str]):
+    """A temporary directory that :meth:`FileReader.into_temp_dir` has already filled.
+
+    ``with`` gives its :class:`~pathlib.Path` and removes it at the end of the block.
+    It is also path-like (``os.fspath``, ``tmp / "image.mha"``), like
+    :class:`tempfile.TemporaryDirectory`: the directory is removed by :meth:`cleanup`,
+    or when the object is garbage-collected.
+
+    Attributes:
+        path: The directory.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._remove = weakref.finalize(self, shutil.rmtree, path, ignore_errors=True)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, name: str | os.PathLike[str]) -> Path:
+        return self.path / name
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"TempDir({str(self.path)!r})"
+
+    def __enter__(self) -> Path:
+        return self.path
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Removes the directory and everything in it (again is a no-op)."""
+        self._remove()
+
+
 class FileReader:
     """Reads the files of a validated row or file DataFrame; made by :func:`reader`."""
 
@@ -87,33 +133,36 @@ class FileReader:
     def _context(self, i: int, j: int) -> Context:
         return (self._table.row_id(i), self._table.columns[j])
 
-    @contextlib.contextmanager
-    def into_temp_dir(self, dir: str | Path | None = None) -> Iterator[Path]:
-        """Downloads every file into a new temporary directory.
+    def into_temp_dir(self, dir: str | Path | None = None) -> TempDir:
+        """Downloads every file into a new temporary directory, before returning.
 
         A row's files land at ``<tmp>/<file name>``; a DataFrame's at
         ``<tmp>/<id>/<file name>`` (a folder is made for every id, even when all its
-        cells are null). Null cells are skipped. The directory and everything in it
-        is removed when the ``with`` block ends, also when it raises.
+        cells are null). Null cells are skipped. Use the result in a ``with`` block,
+        which gives the directory's :class:`~pathlib.Path` and removes the directory
+        and everything in it when the block ends, also when it raises. Without a
+        ``with``, the :class:`TempDir` is a path-like object whose directory is
+        removed by :meth:`TempDir.cleanup` or when the object is garbage-collected.
 
         Args:
             dir: Where to create the temporary directory (default: the system's).
 
-        Yields:
-            The temporary directory.
+        Returns:
+            The filled temporary directory.
 
         Raises:
             FileNotFoundError: An object does not exist (message names URL, row id,
                 column).
             PermissionError: Access to an object was denied.
-            OSError: Another transfer failure.
+            OSError: Another transfer failure. On any error nothing is left on disk.
         """
         root = Path(tempfile.mkdtemp(prefix="file_dataset-", dir=dir))
         try:
             self.download_to(root)
-            yield root
-        finally:
+        except BaseException:
             shutil.rmtree(root, ignore_errors=True)
+            raise
+        return TempDir(root)
 
     def download_to(self, root: Path) -> dict[str, Path]:
         """Downloads every file under ``root`` (same layout as :meth:`into_temp_dir`).
