@@ -130,7 +130,8 @@ def test_fn_forwarding_its_inputs_as_outputs(
 def test_pipeline_to_local_folder_with_int_ids(options: Options, tmp_path: Path, put: Put) -> None:
     frame = pd.DataFrame({"id": [20, 10], "a": [put(f"a{i}", b"x") for i in (2, 1)]})
     result = Pipeline(upper, {"into_path": tmp_path / "out"}, options)(frame)
-    assert result["id"].tolist() == ["20", "10"]
+    assert result["id"].tolist() == [20, 10]  # the input's ids, as the design shows
+    assert result["id"].dtype == frame["id"].dtype
     assert result["output.mha"].tolist() == [
         str(tmp_path / "out" / i / "output.mha") for i in ("20", "10")
     ]
@@ -176,6 +177,30 @@ def test_outputs_differ_between_rows(options: Options, tmp_path: Path) -> None:
     assert pd.isna(result["y"].tolist()[1])
     assert pd.isna(result["x"].tolist()[0])
     assert result["x"].tolist()[1] == str(tmp_path / "out" / "2" / "x")
+
+
+def test_output_ids_keep_the_input_dtype_and_join_back(
+    options: Options, tmp_path: Path, put: Put
+) -> None:
+    # Like ray.data.read_csv's int64 ids: the output joins back to the input on "id",
+    # also when rows are dropped, and a batch whose rows all fail keeps the dtype.
+    frame = pd.DataFrame(
+        {"id": np.array([7, 3, 5], dtype=np.int64), "f": [put(f"f{i}", b"ok") for i in "abc"]}
+    )
+    frame.loc[1, "f"] = put("poison", b"fail")
+    pipeline = Pipeline(upper, {"into_path": tmp_path / "out"}, options)
+    result = pipeline(frame)
+    assert result["id"].dtype == np.int64
+    assert result["id"].tolist() == [7, 5]
+    assert [failure.id for failure in pipeline.last_failures] == ["3"]
+    joined = frame.merge(result, on="id")
+    assert joined["id"].tolist() == [7, 5]
+    assert joined["output.mha"].tolist() == [str(tmp_path / "out" / i / "output.mha") for i in "75"]
+    assert Path(joined["output.mha"][0]).read_bytes() == b"OK"
+    none_left = pipeline(frame.iloc[[1]])
+    assert list(none_left.columns) == ["id"]
+    assert none_left["id"].dtype == np.int64
+    assert len(none_left) == 0
 
 
 def test_fn_returning_none_or_empty_keeps_the_row(options: Options, tmp_path: Path) -> None:

@@ -205,7 +205,8 @@ class Pipeline:
                 column per input file name. Every column except ``id`` is a file column.
 
         Returns:
-            A DataFrame with ``id`` (string) and one column per output file name
+            A DataFrame with ``id`` (the input's id values, in the input's dtype, so
+            it joins back to the input) and one column per output file name
             (``s3://`` URLs or local paths, as strings; null where a row had no such
             output), one row per successful input row, in input order. It is a file
             DataFrame, so it can feed another Pipeline.
@@ -219,7 +220,7 @@ class Pipeline:
         columns = [str(c) for c in file_dataframe.columns if c != ID_COLUMN]
         values = frame_rows(file_dataframe, columns)
         self.last_failures = []
-        rows: list[dict[str, str]] = []
+        written: dict[int, dict[str, str]] = {}  # by row position: name -> URL or path
         # Threads: this row's and the next row's downloads (each also makes the row's
         # output folder), up to _UPLOADS_IN_FLIGHT + 1 uploads (the newest is submitted
         # before the oldest is collected), and the removal of folders.
@@ -229,7 +230,7 @@ class Pipeline:
             # Each row's (input folder, output folder), one row ahead of fn.
             downloads: dict[int, concurrent.futures.Future[tuple[Path, Path]]] = {}
             # Uploads in flight, oldest first: at most _UPLOADS_IN_FLIGHT rows' outputs.
-            uploads: collections.deque[tuple[str, concurrent.futures.Future[dict[str, str]]]]
+            uploads: collections.deque[tuple[int, concurrent.futures.Future[dict[str, str]]]]
             uploads = collections.deque()
             try:
                 for index, row_id in enumerate(ids):
@@ -262,26 +263,26 @@ class Pipeline:
                     # This row's upload starts at once; the oldest is collected only when
                     # more than _UPLOADS_IN_FLIGHT are under way, so one slow upload
                     # does not hold up the next fn call (outputs on disk stay bounded).
-                    uploads.append((row_id, stages.submit(self._upload, row_id, outputs, folders)))
+                    uploads.append((index, stages.submit(self._upload, row_id, outputs, folders)))
                     if len(uploads) > _UPLOADS_IN_FLIGHT:
-                        self._collect(*uploads.popleft(), rows)
+                        self._collect(*uploads.popleft(), written)
                 while uploads:
-                    self._collect(*uploads.popleft(), rows)
+                    self._collect(*uploads.popleft(), written)
             finally:
                 for future in downloads.values():
                     with contextlib.suppress(BaseException):  # the row is abandoned anyway
                         _remove(future.result())
                 concurrent.futures.wait([future for _, future in uploads])
-        return _output_frame(rows)
+        return _output_frame(file_dataframe[ID_COLUMN], written)
 
     def _collect(
         self,
-        row_id: str,
+        index: int,
         upload: concurrent.futures.Future[dict[str, str]],
-        rows: list[dict[str, str]],
+        written: dict[int, dict[str, str]],
     ) -> None:
         try:
-            rows.append({ID_COLUMN: row_id, **upload.result()})
+            written[index] = upload.result()
         except _RowError as e:
             self._fail(e)
 
@@ -312,9 +313,11 @@ def _refers_to(paths: Iterable[Path], folder: Path) -> bool:
     )
 
 
-def _output_frame(rows: list[dict[str, str]]) -> pd.DataFrame:
-    columns: dict[str, None] = {ID_COLUMN: None}
-    for row in rows:
-        columns.update(dict.fromkeys(row))
-    frame = pd.DataFrame(rows, columns=list(columns), dtype=object)
-    return frame.astype({ID_COLUMN: str}) if len(frame) else frame
+def _output_frame(ids: pd.Series, written: dict[int, dict[str, str]]) -> pd.DataFrame:
+    """The output rows in input order; ``id`` keeps the input's values and dtype."""
+    names: dict[str, None] = {}
+    for outputs in written.values():
+        names.update(dict.fromkeys(outputs))
+    frame = pd.DataFrame(list(written.values()), columns=list(names), dtype=object)
+    frame.insert(0, ID_COLUMN, ids.iloc[list(written)].reset_index(drop=True))
+    return frame
