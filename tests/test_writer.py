@@ -228,6 +228,16 @@ def test_missing_source_writes_nothing(
     assert keys(s3_client, bucket) == []
 
 
+@pytest.mark.parametrize("value", [5, b"/tmp/f", ["a"]])
+def test_source_that_is_not_a_path_writes_nothing(
+    value: Any, options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    files = {**make_files(tmp_path / "src", {"good": b"g"}), "odd.bin": value}
+    with pytest.raises(ValueError, match=r"row id '4', file 'odd.bin': expected a local path"):
+        file_dataset.write_files(files, f"s3://{bucket}/p", id="4", options=options)
+    assert keys(s3_client, bucket) == []
+
+
 @pytest.mark.parametrize("into", ["ftp://host/out", "s3://u:secret@bkt/out", "", "s3://"])
 def test_invalid_destination(into: str, tmp_path: Path) -> None:
     files = make_files(tmp_path, {"f": b"x"})

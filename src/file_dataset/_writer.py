@@ -60,6 +60,11 @@ def write_files(
         check_component(name, "file name")
         if src is None or is_null(src):
             continue
+        if not isinstance(src, (str, os.PathLike)):
+            raise InvalidInputError(
+                f"row id {row_id!r}, file {name!r}: expected a local path (str or "
+                f"os.PathLike), got {type(src).__name__}"
+            )
         path = Path(os.fspath(src))
         if not path.is_file():
             raise ObjectNotFoundError(
