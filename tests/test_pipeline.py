@@ -74,6 +74,26 @@ def test_pipeline_over_dataframe(
     assert list(system_tmp.iterdir()) == []
 
 
+def test_pipeline_over_a_single_row(
+    options: Options, bucket: str, put: Put, read_object: ReadObject
+) -> None:
+    # "This API also works for data frames": a row (mapping or Series) works too.
+    pipeline = Pipeline(upper, {"into_path": f"s3://{bucket}/one"}, options)
+    row = {"id": 7, "image.mha": put("one.mha", b"one"), "mask.mha": None}
+    assert pipeline(row) == {"id": 7, "output.mha": f"s3://{bucket}/one/7/output.mha"}
+    assert read_object(f"s3://{bucket}/one/7/output.mha") == b"ONE"
+    series = pd.Series({"id": "s", "image.mha": put("two.mha", b"two")})
+    assert pipeline(series) == {"id": "s", "output.mha": f"s3://{bucket}/one/s/output.mha"}
+    assert read_object(f"s3://{bucket}/one/s/output.mha") == b"TWO"
+    # a failed row is dropped: None, and reported
+    assert pipeline({"id": "bad", "image.mha": put("bad.mha", b"fail")}) is None
+    assert [(f.id, f.stage) for f in pipeline.last_failures] == [("bad", "fn")]
+    with pytest.raises(ValueError, match="needs an 'id'"):
+        pipeline({"image.mha": put("three.mha", b"x")})
+    with pytest.raises(ValueError, match="a file DataFrame or a row"):
+        pipeline(["not", "a", "row"])  # type: ignore[call-overload]
+
+
 def test_two_pipelines_chained(
     images: pd.DataFrame, options: Options, bucket: str, read_object: ReadObject
 ) -> None:

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import pandas as pd
 
@@ -197,25 +197,56 @@ class Pipeline:
 
     # --- driver -------------------------------------------------------------------
 
-    def __call__(self, file_dataframe: pd.DataFrame) -> pd.DataFrame:
+    @overload
+    def __call__(self, file_dataframe: pd.DataFrame) -> pd.DataFrame: ...
+
+    @overload
+    def __call__(self, file_dataframe: Mapping[str, Any] | pd.Series) -> dict[str, Any] | None: ...
+
+    def __call__(
+        self, file_dataframe: pd.DataFrame | Mapping[str, Any] | pd.Series
+    ) -> pd.DataFrame | dict[str, Any] | None:
         """Processes every row and returns the written outputs.
 
         Args:
             file_dataframe: A file DataFrame: a unique, non-null ``id`` column plus one
                 column per input file name. Every column except ``id`` is a file column.
+                A single row (a mapping or a ``pd.Series`` with an ``id``) works too.
 
         Returns:
-            A DataFrame with ``id`` (the input's id values, in the input's dtype, so
-            it joins back to the input) and one column per output file name
-            (``s3://`` URLs or local paths, as strings; null where a row had no such
-            output), one row per successful input row, in input order. It is a file
-            DataFrame, so it can feed another Pipeline.
+            For a DataFrame, a DataFrame with ``id`` (the input's id values, in the
+            input's dtype, so it joins back to the input) and one column per output
+            file name (``s3://`` URLs or local paths, as strings; null where a row had
+            no such output), one row per successful input row, in input order. It is a
+            file DataFrame, so it can feed another Pipeline. For a single row, that
+            row as a dict (``{"id": <the row's id>, <output name>: <URL or path>}``),
+            or ``None`` when the row failed and was dropped.
 
         Raises:
             ValueError: The DataFrame is not a valid file DataFrame (checked before
                 any row is processed).
             Exception: The first row's failure, when ``on_error="raise"``.
         """
+        if isinstance(file_dataframe, pd.DataFrame):
+            return self._process(file_dataframe)
+        if isinstance(file_dataframe, Mapping | pd.Series):
+            row = dict(file_dataframe)
+            if ID_COLUMN not in row:
+                raise InvalidInputError(
+                    f"a row passed to a Pipeline needs an 'id'; it has {list(row)}"
+                )
+            result = self._process(pd.DataFrame([row], columns=list(row), dtype=object))
+            if result.empty:
+                return None
+            written = result.iloc[0].drop(ID_COLUMN)
+            return {ID_COLUMN: row[ID_COLUMN]} | {
+                str(name): url for name, url in written.items() if not is_null(url)
+            }
+        raise InvalidInputError(
+            f"expected a file DataFrame or a row, got {type(file_dataframe).__name__}"
+        )
+
+    def _process(self, file_dataframe: pd.DataFrame) -> pd.DataFrame:
         ids = check_frame(file_dataframe)
         columns = [str(c) for c in file_dataframe.columns if c != ID_COLUMN]
         values = frame_rows(file_dataframe, columns)
