@@ -11,6 +11,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 import file_dataset
@@ -92,6 +93,23 @@ def test_pipeline_over_a_single_row(
         pipeline({"image.mha": put("three.mha", b"x")})
     with pytest.raises(ValueError, match="a file DataFrame or a row"):
         pipeline(["not", "a", "row"])  # type: ignore[call-overload]
+
+
+def test_pipeline_over_arrow_and_numpy_batches(
+    images: pd.DataFrame, options: Options, bucket: str, read_object: ReadObject
+) -> None:
+    # Ray's map_batches hands these over unless batch_format="pandas" is given.
+    pipeline = Pipeline(upper, {"into_path": f"s3://{bucket}/batches"}, options)
+    numpy_batch = {name: images[name].to_numpy() for name in images.columns}
+    for batch in (pa.Table.from_pandas(images), numpy_batch):
+        result = pipeline(batch)
+        assert isinstance(result, pd.DataFrame)
+        assert result["id"].tolist() == ["1", "2", "3"]
+        assert outputs(result, read_object, "output.mha") == {
+            "1": b"IMG1",
+            "2": b"IMG2",
+            "3": b"IMG3",
+        }
 
 
 def test_two_pipelines_chained(

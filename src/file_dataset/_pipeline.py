@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, overload
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from file_dataset._errors import InvalidInputError, TransferError
 from file_dataset._frame import ID_COLUMN, FileTable, check_frame, frame_rows, parse_cells
@@ -198,23 +200,27 @@ class Pipeline:
     # --- driver -------------------------------------------------------------------
 
     @overload
-    def __call__(self, file_dataframe: pd.DataFrame) -> pd.DataFrame: ...
+    def __call__(self, file_dataframe: pd.DataFrame | pa.Table) -> pd.DataFrame: ...
 
     @overload
-    def __call__(self, file_dataframe: Mapping[str, Any] | pd.Series) -> dict[str, Any] | None: ...
+    def __call__(
+        self, file_dataframe: Mapping[str, Any] | pd.Series
+    ) -> dict[str, Any] | pd.DataFrame | None: ...
 
     def __call__(
-        self, file_dataframe: pd.DataFrame | Mapping[str, Any] | pd.Series
+        self, file_dataframe: pd.DataFrame | pa.Table | Mapping[str, Any] | pd.Series
     ) -> pd.DataFrame | dict[str, Any] | None:
         """Processes every row and returns the written outputs.
 
         Args:
             file_dataframe: A file DataFrame: a unique, non-null ``id`` column plus one
                 column per input file name. Every column except ``id`` is a file column.
-                A single row (a mapping or a ``pd.Series`` with an ``id``) works too.
+                Ray Data's other batch formats (a ``pyarrow.Table``, or a dict of NumPy
+                columns) are taken as DataFrames; a single row (a mapping or a
+                ``pd.Series`` with an ``id``) works too.
 
         Returns:
-            For a DataFrame, a DataFrame with ``id`` (the input's id values, in the
+            For a DataFrame (or a batch), a DataFrame with ``id`` (the input's id values, in the
             input's dtype, so it joins back to the input) and one column per output
             file name (``s3://`` URLs or local paths, as strings; null where a row had
             no such output), one row per successful input row, in input order. It is a
@@ -229,6 +235,12 @@ class Pipeline:
         """
         if isinstance(file_dataframe, pd.DataFrame):
             return self._process(file_dataframe)
+        # Ray Data's other batch formats (map_batches without batch_format="pandas"):
+        # a pyarrow Table, or a dict of equal-length NumPy columns ("default"/"numpy").
+        if isinstance(file_dataframe, pa.Table):
+            return self._process(file_dataframe.to_pandas())
+        if isinstance(file_dataframe, Mapping) and _is_numpy_batch(file_dataframe):
+            return self._process(pd.DataFrame(dict(file_dataframe)))
         if isinstance(file_dataframe, Mapping | pd.Series):
             row = dict(file_dataframe)
             if ID_COLUMN not in row:
@@ -328,6 +340,13 @@ class Pipeline:
             failure.stage,
             failure.error,
         )
+
+
+def _is_numpy_batch(batch: Mapping[str, Any]) -> bool:
+    """Whether a mapping is a batch of columns (Ray's NumPy format), not a single row."""
+    return bool(batch) and all(
+        isinstance(column, np.ndarray) and column.ndim == 1 for column in batch.values()
+    )
 
 
 def _remove(folders: Iterable[Path]) -> None:

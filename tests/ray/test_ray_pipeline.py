@@ -65,3 +65,27 @@ def test_pipeline_in_map_batches_writes_every_row_but_the_failing_one(
     listed = s3_client.list_objects_v2(Bucket=bucket, Prefix="pipeline-out/")
     keys = {item["Key"] for item in listed.get("Contents", [])}
     assert keys == {f"pipeline-out/{row_id}/out.bin" for row_id in expected_ids}
+
+
+@pytest.mark.parametrize("batch_format", ["default", "pyarrow"])
+def test_pipeline_in_map_batches_with_other_batch_formats(
+    batch_format: str, ray_local: None, blob_dataset: Any, s3_client: Any, options: Options
+) -> None:
+    # Without batch_format="pandas", Ray hands over a dict of NumPy columns ("default")
+    # or a pyarrow Table: the Pipeline takes either as the same file DataFrame.
+    bucket = blob_dataset.bucket
+    frame = blob_dataset.frame.iloc[200:210]
+    into_path = f"s3://{bucket}/formats-{batch_format}/"
+    pipeline = Pipeline(reverse_and_tag, write_options={"into_path": into_path}, options=options)
+    output = (
+        ray.data.from_pandas(frame)
+        .map_batches(pipeline, batch_format=batch_format, batch_size=4)
+        .to_pandas()
+    )
+    assert sorted(output["id"]) == sorted(frame["id"])
+    for row_id, url in zip(output["id"], output["out.bin"], strict=True):
+        assert url == f"{into_path}{row_id}/out.bin"
+        key = f"formats-{batch_format}/{row_id}/out.bin"
+        mask = blob_dataset.expected(row_id, "mask.bin") or b""
+        body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert body == blob_dataset.expected(row_id, "image.bin")[::-1] + mask
