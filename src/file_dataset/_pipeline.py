@@ -242,11 +242,7 @@ class Pipeline:
         if isinstance(file_dataframe, Mapping) and _is_numpy_batch(file_dataframe):
             return self._process(pd.DataFrame(dict(file_dataframe)))
         if isinstance(file_dataframe, Mapping | pd.Series):
-            row = dict(file_dataframe)
-            if ID_COLUMN not in row:
-                raise InvalidInputError(
-                    f"a row passed to a Pipeline needs an 'id'; it has {list(row)}"
-                )
+            row = dict(file_dataframe)  # checked as a one-row file DataFrame
             result = self._process(pd.DataFrame([row], columns=list(row), dtype=object))
             if result.empty:
                 return None
