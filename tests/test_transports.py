@@ -66,6 +66,47 @@ def test_round_trip_of_awkward_empty_and_large_objects(
     assert read_object(written["é x.txt"]) == b"awkward"
 
 
+# Valid S3 keys that obstore's Path would change ("/a" -> "a", "a/" -> "a") or refuse.
+ODD_KEYS = ["/lead", "trail/", "a//b", "a/./b", "a/../b", ".", "..", "tab\tkey", "many///"]
+
+
+def test_keys_obstore_would_normalise_are_read_and_written_verbatim(
+    transport_options: Options,
+    bucket: str,
+    put: Callable[[str, bytes], str],
+    read_object: Callable[[str], bytes],
+    tmp_path: Path,
+) -> None:
+    """Each odd key sits beside the key it would be confused with, holding other bytes,
+    so reading the wrong object fails the test as surely as an error does."""
+    put("lead", b"not /lead")
+    put("trail", b"not trail/")
+    large = bytes(range(256)) * (11 * MiB // 256)  # ranged GETs and a multipart upload
+    row = {f"f{i}": put(key, key.encode() * 3) for i, key in enumerate(ODD_KEYS)}
+    row["large"] = put("big//large", large)
+    expected = {f"f{i}": key.encode() * 3 for i, key in enumerate(ODD_KEYS)}
+    expected["large"] = large
+
+    assert file_dataset.reader(row, transport_options).into_blob_table().to_pylist() == [expected]
+    sizes = file_dataset.reader(row, transport_options).into_size_table().to_pylist()
+    assert sizes == [{name: len(data) for name, data in expected.items()}]
+    with file_dataset.reader(row, transport_options).into_temp_dir() as tmp:
+        assert {p.name: p.read_bytes() for p in tmp.iterdir()} == expected
+        written = file_dataset.write_files(
+            {"small.bin": tmp / "f0", "large.bin": tmp / "large"},
+            f"s3://{bucket}//out/./x/",
+            "1",
+            transport_options,
+        )
+    assert written == {
+        "small.bin": f"s3://{bucket}//out/./x/1/small.bin",
+        "large.bin": f"s3://{bucket}//out/./x/1/large.bin",
+    }
+    assert read_object(written["small.bin"]) == b"/lead" * 3
+    assert read_object(written["large.bin"]) == large
+    assert read_object(f"s3://{bucket}/lead") == b"not /lead"
+
+
 def test_missing_object_names_url_row_and_column(
     transport_options: Options, bucket: str, put: Callable[[str, bytes], str]
 ) -> None:

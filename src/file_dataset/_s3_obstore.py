@@ -5,7 +5,8 @@ endpoint, region and addressing style of the calling thread's client, and the
 session's credentials, refreshed when they are temporary), so the same ``Options``
 reach the same server with the same identity. Reads and single-request writes go
 through obstore; multipart writes (large objects, bandwidth-bound) keep using boto3,
-because obstore exposes no part-level API with ETags.
+because obstore exposes no part-level API with ETags. So do keys that obstore's
+``Path`` would change or refuse (see :func:`exact_key`).
 
 Selected with ``FILE_DATASET_TRANSPORT=obstore`` (see :func:`file_dataset._backend.backend_for`).
 """
@@ -52,6 +53,10 @@ _STREAM_CHUNK_BYTES = 256 * 1024
 _STORES: dict[tuple[Any, ...], S3Store] = {}  # by (pid, options value, bucket)
 _FAST: dict[tuple[int, int, str], tuple[Options, S3Store]] = {}  # by (pid, id(options), bucket)
 _STORES_LOCK = threading.Lock()
+# object_store's Path refuses ASCII control characters in a key (and "", "." and ".."
+# segments, and strips a leading or trailing "/"), although S3 allows all of them.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ODD_SEGMENTS = frozenset({"", ".", ".."})
 _DENIED_WORDS = (
     "AccessDenied",
     "Forbidden",
@@ -240,8 +245,22 @@ def store_for(options: Options, bucket: str) -> S3Store:
     return store
 
 
+def exact_key(key: str) -> bool:
+    """Whether obstore requests exactly ``key``.
+
+    Any string is a valid S3 key, but object_store's ``Path`` drops a leading or
+    trailing ``/`` (so ``"/a"`` would silently read the object ``"a"``) and refuses
+    empty, ``.`` and ``..`` segments (``a//b``, ``a/./b``) and ASCII control
+    characters. Such keys go through boto3, which sends every key verbatim.
+    """
+    return not _CONTROL.search(key) and not _ODD_SEGMENTS.intersection(key.split("/"))
+
+
 class ObstoreS3Backend:
-    """Reads and writes S3 objects with obstore; multipart writes through boto3."""
+    """Reads and writes S3 objects with obstore; multipart writes through boto3.
+
+    So do objects whose key obstore would not request verbatim (:func:`exact_key`).
+    """
 
     supports_multipart = True
 
@@ -258,6 +277,8 @@ class ObstoreS3Backend:
     def read_first(
         self, loc: Location, length: int, sink: Sink | None = None
     ) -> tuple[Blob | None, int]:
+        if not exact_key(loc.key):
+            return self._boto3.read_first(loc, length, sink)
         store = self._store(loc)
         url = str(loc)
         try:
@@ -302,6 +323,9 @@ class ObstoreS3Backend:
             raise TransferError(url, f"got {done} of {length} bytes")
 
     def read_chunks(self, loc: Location, start: int, length: int) -> Iterator[Blob]:
+        if not exact_key(loc.key):
+            yield from self._boto3.read_chunks(loc, start, length)
+            return
         if not length:
             return
         url = str(loc)
@@ -313,18 +337,26 @@ class ObstoreS3Backend:
             translate_error(e, url, "read")
 
     def read_into(self, loc: Location, start: int, view: memoryview) -> None:
+        if not exact_key(loc.key):
+            self._boto3.read_into(loc, start, view)
+            return
         done = 0
         for chunk in self.read_chunks(loc, start, len(view)):
             copy_into(view, done, chunk)
             done += len(chunk)
 
     def size(self, loc: Location) -> int:
+        if not exact_key(loc.key):
+            return self._boto3.size(loc)
         try:
             return int(obstore.head(self._store(loc), loc.key)["size"])
         except (BaseError, OSError) as e:
             translate_error(e, str(loc), "head")
 
     def write(self, src: Path, loc: Location) -> None:
+        if not exact_key(loc.key):
+            self._boto3.write(src, loc)
+            return
         try:
             data = Path(src).read_bytes()
         except OSError as e:
