@@ -282,3 +282,122 @@ def test_equal_options_objects_share_one_store_and_identity_caches_stay_bounded(
         assert len(_s3_obstore._FAST) <= 8
         assert len(_s3_obstore._SERVES) <= 8
         assert len(_backend._BACKENDS) <= 8
+
+
+class _ReplacingProxy(http.server.BaseHTTPRequestHandler):
+    """Forwards every request to moto; right after answering the first request for the
+    first part of ``key``, it overwrites that object with new bytes of the same size.
+
+    So the object changes between an object's first response and its later parts, as
+    when another writer replaces it during a read.
+    """
+
+    protocol_version = "HTTP/1.1"
+    upstream = ""
+    key = ""
+    replace: ClassVar[list[Callable[[], None]]] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _forward(self) -> None:
+        import http.client
+        import urllib.parse
+
+        target = urllib.parse.urlsplit(self.upstream)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        conn = http.client.HTTPConnection(target.hostname or "", target.port)
+        conn.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        first_part = (self.headers.get("Range") or "").startswith("bytes=0-")
+        if self.command == "GET" and first_part and self.path.split("?")[0].endswith(self.key):
+            for replace in self.replace:
+                replace()
+        self.send_response(resp.status)
+        for name, value in resp.getheaders():
+            if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _forward
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_an_object_replaced_during_its_read_is_an_error_never_a_mix(
+    s3_server: LocalS3Server,
+    transport: str,
+    bucket: str,
+    s3_client,  # type: ignore[no-untyped-def]
+    system_tmp: Path,
+) -> None:
+    """The later parts of a large object are asked for with If-Match: the first part's
+    ETag. Without it, the result would be 5 MiB of one version and 6 of another."""
+    import pandas as pd
+
+    size = 11 * MiB
+    versions = iter(bytes([i]) * size for i in range(1, 100))
+    s3_client.put_object(Bucket=bucket, Key="big", Body=bytes([0]) * size)
+
+    class Handler(_ReplacingProxy):
+        upstream = s3_server.endpoint_url
+        key = "/big"
+        replace: ClassVar[list[Callable[[], None]]] = [
+            lambda: s3_client.put_object(Bucket=bucket, Key="big", Body=next(versions))
+        ]
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proxied = Options(
+            session_kwargs=s3_server.options().session_kwargs,
+            s3_client_kwargs={"endpoint_url": f"http://127.0.0.1:{server.server_address[1]}"},
+            transport=transport,
+            part_size=5 * MiB,
+            multipart_threshold=5 * MiB,
+        )
+        url = f"s3://{bucket}/big"
+        frame = pd.DataFrame({"id": ["r1"], "big.bin": [url]})
+        for read in ("into_blob_table", "into_temp_dir"):
+            with pytest.raises(file_dataset.TransferError) as raised:
+                getattr(file_dataset.reader(frame, proxied), read)()
+            message = str(raised.value)
+            assert "changed while it was being read" in message
+            assert url in message
+            assert "row id 'r1', column 'big.bin'" in message
+        assert list(system_tmp.iterdir()) == []  # no partial file, no temp dir
+    finally:
+        server.shutdown()
+        server.server_close()
+    # Read directly, the object is whole: one version, every byte the same.
+    data = file_dataset.reader({"big.bin": url}, s3_server.options()).into_blob_table()
+    blob = data.column("big.bin")[0].as_py()
+    assert len(blob) == size
+    assert blob == blob[:1] * size
+
+
+def test_a_local_file_rewritten_during_its_read_is_an_error(tmp_path: Path) -> None:
+    """Local files get the same guarantee: the later parts check the file's identity."""
+    from file_dataset._local import LocalBackend
+    from file_dataset._urls import parse_url
+
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"a" * 1000)
+    loc = parse_url(str(path))
+    backend = LocalBackend()
+    first, total, tag = backend.read_first(loc, 100)
+    assert (bytes(first or b""), total) == (b"a" * 100, 1000)
+    view = memoryview(bytearray(900))
+    backend.read_into(loc, 100, view, tag)  # unchanged: reads
+    assert bytes(view) == b"a" * 900
+    os.utime(path, ns=(0, 0))  # rewritten in place: same size, another mtime
+    with pytest.raises(file_dataset.TransferError, match="changed while it was being read"):
+        backend.read_into(loc, 100, view, tag)
+    with pytest.raises(file_dataset.TransferError, match="changed while it was being read"):
+        list(backend.read_chunks(loc, 100, 900, tag))
+    assert b"".join(backend.read_chunks(loc, 100, 900)) == b"a" * 900  # no tag, no check

@@ -30,6 +30,12 @@ STREAM_BYTES = 8 * 1024 * 1024
 # Where a streamed first response goes: called once with the object's total size, it
 # returns a function that stores ``data`` at byte ``offset`` of the object.
 Sink = Callable[[int], Callable[[int, Blob], None]]
+# What a read of a later part reports when the object is no longer the one whose first
+# part was read (a ranged GET's If-Match failed, or a local file was rewritten).
+CHANGED = (
+    "the object changed while it was being read (it was replaced after its first part "
+    "arrived); nothing of it was kept, read it again"
+)
 
 
 # Copies at least this large go through numpy, which copies without holding the GIL.
@@ -80,7 +86,7 @@ class Backend(Protocol):
 
     def read_first(
         self, loc: Location, length: int, sink: Sink | None = None
-    ) -> tuple[Blob | None, int]:
+    ) -> tuple[Blob | None, int, str | None]:
         """Reads up to ``length`` bytes from the start of an object in one request.
 
         Args:
@@ -91,22 +97,33 @@ class Backend(Protocol):
                 never held twice in memory, and then return ``None`` for the bytes.
 
         Returns:
-            The bytes read (``None`` when they went to the sink) and the object's
-            total size. When the total is not more than ``length`` the bytes are the
-            whole object.
+            The bytes read (``None`` when they went to the sink), the object's total
+            size, and its version tag (an S3 ETag, a local file's identity; ``None``
+            when unknown). When the total is not more than ``length`` the bytes are
+            the whole object.
         """
         ...
 
-    def read_into(self, loc: Location, start: int, view: memoryview) -> None:
-        """Fills ``view`` with the object's bytes from ``start`` (a ranged GET)."""
+    def read_into(
+        self, loc: Location, start: int, view: memoryview, tag: str | None = None
+    ) -> None:
+        """Fills ``view`` with the object's bytes from ``start`` (a ranged GET).
+
+        When ``tag`` (from :meth:`read_first`) is given, the read fails with
+        :data:`CHANGED` if the object no longer has that version (S3: ``If-Match``),
+        so the parts of one object always come from the same version.
+        """
         ...
 
-    def read_chunks(self, loc: Location, start: int, length: int) -> Iterator[Blob]:
+    def read_chunks(
+        self, loc: Location, start: int, length: int, tag: str | None = None
+    ) -> Iterator[Blob]:
         """Reads ``length`` bytes from ``start`` (a ranged GET) as a stream of buffers.
 
         Used where the bytes go on to a file: each buffer of the transport's is
         written as it arrives, so a part in flight holds about one chunk of memory.
-        Raises if the object ends before ``length`` bytes.
+        Raises if the object ends before ``length`` bytes, and, like
+        :meth:`read_into`, if it no longer has version ``tag``.
         """
         ...
 

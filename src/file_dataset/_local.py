@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from file_dataset._backend import Blob, Sink, new_buffer, readinto_chunks
+from file_dataset._backend import CHANGED, Blob, Sink, new_buffer, readinto_chunks
 from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
 from file_dataset._urls import Location, temp_prefix
 
@@ -42,6 +43,16 @@ def atomic_copy(src: Path, dest: Path) -> None:
         raise
 
 
+def _version(stat: os.stat_result) -> str:
+    """A local file's version tag: it changes when the file is replaced or rewritten."""
+    return f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _check_version(f: io.FileIO, loc: Location, tag: str | None) -> None:
+    if tag is not None and _version(os.fstat(f.fileno())) != tag:
+        raise TransferError(str(loc), CHANGED)
+
+
 class LocalBackend:
     """Reads and writes files on the local file system."""
 
@@ -49,12 +60,13 @@ class LocalBackend:
 
     def read_first(
         self, loc: Location, length: int, sink: Sink | None = None
-    ) -> tuple[Blob | None, int]:
+    ) -> tuple[Blob | None, int, str | None]:
         try:
             with open(loc.path, "rb") as f:
-                total = os.fstat(f.fileno()).st_size
+                stat = os.fstat(f.fileno())
+                total = stat.st_size
                 if total > length:
-                    return f.read(length), total
+                    return f.read(length), total, _version(stat)
                 buf = new_buffer(total)
                 got = f.readinto(buf)
         except IsADirectoryError as e:
@@ -63,9 +75,11 @@ class LocalBackend:
             raise translate_os_error(e, str(loc), "read") from e
         if got != total:  # the buffer is not zero-filled: never hand out its tail
             raise TransferError(str(loc), f"file shrank while being read ({got} of {total} bytes)")
-        return buf, total
+        return buf, total, None
 
-    def read_into(self, loc: Location, start: int, view: memoryview) -> None:
+    def read_into(
+        self, loc: Location, start: int, view: memoryview, tag: str | None = None
+    ) -> None:
         try:
             with open(loc.path, "rb", buffering=0) as f:
                 f.seek(start)
@@ -75,12 +89,15 @@ class LocalBackend:
                     if not n:
                         raise TransferError(str(loc), "file shrank while being read")
                     done += n
+                _check_version(f, loc, tag)
         except OSError as e:
             if isinstance(e, TransferError):
                 raise
             raise translate_os_error(e, str(loc), "read") from e
 
-    def read_chunks(self, loc: Location, start: int, length: int) -> Iterator[Blob]:
+    def read_chunks(
+        self, loc: Location, start: int, length: int, tag: str | None = None
+    ) -> Iterator[Blob]:
         def shrank(done: int) -> TransferError:
             return TransferError(str(loc), "file shrank while being read")
 
@@ -88,6 +105,7 @@ class LocalBackend:
             with open(loc.path, "rb", buffering=0) as f:
                 f.seek(start)
                 yield from readinto_chunks(f.readinto, length, shrank)
+                _check_version(f, loc, tag)
         except OSError as e:
             if isinstance(e, TransferError):
                 raise

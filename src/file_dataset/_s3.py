@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 from botocore.exceptions import BotoCoreError, ClientError
 from s3transfer.utils import ReadFileChunk
 
-from file_dataset._backend import Blob, Sink, new_buffer, readinto_chunks
+from file_dataset._backend import CHANGED, Blob, Sink, new_buffer, readinto_chunks
 from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
 from file_dataset._options import Options
 from file_dataset._urls import Location
@@ -48,6 +48,8 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
             if code == "NoSuchBucket":
                 reason = "the bucket does not exist"
             raise ObjectNotFoundError(url, reason or "not found", operation=operation) from error
+        if code == "PreconditionFailed" or status == 412:  # a later part's If-Match
+            raise TransferError(url, CHANGED, operation=operation) from error
         if code in _DENIED or status == 403:
             raise ObjectAccessDeniedError(
                 url,
@@ -94,7 +96,7 @@ class S3Backend:
 
     def read_first(
         self, loc: Location, length: int, sink: Sink | None = None
-    ) -> tuple[Blob | None, int]:
+    ) -> tuple[Blob | None, int, str | None]:
         client = self._options.s3_client()
         url = str(loc)
         try:
@@ -112,31 +114,36 @@ class S3Backend:
             total = int(content_range.rsplit("/", 1)[1]) if content_range else size
             buf = new_buffer(size)
             _fill(resp["Body"], buf, url)
-            return buf, total
+            return buf, total, resp.get("ETag")
         except (ClientError, BotoCoreError) as e:
             translate_error(e, url, "read")
 
-    def read_into(self, loc: Location, start: int, view: memoryview) -> None:
+    def _get_range(self, loc: Location, start: int, length: int, tag: str | None) -> Any:
+        extra: dict[str, Any] = {"IfMatch": tag} if tag else {}
+        return self._options.s3_client().get_object(
+            Bucket=loc.bucket, Key=loc.key, Range=f"bytes={start}-{start + length - 1}", **extra
+        )
+
+    def read_into(
+        self, loc: Location, start: int, view: memoryview, tag: str | None = None
+    ) -> None:
         if not len(view):
             return
         url = str(loc)
         try:
-            resp = self._options.s3_client().get_object(
-                Bucket=loc.bucket, Key=loc.key, Range=f"bytes={start}-{start + len(view) - 1}"
-            )
+            resp = self._get_range(loc, start, len(view), tag)
             _fill(resp["Body"], view, url)
         except (ClientError, BotoCoreError) as e:
             translate_error(e, url, "read")
 
-    def read_chunks(self, loc: Location, start: int, length: int) -> Iterator[Blob]:
+    def read_chunks(
+        self, loc: Location, start: int, length: int, tag: str | None = None
+    ) -> Iterator[Blob]:
         if not length:
             return
         url = str(loc)
         try:
-            resp = self._options.s3_client().get_object(
-                Bucket=loc.bucket, Key=loc.key, Range=f"bytes={start}-{start + length - 1}"
-            )
-            body = resp["Body"]
+            body = self._get_range(loc, start, length, tag)["Body"]
         except (ClientError, BotoCoreError) as e:
             translate_error(e, url, "read")
 
@@ -144,7 +151,7 @@ class S3Backend:
             return TransferError(url, f"connection closed after {done} of {length} bytes")
 
         try:
-            yield from readinto_chunks(body.readinto, length, closed)  # type: ignore[arg-type]
+            yield from readinto_chunks(body.readinto, length, closed)
         except (ClientError, BotoCoreError, OSError) as e:
             translate_error(e, url, "read")
         finally:

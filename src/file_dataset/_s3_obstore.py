@@ -28,11 +28,12 @@ from obstore.exceptions import (
     BaseError,
     NotFoundError,
     PermissionDeniedError,
+    PreconditionError,
     UnauthenticatedError,
 )
 from obstore.store import S3Store
 
-from file_dataset._backend import STREAM_BYTES, Blob, Sink, copy_into, remember
+from file_dataset._backend import CHANGED, STREAM_BYTES, Blob, Sink, copy_into, remember
 from file_dataset._errors import (
     ObjectAccessDeniedError,
     ObjectNotFoundError,
@@ -87,6 +88,8 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
     status_code = status.group(1) if status else ""
     first_line = text.strip().splitlines()[0][:300] if text.strip() else type(error).__name__
     reason = f"{code}: {message}" if code and message else (code or first_line)
+    if isinstance(error, PreconditionError) or code == "PreconditionFailed":  # If-Match
+        raise TransferError(url, CHANGED, operation=operation) from error
     if isinstance(error, NotFoundError | FileNotFoundError) or code in _NOT_FOUND:
         if code == "NoSuchBucket":
             reason = "the bucket does not exist"
@@ -276,7 +279,7 @@ class ObstoreS3Backend:
 
     def read_first(
         self, loc: Location, length: int, sink: Sink | None = None
-    ) -> tuple[Blob | None, int]:
+    ) -> tuple[Blob | None, int, str | None]:
         if not exact_key(loc.key):
             return self._boto3.read_first(loc, length, sink)
         store = self._store(loc)
@@ -289,6 +292,7 @@ class ObstoreS3Backend:
                     raise
                 result = obstore.get(store, loc.key)  # an empty object: no range satisfiable
             total = int(result.meta["size"])
+            tag = result.meta.get("e_tag")
             expected = min(total, length)
             if sink is not None and expected >= STREAM_BYTES:
                 write = sink(total)
@@ -296,14 +300,14 @@ class ObstoreS3Backend:
                 for chunk in self._chunks(result, url, expected):
                     write(done, chunk)
                     done += len(chunk)
-                return None, total
+                return None, total, tag
             data = result.bytes()
         except (BaseError, OSError) as e:
             translate_error(e, url, "read")
         if len(data) != expected:
             raise TransferError(url, f"got {len(data)} bytes, expected {expected}")
         # A read-only view of obstore's own buffer: no copy (Arrow and pwrite take views).
-        return memoryview(data), total
+        return memoryview(data), total, tag
 
     @staticmethod
     def _chunks(result: obstore.GetResult, url: str, length: int) -> Iterator[memoryview]:
@@ -322,26 +326,33 @@ class ObstoreS3Backend:
         if done != length:
             raise TransferError(url, f"got {done} of {length} bytes")
 
-    def read_chunks(self, loc: Location, start: int, length: int) -> Iterator[Blob]:
+    def read_chunks(
+        self, loc: Location, start: int, length: int, tag: str | None = None
+    ) -> Iterator[Blob]:
         if not exact_key(loc.key):
-            yield from self._boto3.read_chunks(loc, start, length)
+            yield from self._boto3.read_chunks(loc, start, length, tag)
             return
         if not length:
             return
         url = str(loc)
+        get_options: dict[str, Any] = {"range": (start, start + length)}
+        if tag:
+            get_options["if_match"] = tag
         try:
             store = self._store(loc)
-            result = obstore.get(store, loc.key, options={"range": (start, start + length)})
+            result = obstore.get(store, loc.key, options=cast(Any, get_options))
             yield from self._chunks(result, url, length)
         except (BaseError, OSError) as e:
             translate_error(e, url, "read")
 
-    def read_into(self, loc: Location, start: int, view: memoryview) -> None:
+    def read_into(
+        self, loc: Location, start: int, view: memoryview, tag: str | None = None
+    ) -> None:
         if not exact_key(loc.key):
-            self._boto3.read_into(loc, start, view)
+            self._boto3.read_into(loc, start, view, tag)
             return
         done = 0
-        for chunk in self.read_chunks(loc, start, len(view)):
+        for chunk in self.read_chunks(loc, start, len(view), tag):
             copy_into(view, done, chunk)
             done += len(chunk)
 

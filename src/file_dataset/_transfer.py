@@ -51,7 +51,7 @@ def read_job(loc: Location, options: Options) -> Job[Blob]:
         return partial(copy_into, view)
 
     first_call = partial(backend.read_first, loc, options.multipart_threshold, sink)
-    [(first, total)] = yield [first_call]
+    [(first, total, tag)] = yield [first_call]
     if first is None:  # streamed into the object's buffer
         start = min(total, options.multipart_threshold)
     else:
@@ -62,15 +62,16 @@ def read_job(loc: Location, options: Options) -> Job[Blob]:
         start = len(first)
         del first
     yield [
-        partial(backend.read_into, loc, s, view[s:e])
+        partial(backend.read_into, loc, s, view[s:e], tag)
         for s, e in _ranges(start, total, options.part_size)
     ]
     return view
 
 
 def _read_part_to_file(
-    read_chunks: Callable[[Location, int, int], Iterator[Blob]],
+    read_chunks: Callable[[Location, int, int, str | None], Iterator[Blob]],
     loc: Location,
+    tag: str | None,
     fd: int,
     start: int,
     end: int,
@@ -78,7 +79,7 @@ def _read_part_to_file(
     # Each of the transport's buffers goes straight to the file (one copy, into the
     # kernel) as it arrives.
     offset = start
-    for chunk in read_chunks(loc, start, end - start):
+    for chunk in read_chunks(loc, start, end - start, tag):
         _pwrite_all(fd, offset, chunk)
         offset += len(chunk)
 
@@ -121,9 +122,10 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
         os.replace(tmp, dest)
         tmp = ""
 
-    def first_response() -> tuple[int, int]:
-        # (bytes stored, total size); a whole object is complete when this returns.
-        first, total = backend.read_first(loc, options.multipart_threshold, sink)
+    def first_response() -> tuple[int, int, str | None]:
+        # (bytes stored, total size, version tag); a whole object is complete when this
+        # returns.
+        first, total, tag = backend.read_first(loc, options.multipart_threshold, sink)
         if first is None:  # streamed into the file
             stored = min(total, options.multipart_threshold)
         else:
@@ -133,13 +135,13 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
             del first
         if stored >= total:
             finish()
-        return stored, total
+        return stored, total, tag
 
     try:
-        [(start, total)] = yield [first_response]
+        [(start, total, tag)] = yield [first_response]
         if total > start:
             yield [
-                partial(_read_part_to_file, backend.read_chunks, loc, fd, s, e)
+                partial(_read_part_to_file, backend.read_chunks, loc, tag, fd, s, e)
                 for s, e in _ranges(start, total, options.part_size)
             ]
             finish()
