@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import threading
@@ -285,11 +286,13 @@ def test_equal_options_objects_share_one_store_and_identity_caches_stay_bounded(
 
 
 class _ReplacingProxy(http.server.BaseHTTPRequestHandler):
-    """Forwards every request to moto; right after answering the first request for the
-    first part of ``key``, it overwrites that object with new bytes of the same size.
+    """Forwards every request to moto. When moto has answered the request that
+    :meth:`triggers` picks (by default the first part of ``key``), it runs ``replace``
+    (by default: overwrite that object with new bytes of the same size) before passing
+    the answer on.
 
-    So the object changes between an object's first response and its later parts, as
-    when another writer replaces it during a read.
+    So the object changes between its first response and its later parts, as when
+    another writer replaces it during a read.
     """
 
     protocol_version = "HTTP/1.1"
@@ -312,8 +315,7 @@ class _ReplacingProxy(http.server.BaseHTTPRequestHandler):
         resp = conn.getresponse()
         data = resp.read()
         conn.close()
-        first_part = (self.headers.get("Range") or "").startswith("bytes=0-")
-        if self.command == "GET" and first_part and self.path.split("?")[0].endswith(self.key):
+        if self.triggers():
             for replace in self.replace:
                 replace()
         self.send_response(resp.status)
@@ -325,7 +327,32 @@ class _ReplacingProxy(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(data)
 
+    def triggers(self) -> bool:
+        """Whether this request is the one after which the object is replaced."""
+        first_part = (self.headers.get("Range") or "").startswith("bytes=0-")
+        return self.command == "GET" and first_part and self.path.split("?")[0].endswith(self.key)
+
     do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _forward
+
+
+@contextlib.contextmanager
+def _proxy(
+    handler: type[_ReplacingProxy], s3_server: LocalS3Server, transport: str
+) -> Iterator[Options]:
+    """Runs ``handler`` in front of moto; yields options that go through it (5 MiB parts)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield Options(
+            session_kwargs=s3_server.options().session_kwargs,
+            s3_client_kwargs={"endpoint_url": f"http://127.0.0.1:{server.server_address[1]}"},
+            transport=transport,
+            part_size=5 * MiB,
+            multipart_threshold=5 * MiB,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
@@ -351,17 +378,8 @@ def test_an_object_replaced_during_its_read_is_an_error_never_a_mix(
             lambda: s3_client.put_object(Bucket=bucket, Key="big", Body=next(versions))
         ]
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        proxied = Options(
-            session_kwargs=s3_server.options().session_kwargs,
-            s3_client_kwargs={"endpoint_url": f"http://127.0.0.1:{server.server_address[1]}"},
-            transport=transport,
-            part_size=5 * MiB,
-            multipart_threshold=5 * MiB,
-        )
-        url = f"s3://{bucket}/big"
+    url = f"s3://{bucket}/big"
+    with _proxy(Handler, s3_server, transport) as proxied:
         frame = pd.DataFrame({"id": ["r1"], "big.bin": [url]})
         for read in ("into_blob_table", "into_temp_dir"):
             with pytest.raises(file_dataset.TransferError) as raised:
@@ -371,9 +389,6 @@ def test_an_object_replaced_during_its_read_is_an_error_never_a_mix(
             assert url in message
             assert "row id 'r1', column 'big.bin'" in message
         assert list(system_tmp.iterdir()) == []  # no partial file, no temp dir
-    finally:
-        server.shutdown()
-        server.server_close()
     # Read directly, the object is whole: one version, every byte the same.
     data = file_dataset.reader({"big.bin": url}, s3_server.options()).into_blob_table()
     blob = data.column("big.bin")[0].as_py()
@@ -401,3 +416,72 @@ def test_a_local_file_rewritten_during_its_read_is_an_error(tmp_path: Path) -> N
     with pytest.raises(file_dataset.TransferError, match="changed while it was being read"):
         list(backend.read_chunks(loc, 100, 900, tag))
     assert b"".join(backend.read_chunks(loc, 100, 900)) == b"a" * 900  # no tag, no check
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_local_file_changed_during_its_multipart_upload_writes_nothing(
+    s3_server: LocalS3Server,
+    transport: str,
+    bucket: str,
+    s3_client,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """The upload is completed only if the file is still the version whose parts were
+    sent; here it is rewritten once the first part has reached the server."""
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"a" * (11 * MiB))
+    rewrites = [b"b" * (11 * MiB)]  # once: the second upload goes through unchanged
+
+    def rewrite() -> None:  # atomically, so that no part can see a truncated file
+        if rewrites:
+            (tmp_path / "new").write_bytes(rewrites.pop())
+            os.replace(tmp_path / "new", src)
+
+    class Handler(_ReplacingProxy):
+        replace: ClassVar[list[Callable[[], None]]] = [rewrite]
+
+        def triggers(self) -> bool:
+            return self.command == "PUT" and "partNumber=1&" in self.path + "&"
+
+    Handler.upstream = s3_server.endpoint_url
+    with _proxy(Handler, s3_server, transport) as proxied:
+        with pytest.raises(file_dataset.TransferError) as raised:
+            file_dataset.write_files({"big.bin": src}, f"s3://{bucket}/out", "r1", proxied)
+        message = str(raised.value)
+        assert "changed while it was being uploaded; nothing was written" in message
+        assert str(src) in message
+        assert "row id 'r1', column 'big.bin'" in message
+        assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+        assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        # Unchanged, the same file goes up whole.
+        written = file_dataset.write_files({"big.bin": src}, f"s3://{bucket}/out", "r1", proxied)
+    got = s3_client.get_object(Bucket=bucket, Key="out/r1/big.bin")["Body"].read()
+    assert written == {"big.bin": f"s3://{bucket}/out/r1/big.bin"}
+    assert got == b"b" * (11 * MiB)
+
+
+@pytest.mark.parametrize("destination", ["s3", "local"])
+def test_a_local_file_changed_while_read_for_a_single_write_writes_nothing(
+    options: Options,
+    bucket: str,
+    s3_client,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    destination: str,
+) -> None:
+    """A write in one request reads the file first and checks that its version did not
+    change meanwhile. The change is simulated: the version seen after the read differs."""
+    from file_dataset import _backend, _local
+
+    src = tmp_path / "small.bin"
+    src.write_bytes(b"x" * 1000)
+    versions = iter(["before", "after"])
+    for module in (_backend, _local):
+        monkeypatch.setattr(module, "file_version", lambda stat: next(versions))
+    into = f"s3://{bucket}/out" if destination == "s3" else str(tmp_path / "out")
+    with pytest.raises(file_dataset.TransferError, match="changed while it was being uploaded"):
+        file_dataset.write_files({"small.bin": src}, into, "r1", options)
+    if destination == "s3":
+        assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    else:
+        assert list((tmp_path / "out").rglob("*.bin*")) == []  # no file, no temporary

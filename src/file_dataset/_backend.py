@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from file_dataset._errors import TransferError
 from file_dataset._options import Options
 from file_dataset._urls import Location
 
@@ -36,6 +37,35 @@ CHANGED = (
     "the object changed while it was being read (it was replaced after its first part "
     "arrived); nothing of it was kept, read it again"
 )
+# What a write reports when its local source changed while it was being sent (the
+# destination is then left as it was: nothing is written).
+SOURCE_CHANGED = (
+    "the local file changed while it was being uploaded; nothing was written, write it again"
+)
+
+
+def file_version(stat: os.stat_result) -> str:
+    """A local file's version tag: it changes when the file is replaced or rewritten."""
+    return f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def read_source(src: Path) -> bytes:
+    """Reads a local file to be written in one request, whole and unchanged.
+
+    Raises:
+        TransferError: The file cannot be read, or it changed while it was read (so
+            the bytes could be a mix of two versions): nothing has been sent yet.
+    """
+    try:
+        with open(src, "rb") as f:
+            before = file_version(os.fstat(f.fileno()))
+            data = f.read()
+            after = file_version(os.fstat(f.fileno()))
+    except OSError as e:
+        raise TransferError(str(src), f"cannot read the local file: {e}", operation="read") from e
+    if before != after:
+        raise TransferError(str(src), SOURCE_CHANGED, operation="read")
+    return data
 
 
 # Copies at least this large go through numpy, which copies without holding the GIL.

@@ -11,7 +11,15 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from file_dataset._backend import CHANGED, Blob, Sink, new_buffer, readinto_chunks
+from file_dataset._backend import (
+    CHANGED,
+    SOURCE_CHANGED,
+    Blob,
+    Sink,
+    file_version,
+    new_buffer,
+    readinto_chunks,
+)
 from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
 from file_dataset._urls import Location, temp_prefix
 
@@ -29,13 +37,17 @@ def translate_os_error(error: OSError, url: str, operation: str) -> TransferErro
 def atomic_copy(src: Path, dest: Path) -> None:
     """Copies ``src`` to ``dest`` through a temporary name in the same folder.
 
-    No partial file is ever visible at ``dest``: it appears complete, or not at all.
+    No partial file is ever visible at ``dest``: it appears complete, or not at all;
+    nor a mix of two versions of ``src`` (a ``src`` changed during the copy raises).
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest.name), suffix=".part", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            before = file_version(os.fstat(inp.fileno()))
             shutil.copyfileobj(inp, out, 8 * 1024 * 1024)
+            if file_version(os.fstat(inp.fileno())) != before:
+                raise TransferError(str(src), SOURCE_CHANGED, operation="read")
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -43,13 +55,8 @@ def atomic_copy(src: Path, dest: Path) -> None:
         raise
 
 
-def _version(stat: os.stat_result) -> str:
-    """A local file's version tag: it changes when the file is replaced or rewritten."""
-    return f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
-
-
 def _check_version(f: io.FileIO, loc: Location, tag: str | None) -> None:
-    if tag is not None and _version(os.fstat(f.fileno())) != tag:
+    if tag is not None and file_version(os.fstat(f.fileno())) != tag:
         raise TransferError(str(loc), CHANGED)
 
 
@@ -66,7 +73,7 @@ class LocalBackend:
                 stat = os.fstat(f.fileno())
                 total = stat.st_size
                 if total > length:
-                    return f.read(length), total, _version(stat)
+                    return f.read(length), total, file_version(stat)
                 buf = new_buffer(total)
                 got = f.readinto(buf)
         except IsADirectoryError as e:
@@ -121,6 +128,8 @@ class LocalBackend:
         try:
             atomic_copy(src, loc.path)
         except OSError as e:
+            if isinstance(e, TransferError):
+                raise
             raise translate_os_error(e, str(loc), "write") from e
 
     def multipart_start(self, loc: Location) -> str:

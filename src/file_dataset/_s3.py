@@ -10,7 +10,15 @@ from typing import Any, NoReturn
 from botocore.exceptions import BotoCoreError, ClientError
 from s3transfer.utils import ReadFileChunk
 
-from file_dataset._backend import CHANGED, Blob, Sink, new_buffer, readinto_chunks
+from file_dataset._backend import (
+    CHANGED,
+    SOURCE_CHANGED,
+    Blob,
+    Sink,
+    new_buffer,
+    read_source,
+    readinto_chunks,
+)
 from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
 from file_dataset._options import Options
 from file_dataset._urls import Location
@@ -165,9 +173,11 @@ class S3Backend:
         return int(resp["ContentLength"])
 
     def write(self, src: Path, loc: Location) -> None:
+        # Read whole first (at most multipart_threshold bytes), checked to be one version
+        # of the file, as the obstore transport does.
+        data = read_source(src)
         try:
-            with open(src, "rb") as body:
-                self._options.s3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=body)
+            self._options.s3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
         except (ClientError, BotoCoreError) as e:
             translate_error(e, str(loc), "write")
 
@@ -182,7 +192,7 @@ class S3Backend:
         self, loc: Location, upload_id: str, number: int, src: Path, start: int, length: int
     ) -> str:
         if os.stat(src).st_size < start + length:
-            raise TransferError(str(src), "file changed while being uploaded", operation="read")
+            raise TransferError(str(src), SOURCE_CHANGED, operation="read")
         # The part is streamed from the file (s3transfer's ReadFileChunk, as boto3's own
         # upload_file does) rather than read into an 8 MiB buffer first.
         body = ReadFileChunk.from_filename(str(src), start, length, enable_callbacks=False)

@@ -33,7 +33,15 @@ from obstore.exceptions import (
 )
 from obstore.store import S3Store
 
-from file_dataset._backend import CHANGED, STREAM_BYTES, Blob, Sink, copy_into, remember
+from file_dataset._backend import (
+    CHANGED,
+    STREAM_BYTES,
+    Blob,
+    Sink,
+    copy_into,
+    read_source,
+    remember,
+)
 from file_dataset._errors import (
     ObjectAccessDeniedError,
     ObjectNotFoundError,
@@ -368,11 +376,7 @@ class ObstoreS3Backend:
         if not exact_key(loc.key):
             self._boto3.write(src, loc)
             return
-        try:
-            data = Path(src).read_bytes()
-        except OSError as e:
-            reason = f"cannot read the local file: {e}"
-            raise TransferError(str(src), reason, operation="read") from e
+        data = read_source(src)
         try:
             obstore.put(self._store(loc), loc.key, data, use_multipart=False)
         except (BaseError, OSError) as e:

@@ -23,7 +23,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from file_dataset._backend import Blob, backend_for, copy_into, new_buffer
+from file_dataset._backend import (
+    SOURCE_CHANGED,
+    Blob,
+    backend_for,
+    copy_into,
+    file_version,
+    new_buffer,
+)
 from file_dataset._errors import ObjectNotFoundError, TransferError
 from file_dataset._options import Options, Reply
 from file_dataset._urls import Location, temp_prefix
@@ -164,12 +171,17 @@ def size_job(loc: Location, options: Options) -> Job[int]:
 
 
 def upload_job(src: Path, loc: Location, options: Options) -> Job[Location]:
-    """Writes a local file to ``loc``: one request, or a multipart upload when large."""
+    """Writes a local file to ``loc``: one request, or a multipart upload when large.
+
+    A multipart upload is completed only if ``src`` is still the version whose parts
+    were sent; otherwise it is aborted, so the object is never a mix of two versions.
+    """
     backend = backend_for(loc, options)
     try:
-        size = os.stat(src).st_size
+        stat = os.stat(src)
     except FileNotFoundError as e:
         raise ObjectNotFoundError(str(src), "no such local file", operation="read") from e
+    size = stat.st_size
     if not backend.supports_multipart or size <= options.multipart_threshold:
         yield [partial(backend.write, src, loc)]
         return loc
@@ -180,6 +192,12 @@ def upload_job(src: Path, loc: Location, options: Options) -> Job[Location]:
             partial(backend.multipart_part, loc, upload_id, number, src, s, e - s)
             for number, (s, e) in enumerate(_ranges(0, size, part_size), start=1)
         ]
+        try:
+            unchanged = file_version(os.stat(src)) == file_version(stat)
+        except OSError:
+            unchanged = False
+        if not unchanged:
+            raise TransferError(str(src), SOURCE_CHANGED, operation="read")
         yield [partial(backend.multipart_complete, loc, upload_id, etags)]
     except BaseException:
         with contextlib.suppress(Exception):
