@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import socket
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -324,8 +326,24 @@ class _ReplacingProxy(http.server.BaseHTTPRequestHandler):
                 self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            return
+        how = self.cut()
+        if how is None:
             self.wfile.write(data)
+            return
+        # Half the body, then hang up: a clean close ("fin") or a reset ("rst").
+        self.wfile.write(data[: len(data) // 2])
+        self.wfile.flush()
+        if how == "rst":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        self.close_connection = True
+
+    def cut(self) -> str | None:
+        """How to cut this response short ("fin" or "rst"), or None to send it whole."""
+        return None
 
     def triggers(self) -> bool:
         """Whether this request is the one after which the object is replaced."""
@@ -485,3 +503,50 @@ def test_a_local_file_changed_while_read_for_a_single_write_writes_nothing(
         assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
     else:
         assert list((tmp_path / "out").rglob("*.bin*")) == []  # no file, no temporary
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+@pytest.mark.parametrize("how", ["fin", "rst"])
+def test_a_connection_dropped_mid_body_is_resumed_where_it_stopped(
+    s3_server: LocalS3Server,
+    transport: str,
+    how: str,
+    bucket: str,
+    put: Callable[[str, bytes], str],
+) -> None:
+    """The first response for each object stops half-way (closed or reset); the read
+    asks for the rest only, and returns every byte. (A reset can discard bytes that
+    had arrived, even the headers, so then the read resumes anywhere up to the half.)"""
+
+    def resumed_at(seen: list[str]) -> int:
+        return int(seen[1].removeprefix("bytes=").partition("-")[0])
+
+    def expected_resume(sent: int) -> range:
+        return range(sent, sent + 1) if how == "fin" else range(sent + 1)
+
+    small = bytes(range(256)) * 40
+    large = bytes(range(251)) * (11 * MiB // 251)  # a first response and two parts
+    row = {"small.bin": put("small", small), "large.bin": put("large", large)}
+    ranges: dict[str, list[str]] = {"small": [], "large": []}
+
+    class Handler(_ReplacingProxy):
+        upstream = s3_server.endpoint_url
+
+        def cut(self) -> str | None:
+            name = self.path.split("?")[0].rsplit("/", 1)[-1]
+            if self.command != "GET" or name not in ranges:
+                return None
+            ranges[name].append(self.headers.get("Range") or "")
+            return how if len(ranges[name]) == 1 else None
+
+    with _proxy(Handler, s3_server, transport) as proxied:
+        blobs = file_dataset.reader(row, proxied).into_blob_table()
+        assert blobs.to_pylist() == [{"small.bin": small, "large.bin": large}]
+        assert ranges["small"][0].startswith("bytes=0-")
+        assert resumed_at(ranges["small"]) in expected_resume(len(small) // 2)
+        for name in ranges:
+            ranges[name].clear()
+        with file_dataset.reader(row, proxied).into_temp_dir() as tmp:
+            assert (tmp / "small.bin").read_bytes() == small
+            assert (tmp / "large.bin").read_bytes() == large
+        assert resumed_at(ranges["large"]) in expected_resume(5 * MiB // 2)

@@ -221,7 +221,9 @@ class Options:
             GETs and written with multipart uploads; smaller ones take one request.
         retry_mode: botocore retry mode: ``"adaptive"`` (default), ``"standard"`` or
             ``"legacy"``.
-        max_attempts: botocore's total attempts per request, including the first.
+        max_attempts: botocore's total attempts per request, including the first;
+            also how many responses one body may take when a connection drops
+            part-way (each resumes where the last stopped).
         transport: What carries the bytes of S3 requests. ``"auto"`` (default):
             obstore (Rust, a fraction of boto3's CPU per request) when it is installed,
             else boto3. ``"obstore"`` or ``"boto3"`` force one. Either way the

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 from botocore.exceptions import BotoCoreError, ClientError
 from s3transfer.utils import ReadFileChunk
+from urllib3.exceptions import HTTPError as Urllib3Error
 
 from file_dataset._backend import (
     CHANGED,
@@ -70,28 +72,41 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
     raise TransferError(url, f"{type(error).__name__}: {error}", operation=operation) from error
 
 
-def _fill(body: Any, view: memoryview, url: str) -> None:
-    """Reads a response body straight into ``view`` (no intermediate bytes object)."""
+# What reading a response body raises when the connection drops part-way (botocore
+# wraps some of urllib3's errors; a clean close shows up as a short read instead).
+_DROPPED = (BotoCoreError, Urllib3Error, OSError)
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds to wait before resuming a body for the ``attempt``-th time (from 1)."""
+    return float(min(0.05 * 2**attempt, 2.0))
+
+
+def _fill_some(body: Any, view: memoryview) -> int:
+    """Reads a response body straight into ``view`` (no intermediate bytes object).
+
+    Returns how many bytes arrived: fewer than ``len(view)`` if the connection closed
+    or dropped first.
+    """
     raw = getattr(body, "_raw_stream", None)
+    readinto = raw.readinto if raw is not None and hasattr(raw, "readinto") else None
     done = 0
     try:
-        if raw is not None and hasattr(raw, "readinto"):
-            while done < len(view):
-                n = raw.readinto(view[done:])
-                if not n:
-                    break
-                done += n
-        else:
-            while done < len(view):
+        while done < len(view):
+            if readinto is not None:
+                n = readinto(view[done:])
+            else:
                 chunk = body.read(min(len(view) - done, 1 << 20))
-                if not chunk:
-                    break
-                view[done : done + len(chunk)] = chunk
-                done += len(chunk)
+                n = len(chunk)
+                view[done : done + n] = chunk
+            if not n:
+                break
+            done += n
+    except _DROPPED:
+        pass
     finally:
         body.close()
-    if done != len(view):
-        raise TransferError(url, f"connection closed after {done} of {len(view)} bytes")
+    return done
 
 
 class S3Backend:
@@ -121,8 +136,9 @@ class S3Backend:
             size = int(resp.get("ContentLength", 0))
             total = int(content_range.rsplit("/", 1)[1]) if content_range else size
             buf = new_buffer(size)
-            _fill(resp["Body"], buf, url)
-            return buf, total, resp.get("ETag")
+            tag = resp.get("ETag")
+            self._fill_range(loc, 0, buf, tag, resp["Body"])
+            return buf, total, tag
         except (ClientError, BotoCoreError) as e:
             translate_error(e, url, "read")
 
@@ -132,17 +148,39 @@ class S3Backend:
             Bucket=loc.bucket, Key=loc.key, Range=f"bytes={start}-{start + length - 1}", **extra
         )
 
+    def _fill_range(
+        self, loc: Location, start: int, view: memoryview, tag: str | None, body: Any = None
+    ) -> None:
+        """Fills ``view`` with the object's bytes from ``start``.
+
+        ``body``, if given, is a response for that range already under way. A
+        connection that drops part-way is resumed where it stopped, with ``If-Match``
+        (so every byte comes from one version), up to ``max_attempts`` responses in all.
+        (obstore resumes its bodies the same way.)
+        """
+        url = str(loc)
+        done = 0
+        for attempt in range(max(1, self._options.max_attempts)):
+            if attempt:
+                time.sleep(_backoff(attempt))
+            if body is None:
+                try:
+                    resp = self._get_range(loc, start + done, len(view) - done, tag)
+                except (ClientError, BotoCoreError) as e:
+                    translate_error(e, url, "read")
+                tag = tag or resp.get("ETag")
+                body = resp["Body"]
+            done += _fill_some(body, view[done:])
+            body = None
+            if done == len(view):
+                return
+        raise TransferError(url, f"connection closed after {done} of {len(view)} bytes")
+
     def read_into(
         self, loc: Location, start: int, view: memoryview, tag: str | None = None
     ) -> None:
-        if not len(view):
-            return
-        url = str(loc)
-        try:
-            resp = self._get_range(loc, start, len(view), tag)
-            _fill(resp["Body"], view, url)
-        except (ClientError, BotoCoreError) as e:
-            translate_error(e, url, "read")
+        if len(view):
+            self._fill_range(loc, start, view, tag)
 
     def read_chunks(
         self, loc: Location, start: int, length: int, tag: str | None = None
@@ -150,20 +188,30 @@ class S3Backend:
         if not length:
             return
         url = str(loc)
-        try:
-            body = self._get_range(loc, start, length, tag)["Body"]
-        except (ClientError, BotoCoreError) as e:
-            translate_error(e, url, "read")
+        done = 0  # bytes handed over; a dropped connection resumes after them
 
-        def closed(done: int) -> TransferError:
-            return TransferError(url, f"connection closed after {done} of {length} bytes")
+        def closed(got: int) -> TransferError:
+            return TransferError(url, f"connection closed after {done + got} of {length} bytes")
 
-        try:
-            yield from readinto_chunks(body.readinto, length, closed)
-        except (ClientError, BotoCoreError, OSError) as e:
-            translate_error(e, url, "read")
-        finally:
-            body.close()
+        for attempt in range(max(1, self._options.max_attempts)):
+            if attempt:
+                time.sleep(_backoff(attempt))
+            try:
+                resp = self._get_range(loc, start + done, length - done, tag)
+            except (ClientError, BotoCoreError) as e:
+                translate_error(e, url, "read")
+            tag = tag or resp.get("ETag")
+            body = resp["Body"]
+            try:
+                for chunk in readinto_chunks(body.readinto, length - done, closed):
+                    yield chunk
+                    done += len(chunk)
+            except _DROPPED:
+                continue
+            finally:
+                body.close()
+            return
+        raise TransferError(url, f"connection closed after {done} of {length} bytes")
 
     def size(self, loc: Location) -> int:
         try:
