@@ -143,10 +143,24 @@ class S3Backend:
             translate_error(e, url, "read")
 
     def _get_range(self, loc: Location, start: int, length: int, tag: str | None) -> Any:
+        """A ranged GET, checked to answer that range (not the whole object)."""
         extra: dict[str, Any] = {"IfMatch": tag} if tag else {}
-        return self._options.s3_client().get_object(
-            Bucket=loc.bucket, Key=loc.key, Range=f"bytes={start}-{start + length - 1}", **extra
+        end = start + length - 1
+        resp = self._options.s3_client().get_object(
+            Bucket=loc.bucket, Key=loc.key, Range=f"bytes={start}-{end}", **extra
         )
+        answered = resp.get("ContentRange")
+        if (
+            not str(answered).startswith(f"bytes {start}-{end}/")
+            or resp.get("ContentLength") != length
+        ):
+            resp["Body"].close()
+            raise TransferError(
+                str(loc),
+                f"asked for bytes {start}-{end}, the server answered "
+                f"{answered or 'with the whole object'}",
+            )
+        return resp
 
     def _fill_range(
         self, loc: Location, start: int, view: memoryview, tag: str | None, body: Any = None
