@@ -603,3 +603,35 @@ def test_blob_column_built_while_objects_arrive_out_of_order(
     for chunk in column.chunks:
         chunk.validate(full=True)
         assert len(chunk.buffers()[2] or b"") <= 25
+
+
+def test_user_threads_and_a_pipeline_fn_share_one_options(
+    s3_server: LocalS3Server, bucket: str, put: Put, read_object: Callable[[str], bytes]
+) -> None:
+    """One Options (and its pool of 4) serves 8 user threads reading at once, and a
+    Pipeline whose fn itself reads with the same Options, without a deadlock."""
+    options = s3_server.options(max_concurrency=4)
+    data = {f"k{i}": bytes([i]) * (1000 + i) for i in range(100)}
+    urls = dict(zip(data, put_many(put, data), strict=True))
+
+    def read(start: int) -> list[bytes]:
+        keys = [f"k{(start * 13 + j) % 100}" for j in range(40)]
+        frame = pd.DataFrame({"id": list(range(40)), "f": [urls[k] for k in keys]})
+        got = file_dataset.reader(frame, options).into_blob_table().column("f").to_pylist()
+        assert got == [data[k] for k in keys]
+        return got
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert len(list(pool.map(read, range(16)))) == 16
+
+    def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        extra = file_dataset.reader({"x": urls["k7"]}, options).into_blob_table()
+        out = output_dir / "o.bin"
+        out.write_bytes((input_dir / "f").read_bytes() + extra.column("x")[0].as_py())
+        return {"o.bin": out}
+
+    frame = pd.DataFrame({"id": list(range(20)), "f": [urls[f"k{j}"] for j in range(20)]})
+    result = file_dataset.Pipeline(fn, {"into_path": f"s3://{bucket}/out"}, options)(frame)
+    assert list(result["id"]) == list(range(20))
+    for j in range(20):
+        assert read_object(f"s3://{bucket}/out/{j}/o.bin") == data[f"k{j}"] + data["k7"]
