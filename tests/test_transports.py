@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
+import pandas as pd
 import pytest
 
 import file_dataset
@@ -113,8 +114,6 @@ def test_keys_obstore_would_normalise_are_read_and_written_verbatim(
 def test_missing_object_names_url_row_and_column(
     transport_options: Options, bucket: str, put: Callable[[str, bytes], str]
 ) -> None:
-    import pandas as pd
-
     frame = pd.DataFrame(
         {"id": ["a", "b"], "x.bin": [put("here", b"1"), f"s3://{bucket}/not/here"]}
     )
@@ -324,7 +323,9 @@ class _ReplacingProxy(http.server.BaseHTTPRequestHandler):
         for name, value in resp.getheaders():
             if name.lower() not in ("transfer-encoding", "connection", "content-length"):
                 self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
+        # A HEAD's answer has no body, but announces the object's length.
+        length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+        self.send_header("Content-Length", length or str(len(data)))
         self.end_headers()
         if self.command == "HEAD":
             return
@@ -386,8 +387,6 @@ def test_an_object_replaced_during_its_read_is_an_error_never_a_mix(
 ) -> None:
     """The later parts of a large object are asked for with If-Match: the first part's
     ETag. Without it, the result would be 5 MiB of one version and 6 of another."""
-    import pandas as pd
-
     size = 11 * MiB
     versions = iter(bytes([i]) * size for i in range(1, 100))
     s3_client.put_object(Bucket=bucket, Key="big", Body=bytes([0]) * size)
@@ -576,3 +575,76 @@ def test_a_server_that_ignores_a_range_is_an_error_not_garbage(
         for read in ("into_blob_table", "into_temp_dir"):
             with pytest.raises(file_dataset.TransferError, match=r"s3://.*/big"):
                 getattr(file_dataset.reader(row, proxied), read)()
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_bucket_in_another_region_is_followed_there(
+    s3_server: LocalS3Server,
+    transport: str,
+    s3_client,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """The proxy answers as S3 does for a bucket of eu-west-1: a request signed for
+    any other region gets 301 PermanentRedirect naming the bucket's region. The options'
+    client is in us-east-1; reads, sizes and writes still reach the bucket, and after
+    the first redirect every request is signed for eu-west-1."""
+    name = f"eu-bucket-{transport}-{os.getpid()}"
+    s3_client.create_bucket(
+        Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+    )
+    data = {f"k{i}": bytes([i]) * (100 + i) for i in range(20)}
+    for key, value in data.items():
+        s3_client.put_object(Bucket=name, Key=key, Body=value)
+    signed_for: list[str] = []
+
+    class Handler(_ReplacingProxy):
+        upstream = s3_server.endpoint_url
+
+        def _forward(self) -> None:
+            if self.path.split("?")[0].split("/")[1] != name:
+                super()._forward()
+                return
+            scope = (self.headers.get("Authorization") or "").split("Credential=")[-1]
+            region = scope.split("/")[2] if scope.count("/") >= 4 else ""
+            signed_for.append(region)
+            if region == "eu-west-1":
+                super()._forward()
+                return
+            body = (
+                b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>PermanentRedirect</Code>"
+                b"<Message>The bucket you are attempting to access must be addressed using "
+                b"the specified endpoint.</Message></Error>"
+            )
+            if length := int(self.headers.get("Content-Length") or 0):
+                self.rfile.read(length)
+            self.send_response(301)
+            self.send_header("x-amz-bucket-region", "eu-west-1")
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+    with _proxy(Handler, s3_server, transport) as proxied:
+        assert proxied.s3_client().meta.region_name == "us-east-1"
+        frame = pd.DataFrame({"id": list(range(20)), "f": [f"s3://{name}/{key}" for key in data]})
+        blobs = file_dataset.reader(frame, proxied).into_blob_table()
+        assert blobs.column("f").to_pylist() == list(data.values())
+        sizes = file_dataset.reader(frame, proxied).into_size_table()
+        assert sizes.column("f").to_pylist() == [len(v) for v in data.values()]
+        (tmp_path / "out.bin").write_bytes(b"written in eu-west-1")
+        written = file_dataset.write_files(
+            {"out.bin": tmp_path / "out.bin"}, f"s3://{name}/out", "r1", proxied
+        )
+    assert written == {"out.bin": f"s3://{name}/out/r1/out.bin"}
+    got = s3_client.get_object(Bucket=name, Key="out/r1/out.bin")["Body"].read()
+    assert got == b"written in eu-west-1"
+    # Redirected at first, then signed for the bucket's region. obstore learns the region
+    # once per process; boto3 once per client, and there is a client per pool thread.
+    assert signed_for[0] == "us-east-1"
+    redirected = signed_for.count("us-east-1")
+    if transport == "obstore":
+        assert signed_for[-25:] == ["eu-west-1"] * 25
+        assert redirected <= 20 + 1  # the first wave of requests, and one HEAD of the bucket
+    else:
+        assert redirected <= proxied.max_concurrency + 1

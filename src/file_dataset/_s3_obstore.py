@@ -17,13 +17,13 @@ import datetime as dt
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import obstore
 from botocore import UNSIGNED
-from botocore.exceptions import BotoCoreError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from obstore.exceptions import (
     BaseError,
     NotFoundError,
@@ -59,9 +59,24 @@ from file_dataset._urls import Location
 # with 1 MiB (2 x 1 GiB: 2,340 against 2,408 MiB), at speeds within the run-to-run
 # spread; 64 KiB was slower.
 _STREAM_CHUNK_BYTES = 256 * 1024
+T = TypeVar("T")
 _STORES: dict[tuple[Any, ...], S3Store] = {}  # by (pid, options value, bucket)
 _FAST: dict[tuple[int, int, str], tuple[Options, S3Store]] = {}  # by (pid, id(options), bucket)
 _STORES_LOCK = threading.Lock()
+# Buckets that S3 said live in another region than their options' client, by
+# (pid, options value, bucket): the region their stores are made for (see _relocate).
+_REGIONS: dict[tuple[Any, ...], str] = {}
+_RELOCATE_LOCK = threading.Lock()
+# What obstore's error says when a request went to the wrong region: S3 answers
+# 301 PermanentRedirect without a Location (object_store: "Received redirect without
+# LOCATION, this normally indicates an incorrectly configured region"), or 400 when
+# the signature names another region.
+_WRONG_REGION_WORDS = (
+    "redirect",
+    "PermanentRedirect",
+    "AuthorizationHeaderMalformed",
+    "IllegalLocationConstraintException",
+)
 # object_store's Path refuses ASCII control characters in a key (and "", "." and ".."
 # segments, and strips a leading or trailing "/"), although S3 allows all of them.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -188,7 +203,8 @@ def _new_store(options: Options, bucket: str) -> S3Store:
     meta = client.meta
     endpoint = str(meta.endpoint_url)
     custom = "endpoint_url" in options.s3_client_kwargs or not endpoint.endswith(".amazonaws.com")
-    config: dict[str, Any] = {"region": meta.region_name or "us-east-1"}
+    region = _REGIONS.get((os.getpid(), options, bucket)) or meta.region_name or "us-east-1"
+    config: dict[str, Any] = {"region": region}
     s3_config = getattr(meta.config, "s3", None) or {}
     addressing = s3_config.get("addressing_style", "auto")
     if custom:
@@ -267,6 +283,58 @@ def exact_key(key: str) -> bool:
     return not _CONTROL.search(key) and not _ODD_SEGMENTS.intersection(key.split("/"))
 
 
+def _bucket_region(options: Options, bucket: str) -> str | None:
+    """The region S3 names for ``bucket`` (``x-amz-bucket-region``), asked through boto3.
+
+    S3 names it in the answer to a HEAD of the bucket even when that answer is an
+    error (a redirect, or a 403 without ``s3:ListBucket``).
+    """
+    try:
+        response = options.s3_client().head_bucket(Bucket=bucket)
+        headers = response["ResponseMetadata"]["HTTPHeaders"]
+    except ClientError as e:
+        headers = e.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    except Exception:  # no answer: nothing learnt
+        return None
+    region = headers.get("x-amz-bucket-region")
+    return str(region) if region else None
+
+
+def _relocate(options: Options, bucket: str, failed: S3Store) -> bool:
+    """Makes ``bucket``'s next store for its own region, after S3 redirected a request.
+
+    ``failed`` is the store whose request S3 sent to another region. boto3 follows a
+    bucket into its region by itself (its redirector), but obstore signs for, and
+    sends to, the one region it was given. The region is asked for only then, so
+    buckets in the client's own region cost no extra request.
+
+    Returns:
+        Whether a request is worth retrying: a store for the right region now exists
+        (made here, or by another thread meanwhile).
+    """
+    key = (os.getpid(), options, bucket)
+    failed_region = failed.config.get("region")
+    with _RELOCATE_LOCK:
+        region = _REGIONS.get(key)
+        if region is None or region == failed_region:  # not learnt yet by another thread
+            region = _bucket_region(options, bucket)
+            if region is None or region == failed_region:
+                return False  # nothing better to try
+            _REGIONS[key] = region
+        with _STORES_LOCK:
+            if _STORES.get(key) is failed:
+                del _STORES[key]
+            for fast_key, (_, store) in list(_FAST.items()):
+                if store is failed:
+                    del _FAST[fast_key]
+        return True
+
+
+def _wrong_region(error: BaseException) -> bool:
+    text = str(error)
+    return any(word in text for word in _WRONG_REGION_WORDS)
+
+
 class ObstoreS3Backend:
     """Reads and writes S3 objects with obstore; multipart writes through boto3.
 
@@ -285,20 +353,36 @@ class ObstoreS3Backend:
         except BotoCoreError as e:
             translate_boto_error(e, str(loc), "read")
 
+    def _request(self, loc: Location, call: Callable[[S3Store], T]) -> T:
+        """``call(store)``; made once more if S3 says the bucket is in another region.
+
+        The second time goes through a store for the bucket's own region (see
+        :func:`_relocate`).
+        """
+        store = self._store(loc)
+        try:
+            return call(store)
+        except BaseError as e:
+            if not _wrong_region(e) or not _relocate(self._options, loc.bucket, store):
+                raise
+        return call(self._store(loc))
+
     def read_first(
         self, loc: Location, length: int, sink: Sink | None = None
     ) -> tuple[Blob | None, int, str | None]:
         if not exact_key(loc.key):
             return self._boto3.read_first(loc, length, sink)
-        store = self._store(loc)
         url = str(loc)
         try:
             try:
-                result = obstore.get(store, loc.key, options={"range": (0, length)})
+                result = self._request(
+                    loc, lambda store: obstore.get(store, loc.key, options={"range": (0, length)})
+                )
             except BaseError as e:
                 if "416" not in str(e) and "Range" not in str(e):
                     raise
-                result = obstore.get(store, loc.key)  # an empty object: no range satisfiable
+                # an empty object: no range is satisfiable
+                result = self._request(loc, lambda store: obstore.get(store, loc.key))
             total = int(result.meta["size"])
             tag = result.meta.get("e_tag")
             expected = min(total, length)
@@ -347,8 +431,9 @@ class ObstoreS3Backend:
         if tag:
             get_options["if_match"] = tag
         try:
-            store = self._store(loc)
-            result = obstore.get(store, loc.key, options=cast(Any, get_options))
+            result = self._request(
+                loc, lambda store: obstore.get(store, loc.key, options=cast(Any, get_options))
+            )
             yield from self._chunks(result, url, length)
         except (BaseError, OSError) as e:
             translate_error(e, url, "read")
@@ -368,7 +453,7 @@ class ObstoreS3Backend:
         if not exact_key(loc.key):
             return self._boto3.size(loc)
         try:
-            return int(obstore.head(self._store(loc), loc.key)["size"])
+            return int(self._request(loc, lambda store: obstore.head(store, loc.key))["size"])
         except (BaseError, OSError) as e:
             translate_error(e, str(loc), "head")
 
@@ -378,7 +463,7 @@ class ObstoreS3Backend:
             return
         data = read_source(src)
         try:
-            obstore.put(self._store(loc), loc.key, data, use_multipart=False)
+            self._request(loc, lambda store: obstore.put(store, loc.key, data, use_multipart=False))
         except (BaseError, OSError) as e:
             translate_error(e, str(loc), "write")
 
