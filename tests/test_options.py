@@ -57,6 +57,11 @@ def test_pickle_round_trip_keeps_value_and_works(
     options.executor()
     copy = round_trip(options)
     assert copy == options
+    with_args = Options(upload_args={"ContentType": "image/x-mha", "Metadata": {"k": "v"}})
+    assert round_trip(with_args).upload_args == {
+        "ContentType": "image/x-mha",
+        "Metadata": {"k": "v"},
+    }
     assert hash(copy) == hash(options)
     assert copy.session_kwargs == options.session_kwargs
     copy.s3_client().put_object(Bucket=bucket, Key="k", Body=b"from the copy")
@@ -81,6 +86,8 @@ def test_equality_and_hash_by_value() -> None:
     assert len({a, b}) == 1
     assert make(max_concurrency=4) != a
     assert make(part_size=6 * MiB) != a
+    assert make(upload_args={"Metadata": {"a": "1"}}) != a
+    assert make(upload_args={"Metadata": {"a": "1"}}) == make(upload_args={"Metadata": {"a": "1"}})
     assert Options({"region_name": "us-east-1"}) != Options({"region_name": "eu-west-1"})
     assert Options() != "Options()"
 
@@ -92,6 +99,9 @@ def test_equality_and_hash_by_value() -> None:
         ({"part_size": 4 * MiB}, "part_size"),
         ({"part_size": 8 * MiB, "multipart_threshold": 6 * MiB}, "multipart_threshold"),
         ({"retry_mode": "sometimes"}, "retry_mode"),
+        ({"upload_args": {"Bucket": "x"}}, r"upload_args does not take \['Bucket'\]"),
+        ({"upload_args": {"SSECustomerKey": "k"}}, "SSECustomerKey"),
+        ({"upload_args": {"ChecksumAlgorithm": "CRC32"}}, "ChecksumAlgorithm"),
     ],
 )
 def test_invalid_arguments(kwargs: dict[str, Any], match: str) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -290,3 +291,44 @@ def test_property_unsafe_input_writes_nothing(
                 files, f"s3://{shared_bucket}/bad", bad if where == "id" else row_id, options
             )
         assert keys(s3_client, shared_bucket, "bad/") == []
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_upload_args_reach_every_object_written(
+    s3_server: LocalS3Server, transport: str, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    """What a bucket policy may demand (server-side encryption) and what a user may want
+    on every object (content type, metadata, storage class), for one-request and
+    multipart uploads, from write_files and from a Pipeline."""
+    args = {
+        "ServerSideEncryption": "AES256",
+        "ContentType": "application/x-mha",
+        "Metadata": {"made-by": "file-dataset-test"},
+        "StorageClass": "STANDARD_IA",
+    }
+    options = s3_server.options(
+        transport=transport, upload_args=args, part_size=5 * MiB, multipart_threshold=5 * MiB
+    )
+    big = bytes(range(256)) * (6 * MiB // 256)
+    files = make_files(tmp_path / "in", {"small.mha": b"small", "big.mha": big})
+    written = file_dataset.write_files(files, f"s3://{bucket}/out", "r1", options)
+
+    def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        (output_dir / "seg.mha").write_bytes((input_dir / "small.mha").read_bytes() * 2)
+        return {"seg.mha": output_dir / "seg.mha"}
+
+    frame = pd.DataFrame({"id": ["p1"], "small.mha": [written["small.mha"]]})
+    outputs = file_dataset.Pipeline(fn, {"into_path": f"s3://{bucket}/seg"}, options)(frame)
+    urls = {**written, "seg.mha": outputs["seg.mha"][0]}
+    expected = {"small.mha": b"small", "big.mha": big, "seg.mha": b"smallsmall"}
+    for name, url in urls.items():
+        key = url.removeprefix(f"s3://{bucket}/")
+        assert s3_client.get_object(Bucket=bucket, Key=key)["Body"].read() == expected[name]
+        head = s3_client.head_object(Bucket=bucket, Key=key)
+        assert head["ServerSideEncryption"] == "AES256", name
+        assert head["ContentType"] == "application/x-mha", name
+        assert head["Metadata"] == {"made-by": "file-dataset-test"}, name
+        assert head["StorageClass"] == "STANDARD_IA", name
+    # Local destinations take no S3 arguments: they are ignored there.
+    local = file_dataset.write_files(files, tmp_path / "local", "r1", options)
+    assert Path(local["big.mha"]).read_bytes() == big

@@ -189,6 +189,32 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+# Upload arguments (boto3's ExtraArgs) that make sense for every object of a call.
+# Excluded: per-object values (full-object checksums, sizes), checksum settings (a
+# multipart completion would need every part's checksum), and customer-provided
+# encryption keys (SSE-C), since objects written with them could not be read back here.
+_UNSUPPORTED_UPLOAD_ARGS = frozenset(
+    {"MpuObjectSize", "SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5"}
+)
+
+
+def _check_upload_args(upload_args: Mapping[str, Any]) -> dict[str, Any]:
+    from s3transfer.manager import TransferManager
+
+    allowed = sorted(
+        name
+        for name in TransferManager.ALLOWED_UPLOAD_ARGS
+        if name not in _UNSUPPORTED_UPLOAD_ARGS and not name.startswith("Checksum")
+    )
+    unknown = sorted(set(upload_args) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"upload_args does not take {unknown}; it takes boto3 upload_file's "
+            f"ExtraArgs that apply to every object: {allowed}"
+        )
+    return dict(upload_args)
+
+
 def _masked(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: ("***" if k in _SECRET_KEYS and v is not None else v) for k, v in kwargs.items()}
 
@@ -229,6 +255,12 @@ class Options:
             else boto3. ``"obstore"`` or ``"boto3"`` force one. Either way the
             endpoint, region, credentials and retry budget are the ones these options
             resolve through boto3; multipart uploads always go through boto3.
+        upload_args: Extra arguments for every object written to S3, as boto3's
+            ``upload_file(ExtraArgs=...)`` takes them: for example
+            ``{"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "..."}`` where a
+            bucket policy demands them, ``ContentType``, ``Metadata``, ``StorageClass``,
+            ``ACL`` or ``Tagging``. Writes that have them go through boto3 (reads
+            keep the transport). Ignored for local destinations.
 
     Examples:
         >>> options = Options(s3_client_kwargs={"endpoint_url": "http://127.0.0.1:9000"})
@@ -247,6 +279,7 @@ class Options:
         "s3_client_kwargs",
         "session_kwargs",
         "transport",
+        "upload_args",
     )
 
     def __init__(
@@ -260,6 +293,7 @@ class Options:
         retry_mode: str = "adaptive",
         max_attempts: int = 8,
         transport: str = "auto",
+        upload_args: Mapping[str, Any] | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -279,6 +313,7 @@ class Options:
         if transport not in ("auto", "obstore", "boto3"):
             raise ValueError(f"transport must be 'auto', 'obstore' or 'boto3', got {transport!r}")
         self.transport = transport
+        self.upload_args = _check_upload_args(upload_args or {})
         self._reset_runtime()
 
     @classmethod
@@ -401,6 +436,7 @@ class Options:
             self.retry_mode,
             self.max_attempts,
             self.transport,
+            _freeze(self.upload_args),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -421,10 +457,12 @@ class Options:
             "retry_mode": self.retry_mode,
             "max_attempts": self.max_attempts,
             "transport": self.transport,
+            "upload_args": self.upload_args,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        state = {"transport": "auto", **state}  # pickles made before transport existed
+        # pickles made before these settings existed
+        state = {"transport": "auto", "upload_args": {}, **state}
         for name, value in state.items():
             setattr(self, name, value)
         self._reset_runtime()
@@ -436,5 +474,5 @@ class Options:
             f"max_concurrency={self.max_concurrency}, part_size={self.part_size}, "
             f"multipart_threshold={self.multipart_threshold}, "
             f"retry_mode={self.retry_mode!r}, max_attempts={self.max_attempts}, "
-            f"transport={self.transport!r})"
+            f"transport={self.transport!r}, upload_args={self.upload_args!r})"
         )

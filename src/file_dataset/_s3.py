@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from botocore.exceptions import BotoCoreError, ClientError
-from s3transfer.utils import ReadFileChunk
+from s3transfer.upload import UploadSubmissionTask
+from s3transfer.utils import ReadFileChunk, get_filtered_dict
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from file_dataset._backend import (
@@ -116,6 +117,23 @@ class S3Backend:
 
     def __init__(self, options: Options) -> None:
         self._options = options
+
+    def _args(self, request: str) -> dict[str, Any]:
+        """The options' ``upload_args`` that this request of an upload takes.
+
+        The same split as boto3's own ``upload_file`` (s3transfer's lists).
+        """
+        args = self._options.upload_args
+        if not args:
+            return {}
+        task = UploadSubmissionTask
+        if request == "put":
+            return dict(get_filtered_dict(args, blocklisted_keys=task.PUT_OBJECT_BLOCKLIST))
+        if request == "create":
+            return dict(get_filtered_dict(args, blocklisted_keys=task.CREATE_MULTIPART_BLOCKLIST))
+        if request == "part":
+            return dict(get_filtered_dict(args, task.UPLOAD_PART_ARGS))
+        return dict(get_filtered_dict(args, task.COMPLETE_MULTIPART_ARGS))
 
     def read_first(
         self, loc: Location, length: int, sink: Sink | None = None
@@ -239,13 +257,17 @@ class S3Backend:
         # of the file, as the obstore transport does.
         data = read_source(src)
         try:
-            self._options.s3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
+            self._options.s3_client().put_object(
+                Bucket=loc.bucket, Key=loc.key, Body=data, **self._args("put")
+            )
         except (ClientError, BotoCoreError) as e:
             translate_error(e, str(loc), "write")
 
     def multipart_start(self, loc: Location) -> str:
         try:
-            resp = self._options.s3_client().create_multipart_upload(Bucket=loc.bucket, Key=loc.key)
+            resp = self._options.s3_client().create_multipart_upload(
+                Bucket=loc.bucket, Key=loc.key, **self._args("create")
+            )
         except (ClientError, BotoCoreError) as e:
             translate_error(e, str(loc), "write")
         return str(resp["UploadId"])
@@ -265,6 +287,7 @@ class S3Backend:
                 UploadId=upload_id,
                 PartNumber=number,
                 Body=body,  # type: ignore[arg-type]
+                **self._args("part"),
             )
         except (ClientError, BotoCoreError) as e:
             translate_error(e, str(loc), "write")
@@ -280,6 +303,7 @@ class S3Backend:
                 Key=loc.key,
                 UploadId=upload_id,
                 MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                **self._args("complete"),
             )
         except (ClientError, BotoCoreError) as e:
             translate_error(e, str(loc), "write")

@@ -458,8 +458,8 @@ class ObstoreS3Backend:
             translate_error(e, str(loc), "head")
 
     def write(self, src: Path, loc: Location) -> None:
-        if not exact_key(loc.key):
-            self._boto3.write(src, loc)
+        if not exact_key(loc.key) or self._options.upload_args:
+            self._boto3.write(src, loc)  # boto3 takes every upload argument as is
             return
         data = read_source(src)
         try:
