@@ -267,6 +267,31 @@ def test_longest_id(options: Options, tmp_path: Path) -> None:
 # --- failing rows ---------------------------------------------------------------------
 
 
+def test_progress_bar_counts_every_row_and_the_dropped_ones(
+    options: Options,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+    put: Put,
+    read_object: ReadObject,
+) -> None:
+    frame = pd.DataFrame(
+        {
+            "id": ["ok-1", "bad-2", "ok-3", "ok-4"],
+            "f": [put(k, d) for k, d in [("1", b"a"), ("2", b"fail"), ("3", b"c"), ("4", b"d")]],
+        }
+    )
+    pipeline = Pipeline(upper, {"into_path": f"s3://{bucket}/out"}, options, progress=True)
+    result = pickle.loads(pickle.dumps(pipeline))(frame)
+    assert result["id"].tolist() == ["ok-1", "ok-3", "ok-4"]
+    assert outputs(result, read_object, "output.mha") == {"ok-1": b"A", "ok-3": b"C", "ok-4": b"D"}
+    final = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert final.startswith("file_dataset.Pipeline: 100%")
+    assert "4/4" in final
+    assert "dropped=1" in final
+    assert Pipeline(upper, {"into_path": f"s3://{bucket}/o2"}, options)(frame).shape[0] == 3
+    assert capsys.readouterr().err == ""  # no bar unless asked for
+
+
 def test_failing_fn_row_dropped_and_logged(
     options: Options,
     bucket: str,

@@ -90,6 +90,8 @@ class Pipeline:
         options: S3 settings for reading (and writing, unless ``write_options`` has
             its own); ``Options()`` when omitted.
         on_error: ``"drop"`` (default) to drop failed rows, ``"raise"`` to re-raise.
+        progress: Whether to show a tqdm progress bar over each call's rows (a row
+            counts when its upload is done or it is dropped).
 
     Examples:
         >>> pipeline = Pipeline(resample, write_options={"into_path": "s3://b/out/"})
@@ -103,6 +105,7 @@ class Pipeline:
         options: Options | None = None,
         *,
         on_error: Literal["drop", "raise"] = "drop",
+        progress: bool = False,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
@@ -118,12 +121,19 @@ class Pipeline:
         self.write_options = dict(write_options)
         self.options = options if options is not None else Options()
         self.on_error = on_error
+        self.progress = bool(progress)
         self.last_failures: list[RowFailure] = []
+        self._bar: Any = None  # the progress bar of a call under way
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["last_failures"] = []
+        state["_bar"] = None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # pickles made before these attributes existed
+        self.__dict__.update({"progress": False, "_bar": None, **state})
 
     def __repr__(self) -> str:
         name = getattr(self.fn, "__qualname__", repr(self.fn))
@@ -260,6 +270,10 @@ class Pipeline:
         values = frame_rows(file_dataframe, columns)
         self.last_failures = []
         written: dict[int, dict[str, str]] = {}  # by row position: name -> URL or path
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=len(ids), unit="row", desc="file_dataset.Pipeline")
         # Threads: this row's and the next row's downloads (each also makes the row's
         # output folder), up to _UPLOADS_IN_FLIGHT + 1 uploads (the newest is submitted
         # before the oldest is collected), and the removal of folders.
@@ -312,6 +326,9 @@ class Pipeline:
                     with contextlib.suppress(BaseException):  # the row is abandoned anyway
                         _remove(future.result())
                 concurrent.futures.wait([future for _, future in uploads])
+                if self._bar is not None:
+                    self._bar.close()
+                    self._bar = None
         return _output_frame(file_dataframe[ID_COLUMN], written)
 
     def _collect(
@@ -324,10 +341,16 @@ class Pipeline:
             written[index] = upload.result()
         except _RowError as e:
             self._fail(e)
+        else:
+            if self._bar is not None:
+                self._bar.update(1)
 
     def _fail(self, error: _RowError) -> None:
         failure = error.failure
         self.last_failures.append(failure)
+        if self._bar is not None:
+            self._bar.set_postfix(dropped=len(self.last_failures), refresh=False)
+            self._bar.update(1)
         if self.on_error == "raise":
             raise failure.error
         logger.warning(
