@@ -215,6 +215,29 @@ def test_a_truncated_body_is_an_error_not_garbage(
     assert list(tmp_path.iterdir()) == []  # no partial file left behind
 
 
+def test_a_body_that_keeps_breaking_says_so(truncating_server: str) -> None:
+    """Every response stops half-way: each transport resumes up to max_attempts
+    responses, then says what happened (obstore's own words are kept too)."""
+    _TruncatingHandler.sizes = {"obj.bin": 1000}
+    for transport, words in [
+        ("obstore", "could not be read whole, even after resuming it"),
+        ("boto3", "connection closed after"),
+    ]:
+        options = Options(
+            session_kwargs={
+                "aws_access_key_id": "test-key",
+                "aws_secret_access_key": "test-secret",
+                "region_name": "us-east-1",
+            },
+            s3_client_kwargs={"endpoint_url": truncating_server},
+            transport=transport,
+            max_attempts=3,
+        )
+        with pytest.raises(file_dataset.TransferError, match=r"s3://bucket/obj\.bin") as raised:
+            file_dataset.reader({"obj.bin": "s3://bucket/obj.bin"}, options).into_blob_table()
+        assert words in str(raised.value)
+
+
 def test_transport_is_chosen_once_per_options_object_and_override(
     s3_server: LocalS3Server,
     put: Callable[[str, bytes], str],

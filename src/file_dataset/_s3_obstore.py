@@ -113,6 +113,12 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
     reason = f"{code}: {message}" if code and message else (code or first_line)
     if isinstance(error, PreconditionError) or code == "PreconditionFailed":  # If-Match
         raise TransferError(url, CHANGED, operation=operation) from error
+    if "body error" in first_line:  # object_store's own resumes of a body gave up
+        reason = (
+            "the response body could not be read whole, even after resuming it up to "
+            "max_attempts times (connections dropped, or the object changed meanwhile); "
+            f"obstore said: {first_line}"
+        )
     if isinstance(error, NotFoundError | FileNotFoundError) or code in _NOT_FOUND:
         if code == "NoSuchBucket":
             reason = "the bucket does not exist"
