@@ -57,6 +57,7 @@ def test_pickle_round_trip_keeps_value_and_works(
     options.executor()
     copy = round_trip(options)
     assert copy == options
+    assert round_trip(Options(request_payer=True)).request_payer is True
     with_args = Options(upload_args={"ContentType": "image/x-mha", "Metadata": {"k": "v"}})
     assert round_trip(with_args).upload_args == {
         "ContentType": "image/x-mha",
@@ -87,6 +88,7 @@ def test_equality_and_hash_by_value() -> None:
     assert make(max_concurrency=4) != a
     assert make(part_size=6 * MiB) != a
     assert make(upload_args={"Metadata": {"a": "1"}}) != a
+    assert make(request_payer=True) != a
     assert make(upload_args={"Metadata": {"a": "1"}}) == make(upload_args={"Metadata": {"a": "1"}})
     assert Options({"region_name": "us-east-1"}) != Options({"region_name": "eu-west-1"})
     assert Options() != "Options()"

@@ -671,3 +671,66 @@ def test_a_bucket_in_another_region_is_followed_there(
         assert redirected <= 20 + 1  # the first wave of requests, and one HEAD of the bucket
     else:
         assert redirected <= proxied.max_concurrency + 1
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_requester_pays_bucket_needs_and_gets_the_header(
+    s3_server: LocalS3Server,
+    transport: str,
+    s3_client,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """The proxy answers as S3 does for a requester-pays bucket: 403 AccessDenied to any
+    request that does not say ``x-amz-request-payer: requester``."""
+    name = f"payer-bucket-{transport}-{os.getpid()}"
+    s3_client.create_bucket(Bucket=name)
+    big = bytes(range(251)) * (11 * MiB // 251)  # ranged reads, multipart writes
+    s3_client.put_object(Bucket=name, Key="small", Body=b"small")
+    s3_client.put_object(Bucket=name, Key="big", Body=big)
+    refused: list[str] = []
+
+    class Handler(_ReplacingProxy):
+        upstream = s3_server.endpoint_url
+
+        def _forward(self) -> None:
+            in_bucket = self.path.split("?")[0].split("/")[1] == name
+            if not in_bucket or self.headers.get("x-amz-request-payer") == "requester":
+                super()._forward()
+                return
+            refused.append(f"{self.command} {self.path}")
+            body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+            if length := int(self.headers.get("Content-Length") or 0):
+                self.rfile.read(length)
+            self.send_response(403)
+            self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+    row = {"small": f"s3://{name}/small", "big": f"s3://{name}/big"}
+    with _proxy(Handler, s3_server, transport) as proxied:
+        with pytest.raises(PermissionError, match=f"s3://{name}/"):
+            file_dataset.reader(row, proxied).into_blob_table()
+        assert refused
+        refused.clear()
+        paying = Options(
+            session_kwargs=proxied.session_kwargs,
+            s3_client_kwargs=proxied.s3_client_kwargs,
+            transport=transport,
+            part_size=5 * MiB,
+            multipart_threshold=5 * MiB,
+            request_payer=True,
+        )
+        assert file_dataset.reader(row, paying).into_blob_table().to_pylist() == [
+            {"small": b"small", "big": big}
+        ]
+        sizes = file_dataset.reader(row, paying).into_size_table().to_pylist()
+        assert sizes == [{"small": 5, "big": len(big)}]
+        with file_dataset.reader(row, paying).into_temp_dir() as tmp:
+            assert (tmp / "big").read_bytes() == big
+            written = file_dataset.write_files(
+                {"big.bin": tmp / "big", "small.bin": tmp / "small"}, f"s3://{name}/out", 1, paying
+            )
+    assert refused == []
+    assert s3_client.get_object(Bucket=name, Key="out/1/big.bin")["Body"].read() == big
+    assert written["small.bin"] == f"s3://{name}/out/1/small.bin"

@@ -255,6 +255,9 @@ class Options:
             else boto3. ``"obstore"`` or ``"boto3"`` force one. Either way the
             endpoint, region, credentials and retry budget are the ones these options
             resolve through boto3; multipart uploads always go through boto3.
+        request_payer: Whether every request says that the caller pays for it
+            (``x-amz-request-payer: requester``), as requester-pays buckets demand
+            for reads and writes alike.
         upload_args: Extra arguments for every object written to S3, as boto3's
             ``upload_file(ExtraArgs=...)`` takes them: for example
             ``{"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "..."}`` where a
@@ -275,6 +278,7 @@ class Options:
         "max_concurrency",
         "multipart_threshold",
         "part_size",
+        "request_payer",
         "retry_mode",
         "s3_client_kwargs",
         "session_kwargs",
@@ -294,6 +298,7 @@ class Options:
         max_attempts: int = 8,
         transport: str = "auto",
         upload_args: Mapping[str, Any] | None = None,
+        request_payer: bool = False,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -314,6 +319,7 @@ class Options:
             raise ValueError(f"transport must be 'auto', 'obstore' or 'boto3', got {transport!r}")
         self.transport = transport
         self.upload_args = _check_upload_args(upload_args or {})
+        self.request_payer = bool(request_payer)
         self._reset_runtime()
 
     @classmethod
@@ -437,6 +443,7 @@ class Options:
             self.max_attempts,
             self.transport,
             _freeze(self.upload_args),
+            self.request_payer,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -458,11 +465,12 @@ class Options:
             "max_attempts": self.max_attempts,
             "transport": self.transport,
             "upload_args": self.upload_args,
+            "request_payer": self.request_payer,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # pickles made before these settings existed
-        state = {"transport": "auto", "upload_args": {}, **state}
+        state = {"transport": "auto", "upload_args": {}, "request_payer": False, **state}
         for name, value in state.items():
             setattr(self, name, value)
         self._reset_runtime()
@@ -474,5 +482,6 @@ class Options:
             f"max_concurrency={self.max_concurrency}, part_size={self.part_size}, "
             f"multipart_threshold={self.multipart_threshold}, "
             f"retry_mode={self.retry_mode!r}, max_attempts={self.max_attempts}, "
-            f"transport={self.transport!r}, upload_args={self.upload_args!r})"
+            f"transport={self.transport!r}, upload_args={self.upload_args!r}, "
+            f"request_payer={self.request_payer!r})"
         )

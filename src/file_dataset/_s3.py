@@ -119,21 +119,29 @@ class S3Backend:
         self._options = options
 
     def _args(self, request: str) -> dict[str, Any]:
-        """The options' ``upload_args`` that this request of an upload takes.
+        """The extra arguments of one kind of request.
 
-        The same split as boto3's own ``upload_file`` (s3transfer's lists).
+        ``RequestPayer`` when the options pay as requester, and for the requests of an
+        upload (``put``, ``create``, ``part``, ``complete``) the options'
+        ``upload_args`` that the request takes: the same split as boto3's own
+        ``upload_file`` (s3transfer's lists).
         """
-        args = self._options.upload_args
-        if not args:
-            return {}
-        task = UploadSubmissionTask
-        if request == "put":
-            return dict(get_filtered_dict(args, blocklisted_keys=task.PUT_OBJECT_BLOCKLIST))
-        if request == "create":
-            return dict(get_filtered_dict(args, blocklisted_keys=task.CREATE_MULTIPART_BLOCKLIST))
-        if request == "part":
-            return dict(get_filtered_dict(args, task.UPLOAD_PART_ARGS))
-        return dict(get_filtered_dict(args, task.COMPLETE_MULTIPART_ARGS))
+        args: dict[str, Any] = {}
+        if self._options.request_payer:
+            args["RequestPayer"] = "requester"
+        upload = self._options.upload_args
+        if upload and request in ("put", "create", "part", "complete"):
+            task = UploadSubmissionTask
+            if request == "put":
+                chosen = get_filtered_dict(upload, blocklisted_keys=task.PUT_OBJECT_BLOCKLIST)
+            elif request == "create":
+                chosen = get_filtered_dict(upload, blocklisted_keys=task.CREATE_MULTIPART_BLOCKLIST)
+            elif request == "part":
+                chosen = get_filtered_dict(upload, task.UPLOAD_PART_ARGS)
+            else:
+                chosen = get_filtered_dict(upload, task.COMPLETE_MULTIPART_ARGS)
+            args.update(chosen)
+        return args
 
     def read_first(
         self, loc: Location, length: int, sink: Sink | None = None
@@ -143,13 +151,16 @@ class S3Backend:
         try:
             try:
                 resp = client.get_object(
-                    Bucket=loc.bucket, Key=loc.key, Range=f"bytes=0-{length - 1}"
+                    Bucket=loc.bucket,
+                    Key=loc.key,
+                    Range=f"bytes=0-{length - 1}",
+                    **self._args("get"),
                 )
             except ClientError as e:
                 if e.response.get("Error", {}).get("Code") != "InvalidRange":
                     raise
                 # A Range on an empty object is "unsatisfiable": read it plainly.
-                resp = client.get_object(Bucket=loc.bucket, Key=loc.key)
+                resp = client.get_object(Bucket=loc.bucket, Key=loc.key, **self._args("get"))
             content_range = resp.get("ContentRange")
             size = int(resp.get("ContentLength", 0))
             total = int(content_range.rsplit("/", 1)[1]) if content_range else size
@@ -162,7 +173,9 @@ class S3Backend:
 
     def _get_range(self, loc: Location, start: int, length: int, tag: str | None) -> Any:
         """A ranged GET, checked to answer that range (not the whole object)."""
-        extra: dict[str, Any] = {"IfMatch": tag} if tag else {}
+        extra = self._args("get")
+        if tag:
+            extra["IfMatch"] = tag
         end = start + length - 1
         resp = self._options.s3_client().get_object(
             Bucket=loc.bucket, Key=loc.key, Range=f"bytes={start}-{end}", **extra
@@ -247,7 +260,9 @@ class S3Backend:
 
     def size(self, loc: Location) -> int:
         try:
-            resp = self._options.s3_client().head_object(Bucket=loc.bucket, Key=loc.key)
+            resp = self._options.s3_client().head_object(
+                Bucket=loc.bucket, Key=loc.key, **self._args("head")
+            )
         except (ClientError, BotoCoreError) as e:
             translate_error(e, str(loc), "head")
         return int(resp["ContentLength"])
@@ -311,7 +326,7 @@ class S3Backend:
     def multipart_abort(self, loc: Location, upload_id: str) -> None:
         try:
             self._options.s3_client().abort_multipart_upload(
-                Bucket=loc.bucket, Key=loc.key, UploadId=upload_id
+                Bucket=loc.bucket, Key=loc.key, UploadId=upload_id, **self._args("abort")
             )
         except (ClientError, BotoCoreError) as e:
             translate_error(e, str(loc), "write")

@@ -211,6 +211,8 @@ def _new_store(options: Options, bucket: str) -> S3Store:
     custom = "endpoint_url" in options.s3_client_kwargs or not endpoint.endswith(".amazonaws.com")
     region = _REGIONS.get((os.getpid(), options, bucket)) or meta.region_name or "us-east-1"
     config: dict[str, Any] = {"region": region}
+    if options.request_payer:
+        config["request_payer"] = True
     s3_config = getattr(meta.config, "s3", None) or {}
     addressing = s3_config.get("addressing_style", "auto")
     if custom:
