@@ -199,6 +199,8 @@ _UNSUPPORTED_UPLOAD_ARGS = frozenset(
 
 
 def _check_upload_args(upload_args: Mapping[str, Any]) -> dict[str, Any]:
+    if not upload_args:
+        return {}
     from s3transfer.manager import TransferManager
 
     allowed = sorted(
