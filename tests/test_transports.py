@@ -10,7 +10,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pandas as pd
 import pytest
@@ -20,6 +20,20 @@ from file_dataset import Options
 from file_dataset.testing import LocalS3Server
 
 MiB = 1024 * 1024
+
+
+def _endpoint_options(endpoint: str, transport: str, **kwargs: Any) -> Options:
+    """Options for a test server at ``endpoint`` (test credentials, us-east-1)."""
+    return Options(
+        session_kwargs={
+            "aws_access_key_id": "test-key",
+            "aws_secret_access_key": "test-secret",
+            "region_name": "us-east-1",
+        },
+        s3_client_kwargs={"endpoint_url": endpoint},
+        transport=transport,
+        **kwargs,
+    )
 
 
 @pytest.fixture(params=["obstore", "boto3"])
@@ -195,17 +209,8 @@ def test_a_truncated_body_is_an_error_not_garbage(
     """Object buffers are not zero-filled, so a short body must never pass as complete:
     both the one-request path and the ranged-part path raise, naming the URL."""
     _TruncatingHandler.sizes = {"obj.bin": size}
-    options = Options(
-        session_kwargs={
-            "aws_access_key_id": "test-key",
-            "aws_secret_access_key": "test-secret",
-            "region_name": "us-east-1",
-        },
-        s3_client_kwargs={"endpoint_url": truncating_server},
-        transport=transport,
-        part_size=5 * MiB,
-        multipart_threshold=5 * MiB,
-        max_attempts=1,
+    options = _endpoint_options(
+        truncating_server, transport, part_size=5 * MiB, multipart_threshold=5 * MiB, max_attempts=1
     )
     row = {"obj.bin": "s3://bucket/obj.bin"}
     with pytest.raises(OSError, match=r"s3://bucket/obj\.bin"):
@@ -223,16 +228,7 @@ def test_a_body_that_keeps_breaking_says_so(truncating_server: str) -> None:
         ("obstore", "could not be read whole, even after resuming it"),
         ("boto3", "connection closed after"),
     ]:
-        options = Options(
-            session_kwargs={
-                "aws_access_key_id": "test-key",
-                "aws_secret_access_key": "test-secret",
-                "region_name": "us-east-1",
-            },
-            s3_client_kwargs={"endpoint_url": truncating_server},
-            transport=transport,
-            max_attempts=3,
-        )
+        options = _endpoint_options(truncating_server, transport, max_attempts=3)
         with pytest.raises(file_dataset.TransferError, match=r"s3://bucket/obj\.bin") as raised:
             file_dataset.reader({"obj.bin": "s3://bucket/obj.bin"}, options).into_blob_table()
         assert words in str(raised.value)
@@ -368,6 +364,18 @@ class _ReplacingProxy(http.server.BaseHTTPRequestHandler):
     def cut(self) -> str | None:
         """How to cut this response short ("fin" or "rst"), or None to send it whole."""
         return None
+
+    def answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        """Answers this request here, as S3 would, instead of forwarding it."""
+        if length := int(self.headers.get("Content-Length") or 0):
+            self.rfile.read(length)
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def triggers(self) -> bool:
         """Whether this request is the one after which the object is replaced."""
@@ -638,15 +646,8 @@ def test_a_bucket_in_another_region_is_followed_there(
                 b"<Message>The bucket you are attempting to access must be addressed using "
                 b"the specified endpoint.</Message></Error>"
             )
-            if length := int(self.headers.get("Content-Length") or 0):
-                self.rfile.read(length)
-            self.send_response(301)
-            self.send_header("x-amz-bucket-region", "eu-west-1")
-            self.send_header("Content-Type", "application/xml")
-            self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+            headers = {"x-amz-bucket-region": "eu-west-1", "Content-Type": "application/xml"}
+            self.answer(301, body, headers)
 
     with _proxy(Handler, s3_server, transport) as proxied:
         assert proxied.s3_client().meta.region_name == "us-east-1"
@@ -699,13 +700,7 @@ def test_requester_pays_bucket_needs_and_gets_the_header(
                 return
             refused.append(f"{self.command} {self.path}")
             body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
-            if length := int(self.headers.get("Content-Length") or 0):
-                self.rfile.read(length)
-            self.send_response(403)
-            self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+            self.answer(403, body)
 
     row = {"small": f"s3://{name}/small", "big": f"s3://{name}/big"}
     with _proxy(Handler, s3_server, transport) as proxied:
