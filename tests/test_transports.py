@@ -261,6 +261,9 @@ def test_transport_is_chosen_once_per_options_object_and_override(
     assert backend_for(loc, options) is first
     assert backend_for(loc, s3_server.options()) is not first  # an equal, other object
     assert type(backend_for(parse_url(str(local)), options)) is LocalBackend
+    odd = parse_url(url.replace("chosen.bin", "a//b"))  # obstore would rewrite it: boto3
+    assert type(backend_for(odd, options)) is S3Backend
+    assert backend_for(loc, options) is first
     assert file_dataset.reader(row, options).into_blob_table().to_pylist() == [
         {"s3.bin": b"chosen once", "local.bin": b"local bytes"}
     ]

@@ -8,6 +8,7 @@ different transport (another S3 client library, another cloud) is one new class.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -222,9 +223,25 @@ def remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
 
 
 # backend_for is called once per object; its answer depends only on the options (by
-# identity), whether the location is S3, and the FILE_DATASET_TRANSPORT override, so
-# each answer is kept (backends hold no state of a transfer and are shared by threads).
-_BACKENDS: dict[tuple[int, bool, str | None], tuple[Options, Backend]] = {}
+# identity), the kind of location (local, S3, S3 with a key obstore cannot address), and
+# the FILE_DATASET_TRANSPORT override, so each answer is kept (backends hold no state of
+# a transfer and are shared by threads).
+_BACKENDS: dict[tuple[int, str, str | None], tuple[Options, Backend]] = {}
+# object_store's Path refuses ASCII control characters in a key (and "", "." and ".."
+# segments, and strips a leading or trailing "/"), although S3 allows all of them.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ODD_SEGMENTS = frozenset({"", ".", ".."})
+
+
+def obstore_addresses(key: str) -> bool:
+    """Whether obstore requests exactly ``key``.
+
+    Any string is a valid S3 key, but object_store's ``Path`` drops a leading or
+    trailing ``/`` (so ``"/a"`` would silently read the object ``"a"``) and refuses
+    empty, ``.`` and ``..`` segments (``a//b``, ``a/./b``) and ASCII control
+    characters. Such keys go through boto3, which sends every key verbatim.
+    """
+    return not _CONTROL.search(key) and not _ODD_SEGMENTS.intersection(key.split("/"))
 
 
 def backend_for(loc: Location, options: Options) -> Backend:
@@ -233,7 +250,8 @@ def backend_for(loc: Location, options: Options) -> Backend:
     S3 goes through obstore (a fraction of boto3's client CPU per request) when the
     transport (see :func:`transport_of`) is ``"obstore"``, or ``"auto"`` with
     :data:`AUTO_PREFERS_OBSTORE` set and obstore installed and able to honour every
-    setting of ``options`` (``_s3_obstore.can_serve``); otherwise through boto3.
+    setting of ``options`` (``_s3_obstore.can_serve``), and the key is one obstore
+    addresses verbatim (:func:`obstore_addresses`); otherwise through boto3.
 
     Args:
         loc: A parsed location.
@@ -245,19 +263,21 @@ def backend_for(loc: Location, options: Options) -> Backend:
     Raises:
         ImportError: ``transport="obstore"`` but obstore is not installed.
     """
-    key = (id(options), loc.is_s3, os.environ.get("FILE_DATASET_TRANSPORT"))
+    kind = ("s3" if obstore_addresses(loc.key) else "s3-odd-key") if loc.is_s3 else "local"
+    key = (id(options), kind, os.environ.get("FILE_DATASET_TRANSPORT"))
     known = _BACKENDS.get(key)
     if known is not None and known[0] is options:
         return known[1]
-    backend = _new_backend(loc, options)
+    backend = _new_backend(kind, options)
     remember(_BACKENDS, key, (options, backend))
     return backend
 
 
-def _new_backend(loc: Location, options: Options) -> Backend:
-    if loc.is_s3:
+def _new_backend(kind: str, options: Options) -> Backend:
+    if kind != "local":
         transport = transport_of(options)
-        if transport == "obstore" or (transport == "auto" and AUTO_PREFERS_OBSTORE):
+        wants_obstore = transport == "obstore" or (transport == "auto" and AUTO_PREFERS_OBSTORE)
+        if wants_obstore and kind == "s3":
             try:
                 from file_dataset._s3_obstore import ObstoreS3Backend, can_serve
             except ImportError as e:

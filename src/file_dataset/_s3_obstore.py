@@ -5,8 +5,9 @@ endpoint, region and addressing style of the calling thread's client, and the
 session's credentials, refreshed when they are temporary), so the same ``Options``
 reach the same server with the same identity. Reads and single-request writes go
 through obstore; multipart writes (large objects, bandwidth-bound) keep using boto3,
-because obstore exposes no part-level API with ETags. So do keys that obstore's
-``Path`` would change or refuse (see :func:`exact_key`).
+because obstore exposes no part-level API with ETags. Keys that obstore's ``Path``
+would change or refuse never reach this module (see
+:func:`file_dataset._backend.obstore_addresses`).
 
 Selected with ``FILE_DATASET_TRANSPORT=obstore`` (see :func:`file_dataset._backend.backend_for`).
 """
@@ -77,10 +78,6 @@ _WRONG_REGION_WORDS = (
     "AuthorizationHeaderMalformed",
     "IllegalLocationConstraintException",
 )
-# object_store's Path refuses ASCII control characters in a key (and "", "." and ".."
-# segments, and strips a leading or trailing "/"), although S3 allows all of them.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_ODD_SEGMENTS = frozenset({"", ".", ".."})
 _DENIED_WORDS = (
     "AccessDenied",
     "Forbidden",
@@ -280,17 +277,6 @@ def store_for(options: Options, bucket: str) -> S3Store:
     return store
 
 
-def exact_key(key: str) -> bool:
-    """Whether obstore requests exactly ``key``.
-
-    Any string is a valid S3 key, but object_store's ``Path`` drops a leading or
-    trailing ``/`` (so ``"/a"`` would silently read the object ``"a"``) and refuses
-    empty, ``.`` and ``..`` segments (``a//b``, ``a/./b``) and ASCII control
-    characters. Such keys go through boto3, which sends every key verbatim.
-    """
-    return not _CONTROL.search(key) and not _ODD_SEGMENTS.intersection(key.split("/"))
-
-
 def _bucket_region(options: Options, bucket: str) -> str | None:
     """The region S3 names for ``bucket`` (``x-amz-bucket-region``), asked through boto3.
 
@@ -344,10 +330,7 @@ def _wrong_region(error: BaseException) -> bool:
 
 
 class ObstoreS3Backend:
-    """Reads and writes S3 objects with obstore; multipart writes through boto3.
-
-    So do objects whose key obstore would not request verbatim (:func:`exact_key`).
-    """
+    """Reads and writes S3 objects with obstore; multipart writes through boto3."""
 
     supports_multipart = True
 
@@ -378,8 +361,6 @@ class ObstoreS3Backend:
     def read_first(
         self, loc: Location, length: int, sink: Sink | None = None
     ) -> tuple[Blob | None, int, str | None]:
-        if not exact_key(loc.key):
-            return self._boto3.read_first(loc, length, sink)
         url = str(loc)
         try:
             try:
@@ -429,9 +410,6 @@ class ObstoreS3Backend:
     def read_chunks(
         self, loc: Location, start: int, length: int, tag: str | None = None
     ) -> Iterator[Blob]:
-        if not exact_key(loc.key):
-            yield from self._boto3.read_chunks(loc, start, length, tag)
-            return
         if not length:
             return
         url = str(loc)
@@ -449,24 +427,19 @@ class ObstoreS3Backend:
     def read_into(
         self, loc: Location, start: int, view: memoryview, tag: str | None = None
     ) -> None:
-        if not exact_key(loc.key):
-            self._boto3.read_into(loc, start, view, tag)
-            return
         done = 0
         for chunk in self.read_chunks(loc, start, len(view), tag):
             copy_into(view, done, chunk)
             done += len(chunk)
 
     def size(self, loc: Location) -> int:
-        if not exact_key(loc.key):
-            return self._boto3.size(loc)
         try:
             return int(self._request(loc, lambda store: obstore.head(store, loc.key))["size"])
         except (BaseError, OSError) as e:
             translate_error(e, str(loc), "head")
 
     def write(self, src: Path, loc: Location) -> None:
-        if not exact_key(loc.key) or self._options.upload_args:
+        if self._options.upload_args:
             self._boto3.write(src, loc)  # boto3 takes every upload argument as is
             return
         data = read_source(src)
