@@ -217,6 +217,8 @@ def _memo(key: Any, make: Callable[[], Any]) -> Any:
 def _options(spec: dict[str, Any], **kw: Any) -> Any:
     if spec.get("max_concurrency"):
         kw["max_concurrency"] = int(spec["max_concurrency"])
+    if spec.get("part_mib"):
+        kw["part_size"] = int(spec["part_mib"]) << 20
     return _memo(("options", spec["endpoint"]), lambda: _new_options(spec, **kw))
 
 
@@ -882,6 +884,8 @@ def main(spec_path: str) -> None:
         for token in tokens:  # e.g. fd_blob[obstore+c64]: 64 concurrent transfers
             if token.startswith("c") and token[1:].isdigit():
                 spec["max_concurrency"] = int(token[1:])
+            if token.startswith("p") and token[1:].isdigit():  # part size in MiB
+                spec["part_mib"] = int(token[1:])
             if token == "noreserve":  # Ray Data without per-operator reservations
                 spec["ray_noreserve"] = True
         prepare = CONTENDERS[impl_name]

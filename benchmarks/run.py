@@ -65,7 +65,7 @@ OUT_BUCKET = "bench-out"
 
 # Plain fd_* names use the library's default transport (Options.transport="auto":
 # obstore); [boto3] or [obstore] force one through FILE_DATASET_TRANSPORT, and [c64] sets
-# Options(max_concurrency=64), and [noreserve] turns Ray Data's per-operator resource
+# Options(max_concurrency=64), [p16] Options(part_size=16 MiB), and [noreserve] turns Ray Data's per-operator resource
 # reservation off (DataContext.op_resource_reservation_enabled = False); tokens combine
 # with "+".
 READ_CONTENDERS = [
@@ -79,6 +79,8 @@ READ_CONTENDERS = [
     "fd_blob[c128]",
     "fd_blob[boto3]",
     "fd_tempdir[boto3]",
+    "fd_blob[p16]",
+    "fd_tempdir[p16]",
     "fd_ray[boto3]",
     "fd_pipeline[boto3]",
     "fd_ray[noreserve]",
@@ -132,6 +134,8 @@ DESCRIPTIONS = {
     "fd_blob[boto3]": "into_blob_table, boto3 transport (FILE_DATASET_TRANSPORT=boto3)",
     "fd_blob_cold[boto3]": "fd_blob_cold, boto3 transport",
     "fd_tempdir[boto3]": "into_temp_dir, boto3 transport",
+    "fd_blob[p16]": "into_blob_table with Options(part_size=16 MiB)",
+    "fd_tempdir[p16]": "into_temp_dir with Options(part_size=16 MiB)",
     "fd_ray[boto3]": "read_file_dataset, boto3 transport (variable inherited by Ray workers)",
     "fd_pipeline[boto3]": "fd_pipeline, boto3 transport",
     "fd_ray[noreserve]": "fd_ray with DataContext.op_resource_reservation_enabled = False",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,8 +31,10 @@ CHUNK_BYTES = 1024 * 1024
 # instead of being returned as one buffer.
 STREAM_BYTES = 8 * 1024 * 1024
 # Where a streamed first response goes: called once with the object's total size, it
-# returns a function that stores ``data`` at byte ``offset`` of the object.
-Sink = Callable[[int], Callable[[int, Blob], None]]
+# returns the object's buffer (filled in place) or a function that stores ``data`` at
+# byte ``offset`` of the object (a file's).
+Store = memoryview | Callable[[int, Blob], None]
+Sink = Callable[[int], Store]
 # What a read of a later part reports when the object is no longer the one whose first
 # part was read (a ranged GET's If-Match failed, or a local file was rewritten).
 CHANGED = (
@@ -94,6 +97,13 @@ def copy_into(view: memoryview, offset: int, data: Blob) -> None:
         view[offset : offset + n] = data
 
 
+def store_writer(store: Store) -> Callable[[int, Blob], None]:
+    """A function that stores ``data`` at byte ``offset`` of what a sink returned."""
+    if isinstance(store, memoryview):
+        return partial(copy_into, store)
+    return store
+
+
 def readinto_chunks(
     readinto: Callable[[memoryview], int], length: int, short: Callable[[int], Exception]
 ) -> Iterator[memoryview]:
@@ -124,8 +134,10 @@ class Backend(Protocol):
             loc: The object.
             length: The most bytes to read.
             sink: Optional; a backend may stream a large response (at least
-                :data:`STREAM_BYTES`) into ``sink(total)`` as it arrives, so that it is
-                never held twice in memory, and then return ``None`` for the bytes.
+                :data:`STREAM_BYTES`) into what ``sink(total)`` returns (the object's
+                buffer, or a function storing bytes at an offset) as it arrives, so
+                that it is never held twice in memory, and then return ``None`` for
+                the bytes.
 
         Returns:
             The bytes read (``None`` when they went to the sink), the object's total

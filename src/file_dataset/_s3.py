@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
+from botocore.httpchecksum import StreamingChecksumBody
 from s3transfer.upload import UploadSubmissionTask
 from s3transfer.utils import ReadFileChunk, get_filtered_dict
 from urllib3.exceptions import HTTPError as Urllib3Error
@@ -16,6 +18,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from file_dataset._backend import (
     CHANGED,
     SOURCE_CHANGED,
+    STREAM_BYTES,
     Blob,
     Sink,
     new_buffer,
@@ -68,14 +71,22 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
                 operation=operation,
             ) from error
         raise TransferError(url, reason, operation=operation) from error
+    if isinstance(error, FlexibleChecksumError):
+        raise TransferError(
+            url,
+            f"the bytes received do not match the checksum the server sent ({error}); "
+            "nothing was kept",
+            operation=operation,
+        ) from error
     if isinstance(error, BotoCoreError):
         raise TransferError(url, f"{type(error).__name__}: {error}", operation=operation) from error
     raise TransferError(url, f"{type(error).__name__}: {error}", operation=operation) from error
 
 
 # What reading a response body raises when the connection drops part-way (botocore
-# wraps some of urllib3's errors; a clean close shows up as a short read instead).
-_DROPPED = (BotoCoreError, Urllib3Error, OSError)
+# wraps some of urllib3's errors, http.client raises IncompleteRead for a chunked body;
+# a clean close shows up as a short read instead).
+_DROPPED = (BotoCoreError, Urllib3Error, OSError, http.client.HTTPException)
 
 
 def _backoff(attempt: int) -> float:
@@ -83,26 +94,70 @@ def _backoff(attempt: int) -> float:
     return float(min(0.05 * 2**attempt, 2.0))
 
 
+def _readinto(body: Any) -> Callable[[memoryview], int]:
+    """The cheapest way to read a boto3 response body into a buffer of ours.
+
+    botocore's and urllib3's ``readinto`` read a new bytes object and copy it (for a
+    large read, http.client's ``read`` copies once more), all under the GIL. The
+    http.client response underneath reads from the socket straight into the buffer,
+    with the GIL released: one copy, the kernel's. urllib3 is bypassed for the body
+    only, so the function returns the connection to its pool once the body is
+    complete; a body left unfinished is closed with its connection by
+    ``body.close()`` as usual. A body that comes with a checksum (botocore's
+    ``StreamingChecksumBody``, when the server sent one for the whole object), and
+    bodies of other shapes, use botocore's ``readinto``, so the checksum is computed.
+    """
+    raw: Any = getattr(body, "_raw_stream", None)
+    response = getattr(raw, "_fp", None)
+    release = getattr(raw, "release_conn", None)
+    if (
+        isinstance(body, StreamingChecksumBody)
+        or not isinstance(response, http.client.HTTPResponse)
+        or release is None
+    ):
+        return body.readinto  # type: ignore[no-any-return]
+    read = response.readinto
+
+    def readinto(view: memoryview) -> int:
+        n = read(view)
+        if n and response.isclosed():  # the body's last bytes: reuse the connection
+            release()
+        return n
+
+    return readinto
+
+
+def _check_end(body: Any) -> None:
+    """Called once a body's bytes have all arrived: checks its checksum, if it has one.
+
+    botocore compares a ``StreamingChecksumBody``'s checksum when a read finds the end
+    of the body, which reading exactly the expected length never does; this read does.
+
+    Raises:
+        FlexibleChecksumError: The bytes do not match the checksum the server sent.
+    """
+    if isinstance(body, StreamingChecksumBody):
+        body.readinto(bytearray(1))  # type: ignore[arg-type]
+
+
 def _fill_some(body: Any, view: memoryview) -> int:
-    """Reads a response body straight into ``view`` (no intermediate bytes object).
+    """Reads a response body straight into ``view`` (see :func:`_readinto`).
 
     Returns how many bytes arrived: fewer than ``len(view)`` if the connection closed
     or dropped first.
     """
-    raw = getattr(body, "_raw_stream", None)
-    readinto = raw.readinto if raw is not None and hasattr(raw, "readinto") else None
+    readinto = _readinto(body)
     done = 0
     try:
         while done < len(view):
-            if readinto is not None:
-                n = readinto(view[done:])
-            else:
-                chunk = body.read(min(len(view) - done, 1 << 20))
-                n = len(chunk)
-                view[done : done + n] = chunk
+            n = readinto(view[done:])
             if not n:
                 break
             done += n
+        if done == len(view):
+            _check_end(body)
+    except FlexibleChecksumError:
+        raise
     except _DROPPED:
         pass
     finally:
@@ -164,8 +219,19 @@ class S3Backend:
             content_range = resp.get("ContentRange")
             size = int(resp.get("ContentLength", 0))
             total = int(content_range.rsplit("/", 1)[1]) if content_range else size
-            buf = new_buffer(size)
             tag = resp.get("ETag")
+            if sink is not None and size >= STREAM_BYTES:
+                # Straight into the object's buffer, or through a small one to its file.
+                store = sink(total)
+                if isinstance(store, memoryview):
+                    self._fill_range(loc, 0, store[:size], tag, resp["Body"])
+                else:
+                    done = 0
+                    for chunk in self.read_chunks(loc, 0, size, tag, resp["Body"]):
+                        store(done, chunk)
+                        done += len(chunk)
+                return None, total, tag
+            buf = new_buffer(size)
             self._fill_range(loc, 0, buf, tag, resp["Body"])
             return buf, total, tag
         except (ClientError, BotoCoreError) as e:
@@ -215,7 +281,10 @@ class S3Backend:
                     translate_error(e, url, "read")
                 tag = tag or resp.get("ETag")
                 body = resp["Body"]
-            done += _fill_some(body, view[done:])
+            try:
+                done += _fill_some(body, view[done:])
+            except FlexibleChecksumError as e:
+                translate_error(e, url, "read")
             body = None
             if done == len(view):
                 return
@@ -228,33 +297,43 @@ class S3Backend:
             self._fill_range(loc, start, view, tag)
 
     def read_chunks(
-        self, loc: Location, start: int, length: int, tag: str | None = None
+        self, loc: Location, start: int, length: int, tag: str | None = None, body: Any = None
     ) -> Iterator[Blob]:
+        """Streams ``length`` bytes of the object from ``start`` (see :class:`Backend`).
+
+        ``body``, if given, is a response for that range already under way; a dropped
+        connection is resumed as in :meth:`_fill_range`.
+        """
         if not length:
             return
         url = str(loc)
         done = 0  # bytes handed over; a dropped connection resumes after them
 
-        def closed(got: int) -> TransferError:
-            return TransferError(url, f"connection closed after {done + got} of {length} bytes")
+        def closed(got: int) -> Exception:
+            return http.client.IncompleteRead(b"")  # a short body: resumed below
 
         for attempt in range(max(1, self._options.max_attempts)):
             if attempt:
                 time.sleep(_backoff(attempt))
+            if body is None:
+                try:
+                    resp = self._get_range(loc, start + done, length - done, tag)
+                except (ClientError, BotoCoreError) as e:
+                    translate_error(e, url, "read")
+                tag = tag or resp.get("ETag")
+                body = resp["Body"]
             try:
-                resp = self._get_range(loc, start + done, length - done, tag)
-            except (ClientError, BotoCoreError) as e:
-                translate_error(e, url, "read")
-            tag = tag or resp.get("ETag")
-            body = resp["Body"]
-            try:
-                for chunk in readinto_chunks(body.readinto, length - done, closed):
+                for chunk in readinto_chunks(_readinto(body), length - done, closed):
                     yield chunk
                     done += len(chunk)
+                _check_end(body)
+            except FlexibleChecksumError as e:
+                translate_error(e, url, "read")
             except _DROPPED:
                 continue
             finally:
                 body.close()
+                body = None
             return
         raise TransferError(url, f"connection closed after {done} of {length} bytes")
 

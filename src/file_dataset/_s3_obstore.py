@@ -42,6 +42,7 @@ from file_dataset._backend import (
     copy_into,
     read_source,
     remember,
+    store_writer,
 )
 from file_dataset._errors import (
     ObjectAccessDeniedError,
@@ -376,7 +377,7 @@ class ObstoreS3Backend:
             tag = result.meta.get("e_tag")
             expected = min(total, length)
             if sink is not None and expected >= STREAM_BYTES:
-                write = sink(total)
+                write = store_writer(sink(total))
                 done = 0
                 for chunk in self._chunks(result, url, expected):
                     write(done, chunk)

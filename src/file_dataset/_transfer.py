@@ -52,10 +52,10 @@ def read_job(loc: Location, options: Options) -> Job[Blob]:
     backend = backend_for(loc, options)
     view = memoryview(b"")  # the object's buffer, once its size is known
 
-    def sink(total: int) -> Callable[[int, Blob], None]:
+    def sink(total: int) -> memoryview:
         nonlocal view
         view = new_buffer(total)
-        return partial(copy_into, view)
+        return view
 
     first_call = partial(backend.read_first, loc, options.multipart_threshold, sink)
     [(first, total, tag)] = yield [first_call]
