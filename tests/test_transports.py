@@ -762,6 +762,7 @@ def test_a_bucket_in_another_region_is_followed_there(
     for key, value in data.items():
         s3_client.put_object(Bucket=name, Key=key, Body=value)
     signed_for: list[str] = []
+    redirected_paths: set[str] = set()
 
     class Handler(_ReplacingProxy):
         upstream = s3_server.endpoint_url
@@ -773,6 +774,8 @@ def test_a_bucket_in_another_region_is_followed_there(
             scope = (self.headers.get("Authorization") or "").split("Credential=")[-1]
             region = scope.split("/")[2] if scope.count("/") >= 4 else ""
             signed_for.append(region)
+            if region != "eu-west-1":
+                redirected_paths.add(f"{self.command} {self.path}")
             if region == "eu-west-1":
                 super()._forward()
                 return
@@ -800,8 +803,10 @@ def test_a_bucket_in_another_region_is_followed_there(
     assert got == b"written in eu-west-1"
     # Redirected at first, then signed for the bucket's region. obstore learns the region
     # once per process; boto3 once per client, and there is a client per pool thread.
+    # (Requests are counted once per method and path: a transport may resend one whose
+    # connection dropped.)
     assert signed_for[0] == "us-east-1"
-    redirected = signed_for.count("us-east-1")
+    redirected = len(redirected_paths)
     if transport == "obstore":
         assert signed_for[-25:] == ["eu-west-1"] * 25
         assert redirected <= 20 + 1  # the first wave of requests, and one HEAD of the bucket
