@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -102,6 +102,13 @@ def store_writer(store: Store) -> Callable[[int, Blob], None]:
     if isinstance(store, memoryview):
         return partial(copy_into, store)
     return store
+
+
+def write_chunks(write: Callable[[int, Blob], None], offset: int, chunks: Iterable[Blob]) -> None:
+    """Stores a stream of buffers with ``write`` at consecutive offsets from ``offset``."""
+    for chunk in chunks:
+        write(offset, chunk)
+        offset += len(chunk)
 
 
 def readinto_chunks(

@@ -24,6 +24,7 @@ from file_dataset._backend import (
     new_buffer,
     read_source,
     readinto_chunks,
+    write_chunks,
 )
 from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
 from file_dataset._options import Options
@@ -226,10 +227,7 @@ class S3Backend:
                 if isinstance(store, memoryview):
                     self._fill_range(loc, 0, store[:size], tag, resp["Body"])
                 else:
-                    done = 0
-                    for chunk in self.read_chunks(loc, 0, size, tag, resp["Body"]):
-                        store(done, chunk)
-                        done += len(chunk)
+                    write_chunks(store, 0, self.read_chunks(loc, 0, size, tag, resp["Body"]))
                 return None, total, tag
             buf = new_buffer(size)
             self._fill_range(loc, 0, buf, tag, resp["Body"])

@@ -19,6 +19,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar, cast
 
@@ -43,6 +44,7 @@ from file_dataset._backend import (
     read_source,
     remember,
     store_writer,
+    write_chunks,
 )
 from file_dataset._errors import (
     ObjectAccessDeniedError,
@@ -377,11 +379,7 @@ class ObstoreS3Backend:
             tag = result.meta.get("e_tag")
             expected = min(total, length)
             if sink is not None and expected >= STREAM_BYTES:
-                write = store_writer(sink(total))
-                done = 0
-                for chunk in self._chunks(result, url, expected):
-                    write(done, chunk)
-                    done += len(chunk)
+                write_chunks(store_writer(sink(total)), 0, self._chunks(result, url, expected))
                 return None, total, tag
             data = result.bytes()
         except (BaseError, OSError) as e:
@@ -428,10 +426,7 @@ class ObstoreS3Backend:
     def read_into(
         self, loc: Location, start: int, view: memoryview, tag: str | None = None
     ) -> None:
-        done = 0
-        for chunk in self.read_chunks(loc, start, len(view), tag):
-            copy_into(view, done, chunk)
-            done += len(chunk)
+        write_chunks(partial(copy_into, view), 0, self.read_chunks(loc, start, len(view), tag))
 
     def size(self, loc: Location) -> int:
         try:

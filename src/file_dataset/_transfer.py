@@ -30,6 +30,7 @@ from file_dataset._backend import (
     copy_into,
     file_version,
     new_buffer,
+    write_chunks,
 )
 from file_dataset._errors import ObjectNotFoundError, TransferError
 from file_dataset._options import Options, Reply
@@ -85,10 +86,7 @@ def _read_part_to_file(
 ) -> None:
     # Each of the transport's buffers goes straight to the file (one copy, into the
     # kernel) as it arrives.
-    offset = start
-    for chunk in read_chunks(loc, start, end - start, tag):
-        _pwrite_all(fd, offset, chunk)
-        offset += len(chunk)
+    write_chunks(partial(_pwrite_all, fd), start, read_chunks(loc, start, end - start, tag))
 
 
 def _pwrite_all(fd: int, offset: int, data: Blob) -> None:
