@@ -374,7 +374,8 @@ def fd_ray(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepared:
 
     def run() -> Callable[[], None]:
         batch = min(2500, max(1, -(-len(df) // 4)))  # about 4 read tasks (2 CPUs)
-        ds = read_file_dataset(df, batch_size=batch, options=options)
+        kwargs = {"num_cpus": spec["ray_num_cpus"]} if "ray_num_cpus" in spec else {}
+        ds = read_file_dataset(df, batch_size=batch, options=options, **kwargs)
         table = pa.concat_tables(ray.get(ds.to_arrow_refs()))
         cols = [c for c in df.columns if c != "id"]
         return lambda: checker.table(table, [(c, c) for c in cols])
@@ -888,6 +889,8 @@ def main(spec_path: str) -> None:
                 spec["part_mib"] = int(token[1:])
             if token == "noreserve":  # Ray Data without per-operator reservations
                 spec["ray_noreserve"] = True
+            if token.startswith("cpu"):  # CPUs asked for by each read task, e.g. cpu0.5
+                spec["ray_num_cpus"] = float(token[3:])
         prepare = CONTENDERS[impl_name]
         try:
             if spec.get("warm_frame") and impl_name not in NO_WARMUP:

@@ -18,7 +18,9 @@ SERVER_NAMES = {
     "delay": "nginx, 10 ms first-byte latency",
     "moto": "moto (writes)",
 }
-DIR = {"fd_tempdir", "fd_tempdir[boto3]", "fd_pipeline", "fd_pipeline[boto3]", "s5cmd", "curl"}
+# Contenders that produce files (compared with into_temp_dir), by name without [tokens];
+# the others produce blobs.
+DIR = {"fd_tempdir", "fd_pipeline", "s5cmd", "curl"}
 PEERS = {
     "ray_download",
     "ray_download[noreserve]",
@@ -164,7 +166,7 @@ def _baseline(rows: list[dict[str, Any]], contender: str) -> dict[str, Any] | No
         return by.get("fd_write_files")
     if contender.startswith("fd_pipeline_"):
         return by.get("fd_pipeline_io")
-    return by.get("fd_tempdir" if contender in DIR else "fd_blob")
+    return by.get("fd_tempdir" if contender.split("[")[0] in DIR else "fd_blob")
 
 
 def _cells(r: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:

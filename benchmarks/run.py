@@ -66,8 +66,9 @@ OUT_BUCKET = "bench-out"
 # Plain fd_* names use the library's default transport (Options.transport="auto":
 # obstore); [boto3] or [obstore] force one through FILE_DATASET_TRANSPORT, and [c64] sets
 # Options(max_concurrency=64), [p16] Options(part_size=16 MiB), and [noreserve] turns Ray Data's per-operator resource
-# reservation off (DataContext.op_resource_reservation_enabled = False); tokens combine
-# with "+".
+# reservation off (DataContext.op_resource_reservation_enabled = False), [cpu0.5] has each
+# read task of fd_ray ask for 0.5 CPU; tokens combine with "+", and any combination can
+# be asked for with --contenders.
 READ_CONTENDERS = [
     "fd_blob",
     "fd_blob_cold",
@@ -113,15 +114,6 @@ PIPELINE_CONTENDERS = [
     "fd_pipeline_sleep[boto3]",
 ]
 QUICK_CONTENDERS = ["fd_blob", "fd_tempdir", "boto3_pool", "curl", "fd_write_files"]
-# Contenders that produce files (compared with into_temp_dir); the others produce blobs.
-DIR_CONTENDERS = {
-    "fd_tempdir",
-    "fd_tempdir[boto3]",
-    "fd_pipeline",
-    "fd_pipeline[boto3]",
-    "s5cmd",
-    "curl",
-}
 DESCRIPTIONS = {
     "fd_blob": "file_dataset reader(df).into_blob_table(), default transport (obstore)",
     "fd_blob_cold": "into_blob_table as the first call of a process (no warm-up: clients and pool created inside)",
@@ -458,7 +450,10 @@ class Suite:
         if not self.args.contenders:
             return default
         wanted = [c.strip() for c in self.args.contenders.split(",")]
-        return [c for c in default if c in wanted]
+        # a listed contender with other tokens (e.g. fd_ray[cpu0.5]) runs too, after them
+        bases = {c.split("[")[0] for c in default}
+        extra = [c for c in wanted if c not in default and c.split("[")[0] in bases]
+        return [c for c in default if c in wanted] + extra
 
     def _warm(self, local: bool) -> tuple[Path, Path]:
         """A small other set every contender reads (or writes) first, unmeasured."""
