@@ -433,11 +433,62 @@ def test_invalid_dataframe_rejected_before_any_row(
         ({"write_options": {"into_path": "ftp://host/o"}}, ValueError),
         ({"write_options": {"into_path": "s3://bkt/o"}, "on_error": "ignore"}, ValueError),
         ({"write_options": {"into_path": "s3://bkt/o"}, "fn": "not callable"}, TypeError),
+        ({"write_options": "s3://bkt/o"}, TypeError),
     ],
 )
 def test_invalid_pipeline_arguments(kwargs: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error):
         Pipeline(**{"fn": upper, **kwargs})
+
+
+def test_write_options_given_as_a_string_says_what_is_expected() -> None:
+    with pytest.raises(TypeError) as info:
+        Pipeline(upper, "s3://bkt/o")  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "write_options must be a mapping such as {'into_path': 's3://bucket/prefix/'}, got str"
+    )
+
+
+def test_a_single_row_without_an_id_is_refused_as_a_row(
+    options: Options, tmp_path: Path, put: Put
+) -> None:
+    calls: list[Path] = []
+    pipeline = Pipeline(lambda i, o: calls.append(i), {"into_path": tmp_path / "out"}, options)
+    with pytest.raises(ValueError) as info:
+        pipeline({"image.mha": put("a", b"a")})
+    assert str(info.value) == (
+        "a row given to a Pipeline needs an 'id': its outputs are written under "
+        "<into_path>/<id>/ (the row has ['image.mha'])"
+    )
+    assert calls == []
+
+
+def test_an_output_named_id_fails_its_row_before_anything_is_written(
+    options: Options, bucket: str, s3_client: Any, put: Put
+) -> None:
+    """``id`` is the output's row id column: an output file of that name would clash
+    with it. Only the row that returns one is dropped, and it writes nothing."""
+
+    def named_id(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        out = output_dir / "s"
+        out.write_bytes((input_dir / "f").read_bytes())
+        return {"id": out, "ok.bin": out} if out.read_bytes() == b"2" else {"ok.bin": out}
+
+    pipeline = Pipeline(named_id, {"into_path": f"s3://{bucket}/out"}, options)
+    frame = pd.DataFrame(
+        {"id": ["1", "2", "3"], "f": [put(f"k{i}", str(i).encode()) for i in (1, 2, 3)]}
+    )
+    result = pipeline(frame)
+    assert result["id"].tolist() == ["1", "3"]
+    assert result["ok.bin"].tolist() == [
+        f"s3://{bucket}/out/1/ok.bin",
+        f"s3://{bucket}/out/3/ok.bin",
+    ]
+    listing = s3_client.list_objects_v2(Bucket=bucket, Prefix="out/")
+    assert sorted(o["Key"] for o in listing["Contents"]) == ["out/1/ok.bin", "out/3/ok.bin"]
+    (failure,) = pipeline.last_failures
+    assert (failure.id, failure.stage) == ("2", "fn")
+    assert "fn returned an output named 'id', which is reserved" in str(failure.error)
 
 
 def test_output_name_escaping_is_a_failed_row(options: Options, tmp_path: Path) -> None:

@@ -501,8 +501,56 @@ def test_missing_bucket_and_missing_local_file(options: Options, tmp_path: Path)
 
 
 def test_local_directory_is_not_a_file(tmp_path: Path) -> None:
-    with pytest.raises(OSError, match="directory"):
-        file_dataset.reader({"f": tmp_path}).into_blob_table()
+    """Also not for sizes: a directory's st_size would be a wrong size to plan with."""
+    for read in ("into_blob_table", "into_size_table", "into_temp_dir"):
+        with pytest.raises(OSError, match=f"{tmp_path}.*is a directory, not a file"):
+            getattr(file_dataset.reader({"f": tmp_path}), read)()
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_missing_object_sized_says_not_found_plainly(
+    s3_server: LocalS3Server, bucket: str, transport: str
+) -> None:
+    """A HEAD's 404 has no body: the message says what that means, in the same words
+    with both transports (not the HTTP client's own text)."""
+    options = s3_server.options(transport=transport)
+    for url in (f"s3://{bucket}/nope/x.mha", "s3://no-such-bucket-here/x.mha"):
+        with pytest.raises(FileNotFoundError) as info:
+            file_dataset.reader({"x.mha": url}, options).into_size_table()
+        assert str(info.value) == (
+            f"cannot head {url} (column 'x.mha'): not found (404: no such key, or no such bucket)"
+        )
+
+
+def test_a_relative_path_that_is_missing_hints_at_file_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A label column ("cat") is read as a file: the message says why it was looked for."""
+    monkeypatch.chdir(tmp_path)
+    frame = pd.DataFrame({"id": ["1"], "label": ["cat"]})
+    with pytest.raises(FileNotFoundError) as info:
+        file_dataset.reader(frame).into_blob_table()
+    assert str(info.value) == (
+        f"cannot read cat (row id '1', column 'label'): no such file (a relative path, "
+        f"looked up in {tmp_path}; every column of a file DataFrame except 'id' holds file "
+        "URLs or paths)"
+    )
+
+
+@pytest.mark.parametrize("where", ["column", "id"])
+def test_a_name_too_long_for_a_local_folder_is_refused_before_any_download(
+    where: str, options: Options, system_tmp: Path, put: Put
+) -> None:
+    """256 bytes: fine as a column of a blob table, too long for a file or folder name."""
+    long = "é" * 128
+    column, row_id = (long, "1") if where == "column" else ("f", long)
+    frame = pd.DataFrame({"id": [row_id, "2"], column: [put("a", b"a"), put("b", b"b")]})
+    with pytest.raises(ValueError, match=f"{where}.* is 256 bytes long: a local file or folder"):
+        file_dataset.reader(frame, options).into_temp_dir()
+    assert list(system_tmp.iterdir()) == []
+    table = file_dataset.reader(frame, options).into_blob_table()
+    assert table.column(column).to_pylist() == [b"a", b"b"]
+    assert table.column("id").to_pylist() == [row_id, "2"]
 
 
 def _client_error(code: str, status: int, message: str = "") -> ClientError:

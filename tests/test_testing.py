@@ -44,3 +44,26 @@ def test_session_server_is_a_child_process(s3_server: LocalS3Server) -> None:
     assert s3_server.mode == "process"
     assert s3_server._process is not None
     assert s3_server._process.poll() is None
+
+
+def test_options_merge_session_and_client_kwargs_over_the_servers(
+    s3_server: LocalS3Server,
+) -> None:
+    """A test may add its own session or client settings and still reach the server."""
+    from botocore.config import Config
+
+    options = s3_server.options(
+        session_kwargs={"region_name": "eu-west-1"},
+        s3_client_kwargs={"config": Config(connect_timeout=7)},
+        max_concurrency=3,
+    )
+    assert options.session_kwargs["region_name"] == "eu-west-1"
+    assert options.session_kwargs["aws_access_key_id"] == "testing-key-id"
+    assert options.s3_client_kwargs["endpoint_url"] == s3_server.endpoint_url
+    assert options.max_concurrency == 3
+    client = options.s3_client()
+    assert client.meta.region_name == "eu-west-1"
+    assert client.meta.config.connect_timeout == 7
+    bucket = s3_server.create_bucket()
+    client.put_object(Bucket=bucket, Key="k", Body=b"merged")
+    assert s3_server.client().get_object(Bucket=bucket, Key="k")["Body"].read() == b"merged"

@@ -239,6 +239,57 @@ def test_source_that_is_not_a_path_writes_nothing(
     assert keys(s3_client, bucket) == []
 
 
+@pytest.mark.parametrize("row_id", [None, float("nan"), pd.NA])
+def test_a_null_id_writes_nothing(
+    row_id: Any, options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    """Not a folder named "None" or "nan": a row's outputs need its id."""
+    files = make_files(tmp_path / "src", {"f": b"x"})
+    for into in (f"s3://{bucket}/p", tmp_path / "out"):
+        with pytest.raises(ValueError, match="write_files needs an id"):
+            file_dataset.write_files(files, into, id=row_id, options=options)
+    assert keys(s3_client, bucket) == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_s3_url_as_a_source_is_refused_clearly(
+    options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    s3_client.put_object(Bucket=bucket, Key="in/a.bin", Body=b"remote")
+    files = {"a.bin": f"s3://{bucket}/in/a.bin", **make_files(tmp_path / "src", {"b": b"g"})}
+    with pytest.raises(ValueError) as info:
+        file_dataset.write_files(files, f"s3://{bucket}/out", id="3", options=options)
+    message = str(info.value)
+    assert f"'s3://{bucket}/in/a.bin' is an S3 URL" in message
+    assert "row id '3', file 'a.bin'" in message
+    assert keys(s3_client, bucket) == ["in/a.bin"]
+
+
+def test_a_file_url_as_a_source_is_read_from_its_path(
+    options: Options, bucket: str, tmp_path: Path, read_object: ReadObject
+) -> None:
+    (tmp_path / "a.bin").write_bytes(b"local via file URL")
+    urls = file_dataset.write_files(
+        {"a.bin": (tmp_path / "a.bin").as_uri()}, f"s3://{bucket}/out", id="3", options=options
+    )
+    assert read_object(str(urls["a.bin"])) == b"local via file URL"
+
+
+@pytest.mark.parametrize("where", ["name", "id"])
+def test_a_name_too_long_for_a_local_folder_writes_nothing(
+    where: str, options: Options, bucket: str, tmp_path: Path, read_object: ReadObject
+) -> None:
+    """256 bytes fit in an S3 key, not in a local file name: refused up front locally."""
+    long = "é" * 128  # 256 bytes
+    name, row_id = (long, "1") if where == "name" else ("f", long)
+    files = make_files(tmp_path / "src", {name: b"x", "other": b"y"})
+    with pytest.raises(ValueError, match="is 256 bytes long: a local file or folder name"):
+        file_dataset.write_files(files, tmp_path / "out", id=row_id)
+    assert not (tmp_path / "out").exists()
+    urls = file_dataset.write_files(files, f"s3://{bucket}/p", id=row_id, options=options)
+    assert read_object(str(urls[name])) == b"x"
+
+
 @pytest.mark.parametrize("into", ["ftp://host/out", "s3://u:secret@bkt/out", "", "s3://"])
 def test_invalid_destination(into: str, tmp_path: Path) -> None:
     files = make_files(tmp_path, {"f": b"x"})

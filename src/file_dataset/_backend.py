@@ -47,6 +47,9 @@ SOURCE_CHANGED = (
     "the local file changed while it was being uploaded; nothing was written, write it again"
 )
 
+# What a HEAD of a missing object reports: its 404 has no body naming the error.
+HEAD_NOT_FOUND = "not found (404: no such key, or no such bucket)"
+
 
 def file_version(stat: os.stat_result) -> str:
     """A local file's version tag: it changes when the file is replaced or rewritten."""

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from file_dataset._errors import InvalidInputError
-from file_dataset._urls import Location, check_component, is_null, parse_url
+from file_dataset._urls import Location, check_component, is_checked_s3_url, is_null, parse_url
 
 ID_COLUMN = "id"
 
@@ -106,6 +106,19 @@ def check_frame(frame: pd.DataFrame) -> list[str]:
                 raise InvalidInputError(f"file column names must be strings, got {column!r}")
             check_component(column, "file name")
     return check_ids(frame[ID_COLUMN].tolist())
+
+
+def check_cells(frame: pd.DataFrame, ids: list[str], columns: list[str]) -> None:
+    """Checks every cell as :func:`parse_frame` does, without keeping what it parsed.
+
+    Raises:
+        InvalidInputError: A cell is not a URL or path (the message names the row id,
+            the column and the value).
+    """
+    for column in columns:
+        for value, row_id in zip(frame[column].tolist(), ids, strict=True):
+            if not is_checked_s3_url(value):
+                _cell(value, row_id, column)
 
 
 def parse_frame(frame: pd.DataFrame) -> FileTable:

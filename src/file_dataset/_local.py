@@ -7,6 +7,7 @@ import errno
 import io
 import os
 import shutil
+import stat as stat_module
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,13 @@ def translate_os_error(error: OSError, url: str, operation: str) -> TransferErro
     """Turns an ``OSError`` into the matching file_dataset error."""
     reason = error.strerror or str(error)
     if isinstance(error, FileNotFoundError) or error.errno == errno.ENOENT:
-        return ObjectNotFoundError(url, "no such file", operation=operation)
+        reason = "no such file"
+        if not os.path.isabs(url) and operation != "write":  # e.g. a label column
+            reason += (
+                f" (a relative path, looked up in {os.getcwd()}; every column of a file "
+                "DataFrame except 'id' holds file URLs or paths)"
+            )
+        return ObjectNotFoundError(url, reason, operation=operation)
     if isinstance(error, PermissionError):
         return ObjectAccessDeniedError(url, "permission denied", operation=operation)
     return TransferError(url, reason, operation=operation)
@@ -120,9 +127,12 @@ class LocalBackend:
 
     def size(self, loc: Location) -> int:
         try:
-            return os.stat(loc.path).st_size
+            stat = os.stat(loc.path)
         except OSError as e:
             raise translate_os_error(e, str(loc), "head") from e
+        if stat_module.S_ISDIR(stat.st_mode):  # as read_first says: no size to plan with
+            raise TransferError(str(loc), "is a directory, not a file", operation="head")
+        return stat.st_size
 
     def write(self, src: Path, loc: Location) -> None:
         try:

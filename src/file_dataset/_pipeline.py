@@ -109,6 +109,11 @@ class Pipeline:
     ) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        if not isinstance(write_options, Mapping):
+            raise TypeError(
+                "write_options must be a mapping such as {'into_path': 's3://bucket/prefix/'}, "
+                f"got {type(write_options).__name__}"
+            )
         if "into_path" not in write_options:
             raise InvalidInputError("write_options needs an 'into_path'")
         unknown = set(write_options) - {"into_path", "options"}
@@ -178,6 +183,11 @@ class Pipeline:
                 if not isinstance(name, str):
                     raise InvalidInputError(f"fn returned a non-string file name {name!r}")
                 check_component(name, "output file name")
+                if name == ID_COLUMN:  # it would collide with the output's id column
+                    raise InvalidInputError(
+                        f"fn returned an output named {ID_COLUMN!r}, which is reserved for "
+                        "the row id column of the Pipeline's output; rename that file"
+                    )
                 if is_null(path):
                     continue
                 local = Path(os.fspath(path))
@@ -253,6 +263,11 @@ class Pipeline:
             return self._process(pd.DataFrame(dict(file_dataframe)))
         if isinstance(file_dataframe, Mapping | pd.Series):
             row = dict(file_dataframe)  # checked as a one-row file DataFrame
+            if ID_COLUMN not in row:
+                raise InvalidInputError(
+                    f"a row given to a Pipeline needs an {ID_COLUMN!r}: its outputs are "
+                    f"written under <into_path>/<id>/ (the row has {sorted(map(str, row))})"
+                )
             result = self._process(pd.DataFrame([row], columns=list(row), dtype=object))
             if result.empty:
                 return None

@@ -19,7 +19,7 @@ from file_dataset._backend import Blob, copy_into, new_buffer
 from file_dataset._frame import ID_COLUMN, FileTable, parse_frame, parse_row
 from file_dataset._options import Options
 from file_dataset._transfer import Context, Job, download_job, read_job, run_jobs, size_job
-from file_dataset._urls import Location
+from file_dataset._urls import Location, check_local_name
 
 __all__ = ["FileReader", "TempDir", "reader"]
 
@@ -175,6 +175,11 @@ class FileReader:
             DataFrame, each id's folder.
         """
         table = self._table
+        used = {j for _, j, _ in self._cells()}
+        for j in sorted(used):
+            check_local_name(table.columns[j], "column (file name)")
+        for row_id in table.ids or ():
+            check_local_name(row_id, "row id (folder name)")
         folders: dict[str, Path] = {}
         if table.ids is not None:
             for row_id in table.ids:

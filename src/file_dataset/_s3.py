@@ -17,6 +17,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from file_dataset._backend import (
     CHANGED,
+    HEAD_NOT_FOUND,
     SOURCE_CHANGED,
     STREAM_BYTES,
     Blob,
@@ -62,6 +63,8 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
         if code in _NOT_FOUND or status == 404:
             if code == "NoSuchBucket":
                 reason = "the bucket does not exist"
+            elif operation == "head" and code in ("404", "NotFound", ""):
+                reason = HEAD_NOT_FOUND
             raise ObjectNotFoundError(url, reason or "not found", operation=operation) from error
         if code == "PreconditionFailed" or status == 412:  # a later part's If-Match
             raise TransferError(url, CHANGED, operation=operation) from error

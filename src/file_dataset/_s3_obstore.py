@@ -37,6 +37,7 @@ from obstore.store import S3Store
 
 from file_dataset._backend import (
     CHANGED,
+    HEAD_NOT_FOUND,
     STREAM_BYTES,
     Blob,
     Sink,
@@ -122,6 +123,8 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
     if isinstance(error, NotFoundError | FileNotFoundError) or code in _NOT_FOUND:
         if code == "NoSuchBucket":
             reason = "the bucket does not exist"
+        elif operation == "head" and not code:
+            reason = HEAD_NOT_FOUND
         raise ObjectNotFoundError(url, reason, operation=operation) from error
     if (
         isinstance(error, PermissionDeniedError | UnauthenticatedError | PermissionError)

@@ -9,7 +9,7 @@ from pathlib import Path
 from file_dataset._errors import InvalidInputError, ObjectNotFoundError
 from file_dataset._options import Options
 from file_dataset._transfer import Context, Job, run_jobs, upload_job
-from file_dataset._urls import Location, check_component, is_null, parse_url
+from file_dataset._urls import Location, check_component, check_local_name, is_null, parse_url
 
 __all__ = ["write_files"]
 
@@ -40,8 +40,10 @@ def write_files(
         Each name's destination: an ``s3://`` URL string for S3, a ``Path`` for local.
 
     Raises:
-        ValueError: A name or the id is not a safe path component, or ``into_path`` is
-            not a supported URL.
+        ValueError: A name or the id is not a safe path component (or, for a local
+            ``into_path``, longer than 255 bytes), the id is null, a source is an
+            ``s3://`` URL rather than a local path, or ``into_path`` is not a supported
+            URL.
         FileNotFoundError: A source file does not exist.
         OSError: A write failed (the message names the destination).
 
@@ -51,13 +53,19 @@ def write_files(
         {'out.mha': 's3://bucket/results/7/out.mha'}
     """
     options = options if options is not None else Options()
+    if is_null(id):
+        raise InvalidInputError(f"write_files needs an id (the folder under into_path), got {id!r}")
     row_id = check_component(id, "id")
     into = parse_url(into_path, prefix=True)
+    if not into.is_s3:
+        check_local_name(row_id, "id (folder name)")
     sources: dict[str, Path] = {}
     for name, src in files.items():
         if not isinstance(name, str):
             raise InvalidInputError(f"file names must be strings, got {name!r}")
         check_component(name, "file name")
+        if not into.is_s3:
+            check_local_name(name, "file name")
         if src is None or is_null(src):
             continue
         if not isinstance(src, (str, os.PathLike)):
@@ -65,7 +73,17 @@ def write_files(
                 f"row id {row_id!r}, file {name!r}: expected a local path (str or "
                 f"os.PathLike), got {type(src).__name__}"
             )
-        path = Path(os.fspath(src))
+        try:
+            source = parse_url(src)
+        except InvalidInputError as e:
+            raise InvalidInputError(f"row id {row_id!r}, file {name!r}: {e}") from None
+        if source.is_s3:
+            raise InvalidInputError(
+                f"row id {row_id!r}, file {name!r}: write_files sends local files, and "
+                f"{str(source)!r} is an S3 URL (read it to a local folder first, e.g. "
+                "with reader(...).into_temp_dir())"
+            )
+        path = source.path
         if not path.is_file():
             raise ObjectNotFoundError(
                 str(path),

@@ -138,16 +138,20 @@ class LocalS3Server:
         """Options that reach this server with test credentials.
 
         Args:
-            **kwargs: Any other :class:`~file_dataset.Options` argument.
+            **kwargs: Any :class:`~file_dataset.Options` argument. ``session_kwargs``
+                and ``s3_client_kwargs`` are merged over the test credentials and the
+                server's endpoint (so ``s3_client_kwargs={"config": ...}`` keeps the
+                endpoint).
 
         Returns:
             The options.
         """
-        return Options(
-            session_kwargs=dict(TEST_CREDENTIALS),
-            s3_client_kwargs={"endpoint_url": self.endpoint_url},
-            **kwargs,
-        )
+        session_kwargs = {**TEST_CREDENTIALS, **(kwargs.pop("session_kwargs", None) or {})}
+        client_kwargs = {
+            "endpoint_url": self.endpoint_url,
+            **(kwargs.pop("s3_client_kwargs", None) or {}),
+        }
+        return Options(session_kwargs=session_kwargs, s3_client_kwargs=client_kwargs, **kwargs)
 
     def client(self) -> S3Client:
         """A boto3 S3 client for this server (for setting up and checking tests)."""

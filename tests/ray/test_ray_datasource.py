@@ -216,12 +216,39 @@ def test_chunked_blob_columns_flow_through_ray(
     }
 
 
-def test_empty_frame_gives_an_empty_dataset(ray_local: None, options: Options) -> None:
+def test_empty_frame_gives_an_empty_dataset_with_the_blob_schema(
+    ray_local: None, options: Options
+) -> None:
+    """One task of no rows, so that the dataset has a schema (with no task it has none)."""
     frame = pd.DataFrame({"id": pd.Series([], dtype=str), "a": pd.Series([], dtype=str)})
     datasource = FileDataFrameAsBlobDatasource(frame, 4, options)
-    assert datasource.get_read_tasks(8) == []
+    (task,) = datasource.get_read_tasks(8)
+    assert task.metadata.num_rows == 0
     assert datasource.estimate_inmemory_data_size() == 0
-    assert read_file_dataset(frame, 4, options).count() == 0
+    dataset = read_file_dataset(frame, 4, options)
+    assert dataset.count() == 0
+    schema = dataset.materialize().schema()
+    assert schema is not None
+    assert schema.names == ["id", "a"]
+    assert schema.types == [pa.string(), pa.binary()]
+    assert dataset.take_all() == []
+
+
+def test_a_bad_url_in_any_row_fails_when_the_dataset_is_made(
+    ray_local: None, options: Options
+) -> None:
+    """Not in a worker after other batches were read: every cell is checked up front."""
+    frame = pd.DataFrame(
+        {"id": [f"r{i}" for i in range(10)], "a": [f"s3://bkt/k{i}" for i in range(10)]}
+    )
+    frame.loc[8, "a"] = "ftp://host/k8"
+    for make in (FileDataFrameAsBlobDatasource, read_file_dataset):
+        with pytest.raises(ValueError) as info:
+            make(frame, 2, options)
+        assert str(info.value) == (
+            "row id 'r8', column 'a': unsupported URL scheme 'ftp' in 'ftp://host/k8': "
+            "use s3://bucket/key or a local path"
+        )
 
 
 def test_limit_reads_only_what_is_needed(

@@ -13,7 +13,7 @@ import ray.data
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from file_dataset._frame import ID_COLUMN, check_frame
+from file_dataset._frame import ID_COLUMN, check_cells, check_frame
 from file_dataset._options import Options
 from file_dataset._reader import reader
 
@@ -94,8 +94,9 @@ class FileDataFrameAsBlobDatasource(Datasource):
 
     Raises:
         ValueError: The DataFrame has no ``id`` column, or a null or repeated id, or a
-            file column name that is not a safe file name; or ``batch_size`` is not a
-            positive int.
+            file column name that is not a safe file name, or a cell that is not an
+            ``s3://`` URL or local path (every row is checked here); or ``batch_size``
+            is not a positive int.
 
     Examples:
         >>> source = FileDataFrameAsBlobDatasource(frame, 16, options)  # doctest: +SKIP
@@ -114,6 +115,8 @@ class FileDataFrameAsBlobDatasource(Datasource):
         # pandas copy-on-write: a shallow copy is cheap and unaffected by later edits.
         self._frame = file_dataframe.copy(deep=False)
         self._file_columns = [str(c) for c in file_dataframe.columns if c != ID_COLUMN]
+        # A bad URL in any row fails here, not in a worker after other rows were read.
+        check_cells(self._frame, self._ids, self._file_columns)
         self._options = options if options is not None else Options.default()
         self._schema = blob_schema(self._file_columns)
         self._row_bytes: float | None = None
@@ -127,8 +130,13 @@ class FileDataFrameAsBlobDatasource(Datasource):
 
     @property
     def num_read_tasks(self) -> int:
-        """The number of read tasks: ``ceil(rows / batch_size)``."""
-        return -(-len(self._frame) // self._batch_size)
+        """The number of read tasks: ``ceil(rows / batch_size)``, and one for no rows.
+
+        An empty DataFrame gets one task that returns an empty blob table, so that the
+        dataset still has the schema of ``into_blob_table()`` (with no task at all, Ray
+        gives an empty dataset no schema).
+        """
+        return max(1, -(-len(self._frame) // self._batch_size))
 
     @property
     def options(self) -> Options:
@@ -223,7 +231,7 @@ class FileDataFrameAsBlobDatasource(Datasource):
         values = {column: self._frame[column].to_numpy(dtype=object) for column in self._frame}
         total = len(self._frame)
         tasks: list[ReadTask] = []
-        for start in range(0, total, self._batch_size):
+        for start in range(0, max(total, 1), self._batch_size):  # one task when empty
             stop = min(start + self._batch_size, total)
             if limit is not None:
                 stop = min(stop, start + limit)
@@ -313,7 +321,8 @@ def read_file_dataset(
 
     Raises:
         ValueError: Not a valid file DataFrame (no ``id`` column, null or repeated
-            ids), or ``batch_size`` is not a positive int.
+            ids, a cell in any row that is not a URL or path), or ``batch_size`` is not
+            a positive int.
         FileNotFoundError: An object of the first batch does not exist.
         OSError: Sizing the first batch failed otherwise.
 
