@@ -85,15 +85,21 @@ def is_null(value: Any) -> bool:
         return False
 
 
+def _checked_s3_parts(value: Any) -> tuple[str, str] | None:
+    """``(bucket, key)`` of an ``s3://`` URL with a key, in a bucket already checked."""
+    if type(value) is str and value.startswith("s3://"):
+        bucket, _, key = value[5:].partition("/")
+        if key and bucket in _VALID_BUCKETS:
+            return bucket, key
+    return None
+
+
 def is_checked_s3_url(value: Any) -> bool:
     """Whether ``value`` is an ``s3://`` URL with a key, in a bucket already checked.
 
-    A quick test that makes nothing: such a value is one :func:`parse_url` accepts.
+    A quick test that makes no location: such a value is one :func:`parse_url` accepts.
     """
-    if type(value) is str and value.startswith("s3://"):
-        bucket, _, key = value[5:].partition("/")
-        return bool(key) and bucket in _VALID_BUCKETS
-    return False
+    return _checked_s3_parts(value) is not None
 
 
 def parse_url(value: Any, *, prefix: bool = False) -> Location:
@@ -111,10 +117,9 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
     Raises:
         InvalidInputError: The value is not a supported URL or path.
     """
-    if type(value) is str and value.startswith("s3://"):  # the common case, quickly
-        bucket, _, key = value[5:].partition("/")
-        if key and bucket in _VALID_BUCKETS:
-            return Location("s3", bucket, key)
+    known = _checked_s3_parts(value)  # the common case, without the checks below
+    if known is not None:
+        return Location("s3", *known)
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if isinstance(value, bytes) or not isinstance(value, str):

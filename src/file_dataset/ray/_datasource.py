@@ -231,7 +231,8 @@ class FileDataFrameAsBlobDatasource(Datasource):
         values = {column: self._frame[column].to_numpy(dtype=object) for column in self._frame}
         total = len(self._frame)
         tasks: list[ReadTask] = []
-        for start in range(0, max(total, 1), self._batch_size):  # one task when empty
+        for index in range(self.num_read_tasks):  # one (of no rows) when the frame is empty
+            start = index * self._batch_size
             stop = min(start + self._batch_size, total)
             if limit is not None:
                 stop = min(stop, start + limit)
