@@ -203,6 +203,26 @@ def truncating_server() -> Iterator[str]:
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_an_endpoint_that_does_not_answer_says_so(transport: str, tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nothing listens on once it is closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    options = _endpoint_options(f"http://127.0.0.1:{port}", transport, max_attempts=2)
+    url = "s3://some-bucket/some/key.bin"
+    with pytest.raises(file_dataset.TransferError) as raised:
+        file_dataset.reader(pd.DataFrame({"id": ["r7"], "x.bin": [url]}), options).into_blob_table()
+    message = str(raised.value)
+    assert re.search(r"could not connect to the endpoint", message, re.IGNORECASE), message
+    assert all(part in message for part in (url, "'r7'", "'x.bin'")), message
+    assert "test-secret" not in message
+    (tmp_path / "out.bin").write_bytes(b"payload")
+    with pytest.raises(file_dataset.TransferError, match=r"(?i)could not connect"):
+        file_dataset.write_files(
+            {"out.bin": tmp_path / "out.bin"}, "s3://some-bucket/out", "r7", options
+        )
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
 @pytest.mark.parametrize("size", [1000, 12 * MiB])
 def test_a_truncated_body_is_an_error_not_garbage(
     truncating_server: str, transport: str, size: int, tmp_path: Path

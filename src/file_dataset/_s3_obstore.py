@@ -120,6 +120,11 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
             "max_attempts times (connections dropped, or the object changed meanwhile); "
             f"obstore said: {first_line}"
         )
+    elif "error sending request" in text:  # the endpoint never answered
+        sent = re.search(r"performing (\w+ \S+).*?(after \d+ retries)", first_line)
+        reason = "could not connect to the endpoint (error sending request" + (
+            f" for {sent.group(1)}, {sent.group(2)})" if sent else ")"
+        )
     if isinstance(error, NotFoundError | FileNotFoundError) or code in _NOT_FOUND:
         if code == "NoSuchBucket":
             reason = "the bucket does not exist"
