@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-__all__ = ["Options"]
+__all__ = ["Options", "resolve_options"]
 
 _MiB = 1024 * 1024
 _SECRET_KEYS = frozenset({"aws_secret_access_key", "aws_session_token", "aws_access_key_id"})
@@ -487,3 +487,29 @@ class Options:
             f"transport={self.transport!r}, upload_args={self.upload_args!r}, "
             f"request_payer={self.request_payer!r})"
         )
+
+
+def resolve_options(options: Any, where: str, default: Callable[[], Options] | None = None) -> Options:
+    """``options`` itself if it is an :class:`Options`; the default when it is ``None``.
+
+    Args:
+        options: What the caller passed.
+        where: The argument, named in the error (for example ``"reader(options=...)"``).
+        default: Makes the options used when ``options`` is ``None`` (``Options``).
+
+    Raises:
+        TypeError: ``options`` is something else (a dict of settings, say), caught here
+            rather than as an ``AttributeError`` in the middle of a transfer.
+    """
+    if options is None:
+        return (default or Options)()
+    if not isinstance(options, Options):
+        hint = (
+            " (build one: Options(session_kwargs=..., s3_client_kwargs=...))"
+            if isinstance(options, Mapping)
+            else ""
+        )
+        raise TypeError(
+            f"{where} must be a file_dataset.Options, got {type(options).__name__}{hint}"
+        )
+    return options
