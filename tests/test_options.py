@@ -104,6 +104,16 @@ def test_equality_and_hash_by_value() -> None:
         ({"upload_args": {"Bucket": "x"}}, r"upload_args does not take \['Bucket'\]"),
         ({"upload_args": {"SSECustomerKey": "k"}}, "SSECustomerKey"),
         ({"upload_args": {"ChecksumAlgorithm": "CRC32"}}, "ChecksumAlgorithm"),
+        ({"max_attempts": 0}, "max_attempts must be at least 1"),
+        (
+            {"session_kwargs": {"aws_secret_key": "x"}},
+            r"session_kwargs has \['aws_secret_key'\], which boto3.Session\(\) does not take",
+        ),
+        (
+            {"s3_client_kwargs": {"endpoint": "http://h"}},
+            r"s3_client_kwargs has \['endpoint'\], which session.client\(\"s3\"\) does not take",
+        ),
+        ({"s3_client_kwargs": {"endpoint_url": "127.0.0.1:9000"}}, "http:// or https:// URL"),
     ],
 )
 def test_invalid_arguments(kwargs: dict[str, Any], match: str) -> None:
@@ -168,6 +178,46 @@ def test_repr_and_str_mask_credentials(canary_options: Options) -> None:
 def test_repr_masks_credentials_given_to_the_client() -> None:
     options = Options(s3_client_kwargs={"aws_secret_access_key": CANARY_SECRET})
     assert_no_secret(repr(options))
+    options = Options(s3_client_kwargs={"endpoint_url": f"https://user:{CANARY_SECRET}@h:9"})
+    assert_no_secret(repr(options))
+    assert "'https://***@h:9'" in repr(options)
+
+
+def test_default_freezes_an_endpoint_set_in_the_profile_or_environment(
+    s3_server: LocalS3Server,
+    put: Callable[[str, bytes], str],
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The profile name is not kept, so a profile's endpoint must travel explicitly:
+    a Ray worker without the profile (or the variable) reaches the same server."""
+    url = put("profiled.bin", b"through the profile's endpoint")
+    (tmp_path / "config").write_text(
+        f"[profile local]\nregion = eu-west-1\nendpoint_url = {s3_server.endpoint_url}\n"
+    )
+    (tmp_path / "credentials").write_text(
+        "[local]\naws_access_key_id = profile-key-id\naws_secret_access_key = profile-secret\n"
+    )
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    options = Options.default(session_kwargs={"profile_name": "local"})
+    assert options.s3_client_kwargs == {"endpoint_url": s3_server.endpoint_url}
+    assert options.session_kwargs["region_name"] == "eu-west-1"
+    assert "profile_name" not in options.session_kwargs
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")  # a worker without the profile
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+    shipped = pickle.loads(pickle.dumps(options))
+    table = file_dataset.reader({"x.bin": url}, shipped).into_blob_table()
+    assert table.to_pylist() == [{"x.bin": b"through the profile's endpoint"}]
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "env-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    assert Options.default().s3_client_kwargs == {"endpoint_url": "http://127.0.0.1:1"}
+    explicit = Options.default(s3_client_kwargs={"endpoint_url": s3_server.endpoint_url})
+    assert explicit.s3_client_kwargs == {"endpoint_url": s3_server.endpoint_url}
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    assert Options.default().s3_client_kwargs == {}
 
 
 def test_one_client_per_thread_reused_across_calls(options: Options) -> None:
@@ -225,6 +275,50 @@ def test_options_keep_working_after_many_other_options_were_used(
     assert file_dataset.reader({"k": url}, options).into_blob_table()["k"][0].as_py() == b"payload"
 
 
+def test_threads_of_options_no_longer_used_end(
+    s3_server: LocalS3Server, put: Callable[[str, bytes], str]
+) -> None:
+    """Each distinct Options value (say, after credentials were rotated) has its own
+    transfer threads: once the process has moved on to enough newer values, the
+    threads of the oldest end, and options that still hold that pool keep working."""
+    from file_dataset._options import _MAX_RUNTIMES
+
+    url = put("rotating.bin", b"rotated payload")
+    row = {f"f{i}.bin": url for i in range(8)}
+    used = []
+    for n in range(_MAX_RUNTIMES + 4):
+        options = s3_server.options(session_kwargs={"aws_session_token": f"token-{n}"})
+        table = file_dataset.reader(row, options).into_blob_table()
+        assert table.to_pylist() == [dict.fromkeys(row, b"rotated payload")]
+        used.append((options, options._transfer_workers()))
+    oldest_options, oldest_pool = used[0]
+    for thread in oldest_pool.running_threads():
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+    assert oldest_pool.running_threads() == []
+    newest_pool = used[-1][1]
+    assert newest_pool.running_threads()  # recently used: its threads wait for work
+    table = file_dataset.reader(row, oldest_options).into_blob_table()
+    assert table.to_pylist() == [dict.fromkeys(row, b"rotated payload")]
+
+
+def test_idle_transfer_threads_end_and_are_started_again_on_demand() -> None:
+    import queue
+
+    from file_dataset._options import _Workers
+
+    workers = _Workers(4, linger=0.01)
+    for round_ in range(3):
+        replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for n in range(12):
+            workers.submit(lambda n=n: n * n, replies, n, [])
+        got = sorted(replies.get(timeout=60) for _ in range(12))
+        assert got == [(n, n * n, None) for n in range(12)], round_
+        for thread in workers.running_threads():
+            thread.join(timeout=60)
+        assert workers.running_threads() == []
+
+
 # --- canary secrets in errors and logs ------------------------------------------------
 
 
@@ -246,6 +340,30 @@ def test_no_secret_in_error_of_unreachable_endpoint(canary_options: Options) -> 
         file_dataset.reader({"x.bin": "s3://bucket/key"}, options).into_size_table()
     assert "s3://bucket/key" in str(info.value)
     assert_no_secret("".join(traceback.format_exception(info.value)))
+
+
+def test_no_token_given_to_the_client_in_any_log_line(
+    s3_server: LocalS3Server, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Credentials can go to ``session.client()`` instead of the session."""
+    options = Options(
+        {"region_name": "us-east-1"},
+        {
+            "endpoint_url": s3_server.endpoint_url,
+            "aws_access_key_id": CANARY_KEY_ID,
+            "aws_secret_access_key": CANARY_SECRET,
+            "aws_session_token": CANARY_TOKEN,
+        },
+        transport="boto3",
+    )
+    caplog.set_level(logging.DEBUG)
+    options.s3_client().put_object(Bucket=bucket, Key="k", Body=b"client keys")
+    table = file_dataset.reader({"k": f"s3://{bucket}/k"}, options).into_blob_table()
+    assert table.column("k").to_pylist() == [b"client keys"]
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("x-amz-security-token" in message for message in messages)
+    for message in messages:
+        assert_no_secret(message)
 
 
 def test_no_secret_or_token_in_any_log_line(

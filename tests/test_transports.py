@@ -203,6 +203,32 @@ def truncating_server() -> Iterator[str]:
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_missing_credentials_name_the_operation_that_needed_them(
+    s3_server: LocalS3Server, transport: str, tmp_path: Path
+) -> None:
+    """The test environment has no credentials anywhere (see conftest)."""
+    options = Options(
+        s3_client_kwargs={"endpoint_url": s3_server.endpoint_url}, transport=transport
+    )
+    url = "s3://some-bucket/k.bin"
+    local = tmp_path / "k.bin"
+    local.write_bytes(b"payload")
+    attempts = {
+        "read": lambda: file_dataset.reader({"k.bin": url}, options).into_blob_table(),
+        "head": lambda: file_dataset.reader({"k.bin": url}, options).into_size_table(),
+        "write": lambda: file_dataset.write_files(
+            {"k.bin": local}, "s3://some-bucket/o", "1", options
+        ),
+    }
+    for operation, attempt in attempts.items():
+        with pytest.raises(file_dataset.TransferError) as raised:
+            attempt()
+        assert raised.value.operation == operation
+        assert f"cannot {operation} s3://some-bucket/" in str(raised.value)
+        assert "Unable to locate credentials" in str(raised.value)
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
 def test_an_endpoint_that_does_not_answer_says_so(transport: str, tmp_path: Path) -> None:
     with socket.socket() as sock:  # a port nothing listens on once it is closed
         sock.bind(("127.0.0.1", 0))

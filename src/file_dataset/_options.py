@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
+import itertools
 import logging
 import os
 import queue
+import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    import boto3
     from mypy_boto3_s3 import S3Client
 
 __all__ = ["Options", "resolve_options"]
@@ -86,13 +91,14 @@ class _Runtime:
         with cls._registry_lock:
             if cls._registry_pid != os.getpid():  # forked: the parent's threads are gone
                 cls._registry, cls._registry_pid = {}, os.getpid()
-            runtime = cls._registry.get(key)
+            runtime = cls._registry.pop(key, None)
             if runtime is None:
                 if len(cls._registry) >= _MAX_RUNTIMES:
-                    # Forget the oldest, but do not shut its pool down: Options that
-                    # already hold it keep using it; it ends when they are collected.
-                    del cls._registry[next(iter(cls._registry))]
-                runtime = cls._registry[key] = cls(options.max_concurrency)
+                    # Forget the least recently used. Options that already hold it keep
+                    # using it, but its idle threads end at once instead of lingering.
+                    cls._registry.pop(next(iter(cls._registry))).retire()
+                runtime = cls(options.max_concurrency)
+            cls._registry[key] = runtime  # now the most recently used
             return runtime
 
     def executor(self) -> concurrent.futures.ThreadPoolExecutor:
@@ -111,13 +117,26 @@ class _Runtime:
                     self._workers = _Workers(self._max_workers)
         return self._workers
 
-    def shutdown(self) -> None:
+    def retire(self) -> None:
+        """Lets the threads end as soon as they are idle (they still serve new calls)."""
+        if self._workers is not None:
+            self._workers.retire()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
 
 
 # What a worker of _Workers reports: (tag, result, error).
 Reply = tuple[Any, Any, BaseException | None]
+
+
+# How long a transfer thread waits for work before it ends (its S3 client and
+# connections go with it): long enough to span the gaps between the calls of a batch
+# job or between a Ray worker's tasks, short enough that the threads of options no
+# longer used (say, before credentials were rotated) do not pile up.
+_LINGER_SECONDS = 60.0
+_RETIRED_LINGER_SECONDS = 0.5
+_WAKE_SECONDS = 1.0
+_POOL_NUMBERS = itertools.count(1)
 
 
 class _Workers:
@@ -128,15 +147,18 @@ class _Workers:
     queue operations, where ``ThreadPoolExecutor`` also makes a future, locks it,
     and runs its callbacks; at thousands of small objects per second that shows.
     Each call comes with the queue its reply goes to and a flag list: a call whose
-    list is non-empty (its run was abandoned) is not run.
+    list is non-empty (its run was abandoned) is not run. A thread that has waited
+    ``linger`` seconds for a call ends; new calls start new threads.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, linger: float = _LINGER_SECONDS) -> None:
         self._calls: queue.SimpleQueue[
             tuple[Callable[[], Any], queue.SimpleQueue[Reply], Any, list[bool]]
         ] = queue.SimpleQueue()
         self._size = size
+        self._linger = linger
         self._threads = 0
+        self._name = f"file_dataset-io{next(_POOL_NUMBERS)}-"
         # Released by a worker each time it waits for a call: a new thread (and with
         # it a new S3 client and connections) is started only when none is idle.
         self._idle = threading.Semaphore(0)
@@ -151,19 +173,53 @@ class _Workers:
     ) -> None:
         """Runs ``call`` on a worker; ``(tag, result, error)`` is put on ``reply``."""
         self._calls.put((call, reply, tag, abandoned))
-        if not self._idle.acquire(blocking=False) and self._threads < self._size:
+        # With a token, some worker is idle, unless the last one has just ended (a
+        # worker that ends counts itself out first, then looks at the queue again).
+        if self._idle.acquire(blocking=False) and self._threads > 0:
+            return
+        if self._threads < self._size:
             with self._lock:
                 if self._threads < self._size:
                     self._threads += 1
                     threading.Thread(
-                        target=self._work, name=f"file_dataset-io-{self._threads}", daemon=True
+                        target=self._work, name=f"{self._name}{self._threads}", daemon=True
                     ).start()
+
+    def running_threads(self) -> list[threading.Thread]:
+        """This pool's threads that are alive."""
+        return [t for t in threading.enumerate() if t.name.startswith(self._name)]
+
+    def retire(self) -> None:
+        """Makes the workers end after a short wait for work instead of a long one."""
+        self._linger = _RETIRED_LINGER_SECONDS
+
+    def _end(self, counted_idle: bool) -> bool:
+        """Called by a worker that found no call: whether it may end."""
+        with self._lock:
+            self._threads -= 1
+        if self._calls.empty():  # a call put before this saw the count, or none
+            if counted_idle:  # take back this worker's token (unless a call took it)
+                self._idle.acquire(blocking=False)
+            return True
+        with self._lock:
+            self._threads += 1
+        return False
 
     def _work(self) -> None:
         calls = self._calls
+        # A new thread's first call is the one that started it, so its first wait
+        # does not count it as idle; every later wait does, once.
+        counted_idle = False
+        waiting_since = time.monotonic()
         while True:
-            self._idle.release()
-            call, reply, tag, abandoned = calls.get()
+            try:
+                # Wakes now and then: the linger may shorten meanwhile (retire).
+                item = calls.get(timeout=min(self._linger, _WAKE_SECONDS))
+            except queue.Empty:
+                if time.monotonic() - waiting_since >= self._linger and self._end(counted_idle):
+                    return
+                continue
+            call, reply, tag, abandoned = item
             if abandoned:
                 reply.put((tag, None, concurrent.futures.CancelledError()))
             else:
@@ -172,7 +228,10 @@ class _Workers:
                 except BaseException as e:
                     reply.put((tag, None, e))
             # Drop the references now: an idle worker must not keep buffers alive.
-            call = reply = tag = abandoned = None  # type: ignore[assignment]
+            item = call = reply = tag = abandoned = None  # type: ignore[assignment]
+            self._idle.release()
+            counted_idle = True
+            waiting_since = time.monotonic()
 
 
 def _freeze(value: Any) -> Any:
@@ -217,8 +276,87 @@ def _check_upload_args(upload_args: Mapping[str, Any]) -> dict[str, Any]:
     return dict(upload_args)
 
 
+def _new_session(session_kwargs: Mapping[str, Any]) -> boto3.Session:
+    """A boto3 session; the caller holds ``_CREATE_LOCK``.
+
+    Every session shares one loader of botocore's (read-only) service models: a client
+    then costs milliseconds instead of ~60 ms of JSON parsing.
+    """
+    import boto3
+    import botocore.session
+
+    global _LOADER
+    core = botocore.session.Session()
+    if _LOADER is None:
+        _LOADER = core.get_component("data_loader")
+    else:
+        core.register_component("data_loader", _LOADER)
+    return boto3.Session(botocore_session=core, **session_kwargs)
+
+
+def _configured_endpoint(session: boto3.Session, region_name: str | None) -> str | None:
+    """The S3 endpoint that a session's configuration sets (environment or profile)."""
+    from botocore.config import Config
+
+    with _CREATE_LOCK:
+        configured = session.client("s3", region_name=region_name).meta.endpoint_url
+        plain = session.client(
+            "s3",
+            region_name=region_name,
+            config=Config(ignore_configured_endpoint_urls=True),  # type: ignore[call-arg]
+        ).meta.endpoint_url
+    return str(configured) if configured != plain else None
+
+
 def _masked(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: ("***" if k in _SECRET_KEYS and v is not None else v) for k, v in kwargs.items()}
+    return {
+        k: ("***" if k in _SECRET_KEYS and v is not None else mask_userinfo(v))
+        for k, v in kwargs.items()
+    }
+
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+
+
+def mask_userinfo(value: Any) -> Any:
+    """A URL's ``user:password@`` part replaced by ``***@`` (other values unchanged)."""
+    return _USERINFO.sub("***@", value) if isinstance(value, str) else value
+
+
+@functools.cache
+def _accepted_kwargs(what: str) -> frozenset[str]:
+    """The keyword arguments that ``boto3.Session()`` or ``Session.client()`` take."""
+    import inspect
+
+    import boto3
+
+    function = boto3.Session.__init__ if what == "session" else boto3.Session.client
+    names = inspect.signature(function).parameters
+    return frozenset(names) - {"self", "service_name"}
+
+
+def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
+    """Refuses arguments that boto3 would refuse only at the first transfer."""
+    if not kwargs:
+        return
+    argument, call = (
+        ("session_kwargs", "boto3.Session()")
+        if what == "session"
+        else ("s3_client_kwargs", 'session.client("s3")')
+    )
+    accepted = _accepted_kwargs(what)
+    unknown = sorted(str(k) for k in kwargs if k not in accepted)
+    if unknown:
+        raise ValueError(
+            f"{argument} has {unknown}, which {call} does not take; it takes {sorted(accepted)}"
+        )
+    endpoint = kwargs.get("endpoint_url")
+    if endpoint is not None and not (
+        isinstance(endpoint, str) and endpoint.startswith(("http://", "https://"))
+    ):
+        raise ValueError(
+            f"endpoint_url must be an http:// or https:// URL, got {mask_userinfo(endpoint)!r}"
+        )
 
 
 class Options:
@@ -310,6 +448,10 @@ class Options:
             raise ValueError("multipart_threshold must be at least part_size")
         if retry_mode not in ("adaptive", "standard", "legacy"):
             raise ValueError(f"unknown retry_mode {retry_mode!r}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+        _check_kwargs(session_kwargs or {}, "session")
+        _check_kwargs(s3_client_kwargs or {}, "client")
         self.session_kwargs: dict[str, Any] = dict(session_kwargs or {})
         self.s3_client_kwargs: dict[str, Any] = dict(s3_client_kwargs or {})
         self.max_concurrency = int(max_concurrency)
@@ -330,7 +472,10 @@ class Options:
 
         The credentials that the default boto3 session resolves here (environment,
         profile, instance role, …) are frozen into ``session_kwargs``, together with
-        its region, so that Ray workers started elsewhere use the same identity. Frozen
+        its region, so that Ray workers started elsewhere use the same identity. An
+        S3 endpoint configured outside the arguments (``AWS_ENDPOINT_URL_S3``,
+        ``AWS_ENDPOINT_URL``, or ``endpoint_url`` in the profile) is frozen into
+        ``s3_client_kwargs`` too, since the profile name is not kept. Frozen
         temporary credentials expire; pass ``freeze_credentials=False`` to let every
         worker resolve its own.
 
@@ -343,10 +488,8 @@ class Options:
         """
         session_kwargs = dict(kwargs.pop("session_kwargs", None) or {})
         if freeze_credentials:
-            import boto3
-
             with _CREATE_LOCK:
-                session = boto3.Session(**session_kwargs)
+                session = _new_session(session_kwargs)
             credentials = session.get_credentials()
             if credentials is not None:
                 frozen = credentials.get_frozen_credentials()
@@ -358,6 +501,11 @@ class Options:
                 session_kwargs.pop("profile_name", None)
             if session.region_name and "region_name" not in session_kwargs:
                 session_kwargs["region_name"] = session.region_name
+            client_kwargs = dict(kwargs.get("s3_client_kwargs") or {})
+            if "endpoint_url" not in client_kwargs:
+                endpoint = _configured_endpoint(session, client_kwargs.get("region_name"))
+                if endpoint is not None:
+                    kwargs["s3_client_kwargs"] = {**client_kwargs, "endpoint_url": endpoint}
         kwargs.setdefault("retry_mode", "adaptive")
         return cls(session_kwargs=session_kwargs, **kwargs)
 
@@ -389,8 +537,6 @@ class Options:
         return client
 
     def _make_client(self) -> S3Client:
-        import boto3
-        import botocore.session
         from botocore.config import Config
 
         config = Config(
@@ -402,21 +548,19 @@ class Options:
         user_config = client_kwargs.pop("config", None)
         if user_config is not None:
             config = config.merge(user_config)
-        global _LOADER
         with _CREATE_LOCK:
-            core = botocore.session.Session()
-            # Every thread's session shares one loader of botocore's (read-only) service
-            # models: a client then costs milliseconds instead of ~60 ms of JSON parsing.
-            if _LOADER is None:
-                _LOADER = core.get_component("data_loader")
-            else:
-                core.register_component("data_loader", _LOADER)
-            session = boto3.Session(botocore_session=core, **self.session_kwargs)
+            session = _new_session(self.session_kwargs)
             client = session.client("s3", config=config, **client_kwargs)
         credentials = session.get_credentials()
         if credentials is not None:
             frozen = credentials.get_frozen_credentials()
             _REDACTOR.add(frozen.secret_key, frozen.token)
+        # Keys given to the client itself, and a password in the endpoint URL.
+        _REDACTOR.add(
+            client_kwargs.get("aws_secret_access_key"),
+            client_kwargs.get("aws_session_token"),
+            *_USERINFO.findall(str(client_kwargs.get("endpoint_url") or "")),
+        )
         return client
 
     def _transfer_workers(self) -> _Workers:
@@ -489,7 +633,9 @@ class Options:
         )
 
 
-def resolve_options(options: Any, where: str, default: Callable[[], Options] | None = None) -> Options:
+def resolve_options(
+    options: Any, where: str, default: Callable[[], Options] | None = None
+) -> Options:
     """``options`` itself if it is an :class:`Options`; the default when it is ``None``.
 
     Args:

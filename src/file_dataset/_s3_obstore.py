@@ -283,7 +283,8 @@ def store_for(options: Options, bucket: str) -> S3Store:
         with _STORES_LOCK:
             store = _STORES.get(key)
             if store is None:
-                store = _STORES[key] = _new_store(options, bucket)
+                store = _new_store(options, bucket)
+                remember(_STORES, key, store)  # bounded: options values can be many
     remember(_FAST, fast_key, (options, store))
     return store
 
@@ -349,25 +350,25 @@ class ObstoreS3Backend:
         self._options = options
         self._boto3 = S3Backend(options)
 
-    def _store(self, loc: Location) -> S3Store:
+    def _store(self, loc: Location, operation: str) -> S3Store:
         try:
             return store_for(self._options, loc.bucket)
-        except BotoCoreError as e:
-            translate_boto_error(e, str(loc), "read")
+        except BotoCoreError as e:  # no credentials, no such profile, ...
+            translate_boto_error(e, str(loc), operation)
 
-    def _request(self, loc: Location, call: Callable[[S3Store], T]) -> T:
+    def _request(self, loc: Location, call: Callable[[S3Store], T], operation: str = "read") -> T:
         """``call(store)``; made once more if S3 says the bucket is in another region.
 
         The second time goes through a store for the bucket's own region (see
         :func:`_relocate`).
         """
-        store = self._store(loc)
+        store = self._store(loc, operation)
         try:
             return call(store)
         except BaseError as e:
             if not _wrong_region(e) or not _relocate(self._options, loc.bucket, store):
                 raise
-        return call(self._store(loc))
+        return call(self._store(loc, operation))
 
     def read_first(
         self, loc: Location, length: int, sink: Sink | None = None
@@ -438,7 +439,8 @@ class ObstoreS3Backend:
 
     def size(self, loc: Location) -> int:
         try:
-            return int(self._request(loc, lambda store: obstore.head(store, loc.key))["size"])
+            head = self._request(loc, lambda store: obstore.head(store, loc.key), "head")
+            return int(head["size"])
         except (BaseError, OSError) as e:
             translate_error(e, str(loc), "head")
 
@@ -448,7 +450,9 @@ class ObstoreS3Backend:
             return
         data = read_source(src)
         try:
-            self._request(loc, lambda store: obstore.put(store, loc.key, data, use_multipart=False))
+            self._request(
+                loc, lambda store: obstore.put(store, loc.key, data, use_multipart=False), "write"
+            )
         except (BaseError, OSError) as e:
             translate_error(e, str(loc), "write")
 
