@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 from collections.abc import Callable
@@ -48,6 +49,11 @@ def images(put: Put) -> pd.DataFrame:
             "id": ["1", "2", "3"],
         }
     )
+
+
+def keys(s3_client: Any, bucket: str, prefix: str = "") -> list[str]:
+    listing = s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for o in listing.get("Contents", []))
 
 
 def outputs(frame: pd.DataFrame, read_object: ReadObject, column: str) -> dict[str, bytes]:
@@ -241,10 +247,64 @@ def test_output_ids_keep_the_input_dtype_and_join_back(
     assert len(none_left) == 0
 
 
-def test_fn_returning_none_or_empty_keeps_the_row(options: Options, tmp_path: Path) -> None:
+def test_output_has_a_fresh_index_and_joins_on_id(options: Options, tmp_path: Path) -> None:
+    """As the README says: the input's index is not kept (join on ``id``)."""
+    (tmp_path / "in").write_bytes(b"x")
+    (tmp_path / "poison").write_bytes(b"fail")
+    frame = pd.DataFrame(
+        {"id": ["a", "b", "c"], "f": [tmp_path / "in", tmp_path / "poison", tmp_path / "in"]},
+        index=[10, 20, 30],
+    )
+    result = Pipeline(upper, {"into_path": tmp_path / "out"}, options)(frame)
+    assert result.index.tolist() == [0, 1]
+    assert result["id"].tolist() == ["a", "c"]
+    joined = frame.merge(result, on="id")
+    assert joined["output.mha"].tolist() == [str(tmp_path / "out" / i / "output.mha") for i in "ac"]
+
+
+def test_fn_returning_an_empty_mapping_keeps_the_row(options: Options, tmp_path: Path) -> None:
     frame = pd.DataFrame({"id": ["1", "2"], "f": [None, None]})
-    result = Pipeline(lambda i, o: None, {"into_path": tmp_path}, options)(frame)
-    assert result.to_dict("list") == {"id": ["1", "2"]}
+    pipeline = Pipeline(lambda i, o: {}, {"into_path": tmp_path}, options)
+    assert pipeline(frame).to_dict("list") == {"id": ["1", "2"]}
+    assert pipeline.last_failures == []
+
+
+NONE_RETURNED = (
+    "fn returned None; it must return a mapping of output file name to local path "
+    "({} when the row has no outputs)"
+)
+
+
+def test_fn_returning_none_fails_the_row(
+    options: Options, bucket: str, s3_client: Any, caplog: pytest.LogCaptureFixture, put: Put
+) -> None:
+    """A forgotten ``return`` must not pass as a row with no outputs."""
+
+    def forgot_return(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        out = output_dir / "output.mha"
+        out.write_bytes((input_dir / "f").read_bytes())
+        if out.read_bytes() == b"ok":
+            return {"output.mha": out}
+        return None  # type: ignore[return-value]
+
+    frame = pd.DataFrame({"id": ["a", "b"], "f": [put("a", b"ok"), put("b", b"no return")]})
+    pipeline = Pipeline(forgot_return, {"into_path": f"s3://{bucket}/out"}, options)
+    with caplog.at_level(logging.WARNING, logger="file_dataset"):
+        result = pipeline(frame)
+    assert result.to_dict("list") == {
+        "id": ["a"],
+        "output.mha": [f"s3://{bucket}/out/a/output.mha"],
+    }
+    [failure] = pipeline.last_failures
+    assert (failure.id, failure.stage) == ("b", "fn")
+    assert isinstance(failure.error, TypeError)
+    assert str(failure.error) == NONE_RETURNED
+    assert f"row id 'b' (fn failed): {NONE_RETURNED}" in caplog.text
+    assert keys(s3_client, bucket, "out/") == ["out/a/output.mha"]
+    raising = Pipeline(forgot_return, {"into_path": f"s3://{bucket}/r"}, options, on_error="raise")
+    with pytest.raises(TypeError) as info:
+        raising(frame.iloc[[1]])
+    assert str(info.value) == NONE_RETURNED
 
 
 def test_empty_dataframe(options: Options, tmp_path: Path) -> None:
@@ -441,6 +501,101 @@ def test_invalid_pipeline_arguments(kwargs: dict[str, Any], error: type[Exceptio
         Pipeline(**{"fn": upper, **kwargs})
 
 
+def one_argument(input_dir: Path) -> dict[str, Path]:
+    return {}
+
+
+def keyword_only(*, input_dir: Path, output_dir: Path) -> dict[str, Path]:
+    return {}
+
+
+def three_arguments(input_dir: Path, output_dir: Path, extra: int) -> dict[str, Path]:
+    return {}
+
+
+@pytest.mark.parametrize(
+    ("fn", "shown"),
+    [
+        (one_argument, "one_argument(input_dir: 'Path') -> 'dict[str, Path]'"),
+        (
+            keyword_only,
+            "keyword_only(*, input_dir: 'Path', output_dir: 'Path') -> 'dict[str, Path]'",
+        ),
+        (
+            three_arguments,
+            "three_arguments(input_dir: 'Path', output_dir: 'Path', extra: 'int') -> "
+            "'dict[str, Path]'",
+        ),
+        (lambda: {}, "<lambda>()"),
+    ],
+    ids=["one-argument", "keyword-only", "three-arguments", "no-argument-lambda"],
+)
+def test_fn_that_cannot_take_input_and_output_dirs_is_refused_when_built(
+    fn: Callable[..., Any], shown: str, tmp_path: Path
+) -> None:
+    """It used to be accepted, and then every row was dropped."""
+    with pytest.raises(TypeError) as info:
+        Pipeline(fn, {"into_path": tmp_path})
+    assert str(info.value) == (
+        f"fn {shown} cannot be called as fn(input_dir, output_dir): the Pipeline calls it "
+        "with two positional arguments, the row's input folder and an empty output folder"
+    )
+
+
+class _Callable:
+    def __call__(self, input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        return {}
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda *args: {},
+        lambda i, o, extra=1: {},
+        _Callable(),
+        functools.partial(lambda prefix, i, o: {}, "p"),
+    ],
+    ids=["varargs", "default-third", "callable-object", "partial"],
+)
+def test_fn_that_takes_two_positional_arguments_is_accepted(
+    fn: Callable[..., Any], options: Options, tmp_path: Path
+) -> None:
+    pipeline = Pipeline(fn, {"into_path": tmp_path}, options, on_error="raise")
+    assert pipeline(pd.DataFrame({"id": ["1", "2"], "f": [None, None]}))["id"].tolist() == [
+        "1",
+        "2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "where"),
+    [
+        ({"options": {"endpoint_url": "http://127.0.0.1:1"}}, "Pipeline(options=...)"),
+        (
+            {"write_options": {"into_path": "s3://bkt/o", "options": {"region_name": "x"}}},
+            "Pipeline(write_options={'options': ...})",
+        ),
+    ],
+    ids=["options", "write-options"],
+)
+def test_options_that_are_not_options_are_refused_when_built(
+    kwargs: dict[str, Any], where: str
+) -> None:
+    """A dict of settings used to fail every row as an AttributeError (all dropped)."""
+    with pytest.raises(TypeError) as info:
+        Pipeline(**{"fn": upper, "write_options": {"into_path": "s3://bkt/o"}, **kwargs})
+    assert str(info.value) == (
+        f"{where} must be a file_dataset.Options, got dict "
+        "(build one: Options(session_kwargs=..., s3_client_kwargs=...))"
+    )
+
+
+def test_default_options_are_kept(options: Options) -> None:
+    assert Pipeline(upper, {"into_path": "s3://bkt/o"}).options == Options()
+    pipeline = Pipeline(upper, {"into_path": "s3://bkt/o", "options": options})
+    assert pipeline.write_options["options"] is options
+
+
 def test_write_options_given_as_a_string_says_what_is_expected() -> None:
     with pytest.raises(TypeError) as info:
         Pipeline(upper, "s3://bkt/o")  # type: ignore[arg-type]
@@ -489,6 +644,76 @@ def test_an_output_named_id_fails_its_row_before_anything_is_written(
     (failure,) = pipeline.last_failures
     assert (failure.id, failure.stage) == ("2", "fn")
     assert "fn returned an output named 'id', which is reserved" in str(failure.error)
+
+
+@pytest.mark.parametrize(
+    "url", ["s3://out-bucket/results/x.mha", "gs://b/k", "https://host/x?a=1&b=2"]
+)
+def test_fn_returning_a_url_fails_the_row_showing_the_url(
+    url: str, options: Options, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The URL used to be shown mangled by Path ('s3:/b/k') as 'not an existing file'."""
+    pipeline = Pipeline(lambda i, o: {"x.mha": url}, {"into_path": tmp_path / "out"}, options)
+    with caplog.at_level(logging.WARNING, logger="file_dataset"):
+        result = pipeline(pd.DataFrame({"id": ["r1"], "f": [None]}))
+    assert len(result) == 0
+    [failure] = pipeline.last_failures
+    assert (failure.id, failure.stage) == ("r1", "fn")
+    assert isinstance(failure.error, ValueError)
+    assert str(failure.error) == (
+        f"fn returned 'x.mha' -> {url!r}, a URL; outputs must be local files written by fn "
+        "(in output_dir), which the Pipeline then writes to into_path"
+    )
+    assert "'r1'" in caplog.text
+    assert repr(url) in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_fn_returning_a_url_with_credentials_shows_them_masked(
+    options: Options, tmp_path: Path
+) -> None:
+    url = f"s3://user:{CANARY_SECRET}@b/k"
+    pipeline = Pipeline(lambda i, o: {"x": url}, {"into_path": tmp_path}, options)
+    pipeline(pd.DataFrame({"id": ["1"], "f": [None]}))
+    message = str(pipeline.last_failures[0].error)
+    assert CANARY_SECRET not in message
+    assert "'s3://***@b/k', a URL" in message
+
+
+@pytest.mark.parametrize(
+    ("value", "type_name"), [(5, "int"), (b"/tmp/out", "bytes"), (["a"], "list")]
+)
+def test_fn_returning_a_value_that_is_not_a_path_names_the_output_and_type(
+    value: Any, type_name: str, options: Options, tmp_path: Path
+) -> None:
+    def odd(input_dir: Path, output_dir: Path) -> dict[str, Any]:
+        (output_dir / "ok").write_bytes(b"ok")
+        return {"ok.bin": output_dir / "ok", "odd.bin": value}
+
+    pipeline = Pipeline(odd, {"into_path": tmp_path / "out"}, options, on_error="raise")
+    with pytest.raises(TypeError) as info:
+        pipeline(pd.DataFrame({"id": ["7"], "f": [None]}))
+    assert str(info.value) == (
+        f"fn returned 'odd.bin' -> a {type_name}; an output must be the local path "
+        "(str or os.PathLike) of a file that fn wrote"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_fn_returning_a_file_url_writes_that_local_file(
+    options: Options, bucket: str, put: Put, read_object: ReadObject
+) -> None:
+    """``file://`` URLs are local paths, as in ``write_files``."""
+
+    def as_file_url(input_dir: Path, output_dir: Path) -> dict[str, str]:
+        out = output_dir / "out.bin"
+        out.write_bytes((input_dir / "f").read_bytes()[::-1])
+        return {"out.bin": out.as_uri()}
+
+    pipeline = Pipeline(as_file_url, {"into_path": f"s3://{bucket}/o"}, options, on_error="raise")
+    result = pipeline(pd.DataFrame({"id": ["1"], "f": [put("in", b"abc")]}))
+    assert result["out.bin"].tolist() == [f"s3://{bucket}/o/1/out.bin"]
+    assert read_object(f"s3://{bucket}/o/1/out.bin") == b"cba"
 
 
 def test_output_name_escaping_is_a_failed_row(options: Options, tmp_path: Path) -> None:

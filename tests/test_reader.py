@@ -81,6 +81,27 @@ def test_source_and_row_are_exclusive() -> None:
         file_dataset.reader()
 
 
+@pytest.mark.parametrize("source", ["row", "frame"], ids=["row", "dataframe"])
+def test_options_that_are_not_options_are_refused_at_the_call(
+    source: str, s3_server: LocalS3Server, system_tmp: Path, put: Put
+) -> None:
+    """A dict of settings used to fail later, as an AttributeError in the transfer."""
+    url = put("k", b"x")
+    data: Any = {"f": url} if source == "row" else pd.DataFrame({"id": ["1"], "f": [url]})
+    settings = {"endpoint_url": s3_server.endpoint_url}
+    with pytest.raises(TypeError) as info:
+        file_dataset.reader(data, settings)  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "reader(options=...) must be a file_dataset.Options, got dict "
+        "(build one: Options(session_kwargs=..., s3_client_kwargs=...))"
+    )
+    with pytest.raises(
+        TypeError, match=r"reader\(options=\.\.\.\) must be a file_dataset.Options, got str"
+    ):
+        file_dataset.reader(row={"f": url}, options="default")  # type: ignore[arg-type]
+    assert list(system_tmp.iterdir()) == []
+
+
 def test_into_temp_dir_in_given_dir(options: Options, tmp_path: Path, put: Put):
     url = put("k", b"x")
     with file_dataset.reader({"f": url}, options).into_temp_dir(dir=tmp_path) as tmp:

@@ -265,6 +265,24 @@ def test_an_s3_url_as_a_source_is_refused_clearly(
     assert keys(s3_client, bucket) == ["in/a.bin"]
 
 
+def test_options_that_are_not_options_write_nothing(
+    s3_server: LocalS3Server, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    """A dict of settings used to fail later as an AttributeError, or, for a local
+    destination (where options are not used), to be accepted silently."""
+    files = make_files(tmp_path / "src", {"a.bin": b"a"})
+    settings = {"endpoint_url": s3_server.endpoint_url}
+    for into in (f"s3://{bucket}/p", tmp_path / "out"):
+        with pytest.raises(TypeError) as info:
+            file_dataset.write_files(files, into, "1", settings)  # type: ignore[arg-type]
+        assert str(info.value) == (
+            "write_files(options=...) must be a file_dataset.Options, got dict "
+            "(build one: Options(session_kwargs=..., s3_client_kwargs=...))"
+        )
+    assert keys(s3_client, bucket) == []
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_file_url_as_a_source_is_read_from_its_path(
     options: Options, bucket: str, tmp_path: Path, read_object: ReadObject
 ) -> None:

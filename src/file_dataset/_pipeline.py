@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import inspect
 import logging
 import os
 import shutil
@@ -20,16 +21,16 @@ import pyarrow as pa
 
 from file_dataset._errors import InvalidInputError, TransferError
 from file_dataset._frame import ID_COLUMN, FileTable, check_frame, frame_rows, parse_cells
-from file_dataset._options import Options
+from file_dataset._options import Options, resolve_options
 from file_dataset._reader import FileReader
-from file_dataset._urls import check_component, is_null, parse_url, temp_prefix
+from file_dataset._urls import _SCHEME, _mask, check_component, is_null, parse_url, temp_prefix
 from file_dataset._writer import write_files
 
 __all__ = ["Pipeline", "RowFailure"]
 
 logger = logging.getLogger("file_dataset")
 
-UserFunction = Callable[[Path, Path], Mapping[str, Any] | None]
+UserFunction = Callable[[Path, Path], Mapping[str, Any]]
 
 
 # The most rows whose outputs are still uploading while fn runs on a later row: more
@@ -75,16 +76,19 @@ class Pipeline:
     upload starts as soon as its ``fn`` returns). ``fn`` is always called in row order,
     on the calling thread.
 
-    A row that fails anywhere (download, ``fn``, a returned path that is not a file,
-    upload) is dropped from the output and logged at WARNING with its id and reason,
-    unless ``on_error="raise"``. The failures of the last call are kept in
-    :attr:`last_failures`.
+    A row that fails anywhere (download, ``fn``, ``fn`` returning ``None`` or a value
+    that is not a local file, upload) is dropped from the output and logged at WARNING
+    with its id and reason, unless ``on_error="raise"``. The failures of the last call
+    are kept in :attr:`last_failures`. The output DataFrame has a fresh ``0..n-1``
+    index: join it to the input on ``id``, not on the index.
 
     Pipelines pickle (by their arguments), so they can be passed to Ray Data's
     ``map_batches(..., batch_format="pandas")``.
 
     Args:
-        fn: ``fn(input_dir, output_dir) -> {output file name: local path}``.
+        fn: ``fn(input_dir, output_dir) -> {output file name: local path}``, called
+            with two positional arguments; ``{}`` when a row has no outputs (``None``
+            fails the row, as a forgotten ``return`` would otherwise pass unnoticed).
         write_options: ``{"into_path": "s3://bucket/prefix"}`` (or a local folder);
             may also hold ``"options"``, the :class:`Options` used for writing.
         options: S3 settings for reading (and writing, unless ``write_options`` has
@@ -92,6 +96,13 @@ class Pipeline:
         on_error: ``"drop"`` (default) to drop failed rows, ``"raise"`` to re-raise.
         progress: Whether to show a tqdm progress bar over each call's rows (a row
             counts when its upload is done or it is dropped).
+
+    Raises:
+        TypeError: ``fn`` is not callable or cannot be called as ``fn(input_dir,
+            output_dir)``, ``write_options`` is not a mapping, or ``options`` (or
+            ``write_options["options"]``) is not an :class:`Options`.
+        ValueError: ``write_options`` has no valid ``into_path`` or has unknown keys,
+            or ``on_error`` is neither ``"drop"`` nor ``"raise"``.
 
     Examples:
         >>> pipeline = Pipeline(resample, write_options={"into_path": "s3://b/out/"})
@@ -109,6 +120,7 @@ class Pipeline:
     ) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        _check_signature(fn)
         if not isinstance(write_options, Mapping):
             raise TypeError(
                 "write_options must be a mapping such as {'into_path': 's3://bucket/prefix/'}, "
@@ -120,11 +132,13 @@ class Pipeline:
         if unknown:
             raise InvalidInputError(f"unknown write_options: {sorted(unknown)}")
         parse_url(write_options["into_path"], prefix=True)
+        if write_options.get("options") is not None:
+            resolve_options(write_options["options"], "Pipeline(write_options={'options': ...})")
         if on_error not in ("drop", "raise"):
             raise InvalidInputError(f"on_error must be 'drop' or 'raise', got {on_error!r}")
         self.fn = fn
         self.write_options = dict(write_options)
-        self.options = options if options is not None else Options()
+        self.options = resolve_options(options, "Pipeline(options=...)")
         self.on_error = on_error
         self.progress = bool(progress)
         self.last_failures: list[RowFailure] = []
@@ -173,7 +187,10 @@ class Pipeline:
         try:
             returned = self.fn(input_dir, output_dir)
             if returned is None:
-                return {}
+                raise TypeError(
+                    "fn returned None; it must return a mapping of output file name to "
+                    "local path ({} when the row has no outputs)"
+                )
             if not isinstance(returned, Mapping):
                 raise TypeError(
                     f"fn must return a mapping of file name to path, got {type(returned).__name__}"
@@ -190,7 +207,7 @@ class Pipeline:
                     )
                 if is_null(path):
                     continue
-                local = Path(os.fspath(path))
+                local = _local_output(name, path)
                 if not local.is_file():
                     raise FileNotFoundError(
                         f"fn returned {name!r} -> {str(local)!r}, which is not an existing file"
@@ -243,8 +260,9 @@ class Pipeline:
             For a DataFrame (or a batch), a DataFrame with ``id`` (the input's id values, in the
             input's dtype, so it joins back to the input) and one column per output
             file name (``s3://`` URLs or local paths, as strings; null where a row had
-            no such output), one row per successful input row, in input order. It is a
-            file DataFrame, so it can feed another Pipeline. For a single row, that
+            no such output), one row per successful input row, in input order, with a
+            fresh ``0..n-1`` index (join on ``id``, not on the index). It is a file
+            DataFrame, so it can feed another Pipeline. For a single row, that
             row as a dict (``{"id": <the row's id>, <output name>: <URL or path>}``),
             or ``None`` when the row failed and was dropped.
 
@@ -374,6 +392,51 @@ class Pipeline:
             failure.stage,
             failure.error,
         )
+
+
+def _check_signature(fn: Callable[..., Any]) -> None:
+    """Refuses an ``fn`` that cannot be called as ``fn(input_dir, output_dir)``.
+
+    Without this, every row would fail at the "fn" stage and be dropped. A callable
+    whose signature cannot be read (some builtins) is not checked.
+    """
+    try:
+        signature = inspect.signature(fn)
+    except (ValueError, TypeError):
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        raise TypeError(
+            f"fn {name}{signature} cannot be called as fn(input_dir, output_dir): the "
+            "Pipeline calls it with two positional arguments, the row's input folder "
+            "and an empty output folder"
+        ) from None
+
+
+def _local_output(name: str, path: Any) -> Path:
+    """The local path of an output that fn returned, or the reason it is not one."""
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(
+            f"fn returned {name!r} -> a {type(path).__name__}; an output must be the "
+            "local path (str or os.PathLike) of a file that fn wrote"
+        )
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise TypeError(
+            f"fn returned {name!r} -> a path of type {type(text).__name__}; an output must "
+            "be the local path (str or os.PathLike) of a file that fn wrote"
+        )
+    match = _SCHEME.match(text)
+    if match is not None:
+        if match.group(1).lower() == "file":  # a local path, as write_files takes it
+            return parse_url(text).path
+        raise InvalidInputError(
+            f"fn returned {name!r} -> {_mask(text)!r}, a URL; outputs must be local files "
+            "written by fn (in output_dir), which the Pipeline then writes to into_path"
+        )
+    return Path(text)
 
 
 def _is_numpy_batch(batch: Mapping[str, Any]) -> bool:

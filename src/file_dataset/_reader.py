@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from file_dataset._backend import Blob, copy_into, new_buffer
 from file_dataset._frame import ID_COLUMN, FileTable, parse_frame, parse_row
-from file_dataset._options import Options
+from file_dataset._options import Options, resolve_options
 from file_dataset._transfer import Context, Job, download_job, read_job, run_jobs, size_job
 from file_dataset._urls import Location, check_local_name
 
@@ -61,16 +61,18 @@ def reader(
     Raises:
         ValueError: Both or neither of ``source`` and ``row`` given, or the input is
             not valid (bad URL, unsafe file name or id, missing or repeated ids).
+        TypeError: ``options`` is not an :class:`Options` (a dict of settings, say).
 
     Examples:
         >>> with reader({"image.mha": "s3://bucket/image.mha"}).into_temp_dir() as d:
         ...     process(d / "image.mha")  # doctest: +SKIP
     """
+    resolved = resolve_options(options, "reader(options=...)")
     if (source is None) == (row is None):
         raise ValueError("pass exactly one of source (a row or a DataFrame) and row=")
     data = source if source is not None else row
     table = parse_frame(data) if isinstance(data, pd.DataFrame) else parse_row(data)  # type: ignore[arg-type]
-    return FileReader(table, options if options is not None else Options())
+    return FileReader(table, resolved)
 
 
 class TempDir(os.PathLike[str]):

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from file_dataset._errors import InvalidInputError, ObjectNotFoundError
-from file_dataset._options import Options
+from file_dataset._options import Options, resolve_options
 from file_dataset._transfer import Context, Job, run_jobs, upload_job
 from file_dataset._urls import Location, check_component, check_local_name, is_null, parse_url
 
@@ -44,6 +44,7 @@ def write_files(
             ``into_path``, longer than 255 bytes), the id is null, a source is an
             ``s3://`` URL rather than a local path, or ``into_path`` is not a supported
             URL.
+        TypeError: ``options`` is not an :class:`Options` (a dict of settings, say).
         FileNotFoundError: A source file does not exist.
         OSError: A write failed (the message names the destination).
 
@@ -52,7 +53,7 @@ def write_files(
         ... # doctest: +SKIP
         {'out.mha': 's3://bucket/results/7/out.mha'}
     """
-    options = options if options is not None else Options()
+    options = resolve_options(options, "write_files(options=...)")
     if is_null(id):
         raise InvalidInputError(f"write_files needs an id (the folder under into_path), got {id!r}")
     row_id = check_component(id, "id")

@@ -106,6 +106,76 @@ def test_reading_without_rays_operator_reservation_gives_the_same_rows(
     assert table.equals(expected.sort_by("id"))  # every cell: bytes and nulls
 
 
+def _pass_through(batch: pa.Table) -> pa.Table:
+    return batch
+
+
+@pytest.fixture(scope="module")
+def ordered_frame(ray_local: None, s3_server: LocalS3Server, put_objects: Any) -> pd.DataFrame:
+    """23 rows (6 read tasks of 4 rows, the last of 3), each file's bytes naming its row."""
+    bucket = s3_server.create_bucket()
+    put_objects(bucket, {f"r{i:03d}": f"row {i:03d} ".encode() * (i + 1) for i in range(23)})
+    ids = [f"r{i:03d}" for i in range(23)]
+    return pd.DataFrame({"id": ids, "f.bin": [f"s3://{bucket}/{i}" for i in ids]})
+
+
+def test_rows_come_in_dataframe_order_as_from_into_blob_table(
+    ordered_frame: pd.DataFrame, options: Options
+) -> None:
+    """Without preserve_order Ray gave r000..r003, r008..r022, r004..r007."""
+    expected = file_dataset.reader(ordered_frame, options).into_blob_table()
+    assert expected["id"].to_pylist() == [f"r{i:03d}" for i in range(23)]
+    expected_bytes = [f"row {i:03d} ".encode() * (i + 1) for i in range(23)]
+    assert expected["f.bin"].to_pylist() == expected_bytes
+    driver_setting = ray.data.DataContext.get_current().execution_options.preserve_order
+    dataset = read_file_dataset(ordered_frame, 4, options)
+    assert dataset.context.execution_options.preserve_order is True
+    # the dataset's own copy of the context: the driver's is left as it was
+    assert ray.data.DataContext.get_current().execution_options.preserve_order == driver_setting
+    frame = dataset.to_pandas()
+    assert frame["id"].tolist() == expected["id"].to_pylist()
+    assert frame["f.bin"].tolist() == expected_bytes
+    # a following map_batches shares the dataset's context, so the order stays
+    passed = dataset.map_batches(_pass_through, batch_format="pyarrow", batch_size=3)
+    table = pa.concat_tables(ray.get(passed.to_arrow_refs()))
+    assert table["id"].to_pylist() == expected["id"].to_pylist()
+    assert table["f.bin"].to_pylist() == expected_bytes
+
+
+def test_preserve_order_false_leaves_the_order_to_the_drivers_context(
+    ordered_frame: pd.DataFrame, options: Options
+) -> None:
+    driver_setting = ray.data.DataContext.get_current().execution_options.preserve_order
+    dataset = blob_reader(ordered_frame, 4, options, preserve_order=False)
+    assert dataset.context.execution_options.preserve_order == driver_setting
+    rows = dataset.take_all()  # every row, in the order Ray's tasks finished
+    assert sorted(row["id"] for row in rows) == ordered_frame["id"].tolist()
+    for row in rows:
+        i = int(row["id"][1:])
+        assert row["f.bin"] == f"row {i:03d} ".encode() * (i + 1)
+    ordered = blob_reader(ordered_frame, 4, options)  # the alias keeps order by default
+    assert ordered.context.execution_options.preserve_order is True
+    assert [row["id"] for row in ordered.take_all()] == ordered_frame["id"].tolist()
+
+
+def test_options_that_are_not_options_are_refused_when_the_dataset_is_made(
+    s3_server: LocalS3Server,
+) -> None:
+    """A dict of settings used to fail only in the workers, as an AttributeError."""
+    frame = pd.DataFrame({"id": ["1"], "a": ["s3://bkt/k"]})
+    settings = {"endpoint_url": s3_server.endpoint_url}
+    for make, where in [
+        (read_file_dataset, "read_file_dataset(options=...)"),
+        (FileDataFrameAsBlobDatasource, "FileDataFrameAsBlobDatasource(options=...)"),
+    ]:
+        with pytest.raises(TypeError) as info:
+            make(frame, 4, settings)  # type: ignore[arg-type]
+        assert str(info.value) == (
+            f"{where} must be a file_dataset.Options, got dict "
+            "(build one: Options(session_kwargs=..., s3_client_kwargs=...))"
+        )
+
+
 def test_blob_reader_is_read_file_dataset() -> None:
     assert blob_reader is read_file_dataset
 

@@ -4,7 +4,9 @@
 ``blob_reader``) returns a ``ray.data.Dataset`` with an ``id`` column and one
 ``binary`` column per file column, read by :class:`FileDataFrameAsBlobDatasource`:
 one Ray read task per ``batch_size`` rows, each reading its rows' files with
-:func:`file_dataset.reader` in a worker.
+:func:`file_dataset.reader` in a worker. Its rows are in DataFrame order, as in
+``reader(file_dataframe).into_blob_table()`` (``preserve_order=False`` lets Ray emit
+blocks as their tasks finish).
 
 To run a function on local files for every row on a Ray cluster, pass a
 :class:`file_dataset.Pipeline` to ``Dataset.map_batches(..., batch_format="pandas")``.

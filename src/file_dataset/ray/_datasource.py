@@ -14,7 +14,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from file_dataset._frame import ID_COLUMN, check_cells, check_frame
-from file_dataset._options import Options
+from file_dataset._options import Options, resolve_options
 from file_dataset._reader import reader
 
 __all__ = ["FileDataFrameAsBlobDatasource", "blob_reader", "read_file_dataset"]
@@ -68,8 +68,13 @@ class FileDataFrameAsBlobDatasource(Datasource):
     The dataset it produces has the schema of :meth:`file_dataset.FileReader.into_blob_table`:
     an ``id`` column (``string``) followed by one ``binary`` column per file column,
     holding the files' contents (null where a cell is null). A read task's rows keep
-    their DataFrame order; the order of tasks is Ray's (set
-    ``DataContext.execution_options.preserve_order`` to keep it).
+    their DataFrame order, and the tasks are made in DataFrame order, but Ray emits
+    their blocks as they finish unless the dataset's context says otherwise:
+    :func:`read_file_dataset` sets ``execution_options.preserve_order`` on the context
+    of the dataset it returns. With ``ds = ray.data.read_datasource(source)`` do the
+    same yourself (``ds.context.execution_options.preserve_order = True``; a dataset
+    copies the driver's ``DataContext`` when it is made, so changing
+    ``DataContext.get_current()`` afterwards does not reach it).
 
     Each read task reads ``batch_size`` rows with :func:`file_dataset.reader` in a Ray
     worker, using these ``options`` (pickled with the task), so the endpoint, the
@@ -97,6 +102,7 @@ class FileDataFrameAsBlobDatasource(Datasource):
             file column name that is not a safe file name, or a cell that is not an
             ``s3://`` URL or local path (every row is checked here); or ``batch_size``
             is not a positive int.
+        TypeError: ``options`` is not an :class:`Options` (a dict of settings, say).
 
     Examples:
         >>> source = FileDataFrameAsBlobDatasource(frame, 16, options)  # doctest: +SKIP
@@ -110,6 +116,9 @@ class FileDataFrameAsBlobDatasource(Datasource):
         options: Options | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        self._options = resolve_options(
+            options, "FileDataFrameAsBlobDatasource(options=...)", default=Options.default
+        )
         self._batch_size = _check_batch_size(batch_size)
         self._ids = check_frame(file_dataframe)
         # pandas copy-on-write: a shallow copy is cheap and unaffected by later edits.
@@ -117,7 +126,6 @@ class FileDataFrameAsBlobDatasource(Datasource):
         self._file_columns = [str(c) for c in file_dataframe.columns if c != ID_COLUMN]
         # A bad URL in any row fails here, not in a worker after other rows were read.
         check_cells(self._frame, self._ids, self._file_columns)
-        self._options = options if options is not None else Options.default()
         self._schema = blob_schema(self._file_columns)
         self._row_bytes: float | None = None
         # Ray asks for the read tasks several times while planning; build them once.
@@ -282,6 +290,8 @@ def read_file_dataset(
     file_dataframe: pd.DataFrame,
     batch_size: int,
     options: Options | None = None,
+    *,
+    preserve_order: bool = True,
     **ray_kwargs: Any,
 ) -> ray.data.Dataset:
     """Reads every file of a file DataFrame into a Ray dataset of blobs.
@@ -290,6 +300,12 @@ def read_file_dataset(
     column per file column holding the file's contents. Reading is lazy, as always in
     Ray Data, except that the first ``batch_size`` rows are sized now (HEAD requests)
     to estimate the dataset's size. See :class:`FileDataFrameAsBlobDatasource`.
+
+    The rows come in DataFrame order, as in ``reader(file_dataframe).into_blob_table()``:
+    the returned dataset's context has ``execution_options.preserve_order = True``, and
+    datasets derived from it (``map_batches``, ...) share that context, so they keep the
+    order too. Ray then emits the blocks in task order, so a slow task holds back the
+    blocks after it; pass ``preserve_order=False`` when the order does not matter.
 
     On a small cluster Ray Data (2.60) runs the read tasks of a short dataset nearly
     one at a time: it budgets each operator about half the cluster's CPUs, and nothing
@@ -307,6 +323,9 @@ def read_file_dataset(
         batch_size: Rows per read task; bounds the memory of each task, which holds
             every file of its ``batch_size`` rows at once.
         options: S3 settings for the workers; ``Options.default()`` when omitted.
+        preserve_order: Whether the dataset keeps the DataFrame's row order (default).
+            ``False`` leaves the order to the driver's ``DataContext`` (Ray's default:
+            blocks in the order their tasks finish).
         **ray_kwargs: Passed to :func:`ray.data.read_datasource` (for example
             ``concurrency``, ``num_cpus``, ``memory``). ``override_num_blocks`` does
             not change the number of read tasks; below 5,000 tasks it defaults to
@@ -324,6 +343,7 @@ def read_file_dataset(
         ValueError: Not a valid file DataFrame (no ``id`` column, null or repeated
             ids, a cell in any row that is not a URL or path), or ``batch_size`` is not
             a positive int.
+        TypeError: ``options`` is not an :class:`Options` (a dict of settings, say).
         FileNotFoundError: An object of the first batch does not exist.
         OSError: Sizing the first batch failed otherwise.
 
@@ -335,11 +355,15 @@ def read_file_dataset(
         id         string
         image.mha  binary
     """
+    options = resolve_options(options, "read_file_dataset(options=...)", default=Options.default)
     datasource = FileDataFrameAsBlobDatasource(file_dataframe, batch_size, options)
     blocks = _default_num_blocks(datasource.num_read_tasks)
     if blocks is not None:
         ray_kwargs.setdefault("override_num_blocks", blocks)
     dataset: ray.data.Dataset = ray.data.read_datasource(datasource, **ray_kwargs)
+    if preserve_order:
+        # The dataset's own copy of the driver's context: the driver's is left alone.
+        dataset.context.execution_options.preserve_order = True
     return dataset
 
 
