@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import gc
 import json
 import os
@@ -607,8 +608,13 @@ def test_translate_s3_errors(code: str, status: int, kind: type[Exception]) -> N
     if kind is file_dataset.ObjectAccessDeniedError:
         assert isinstance(info.value, PermissionError)
         assert "access denied" in str(info.value)
+        assert info.value.errno == errno.EACCES
     if kind is file_dataset.ObjectNotFoundError:
         assert isinstance(info.value, FileNotFoundError)
+        assert info.value.errno == errno.ENOENT
+        assert str(info.value).startswith(f"cannot read {url}: ")  # not "[Errno 2] ..."
+    if kind is file_dataset.TransferError:
+        assert info.value.errno is None
 
 
 def test_access_denied_gets_row_context() -> None:
@@ -616,6 +622,7 @@ def test_access_denied_gets_row_context() -> None:
     assert isinstance(error, PermissionError)
     located = error.with_context("row-7", "x.mha")
     assert isinstance(located, PermissionError)
+    assert located.errno == errno.EACCES
     assert str(located).startswith("cannot read /data/x (row id 'row-7', column 'x.mha')")
 
 

@@ -202,6 +202,59 @@ def truncating_server() -> Iterator[str]:
     server.server_close()
 
 
+def test_a_child_forked_after_obstore_was_used_goes_through_boto3(
+    s3_server: LocalS3Server, put: Callable[[str, bytes], str], bucket: str
+) -> None:
+    """obstore's runtime does not survive fork(): a forked child (multiprocessing's
+    default on Linux, DataLoader workers) would wait for its threads for ever and could
+    crash the parent. Such a child reads and writes through boto3 instead."""
+    import multiprocessing
+
+    url = put("forked.bin", b"read in a forked child")
+    options = s3_server.options()  # "auto": obstore in this process
+    row = {"f.bin": url}
+    assert file_dataset.reader(row, options).into_blob_table().to_pylist() == [
+        {"f.bin": b"read in a forked child"}
+    ]
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+
+    def child() -> None:
+        from file_dataset._backend import backend_for
+        from file_dataset._urls import parse_url
+
+        got: dict[str, Any] = {"backend": type(backend_for(parse_url(url), options)).__name__}
+        got["read"] = file_dataset.reader(row, options).into_blob_table().to_pylist()
+        written = file_dataset.write_files(
+            {"f.bin": Path(__file__)}, f"s3://{bucket}/from-child", "1", options
+        )
+        got["written"] = written["f.bin"]
+        forced = s3_server.options(transport="obstore")
+        try:
+            file_dataset.reader(row, forced).into_blob_table()
+        except RuntimeError as e:
+            got["forced"] = str(e)
+        send.send(got)
+
+    process = context.Process(target=child)
+    process.start()
+    try:
+        assert receive.poll(120), "the forked child did not answer"
+        got = receive.recv()
+    finally:
+        process.join(timeout=120)
+        if process.is_alive():
+            process.kill()
+    assert process.exitcode == 0
+    assert got["backend"] == "S3Backend"
+    assert got["read"] == [{"f.bin": b"read in a forked child"}]
+    assert got["written"] == f"s3://{bucket}/from-child/1/f.bin"
+    assert "forked from one that had already used obstore" in got["forced"]
+    assert file_dataset.reader({"w": got["written"]}, options).into_blob_table().to_pylist() == [
+        {"w": Path(__file__).read_bytes()}
+    ]
+
+
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
 def test_missing_credentials_name_the_operation_that_needed_them(
     s3_server: LocalS3Server, transport: str, tmp_path: Path

@@ -249,6 +249,8 @@ def remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
 # the FILE_DATASET_TRANSPORT override, so each answer is kept (backends hold no state of
 # a transfer and are shared by threads).
 _BACKENDS: dict[tuple[int, str, str | None], tuple[Options, Backend]] = {}
+# A forked child decides again (its parent's obstore backends are unusable there).
+os.register_at_fork(after_in_child=_BACKENDS.clear)
 # object_store's Path refuses ASCII control characters in a key (and "", "." and ".."
 # segments, and strips a leading or trailing "/"), although S3 allows all of them.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -301,7 +303,11 @@ def _new_backend(kind: str, options: Options) -> Backend:
         wants_obstore = transport == "obstore" or (transport == "auto" and AUTO_PREFERS_OBSTORE)
         if wants_obstore and kind == "s3":
             try:
-                from file_dataset._s3_obstore import ObstoreS3Backend, can_serve
+                from file_dataset._s3_obstore import (
+                    ObstoreS3Backend,
+                    can_serve,
+                    forked_after_obstore,
+                )
             except ImportError as e:
                 if transport == "obstore":
                     raise ImportError(
@@ -309,7 +315,18 @@ def _new_backend(kind: str, options: Options) -> Backend:
                         "(pip install obstore)"
                     ) from e
             else:
-                if transport == "obstore" or can_serve(options):
+                if forked_after_obstore():
+                    # obstore's runtime does not survive fork(): its threads are gone in
+                    # this child, which would wait for them for ever, and its I/O
+                    # driver is shared with the parent, which it could crash.
+                    if transport == "obstore":
+                        raise RuntimeError(
+                            "Options(transport='obstore') cannot be used in a process "
+                            "forked from one that had already used obstore (its runtime "
+                            "does not survive fork); use the 'spawn' or 'forkserver' "
+                            "start method, or transport='auto' or 'boto3'"
+                        )
+                elif transport == "obstore" or can_serve(options):
                     return ObstoreS3Backend(options)
         from file_dataset._s3 import S3Backend
 

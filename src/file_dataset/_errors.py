@@ -10,10 +10,13 @@ Every exception also inherits the built-in exception that means the same thing, 
         └── ObjectAccessDeniedError (PermissionError)
 
 Transfer errors carry the ``url``, and where known the ``row_id`` and ``column`` of the
-object, as attributes and in their message. Messages never contain credentials.
+object, as attributes and in their message. Messages never contain credentials. The
+two subclasses also set ``errno`` (``ENOENT``, ``EACCES``), as the built-in ones do.
 """
 
 from __future__ import annotations
+
+import errno
 
 __all__ = [
     "FileDatasetError",
@@ -51,7 +54,11 @@ class TransferError(FileDatasetError, OSError):
         column: The file column (file name) of the object, when known.
         operation: What was being done: ``"read"``, ``"head"`` or ``"write"``.
         reason: A short description of the cause.
+        errno: ``errno.ENOENT`` for :class:`ObjectNotFoundError`, ``errno.EACCES`` for
+            :class:`ObjectAccessDeniedError`, else ``None``.
     """
+
+    _ERRNO: int | None = None
 
     def __init__(
         self,
@@ -68,6 +75,8 @@ class TransferError(FileDatasetError, OSError):
         self.row_id = row_id
         self.column = column
         super().__init__(f"{_describe(f'cannot {operation}', url, row_id, column)}: {reason}")
+        # Set after the fact: OSError(errno, strerror) would change the message's form.
+        self.errno = self._ERRNO
 
     def __reduce__(self) -> tuple[object, ...]:
         # Keyword-only arguments do not survive the default pickling of exceptions,
@@ -98,6 +107,10 @@ def _rebuild_transfer_error(
 class ObjectNotFoundError(TransferError, FileNotFoundError):
     """The object (or its bucket, or the local file) does not exist."""
 
+    _ERRNO = errno.ENOENT
+
 
 class ObjectAccessDeniedError(TransferError, PermissionError):
     """The credentials in use may not read or write the object."""
+
+    _ERRNO = errno.EACCES

@@ -212,7 +212,19 @@ def _can_serve(options: Options) -> bool:
     return not bundle or os.path.realpath(bundle) in _SYSTEM_BUNDLES
 
 
+# The process in which obstore was first used (its runtime started), if any.
+_USED_IN_PID: int | None = None
+
+
+def forked_after_obstore() -> bool:
+    """Whether this process was forked from one that had already used obstore."""
+    return _USED_IN_PID is not None and os.getpid() != _USED_IN_PID
+
+
 def _new_store(options: Options, bucket: str) -> S3Store:
+    global _USED_IN_PID
+    if _USED_IN_PID is None:
+        _USED_IN_PID = os.getpid()
     client = options.s3_client()
     meta = client.meta
     endpoint = str(meta.endpoint_url)
