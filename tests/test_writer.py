@@ -229,6 +229,21 @@ def test_missing_source_writes_nothing(
     assert keys(s3_client, bucket) == []
 
 
+def test_a_directory_as_a_source_is_not_called_missing(
+    options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    files = {**make_files(tmp_path / "src", {"good": b"g"}), "dir.bin": folder}
+    with pytest.raises(file_dataset.TransferError) as info:
+        file_dataset.write_files(files, f"s3://{bucket}/p", id="5", options=options)
+    assert not isinstance(info.value, FileNotFoundError)  # it exists
+    message = str(info.value)
+    assert "is a directory, not a file" in message
+    assert all(part in message for part in (str(folder), "'5'", "'dir.bin'")), message
+    assert keys(s3_client, bucket) == []
+
+
 @pytest.mark.parametrize("value", [5, b"/tmp/f", ["a"]])
 def test_source_that_is_not_a_path_writes_nothing(
     value: Any, options: Options, bucket: str, s3_client: Any, tmp_path: Path

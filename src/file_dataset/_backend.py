@@ -38,8 +38,8 @@ Sink = Callable[[int], Store]
 # What a read of a later part reports when the object is no longer the one whose first
 # part was read (a ranged GET's If-Match failed, or a local file was rewritten).
 CHANGED = (
-    "the object changed while it was being read (it was replaced after its first bytes "
-    "arrived); nothing of it was kept, read it again"
+    "the object changed while it was being read (it was replaced or rewritten after its "
+    "first bytes arrived); nothing of it was kept, read it again"
 )
 # What a write reports when its local source changed while it was being sent (the
 # destination is then left as it was: nothing is written).

@@ -182,8 +182,8 @@ def check_component(value: Any, what: str) -> str:
         or os.path.isabs(text)
     ):
         raise InvalidInputError(
-            f"{what} {value!r} cannot be used as a path component: it must be non-empty "
-            "and contain no '/', '\\' or '..'"
+            f"{what} {value!r} cannot be used as a path component: it must be non-empty, "
+            "not '.' or '..', and contain no '/', '\\' or NUL character"
         )
     return text
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from file_dataset._errors import InvalidInputError, ObjectNotFoundError
+from file_dataset._errors import InvalidInputError, ObjectNotFoundError, TransferError
 from file_dataset._options import Options, resolve_options
 from file_dataset._transfer import Context, Job, run_jobs, upload_job
 from file_dataset._urls import Location, check_component, check_local_name, is_null, parse_url
@@ -85,6 +85,15 @@ def write_files(
                 "with reader(...).into_temp_dir())"
             )
         path = source.path
+        if path.is_dir():
+            raise TransferError(
+                str(path),
+                "is a directory, not a file (write_files sends files; list a folder's "
+                "files one by one)",
+                operation="read",
+                row_id=row_id,
+                column=name,
+            )
         if not path.is_file():
             raise ObjectNotFoundError(
                 str(path),
