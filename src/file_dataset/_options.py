@@ -67,7 +67,7 @@ class _RedactSecrets(logging.Filter):
 
 
 _REDACTOR = _RedactSecrets()
-_MAX_RUNTIMES = 16
+_MAX_RUNTIMES = 8
 
 
 class _Runtime:
