@@ -67,3 +67,42 @@ def test_options_merge_session_and_client_kwargs_over_the_servers(
     bucket = s3_server.create_bucket()
     client.put_object(Bucket=bucket, Key="k", Body=b"merged")
     assert s3_server.client().get_object(Bucket=bucket, Key="k")["Body"].read() == b"merged"
+
+
+def test_the_server_process_ends_when_its_owner_is_killed(tmp_path: Path) -> None:
+    """An owner that dies without stopping the server (SIGKILL, a crash) leaves no
+    moto process behind."""
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import sys\n"
+        "from file_dataset.testing import LocalS3Server\n"
+        "server = LocalS3Server().start()\n"
+        "print(server._process.pid, server.endpoint_url, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    owner = subprocess.Popen(
+        [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert owner.stdout is not None
+    pid_text, endpoint = owner.stdout.readline().split()
+    with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=30) as answer:
+        assert answer.status == 200
+    server_exited = os.pidfd_open(int(pid_text))  # readable once the process has ended
+    try:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=60)
+        readable, _, _ = select.select([server_exited], [], [], 60)
+        assert readable == [server_exited], "the moto server outlived its owner"
+    finally:
+        os.close(server_exited)
+        for pipe in (owner.stdin, owner.stdout):
+            if pipe is not None:
+                pipe.close()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=5)

@@ -80,8 +80,18 @@ class LocalS3Server:
             self._thread_server = server
             self.port = int(server.get_host_and_port()[1])
         else:
+            # The server ends when its standard input closes: with this process, even
+            # when it is killed and cannot stop it (no orphaned servers).
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "file_dataset.testing", "--host", self.host],
+                [
+                    sys.executable,
+                    "-m",
+                    "file_dataset.testing",
+                    "--host",
+                    self.host,
+                    "--exit-with-parent",
+                ],
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
             )
@@ -112,8 +122,9 @@ class LocalS3Server:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
-            if self._process.stdout is not None:
-                self._process.stdout.close()
+            for pipe in (self._process.stdin, self._process.stdout):
+                if pipe is not None:
+                    pipe.close()
             self._process = None
 
     def __enter__(self) -> LocalS3Server:
@@ -183,7 +194,19 @@ def _main() -> None:
     parser = argparse.ArgumentParser(description="Run a local moto S3 server.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="exit when standard input closes (the parent holds the other end of a pipe)",
+    )
     args = parser.parse_args()
+    if args.exit_with_parent:
+
+        def exit_when_stdin_closes() -> None:
+            sys.stdin.buffer.read()
+            os._exit(0)
+
+        threading.Thread(target=exit_when_stdin_closes, daemon=True).start()
     server = ThreadedMotoServer(ip_address=args.host, port=args.port, verbose=False)
     server.start()
     port = server.get_host_and_port()[1]
