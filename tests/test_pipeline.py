@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import pickle
+import re
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -350,6 +354,28 @@ def test_progress_bar_counts_every_row_and_the_dropped_ones(
     assert "dropped=1" in final
     assert Pipeline(upper, {"into_path": f"s3://{bucket}/o2"}, options)(frame).shape[0] == 3
     assert capsys.readouterr().err == ""  # no bar unless asked for
+
+
+def test_progress_without_stderr_shows_no_bar_and_processes_the_rows(
+    options: Options,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    put: Put,
+    read_object: ReadObject,
+) -> None:
+    """Under pythonw or some daemons ``sys.stderr`` is None: tqdm then failed the call."""
+    frame = pd.DataFrame(
+        {"id": ["ok-1", "bad-2", "ok-3"], "f": [put("1", b"a"), put("2", b"fail"), put("3", b"c")]}
+    )
+    pipeline = Pipeline(upper, {"into_path": f"s3://{bucket}/out"}, options, progress=True)
+    monkeypatch.setattr(sys, "stderr", None)
+    result = pipeline(frame)
+    assert result["output.mha"].tolist() == [
+        f"s3://{bucket}/out/ok-1/output.mha",
+        f"s3://{bucket}/out/ok-3/output.mha",
+    ]
+    assert outputs(result, read_object, "output.mha") == {"ok-1": b"A", "ok-3": b"C"}
+    assert [(f.id, f.stage) for f in pipeline.last_failures] == [("bad-2", "fn")]
 
 
 def test_failing_fn_row_dropped_and_logged(
@@ -729,6 +755,87 @@ def test_output_name_escaping_is_a_failed_row(options: Options, tmp_path: Path) 
     assert not (tmp_path / "out").exists()
 
 
+# --- one Pipeline, several threads --------------------------------------------------
+
+
+def test_one_pipeline_called_from_several_threads_keeps_each_calls_failures_and_bar(
+    options: Options,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+    put: Put,
+    read_object: ReadObject,
+) -> None:
+    """Four threads call one Pipeline at once, each on its own rows: each sees its own
+    outputs, its own ``last_failures`` and its own progress bar."""
+    chunks = [[f"t{t}-r{i}" for i in range(3 + t)] for t in range(4)]  # 3, 4, 5, 6 rows
+    failing = [chunk[1::2] for chunk in chunks]  # never a chunk's first row
+    poisoned = {row_id for rows in failing for row_id in rows}
+    first_rows = {chunk[0] for chunk in chunks}
+    # Every call waits here on its first row, so all four are under way at once before
+    # any row fails or any bar moves.
+    all_started = threading.Barrier(len(chunks), timeout=60)
+
+    def mirror(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        row_id = (input_dir / "f").read_text()
+        if row_id in first_rows:
+            all_started.wait()
+        if row_id in poisoned:
+            raise RuntimeError(f"row {row_id} is poisoned")
+        out = output_dir / "out.bin"
+        out.write_bytes(row_id.encode()[::-1])
+        return {"out.bin": out}
+
+    pipeline = Pipeline(mirror, {"into_path": f"s3://{bucket}/out"}, options, progress=True)
+
+    def run(frame: pd.DataFrame, failing_ids: list[str]) -> None:
+        chunk = frame["id"].tolist()
+        result = pipeline(frame)
+        kept = [row_id for row_id in chunk if row_id not in failing_ids]
+        assert result["id"].tolist() == kept
+        assert result["out.bin"].tolist() == [f"s3://{bucket}/out/{i}/out.bin" for i in kept]
+        for row_id in (kept[0], kept[-1]):
+            assert read_object(f"s3://{bucket}/out/{row_id}/out.bin") == row_id.encode()[::-1]
+        assert [(f.id, f.stage) for f in pipeline.last_failures] == [
+            (row_id, "fn") for row_id in failing_ids
+        ]
+        assert all(isinstance(f.error, RuntimeError) for f in pipeline.last_failures)
+
+    frames = [
+        pd.DataFrame({"id": chunk, "f": [put(f"in/{i}", i.encode()) for i in chunk]})
+        for chunk in chunks
+    ]
+    with concurrent.futures.ThreadPoolExecutor(len(chunks)) as callers:
+        calls = [callers.submit(run, c, f) for c, f in zip(frames, failing, strict=True)]
+        for call in calls:
+            call.result()
+    assert pipeline.last_failures == []  # this thread made no call
+    err = capsys.readouterr().err
+    for chunk, failing_ids in zip(chunks, failing, strict=True):
+        n = len(chunk)
+        assert re.search(rf"100%\|[^|]*\| {n}/{n} \[[^\]]*dropped={len(failing_ids)}\]", err)
+    counts = re.findall(r"(\d+)/(\d+) \[", err)
+    assert counts
+    assert all(int(done) <= int(total) for done, total in counts)
+
+
+def test_last_failures_is_per_thread_and_read_only(options: Options, bucket: str, put: Put) -> None:
+    pipeline = Pipeline(upper, {"into_path": f"s3://{bucket}/out"}, options)
+    seen: list[list[file_dataset.RowFailure]] = []
+    before = threading.Thread(target=lambda: seen.append(pipeline.last_failures))
+    before.start()
+    before.join()
+    frame = pd.DataFrame({"id": ["ok", "bad"], "f": [put("ok", b"ok"), put("bad", b"fail")]})
+    assert pipeline(frame)["id"].tolist() == ["ok"]
+    assert [(f.id, f.stage) for f in pipeline.last_failures] == [("bad", "fn")]
+    after = threading.Thread(target=lambda: seen.append(pipeline.last_failures))
+    after.start()
+    after.join()
+    assert seen == [[], []]  # threads that made no call
+    assert [f.id for f in pipeline.last_failures] == ["bad"]  # still this thread's
+    with pytest.raises(AttributeError):
+        pipeline.last_failures = []  # type: ignore[misc]
+
+
 # --- pickling and repr ------------------------------------------------------------------
 
 
@@ -745,16 +852,48 @@ def test_pickled_pipeline_works(
     images: pd.DataFrame,
     options: Options,
     bucket: str,
+    put: Put,
     read_object: ReadObject,
 ) -> None:
     pipeline = Pipeline(upper, {"into_path": f"s3://{bucket}/pickled"}, options)
-    pipeline(images.iloc[:1])  # live clients and failures must not travel
+    poisoned = pd.DataFrame({"id": ["bad"], "image.mha": [put("poisoned.mha", b"fail")]})
+    pipeline(pd.concat([images.iloc[:1], poisoned]))  # live clients and failures stay here
+    assert [f.id for f in pipeline.last_failures] == ["bad"]
     copy = round_trip(pipeline)
     assert copy.options == options
     assert copy.write_options == pipeline.write_options
     assert copy.on_error == "drop"
-    result = copy(images)
+    assert copy.last_failures == []
+    result = copy(pd.concat([images, poisoned]))
     assert outputs(result, read_object, "output.mha") == {"1": b"IMG1", "2": b"IMG2", "3": b"IMG3"}
+    assert [f.id for f in copy.last_failures] == ["bad"]
+    assert [f.id for f in pipeline.last_failures] == ["bad"]  # the original's own call
+
+
+def test_pipeline_from_an_older_pickle_works(
+    images: pd.DataFrame, options: Options, bucket: str, read_object: ReadObject
+) -> None:
+    """Older pickles carry ``last_failures`` and ``_bar`` (or lack ``progress``)."""
+    for extra in ({"last_failures": [], "_bar": None, "progress": False}, {"last_failures": []}):
+        old = Pipeline.__new__(Pipeline)
+        old.__setstate__(
+            {
+                "fn": upper,
+                "write_options": {"into_path": f"s3://{bucket}/old"},
+                "options": options,
+                "on_error": "drop",
+                **extra,
+            }
+        )
+        assert old.last_failures == []
+        assert old.progress is False
+        result = old(images)
+        assert outputs(result, read_object, "output.mha") == {
+            "1": b"IMG1",
+            "2": b"IMG2",
+            "3": b"IMG3",
+        }
+        assert pickle.loads(pickle.dumps(old)).last_failures == []
 
 
 def test_cloudpickled_pipeline_with_closure(options: Options, tmp_path: Path) -> None:

@@ -9,9 +9,11 @@ import inspect
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -61,6 +63,14 @@ class _RowError(Exception):
         self.failure = RowFailure(row_id, stage, error)
 
 
+@dataclass
+class _Call:
+    """The state of one call of a :class:`Pipeline`, which no other call sees."""
+
+    failures: list[RowFailure] = field(default_factory=list)
+    bar: Any = None  # its tqdm progress bar, when one was asked for
+
+
 class Pipeline:
     """Runs a function on local files for every row of a file DataFrame.
 
@@ -78,9 +88,13 @@ class Pipeline:
 
     A row that fails anywhere (download, ``fn``, ``fn`` returning ``None`` or a value
     that is not a local file, upload) is dropped from the output and logged at WARNING
-    with its id and reason, unless ``on_error="raise"``. The failures of the last call
-    are kept in :attr:`last_failures`. The output DataFrame has a fresh ``0..n-1``
-    index: join it to the input on ``id``, not on the index.
+    with its id and reason, unless ``on_error="raise"``. The failures of the calling
+    thread's last call are kept in :attr:`last_failures`. The output DataFrame has a
+    fresh ``0..n-1`` index: join it to the input on ``id``, not on the index.
+
+    One Pipeline may be called from several threads at once (each call on its own
+    rows): every call keeps its failures and its progress bar to itself, and
+    :attr:`last_failures` is per thread.
 
     Pipelines pickle (by their arguments), so they can be passed to Ray Data's
     ``map_batches(..., batch_format="pandas")``.
@@ -95,7 +109,8 @@ class Pipeline:
             its own); ``Options()`` when omitted.
         on_error: ``"drop"`` (default) to drop failed rows, ``"raise"`` to re-raise.
         progress: Whether to show a tqdm progress bar over each call's rows (a row
-            counts when its upload is done or it is dropped).
+            counts when its upload is done or it is dropped). No bar is shown when
+            ``sys.stderr`` is ``None`` (pythonw, some daemons).
 
     Raises:
         TypeError: ``fn`` is not callable or cannot be called as ``fn(input_dir,
@@ -141,18 +156,29 @@ class Pipeline:
         self.options = resolve_options(options, "Pipeline(options=...)")
         self.on_error = on_error
         self.progress = bool(progress)
-        self.last_failures: list[RowFailure] = []
-        self._bar: Any = None  # the progress bar of a call under way
+        # .failures: the list that this thread's last call filled in
+        self._per_thread = threading.local()
+
+    @property
+    def last_failures(self) -> list[RowFailure]:
+        """The rows that the calling thread's last call dropped, in the order they failed.
+
+        Each thread sees only its own calls: ``[]`` in a thread that has made none (and
+        in a copy that was just unpickled).
+        """
+        failures: list[RowFailure] = getattr(self._per_thread, "failures", [])
+        return failures
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["last_failures"] = []
-        state["_bar"] = None
+        state.pop("_per_thread", None)  # a thread-local: not picklable, not meant to travel
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # pickles made before these attributes existed
-        self.__dict__.update({"progress": False, "_bar": None, **state})
+        # Older pickles lack "progress" and carry "last_failures" and "_bar".
+        state = {k: v for k, v in state.items() if k not in ("last_failures", "_bar")}
+        self.__dict__.update({"progress": False, **state})
+        self._per_thread = threading.local()
 
     def __repr__(self) -> str:
         name = getattr(self.fn, "__qualname__", repr(self.fn))
@@ -301,12 +327,18 @@ class Pipeline:
         ids = check_frame(file_dataframe)
         columns = [str(c) for c in file_dataframe.columns if c != ID_COLUMN]
         values = frame_rows(file_dataframe, columns)
-        self.last_failures = []
+        call = _Call()
+        self._per_thread.failures = call.failures  # filled in as rows fail, also on a raise
         written: dict[int, dict[str, str]] = {}  # by row position: name -> URL or path
         if self.progress:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=len(ids), unit="row", desc="file_dataset.Pipeline")
+            call.bar = tqdm(
+                total=len(ids),
+                unit="row",
+                desc="file_dataset.Pipeline",
+                disable=sys.stderr is None,  # tqdm would fail writing to it
+            )
         # Threads: this row's and the next row's downloads (each also makes the row's
         # output folder), up to _UPLOADS_IN_FLIGHT + 1 uploads (the newest is submitted
         # before the oldest is collected), and the removal of folders.
@@ -328,7 +360,7 @@ class Pipeline:
                     try:
                         input_dir, output_dir = downloads.pop(index).result()
                     except _RowError as e:
-                        self._fail(e)
+                        self._fail(call, e)
                         continue
                     try:
                         outputs = self._run_fn(row_id, input_dir, output_dir)
@@ -337,7 +369,7 @@ class Pipeline:
                         stages.submit(_remove, (input_dir, output_dir))
                         if not isinstance(e, _RowError):
                             raise  # KeyboardInterrupt and the like end the call
-                        self._fail(e)
+                        self._fail(call, e)
                         continue
                     # An output may be an input passed through (or a link to one): then
                     # the input folder must outlive the upload; otherwise it goes now.
@@ -351,21 +383,21 @@ class Pipeline:
                     # does not hold up the next fn call (outputs on disk stay bounded).
                     uploads.append((index, stages.submit(self._upload, row_id, outputs, folders)))
                     if len(uploads) > _UPLOADS_IN_FLIGHT:
-                        self._collect(*uploads.popleft(), written)
+                        self._collect(call, *uploads.popleft(), written)
                 while uploads:
-                    self._collect(*uploads.popleft(), written)
+                    self._collect(call, *uploads.popleft(), written)
             finally:
                 for future in downloads.values():
                     with contextlib.suppress(BaseException):  # the row is abandoned anyway
                         _remove(future.result())
                 concurrent.futures.wait([future for _, future in uploads])
-                if self._bar is not None:
-                    self._bar.close()
-                    self._bar = None
+                if call.bar is not None:
+                    call.bar.close()
         return _output_frame(file_dataframe[ID_COLUMN], written)
 
     def _collect(
         self,
+        call: _Call,
         index: int,
         upload: concurrent.futures.Future[dict[str, str]],
         written: dict[int, dict[str, str]],
@@ -373,17 +405,17 @@ class Pipeline:
         try:
             written[index] = upload.result()
         except _RowError as e:
-            self._fail(e)
+            self._fail(call, e)
         else:
-            if self._bar is not None:
-                self._bar.update(1)
+            if call.bar is not None:
+                call.bar.update(1)
 
-    def _fail(self, error: _RowError) -> None:
+    def _fail(self, call: _Call, error: _RowError) -> None:
         failure = error.failure
-        self.last_failures.append(failure)
-        if self._bar is not None:
-            self._bar.set_postfix(dropped=len(self.last_failures), refresh=False)
-            self._bar.update(1)
+        call.failures.append(failure)
+        if call.bar is not None:
+            call.bar.set_postfix(dropped=len(call.failures), refresh=False)
+            call.bar.update(1)
         if self.on_error == "raise":
             raise failure.error
         logger.warning(
