@@ -300,6 +300,7 @@ def test_threads_of_options_no_longer_used_end(
     assert newest_pool.running_threads()  # recently used: its threads wait for work
     table = file_dataset.reader(row, oldest_options).into_blob_table()
     assert table.to_pylist() == [dict.fromkeys(row, b"rotated payload")]
+    assert oldest_options.executor().submit(len, b"abc").result() == 3
 
 
 def test_idle_transfer_threads_end_and_are_started_again_on_demand() -> None:

@@ -121,8 +121,9 @@ class _Runtime:
         """Lets the threads end as soon as they are idle (they still serve new calls)."""
         if self._workers is not None:
             self._workers.retire()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
+        # Not shut down (a caller may still hold it): its threads end once it is
+        # collected, and options that still hold this runtime get a new one.
+        self._executor = None
 
 
 # What a worker of _Workers reports: (tag, result, error).
