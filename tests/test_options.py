@@ -216,8 +216,12 @@ def test_default_freezes_an_endpoint_set_in_the_profile_or_environment(
     assert Options.default().s3_client_kwargs == {"endpoint_url": "http://127.0.0.1:1"}
     explicit = Options.default(s3_client_kwargs={"endpoint_url": s3_server.endpoint_url})
     assert explicit.s3_client_kwargs == {"endpoint_url": s3_server.endpoint_url}
+    unfrozen = Options.default(freeze_credentials=False)  # the endpoint travels anyway
+    assert unfrozen.s3_client_kwargs == {"endpoint_url": "http://127.0.0.1:1"}
+    assert unfrozen.session_kwargs == {}
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
     assert Options.default().s3_client_kwargs == {}
+    assert Options.default(freeze_credentials=False).s3_client_kwargs == {}
 
 
 def test_one_client_per_thread_reused_across_calls(options: Options) -> None:

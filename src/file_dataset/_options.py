@@ -475,22 +475,30 @@ class Options:
         profile, instance role, …) are frozen into ``session_kwargs``, together with
         its region, so that Ray workers started elsewhere use the same identity. An
         S3 endpoint configured outside the arguments (``AWS_ENDPOINT_URL_S3``,
-        ``AWS_ENDPOINT_URL``, or ``endpoint_url`` in the profile) is frozen into
-        ``s3_client_kwargs`` too, since the profile name is not kept. Frozen
-        temporary credentials expire; pass ``freeze_credentials=False`` to let every
-        worker resolve its own.
+        ``AWS_ENDPOINT_URL``, or ``endpoint_url`` in the profile) is put into
+        ``s3_client_kwargs``, with or without ``freeze_credentials``, so that workers
+        reach the same server without the driver's environment. Frozen temporary
+        credentials expire; pass ``freeze_credentials=False`` to let every worker
+        resolve its own.
 
         Args:
-            freeze_credentials: Whether to capture the default session's credentials.
+            freeze_credentials: Whether to capture the default session's credentials
+                and region (the endpoint is captured either way).
             **kwargs: Any other ``Options`` argument.
 
         Returns:
             The options.
         """
         session_kwargs = dict(kwargs.pop("session_kwargs", None) or {})
+        with _CREATE_LOCK:
+            session = _new_session(session_kwargs)
+        # The endpoint first, with the session as given (a profile may set it).
+        client_kwargs = dict(kwargs.get("s3_client_kwargs") or {})
+        if "endpoint_url" not in client_kwargs:
+            endpoint = _configured_endpoint(session, client_kwargs.get("region_name"))
+            if endpoint is not None:
+                kwargs["s3_client_kwargs"] = {**client_kwargs, "endpoint_url": endpoint}
         if freeze_credentials:
-            with _CREATE_LOCK:
-                session = _new_session(session_kwargs)
             credentials = session.get_credentials()
             if credentials is not None:
                 frozen = credentials.get_frozen_credentials()
@@ -502,11 +510,6 @@ class Options:
                 session_kwargs.pop("profile_name", None)
             if session.region_name and "region_name" not in session_kwargs:
                 session_kwargs["region_name"] = session.region_name
-            client_kwargs = dict(kwargs.get("s3_client_kwargs") or {})
-            if "endpoint_url" not in client_kwargs:
-                endpoint = _configured_endpoint(session, client_kwargs.get("region_name"))
-                if endpoint is not None:
-                    kwargs["s3_client_kwargs"] = {**client_kwargs, "endpoint_url": endpoint}
         kwargs.setdefault("retry_mode", "adaptive")
         return cls(session_kwargs=session_kwargs, **kwargs)
 

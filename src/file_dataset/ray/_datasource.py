@@ -81,7 +81,7 @@ class FileDataFrameAsBlobDatasource(Datasource):
     credentials, the concurrency and the retries are exactly those of the core library.
 
     A task's block is the blob table as the reader builds it, whose binary columns are
-    chunked (objects under 1 MiB packed into chunks of about 8 MiB, larger ones in chunks of
+    chunked (objects under 1 MiB packed into chunks of 8-64 MiB, larger ones in chunks of
     their own, not copied). Ray's Arrow blocks take chunked columns as they are
     (slicing, batching, the object store and Parquet all handle them), so the chunks are
     not combined: that would copy every blob and could overflow a ``binary`` array's
