@@ -305,6 +305,10 @@ def test_threads_of_options_no_longer_used_end(
     table = file_dataset.reader(row, oldest_options).into_blob_table()
     assert table.to_pylist() == [dict.fromkeys(row, b"rotated payload")]
     assert oldest_options.executor().submit(len, b"abc").result() == 3
+    # Used again, the oldest options got a pool of the registry's again (not the
+    # retired one), whose threads wait for work as a recently used pool's do.
+    assert oldest_options._transfer_workers() is not oldest_pool
+    assert oldest_options._transfer_workers().running_threads()
 
 
 def test_idle_transfer_threads_end_and_are_started_again_on_demand() -> None:

@@ -84,6 +84,7 @@ class _Runtime:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._workers: _Workers | None = None
         self._lock = threading.Lock()
+        self.retired = False  # forgotten by the registry (see retire)
 
     @classmethod
     def for_options(cls, options: Options) -> _Runtime:
@@ -119,6 +120,7 @@ class _Runtime:
 
     def retire(self) -> None:
         """Lets the threads end as soon as they are idle (they still serve new calls)."""
+        self.retired = True
         if self._workers is not None:
             self._workers.retire()
         # Not shut down (a caller may still hold it): its threads end once it is
@@ -520,7 +522,9 @@ class Options:
 
     def _live(self) -> _Runtime:
         runtime = self._runtime
-        if runtime is None or runtime.pid != os.getpid():
+        if runtime is None or runtime.retired or runtime.pid != os.getpid():
+            # A retired runtime's threads end when idle: options still in use move to
+            # the registry's current one (which makes them the most recently used).
             runtime = self._runtime = _Runtime.for_options(self)
         return runtime
 
