@@ -8,11 +8,12 @@ import itertools
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from file_dataset._urls import USERINFO, mask_userinfo
 
 if TYPE_CHECKING:
     import boto3
@@ -312,18 +313,12 @@ def _configured_endpoint(session: boto3.Session, region_name: str | None) -> str
 
 
 def _masked(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        k: ("***" if k in _SECRET_KEYS and v is not None else mask_userinfo(v))
-        for k, v in kwargs.items()
-    }
+    def mask(key: str, value: Any) -> Any:
+        if key in _SECRET_KEYS and value is not None:
+            return "***"
+        return mask_userinfo(value) if isinstance(value, str) else value
 
-
-_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
-
-
-def mask_userinfo(value: Any) -> Any:
-    """A URL's ``user:password@`` part replaced by ``***@`` (other values unchanged)."""
-    return _USERINFO.sub("***@", value) if isinstance(value, str) else value
+    return {k: mask(k, v) for k, v in kwargs.items()}
 
 
 @functools.cache
@@ -357,9 +352,8 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
     if endpoint is not None and not (
         isinstance(endpoint, str) and endpoint.startswith(("http://", "https://"))
     ):
-        raise ValueError(
-            f"endpoint_url must be an http:// or https:// URL, got {mask_userinfo(endpoint)!r}"
-        )
+        shown = mask_userinfo(endpoint) if isinstance(endpoint, str) else endpoint
+        raise ValueError(f"endpoint_url must be an http:// or https:// URL, got {shown!r}")
 
 
 class Options:
@@ -567,7 +561,7 @@ class Options:
         _REDACTOR.add(
             client_kwargs.get("aws_secret_access_key"),
             client_kwargs.get("aws_session_token"),
-            *_USERINFO.findall(str(client_kwargs.get("endpoint_url") or "")),
+            *USERINFO.findall(str(client_kwargs.get("endpoint_url") or "")),
         )
         return client
 

@@ -25,7 +25,14 @@ from file_dataset._errors import InvalidInputError, TransferError
 from file_dataset._frame import ID_COLUMN, FileTable, check_frame, frame_rows, parse_cells
 from file_dataset._options import Options, resolve_options
 from file_dataset._reader import FileReader
-from file_dataset._urls import _SCHEME, _mask, check_component, is_null, parse_url, temp_prefix
+from file_dataset._urls import (
+    URL_SCHEME,
+    check_component,
+    is_null,
+    mask_userinfo,
+    parse_url,
+    temp_prefix,
+)
 from file_dataset._writer import write_files
 
 __all__ = ["Pipeline", "RowFailure"]
@@ -460,12 +467,12 @@ def _local_output(name: str, path: Any) -> Path:
             f"fn returned {name!r} -> a path of type {type(text).__name__}; an output must "
             "be the local path (str or os.PathLike) of a file that fn wrote"
         )
-    match = _SCHEME.match(text)
+    match = URL_SCHEME.match(text)
     if match is not None:
         if match.group(1).lower() == "file":  # a local path, as write_files takes it
             return parse_url(text).path
         raise InvalidInputError(
-            f"fn returned {name!r} -> {_mask(text)!r}, a URL; outputs must be local files "
+            f"fn returned {name!r} -> {mask_userinfo(text)!r}, a URL; outputs must be local files "
             "written by fn (in output_dir), which the Pipeline then writes to into_path"
         )
     return Path(text)

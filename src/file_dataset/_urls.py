@@ -19,7 +19,7 @@ import pandas as pd
 
 from file_dataset._errors import InvalidInputError
 
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_]{1,254}$")
 # Bucket names already checked by parse_url, so that the URLs of a large DataFrame (most
 # of them in a few buckets) skip the checks (a set's add and lookup are atomic).
@@ -66,9 +66,13 @@ class Location(NamedTuple):
         return Location("file", "", str(Path(self.key).joinpath(*parts)))
 
 
-def _mask(value: str) -> str:
-    """Hides a ``user:password@`` part so it never reaches a message."""
-    return re.sub(r"://[^/@]*@", "://***@", value)
+# The ``user:password@`` part of a URL.
+USERINFO = re.compile(r"(?<=://)[^/@]*@")
+
+
+def mask_userinfo(value: str) -> str:
+    """Hides a ``user:password@`` part so it never reaches a message or a repr."""
+    return USERINFO.sub("***@", value)
 
 
 def is_null(value: Any) -> bool:
@@ -128,7 +132,7 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
         )
     if not value:
         raise InvalidInputError("expected an s3:// URL or a local path, got an empty string")
-    match = _SCHEME.match(value)
+    match = URL_SCHEME.match(value)
     if match is None:
         return Location("file", "", value)
     scheme = match.group(1).lower()
@@ -136,17 +140,17 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
     if scheme == "file":
         parsed = urllib.parse.urlsplit(value)
         if parsed.netloc not in ("", "localhost"):
-            raise InvalidInputError(f"file URL must name a local path: {_mask(value)!r}")
+            raise InvalidInputError(f"file URL must name a local path: {mask_userinfo(value)!r}")
         return Location("file", "", urllib.request.url2pathname(parsed.path))
     if scheme not in ("s3", "s3a"):
         raise InvalidInputError(
-            f"unsupported URL scheme {scheme!r} in {_mask(value)!r}: "
+            f"unsupported URL scheme {scheme!r} in {mask_userinfo(value)!r}: "
             "use s3://bucket/key or a local path"
         )
     bucket, _, key = rest.partition("/")
     if "@" in bucket or ":" in bucket:
         raise InvalidInputError(
-            f"credentials or ports are not allowed in S3 URLs: {_mask(value)!r}; "
+            f"credentials or ports are not allowed in S3 URLs: {mask_userinfo(value)!r}; "
             "pass credentials through file_dataset.Options"
         )
     if not _BUCKET.match(bucket):
