@@ -54,6 +54,14 @@ def test_local_paths(value: str | Path, path: str) -> None:
     assert loc.path == Path(path)
 
 
+def test_a_leading_tilde_is_expanded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", "/home/someone")
+    assert parse_url("~/data/a.mha").path == Path("/home/someone/data/a.mha")
+    assert parse_url(Path("~")).path == Path("/home/someone")
+    assert parse_url("data/~a.mha").path == Path("data/~a.mha")  # only a leading one
+    assert parse_url("file:///tmp/~/a").path == Path("/tmp/~/a")  # URLs are verbatim
+
+
 @pytest.mark.parametrize(
     "value",
     [

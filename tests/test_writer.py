@@ -180,6 +180,18 @@ def test_write_to_relative_and_file_url_paths(tmp_path: Path, monkeypatch) -> No
     assert result["f"].read_bytes() == b"rel"
 
 
+def test_a_leading_tilde_is_the_home_folder(tmp_path: Path, monkeypatch) -> None:
+    """"~/out" means the home folder's "out", on writes and reads, not a folder named "~"."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    files = make_files(tmp_path / "src", {"f": b"home"})
+    assert file_dataset.write_files(files, "~/out", id=1) == {"f": tmp_path / "home/out/1/f"}
+    assert (tmp_path / "home/out/1/f").read_bytes() == b"home"
+    assert not (tmp_path / "~").exists()
+    table = file_dataset.reader({"f": "~/out/1/f"}).into_blob_table()
+    assert table.column("f").to_pylist() == [b"home"]
+
+
 def test_local_write_is_atomic_and_overwrites(tmp_path: Path) -> None:
     dest = tmp_path / "out" / "1" / "f"
     dest.parent.mkdir(parents=True)

@@ -111,7 +111,9 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
 
     Args:
         value: ``s3://bucket/key``, ``file:///path``, a local path string or a
-            ``os.PathLike``.
+            ``os.PathLike``. A leading ``~`` of a local path is expanded to the home
+            folder; relative paths stay relative (to the working directory at transfer
+            time, which local Ray workers share with the driver).
         prefix: Whether ``value`` is a destination prefix (then an ``s3://bucket`` with
             no key is allowed).
 
@@ -134,6 +136,8 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
         raise InvalidInputError("expected an s3:// URL or a local path, got an empty string")
     match = URL_SCHEME.match(value)
     if match is None:
+        if value.startswith("~"):  # "~/data" or "~user/data", as a shell would read it
+            value = os.path.expanduser(value)
         return Location("file", "", value)
     scheme = match.group(1).lower()
     rest = value[match.end() :]
