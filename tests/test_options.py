@@ -183,6 +183,26 @@ def test_repr_masks_credentials_given_to_the_client() -> None:
     assert "'https://***@h:9'" in repr(options)
 
 
+def test_a_profile_missing_from_the_config_files_is_refused_when_built(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a typo in profile_name surfaced at the first transfer (in a Pipeline, as
+    every row dropped). An unpickled copy is not checked: a worker may lack the files."""
+    (tmp_path / "config").write_text("[profile dev]\nregion = eu-west-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    with pytest.raises(ValueError) as info:
+        Options(session_kwargs={"profile_name": "deev"})
+    assert str(info.value) == (
+        "session_kwargs has profile_name='deev', which is not in the AWS config files "
+        f"{[str(tmp_path / 'config'), str(tmp_path / 'credentials')]}; they have ['dev']"
+    )
+    options = Options(session_kwargs={"profile_name": "dev"})
+    assert Options(session_kwargs={"profile_name": "default"}).session_kwargs  # lenient
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    assert pickle.loads(pickle.dumps(options)) == options
+
+
 def test_default_freezes_an_endpoint_set_in_the_profile_or_environment(
     s3_server: LocalS3Server,
     put: Callable[[str, bytes], str],

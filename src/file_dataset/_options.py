@@ -348,12 +348,33 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
         raise ValueError(
             f"{argument} has {unknown}, which {call} does not take; it takes {sorted(accepted)}"
         )
+    profile = kwargs.get("profile_name")
+    if what == "session" and profile is not None:
+        _check_profile(profile)
     endpoint = kwargs.get("endpoint_url")
     if endpoint is not None and not (
         isinstance(endpoint, str) and endpoint.startswith(("http://", "https://"))
     ):
         shown = mask_userinfo(endpoint) if isinstance(endpoint, str) else endpoint
         raise ValueError(f"endpoint_url must be an http:// or https:// URL, got {shown!r}")
+
+
+def _check_profile(profile: Any) -> None:
+    """Refuses a profile that the AWS config files here do not have.
+
+    Without this, the mistake would surface as ``ProfileNotFound`` at the first transfer
+    (in a Pipeline: as every row dropped).
+    """
+    import botocore.session
+
+    core = botocore.session.Session()
+    profiles = core.available_profiles
+    if profile not in profiles and profile != "default":  # botocore accepts a missing default
+        files = [core.get_config_variable(name) for name in ("config_file", "credentials_file")]
+        raise ValueError(
+            f"session_kwargs has profile_name={profile!r}, which is not in the AWS config "
+            f"files {files}; they have {sorted(profiles)}"
+        )
 
 
 class Options:
