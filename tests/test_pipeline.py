@@ -356,6 +356,28 @@ def test_progress_bar_counts_every_row_and_the_dropped_ones(
     assert capsys.readouterr().err == ""  # no bar unless asked for
 
 
+def test_a_dropped_row_warning_does_not_run_into_the_progress_bar(
+    options: Options, bucket: str, capsys: pytest.CaptureFixture[str], put: Put
+) -> None:
+    """The bar is cleared before the warning is written to the terminal, then redrawn."""
+    frame = pd.DataFrame({"id": ["bad-1", "ok-2"], "f": [put("1", b"fail"), put("2", b"b")]})
+    handler = logging.StreamHandler(sys.stderr)  # the capture's stderr
+    logger = logging.getLogger("file_dataset")
+    logger.addHandler(handler)
+    try:
+        Pipeline(upper, {"into_path": f"s3://{bucket}/out"}, options, progress=True)(frame)
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    before, found, after = err.partition("file_dataset.Pipeline dropped row id 'bad-1' (fn failed)")
+    assert found
+    assert before.endswith("\r")  # the bar was cleared: the warning starts the line
+    assert "]" in before  # after a bar had been drawn
+    assert after.replace("\r", "\n").strip().splitlines()[-1].startswith(
+        "file_dataset.Pipeline: 100%"
+    )
+
+
 def test_progress_without_stderr_shows_no_bar_and_processes_the_rows(
     options: Options,
     bucket: str,

@@ -425,12 +425,19 @@ class Pipeline:
             call.bar.update(1)
         if self.on_error == "raise":
             raise failure.error
-        logger.warning(
-            "file_dataset.Pipeline dropped row id %r (%s failed): %s",
-            failure.id,
-            failure.stage,
-            failure.error,
-        )
+        # A bar on the terminal is cleared while the warning is written and then drawn
+        # again below it, so the two do not run together on one line.
+        with (
+            contextlib.nullcontext()
+            if call.bar is None
+            else type(call.bar).external_write_mode(file=sys.stderr)
+        ):
+            logger.warning(
+                "file_dataset.Pipeline dropped row id %r (%s failed): %s",
+                failure.id,
+                failure.stage,
+                failure.error,
+            )
 
 
 def _check_signature(fn: Callable[..., Any]) -> None:
