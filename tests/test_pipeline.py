@@ -373,8 +373,8 @@ def test_a_dropped_row_warning_does_not_run_into_the_progress_bar(
     assert found
     assert before.endswith("\r")  # the bar was cleared: the warning starts the line
     assert "]" in before  # after a bar had been drawn
-    assert after.replace("\r", "\n").strip().splitlines()[-1].startswith(
-        "file_dataset.Pipeline: 100%"
+    assert (
+        after.replace("\r", "\n").strip().splitlines()[-1].startswith("file_dataset.Pipeline: 100%")
     )
 
 

@@ -181,7 +181,7 @@ def test_write_to_relative_and_file_url_paths(tmp_path: Path, monkeypatch) -> No
 
 
 def test_a_leading_tilde_is_the_home_folder(tmp_path: Path, monkeypatch) -> None:
-    """"~/out" means the home folder's "out", on writes and reads, not a folder named "~"."""
+    """ "~/out" means the home folder's "out", on writes and reads, not a folder named "~"."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
     files = make_files(tmp_path / "src", {"f": b"home"})
