@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import file_dataset
-from file_dataset import Options
+from file_dataset import Options, TransferError
 from file_dataset._local import translate_os_error
 from file_dataset._s3 import translate_error
 from file_dataset.testing import LocalS3Server
@@ -527,6 +527,30 @@ def test_local_directory_is_not_a_file(tmp_path: Path) -> None:
     for read in ("into_blob_table", "into_size_table", "into_temp_dir"):
         with pytest.raises(OSError, match=f"{tmp_path}.*is a directory, not a file"):
             getattr(file_dataset.reader({"f": tmp_path}), read)()
+
+
+def test_a_named_pipe_or_device_is_refused_instead_of_read(tmp_path: Path) -> None:
+    """Before, a FIFO in a cell made into_blob_table and into_temp_dir wait for ever for
+    a writer (and sizes said 0); /dev/null read as an empty file."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    # A writer end held open first, so the old code returned at once instead of hanging.
+    writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        for read in ("into_blob_table", "into_size_table", "into_temp_dir"):
+            with pytest.raises(TransferError) as info:
+                getattr(file_dataset.reader(pd.DataFrame({"id": ["r1"], "f": [fifo]})), read)()
+            assert str(info.value) == (
+                f"cannot {'head' if read == 'into_size_table' else 'read'} {fifo} "
+                "(row id 'r1', column 'f'): is a named pipe, not a regular file (only "
+                "files with a known size can be read)"
+            )
+    finally:
+        os.close(writer)
+    with pytest.raises(TransferError, match="is a named pipe"):  # no writer: still no wait
+        file_dataset.reader({"f": fifo}).into_blob_table()
+    with pytest.raises(TransferError, match=r"/dev/null.*is a device, not a regular file"):
+        file_dataset.reader({"f": "/dev/null"}).into_blob_table()
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])

@@ -67,6 +67,41 @@ def _check_version(f: io.FileIO, loc: Location, tag: str | None) -> None:
         raise TransferError(str(loc), CHANGED)
 
 
+def _kind(mode: int) -> str:
+    """What a file that is not a regular one is, for a message."""
+    if stat_module.S_ISDIR(mode):
+        return "is a directory, not a file"
+    if stat_module.S_ISFIFO(mode):
+        kind = "a named pipe"
+    elif stat_module.S_ISSOCK(mode):
+        kind = "a socket"
+    else:
+        kind = "a device"
+    return f"is {kind}, not a regular file (only files with a known size can be read)"
+
+
+def _open_regular(loc: Location) -> io.BufferedReader:
+    """Opens a regular file for reading; anything else raises at once.
+
+    The file is opened without blocking, so that a named pipe (or ``/dev/stdin``) in a
+    cell is an error instead of a read that waits for ever for a writer.
+
+    Raises:
+        OSError: The file cannot be opened.
+        TransferError: It is a directory, pipe, socket or device.
+    """
+    fd = os.open(loc.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat_module.S_ISREG(mode):
+            raise TransferError(str(loc), _kind(mode))
+        os.set_blocking(fd, True)
+        return open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class LocalBackend:
     """Reads and writes files on the local file system."""
 
@@ -76,16 +111,16 @@ class LocalBackend:
         self, loc: Location, length: int, sink: Sink | None = None
     ) -> tuple[Blob | None, int, str | None]:
         try:
-            with open(loc.path, "rb") as f:
+            with _open_regular(loc) as f:
                 stat = os.fstat(f.fileno())
                 total = stat.st_size
                 if total > length:
                     return f.read(length), total, file_version(stat)
                 buf = new_buffer(total)
                 got = f.readinto(buf)
-        except IsADirectoryError as e:
-            raise TransferError(str(loc), "is a directory, not a file") from e
         except OSError as e:
+            if isinstance(e, TransferError):
+                raise
             raise translate_os_error(e, str(loc), "read") from e
         if got != total:  # the buffer is not zero-filled: never hand out its tail
             raise TransferError(str(loc), f"file shrank while being read ({got} of {total} bytes)")
@@ -130,8 +165,8 @@ class LocalBackend:
             stat = os.stat(loc.path)
         except OSError as e:
             raise translate_os_error(e, str(loc), "head") from e
-        if stat_module.S_ISDIR(stat.st_mode):  # as read_first says: no size to plan with
-            raise TransferError(str(loc), "is a directory, not a file", operation="head")
+        if not stat_module.S_ISREG(stat.st_mode):  # as read_first says: no size to plan with
+            raise TransferError(str(loc), _kind(stat.st_mode), operation="head")
         return stat.st_size
 
     def write(self, src: Path, loc: Location) -> None:
