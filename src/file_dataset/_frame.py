@@ -105,7 +105,36 @@ def check_frame(frame: pd.DataFrame) -> list[str]:
             if not isinstance(column, str):
                 raise InvalidInputError(f"file column names must be strings, got {column!r}")
             check_component(column, "file name")
-    return check_ids(frame[ID_COLUMN].tolist())
+    ids = check_ids(frame[ID_COLUMN].tolist())
+    for column in frame.columns:
+        if column != ID_COLUMN:
+            _check_column_type(frame[column], column, ids)
+    return ids
+
+
+# dtype kinds that cannot hold a URL or path: bool, numbers, datetimes and timedeltas
+_NOT_PATHS = frozenset("biufcmM")
+
+
+def _check_column_type(values: pd.Series, column: str, ids: list[str]) -> None:
+    """Refuses a whole column of numbers, booleans or dates (a label, say) at once.
+
+    Such a column is a shape mistake: read row by row, every row would fail the same
+    way. An all-null one (NaN floats, NaT) is a file column with no files, and passes.
+    """
+    if values.dtype.kind not in _NOT_PATHS:
+        return
+    present = values.notna().to_numpy()
+    if not present.any():
+        return
+    first = int(present.argmax())
+    value = values.iloc[[first]].tolist()[0]  # a Python value: 3, not np.int64(3)
+    raise InvalidInputError(
+        f"column {column!r} holds {values.dtype} values (row id {ids[first]!r}: "
+        f"{value!r}), not file URLs or paths: every column of a file DataFrame "
+        f"except {ID_COLUMN!r} is a file column, so drop the others first "
+        f"(frame.drop(columns=[{column!r}]))"
+    )
 
 
 def check_cells(frame: pd.DataFrame, ids: list[str], columns: list[str]) -> None:
