@@ -279,6 +279,27 @@ def test_a_null_id_writes_nothing(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_bytes_id_or_a_list_of_files_is_refused_clearly(
+    options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    """Before: a folder named "b'x'", and an AttributeError ('list' ... no 'items')."""
+    files = make_files(tmp_path / "src", {"f": b"x"})
+    for into in (f"s3://{bucket}/p", tmp_path / "out"):
+        with pytest.raises(ValueError) as info:
+            file_dataset.write_files(files, into, id=b"x", options=options)
+        assert str(info.value) == "id b'x' is bytes: decode it to a str first"
+        with pytest.raises(TypeError) as type_info:
+            file_dataset.write_files(list(files.values()), into, id="1", options=options)  # type: ignore[arg-type]
+        assert str(type_info.value) == (
+            "write_files takes a mapping of file name to local path, such as "
+            "{'out.mha': Path('out.mha')}, got list"
+        )
+    assert keys(s3_client, bucket) == []
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="id b'r1' is bytes: decode it to a str first"):
+        file_dataset.reader(pd.DataFrame({"id": [b"r1"], "f": [files["f"]]})).into_blob_table()
+
+
 def test_an_s3_url_as_a_source_is_refused_clearly(
     options: Options, bucket: str, s3_client: Any, tmp_path: Path
 ) -> None:

@@ -180,6 +180,8 @@ def check_component(value: Any, what: str) -> str:
         InvalidInputError: The value is empty, ``.``/``..``, absolute, or contains a
             path separator or a NUL character.
     """
+    if isinstance(value, bytes | bytearray):  # str() would make "b'...'" of it
+        raise InvalidInputError(f"{what} {value!r} is bytes: decode it to a str first")
     text = value if isinstance(value, str) else str(value)
     if (
         not text

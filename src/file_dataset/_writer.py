@@ -40,11 +40,12 @@ def write_files(
         Each name's destination: an ``s3://`` URL string for S3, a ``Path`` for local.
 
     Raises:
-        ValueError: A name or the id is not a safe path component (or, for a local
+        ValueError: A name or the id is not a safe path component (or bytes, or, for a local
             ``into_path``, longer than 255 bytes), the id is null, a source is an
             ``s3://`` URL rather than a local path, or ``into_path`` is not a supported
             URL.
-        TypeError: ``options`` is not an :class:`Options` (a dict of settings, say).
+        TypeError: ``files`` is not a mapping, or ``options`` is not an
+            :class:`Options` (a dict of settings, say).
         FileNotFoundError: A source file does not exist.
         OSError: A write failed (the message names the destination).
 
@@ -54,6 +55,11 @@ def write_files(
         {'out.mha': 's3://bucket/results/7/out.mha'}
     """
     options = resolve_options(options, "write_files(options=...)")
+    if not isinstance(files, Mapping):
+        raise TypeError(
+            "write_files takes a mapping of file name to local path, such as "
+            f"{{'out.mha': Path('out.mha')}}, got {type(files).__name__}"
+        )
     if is_null(id):
         raise InvalidInputError(f"write_files needs an id (the folder under into_path), got {id!r}")
     row_id = check_component(id, "id")
