@@ -449,6 +449,26 @@ def test_fn_returning_missing_path_row_dropped(
     assert list(system_tmp.iterdir()) == []
 
 
+def test_fn_returning_a_folder_fails_the_row_saying_so(options: Options, tmp_path: Path) -> None:
+    def folder(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        (output_dir / "sub").mkdir()
+        return {"out": output_dir / "sub", "gone": output_dir / "never-written"}
+
+    (tmp_path / "in").write_bytes(b"x")
+    pipeline = Pipeline(folder, {"into_path": tmp_path / "out"}, options)
+    assert len(pipeline(pd.DataFrame({"id": ["7"], "f": [tmp_path / "in"]}))) == 0
+    error = pipeline.last_failures[0].error
+    assert isinstance(error, FileNotFoundError)
+    assert re.fullmatch(
+        r"fn returned 'out' -> '/.*/sub', which is a directory, not a file", str(error)
+    )
+    pipeline.fn = lambda input_dir, output_dir: {"gone": output_dir / "never-written"}
+    assert len(pipeline(pd.DataFrame({"id": ["7"], "f": [tmp_path / "in"]}))) == 0
+    assert str(pipeline.last_failures[0].error).endswith(
+        "/never-written', which is not an existing file"
+    )
+
+
 def test_missing_object_row_dropped(
     options: Options, bucket: str, system_tmp: Path, caplog: pytest.LogCaptureFixture, put: Put
 ) -> None:
@@ -531,6 +551,38 @@ def test_invalid_dataframe_rejected_before_any_row(
     assert calls == []
     assert not (tmp_path / "out").exists()
     assert list(system_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("values", "shown"),
+    [
+        ([1, 3], "int64 values (row id 'r1': 1)"),
+        ([True, False], "bool values (row id 'r1': True)"),
+        ([float("nan"), 0.5], "float64 values (row id 'r2': 0.5)"),
+        (pd.array([None, 4], dtype="Int64"), "Int64 values (row id 'r2': 4)"),
+        (pd.to_datetime(["2026-01-01", None]), "datetime64[us] values (row id 'r1'"),
+    ],
+    ids=["int", "bool", "float", "nullable-int", "datetime"],
+)
+def test_a_column_of_numbers_is_refused_before_any_row(
+    values: Any, shown: str, options: Options, tmp_path: Path
+) -> None:
+    """Before, a label column made a Pipeline drop every row, one warning per row."""
+    (tmp_path / "a").write_bytes(b"a")
+    frame = pd.DataFrame({"id": ["r1", "r2"], "f": [tmp_path / "a"] * 2, "label": values})
+    pipeline = Pipeline(upper, {"into_path": tmp_path / "out"}, options)
+    with pytest.raises(ValueError) as info:
+        pipeline(frame)
+    assert str(info.value).startswith(f"column 'label' holds {shown}")
+    assert str(info.value).endswith(
+        "not file URLs or paths: every column of a file DataFrame except 'id' is a file "
+        "column, so drop the others first (frame.drop(columns=['label']))"
+    )
+    assert not (tmp_path / "out").exists()
+    frame["label"] = [float("nan")] * 2  # all null: a file column without files
+    assert pipeline(frame)["id"].tolist() == ["r1", "r2"]
+    with pytest.raises(ValueError, match="column 'label' holds int64 values"):
+        file_dataset.reader(frame.assign(label=[1, 2])).into_blob_table()
 
 
 @pytest.mark.parametrize(

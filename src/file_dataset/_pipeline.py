@@ -242,8 +242,9 @@ class Pipeline:
                     continue
                 local = _local_output(name, path)
                 if not local.is_file():
+                    what = "a directory, not a file" if local.is_dir() else "not an existing file"
                     raise FileNotFoundError(
-                        f"fn returned {name!r} -> {str(local)!r}, which is not an existing file"
+                        f"fn returned {name!r} -> {str(local)!r}, which is {what}"
                     )
                 outputs[name] = local
         except BaseException as e:
