@@ -74,6 +74,11 @@ def test_a_leading_tilde_is_expanded(monkeypatch: pytest.MonkeyPatch) -> None:
         "s3://_bad/key",
         "file://remotehost/x",
         "",
+        "s3:/bucket/key",
+        "S3:bucket/key",
+        "s3a:/bucket/key",
+        " s3://bucket/key",
+        "  s3:/bucket/key",
     ],
 )
 def test_invalid_url_is_value_error_naming_it(value: str) -> None:
@@ -82,6 +87,24 @@ def test_invalid_url_is_value_error_naming_it(value: str) -> None:
     assert isinstance(info.value, file_dataset.InvalidInputError)
     if value:
         assert value in str(info.value)
+
+
+def test_a_mistyped_s3_url_is_refused_not_read_as_a_relative_path() -> None:
+    """Before, these failed only at the transfer, as missing files under the cwd."""
+    with pytest.raises(ValueError) as info:
+        parse_url("s3:/bucket/key")
+    assert str(info.value) == "'s3:/bucket/key' is not a valid S3 URL (expected s3://bucket/key)"
+    with pytest.raises(ValueError) as info:
+        parse_url(" s3://bucket/key")
+    assert str(info.value) == (
+        "' s3://bucket/key' has whitespace before a URL: remove it (as it is, the value "
+        "would be read as a local path)"
+    )
+    frame = pd.DataFrame({"id": ["r7"], "image.mha": ["s3:/bucket/key"]})
+    with pytest.raises(ValueError, match=r"row id 'r7'.*column 'image\.mha'.*'s3:/bucket/key'"):
+        file_dataset.reader(frame).into_size_table()
+    for fine in ("s3-data/key", "s3_/x", " spaced name", "a b", "s3://bucket/key "):
+        assert parse_url(fine).key.endswith(fine.rsplit("/", 1)[-1])
 
 
 @pytest.mark.parametrize("value", [123, 1.5, b"s3://bucket/key", ["s3://bkt/k"]])

@@ -136,6 +136,7 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
         raise InvalidInputError("expected an s3:// URL or a local path, got an empty string")
     match = URL_SCHEME.match(value)
     if match is None:
+        _check_not_a_broken_url(value)
         if value.startswith("~"):  # "~/data" or "~user/data", as a shell would read it
             value = os.path.expanduser(value)
         return Location("file", "", value)
@@ -164,6 +165,24 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
     if len(_VALID_BUCKETS) < 4096:
         _VALID_BUCKETS.add(bucket)
     return Location("s3", bucket, key)
+
+
+# "s3:/bucket/key", "s3:bucket/key", "S3:\\bucket\\key": an S3 URL with its "//" mistyped
+_BROKEN_S3_URL = re.compile(r"^s3a?:(?!//)", re.IGNORECASE)
+
+
+def _check_not_a_broken_url(value: str) -> None:
+    """Refuses a mistyped S3 URL, which would otherwise be read as a relative path."""
+    if _BROKEN_S3_URL.match(value):
+        raise InvalidInputError(
+            f"{mask_userinfo(value)!r} is not a valid S3 URL (expected s3://bucket/key)"
+        )
+    stripped = value.lstrip()
+    if stripped != value and (URL_SCHEME.match(stripped) or _BROKEN_S3_URL.match(stripped)):
+        raise InvalidInputError(
+            f"{mask_userinfo(value)!r} has whitespace before a URL: remove it (as it is, "
+            "the value would be read as a local path)"
+        )
 
 
 def check_component(value: Any, what: str) -> str:
