@@ -5,8 +5,10 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import logging
+import os
 import pickle
 import re
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -467,6 +469,68 @@ def test_fn_returning_a_folder_fails_the_row_saying_so(options: Options, tmp_pat
     assert str(pipeline.last_failures[0].error).endswith(
         "/never-written', which is not an existing file"
     )
+
+
+def _join_pipeline_threads() -> None:
+    """Waits for the threads of Pipeline calls that ended early to finish their cleanup."""
+    for thread in threading.enumerate():
+        if thread.name.startswith("file_dataset-pipeline"):
+            thread.join()
+
+
+def test_an_interrupt_while_a_download_is_awaited_ends_the_call_and_leaves_nothing(
+    options: Options, tmp_path: Path, system_tmp: Path
+) -> None:
+    """Ctrl-C during the wait for a row's download. Before, the call first waited for
+    every download under way (seconds for large files), and the awaited row's folders,
+    with its whole input, stayed in the temp folder for good."""
+    for name in ("a", "b"):
+        (tmp_path / name).write_bytes(name.encode())
+    frame = pd.DataFrame({"id": ["r1", "r2"], "f": [tmp_path / "a", tmp_path / "b"]})
+    pipeline = Pipeline(upper, {"into_path": tmp_path / "out"}, options)
+    gate = threading.Event()
+    timed_out: list[bool] = []
+    download = pipeline._download
+
+    def held(columns: list[str], values: list[Any], row_id: str) -> tuple[Path, Path]:
+        if row_id == "r1":  # interrupt the calling thread, then download only later
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+            timed_out.append(not gate.wait(60))  # a safety net, not a synchronisation
+        return download(columns, values, row_id)
+
+    pipeline._download = held  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        pipeline(frame)
+    gate.set()  # the call has ended while r1's download was still held
+    _join_pipeline_threads()
+    assert timed_out == [False]
+    assert list(system_tmp.iterdir()) == []
+    assert not (tmp_path / "out").exists()
+    pipeline._download = download  # type: ignore[method-assign]
+    assert pipeline(frame)["id"].tolist() == ["r1", "r2"]  # the next call works
+    assert (tmp_path / "out" / "r2" / "output.mha").read_bytes() == b"B"
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_in_fn_ends_the_call_and_leaves_nothing(
+    interrupt: type[BaseException], options: Options, tmp_path: Path, system_tmp: Path
+) -> None:
+    (tmp_path / "a").write_bytes(b"a")
+    frame = pd.DataFrame({"id": ["r1", "r2", "r3"], "f": [tmp_path / "a"] * 3})
+    seen: list[str] = []
+
+    def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        seen.append((input_dir / "f").read_text())
+        if len(seen) == 2:
+            raise interrupt()
+        return upper(input_dir, output_dir)
+
+    with pytest.raises(interrupt):
+        Pipeline(fn, {"into_path": tmp_path / "out"}, options)(frame)
+    _join_pipeline_threads()
+    assert seen == ["a", "a"]
+    assert list(system_tmp.iterdir()) == []
+    assert os.listdir(tmp_path / "out") == ["r1"]  # the upload already under way ends
 
 
 def test_missing_object_row_dropped(

@@ -76,6 +76,31 @@ class _Call:
 
     failures: list[RowFailure] = field(default_factory=list)
     bar: Any = None  # its tqdm progress bar, when one was asked for
+    # Rows downloaded (by position) whose folders fn has not taken yet; once the call is
+    # abandoned (an interrupt), a download that ends removes its folders itself.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    unclaimed: dict[int, tuple[Path, Path]] = field(default_factory=dict)
+    abandoned: bool = False
+
+    def downloaded(self, index: int, folders: tuple[Path, Path]) -> None:
+        """Keeps a row's folders until fn takes them, or removes them if too late."""
+        with self.lock:
+            if not self.abandoned:
+                self.unclaimed[index] = folders
+                return
+        _remove(folders)
+
+    def claim(self, index: int) -> None:
+        with self.lock:
+            self.unclaimed.pop(index, None)
+
+    def abandon(self) -> list[tuple[Path, Path]]:
+        """Marks the call abandoned; returns the folders downloaded but never used."""
+        with self.lock:
+            self.abandoned = True
+            folders = list(self.unclaimed.values())
+            self.unclaimed.clear()
+        return folders
 
 
 class Pipeline:
@@ -216,6 +241,14 @@ class Pipeline:
             raise _RowError(row_id, "read", error) from error
         return input_dir, output_dir
 
+    def _download_for(
+        self, call: _Call, index: int, columns: list[str], values: list[Any], row_id: str
+    ) -> tuple[Path, Path]:
+        """:meth:`_download`, with the folders handed to ``call`` until fn takes them."""
+        folders = self._download(columns, values, row_id)
+        call.downloaded(index, folders)
+        return folders
+
     def _run_fn(self, row_id: str, input_dir: Path, output_dir: Path) -> dict[str, Path]:
         try:
             returned = self.fn(input_dir, output_dir)
@@ -350,57 +383,69 @@ class Pipeline:
         # Threads: this row's and the next row's downloads (each also makes the row's
         # output folder), up to _UPLOADS_IN_FLIGHT + 1 uploads (the newest is submitted
         # before the oldest is collected), and the removal of folders.
-        with concurrent.futures.ThreadPoolExecutor(
+        stages = concurrent.futures.ThreadPoolExecutor(
             max_workers=_UPLOADS_IN_FLIGHT + 4, thread_name_prefix="file_dataset-pipeline"
-        ) as stages:
-            # Each row's (input folder, output folder), one row ahead of fn.
-            downloads: dict[int, concurrent.futures.Future[tuple[Path, Path]]] = {}
-            # Uploads in flight, oldest first: at most _UPLOADS_IN_FLIGHT rows' outputs.
-            uploads: collections.deque[tuple[int, concurrent.futures.Future[dict[str, str]]]]
-            uploads = collections.deque()
-            try:
-                for index, row_id in enumerate(ids):
-                    for ahead in (index, index + 1):
-                        if ahead < len(ids) and ahead not in downloads:
-                            downloads[ahead] = stages.submit(
-                                self._download, columns, values[ahead], ids[ahead]
-                            )
-                    try:
-                        input_dir, output_dir = downloads.pop(index).result()
-                    except _RowError as e:
-                        self._fail(call, e)
-                        continue
-                    try:
-                        outputs = self._run_fn(row_id, input_dir, output_dir)
-                    except BaseException as e:
-                        # off the calling thread: the next fn call need not wait
-                        stages.submit(_remove, (input_dir, output_dir))
-                        if not isinstance(e, _RowError):
-                            raise  # KeyboardInterrupt and the like end the call
-                        self._fail(call, e)
-                        continue
-                    # An output may be an input passed through (or a link to one): then
-                    # the input folder must outlive the upload; otherwise it goes now.
-                    folders = [output_dir]
-                    if _refers_to(outputs.values(), input_dir):
-                        folders.append(input_dir)
-                    else:
-                        stages.submit(_remove, (input_dir,))
-                    # This row's upload starts at once; the oldest is collected only when
-                    # more than _UPLOADS_IN_FLIGHT are under way, so one slow upload
-                    # does not hold up the next fn call (outputs on disk stay bounded).
-                    uploads.append((index, stages.submit(self._upload, row_id, outputs, folders)))
-                    if len(uploads) > _UPLOADS_IN_FLIGHT:
-                        self._collect(call, *uploads.popleft(), written)
-                while uploads:
+        )
+        # Each row's (input folder, output folder), one row ahead of fn.
+        downloads: dict[int, concurrent.futures.Future[tuple[Path, Path]]] = {}
+        # Uploads in flight, oldest first: at most _UPLOADS_IN_FLIGHT rows' outputs.
+        uploads: collections.deque[tuple[int, concurrent.futures.Future[dict[str, str]]]]
+        uploads = collections.deque()
+        try:
+            for index, row_id in enumerate(ids):
+                for ahead in (index, index + 1):
+                    if ahead < len(ids) and ahead not in downloads:
+                        downloads[ahead] = stages.submit(
+                            self._download_for, call, ahead, columns, values[ahead], ids[ahead]
+                        )
+                try:
+                    input_dir, output_dir = downloads.pop(index).result()
+                except _RowError as e:
+                    self._fail(call, e)
+                    continue
+                try:
+                    call.claim(index)  # from here on, removing them is this loop's job
+                    outputs = self._run_fn(row_id, input_dir, output_dir)
+                except BaseException as e:
+                    # off the calling thread: the next fn call need not wait
+                    stages.submit(_remove, (input_dir, output_dir))
+                    if not isinstance(e, _RowError):
+                        raise  # KeyboardInterrupt and the like end the call
+                    self._fail(call, e)
+                    continue
+                # An output may be an input passed through (or a link to one): then
+                # the input folder must outlive the upload; otherwise it goes now.
+                folders = [output_dir]
+                if _refers_to(outputs.values(), input_dir):
+                    folders.append(input_dir)
+                else:
+                    stages.submit(_remove, (input_dir,))
+                # This row's upload starts at once; the oldest is collected only when
+                # more than _UPLOADS_IN_FLIGHT are under way, so one slow upload
+                # does not hold up the next fn call (outputs on disk stay bounded).
+                uploads.append((index, stages.submit(self._upload, row_id, outputs, folders)))
+                if len(uploads) > _UPLOADS_IN_FLIGHT:
                     self._collect(call, *uploads.popleft(), written)
-            finally:
-                for future in downloads.values():
-                    with contextlib.suppress(BaseException):  # the row is abandoned anyway
-                        _remove(future.result())
-                concurrent.futures.wait([future for _, future in uploads])
-                if call.bar is not None:
-                    call.bar.close()
+            while uploads:
+                self._collect(call, *uploads.popleft(), written)
+        except BaseException as e:
+            # Queued downloads are cancelled; those under way remove their folders when
+            # they end, and those done but not used yet are removed here. An Exception
+            # (on_error="raise") waits for the pool, so the call leaves nothing behind
+            # when it returns. An interrupt (KeyboardInterrupt, SystemExit) ends the call
+            # at once: the pool's threads finish the cleanup (and the uploads already
+            # sent) on their own.
+            for future in downloads.values():
+                future.cancel()
+            for folders in call.abandon():
+                stages.submit(_remove, folders)
+            stages.shutdown(wait=isinstance(e, Exception))
+            raise
+        else:
+            stages.shutdown(wait=True)  # the last rows' folder removals
+        finally:
+            if call.bar is not None:
+                call.bar.close()
         return _output_frame(file_dataframe[ID_COLUMN], written)
 
     def _collect(
