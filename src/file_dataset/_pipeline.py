@@ -437,8 +437,8 @@ class Pipeline:
             # sent) on their own.
             for future in downloads.values():
                 future.cancel()
-            for folders in call.abandon():
-                stages.submit(_remove, folders)
+            for unused in call.abandon():
+                stages.submit(_remove, unused)
             stages.shutdown(wait=isinstance(e, Exception))
             raise
         else:
