@@ -9,12 +9,14 @@ import re
 import socket
 import struct
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pandas as pd
 import pytest
+from botocore.config import Config
 
 import file_dataset
 from file_dataset import Options
@@ -299,6 +301,82 @@ def test_an_endpoint_that_does_not_answer_says_so(transport: str, tmp_path: Path
         file_dataset.write_files(
             {"out.bin": tmp_path / "out.bin"}, "s3://some-bucket/out", "r7", options
         )
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[str]:
+    """An endpoint that accepts connections and reads requests, but never answers."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    done.set()
+    socket.create_connection(server.getsockname()).close()  # wakes the accept() under way
+    thread.join()
+    server.close()
+    for conn in accepted:
+        conn.close()
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_the_configs_read_timeout_ends_the_wait_for_a_silent_endpoint(
+    silent_endpoint: str, transport: str
+) -> None:
+    """Before, the obstore transport ignored the Config's timeouts (300 s a request)."""
+    options = _endpoint_options(silent_endpoint, transport, max_attempts=1)
+    options = Options(
+        options.session_kwargs,
+        {**options.s3_client_kwargs, "config": Config(connect_timeout=1, read_timeout=1)},
+        transport=transport,
+        max_attempts=1,
+    )
+    url = "s3://some-bucket/k.bin"
+    for method in ("into_blob_table", "into_size_table"):
+        with pytest.raises(file_dataset.TransferError) as raised:
+            getattr(
+                file_dataset.reader(pd.DataFrame({"id": ["r1"], "k": [url]}), options), method
+            )()
+        message = str(raised.value)
+        assert message.startswith(
+            f"cannot {'head' if method == 'into_size_table' else 'read'} {url} "
+            "(row id 'r1', column 'k'): "
+        )
+        if transport == "obstore":
+            assert "the endpoint did not answer in time (" in message
+            assert (
+                "the limits are connect_timeout and read_timeout of the Options' Config" in message
+            )
+        else:
+            assert "Read timeout on endpoint URL" in message
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_password_in_the_endpoint_never_reaches_a_message_or_its_cause(
+    silent_endpoint: str, transport: str
+) -> None:
+    """obstore quotes the request's URL, userinfo included, in its errors."""
+    endpoint = silent_endpoint.replace("http://", "http://user:pw-CANARY-99@")
+    options = Options(
+        _endpoint_options(endpoint, transport).session_kwargs,
+        {"endpoint_url": endpoint, "config": Config(connect_timeout=1, read_timeout=1)},
+        transport=transport,
+        max_attempts=1,
+    )
+    with pytest.raises(file_dataset.TransferError) as raised:
+        file_dataset.reader({"k": "s3://some-bucket/k.bin"}, options).into_size_table()
+    shown = "".join(traceback.format_exception(raised.value))
+    assert "s3://some-bucket/k.bin" in shown
+    assert "pw-CANARY-99" not in shown
+    if transport == "obstore":
+        assert "http://***@127.0.0.1:" in shown  # the cause is kept, masked
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])

@@ -55,7 +55,7 @@ from file_dataset._errors import (
 from file_dataset._options import Options
 from file_dataset._s3 import _DENIED, _NOT_FOUND, S3Backend
 from file_dataset._s3 import translate_error as translate_boto_error
-from file_dataset._urls import Location
+from file_dataset._urls import Location, mask_userinfo, masked_cause
 
 # A streamed body (a large object's first response or a ranged part) is handed over in
 # chunks of at least this many bytes. Each chunk is a fresh buffer held until it is
@@ -106,14 +106,15 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
     """
     if isinstance(error, TransferError):
         raise error
-    text = str(error)
+    text = mask_userinfo(str(error))  # obstore quotes the endpoint, password and all
+    cause = masked_cause(error)
     code, message = _s3_code(text)
     status = re.search(r"status(?: code)?:? (\d{3})", text)
     status_code = status.group(1) if status else ""
     first_line = text.strip().splitlines()[0][:300] if text.strip() else type(error).__name__
     reason = f"{code}: {message}" if code and message else (code or first_line)
     if isinstance(error, PreconditionError) or code == "PreconditionFailed":  # If-Match
-        raise TransferError(url, CHANGED, operation=operation) from error
+        raise TransferError(url, CHANGED, operation=operation) from cause
     if "body error" in first_line:  # object_store's own resumes of a body gave up
         reason = (
             "the response body could not be read whole, even after resuming it up to "
@@ -122,15 +123,23 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
         )
     elif "error sending request" in text:  # the endpoint never answered
         sent = re.search(r"performing (\w+ \S+).*?(after \d+ retries)", first_line)
-        reason = "could not connect to the endpoint (error sending request" + (
-            f" for {sent.group(1)}, {sent.group(2)})" if sent else ")"
+        timed_out = "kind: Timeout" in text
+        reason = (
+            "the endpoint did not answer in time"
+            if timed_out
+            else "could not connect to the endpoint"
+        ) + (f" ({sent.group(1)}, {sent.group(2)}" if sent else " (")
+        reason += (
+            "; the limits are connect_timeout and read_timeout of the Options' Config)"
+            if timed_out
+            else ("; error sending request)" if sent else "error sending request)")
         )
     if isinstance(error, NotFoundError | FileNotFoundError) or code in _NOT_FOUND:
         if code == "NoSuchBucket":
             reason = "the bucket does not exist"
         elif operation == "head" and not code:
             reason = HEAD_NOT_FOUND
-        raise ObjectNotFoundError(url, reason, operation=operation) from error
+        raise ObjectNotFoundError(url, reason, operation=operation) from cause
     if (
         isinstance(error, PermissionDeniedError | UnauthenticatedError | PermissionError)
         or code in _DENIED
@@ -138,8 +147,8 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
     ):
         what = code or status_code or "forbidden"
         reason = f"access denied ({what}); check the credentials in Options"
-        raise ObjectAccessDeniedError(url, reason, operation=operation) from error
-    raise TransferError(url, reason, operation=operation) from error
+        raise ObjectAccessDeniedError(url, reason, operation=operation) from cause
+    raise TransferError(url, reason, operation=operation) from cause
 
 
 class _Credentials:
@@ -242,7 +251,10 @@ def _new_store(options: Options, bucket: str) -> S3Store:
         "allow_http": endpoint.startswith("http://"),
         "pool_max_idle_per_host": str(options.max_concurrency),
         "timeout": "300s",
-        "connect_timeout": "20s",
+        # botocore's own (60 s each unless the options' Config says otherwise): a read
+        # timeout also ends the wait for a server that accepts and never answers
+        "connect_timeout": dt.timedelta(seconds=float(getattr(meta.config, "connect_timeout", 60))),
+        "read_timeout": dt.timedelta(seconds=float(getattr(meta.config, "read_timeout", 60))),
     }
     kwargs: dict[str, Any] = {}
     credentials = client._request_signer._credentials  # type: ignore[attr-defined]
