@@ -27,35 +27,41 @@ _SECRET_KEYS = frozenset({"aws_secret_access_key", "aws_session_token", "aws_acc
 _CREATE_LOCK = threading.Lock()
 _LOADER: Any = None
 # botocore logs signing details and request headers (with the session token) at DEBUG.
-_BOTOCORE_LOGGERS = (
-    "botocore",
-    "botocore.auth",
-    "botocore.endpoint",
-    "botocore.hooks",
-    "botocore.httpsession",
-    "botocore.parsers",
-    "botocore.retryhandler",
-    "botocore.credentials",
-)
+# The libraries under boto3 whose DEBUG logs quote requests (headers, endpoint URLs).
+_LOGGED_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3")
 
 
 class _RedactSecrets(logging.Filter):
-    """Replaces the secrets of every client made here with ``***`` in botocore's logs."""
+    """Replaces the secrets of every client made here with ``***`` in botocore's logs.
+
+    A logger's filter sees only that logger's own records, not its children's, so it
+    is put on every logger of those libraries (``botocore.regions`` quotes the endpoint
+    URL, ``botocore.auth`` the access key id), also on those made since the last client.
+    """
 
     def __init__(self) -> None:
         super().__init__("file_dataset")
         self._secrets: frozenset[str] = frozenset()
-        self._installed = False
+        self._filtered: set[str] = set()
 
     def add(self, *secrets: str | None) -> None:
         new = {s for s in secrets if s and len(s) >= 8}
-        if new <= self._secrets:
-            return
-        self._secrets = self._secrets | new
-        if not self._installed:
-            self._installed = True
-            for name in _BOTOCORE_LOGGERS:
-                logging.getLogger(name).addFilter(self)
+        if not new <= self._secrets:
+            self._secrets = self._secrets | new
+        if self._secrets:
+            self._install()
+
+    def _install(self) -> None:
+        names = [
+            name
+            for name in list(logging.root.manager.loggerDict)
+            if name not in self._filtered and name.split(".", 1)[0] in _LOGGED_LIBRARIES
+        ]
+        for name in names:
+            logger = logging.root.manager.loggerDict[name]
+            if isinstance(logger, logging.Logger):  # not a placeholder for children
+                logger.addFilter(self)
+                self._filtered.add(name)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -355,7 +361,11 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
     if endpoint is not None and not (
         isinstance(endpoint, str) and endpoint.startswith(("http://", "https://"))
     ):
-        shown = mask_userinfo(endpoint) if isinstance(endpoint, str) else endpoint
+        shown = endpoint
+        if isinstance(endpoint, str) and "://" in endpoint:
+            shown = mask_userinfo(endpoint)
+        elif isinstance(endpoint, str) and "@" in endpoint:  # "user:password@host"
+            shown = "***@" + endpoint.rpartition("@")[2]
         raise ValueError(f"endpoint_url must be an http:// or https:// URL, got {shown!r}")
 
 
@@ -577,9 +587,10 @@ class Options:
         credentials = session.get_credentials()
         if credentials is not None:
             frozen = credentials.get_frozen_credentials()
-            _REDACTOR.add(frozen.secret_key, frozen.token)
+            _REDACTOR.add(frozen.access_key, frozen.secret_key, frozen.token)
         # Keys given to the client itself, and a password in the endpoint URL.
         _REDACTOR.add(
+            client_kwargs.get("aws_access_key_id"),
             client_kwargs.get("aws_secret_access_key"),
             client_kwargs.get("aws_session_token"),
             *USERINFO.findall(str(client_kwargs.get("endpoint_url") or "")),

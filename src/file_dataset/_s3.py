@@ -29,7 +29,7 @@ from file_dataset._backend import (
 )
 from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
 from file_dataset._options import Options
-from file_dataset._urls import Location
+from file_dataset._urls import Location, mask_userinfo, masked_cause
 
 _NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchUpload"})
 _DENIED = frozenset(
@@ -54,6 +54,7 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
     """
     if isinstance(error, TransferError):
         raise error
+    cause = masked_cause(error)  # botocore and urllib3 quote the endpoint, password and all
     if isinstance(error, ClientError):
         info = error.response.get("Error", {})
         code = str(info.get("Code", ""))
@@ -65,26 +66,25 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
                 reason = "the bucket does not exist"
             elif operation == "head" and code in ("404", "NotFound", ""):
                 reason = HEAD_NOT_FOUND
-            raise ObjectNotFoundError(url, reason or "not found", operation=operation) from error
+            raise ObjectNotFoundError(url, reason or "not found", operation=operation) from cause
         if code == "PreconditionFailed" or status == 412:  # a later part's If-Match
-            raise TransferError(url, CHANGED, operation=operation) from error
+            raise TransferError(url, CHANGED, operation=operation) from cause
         if code in _DENIED or status == 403:
             raise ObjectAccessDeniedError(
                 url,
                 f"access denied ({code or status}); check the credentials in Options",
                 operation=operation,
-            ) from error
-        raise TransferError(url, reason, operation=operation) from error
+            ) from cause
+        raise TransferError(url, reason, operation=operation) from cause
     if isinstance(error, FlexibleChecksumError):
         raise TransferError(
             url,
-            f"the bytes received do not match the checksum the server sent ({error}); "
+            f"the bytes received do not match the checksum the server sent ({cause}); "
             "nothing was kept",
             operation=operation,
-        ) from error
-    if isinstance(error, BotoCoreError):
-        raise TransferError(url, f"{type(error).__name__}: {error}", operation=operation) from error
-    raise TransferError(url, f"{type(error).__name__}: {error}", operation=operation) from error
+        ) from cause
+    reason = f"{type(error).__name__}: {mask_userinfo(str(error))}"
+    raise TransferError(url, reason, operation=operation) from cause
 
 
 # What reading a response body raises when the connection drops part-way (botocore

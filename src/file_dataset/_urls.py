@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import traceback
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -73,6 +74,23 @@ USERINFO = re.compile(r"(?<=://)[^/@]*@")
 def mask_userinfo(value: str) -> str:
     """Hides a ``user:password@`` part so it never reaches a message or a repr."""
     return USERINFO.sub("***@", value)
+
+
+def masked_cause(error: BaseException) -> BaseException:
+    """``error``, or a copy of it with ``user:password@`` masked, to chain an error to.
+
+    boto3, urllib3 and obstore quote the request's URL in their messages, so a password
+    in ``endpoint_url`` would reach the traceback of an error chained to theirs. When
+    one is anywhere in the chain, the copy (message masked, without the chain below it)
+    is chained instead.
+    """
+    if not USERINFO.search("".join(traceback.format_exception(error))):
+        return error
+    text = mask_userinfo(str(error))
+    try:
+        return type(error)(text)
+    except Exception:  # an exception type that takes other arguments
+        return RuntimeError(f"{type(error).__name__}: {text}")
 
 
 def is_null(value: Any) -> bool:
