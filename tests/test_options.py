@@ -69,6 +69,36 @@ def test_pickle_round_trip_keeps_value_and_works(
     assert s3_client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"from the copy"
 
 
+def test_options_are_read_only_and_replace_makes_a_checked_copy() -> None:
+    """Before, ``options.max_concurrency = 3`` was accepted and changed the hash of a
+    value that pools, stores and sets had already filed under the old one."""
+    options = Options({"region_name": "eu-west-1"}, upload_args={"ContentType": "x/y"})
+    before = hash(options)
+    with pytest.raises(AttributeError, match=r"use options.replace\(max_concurrency=...\)"):
+        options.max_concurrency = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        options.session_kwargs["region_name"] = "us-east-1"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        options.upload_args["ContentType"] = "a/b"  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        del options.transport
+    assert hash(options) == before
+    assert options.session_kwargs == {"region_name": "eu-west-1"}
+    wider = options.replace(max_concurrency=128)
+    assert (wider.max_concurrency, options.max_concurrency) == (128, 64)
+    assert wider == Options(
+        {"region_name": "eu-west-1"}, upload_args={"ContentType": "x/y"}, max_concurrency=128
+    )
+    with pytest.raises(ValueError, match="max_attempts must be at least 1"):
+        options.replace(max_attempts=0)
+    shipped = pickle.loads(pickle.dumps(options))
+    assert shipped == options
+    assert hash(shipped) == before
+    with pytest.raises(TypeError):
+        shipped.s3_client_kwargs["endpoint_url"] = "http://h"  # type: ignore[index]
+    assert "upload_args={'ContentType': 'x/y'}" in repr(options)
+
+
 def test_equality_and_hash_by_value() -> None:
     def make(**kwargs: Any) -> Options:
         return Options(

@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from file_dataset._urls import USERINFO, mask_userinfo
@@ -394,9 +395,8 @@ class Options:
     cloudpickle) by their constructor arguments only. Live objects (boto3 sessions,
     S3 clients, the thread pool) are created lazily on first use in each process: one
     boto3 session and S3 client per thread, reused across calls, each client with a
-    connection pool sized to ``max_concurrency``. Treat an instance as read-only: what
-    it resolves (transport, stores, pool) is kept for that object, so make a new one to
-    change a setting.
+    connection pool sized to ``max_concurrency``. Instances are read-only (what they
+    resolve is filed under their value): :meth:`replace` makes a changed copy.
 
     ``repr()`` masks credentials, and no message of this library contains them.
 
@@ -454,6 +454,17 @@ class Options:
         "upload_args",
     )
 
+    session_kwargs: Mapping[str, Any]
+    s3_client_kwargs: Mapping[str, Any]
+    max_concurrency: int
+    part_size: int
+    multipart_threshold: int
+    retry_mode: str
+    max_attempts: int
+    transport: str
+    upload_args: Mapping[str, Any]
+    request_payer: bool
+
     def __init__(
         self,
         session_kwargs: Mapping[str, Any] | None = None,
@@ -480,18 +491,19 @@ class Options:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
         _check_kwargs(session_kwargs or {}, "session")
         _check_kwargs(s3_client_kwargs or {}, "client")
-        self.session_kwargs: dict[str, Any] = dict(session_kwargs or {})
-        self.s3_client_kwargs: dict[str, Any] = dict(s3_client_kwargs or {})
-        self.max_concurrency = int(max_concurrency)
-        self.part_size = int(part_size)
-        self.multipart_threshold = int(multipart_threshold)
-        self.retry_mode = retry_mode
-        self.max_attempts = int(max_attempts)
+        _set = object.__setattr__  # Options are read-only (see __setattr__)
+        _set(self, "session_kwargs", MappingProxyType(dict(session_kwargs or {})))
+        _set(self, "s3_client_kwargs", MappingProxyType(dict(s3_client_kwargs or {})))
+        _set(self, "max_concurrency", int(max_concurrency))
+        _set(self, "part_size", int(part_size))
+        _set(self, "multipart_threshold", int(multipart_threshold))
+        _set(self, "retry_mode", retry_mode)
+        _set(self, "max_attempts", int(max_attempts))
         if transport not in ("auto", "obstore", "boto3"):
             raise ValueError(f"transport must be 'auto', 'obstore' or 'boto3', got {transport!r}")
-        self.transport = transport
-        self.upload_args = _check_upload_args(upload_args or {})
-        self.request_payer = bool(request_payer)
+        _set(self, "transport", transport)
+        _set(self, "upload_args", MappingProxyType(_check_upload_args(upload_args or {})))
+        _set(self, "request_payer", bool(request_payer))
         self._reset_runtime()
 
     @classmethod
@@ -634,17 +646,43 @@ class Options:
     def __hash__(self) -> int:
         return hash(self._key())
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not name.startswith("_"):
+            raise AttributeError(
+                f"Options are read-only (they are compared, hashed and shared by value): "
+                f"use options.replace({name}=...) for a copy with another {name}"
+            )
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Options are read-only: {name!r} cannot be deleted")
+
+    def replace(self, **changes: Any) -> Options:
+        """A copy of these options with some constructor arguments changed.
+
+        Args:
+            **changes: Constructor arguments, for example ``max_concurrency=128``.
+
+        Returns:
+            New options, checked as the constructor checks them.
+
+        Examples:
+            >>> Options(max_concurrency=8).replace(max_concurrency=16).max_concurrency
+            16
+        """
+        return Options(**{**self.__getstate__(), **changes})
+
     def __getstate__(self) -> dict[str, Any]:
         return {
-            "session_kwargs": self.session_kwargs,
-            "s3_client_kwargs": self.s3_client_kwargs,
+            "session_kwargs": dict(self.session_kwargs),
+            "s3_client_kwargs": dict(self.s3_client_kwargs),
             "max_concurrency": self.max_concurrency,
             "part_size": self.part_size,
             "multipart_threshold": self.multipart_threshold,
             "retry_mode": self.retry_mode,
             "max_attempts": self.max_attempts,
             "transport": self.transport,
-            "upload_args": self.upload_args,
+            "upload_args": dict(self.upload_args),
             "request_payer": self.request_payer,
         }
 
@@ -652,7 +690,9 @@ class Options:
         # pickles made before these settings existed
         state = {"transport": "auto", "upload_args": {}, "request_payer": False, **state}
         for name, value in state.items():
-            setattr(self, name, value)
+            if isinstance(value, dict):
+                value = MappingProxyType(value)
+            object.__setattr__(self, name, value)
         self._reset_runtime()
 
     def __repr__(self) -> str:
@@ -662,7 +702,7 @@ class Options:
             f"max_concurrency={self.max_concurrency}, part_size={self.part_size}, "
             f"multipart_threshold={self.multipart_threshold}, "
             f"retry_mode={self.retry_mode!r}, max_attempts={self.max_attempts}, "
-            f"transport={self.transport!r}, upload_args={self.upload_args!r}, "
+            f"transport={self.transport!r}, upload_args={dict(self.upload_args)!r}, "
             f"request_payer={self.request_payer!r})"
         )
 

@@ -188,7 +188,7 @@ class S3Backend:
         args: dict[str, Any] = {}
         if self._options.request_payer:
             args["RequestPayer"] = "requester"
-        upload = self._options.upload_args
+        upload = dict(self._options.upload_args)
         if upload and request in ("put", "create", "part", "complete"):
             task = UploadSubmissionTask
             if request == "put":
