@@ -123,17 +123,14 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
         )
     elif "error sending request" in text:  # the endpoint never answered
         sent = re.search(r"performing (\w+ \S+).*?(after \d+ retries)", first_line)
-        timed_out = "kind: Timeout" in text
-        reason = (
-            "the endpoint did not answer in time"
-            if timed_out
-            else "could not connect to the endpoint"
-        ) + (f" ({sent.group(1)}, {sent.group(2)}" if sent else " (")
-        reason += (
-            "; the limits are connect_timeout and read_timeout of the Options' Config)"
-            if timed_out
-            else ("; error sending request)" if sent else "error sending request)")
-        )
+        where = f"{sent.group(1)}, {sent.group(2)}; " if sent else ""
+        if "kind: Timeout" in text:
+            reason = (
+                f"the endpoint did not answer in time ({where}the limits are "
+                "connect_timeout and read_timeout of the Options' Config)"
+            )
+        else:
+            reason = f"could not connect to the endpoint ({where}error sending request)"
     if isinstance(error, NotFoundError | FileNotFoundError) or code in _NOT_FOUND:
         if code == "NoSuchBucket":
             reason = "the bucket does not exist"
