@@ -77,7 +77,7 @@ class _Call:
     failures: list[RowFailure] = field(default_factory=list)
     bar: Any = None  # its tqdm progress bar, when one was asked for
     # Rows downloaded (by position) whose folders fn has not taken yet; once the call is
-    # abandoned (an interrupt), a download that ends removes its folders itself.
+    # abandoned (it raised), a download that ends removes its folders itself.
     lock: threading.Lock = field(default_factory=threading.Lock)
     unclaimed: dict[int, tuple[Path, Path]] = field(default_factory=dict)
     abandoned: bool = False
