@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import traceback
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -84,7 +83,12 @@ def masked_cause(error: BaseException) -> BaseException:
     one is anywhere in the chain, the copy (message masked, without the chain below it)
     is chained instead.
     """
-    if not USERINFO.search("".join(traceback.format_exception(error))):
+    chain: list[BaseException] = []
+    link: BaseException | None = error
+    while link is not None and link not in chain:  # the messages a traceback would show
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    if not any(USERINFO.search(str(link)) for link in chain):
         return error
     text = mask_userinfo(str(error))
     try:

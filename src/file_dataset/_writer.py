@@ -91,6 +91,9 @@ def write_files(
                 "with reader(...).into_temp_dir())"
             )
         path = source.path
+        if path.is_file():  # one stat in the usual case
+            sources[name] = path
+            continue
         if path.is_dir():
             raise TransferError(
                 str(path),
@@ -100,15 +103,13 @@ def write_files(
                 row_id=row_id,
                 column=name,
             )
-        if not path.is_file():
-            raise ObjectNotFoundError(
-                str(path),
-                "the local file to write does not exist (or is not a regular file)",
-                operation="read",
-                row_id=row_id,
-                column=name,
-            )
-        sources[name] = path
+        raise ObjectNotFoundError(
+            str(path),
+            "the local file to write does not exist (or is not a regular file)",
+            operation="read",
+            row_id=row_id,
+            column=name,
+        )
     jobs: list[Job[Location]] = []
     contexts: list[Context] = []
     results: dict[str, str | Path] = {}
