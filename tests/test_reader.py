@@ -111,6 +111,40 @@ def test_into_temp_dir_in_given_dir(options: Options, tmp_path: Path, put: Put):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_into_temp_dir_in_a_missing_or_file_dir_says_so(
+    options: Options, tmp_path: Path, put: Put, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = put("k", b"x")
+    reader = file_dataset.reader({"f": url}, options)
+    missing = tmp_path / "no such folder"
+    with pytest.raises(
+        FileNotFoundError, match=r"into_temp_dir\(dir=\.\.\.\): .*no such folder.* does not exist"
+    ):
+        reader.into_temp_dir(dir=missing)
+    (tmp_path / "a file").write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match=r"a file.* is not a directory"):
+        reader.into_temp_dir(dir=tmp_path / "a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a file"]
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "scratch").mkdir()
+    with reader.into_temp_dir(dir="~/scratch") as tmp:
+        assert tmp.parent == tmp_path / "scratch"
+        assert (tmp / "f").read_bytes() == b"x"
+
+
+def test_temp_dir_cannot_be_entered_after_removal(options: Options, put: Put) -> None:
+    temp = file_dataset.reader({"f": put("k", b"x")}, options).into_temp_dir()
+    with temp as tmp:
+        assert (tmp / "f").read_bytes() == b"x"
+    assert not temp.path.exists()
+    with pytest.raises(ValueError, match="was already removed"), temp:
+        pytest.fail("the body must not run")
+    other = file_dataset.reader({"f": put("k", b"x")}, options).into_temp_dir()
+    other.cleanup()
+    with pytest.raises(ValueError, match="was already removed"), other:
+        pytest.fail("the body must not run")
+
+
 def test_dataframe_into_temp_dir_layout(options: Options, system_tmp: Path, put: Put) -> None:
     frame = pd.DataFrame(
         {

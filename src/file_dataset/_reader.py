@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import shutil
@@ -104,6 +105,11 @@ class TempDir(os.PathLike[str]):
         return f"TempDir({str(self.path)!r})"
 
     def __enter__(self) -> Path:
+        if not self._remove.alive:
+            raise ValueError(
+                f"TempDir {str(self.path)!r} was already removed (by cleanup() or a "
+                "previous with block): a TempDir can be used in one with block only"
+            )
         return self.path
 
     def __exit__(
@@ -117,6 +123,21 @@ class TempDir(os.PathLike[str]):
     def cleanup(self) -> None:
         """Removes the directory and everything in it (again is a no-op)."""
         self._remove()
+
+
+def _parent_dir(dir: str | os.PathLike[str] | None) -> str | None:
+    """Checks ``into_temp_dir(dir=...)``: an existing folder (a leading ``~`` is home)."""
+    if dir is None:
+        return None
+    path = os.path.expanduser(os.fspath(dir))
+    if os.path.isdir(path):
+        return path
+    hint = "; give an existing folder, or None for the system's temporary folder"
+    if os.path.exists(path):
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"into_temp_dir(dir=...): {path!r} is not a directory{hint}"
+        )
+    raise FileNotFoundError(errno.ENOENT, f"into_temp_dir(dir=...): {path!r} does not exist{hint}")
 
 
 class FileReader:
@@ -135,7 +156,7 @@ class FileReader:
     def _context(self, i: int, j: int) -> Context:
         return (self._table.row_id(i), self._table.columns[j])
 
-    def into_temp_dir(self, dir: str | Path | None = None) -> TempDir:
+    def into_temp_dir(self, dir: str | os.PathLike[str] | None = None) -> TempDir:
         """Downloads every file into a new temporary directory, before returning.
 
         A row's files land at ``<tmp>/<file name>``; a DataFrame's at
@@ -147,18 +168,20 @@ class FileReader:
         removed by :meth:`TempDir.cleanup` or when the object is garbage-collected.
 
         Args:
-            dir: Where to create the temporary directory (default: the system's).
+            dir: An existing folder to create the temporary directory in (default:
+                the system's); a leading ``~`` is the home folder.
 
         Returns:
             The filled temporary directory.
 
         Raises:
             FileNotFoundError: An object does not exist (message names URL, row id,
-                column).
+                column), or ``dir`` does not exist.
+            NotADirectoryError: ``dir`` is not a folder.
             PermissionError: Access to an object was denied.
             OSError: Another transfer failure. On any error nothing is left on disk.
         """
-        root = Path(tempfile.mkdtemp(prefix="file_dataset-", dir=dir))
+        root = Path(tempfile.mkdtemp(prefix="file_dataset-", dir=_parent_dir(dir)))
         try:
             self.download_to(root)
         except BaseException:
