@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +18,7 @@ from hypothesis import strategies as st
 
 import file_dataset
 from file_dataset import Options
+from file_dataset._local import atomic_copy
 from file_dataset.testing import LocalS3Server
 
 ReadObject = Callable[[str], bytes]
@@ -298,6 +301,50 @@ def test_a_bytes_id_or_a_list_of_files_is_refused_clearly(
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="id b'r1' is bytes: decode it to a str first"):
         file_dataset.reader(pd.DataFrame({"id": [b"r1"], "f": [files["f"]]})).into_blob_table()
+
+
+@pytest.mark.parametrize("row_id", [True, np.bool_(False)])
+def test_a_boolean_id_is_refused(
+    row_id: Any, options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    """Before: a folder named "True" (bool is an int to Python)."""
+    files = make_files(tmp_path / "src", {"f": b"x"})
+    for into in (f"s3://{bucket}/p", tmp_path / "out"):
+        with pytest.raises(ValueError) as info:
+            file_dataset.write_files(files, into, id=row_id, options=options)
+        assert str(info.value) == f"id {row_id!r} is a boolean: give a str or an int"
+    assert keys(s3_client, bucket) == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_local_outputs_get_the_mode_of_any_new_file(tmp_path: Path) -> None:
+    """Before: 0o600 (tempfile.mkstemp's), unreadable by others on a shared folder."""
+    source = tmp_path / "src.bin"
+    source.write_bytes(b"abc")
+    source.chmod(0o640)
+    old = os.umask(0o022)
+    try:
+        written = file_dataset.write_files({"a.bin": source}, tmp_path / "out", id="1")
+        umask_027 = os.umask(0o027)
+        again = file_dataset.write_files({"b.bin": source}, tmp_path / "out", id="1")
+    finally:
+        os.umask(old)
+    assert umask_027 == 0o022
+    assert written["a.bin"].read_bytes() == b"abc"
+    assert stat.S_IMODE(written["a.bin"].stat().st_mode) == 0o644
+    assert stat.S_IMODE(again["b.bin"].stat().st_mode) == 0o640
+    assert sorted(p.name for p in (tmp_path / "out" / "1").iterdir()) == ["a.bin", "b.bin"]
+
+
+def test_a_local_source_gone_at_the_copy_is_named_as_the_missing_file(tmp_path: Path) -> None:
+    """The copy names the source that vanished, not the destination (which never existed)."""
+    dest = tmp_path / "out" / "1" / "a.bin"
+    with pytest.raises(FileNotFoundError) as info:
+        atomic_copy(tmp_path / "gone.bin", dest)
+    assert isinstance(info.value, file_dataset.ObjectNotFoundError)
+    assert info.value.url == str(tmp_path / "gone.bin")
+    assert str(info.value) == f"cannot read {tmp_path / 'gone.bin'}: no such local file"
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_s3_url_as_a_source_is_refused_clearly(

@@ -6,9 +6,9 @@ import contextlib
 import errno
 import io
 import os
+import secrets
 import shutil
 import stat as stat_module
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,25 +41,53 @@ def translate_os_error(error: OSError, url: str, operation: str) -> TransferErro
     return TransferError(url, reason, operation=operation)
 
 
+def new_temp_file(dest: Path) -> tuple[int, str]:
+    """Creates a new empty file beside ``dest``, under a unique temporary name.
+
+    Unlike :func:`tempfile.mkstemp` (mode 0o600), the file gets the mode of any new
+    file (0o666 less the umask), which it keeps once renamed to ``dest``.
+
+    Returns:
+        The open descriptor (read-write) and the file's path.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    prefix = os.path.join(dest.parent, temp_prefix(dest.name))
+    for _ in range(100):
+        tmp = f"{prefix}{secrets.token_hex(6)}.part"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no free temporary name beside {str(dest)!r}")
+
+
 def atomic_copy(src: Path, dest: Path) -> None:
     """Copies ``src`` to ``dest`` through a temporary name in the same folder.
 
     No partial file is ever visible at ``dest``: it appears complete, or not at all;
     nor a mix of two versions of ``src`` (a ``src`` changed during the copy raises).
+    A ``src`` that cannot be opened is named as the file that failed.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest.name), suffix=".part", dir=dest.parent)
     try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            before = file_version(os.fstat(inp.fileno()))
-            shutil.copyfileobj(inp, out, 8 * 1024 * 1024)
-            if file_version(os.fstat(inp.fileno())) != before:
-                raise TransferError(str(src), SOURCE_CHANGED, operation="read")
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        inp = open(src, "rb")  # noqa: SIM115 (closed below, after the temporary file)
+    except FileNotFoundError as e:
+        raise ObjectNotFoundError(str(src), "no such local file", operation="read") from e
+    except OSError as e:
+        raise translate_os_error(e, str(src), "read") from e
+    with inp:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = new_temp_file(dest)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                before = file_version(os.fstat(inp.fileno()))
+                shutil.copyfileobj(inp, out, 8 * 1024 * 1024)
+                if file_version(os.fstat(inp.fileno())) != before:
+                    raise TransferError(str(src), SOURCE_CHANGED, operation="read")
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 def _check_version(f: io.FileIO, loc: Location, tag: str | None) -> None:

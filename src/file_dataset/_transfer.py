@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import tempfile
 from collections.abc import Callable, Generator, Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -33,8 +32,9 @@ from file_dataset._backend import (
     write_chunks,
 )
 from file_dataset._errors import ObjectNotFoundError, TransferError
+from file_dataset._local import new_temp_file
 from file_dataset._options import Options, Reply
-from file_dataset._urls import Location, temp_prefix
+from file_dataset._urls import Location
 
 T = TypeVar("T")
 Call = Callable[[], Any]
@@ -111,7 +111,7 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
     def open_temp(total: int) -> int:
         nonlocal fd, tmp
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest.name), suffix=".part", dir=dest.parent)
+        fd, tmp = new_temp_file(dest)
         if total:
             os.ftruncate(fd, total)
         return fd

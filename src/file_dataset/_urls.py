@@ -218,11 +218,15 @@ def check_component(value: Any, what: str) -> str:
         The value as a string.
 
     Raises:
-        InvalidInputError: The value is empty, ``.``/``..``, absolute, or contains a
-            path separator or a NUL character.
+        InvalidInputError: The value is bytes or a boolean, empty, ``.``/``..``,
+            absolute, or contains a path separator or a NUL character.
     """
     if isinstance(value, bytes | bytearray):  # str() would make "b'...'" of it
         raise InvalidInputError(f"{what} {value!r} is bytes: decode it to a str first")
+    if isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", "") == "b":
+        raise InvalidInputError(  # str() would make a folder named "True" of it
+            f"{what} {value!r} is a boolean: give a str or an int"
+        )
     text = value if isinstance(value, str) else str(value)
     if (
         not text
