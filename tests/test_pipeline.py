@@ -8,6 +8,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -424,8 +425,10 @@ def test_failing_fn_row_dropped_and_logged(
     assert outputs(result, read_object, "output.mha") == {"ok-1": b"A", "ok-3": b"C"}
     [record] = caplog.records
     assert record.levelno == logging.WARNING
-    assert "'bad-2'" in record.getMessage()
-    assert "this row is poisoned" in record.getMessage()
+    assert record.getMessage() == (
+        "file_dataset.Pipeline dropped row id 'bad-2' (fn failed): "
+        "RuntimeError: this row is poisoned"
+    )
     [failure] = pipeline.last_failures
     assert (failure.id, failure.stage) == ("bad-2", "fn")
     assert isinstance(failure.error, RuntimeError)
@@ -574,8 +577,9 @@ def test_on_error_raise_reraises_fn_error(
 ) -> None:
     frame = pd.DataFrame({"id": ["1", "2"], "f": [put("1", b"fail"), "s3://x-y-z/k"]})
     pipeline = Pipeline(upper, {"into_path": f"s3://{bucket}/out"}, options, on_error="raise")
-    with pytest.raises(RuntimeError, match="this row is poisoned"):
+    with pytest.raises(RuntimeError, match="this row is poisoned") as info:
         pipeline(frame)
+    assert info.value.__notes__ == ["file_dataset.Pipeline: fn failed on row id '1'"]
     assert list(system_tmp.iterdir()) == []
 
 
@@ -878,6 +882,84 @@ def test_fn_returning_a_file_url_writes_that_local_file(
     result = pipeline(pd.DataFrame({"id": ["1"], "f": [put("in", b"abc")]}))
     assert result["out.bin"].tolist() == [f"s3://{bucket}/o/1/out.bin"]
     assert read_object(f"s3://{bucket}/o/1/out.bin") == b"cba"
+
+
+def test_an_fn_error_without_a_message_is_logged_by_its_type(
+    options: Options, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: "(fn failed): " and nothing else for a bare assert; "'a'" for a KeyError."""
+
+    def check(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        if (input_dir / "f").read_bytes() == b"k":
+            return {"x": {}["a"]}
+        raise AssertionError
+
+    (tmp_path / "in1").write_bytes(b"k")
+    (tmp_path / "in2").write_bytes(b"z")
+    frame = pd.DataFrame({"id": ["1", "2"], "f": [tmp_path / "in1", tmp_path / "in2"]})
+    with caplog.at_level(logging.WARNING, logger="file_dataset"):
+        result = Pipeline(check, {"into_path": tmp_path / "out"}, options)(frame)
+    assert len(result) == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "file_dataset.Pipeline dropped row id '1' (fn failed): KeyError: 'a'",
+        "file_dataset.Pipeline dropped row id '2' (fn failed): AssertionError",
+    ]
+
+
+def test_a_relative_output_path_is_in_output_dir(
+    options: Options, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: looked up in the working directory, where a stale file was sent instead."""
+
+    def relative(input_dir: Path, output_dir: Path) -> dict[str, str]:
+        (output_dir / "out.txt").write_bytes((input_dir / "f").read_bytes() * 2)
+        return {"out.txt": "out.txt"}
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out.txt").write_bytes(b"STALE FILE IN THE WORKING DIRECTORY")
+    (tmp_path / "in").write_bytes(b"ab")
+    pipeline = Pipeline(relative, {"into_path": tmp_path / "out"}, options, on_error="raise")
+    result = pipeline(pd.DataFrame({"id": ["1"], "f": [tmp_path / "in"]}))
+    assert result["out.txt"].tolist() == [str(tmp_path / "out" / "1" / "out.txt")]
+    assert (tmp_path / "out" / "1" / "out.txt").read_bytes() == b"abab"
+
+
+@pytest.mark.parametrize("linked", [False, True], ids=["outside", "link-to-outside"])
+def test_an_output_outside_output_dir_is_sent_before_fn_runs_again(
+    linked: bool, options: Options, bucket: str, put: Put, read_object: ReadObject, tmp_path: Path
+) -> None:
+    """fn may rewrite a fixed scratch file on its next call: that row's upload goes first.
+
+    Before, the upload overlapped the next fn call and could send the next row's
+    bytes (or an empty file, or none) for a row reported as written.
+    """
+    scratch = tmp_path / "scratch"
+    seen: list[str] = []
+
+    def tool(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        if seen:  # the previous row's output is complete on S3 before this call
+            previous = seen[-1]
+            assert read_object(f"s3://{bucket}/o/{previous}/out.bin") == previous.encode() * 1000
+        row = (input_dir / "f").read_bytes().decode()
+        seen.append(row)
+        if scratch.exists():
+            shutil.rmtree(scratch)
+        scratch.mkdir()
+        (scratch / "out.bin").write_bytes(row.encode() * 1000)
+        if linked:
+            (output_dir / "out.bin").symlink_to(scratch / "out.bin")
+            return {"out.bin": output_dir / "out.bin"}
+        return {"out.bin": scratch / "out.bin"}
+
+    ids = [f"r{i:02}" for i in range(8)]
+    frame = pd.DataFrame({"id": ids, "f": [put(f"in/{i}", i.encode()) for i in ids]})
+    pipeline = Pipeline(tool, {"into_path": f"s3://{bucket}/o"}, options, on_error="raise")
+    result = pipeline(frame)
+    assert seen == ids
+    assert result["id"].tolist() == ids
+    assert {i: read_object(u) for i, u in zip(ids, result["out.bin"], strict=True)} == {
+        i: i.encode() * 1000 for i in ids
+    }
 
 
 def test_output_name_escaping_is_a_failed_row(options: Options, tmp_path: Path) -> None:

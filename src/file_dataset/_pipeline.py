@@ -115,8 +115,10 @@ class Pipeline:
     (by its path or by a link to it). The next row's download and the previous rows'
     uploads run while ``fn`` works: one row is downloaded ahead, and the outputs of at
     most four earlier rows are still uploading, so disk use stays bounded (a row's
-    upload starts as soon as its ``fn`` returns). ``fn`` is always called in row order,
-    on the calling thread.
+    upload starts as soon as its ``fn`` returns). An output outside the row's two
+    directories (a tool's fixed scratch file, say, which the next call may rewrite) is
+    uploaded before ``fn`` is called again. ``fn`` is always called in row order, on
+    the calling thread.
 
     A row that fails anywhere (download, ``fn``, ``fn`` returning ``None`` or a value
     that is not a local file, upload) is dropped from the output and logged at WARNING
@@ -135,6 +137,7 @@ class Pipeline:
         fn: ``fn(input_dir, output_dir) -> {output file name: local path}``, called
             with two positional arguments; ``{}`` when a row has no outputs (``None``
             fails the row, as a forgotten ``return`` would otherwise pass unnoticed).
+            A relative path is taken in ``output_dir``.
         write_options: ``{"into_path": "s3://bucket/prefix"}`` (or a local folder);
             may also hold ``"options"``, the :class:`Options` used for writing.
         options: S3 settings for reading (and writing, unless ``write_options`` has
@@ -273,7 +276,7 @@ class Pipeline:
                     )
                 if is_null(path):
                     continue
-                local = _local_output(name, path)
+                local = output_dir / _local_output(name, path)  # relative: in output_dir
                 if not local.is_file():
                     what = "a directory, not a file" if local.is_dir() else "not an existing file"
                     raise FileNotFoundError(
@@ -424,7 +427,12 @@ class Pipeline:
                 # more than _UPLOADS_IN_FLIGHT are under way, so one slow upload
                 # does not hold up the next fn call (outputs on disk stay bounded).
                 uploads.append((index, stages.submit(self._upload, row_id, outputs, folders)))
-                if len(uploads) > _UPLOADS_IN_FLIGHT:
+                if not _all_within(outputs.values(), (output_dir, input_dir)):
+                    # A file outside the row's own folders (a fixed scratch file, say)
+                    # may be rewritten by the next fn call: it is sent before that call.
+                    while uploads:
+                        self._collect(call, *uploads.popleft(), written)
+                elif len(uploads) > _UPLOADS_IN_FLIGHT:
                     self._collect(call, *uploads.popleft(), written)
             while uploads:
                 self._collect(call, *uploads.popleft(), written)
@@ -470,6 +478,8 @@ class Pipeline:
             call.bar.set_postfix(dropped=len(call.failures), refresh=False)
             call.bar.update(1)
         if self.on_error == "raise":
+            if failure.stage == "fn":  # fn's own exception, as it was raised: say which row
+                failure.error.add_note(f"file_dataset.Pipeline: fn failed on row id {failure.id!r}")
             raise failure.error
         # A bar on the terminal is cleared while the warning is written and then drawn
         # again below it, so the two do not run together on one line.
@@ -482,8 +492,21 @@ class Pipeline:
                 "file_dataset.Pipeline dropped row id %r (%s failed): %s",
                 failure.id,
                 failure.stage,
-                failure.error,
+                _describe(failure),
             )
+
+
+def _describe(failure: RowFailure) -> str:
+    """A failure's reason for the log: fn's exceptions also say their type.
+
+    ``str()`` alone says ``'image.mha'`` for a ``KeyError`` and nothing at all for a
+    bare ``assert``; the transfers' own errors already say what failed, and where.
+    """
+    error = failure.error
+    if failure.stage != "fn" or isinstance(error, InvalidInputError):
+        return str(error)
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _check_signature(fn: Callable[..., Any]) -> None:
@@ -548,6 +571,16 @@ def _refers_to(paths: Iterable[Path], folder: Path) -> bool:
     real = folder.resolve()
     return any(
         Path(os.path.abspath(path)).is_relative_to(folder) or path.resolve().is_relative_to(real)
+        for path in paths
+    )
+
+
+def _all_within(paths: Iterable[Path], folders: tuple[Path, ...]) -> bool:
+    """Whether every path lies in one of ``folders``, as written and once links are resolved."""
+    real = [folder.resolve() for folder in folders]
+    return all(
+        any(Path(os.path.abspath(path)).is_relative_to(folder) for folder in folders)
+        and any(path.resolve().is_relative_to(folder) for folder in real)
         for path in paths
     )
 
