@@ -11,6 +11,7 @@ from typing import Any
 
 import botocore.config
 import cloudpickle
+import numpy as np
 import pytest
 
 import file_dataset
@@ -144,11 +145,61 @@ def test_equality_and_hash_by_value() -> None:
             r"s3_client_kwargs has \['endpoint'\], which session.client\(\"s3\"\) does not take",
         ),
         ({"s3_client_kwargs": {"endpoint_url": "127.0.0.1:9000"}}, "http:// or https:// URL"),
+        (
+            {"session_kwargs": {"botocore_session": None}},
+            "session_kwargs cannot hold a botocore_session",
+        ),
+        (
+            {"session_kwargs": {"aws_access_key_id": "AKIDEXAMPLE"}},
+            "session_kwargs has aws_access_key_id but not aws_secret_access_key",
+        ),
+        (
+            {"s3_client_kwargs": {"aws_secret_access_key": "s"}},
+            "s3_client_kwargs has aws_secret_access_key but not aws_access_key_id",
+        ),
     ],
 )
 def test_invalid_arguments(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         Options(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_concurrency": True}, "max_concurrency must be an int, got True"),
+        ({"max_concurrency": "8"}, "max_concurrency must be an int, got str '8'"),
+        ({"max_attempts": 2.5}, "max_attempts must be an int, got float 2.5"),
+        ({"part_size": 8.0 * MiB}, "part_size must be an int, got float 8388608.0"),
+        ({"request_payer": "false"}, "request_payer must be True or False, got 'false'"),
+        (
+            {"s3_client_kwargs": {"config": {"connect_timeout": 1}}},
+            "s3_client_kwargs['config'] must be a botocore.config.Config, got dict "
+            "(write Config(connect_timeout=5, ...))",
+        ),
+    ],
+)
+def test_arguments_of_the_wrong_type_are_refused_when_built(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    """Before: "false" was True, True was 1 thread, and a dict config failed at the
+    first transfer inside botocore (AttributeError: '_user_provided_options')."""
+    with pytest.raises(TypeError) as info:
+        Options(**kwargs)
+    assert str(info.value) == message
+    assert Options(max_concurrency=np.int64(4), request_payer=np.bool_(True)).max_concurrency == 4
+
+
+def test_an_upper_case_endpoint_scheme_is_accepted_and_works(
+    s3_server: LocalS3Server, bucket: str, put: Any
+) -> None:
+    url = put("upper.bin", b"upper")
+    upper = s3_server.endpoint_url.replace("http://", "HTTP://")
+    for transport in ("obstore", "boto3"):
+        options = s3_server.options(transport=transport)
+        options = options.replace(s3_client_kwargs={"endpoint_url": upper})
+        table = file_dataset.reader({"f": url}, options).into_blob_table()
+        assert table.column("f").to_pylist() == [b"upper"]
 
 
 @pytest.mark.parametrize(
@@ -221,7 +272,12 @@ def test_repr_and_str_mask_credentials(canary_options: Options) -> None:
 
 
 def test_repr_masks_credentials_given_to_the_client() -> None:
-    options = Options(s3_client_kwargs={"aws_secret_access_key": CANARY_SECRET})
+    options = Options(
+        s3_client_kwargs={
+            "aws_access_key_id": CANARY_KEY_ID,
+            "aws_secret_access_key": CANARY_SECRET,
+        }
+    )
     assert_no_secret(repr(options))
     options = Options(s3_client_kwargs={"endpoint_url": f"https://user:{CANARY_SECRET}@h:9"})
     assert_no_secret(repr(options))
@@ -244,6 +300,15 @@ def test_a_profile_missing_from_the_config_files_is_refused_when_built(
     )
     options = Options(session_kwargs={"profile_name": "dev"})
     assert Options(session_kwargs={"profile_name": "default"}).session_kwargs  # lenient
+    monkeypatch.setenv("AWS_PROFILE", "deev")  # before: botocore's ProfileNotFound
+    with pytest.raises(ValueError) as default_info:
+        Options.default()
+    assert str(default_info.value) == (
+        "Options.default() uses the profile (AWS_PROFILE?) 'deev', which is not in the AWS "
+        f"config files {[str(tmp_path / 'config'), str(tmp_path / 'credentials')]}; they "
+        "have ['dev']"
+    )
+    monkeypatch.delenv("AWS_PROFILE")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
     assert pickle.loads(pickle.dumps(options)) == options
 
@@ -325,6 +390,40 @@ def test_executor_is_bounded_and_shared(options: Options) -> None:
     small = Options(max_concurrency=3)
     assert small.executor() is small.executor()
     assert small.executor()._max_workers == 3
+
+
+def test_an_executor_shut_down_by_a_with_block_is_replaced() -> None:
+    """Before, every later executor() of equal options was the dead pool."""
+    options = Options(max_concurrency=2)
+    with options.executor() as pool:
+        assert pool.submit(sum, [1, 2]).result() == 3
+    again = Options(max_concurrency=2).executor()
+    assert again is not pool
+    assert again.submit(sum, [3, 4]).result() == 7
+    assert options.executor() is again
+
+
+def test_a_config_with_retries_stays_as_given_and_keeps_our_retry_mode(
+    s3_server: LocalS3Server,
+) -> None:
+    """botocore rewrote the Config's retries dict in place when it made a client, so the
+    options' value and hash changed after their first use; and Config.merge replaced our
+    whole retries dict, which dropped the adaptive mode for botocore's "legacy"."""
+    given = botocore.config.Config(retries={"max_attempts": 2}, connect_timeout=4)
+    options = s3_server.options(s3_client_kwargs={"config": given})
+    before = (hash(options), pickle.dumps(options))
+    client = options.s3_client()
+    assert client.meta.config.retries == {"total_max_attempts": 3, "mode": "adaptive"}
+    assert client.meta.config.connect_timeout == 4
+    assert given.retries == {"max_attempts": 2}
+    assert options.s3_client_kwargs["config"].retries == {"max_attempts": 2}
+    assert (hash(options), pickle.dumps(options)) == before
+    assert pickle.loads(before[1]) == options
+    given.retries["max_attempts"] = 5  # the caller's Config is not the options' one
+    assert hash(options) == before[0]
+    standard = botocore.config.Config(retries={"mode": "standard"})
+    client = s3_server.options(s3_client_kwargs={"config": standard}).s3_client()
+    assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 8}
 
 
 def test_equal_options_share_pool_and_clients_across_pickling(options: Options) -> None:
@@ -438,9 +537,17 @@ def test_no_endpoint_password_in_any_log_line_or_error(
     messages = [(record.name, record.getMessage()) for record in caplog.records]
     if options.transport == "boto3":
         assert any("***127.0.0.1:9" in m for n, m in messages if n == "botocore.regions")
+        # botocore.endpoint logs the connection error with its traceback, which quotes
+        # the URL; before, the filter masked the message and not the traceback
+        [failed] = [r for r in caplog.records if r.name == "botocore.endpoint" and r.exc_info]
+        assert 'Could not connect to the endpoint URL: "http://***127.0.0.1:9/' in (
+            logging.Formatter().format(failed)
+        )
     for _, message in messages:
         assert password not in message
         assert_no_secret(message)
+    for record in caplog.records:
+        assert password not in logging.Formatter().format(record)
 
 
 def test_no_token_given_to_the_client_in_any_log_line(

@@ -358,6 +358,73 @@ def test_the_configs_read_timeout_ends_the_wait_for_a_silent_endpoint(
             assert "Read timeout on endpoint URL" in message
 
 
+@pytest.fixture
+def counting_endpoint() -> Iterator[tuple[str, list[socket.socket]]]:
+    """An endpoint that never answers, and the connections made to it so far."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}", accepted
+    done.set()
+    socket.create_connection(server.getsockname()).close()
+    thread.join()
+    server.close()
+    for conn in accepted:
+        conn.close()
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_the_configs_retry_budget_is_honoured_by_both_transports(
+    counting_endpoint: tuple[str, list[socket.socket]], transport: str
+) -> None:
+    """Before, obstore made max_attempts (8) tries whatever the Config's retries said."""
+    endpoint, accepted = counting_endpoint
+    base = _endpoint_options(endpoint, transport)
+    config = Config(retries={"total_max_attempts": 2}, connect_timeout=1, read_timeout=1)
+    options = base.replace(s3_client_kwargs={"endpoint_url": endpoint, "config": config})
+    with pytest.raises(file_dataset.TransferError, match=r"cannot read s3://some-bucket/k.bin"):
+        file_dataset.reader({"k": "s3://some-bucket/k.bin"}, options).into_blob_table()
+    assert len(accepted) == 2
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"])
+def test_an_endpoint_in_the_environment_does_not_override_the_options(
+    transport: str,
+    variable: str,
+    s3_server: LocalS3Server,
+    bucket: str,
+    s3_client: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """obstore also reads AWS_* variables, and AWS_ENDPOINT_URL_S3 won over the endpoint
+    given to it: reads came from, and writes went to, another server."""
+    s3_client.put_object(Bucket=bucket, Key="in/k.bin", Body=b"from the options' server")
+    options = s3_server.options(transport=transport)
+    monkeypatch.setenv(variable, "http://127.0.0.1:9")  # the discard port: nothing there
+    url = f"s3://{bucket}/in/k.bin"
+    table = file_dataset.reader({"k": url}, options).into_blob_table()
+    assert table.column("k").to_pylist() == [b"from the options' server"]
+    assert file_dataset.reader({"k": url}, options).into_size_table().column("k").to_pylist() == [
+        24
+    ]
+    (tmp_path / "o.bin").write_bytes(b"written")
+    written = file_dataset.write_files(
+        {"o.bin": tmp_path / "o.bin"}, f"s3://{bucket}/w", 1, options
+    )
+    assert written == {"o.bin": f"s3://{bucket}/w/1/o.bin"}
+    assert s3_client.get_object(Bucket=bucket, Key="w/1/o.bin")["Body"].read() == b"written"
+
+
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
 def test_a_password_in_the_endpoint_never_reaches_a_message_or_its_cause(
     silent_endpoint: str, transport: str

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import functools
 import itertools
 import logging
+import operator
 import os
 import queue
 import threading
@@ -13,6 +15,8 @@ import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
 
 from file_dataset._urls import USERINFO, mask_userinfo
 
@@ -64,17 +68,30 @@ class _RedactSecrets(logging.Filter):
                 logger.addFilter(self)
                 self._filtered.add(name)
 
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = message
-        for secret in self._secrets:
-            redacted = redacted.replace(secret, "***")
+        redacted = self._redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
+        # A record's traceback is formatted later, by the handler: botocore logs the
+        # connection errors that quote the endpoint URL (and its password) that way.
+        if record.exc_info and not record.exc_text:
+            text = _TRACEBACKS.formatException(record.exc_info)
+            redacted = self._redact(text)
+            if redacted != text:
+                record.exc_text = redacted  # what formatters print when it is set
+        if record.stack_info:
+            record.stack_info = self._redact(record.stack_info)
         return True
 
 
 _REDACTOR = _RedactSecrets()
+_TRACEBACKS = logging.Formatter()
 _MAX_RUNTIMES = 8
 
 
@@ -111,13 +128,16 @@ class _Runtime:
             return runtime
 
     def executor(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._executor is None:
+        # A pool shut down by a caller (a ``with`` block, say) is replaced.
+        executor = self._executor
+        if executor is None or executor._shutdown:
             with self._lock:
-                if self._executor is None:
-                    self._executor = concurrent.futures.ThreadPoolExecutor(
+                executor = self._executor
+                if executor is None or executor._shutdown:
+                    executor = self._executor = concurrent.futures.ThreadPoolExecutor(
                         max_workers=self._max_workers, thread_name_prefix="file_dataset"
                     )
-        return self._executor
+        return executor
 
     def workers(self) -> _Workers:
         if self._workers is None:
@@ -355,12 +375,34 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
         raise ValueError(
             f"{argument} has {unknown}, which {call} does not take; it takes {sorted(accepted)}"
         )
+    if what == "session" and "botocore_session" in kwargs:
+        raise ValueError(
+            "session_kwargs cannot hold a botocore_session: Options make a session per "
+            "thread and process from plain settings (a live session does not pickle)"
+        )
+    key_id, secret = kwargs.get("aws_access_key_id"), kwargs.get("aws_secret_access_key")
+    if (key_id is None) != (secret is None):
+        given, missing = (
+            ("aws_access_key_id", "aws_secret_access_key")
+            if secret is None
+            else ("aws_secret_access_key", "aws_access_key_id")
+        )
+        raise ValueError(f"{argument} has {given} but not {missing}: give both, or neither")
+    config = kwargs.get("config")
+    if what == "client" and config is not None:
+        from botocore.config import Config
+
+        if not isinstance(config, Config):
+            raise TypeError(
+                f"s3_client_kwargs['config'] must be a botocore.config.Config, got "
+                f"{type(config).__name__} (write Config(connect_timeout=5, ...))"
+            )
     profile = kwargs.get("profile_name")
     if what == "session" and profile is not None:
         _check_profile(profile)
     endpoint = kwargs.get("endpoint_url")
     if endpoint is not None and not (
-        isinstance(endpoint, str) and endpoint.startswith(("http://", "https://"))
+        isinstance(endpoint, str) and endpoint.lower().startswith(("http://", "https://"))
     ):
         shown = endpoint
         if isinstance(endpoint, str) and "://" in endpoint:
@@ -370,7 +412,37 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
         raise ValueError(f"endpoint_url must be an http:// or https:// URL, got {shown!r}")
 
 
-def _check_profile(profile: Any) -> None:
+def _over_our_retries(user_config: Any, ours: dict[str, Any]) -> Any:
+    """A copy of the caller's ``Config`` whose ``retries`` are merged key by key over ours.
+
+    botocore's ``Config.merge`` replaces the whole ``retries`` dict, so
+    ``Config(retries={"total_max_attempts": 3})`` alone would also drop the retry
+    mode, which botocore then takes to be ``"legacy"``. The copy also keeps botocore
+    from rewriting the dict held by the options.
+    """
+    user_config = copy.deepcopy(user_config)
+    retries = user_config.retries
+    if retries:
+        merged = dict(retries)
+        merged.setdefault("mode", ours["mode"])
+        if "max_attempts" not in merged and "total_max_attempts" not in merged:
+            merged["total_max_attempts"] = ours["total_max_attempts"]
+        user_config.retries = merged
+        user_config._user_provided_options["retries"] = merged
+    return user_config
+
+
+def _whole_number(value: Any, name: str) -> int:
+    """``value`` as an ``int``; a bool, float or string is refused (``"8"``, ``2.5``)."""
+    if isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+
+
+def _check_profile(profile: Any, what: str = "session_kwargs has profile_name=") -> None:
     """Refuses a profile that the AWS config files here do not have.
 
     Without this, the mistake would surface as ``ProfileNotFound`` at the first transfer
@@ -383,7 +455,7 @@ def _check_profile(profile: Any) -> None:
     if profile not in profiles and profile != "default":  # botocore accepts a missing default
         files = [core.get_config_variable(name) for name in ("config_file", "credentials_file")]
         raise ValueError(
-            f"session_kwargs has profile_name={profile!r}, which is not in the AWS config "
+            f"{what}{profile!r}, which is not in the AWS config "
             f"files {files}; they have {sorted(profiles)}"
         )
 
@@ -479,6 +551,12 @@ class Options:
         upload_args: Mapping[str, Any] | None = None,
         request_payer: bool = False,
     ) -> None:
+        max_concurrency = _whole_number(max_concurrency, "max_concurrency")
+        part_size = _whole_number(part_size, "part_size")
+        multipart_threshold = _whole_number(multipart_threshold, "multipart_threshold")
+        max_attempts = _whole_number(max_attempts, "max_attempts")
+        if not isinstance(request_payer, bool | np.bool_):
+            raise TypeError(f"request_payer must be True or False, got {request_payer!r}")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
         if part_size < 5 * _MiB:
@@ -493,7 +571,13 @@ class Options:
         _check_kwargs(s3_client_kwargs or {}, "client")
         _set = object.__setattr__  # Options are read-only (see __setattr__)
         _set(self, "session_kwargs", MappingProxyType(dict(session_kwargs or {})))
-        _set(self, "s3_client_kwargs", MappingProxyType(dict(s3_client_kwargs or {})))
+        client_kwargs = dict(s3_client_kwargs or {})
+        if client_kwargs.get("config") is not None:
+            # Our own copy: botocore rewrites a Config's retries in place when it makes
+            # a client, and the caller may change theirs later; either would change
+            # this value (and its hash) after the fact.
+            client_kwargs["config"] = copy.deepcopy(client_kwargs["config"])
+        _set(self, "s3_client_kwargs", MappingProxyType(client_kwargs))
         _set(self, "max_concurrency", int(max_concurrency))
         _set(self, "part_size", int(part_size))
         _set(self, "multipart_threshold", int(multipart_threshold))
@@ -528,7 +612,24 @@ class Options:
         Returns:
             The options.
         """
+        from botocore.exceptions import ProfileNotFound
+
         session_kwargs = dict(kwargs.pop("session_kwargs", None) or {})
+        try:
+            cls._resolve_defaults(session_kwargs, kwargs, freeze_credentials)
+        except ProfileNotFound as e:  # a profile named by AWS_PROFILE, say
+            _check_profile(
+                e.kwargs.get("profile"), "Options.default() uses the profile (AWS_PROFILE?) "
+            )
+            raise
+        kwargs.setdefault("retry_mode", "adaptive")
+        return cls(session_kwargs=session_kwargs, **kwargs)
+
+    @staticmethod
+    def _resolve_defaults(
+        session_kwargs: dict[str, Any], kwargs: dict[str, Any], freeze_credentials: bool
+    ) -> None:
+        """Fills in what :meth:`default` captures from the default session."""
         with _CREATE_LOCK:
             session = _new_session(session_kwargs)
         # The endpoint first, with the session as given (a profile may set it).
@@ -549,8 +650,6 @@ class Options:
                 session_kwargs.pop("profile_name", None)
             if session.region_name and "region_name" not in session_kwargs:
                 session_kwargs["region_name"] = session.region_name
-        kwargs.setdefault("retry_mode", "adaptive")
-        return cls(session_kwargs=session_kwargs, **kwargs)
 
     # --- live objects -------------------------------------------------------------
 
@@ -584,15 +683,16 @@ class Options:
     def _make_client(self) -> S3Client:
         from botocore.config import Config
 
+        retries = {"mode": self.retry_mode, "total_max_attempts": self.max_attempts}
         config = Config(
-            retries={"mode": self.retry_mode, "total_max_attempts": self.max_attempts},  # type: ignore[arg-type]
+            retries=retries,  # type: ignore[arg-type]
             max_pool_connections=self.max_concurrency,
             tcp_keepalive=True,
         )
         client_kwargs = dict(self.s3_client_kwargs)
         user_config = client_kwargs.pop("config", None)
         if user_config is not None:
-            config = config.merge(user_config)
+            config = config.merge(_over_our_retries(user_config, retries))
         with _CREATE_LOCK:
             session = _new_session(self.session_kwargs)
             client = session.client("s3", config=config, **client_kwargs)
@@ -618,7 +718,9 @@ class Options:
 
         Returns:
             A pool of ``max_concurrency`` threads, created on first use and shared by
-            equal options in this process.
+            equal options in this process. Shutting it down (``with options.executor()
+            as pool:`` does, at the end of the block) ends it for everyone holding it;
+            the next call makes a new one.
         """
         return self._live().executor()
 

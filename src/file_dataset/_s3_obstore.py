@@ -181,6 +181,20 @@ _CONFIG_KEYS = frozenset(
         "s3",
     }
 )
+# Environment variables with which obstore would do what boto3 does not (encrypt,
+# add checksums, use S3 Express sessions), and which no setting here can undo: with
+# one of them set, "auto" goes through boto3.
+_ENV_ONLY_OBSTORE = frozenset(
+    {
+        "AWS_SERVER_SIDE_ENCRYPTION",
+        "AWS_SSE_KMS_KEY_ID",
+        "AWS_SSE_BUCKET_KEY_ENABLED",
+        "AWS_SSE_CUSTOMER_KEY_BASE64",
+        "AWS_CHECKSUM_ALGORITHM",
+        "AWS_S3_EXPRESS",
+    }
+)
+_ENV_TOKENS = frozenset({"AWS_SESSION_TOKEN", "AWS_TOKEN"})
 _SYSTEM_BUNDLES = frozenset(
     os.path.realpath(p)
     for p in (
@@ -214,6 +228,8 @@ def _can_serve(options: Options) -> bool:
             return False
         if set(provided.get("s3") or {}) - {"addressing_style"}:
             return False
+    if any(os.environ.get(name) for name in _ENV_ONLY_OBSTORE):
+        return False
     bundle = os.environ.get("AWS_CA_BUNDLE")  # a private CA that obstore would not trust
     return not bundle or os.path.realpath(bundle) in _SYSTEM_BUNDLES
 
@@ -227,6 +243,18 @@ def forked_after_obstore() -> bool:
     return _USED_IN_PID is not None and os.getpid() != _USED_IN_PID
 
 
+def _attempts(config: Any, options: Options) -> int:
+    """How many times a request is tried, as the client's resolved ``Config`` says.
+
+    It is ``max_attempts`` of the options unless their ``Config`` sets ``retries``.
+    """
+    retries = getattr(config, "retries", None) or {}
+    total = retries.get("total_max_attempts")
+    if total is None and retries.get("max_attempts") is not None:
+        total = retries["max_attempts"] + 1  # botocore's older key counts retries only
+    return max(1, int(total if total is not None else options.max_attempts))
+
+
 def _new_store(options: Options, bucket: str) -> S3Store:
     global _USED_IN_PID
     if _USED_IN_PID is None:
@@ -236,16 +264,22 @@ def _new_store(options: Options, bucket: str) -> S3Store:
     endpoint = str(meta.endpoint_url)
     custom = "endpoint_url" in options.s3_client_kwargs or not endpoint.endswith(".amazonaws.com")
     region = _REGIONS.get((os.getpid(), options, bucket)) or meta.region_name or "us-east-1"
-    config: dict[str, Any] = {"region": region}
-    if options.request_payer:
-        config["request_payer"] = True
+    # obstore also reads AWS_* environment variables, and its AWS_ENDPOINT_URL_S3
+    # even wins over "endpoint": every setting such a variable could change is stated
+    # here, as boto3 resolved it from the options.
+    config: dict[str, Any] = {"region": region, "request_payer": options.request_payer}
     s3_config = getattr(meta.config, "s3", None) or {}
     addressing = s3_config.get("addressing_style", "auto")
     if custom:
-        config["endpoint"] = endpoint
+        config["endpoint"] = config["aws_endpoint_url_s3"] = endpoint
         config["virtual_hosted_style_request"] = addressing == "virtual"
+    else:
+        # obstore's own default, unless the environment names another endpoint
+        # (which boto3 ignored: AWS_IGNORE_CONFIGURED_ENDPOINT_URLS, say)
+        config["endpoint"] = config["aws_endpoint_url_s3"] = f"https://s3.{region}.amazonaws.com"
+        config["virtual_hosted_style_request"] = False
     client_options: dict[str, Any] = {
-        "allow_http": endpoint.startswith("http://"),
+        "allow_http": endpoint.lower().startswith("http://"),
         "pool_max_idle_per_host": str(options.max_concurrency),
         "timeout": "300s",
         # botocore's own (60 s each unless the options' Config says otherwise): a read
@@ -259,16 +293,23 @@ def _new_store(options: Options, bucket: str) -> S3Store:
         if getattr(meta.config, "signature_version", None) is not UNSIGNED:
             raise NoCredentialsError()  # what boto3 itself would raise for this request
         config["skip_signature"] = True
-    elif hasattr(credentials, "_expiry_time") and getattr(credentials, "_refresh_using", None):
-        kwargs["credential_provider"] = _Credentials(credentials)
     else:
+        config["skip_signature"] = False
         frozen = credentials.get_frozen_credentials()
-        config["access_key_id"] = frozen.access_key
-        config["secret_access_key"] = frozen.secret_key
-        if frozen.token:
-            config["token"] = frozen.token
+        refreshes = hasattr(credentials, "_expiry_time") and getattr(
+            credentials, "_refresh_using", None
+        )
+        if refreshes or (not frozen.token and _ENV_TOKENS & os.environ.keys()):
+            # A provider's answer is the whole identity: an AWS_SESSION_TOKEN of the
+            # environment is not added to keys that have no token.
+            kwargs["credential_provider"] = _Credentials(credentials)
+        else:
+            config["access_key_id"] = frozen.access_key
+            config["secret_access_key"] = frozen.secret_key
+            if frozen.token:
+                config["token"] = frozen.token
     retry = {
-        "max_retries": max(0, options.max_attempts - 1),
+        "max_retries": _attempts(meta.config, options) - 1,
         "retry_timeout": dt.timedelta(minutes=3),
         "backoff": {
             "init_backoff": dt.timedelta(milliseconds=100),
