@@ -254,6 +254,36 @@ def test_output_ids_keep_the_input_dtype_and_join_back(
     assert len(none_left) == 0
 
 
+def test_outputs_a_row_did_not_produce_are_none_and_arrow_reads_strings(
+    options: Options, tmp_path: Path
+) -> None:
+    """Before: NaN, which makes Arrow (Ray Data, Parquet) store the column as pickled
+    Python objects instead of strings."""
+
+    def some(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        data = (input_dir / "f").read_bytes()
+        (output_dir / "r").write_bytes(data)
+        outputs = {"r": output_dir / "r"}
+        if data != b"1":
+            (output_dir / "s").write_bytes(data * 2)
+            outputs["s"] = output_dir / "s"
+        return outputs
+
+    for i in range(3):
+        (tmp_path / f"in{i}").write_bytes(str(i).encode())
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "f": [tmp_path / f"in{i}" for i in range(3)]})
+    result = Pipeline(some, {"into_path": tmp_path / "out"}, options, on_error="raise")(frame)
+    out = tmp_path / "out"
+    assert result.to_dict("list") == {
+        "id": ["a", "b", "c"],
+        "r": [str(out / "a" / "r"), str(out / "b" / "r"), str(out / "c" / "r")],
+        "s": [str(out / "a" / "s"), None, str(out / "c" / "s")],
+    }
+    schema = pa.Table.from_pandas(result, preserve_index=False).schema
+    assert schema.field("s").type == pa.string()
+    assert (out / "c" / "s").read_bytes() == b"22"
+
+
 def test_output_has_a_fresh_index_and_joins_on_id(options: Options, tmp_path: Path) -> None:
     """As the README says: the input's index is not kept (join on ``id``)."""
     (tmp_path / "in").write_bytes(b"x")
@@ -762,6 +792,30 @@ def test_default_options_are_kept(options: Options) -> None:
     assert Pipeline(upper, {"into_path": "s3://bkt/o"}).options == Options()
     pipeline = Pipeline(upper, {"into_path": "s3://bkt/o", "options": options})
     assert pipeline.write_options["options"] is options
+
+
+def test_default_options_carry_an_endpoint_configured_in_the_environment(
+    s3_server: LocalS3Server,
+    bucket: str,
+    put: Put,
+    read_object: ReadObject,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: Options() alone, so copies on Ray workers (which do not see the driver's
+    AWS_ENDPOINT_URL_S3) read from and wrote to another server."""
+    url = put("in.bin", b"abc")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-key")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint_url)
+    pipeline = Pipeline(upper, {"into_path": f"s3://{bucket}/env"}, on_error="raise")
+    assert pipeline.options.s3_client_kwargs == {"endpoint_url": s3_server.endpoint_url}
+    assert pipeline.options.session_kwargs == {}  # credentials are not frozen
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")  # as on a worker
+    copy = pickle.loads(pickle.dumps(pipeline))
+    result = copy(pd.DataFrame({"id": ["1"], "f": [url]}))
+    assert result["output.mha"].tolist() == [f"s3://{bucket}/env/1/output.mha"]
+    assert read_object(f"s3://{bucket}/env/1/output.mha") == b"ABC"
 
 
 def test_write_options_given_as_a_string_says_what_is_expected() -> None:

@@ -65,9 +65,12 @@ class RowFailure:
 
 
 class _RowError(Exception):
-    def __init__(self, row_id: str, stage: str, error: BaseException) -> None:
+    def __init__(
+        self, row_id: str, stage: str, error: BaseException, *, raised_by_fn: bool = False
+    ) -> None:
         super().__init__(row_id, stage, error)
         self.failure = RowFailure(row_id, stage, error)
+        self.raised_by_fn = raised_by_fn  # fn's own exception, not a check of its result
 
 
 @dataclass
@@ -141,7 +144,10 @@ class Pipeline:
         write_options: ``{"into_path": "s3://bucket/prefix"}`` (or a local folder);
             may also hold ``"options"``, the :class:`Options` used for writing.
         options: S3 settings for reading (and writing, unless ``write_options`` has
-            its own); ``Options()`` when omitted.
+            its own); when omitted, ``Options()`` with the S3 endpoint configured in
+            this process (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL`` or the
+            profile's), if any, so that the Pipeline's copies on Ray workers reach the
+            same server.
         on_error: ``"drop"`` (default) to drop failed rows, ``"raise"`` to re-raise.
         progress: Whether to show a tqdm progress bar over each call's rows (a row
             counts when its upload is done or it is dropped). No bar is shown when
@@ -188,7 +194,7 @@ class Pipeline:
             raise InvalidInputError(f"on_error must be 'drop' or 'raise', got {on_error!r}")
         self.fn = fn
         self.write_options = dict(write_options)
-        self.options = resolve_options(options, "Pipeline(options=...)")
+        self.options = resolve_options(options, "Pipeline(options=...)", default=_default_options)
         self.on_error = on_error
         self.progress = bool(progress)
         # .failures: the list that this thread's last call filled in
@@ -255,6 +261,9 @@ class Pipeline:
     def _run_fn(self, row_id: str, input_dir: Path, output_dir: Path) -> dict[str, Path]:
         try:
             returned = self.fn(input_dir, output_dir)
+        except Exception as e:
+            raise _RowError(row_id, "fn", e, raised_by_fn=True) from e
+        try:
             if returned is None:
                 raise TypeError(
                     "fn returned None; it must return a mapping of output file name to "
@@ -471,14 +480,14 @@ class Pipeline:
             if call.bar is not None:
                 call.bar.update(1)
 
-    def _fail(self, call: _Call, error: _RowError) -> None:
-        failure = error.failure
+    def _fail(self, call: _Call, row_error: _RowError) -> None:
+        failure = row_error.failure
         call.failures.append(failure)
         if call.bar is not None:
             call.bar.set_postfix(dropped=len(call.failures), refresh=False)
             call.bar.update(1)
         if self.on_error == "raise":
-            if failure.stage == "fn":  # fn's own exception, as it was raised: say which row
+            if failure.stage == "fn":  # neither fn nor a check of its result names the row
                 failure.error.add_note(f"file_dataset.Pipeline: fn failed on row id {failure.id!r}")
             raise failure.error
         # A bar on the terminal is cleared while the warning is written and then drawn
@@ -492,18 +501,30 @@ class Pipeline:
                 "file_dataset.Pipeline dropped row id %r (%s failed): %s",
                 failure.id,
                 failure.stage,
-                _describe(failure),
+                _describe(row_error),
             )
 
 
-def _describe(failure: RowFailure) -> str:
-    """A failure's reason for the log: fn's exceptions also say their type.
+def _default_options() -> Options:
+    """``Options()``, plus an S3 endpoint configured here outside the arguments.
+
+    A Pipeline travels to Ray workers, which do not see the driver's environment: an
+    endpoint from ``AWS_ENDPOINT_URL_S3`` or the profile must travel inside it, or its
+    workers would write elsewhere. Credentials are not frozen (each process resolves
+    its own, and they refresh), as with ``Options()``.
+    """
+    return Options.default(freeze_credentials=False)
+
+
+def _describe(row_error: _RowError) -> str:
+    """A failure's reason for the log: fn's own exceptions also say their type.
 
     ``str()`` alone says ``'image.mha'`` for a ``KeyError`` and nothing at all for a
-    bare ``assert``; the transfers' own errors already say what failed, and where.
+    bare ``assert``; the transfers' errors and the checks of fn's result already say
+    what failed, and where.
     """
-    error = failure.error
-    if failure.stage != "fn" or isinstance(error, InvalidInputError):
+    error = row_error.failure.error
+    if not row_error.raised_by_fn:
         return str(error)
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
@@ -590,6 +611,15 @@ def _output_frame(ids: pd.Series, written: dict[int, dict[str, str]]) -> pd.Data
     names: dict[str, None] = {}
     for outputs in written.values():
         names.update(dict.fromkeys(outputs))
-    frame = pd.DataFrame(list(written.values()), columns=list(names), dtype=object)
+    rows = list(written.values())
+    # None, not NaN, where a row has no such output: Arrow (and so Ray Data and
+    # Parquet) reads a column of strings and None as strings, but one with NaN as
+    # opaque Python objects.
+    frame = pd.DataFrame(
+        {name: [row.get(name) for row in rows] for name in names},
+        index=range(len(rows)),
+        columns=list(names),
+        dtype=object,
+    )
     frame.insert(0, ID_COLUMN, ids.iloc[list(written)].reset_index(drop=True))
     return frame
