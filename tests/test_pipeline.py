@@ -590,16 +590,50 @@ def test_missing_object_row_dropped(
 
 
 def test_upload_failure_row_dropped(
-    options: Options, tmp_path: Path, system_tmp: Path, caplog: pytest.LogCaptureFixture
+    options: Options,
+    bucket: str,
+    tmp_path: Path,
+    system_tmp: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     (tmp_path / "in").write_bytes(b"x")
-    pipeline = Pipeline(upper, {"into_path": "s3://no-such-bucket-pipeline/out"}, options)
+    unreachable = options.replace(  # writes go to the discard port: nothing listens
+        s3_client_kwargs={"endpoint_url": "http://127.0.0.1:9"}, max_attempts=1
+    )
+    pipeline = Pipeline(upper, {"into_path": f"s3://{bucket}/out", "options": unreachable}, options)
     with caplog.at_level(logging.WARNING, logger="file_dataset"):
         result = pipeline(pd.DataFrame({"id": ["1", "2"], "f": [tmp_path / "in"] * 2}))
     assert len(result) == 0
     assert [(f.id, f.stage) for f in pipeline.last_failures] == [("1", "write"), ("2", "write")]
-    assert "s3://no-such-bucket-pipeline/out/1/output.mha" in caplog.text
+    assert f"s3://{bucket}/out/1/output.mha" in caplog.text
     assert list(system_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("on_error", ["drop", "raise"])
+def test_a_missing_destination_bucket_is_refused_before_any_row(
+    on_error: str, options: Options, tmp_path: Path, system_tmp: Path
+) -> None:
+    """Before: every row was downloaded and run through fn, then dropped at its upload."""
+    calls: list[Path] = []
+
+    def count(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        calls.append(input_dir)
+        return {}
+
+    (tmp_path / "in").write_bytes(b"x")
+    pipeline = Pipeline(
+        count, {"into_path": "s3://no-such-bucket-pipeline/out"}, options, on_error=on_error
+    )
+    with pytest.raises(FileNotFoundError) as info:
+        pipeline(pd.DataFrame({"id": ["1", "2"], "f": [tmp_path / "in"] * 2}))
+    assert isinstance(info.value, file_dataset.ObjectNotFoundError)
+    assert str(info.value) == (
+        "cannot write s3://no-such-bucket-pipeline/out: the bucket does not exist"
+    )
+    assert calls == []
+    assert pipeline.last_failures == []
+    assert list(system_tmp.iterdir()) == []
+    assert len(pipeline(pd.DataFrame({"id": [], "f": []}))) == 0  # no rows: nothing asked
 
 
 def test_on_error_raise_reraises_fn_error(

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from file_dataset._errors import InvalidInputError, TransferError
+from file_dataset._backend import remember
+from file_dataset._errors import InvalidInputError, ObjectNotFoundError, TransferError
 from file_dataset._frame import ID_COLUMN, FileTable, check_frame, frame_rows, parse_cells
 from file_dataset._options import Options, resolve_options
 from file_dataset._reader import FileReader
@@ -40,6 +41,9 @@ __all__ = ["Pipeline", "RowFailure"]
 logger = logging.getLogger("file_dataset")
 
 UserFunction = Callable[[Path, Path], Mapping[str, Any]]
+
+# (options, bucket) of the destinations found to exist in this process.
+_BUCKETS_FOUND: dict[tuple[Options, str], bool] = {}
 
 
 # The most rows whose outputs are still uploading while fn runs on a later row: more
@@ -228,6 +232,38 @@ class Pipeline:
             f"on_error={self.on_error!r})"
         )
 
+    def _check_destination(self) -> None:
+        """Refuses an ``into_path`` in a bucket that does not exist, before any row.
+
+        Otherwise every row would be downloaded and run through ``fn``, only to be
+        dropped at its upload. Asked once per process, bucket and options (one HEAD of
+        the bucket); an answer other than "no such bucket" (403 without
+        ``s3:ListBucket``, no answer at all) lets the rows run, and their uploads say
+        what is wrong.
+        """
+        into_path = self.write_options["into_path"]
+        loc = parse_url(into_path, prefix=True)
+        if loc.scheme != "s3":
+            return
+        options: Options = self.write_options.get("options", self.options)
+        if (options, loc.bucket) in _BUCKETS_FOUND:
+            return
+        from botocore.exceptions import ClientError
+
+        try:
+            options.s3_client().head_bucket(Bucket=loc.bucket)
+        except ClientError as e:
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = e.response.get("Error", {}).get("Code")
+            if status == 404 or code == "NoSuchBucket":
+                raise ObjectNotFoundError(
+                    mask_userinfo(str(into_path)), "the bucket does not exist", operation="write"
+                ) from None
+            return
+        except Exception:  # no answer: the rows' transfers will report it
+            return
+        remember(_BUCKETS_FOUND, (options, loc.bucket), True)
+
     # --- stages -------------------------------------------------------------------
 
     def _download(self, columns: list[str], values: list[Any], row_id: str) -> tuple[Path, Path]:
@@ -348,6 +384,8 @@ class Pipeline:
         Raises:
             ValueError: The DataFrame is not a valid file DataFrame (checked before
                 any row is processed).
+            FileNotFoundError: ``into_path`` is in a bucket that does not exist
+                (:class:`ObjectNotFoundError`, checked before any row).
             Exception: The first row's failure, when ``on_error="raise"``.
         """
         if isinstance(file_dataframe, pd.DataFrame):
@@ -378,6 +416,8 @@ class Pipeline:
 
     def _process(self, file_dataframe: pd.DataFrame) -> pd.DataFrame:
         ids = check_frame(file_dataframe)
+        if ids:
+            self._check_destination()
         columns = [str(c) for c in file_dataframe.columns if c != ID_COLUMN]
         values = frame_rows(file_dataframe, columns)
         call = _Call()
