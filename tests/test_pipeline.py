@@ -634,6 +634,11 @@ def test_a_missing_destination_bucket_is_refused_before_any_row(
     assert pipeline.last_failures == []
     assert list(system_tmp.iterdir()) == []
     assert len(pipeline(pd.DataFrame({"id": [], "f": []}))) == 0  # no rows: nothing asked
+    (tmp_path / "a file").write_bytes(b"")
+    local = Pipeline(count, {"into_path": tmp_path / "a file"}, options, on_error=on_error)
+    with pytest.raises(NotADirectoryError, match=r"into_path .*a file.* is not a folder"):
+        local(pd.DataFrame({"id": ["1"], "f": [tmp_path / "in"]}))
+    assert calls == []
 
 
 def test_on_error_raise_reraises_fn_error(

@@ -130,6 +130,15 @@ def test_into_temp_dir_in_a_missing_or_file_dir_says_so(
     with reader.into_temp_dir(dir="~/scratch") as tmp:
         assert tmp.parent == tmp_path / "scratch"
         assert (tmp / "f").read_bytes() == b"x"
+    # A relative dir is made absolute at the call: before, the TempDir's path stayed
+    # relative, and a with block ended in another working directory left it behind.
+    monkeypatch.chdir(tmp_path)
+    with reader.into_temp_dir(dir="scratch") as tmp:
+        assert tmp.is_absolute()
+        assert tmp.parent == tmp_path / "scratch"
+        monkeypatch.chdir(tmp_path / "scratch")
+        assert (tmp / "f").read_bytes() == b"x"
+    assert list((tmp_path / "scratch").iterdir()) == []
 
 
 def test_temp_dir_cannot_be_entered_after_removal(options: Options, put: Put) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import errno
 import inspect
 import logging
 import os
@@ -233,7 +234,7 @@ class Pipeline:
         )
 
     def _check_destination(self) -> None:
-        """Refuses an ``into_path`` in a bucket that does not exist, before any row.
+        """Refuses a missing ``into_path`` bucket, or a local one that is a file, at once.
 
         Otherwise every row would be downloaded and run through ``fn``, only to be
         dropped at its upload. Asked once per process, bucket and options (one HEAD of
@@ -244,6 +245,10 @@ class Pipeline:
         into_path = self.write_options["into_path"]
         loc = parse_url(into_path, prefix=True)
         if loc.scheme != "s3":
+            if os.path.exists(loc.path) and not os.path.isdir(loc.path):
+                raise NotADirectoryError(
+                    errno.ENOTDIR, f"the Pipeline's into_path {str(loc.path)!r} is not a folder"
+                )
             return
         options: Options = self.write_options.get("options", self.options)
         if (options, loc.bucket) in _BUCKETS_FOUND:
@@ -386,6 +391,7 @@ class Pipeline:
                 any row is processed).
             FileNotFoundError: ``into_path`` is in a bucket that does not exist
                 (:class:`ObjectNotFoundError`, checked before any row).
+            NotADirectoryError: A local ``into_path`` is a file (checked before any row).
             Exception: The first row's failure, when ``on_error="raise"``.
         """
         if isinstance(file_dataframe, pd.DataFrame):

@@ -129,7 +129,7 @@ def _parent_dir(dir: str | os.PathLike[str] | None) -> str | None:
     """Checks ``into_temp_dir(dir=...)``: an existing folder (a leading ``~`` is home)."""
     if dir is None:
         return None
-    path = os.path.expanduser(os.fspath(dir))
+    path = os.path.abspath(os.path.expanduser(os.fspath(dir)))  # cleanup() may run elsewhere
     if os.path.isdir(path):
         return path
     hint = "; give an existing folder, or None for the system's temporary folder"
