@@ -649,6 +649,9 @@ def test_on_error_raise_reraises_fn_error(
     with pytest.raises(RuntimeError, match="this row is poisoned") as info:
         pipeline(frame)
     assert info.value.__notes__ == ["file_dataset.Pipeline: fn failed on row id '1'"]
+    # raised as fn raised it: not "during handling of" the Pipeline's own bookkeeping
+    assert info.value.__context__ is None
+    assert info.value.__cause__ is None
     assert list(system_tmp.iterdir()) == []
 
 

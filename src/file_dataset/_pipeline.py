@@ -456,10 +456,15 @@ class Pipeline:
                         downloads[ahead] = stages.submit(
                             self._download_for, call, ahead, columns, values[ahead], ids[ahead]
                         )
+                # A failure is handled after its except block: with on_error="raise",
+                # the error is raised as it was, not "during handling of" a _RowError.
+                failed: _RowError | None = None
                 try:
                     input_dir, output_dir = downloads.pop(index).result()
                 except _RowError as e:
-                    self._fail(call, e)
+                    failed = e
+                if failed is not None:
+                    self._fail(call, failed)
                     continue
                 try:
                     call.claim(index)  # from here on, removing them is this loop's job
@@ -469,7 +474,9 @@ class Pipeline:
                     stages.submit(_remove, (input_dir, output_dir))
                     if not isinstance(e, _RowError):
                         raise  # KeyboardInterrupt and the like end the call
-                    self._fail(call, e)
+                    failed = e
+                if failed is not None:
+                    self._fail(call, failed)
                     continue
                 # An output may be an input passed through (or a link to one): then
                 # the input folder must outlive the upload; otherwise it goes now.
@@ -518,13 +525,15 @@ class Pipeline:
         upload: concurrent.futures.Future[dict[str, str]],
         written: dict[int, dict[str, str]],
     ) -> None:
+        failed: _RowError | None = None
         try:
             written[index] = upload.result()
         except _RowError as e:
-            self._fail(call, e)
-        else:
-            if call.bar is not None:
-                call.bar.update(1)
+            failed = e  # handled below, outside the except block (see _process)
+        if failed is not None:
+            self._fail(call, failed)
+        elif call.bar is not None:
+            call.bar.update(1)
 
     def _fail(self, call: _Call, row_error: _RowError) -> None:
         failure = row_error.failure
