@@ -274,8 +274,8 @@ def _new_store(options: Options, bucket: str) -> S3Store:
         config["endpoint"] = config["aws_endpoint_url_s3"] = endpoint
         config["virtual_hosted_style_request"] = addressing == "virtual"
     else:
-        # obstore's own default, unless the environment names another endpoint
-        # (which boto3 ignored: AWS_IGNORE_CONFIGURED_ENDPOINT_URLS, say)
+        # the endpoint obstore would itself use for AWS, stated so that an endpoint
+        # variable that boto3 ignored (AWS_IGNORE_CONFIGURED_ENDPOINT_URLS) does not win
         config["endpoint"] = config["aws_endpoint_url_s3"] = f"https://s3.{region}.amazonaws.com"
         config["virtual_hosted_style_request"] = False
     client_options: dict[str, Any] = {
