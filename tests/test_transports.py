@@ -304,8 +304,9 @@ def test_an_endpoint_that_does_not_answer_says_so(transport: str, tmp_path: Path
 
 
 @pytest.fixture
-def silent_endpoint() -> Iterator[str]:
-    """An endpoint that accepts connections and reads requests, but never answers."""
+def counting_endpoint() -> Iterator[tuple[str, list[socket.socket]]]:
+    """An endpoint that accepts connections and reads requests, but never answers; and
+    the connections made to it so far."""
     server = socket.create_server(("127.0.0.1", 0))
     accepted: list[socket.socket] = []
     done = threading.Event()
@@ -317,13 +318,19 @@ def silent_endpoint() -> Iterator[str]:
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    yield f"http://127.0.0.1:{server.getsockname()[1]}", accepted
     done.set()
     socket.create_connection(server.getsockname()).close()  # wakes the accept() under way
     thread.join()
     server.close()
     for conn in accepted:
         conn.close()
+
+
+@pytest.fixture
+def silent_endpoint(counting_endpoint: tuple[str, list[socket.socket]]) -> str:
+    """An endpoint that accepts connections and reads requests, but never answers."""
+    return counting_endpoint[0]
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
@@ -356,29 +363,6 @@ def test_the_configs_read_timeout_ends_the_wait_for_a_silent_endpoint(
             )
         else:
             assert "Read timeout on endpoint URL" in message
-
-
-@pytest.fixture
-def counting_endpoint() -> Iterator[tuple[str, list[socket.socket]]]:
-    """An endpoint that never answers, and the connections made to it so far."""
-    server = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-    done = threading.Event()
-
-    def accept() -> None:
-        while not done.is_set():
-            with contextlib.suppress(OSError):
-                accepted.append(server.accept()[0])
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}", accepted
-    done.set()
-    socket.create_connection(server.getsockname()).close()
-    thread.join()
-    server.close()
-    for conn in accepted:
-        conn.close()
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
