@@ -578,11 +578,11 @@ class Options:
             # this value (and its hash) after the fact.
             client_kwargs["config"] = copy.deepcopy(client_kwargs["config"])
         _set(self, "s3_client_kwargs", MappingProxyType(client_kwargs))
-        _set(self, "max_concurrency", int(max_concurrency))
-        _set(self, "part_size", int(part_size))
-        _set(self, "multipart_threshold", int(multipart_threshold))
+        _set(self, "max_concurrency", max_concurrency)
+        _set(self, "part_size", part_size)
+        _set(self, "multipart_threshold", multipart_threshold)
         _set(self, "retry_mode", retry_mode)
-        _set(self, "max_attempts", int(max_attempts))
+        _set(self, "max_attempts", max_attempts)
         if transport not in ("auto", "obstore", "boto3"):
             raise ValueError(f"transport must be 'auto', 'obstore' or 'boto3', got {transport!r}")
         _set(self, "transport", transport)

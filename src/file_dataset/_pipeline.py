@@ -480,8 +480,9 @@ class Pipeline:
                     continue
                 # An output may be an input passed through (or a link to one): then
                 # the input folder must outlive the upload; otherwise it goes now.
+                uses_input, only_own = _where(outputs.values(), input_dir, output_dir)
                 folders = [output_dir]
-                if _refers_to(outputs.values(), input_dir):
+                if uses_input:
                     folders.append(input_dir)
                 else:
                     stages.submit(_remove, (input_dir,))
@@ -489,7 +490,7 @@ class Pipeline:
                 # more than _UPLOADS_IN_FLIGHT are under way, so one slow upload
                 # does not hold up the next fn call (outputs on disk stay bounded).
                 uploads.append((index, stages.submit(self._upload, row_id, outputs, folders)))
-                if not _all_within(outputs.values(), (output_dir, input_dir)):
+                if not only_own:
                     # A file outside the row's own folders (a fixed scratch file, say)
                     # may be rewritten by the next fn call: it is sent before that call.
                     while uploads:
@@ -642,23 +643,27 @@ def _remove(folders: Iterable[Path]) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _refers_to(paths: Iterable[Path], folder: Path) -> bool:
-    """Whether any path lies in ``folder``, as written or once links are resolved."""
-    real = folder.resolve()
-    return any(
-        Path(os.path.abspath(path)).is_relative_to(folder) or path.resolve().is_relative_to(real)
-        for path in paths
-    )
+def _where(paths: Iterable[Path], input_dir: Path, output_dir: Path) -> tuple[bool, bool]:
+    """Where a row's outputs lie, each path taken as written and once links are resolved.
 
-
-def _all_within(paths: Iterable[Path], folders: tuple[Path, ...]) -> bool:
-    """Whether every path lies in one of ``folders``, as written and once links are resolved."""
-    real = [folder.resolve() for folder in folders]
-    return all(
-        any(Path(os.path.abspath(path)).is_relative_to(folder) for folder in folders)
-        and any(path.resolve().is_relative_to(folder) for folder in real)
-        for path in paths
-    )
+    Returns:
+        Whether any output is in ``input_dir`` (an input passed through, by its path
+        or a link), and whether every output is in ``input_dir`` or ``output_dir``
+        both ways (so that no later ``fn`` call can rewrite it).
+    """
+    folders = (input_dir, output_dir)
+    real_input, real_output = (folder.resolve() for folder in folders)
+    uses_input, only_own = False, True
+    for path in paths:
+        written, real = Path(os.path.abspath(path)), path.resolve()
+        uses_input = (
+            uses_input or written.is_relative_to(input_dir) or real.is_relative_to(real_input)
+        )
+        only_own = only_own and (
+            any(written.is_relative_to(folder) for folder in folders)
+            and (real.is_relative_to(real_input) or real.is_relative_to(real_output))
+        )
+    return uses_input, only_own
 
 
 def _output_frame(ids: pd.Series, written: dict[int, dict[str, str]]) -> pd.DataFrame:

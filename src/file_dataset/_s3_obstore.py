@@ -246,13 +246,11 @@ def forked_after_obstore() -> bool:
 def _attempts(config: Any, options: Options) -> int:
     """How many times a request is tried, as the client's resolved ``Config`` says.
 
-    It is ``max_attempts`` of the options unless their ``Config`` sets ``retries``.
+    It is ``max_attempts`` of the options unless their ``Config`` sets ``retries``
+    (botocore turns an older ``max_attempts`` there into ``total_max_attempts``).
     """
     retries = getattr(config, "retries", None) or {}
-    total = retries.get("total_max_attempts")
-    if total is None and retries.get("max_attempts") is not None:
-        total = retries["max_attempts"] + 1  # botocore's older key counts retries only
-    return max(1, int(total if total is not None else options.max_attempts))
+    return max(1, int(retries.get("total_max_attempts", options.max_attempts)))
 
 
 def _new_store(options: Options, bucket: str) -> S3Store:
@@ -270,14 +268,12 @@ def _new_store(options: Options, bucket: str) -> S3Store:
     config: dict[str, Any] = {"region": region, "request_payer": options.request_payer}
     s3_config = getattr(meta.config, "s3", None) or {}
     addressing = s3_config.get("addressing_style", "auto")
-    if custom:
-        config["endpoint"] = config["aws_endpoint_url_s3"] = endpoint
-        config["virtual_hosted_style_request"] = addressing == "virtual"
-    else:
-        # the endpoint obstore would itself use for AWS, stated so that an endpoint
-        # variable that boto3 ignored (AWS_IGNORE_CONFIGURED_ENDPOINT_URLS) does not win
-        config["endpoint"] = config["aws_endpoint_url_s3"] = f"https://s3.{region}.amazonaws.com"
-        config["virtual_hosted_style_request"] = False
+    # For AWS itself, the endpoint obstore would use anyway (an endpoint variable that
+    # boto3 ignored, under AWS_IGNORE_CONFIGURED_ENDPOINT_URLS, must not win either).
+    config["endpoint"] = config["aws_endpoint_url_s3"] = (
+        endpoint if custom else f"https://s3.{region}.amazonaws.com"
+    )
+    config["virtual_hosted_style_request"] = custom and addressing == "virtual"
     client_options: dict[str, Any] = {
         "allow_http": endpoint.lower().startswith("http://"),
         "pool_max_idle_per_host": str(options.max_concurrency),
