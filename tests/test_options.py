@@ -125,6 +125,19 @@ def test_equality_and_hash_by_value() -> None:
     assert Options() != "Options()"
 
 
+def test_the_default_threshold_follows_a_larger_part_size() -> None:
+    assert Options().multipart_threshold == 16 * MiB
+    assert Options(part_size=32 * MiB).multipart_threshold == 32 * MiB
+    assert Options(part_size=6 * MiB).multipart_threshold == 16 * MiB
+    assert Options().replace(part_size=64 * MiB).multipart_threshold == 64 * MiB
+    given = Options(part_size=8 * MiB, multipart_threshold=20 * MiB)
+    assert given.replace(max_concurrency=4).multipart_threshold == 20 * MiB
+    with pytest.raises(ValueError, match="at least part_size, got 20971520 and 33554432"):
+        given.replace(part_size=32 * MiB)  # a threshold that was given stays given
+    copy = pickle.loads(pickle.dumps(Options(part_size=32 * MiB)))
+    assert copy == Options(part_size=32 * MiB, multipart_threshold=32 * MiB)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

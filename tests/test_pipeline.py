@@ -78,7 +78,8 @@ def test_pipeline_over_dataframe(
         upper, write_options={"into_path": f"s3://{bucket}/resampled/"}, options=options
     )
     result = pipeline(images)
-    assert list(result.columns) == ["id", "output.mha"]
+    # The design notes' order: the input has id last, and so has the output.
+    assert list(result.columns) == ["output.mha", "id"]
     assert result["id"].tolist() == ["1", "2", "3"]
     assert result["output.mha"].tolist() == [
         f"s3://{bucket}/resampled/{i}/output.mha" for i in (1, 2, 3)
@@ -99,6 +100,9 @@ def test_pipeline_over_a_single_row(
     series = pd.Series({"id": "s", "image.mha": put("two.mha", b"two")})
     assert pipeline(series) == {"id": "s", "output.mha": f"s3://{bucket}/one/s/output.mha"}
     assert read_object(f"s3://{bucket}/one/s/output.mha") == b"TWO"
+    # id given last: the result has it last too, as a DataFrame's output would
+    last = pipeline({"image.mha": put("last.mha", b"last"), "id": "z"})
+    assert list(last.items()) == [("output.mha", f"s3://{bucket}/one/z/output.mha"), ("id", "z")]
     # a failed row is dropped: None, and reported
     assert pipeline({"id": "bad", "image.mha": put("bad.mha", b"fail")}) is None
     assert [(f.id, f.stage) for f in pipeline.last_failures] == [("bad", "fn")]
@@ -131,7 +135,7 @@ def test_two_pipelines_chained(
     first = Pipeline(upper, {"into_path": f"s3://{bucket}/first"}, options)
     second = Pipeline(reverse, {"into_path": f"s3://{bucket}/second"}, options)
     result = second(first(images))
-    assert list(result.columns) == ["id", "final.bin"]
+    assert list(result.columns) == ["final.bin", "id"]  # id stays last, as in the input
     assert result["final.bin"].tolist() == [
         f"s3://{bucket}/second/{i}/final.bin" for i in (1, 2, 3)
     ]
@@ -688,6 +692,34 @@ def test_invalid_dataframe_rejected_before_any_row(
     pipeline = Pipeline(lambda i, o: calls.append(i), {"into_path": tmp_path / "out"}, options)
     with pytest.raises(ValueError):
         pipeline(frame)
+    assert calls == []
+    assert not (tmp_path / "out").exists()
+    assert list(system_tmp.iterdir()) == []
+
+
+def test_names_too_long_for_local_files_are_refused_before_any_row(
+    options: Options, bucket: str, put: Put, tmp_path: Path, system_tmp: Path
+) -> None:
+    # Before, each row was downloaded and run through fn, and only then dropped.
+    calls: list[Path] = []
+
+    def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        calls.append(input_dir)
+        return {}
+
+    source = put("long.mha", b"x")
+    long_id = pd.DataFrame({"id": ["ok", "i" * 300], "image.mha": [source, source]})
+    local = Pipeline(fn, {"into_path": tmp_path / "out"}, options)
+    with pytest.raises(ValueError, match=r"id \(folder name\) 'i+'\.\.\. is 300 bytes long"):
+        local(long_id)
+    # to S3 a 300-byte id is a fine key component
+    remote = Pipeline(fn, {"into_path": f"s3://{bucket}/long"}, options)
+    assert remote(long_id)["id"].tolist() == ["ok", "i" * 300]
+    # an input file name always becomes a file of input_dir
+    long_name = pd.DataFrame({"id": ["ok"], "n" * 300: [source]})
+    calls.clear()
+    with pytest.raises(ValueError, match=r"column \(file name\) 'n+'\.\.\. is 300 bytes long"):
+        remote(long_name)
     assert calls == []
     assert not (tmp_path / "out").exists()
     assert list(system_tmp.iterdir()) == []

@@ -369,7 +369,7 @@ def test_usage4_row_tables(options: Options, put: Put) -> None:
     assert sizes.to_pylist() == [{"image.mha": MiB}]
 
 
-def test_dataframe_tables_id_first_in_column_and_row_order(options: Options, put: Put) -> None:
+def test_dataframe_tables_keep_the_frames_column_and_row_order(options: Options, put: Put) -> None:
     frame = pd.DataFrame(
         {
             "z.mha": [put("z2", b"zz"), put("z1", b"z")],
@@ -381,9 +381,9 @@ def test_dataframe_tables_id_first_in_column_and_row_order(options: Options, put
     blobs = reader.into_blob_table()
     assert blobs.schema == pa.schema(
         [
-            pa.field("id", pa.string(), nullable=False),
             pa.field("z.mha", pa.binary()),
             pa.field("a.mha", pa.binary()),
+            pa.field("id", pa.string(), nullable=False),
         ]
     )
     assert blobs.to_pylist() == [
@@ -391,12 +391,16 @@ def test_dataframe_tables_id_first_in_column_and_row_order(options: Options, put
         {"id": "1", "z.mha": b"z", "a.mha": b"aaa"},
     ]
     sizes = reader.into_size_table()
-    assert sizes.schema.names == ["id", "z.mha", "a.mha"]
+    assert sizes.schema.names == ["z.mha", "a.mha", "id"]
     assert sizes.schema.field("z.mha").type == pa.int64()
     assert sizes.to_pylist() == [
         {"id": "2", "z.mha": 2, "a.mha": None},
         {"id": "1", "z.mha": 1, "a.mha": 3},
     ]
+    middle = file_dataset.reader(frame[["z.mha", "id", "a.mha"]], options)
+    assert middle.into_blob_table().column_names == ["z.mha", "id", "a.mha"]
+    assert middle.into_size_table().column_names == ["z.mha", "id", "a.mha"]
+    assert middle.into_blob_table().column("id").to_pylist() == ["2", "1"]
 
 
 @pytest.mark.parametrize("null", [None, float("nan"), pd.NA], ids=["None", "NaN", "NA"])
@@ -570,6 +574,23 @@ def test_local_directory_is_not_a_file(tmp_path: Path) -> None:
     for read in ("into_blob_table", "into_size_table", "into_temp_dir"):
         with pytest.raises(OSError, match=f"{tmp_path}.*is a directory, not a file"):
             getattr(file_dataset.reader({"f": tmp_path}), read)()
+
+
+def test_a_file_that_reports_size_0_is_read_to_its_end(tmp_path: Path) -> None:
+    """/proc and /sys files (and some FUSE ones) say 0 bytes and hold more: they read
+    as empty, while write_files uploaded them whole."""
+    source = Path("/proc/version")
+    expected = source.read_bytes()
+    assert source.stat().st_size == 0  # what makes the case
+    assert expected
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    reader = file_dataset.reader(pd.DataFrame({"id": ["r1"], "v": [source], "e": [empty]}))
+    assert reader.into_blob_table().to_pylist() == [{"id": "r1", "v": expected, "e": b""}]
+    assert reader.into_size_table().to_pylist() == [{"id": "r1", "v": len(expected), "e": 0}]
+    with reader.into_temp_dir() as tmp:
+        assert (tmp / "r1" / "v").read_bytes() == expected
+        assert (tmp / "r1" / "e").read_bytes() == b""
 
 
 def test_a_named_pipe_or_device_is_refused_instead_of_read(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -255,3 +256,66 @@ def test_invalid_frame_is_value_error(frame: pd.DataFrame, match: str) -> None:
 def test_reader_rejects_non_mapping() -> None:
     with pytest.raises(ValueError, match="expected a mapping"):
         file_dataset.reader(["s3://bkt/k"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "value", ["file:///d/scan#1.mha", "file:///d/scan?v=2", "file:///d/scan?", "file:///d/#"]
+)
+def test_a_file_url_with_a_query_or_fragment_is_refused(value: str) -> None:
+    # urlsplit keeps only the path: "file:///d/scan#1.mha" read /d/scan, another file.
+    with pytest.raises(ValueError, match=r"query or fragment.*%3F and %23") as info:
+        parse_url(value)
+    assert repr(value) in str(info.value)
+    assert parse_url("file:///d/scan%231.mha").path == Path("/d/scan#1.mha")
+    assert parse_url("/d/scan#1.mha").path == Path("/d/scan#1.mha")  # a plain path is verbatim
+    assert parse_url(Path("/d/scan#1.mha").as_uri()).path == Path("/d/scan#1.mha")
+
+
+@pytest.mark.parametrize("value", ["/d/f\x00x", "file:///d/f%00x", "rel\x00"])
+def test_a_local_path_with_a_nul_is_refused_naming_the_row_and_column(value: str) -> None:
+    # Before, os.open's bare "embedded null byte" came at the transfer, naming nothing.
+    frame = pd.DataFrame({"id": ["ok", "row7"], "image.mha": ["/d/fine", value]})
+    with pytest.raises(
+        file_dataset.InvalidInputError, match=r"row id 'row7', column 'image\.mha'.*NUL"
+    ):
+        file_dataset.reader(frame)
+
+
+def test_a_memoryview_id_is_refused_as_bytes() -> None:
+    with pytest.raises(ValueError, match="is bytes: decode it"):
+        check_component(memoryview(b"x"), "id")
+
+
+def test_long_values_are_cut_in_messages() -> None:
+    # A cell holding a file's bytes, or a huge string, made messages (and each dropped
+    # row's log line) as long as the file.
+    for value, unit in ((b"\x00" * 5_000_000, "bytes"), ("ftp://" + "a" * 1_000_000, "characters")):
+        frame = pd.DataFrame({"id": ["v1"], "vol.raw": [value]})
+        with pytest.raises(ValueError) as info:
+            file_dataset.reader(frame)
+        message = str(info.value)
+        assert len(message) < 600
+        assert "row id 'v1'" in message
+        assert f"... ({len(value)} {unit})" in message
+    with pytest.raises(ValueError) as info:
+        parse_url("s3://" + "b" * 5000)
+    assert len(str(info.value)) < 400
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        [b"\x89HDF", b"x"],
+        [None, bytearray(b"x")],
+        pd.array([b"a", None], dtype=pd.ArrowDtype(pa.binary())),
+    ],
+)
+def test_a_column_of_bytes_is_refused_before_any_row(column: object) -> None:
+    # A blob table's contents given where URLs belong (read_file_dataset's output fed to
+    # a Pipeline): every row failed one by one, each logging the whole file.
+    frame = pd.DataFrame({"id": ["a", "b"], "vol.raw": column})
+    with pytest.raises(ValueError, match=r"column 'vol\.raw' holds bytes \(row id '[ab]'"):
+        file_dataset.reader(frame)
+    pipeline = file_dataset.Pipeline(lambda i, o: {}, {"into_path": "/nonexistent/out"})
+    with pytest.raises(ValueError, match=r"column 'vol\.raw' holds bytes"):
+        pipeline(frame)

@@ -13,9 +13,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from file_dataset._errors import InvalidInputError
-from file_dataset._urls import Location, check_component, is_checked_s3_url, is_null, parse_url
+from file_dataset._urls import (
+    Location,
+    check_component,
+    is_checked_s3_url,
+    is_null,
+    parse_url,
+    quoted,
+)
 
 ID_COLUMN = "id"
 
@@ -28,11 +36,14 @@ class FileTable:
         ids: The row ids as strings, or ``None`` for a single row given as a mapping.
         columns: The file names (file columns), in order.
         cells: One list per row, one location (or ``None``) per file column.
+        id_position: Where the ``id`` column stands among the DataFrame's columns;
+            tables built from it put ``id`` there too.
     """
 
     ids: list[str] | None
     columns: list[str]
     cells: list[list[Location | None]]
+    id_position: int = 0
 
     def row_id(self, index: int) -> str | None:
         """The id of row ``index`` (``None`` for a single row)."""
@@ -123,6 +134,7 @@ def _check_column_type(values: pd.Series, column: str, ids: list[str]) -> None:
     way. An all-null one (NaN floats, NaT) is a file column with no files, and passes.
     """
     if values.dtype.kind not in _NOT_PATHS:
+        _check_not_blobs(values, column, ids)
         return
     present = values.notna().to_numpy()
     if not present.any():
@@ -131,9 +143,38 @@ def _check_column_type(values: pd.Series, column: str, ids: list[str]) -> None:
     value = values.iloc[[first]].tolist()[0]  # a Python value: 3, not np.int64(3)
     raise InvalidInputError(
         f"column {column!r} holds {values.dtype} values (row id {ids[first]!r}: "
-        f"{value!r}), not file URLs or paths: every column of a file DataFrame "
+        f"{quoted(value)}), not file URLs or paths: every column of a file DataFrame "
         f"except {ID_COLUMN!r} is a file column, so drop the others first "
         f"(frame.drop(columns=[{column!r}]))"
+    )
+
+
+def _check_not_blobs(values: pd.Series, column: str, ids: list[str]) -> None:
+    """Refuses a column of bytes (file contents, as a blob table holds) at once.
+
+    Arrow binary columns are known by their dtype; an object column by its first
+    non-null value (the others are checked cell by cell, as usual).
+    """
+    dtype = values.dtype
+    arrow = dtype.pyarrow_dtype if isinstance(dtype, pd.ArrowDtype) else None
+    binary = arrow is not None and (
+        pa.types.is_binary(arrow)
+        or pa.types.is_large_binary(arrow)
+        or pa.types.is_fixed_size_binary(arrow)
+    )
+    if not binary and dtype.kind != "O":
+        return
+    present = values.notna().to_numpy()
+    if not present.any():
+        return
+    row = int(present.argmax())
+    value = values.iloc[row]
+    if not binary and not isinstance(value, bytes | bytearray | memoryview):
+        return
+    raise InvalidInputError(
+        f"column {column!r} holds bytes (row id {ids[row]!r}: {quoted(value)}), not file "
+        "URLs or paths: a file DataFrame's cells name files, while a blob table (what "
+        "into_blob_table() and read_file_dataset give) holds their contents"
     )
 
 
@@ -161,7 +202,12 @@ def parse_frame(frame: pd.DataFrame) -> FileTable:
     columns = [str(c) for c in frame.columns if c != ID_COLUMN]
     rows = frame_rows(frame, columns)
     cells = [parse_cells(columns, values, row_id) for values, row_id in zip(rows, ids, strict=True)]
-    return FileTable(ids, columns, cells)
+    return FileTable(ids, columns, cells, id_position(frame))
+
+
+def id_position(frame: pd.DataFrame) -> int:
+    """The index of the ``id`` column among ``frame``'s columns."""
+    return list(frame.columns).index(ID_COLUMN)
 
 
 def frame_rows(frame: pd.DataFrame, columns: list[str]) -> list[list[Any]]:

@@ -142,6 +142,9 @@ class LocalBackend:
             with _open_regular(loc) as f:
                 stat = os.fstat(f.fileno())
                 total = stat.st_size
+                if total == 0:  # empty, or a /proc or /sys file that reports no size
+                    data = f.read()
+                    return data, len(data), None
                 if total > length:
                     return f.read(length), total, file_version(stat)
                 buf = new_buffer(total)
@@ -195,6 +198,9 @@ class LocalBackend:
             raise translate_os_error(e, str(loc), "head") from e
         if not stat_module.S_ISREG(stat.st_mode):  # as read_first says: no size to plan with
             raise TransferError(str(loc), _kind(stat.st_mode), operation="head")
+        if stat.st_size == 0:  # empty, or a /proc or /sys file that reports no size
+            with contextlib.suppress(OSError), _open_regular(loc) as f:
+                return sum(map(len, iter(lambda: f.read(1 << 20), b"")))
         return stat.st_size
 
     def write(self, src: Path, loc: Location) -> None:

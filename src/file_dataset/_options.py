@@ -482,9 +482,11 @@ class Options:
             Raising it (to 128, say) helps many small objects over a slow link and
             costs threads and connections (and one boto3 client per thread where
             boto3 carries the bytes).
-        part_size: The size of each ranged GET and multipart-upload part.
+        part_size: The size of each ranged GET and multipart-upload part; at least
+            5 MiB (S3's smallest part).
         multipart_threshold: Objects larger than this are read with parallel ranged
             GETs and written with multipart uploads; smaller ones take one request.
+            At least ``part_size``; by default 16 MiB, or ``part_size`` if larger.
         retry_mode: botocore retry mode: ``"adaptive"`` (default), ``"standard"`` or
             ``"legacy"``.
         max_attempts: botocore's total attempts per request, including the first;
@@ -544,7 +546,7 @@ class Options:
         *,
         max_concurrency: int = 64,
         part_size: int = 8 * _MiB,
-        multipart_threshold: int = 16 * _MiB,
+        multipart_threshold: int | None = None,
         retry_mode: str = "adaptive",
         max_attempts: int = 8,
         transport: str = "auto",
@@ -553,6 +555,8 @@ class Options:
     ) -> None:
         max_concurrency = _whole_number(max_concurrency, "max_concurrency")
         part_size = _whole_number(part_size, "part_size")
+        if multipart_threshold is None:
+            multipart_threshold = max(16 * _MiB, part_size)
         multipart_threshold = _whole_number(multipart_threshold, "multipart_threshold")
         max_attempts = _whole_number(max_attempts, "max_attempts")
         if not isinstance(request_payer, bool | np.bool_):
@@ -562,7 +566,10 @@ class Options:
         if part_size < 5 * _MiB:
             raise ValueError(f"part_size must be at least 5 MiB (S3's minimum), got {part_size}")
         if multipart_threshold < part_size:
-            raise ValueError("multipart_threshold must be at least part_size")
+            raise ValueError(
+                f"multipart_threshold must be at least part_size, got {multipart_threshold} "
+                f"and {part_size}"
+            )
         if retry_mode not in ("adaptive", "standard", "legacy"):
             raise ValueError(f"unknown retry_mode {retry_mode!r}")
         if max_attempts < 1:
@@ -772,7 +779,12 @@ class Options:
             >>> Options(max_concurrency=8).replace(max_concurrency=16).max_concurrency
             16
         """
-        return Options(**{**self.__getstate__(), **changes})
+        state = self.__getstate__()
+        if "multipart_threshold" not in changes and self.multipart_threshold == max(
+            16 * _MiB, self.part_size
+        ):
+            del state["multipart_threshold"]  # the default follows a new part_size
+        return Options(**{**state, **changes})
 
     def __getstate__(self) -> dict[str, Any]:
         return {

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypedDict, is_typeddict, overload
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,7 @@ from file_dataset._reader import FileReader
 from file_dataset._urls import (
     URL_SCHEME,
     check_component,
+    check_local_name,
     is_null,
     mask_userinfo,
     parse_url,
@@ -197,6 +198,7 @@ class Pipeline:
             resolve_options(write_options["options"], "Pipeline(write_options={'options': ...})")
         if on_error not in ("drop", "raise"):
             raise InvalidInputError(f"on_error must be 'drop' or 'raise', got {on_error!r}")
+        _let_typeddicts_travel(fn)
         self.fn = fn
         self.write_options = dict(write_options)
         self.options = resolve_options(options, "Pipeline(options=...)", default=_default_options)
@@ -216,6 +218,7 @@ class Pipeline:
         return failures
 
     def __getstate__(self) -> dict[str, Any]:
+        _let_typeddicts_travel(self.fn)  # also for an fn assigned after __init__
         state = dict(self.__dict__)
         state.pop("_per_thread", None)  # a thread-local: not picklable, not meant to travel
         return state
@@ -382,9 +385,11 @@ class Pipeline:
             file name (``s3://`` URLs or local paths, as strings; null where a row had
             no such output), one row per successful input row, in input order, with a
             fresh ``0..n-1`` index (join on ``id``, not on the index). It is a file
-            DataFrame, so it can feed another Pipeline. For a single row, that
-            row as a dict (``{"id": <the row's id>, <output name>: <URL or path>}``),
-            or ``None`` when the row failed and was dropped.
+            DataFrame, so it can feed another Pipeline. ``id`` comes last when it is
+            the input's last column (as in the design notes' example), else first.
+            For a single row, that row as a dict (``{"id": <the row's id>,
+            <output name>: <URL or path>}``), or ``None`` when the row failed and was
+            dropped.
 
         Raises:
             ValueError: The DataFrame is not a valid file DataFrame (checked before
@@ -413,18 +418,27 @@ class Pipeline:
             if result.empty:
                 return None
             written = result.iloc[0].drop(ID_COLUMN)
-            return {ID_COLUMN: row[ID_COLUMN]} | {
-                str(name): url for name, url in written.items() if not is_null(url)
-            }
+            outputs = {str(name): url for name, url in written.items() if not is_null(url)}
+            if _id_last(list(row)):
+                return outputs | {ID_COLUMN: row[ID_COLUMN]}
+            return {ID_COLUMN: row[ID_COLUMN]} | outputs
         raise InvalidInputError(
             f"expected a file DataFrame or a row, got {type(file_dataframe).__name__}"
         )
 
     def _process(self, file_dataframe: pd.DataFrame) -> pd.DataFrame:
         ids = check_frame(file_dataframe)
+        columns = [str(c) for c in file_dataframe.columns if c != ID_COLUMN]
         if ids:
             self._check_destination()
-        columns = [str(c) for c in file_dataframe.columns if c != ID_COLUMN]
+            # Names that cannot be local files or folders would fail every row (inputs
+            # are files of input_dir) or every write; refused before any row, as
+            # reader().into_temp_dir() and write_files do.
+            for column in columns:
+                check_local_name(column, "column (file name)")
+            if parse_url(self.write_options["into_path"], prefix=True).scheme != "s3":
+                for row_id in ids:
+                    check_local_name(row_id, "id (folder name)")
         values = frame_rows(file_dataframe, columns)
         call = _Call()
         self._per_thread.failures = call.failures  # filled in as rows fail, also on a raise
@@ -517,7 +531,9 @@ class Pipeline:
         finally:
             if call.bar is not None:
                 call.bar.close()
-        return _output_frame(file_dataframe[ID_COLUMN], written)
+        return _output_frame(
+            file_dataframe[ID_COLUMN], written, _id_last(list(file_dataframe.columns))
+        )
 
     def _collect(
         self,
@@ -666,8 +682,63 @@ def _where(paths: Iterable[Path], input_dir: Path, output_dir: Path) -> tuple[bo
     return uses_input, only_own
 
 
-def _output_frame(ids: pd.Series, written: dict[int, dict[str, str]]) -> pd.DataFrame:
-    """The output rows in input order; ``id`` keeps the input's values and dtype."""
+def _let_typeddicts_travel(fn: Callable[..., Any]) -> None:
+    """Lets cloudpickle rebuild, on Python 3.11, the ``TypedDict`` classes ``fn`` uses.
+
+    Ray pickles a function defined in the driver's script by value, with the classes of
+    its annotations and globals. cloudpickle rebuilds such a class from its
+    ``__orig_bases__``, else from its ``__bases__``; a ``TypedDict("Name", {...})`` of
+    Python 3.11 (the design notes' ``ResampledOutput``) has only ``(dict,)``, which the
+    ``TypedDict`` metaclass refuses, so the Pipeline failed in every worker with
+    "cannot inherit from both a TypedDict type and a non-TypedDict base class". Python
+    3.12 gives such classes ``__orig_bases__ = (TypedDict,)``; this sets the same on the
+    classes found in ``fn``'s annotations (also inside ``Optional[...]`` and the like)
+    and in the globals its code names. Nothing else about them changes.
+    """
+    if sys.version_info >= (3, 12):
+        return
+    targets = [fn, getattr(fn, "func", None), getattr(fn, "__func__", None)]
+    if not inspect.isroutine(fn):
+        targets.append(vars(type(fn)).get("__call__"))  # a callable object
+    found: list[Any] = []
+    for target in targets:
+        annotations = getattr(target, "__annotations__", None)
+        if isinstance(annotations, Mapping):
+            found.extend(annotations.values())
+        code, names = getattr(target, "__code__", None), getattr(target, "__globals__", None)
+        if code is not None and isinstance(names, Mapping):
+            found.extend(names[name] for name in code.co_names if name in names)
+    seen: set[int] = set()
+    while found:
+        value = found.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, type) and is_typeddict(value):
+            if "__orig_bases__" not in value.__dict__:
+                with contextlib.suppress(AttributeError, TypeError):
+                    value.__orig_bases__ = (TypedDict,)  # type: ignore[attr-defined]
+        else:
+            args = getattr(value, "__args__", None)
+            if isinstance(args, tuple):
+                found.extend(args)
+
+
+def _id_last(columns: list[Any]) -> bool:
+    """Whether ``id`` is the last of several input columns (as in the design notes).
+
+    A Pipeline's output then has ``id`` last too; otherwise first.
+    """
+    return len(columns) > 1 and columns[-1] == ID_COLUMN
+
+
+def _output_frame(
+    ids: pd.Series, written: dict[int, dict[str, str]], id_last: bool
+) -> pd.DataFrame:
+    """The output rows in input order; ``id`` keeps the input's values and dtype.
+
+    ``id`` is the first column, or the last when ``id_last``.
+    """
     names: dict[str, None] = {}
     for outputs in written.values():
         names.update(dict.fromkeys(outputs))
@@ -681,5 +752,6 @@ def _output_frame(ids: pd.Series, written: dict[int, dict[str, str]]) -> pd.Data
         columns=list(names),
         dtype=object,
     )
-    frame.insert(0, ID_COLUMN, ids.iloc[list(written)].reset_index(drop=True))
+    position = len(frame.columns) if id_last else 0
+    frame.insert(position, ID_COLUMN, ids.iloc[list(written)].reset_index(drop=True))
     return frame

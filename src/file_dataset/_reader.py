@@ -225,9 +225,9 @@ class FileReader:
     def into_blob_table(self) -> pa.Table:
         """Reads every file into memory as a PyArrow table of binary columns.
 
-        For a row: one row with one ``binary`` column per file. For a DataFrame: an
-        ``id`` (``string``) column first, then the file columns in DataFrame order,
-        rows in DataFrame order. Null cells are null.
+        For a row: one row with one ``binary`` column per file. For a DataFrame: the
+        DataFrame's columns in its order (``id`` as ``string``, each file column as
+        ``binary``), rows in DataFrame order. Null cells are null.
 
         Columns are ``pa.binary()`` split into chunks (int32 offsets cannot address
         more than 2 GiB in one chunk), so a table of any total size is correct: objects
@@ -308,8 +308,9 @@ class FileReader:
         table = self._table
         fields = [pa.field(name, arr.type) for name, arr in zip(table.columns, arrays, strict=True)]
         if table.ids is not None:
-            fields.insert(0, pa.field(ID_COLUMN, pa.string(), nullable=False))
-            arrays.insert(0, pa.chunked_array([pa.array(table.ids, pa.string())]))
+            # ``id`` stands where it stands in the DataFrame.
+            fields.insert(table.id_position, pa.field(ID_COLUMN, pa.string(), nullable=False))
+            arrays.insert(table.id_position, pa.chunked_array([pa.array(table.ids, pa.string())]))
         return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 

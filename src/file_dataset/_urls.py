@@ -152,7 +152,7 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
         value = os.fspath(value)
     if isinstance(value, bytes) or not isinstance(value, str):
         raise InvalidInputError(
-            f"expected an s3:// URL or a local path, got {type(value).__name__} {value!r}"
+            f"expected an s3:// URL or a local path, got {type(value).__name__} {quoted(value)}"
         )
     if not value:
         raise InvalidInputError("expected an s3:// URL or a local path, got an empty string")
@@ -161,32 +161,47 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
         _check_not_a_broken_url(value)
         if value.startswith("~"):  # "~/data" or "~user/data", as a shell would read it
             value = os.path.expanduser(value)
-        return Location("file", "", value)
+        return Location("file", "", _no_nul(value))
     scheme = match.group(1).lower()
     rest = value[match.end() :]
     if scheme == "file":
         parsed = urllib.parse.urlsplit(value)
         if parsed.netloc not in ("", "localhost"):
-            raise InvalidInputError(f"file URL must name a local path: {mask_userinfo(value)!r}")
-        return Location("file", "", urllib.request.url2pathname(parsed.path))
+            raise InvalidInputError(
+                f"file URL must name a local path: {quoted(mask_userinfo(value))}"
+            )
+        if "?" in value or "#" in value:
+            # urlsplit would drop them with what follows, and so read another file.
+            raise InvalidInputError(
+                f"file URL {quoted(value)} has a query or fragment ('?' or '#'), which names no "
+                "file: write them as %3F and %23 (as Path.as_uri() does), or give the path"
+            )
+        return Location("file", "", _no_nul(urllib.request.url2pathname(parsed.path)))
     if scheme not in ("s3", "s3a"):
         raise InvalidInputError(
-            f"unsupported URL scheme {scheme!r} in {mask_userinfo(value)!r}: "
+            f"unsupported URL scheme {quoted(scheme)} in {quoted(mask_userinfo(value))}: "
             "use s3://bucket/key or a local path"
         )
     bucket, _, key = rest.partition("/")
     if "@" in bucket or ":" in bucket:
         raise InvalidInputError(
-            f"credentials or ports are not allowed in S3 URLs: {mask_userinfo(value)!r}; "
+            f"credentials or ports are not allowed in S3 URLs: {quoted(mask_userinfo(value))}; "
             "pass credentials through file_dataset.Options"
         )
     if not _BUCKET.match(bucket):
-        raise InvalidInputError(f"invalid S3 bucket name in {value!r}")
+        raise InvalidInputError(f"invalid S3 bucket name in {quoted(value)}")
     if not key and not prefix:
-        raise InvalidInputError(f"S3 URL has no object key: {value!r}")
+        raise InvalidInputError(f"S3 URL has no object key: {quoted(value)}")
     if len(_VALID_BUCKETS) < 4096:
         _VALID_BUCKETS.add(bucket)
     return Location("s3", bucket, key)
+
+
+def _no_nul(path: str) -> str:
+    """Refuses a local path with a NUL character, which no file system allows."""
+    if "\0" in path:
+        raise InvalidInputError(f"local path {quoted(path)} contains a NUL character")
+    return path
 
 
 # "s3:/bucket/key", "s3:bucket/key", "S3:\\bucket\\key": an S3 URL with its "//" mistyped
@@ -197,14 +212,37 @@ def _check_not_a_broken_url(value: str) -> None:
     """Refuses a mistyped S3 URL, which would otherwise be read as a relative path."""
     if _BROKEN_S3_URL.match(value):
         raise InvalidInputError(
-            f"{mask_userinfo(value)!r} is not a valid S3 URL (expected s3://bucket/key)"
+            f"{quoted(mask_userinfo(value))} is not a valid S3 URL (expected s3://bucket/key)"
         )
     stripped = value.lstrip()
     if stripped != value and (URL_SCHEME.match(stripped) or _BROKEN_S3_URL.match(stripped)):
         raise InvalidInputError(
-            f"{mask_userinfo(value)!r} has whitespace before a URL: remove it (as it is, "
+            f"{quoted(mask_userinfo(value))} has whitespace before a URL: remove it (as it is, "
             "the value would be read as a local path)"
         )
+
+
+# The longest value quoted whole in a message; longer ones are cut (a cell may hold a
+# file's bytes, or a long string, and a message or log line must stay readable).
+_QUOTE_LIMIT = 200
+
+
+def quoted(value: Any) -> str:
+    """``repr(value)``, cut to about :data:`_QUOTE_LIMIT` characters with its length.
+
+    ``str``, ``bytes`` and the like are cut before ``repr``, so a cell holding a large
+    file's bytes costs no more than a short one.
+    """
+    if isinstance(value, str | bytes | bytearray | memoryview) and len(value) > _QUOTE_LIMIT:
+        unit = "characters" if isinstance(value, str) else "bytes"
+        head = value[:_QUOTE_LIMIT]
+        if isinstance(head, memoryview):
+            head = head.tobytes()
+        return f"{repr(head)[:_QUOTE_LIMIT]}... ({len(value)} {unit})"
+    text = repr(value)
+    if len(text) > _QUOTE_LIMIT:
+        return f"{text[:_QUOTE_LIMIT]}... ({type(value).__name__}, cut)"
+    return text
 
 
 def check_component(value: Any, what: str) -> str:
@@ -221,11 +259,11 @@ def check_component(value: Any, what: str) -> str:
         InvalidInputError: The value is bytes or a boolean, empty, ``.``/``..``,
             absolute, or contains a path separator or a NUL character.
     """
-    if isinstance(value, bytes | bytearray):  # str() would make "b'...'" of it
-        raise InvalidInputError(f"{what} {value!r} is bytes: decode it to a str first")
+    if isinstance(value, bytes | bytearray | memoryview):  # str() would make "b'...'" of it
+        raise InvalidInputError(f"{what} {quoted(value)} is bytes: decode it to a str first")
     if isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", "") == "b":
         raise InvalidInputError(  # str() would make a folder named "True" of it
-            f"{what} {value!r} is a boolean: give a str or an int"
+            f"{what} {quoted(value)} is a boolean: give a str or an int"
         )
     text = value if isinstance(value, str) else str(value)
     if (
@@ -237,7 +275,7 @@ def check_component(value: Any, what: str) -> str:
         or os.path.isabs(text)
     ):
         raise InvalidInputError(
-            f"{what} {value!r} cannot be used as a path component: it must be non-empty, "
+            f"{what} {quoted(value)} cannot be used as a path component: it must be non-empty, "
             "not '.' or '..', and contain no '/', '\\' or NUL character"
         )
     return text

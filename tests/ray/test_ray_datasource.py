@@ -201,6 +201,29 @@ def test_schema_is_known_without_reading(
         ds.materialize()
 
 
+def test_id_last_in_the_frame_is_last_in_the_dataset(
+    ray_local: None, s3_server: LocalS3Server, put_objects: Callable[..., None], options: Options
+) -> None:
+    # The design notes' frames have the file columns first and id last.
+    bucket = s3_server.create_bucket()
+    put_objects(bucket, {"1/image.mha": b"one", "2/image.mha": b"two"})
+    frame = pd.DataFrame(
+        {
+            "image.mha": [f"s3://{bucket}/1/image.mha", f"s3://{bucket}/2/image.mha"],
+            "id": ["1", "2"],
+        }
+    )
+    ds = read_file_dataset(frame, 1, options)
+    schema = ds.schema(fetch_if_missing=False)
+    assert schema is not None
+    assert schema.names == ["image.mha", "id"]
+    assert schema.names == file_dataset.reader(frame, options).into_blob_table().column_names
+    table = pa.concat_tables(ray.get(ds.materialize().to_arrow_refs()))
+    assert table.column_names == ["image.mha", "id"]
+    assert table.to_pylist() == [{"image.mha": b"one", "id": "1"}, {"image.mha": b"two", "id": "2"}]
+    assert FileDataFrameAsBlobDatasource(frame, 1, options).dataframe.equals(frame)
+
+
 def test_zero_copy_map_batches_reads_blobs_as_arrow(
     materialized: ray.data.Dataset, blob_dataset: Any
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pandas as pd
 import pytest
@@ -28,6 +28,44 @@ def reverse_and_tag(input_dir: Path, output_dir: Path) -> dict[str, Path]:
     out = output_dir / "out.bin"
     out.write_bytes(image[::-1] + (mask.read_bytes() if mask.exists() else b""))
     return {"out.bin": out}
+
+
+# The design notes' output type, in their functional syntax.
+ResampledOutput = TypedDict("ResampledOutput", {"output.mha": Path})
+
+
+def resample(input_dir: Path, output_dir: Path) -> ResampledOutput:
+    output = output_dir / "output.mha"
+    output.write_bytes((input_dir / "image.bin").read_bytes().upper())
+    return {"output.mha": output}
+
+
+# As in a script without `from __future__ import annotations` (this module has it): the
+# annotations are the classes themselves, which cloudpickle must rebuild in the worker.
+resample.__annotations__ = {"input_dir": Path, "output_dir": Path, "return": ResampledOutput}
+
+
+def test_a_function_annotated_with_a_functional_typeddict_runs_in_map_batches(
+    ray_local: None, blob_dataset: Any, s3_client: Any, options: Options
+) -> None:
+    # Python 3.11's TypedDict("Name", {...}) made cloudpickle fail in every worker:
+    # "cannot inherit from both a TypedDict type and a non-TypedDict base class".
+    bucket = blob_dataset.bucket
+    frame = blob_dataset.frame.iloc[300:304]
+    into_path = f"s3://{bucket}/typeddict/"
+    pipeline = Pipeline(fn=resample, write_options={"into_path": into_path}, options=options)
+    copy = ray.cloudpickle.loads(ray.cloudpickle.dumps(pipeline))
+    assert copy.fn.__annotations__["return"].__annotations__ == {"output.mha": Path}
+    output = (
+        ray.data.from_pandas(frame)
+        .map_batches(pipeline, batch_format="pandas", batch_size=2)
+        .to_pandas()
+    )
+    assert sorted(output["id"]) == sorted(frame["id"])
+    for row_id, url in zip(output["id"], output["output.mha"], strict=True):
+        assert url == f"{into_path}{row_id}/output.mha"
+        body = s3_client.get_object(Bucket=bucket, Key=f"typeddict/{row_id}/output.mha")
+        assert body["Body"].read() == blob_dataset.expected(row_id, "image.bin").upper()
 
 
 def test_pipeline_in_map_batches_writes_every_row_but_the_failing_one(

@@ -13,7 +13,7 @@ import ray.data
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from file_dataset._frame import ID_COLUMN, check_cells, check_frame
+from file_dataset._frame import ID_COLUMN, check_cells, check_frame, id_position
 from file_dataset._options import Options, resolve_options
 from file_dataset._reader import reader
 
@@ -31,17 +31,19 @@ def _check_batch_size(batch_size: Any) -> int:
     return int(batch_size)
 
 
-def blob_schema(file_columns: list[str]) -> pa.Schema:
+def blob_schema(file_columns: list[str], id_position: int = 0) -> pa.Schema:
     """The schema of :meth:`FileReader.into_blob_table` for a file DataFrame.
 
     Args:
         file_columns: The file column names, in DataFrame order.
+        id_position: Where ``id`` stands among the DataFrame's columns.
 
     Returns:
-        ``id`` (``string``, not null) followed by one ``binary`` column per file column.
+        One ``binary`` column per file column and ``id`` (``string``, not null), in the
+        DataFrame's order.
     """
-    fields: list[pa.Field[Any]] = [pa.field(ID_COLUMN, pa.string(), nullable=False)]
-    fields.extend(pa.field(name, pa.binary()) for name in file_columns)
+    fields: list[pa.Field[Any]] = [pa.field(name, pa.binary()) for name in file_columns]
+    fields.insert(id_position, pa.field(ID_COLUMN, pa.string(), nullable=False))
     return pa.schema(fields)
 
 
@@ -66,8 +68,8 @@ class FileDataFrameAsBlobDatasource(Datasource):
     """A Ray Data datasource that reads every file of a file DataFrame into memory.
 
     The dataset it produces has the schema of :meth:`file_dataset.FileReader.into_blob_table`:
-    an ``id`` column (``string``) followed by one ``binary`` column per file column,
-    holding the files' contents (null where a cell is null). A read task's rows keep
+    the DataFrame's columns in its order, ``id`` as ``string`` and one ``binary`` column
+    per file column holding the files' contents (null where a cell is null). A read task's rows keep
     their DataFrame order, and the tasks are made in DataFrame order, but Ray emits
     their blocks as they finish unless the dataset's context says otherwise:
     :func:`read_file_dataset` sets ``execution_options.preserve_order`` on the context
@@ -126,7 +128,7 @@ class FileDataFrameAsBlobDatasource(Datasource):
         self._file_columns = [str(c) for c in file_dataframe.columns if c != ID_COLUMN]
         # A bad URL in any row fails here, not in a worker after other rows were read.
         check_cells(self._frame, self._ids, self._file_columns)
-        self._schema = blob_schema(self._file_columns)
+        self._schema = blob_schema(self._file_columns, id_position(self._frame))
         self._row_bytes: float | None = None
         # Ray asks for the read tasks several times while planning; build them once.
         self._read_tasks: dict[int | None, list[ReadTask]] = {}
@@ -145,6 +147,11 @@ class FileDataFrameAsBlobDatasource(Datasource):
         gives an empty dataset no schema).
         """
         return max(1, -(-len(self._frame) // self._batch_size))
+
+    @property
+    def dataframe(self) -> pd.DataFrame:
+        """The file DataFrame this datasource reads (a copy taken when it was made)."""
+        return self._frame
 
     @property
     def options(self) -> Options:
