@@ -972,6 +972,41 @@ def test_a_server_that_ignores_a_range_is_an_error_not_garbage(
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_first_response_shorter_than_its_range_is_an_error_not_a_hole(
+    s3_server: LocalS3Server,
+    transport: str,
+    put: Callable[[str, bytes], str],
+    tmp_path: Path,
+    system_tmp: Path,
+) -> None:
+    """The first GET answers "bytes 0-5242879/11534336" with a body 100,000 bytes short
+    (and a Content-Length to match). The later parts start at 5 MiB, so the boto3
+    transport left those bytes unfilled, in tables and in files, and said nothing."""
+    data = bytes(range(251)) * (11 * MiB // 251)
+    row = {"big.bin": put("big", data)}
+
+    class Handler(_ReplacingProxy):
+        upstream = s3_server.endpoint_url
+
+        def passed_on(self, data: bytes) -> bytes:
+            first = (self.headers.get("Range") or "").startswith("bytes=0-")
+            return data[:-100_000] if self.command == "GET" and first else data
+
+    with _proxy(Handler, s3_server, transport) as proxied:
+        reader = file_dataset.reader(row, proxied)
+        with pytest.raises(file_dataset.TransferError) as raised:
+            reader.into_blob_table()
+        assert "s3://" in str(raised.value)
+        assert "/big" in str(raised.value)
+        dest = tmp_path / "dest"
+        dest.mkdir()
+        with pytest.raises(file_dataset.TransferError, match=r"s3://.*/big"):
+            reader.into_temp_dir(dir=dest)
+    assert list(dest.iterdir()) == []
+    assert list(system_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
 def test_a_bucket_in_another_region_is_followed_there(
     s3_server: LocalS3Server,
     transport: str,

@@ -223,6 +223,15 @@ class S3Backend:
             content_range = resp.get("ContentRange")
             size = int(resp.get("ContentLength", 0))
             total = int(content_range.rsplit("/", 1)[1]) if content_range else size
+            if content_range and not str(content_range).startswith(f"bytes 0-{size - 1}/"):
+                # The later parts start where the range ends: a body shorter than its
+                # range would leave a hole in the object that nothing fills.
+                resp["Body"].close()
+                raise TransferError(
+                    url,
+                    f"asked for bytes 0-{length - 1}, the server answered {content_range} "
+                    f"with a body of {size} bytes",
+                )
             tag = resp.get("ETag")
             if sink is not None and size >= STREAM_BYTES:
                 # Straight into the object's buffer, or through a small one to its file.
@@ -256,7 +265,8 @@ class S3Backend:
             raise TransferError(
                 str(loc),
                 f"asked for bytes {start}-{end}, the server answered "
-                f"{answered or 'with the whole object'}",
+                f"{answered or 'with the whole object'} with a body of "
+                f"{resp.get('ContentLength')} bytes",
             )
         return resp
 
