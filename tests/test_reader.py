@@ -576,6 +576,53 @@ def test_local_directory_is_not_a_file(tmp_path: Path) -> None:
             getattr(file_dataset.reader({"f": tmp_path}), read)()
 
 
+@contextmanager
+def _file_size_limit(limit: int) -> Iterator[None]:
+    """Writes past ``limit`` bytes fail with EFBIG in this process, as a full disk
+    fails them with ENOSPC (SIGXFSZ, which would end the process, is ignored)."""
+    import resource
+    import signal
+
+    before_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    before_signal = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, before_limit[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before_limit)
+        signal.signal(signal.SIGXFSZ, before_signal)
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+@pytest.mark.parametrize("size", [2 * 2**20, 20 * 2**20])
+def test_a_local_write_failure_names_the_object_row_and_column(
+    transport: str, size: int, options: Options, put: Put, tmp_path: Path, system_tmp: Path
+) -> None:
+    # Before, a full disk raised a bare "[Errno 28] No space left on device" (here EFBIG)
+    # naming nothing, for objects read in one request.
+    url = put(f"limited-{size}", b"x" * size)
+    reader = file_dataset.reader(
+        pd.DataFrame({"id": ["r1"], "m.bin": [url]}), options.replace(transport=transport)
+    )
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with _file_size_limit(2**20), pytest.raises(TransferError) as raised:
+        reader.into_temp_dir(dir=dest)
+    message = str(raised.value)
+    assert message.startswith(f"cannot read {url} (row id 'r1', column 'm.bin'): ")
+    assert raised.value.errno == errno.EFBIG
+    assert (raised.value.url, raised.value.row_id, raised.value.column) == (url, "r1", "m.bin")
+    assert list(dest.iterdir()) == []
+    assert list(system_tmp.iterdir()) == []
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"y" * size)
+    with _file_size_limit(2**20), pytest.raises(TransferError) as raised:
+        file_dataset.write_files({"m.bin": source}, dest, "r1")
+    assert "(row id 'r1', column 'm.bin')" in str(raised.value)
+    assert raised.value.errno == errno.EFBIG
+    assert [p.name for p in dest.rglob("*") if p.is_file()] == []
+
+
 def test_a_file_that_reports_size_0_is_read_to_its_end(tmp_path: Path) -> None:
     """/proc and /sys files (and some FUSE ones) say 0 bytes and hold more: they read
     as empty, while write_files uploaded them whole."""

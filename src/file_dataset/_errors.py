@@ -83,14 +83,24 @@ class TransferError(FileDatasetError, OSError):
         # and Ray ships exceptions between processes.
         return (
             _rebuild_transfer_error,
-            (type(self), self.url, self.reason, self.operation, self.row_id, self.column),
+            (
+                type(self),
+                self.url,
+                self.reason,
+                self.operation,
+                self.row_id,
+                self.column,
+                self.errno,
+            ),
         )
 
     def with_context(self, row_id: str | None, column: str | None) -> TransferError:
         """Returns a copy of this error that names the row id and column."""
-        return type(self)(
+        copy = type(self)(
             self.url, self.reason, operation=self.operation, row_id=row_id, column=column
         )
+        copy.errno = self.errno  # a local failure's (ENOSPC, say), when set
+        return copy
 
 
 def _rebuild_transfer_error(
@@ -100,8 +110,12 @@ def _rebuild_transfer_error(
     operation: str,
     row_id: str | None,
     column: str | None,
+    code: int | None = None,  # absent from pickles of older versions
 ) -> TransferError:
-    return cls(url, reason, operation=operation, row_id=row_id, column=column)
+    error = cls(url, reason, operation=operation, row_id=row_id, column=column)
+    if code is not None:
+        error.errno = code
+    return error
 
 
 class ObjectNotFoundError(TransferError, FileNotFoundError):

@@ -38,7 +38,9 @@ def translate_os_error(error: OSError, url: str, operation: str) -> TransferErro
         return ObjectNotFoundError(url, reason, operation=operation)
     if isinstance(error, PermissionError):
         return ObjectAccessDeniedError(url, "permission denied", operation=operation)
-    return TransferError(url, reason, operation=operation)
+    failure = TransferError(url, reason, operation=operation)
+    failure.errno = error.errno  # ENOSPC, EROFS, ...: kept for callers that test it
+    return failure
 
 
 def new_temp_file(dest: Path) -> tuple[int, str]:

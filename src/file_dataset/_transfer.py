@@ -118,7 +118,20 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
 
     def sink(total: int) -> Callable[[int, Blob], None]:
         # Runs on a pool thread once the response has begun: the file is made there.
-        return partial(_pwrite_all, open_temp(total))
+        # Its failures are told apart from the transport's here, as the transport's
+        # own error handling would take them for its own.
+        try:
+            write = partial(_pwrite_all, open_temp(total))
+        except OSError as e:
+            raise _local_failure(e, loc, dest) from e
+
+        def write_checked(offset: int, data: Blob) -> None:
+            try:
+                write(offset, data)
+            except OSError as e:
+                raise _local_failure(e, loc, dest) from e
+
+        return write_checked
 
     def finish() -> None:
         nonlocal fd, tmp
@@ -150,15 +163,28 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
                 for s, e in _ranges(start, total, options.part_size)
             ]
             finish()
-    except BaseException:
+    except BaseException as e:
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
         if tmp:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, TransferError):
+            raise _local_failure(e, loc, dest) from e
         raise
     return dest
+
+
+def _local_failure(error: OSError, loc: Location, dest: Path) -> TransferError:
+    """The error for a download whose local side failed (a full disk, a size limit).
+
+    It still names the object, and through the job's context its row id and column,
+    and keeps the ``errno``.
+    """
+    failure = TransferError(str(loc), f"could not write {dest}: {error.strerror or error}")
+    failure.errno = error.errno
+    return failure
 
 
 def size_job(loc: Location, options: Options) -> Job[int]:
