@@ -807,6 +807,49 @@ def test_a_local_file_changed_during_its_multipart_upload_writes_nothing(
     assert got == b"b" * (11 * MiB)
 
 
+def test_a_local_file_cut_short_during_a_parts_upload_fails_at_once(
+    s3_server: LocalS3Server,
+    bucket: str,
+    s3_client,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """The file is truncated once the second part's request has begun, so its body
+    ends before its Content-Length. The server then waited for the missing bytes until
+    the client's read_timeout, for every attempt (499 s with botocore's defaults
+    against moto), and the error said "read timeout", not what happened."""
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"a" * (48 * MiB))
+
+    class Handler(_ReplacingProxy):
+        def _forward(self) -> None:
+            if self.command == "PUT" and "partNumber=2&" in self.path + "&":
+                with open(src, "r+b") as f:
+                    f.truncate(5)
+            super()._forward()
+
+    Handler.upstream = s3_server.endpoint_url
+    config = Config(read_timeout=5, retries={"total_max_attempts": 2})
+    with _proxy(
+        Handler,
+        s3_server,
+        "boto3",  # multipart uploads always go through boto3
+        part_size=16 * MiB,
+        multipart_threshold=16 * MiB,
+        max_concurrency=1,
+    ) as proxied:
+        proxied = proxied.replace(
+            s3_client_kwargs={**proxied.s3_client_kwargs, "config": config}
+        )
+        with pytest.raises(file_dataset.TransferError) as raised:
+            file_dataset.write_files({"big.bin": src}, f"s3://{bucket}/cut", "r1", proxied)
+    message = str(raised.value)
+    assert "changed while it was being uploaded; nothing was written" in message
+    assert str(src) in message
+    assert "row id 'r1', column 'big.bin'" in message
+    assert s3_client.list_objects_v2(Bucket=bucket, Prefix="cut/").get("KeyCount") == 0
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
 @pytest.mark.parametrize("destination", ["s3", "local"])
 def test_a_local_file_changed_while_read_for_a_single_write_writes_nothing(
     options: Options,

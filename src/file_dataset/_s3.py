@@ -169,6 +169,34 @@ def _fill_some(body: Any, view: memoryview) -> int:
     return done
 
 
+class _SourceShrank(Exception):
+    """A part's file ended before the part did (raised while its request is sent)."""
+
+
+class _PartBody(ReadFileChunk):
+    """A part of a local file that fails at once when the file ends early.
+
+    It streams the part as s3transfer's ``ReadFileChunk`` does. The request announces
+    the part's length; a file cut short while it is sent would send fewer bytes, and
+    the server would wait for the rest until the read timeout, for every attempt. Once
+    short, the body cannot be rewound either, so botocore does not send it again.
+    """
+
+    shrank = False
+
+    def read(self, amount: int | None = None) -> bytes:
+        data: bytes = super().read(amount)
+        if not data and amount != 0 and self.tell() < len(self):
+            self.shrank = True
+            raise _SourceShrank(f"the file ended {len(self) - self.tell()} bytes early")
+        return data
+
+    def seek(self, where: int, whence: int = 0) -> None:
+        if self.shrank:
+            raise _SourceShrank("the file ended early")
+        super().seek(where, whence)
+
+
 class S3Backend:
     """Reads and writes S3 objects with the calling thread's boto3 client."""
 
@@ -384,7 +412,7 @@ class S3Backend:
             raise TransferError(str(src), SOURCE_CHANGED, operation="read")
         # The part is streamed from the file (s3transfer's ReadFileChunk, as boto3's own
         # upload_file does) rather than read into an 8 MiB buffer first.
-        body = ReadFileChunk.from_filename(str(src), start, length, enable_callbacks=False)
+        body = _PartBody.from_filename(str(src), start, length, enable_callbacks=False)
         try:
             resp = self._options.s3_client().upload_part(
                 Bucket=loc.bucket,
@@ -394,7 +422,9 @@ class S3Backend:
                 Body=body,  # type: ignore[arg-type]
                 **self._args("part"),
             )
-        except (ClientError, BotoCoreError) as e:
+        except (ClientError, BotoCoreError, _SourceShrank) as e:
+            if body.shrank:
+                raise TransferError(str(src), SOURCE_CHANGED, operation="read") from None
             translate_error(e, str(loc), "write")
         finally:
             body.close()
