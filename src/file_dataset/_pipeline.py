@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypedDict, is_typeddict, overload
+from typing import Any, Literal, TypedDict, get_args, is_typeddict, overload
 
 import numpy as np
 import pandas as pd
@@ -714,14 +714,12 @@ def _let_typeddicts_travel(fn: Callable[..., Any]) -> None:
         if id(value) in seen:
             continue
         seen.add(id(value))
-        if isinstance(value, type) and is_typeddict(value):
-            if "__orig_bases__" not in value.__dict__:
+        if isinstance(value, type):
+            if is_typeddict(value) and "__orig_bases__" not in value.__dict__:
                 with contextlib.suppress(AttributeError, TypeError):
                     value.__orig_bases__ = (TypedDict,)  # type: ignore[attr-defined]
         else:
-            args = getattr(value, "__args__", None)
-            if isinstance(args, tuple):
-                found.extend(args)
+            found.extend(get_args(value))  # Optional[X], list[X], ...; () for the rest
 
 
 def _id_last(columns: list[Any]) -> bool:
