@@ -765,6 +765,21 @@ def test_a_local_file_rewritten_during_its_read_is_an_error(tmp_path: Path) -> N
     assert b"".join(backend.read_chunks(loc, 100, 900)) == b"a" * 900  # no tag, no check
 
 
+def _assert_changed_and_nothing_written(
+    error: Exception,
+    src: Path,
+    s3_client,  # type: ignore[no-untyped-def]
+    bucket: str,
+) -> None:
+    """``error`` says that ``src`` changed during its upload; nothing is in the bucket."""
+    message = str(error)
+    assert "changed while it was being uploaded; nothing was written" in message
+    assert str(src) in message
+    assert "row id 'r1', column 'big.bin'" in message
+    assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
 def test_a_local_file_changed_during_its_multipart_upload_writes_nothing(
     s3_server: LocalS3Server,
@@ -794,12 +809,7 @@ def test_a_local_file_changed_during_its_multipart_upload_writes_nothing(
     with _proxy(Handler, s3_server, transport) as proxied:
         with pytest.raises(file_dataset.TransferError) as raised:
             file_dataset.write_files({"big.bin": src}, f"s3://{bucket}/out", "r1", proxied)
-        message = str(raised.value)
-        assert "changed while it was being uploaded; nothing was written" in message
-        assert str(src) in message
-        assert "row id 'r1', column 'big.bin'" in message
-        assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
-        assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        _assert_changed_and_nothing_written(raised.value, src, s3_client, bucket)
         # Unchanged, the same file goes up whole.
         written = file_dataset.write_files({"big.bin": src}, f"s3://{bucket}/out", "r1", proxied)
     got = s3_client.get_object(Bucket=bucket, Key="out/r1/big.bin")["Body"].read()
@@ -837,17 +847,10 @@ def test_a_local_file_cut_short_during_a_parts_upload_fails_at_once(
         multipart_threshold=16 * MiB,
         max_concurrency=1,
     ) as proxied:
-        proxied = proxied.replace(
-            s3_client_kwargs={**proxied.s3_client_kwargs, "config": config}
-        )
+        proxied = proxied.replace(s3_client_kwargs={**proxied.s3_client_kwargs, "config": config})
         with pytest.raises(file_dataset.TransferError) as raised:
             file_dataset.write_files({"big.bin": src}, f"s3://{bucket}/cut", "r1", proxied)
-    message = str(raised.value)
-    assert "changed while it was being uploaded; nothing was written" in message
-    assert str(src) in message
-    assert "row id 'r1', column 'big.bin'" in message
-    assert s3_client.list_objects_v2(Bucket=bucket, Prefix="cut/").get("KeyCount") == 0
-    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    _assert_changed_and_nothing_written(raised.value, src, s3_client, bucket)
 
 
 @pytest.mark.parametrize("destination", ["s3", "local"])
