@@ -977,7 +977,7 @@ def test_fn_returning_a_url_with_credentials_shows_them_masked(
 
 
 @pytest.mark.parametrize(
-    ("value", "type_name"), [(5, "int"), (b"/tmp/out", "bytes"), (["a"], "list")]
+    ("value", "type_name"), [(5, "an int"), (b"/tmp/out", "a bytes"), (["a"], "a list")]
 )
 def test_fn_returning_a_value_that_is_not_a_path_names_the_output_and_type(
     value: Any, type_name: str, options: Options, tmp_path: Path
@@ -990,7 +990,7 @@ def test_fn_returning_a_value_that_is_not_a_path_names_the_output_and_type(
     with pytest.raises(TypeError) as info:
         pipeline(pd.DataFrame({"id": ["7"], "f": [None]}))
     assert str(info.value) == (
-        f"fn returned 'odd.bin' -> a {type_name}; an output must be the local path "
+        f"fn returned 'odd.bin' -> {type_name}; an output must be the local path "
         "(str or os.PathLike) of a file that fn wrote"
     )
     assert not (tmp_path / "out").exists()

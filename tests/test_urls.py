@@ -300,6 +300,34 @@ def test_long_values_are_cut_in_messages() -> None:
     with pytest.raises(ValueError) as info:
         parse_url("s3://" + "b" * 5000)
     assert len(str(info.value)) < 400
+    # 50 repeated ids of 3,000 characters: ten are shown, each cut
+    repeated = [f"{i:02d}" + "x" * 3000 for i in range(50)] * 2
+    with pytest.raises(
+        ValueError, match=r"repeated ids: \['00x+\.\.\. \(3002 characters\), '01x+"
+    ) as info:
+        file_dataset.reader(pd.DataFrame({"id": repeated, "f": [None] * 100}))
+    assert len(str(info.value)) < 2600
+    assert str(info.value).endswith(" and 40 more")
+    with pytest.raises(ValueError) as info:
+        file_dataset.write_files({"a": "s3://my-bucket/" + "V" * 3000}, "s3://bkt/out", "r1")
+    assert "row id 'r1', file 'a': write_files sends local files" in str(info.value)
+    assert len(str(info.value)) < 500
+
+
+def test_a_transfer_errors_url_is_cut_only_beyond_any_valid_s3_url(tmp_path: Path) -> None:
+    # A cell holding a text file's contents reads as a (missing) relative path: its
+    # message was as long as the text.
+    text = "line of text in a file\n" * 5000
+    with pytest.raises(file_dataset.TransferError) as info:  # a name too long, here
+        file_dataset.reader(pd.DataFrame({"id": ["r1"], "notes.txt": [text]})).into_blob_table()
+    message = str(info.value)
+    assert message.startswith("cannot read line of text in a file\n")
+    assert f"... ({len(text)} characters) (row id 'r1', column 'notes.txt')" in message
+    assert len(message) < 1600
+    assert info.value.url == text  # the attribute keeps it whole
+    longest = "s3://" + "b" * 63 + "/" + "k" * 1024  # S3's longest bucket name and key
+    error = file_dataset.TransferError(longest, "NoSuchKey", row_id="r1", column="c")
+    assert str(error) == f"cannot read {longest} (row id 'r1', column 'c'): NoSuchKey"
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import stat
@@ -496,3 +497,13 @@ def test_upload_args_reach_every_object_written(
     # Local destinations take no S3 arguments: they are ignored there.
     local = file_dataset.write_files(files, tmp_path / "local", "r1", options)
     assert Path(local["big.mha"]).read_bytes() == big
+
+
+def test_a_source_whose_name_is_too_long_names_its_row_and_file(tmp_path: Path) -> None:
+    # os.stat's ENAMETOOLONG came out as a bare OSError (pathlib's is_file lets it through).
+    source = tmp_path / ("L" * 300)
+    with pytest.raises(file_dataset.TransferError) as info:
+        file_dataset.write_files({"a": source}, tmp_path / "out", "r1")
+    assert str(info.value).startswith(f"cannot read {source} (row id 'r1', column 'a'): ")
+    assert info.value.errno == errno.ENAMETOOLONG
+    assert not (tmp_path / "out").exists()

@@ -17,6 +17,7 @@ two subclasses also set ``errno`` (``ENOENT``, ``EACCES``), as the built-in ones
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 __all__ = [
     "FileDatasetError",
@@ -35,14 +36,48 @@ class InvalidInputError(FileDatasetError, ValueError):
     """A URL, file name, row id or file DataFrame is not valid."""
 
 
+# The longest value quoted whole in a message; longer ones are cut (a cell may hold a
+# file's bytes, or a long string, and a message or log line must stay readable).
+_QUOTE_LIMIT = 200
+
+
+def quoted(value: Any) -> str:
+    """``repr(value)``, cut to about :data:`_QUOTE_LIMIT` characters with its length.
+
+    ``str``, ``bytes`` and the like are cut before ``repr``, so a cell holding a large
+    file's bytes costs no more than a short one.
+    """
+    if isinstance(value, str | bytes | bytearray | memoryview) and len(value) > _QUOTE_LIMIT:
+        unit = "characters" if isinstance(value, str) else "bytes"
+        head = value[:_QUOTE_LIMIT]
+        if isinstance(head, memoryview):
+            head = head.tobytes()
+        return f"{repr(head)[:_QUOTE_LIMIT]}... ({len(value)} {unit})"
+    text = repr(value)
+    if len(text) > _QUOTE_LIMIT:
+        return f"{text[:_QUOTE_LIMIT]}... ({type(value).__name__}, cut)"
+    return text
+
+
+def cut(text: str, limit: int = 1200) -> str:
+    """``text`` itself, or its first ``limit`` characters and its length when longer.
+
+    For URLs and paths in messages: every valid S3 URL (a 63-character bucket, a
+    1,024-byte key) fits whole; a cell holding a file's text does not.
+    """
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _describe(operation: str, url: str, row_id: str | None, column: str | None) -> str:
     where = []
     if row_id is not None:
-        where.append(f"row id {row_id!r}")
+        where.append(f"row id {quoted(row_id)}")
     if column is not None:
-        where.append(f"column {column!r}")
+        where.append(f"column {quoted(column)}")
     suffix = f" ({', '.join(where)})" if where else ""
-    return f"{operation} {url}{suffix}"
+    return f"{operation} {cut(url)}{suffix}"
 
 
 class TransferError(FileDatasetError, OSError):

@@ -15,14 +15,13 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from file_dataset._errors import InvalidInputError
+from file_dataset._errors import InvalidInputError, quoted
 from file_dataset._urls import (
     Location,
     check_component,
     is_checked_s3_url,
     is_null,
     parse_url,
-    quoted,
 )
 
 ID_COLUMN = "id"
@@ -56,8 +55,8 @@ def _cell(value: Any, row_id: str | None, column: str) -> Location | None:
     try:
         return parse_url(value)
     except InvalidInputError as e:
-        where = f"row id {row_id!r}, " if row_id is not None else ""
-        raise InvalidInputError(f"{where}column {column!r}: {e}") from None
+        where = f"row id {quoted(row_id)}, " if row_id is not None else ""
+        raise InvalidInputError(f"{where}column {quoted(column)}: {e}") from None
 
 
 def parse_cells(columns: list[str], values: list[Any], row_id: str | None) -> list[Location | None]:
@@ -83,7 +82,9 @@ def check_ids(values: Any) -> list[str]:
         ids.append(check_component(value, "id"))
     if len(set(ids)) != len(ids):
         repeated = sorted(i for i, count in Counter(ids).items() if count > 1)
-        raise InvalidInputError(f"the 'id' column must be unique; repeated ids: {repeated[:10]}")
+        shown = ", ".join(quoted(i) for i in repeated[:10])
+        more = f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
+        raise InvalidInputError(f"the 'id' column must be unique; repeated ids: [{shown}]{more}")
     return ids
 
 
@@ -142,7 +143,7 @@ def _check_column_type(values: pd.Series, column: str, ids: list[str]) -> None:
     first = int(present.argmax())
     value = values.iloc[[first]].tolist()[0]  # a Python value: 3, not np.int64(3)
     raise InvalidInputError(
-        f"column {column!r} holds {values.dtype} values (row id {ids[first]!r}: "
+        f"column {column!r} holds {values.dtype} values (row id {quoted(ids[first])}: "
         f"{quoted(value)}), not file URLs or paths: every column of a file DataFrame "
         f"except {ID_COLUMN!r} is a file column, so drop the others first "
         f"(frame.drop(columns=[{column!r}]))"
@@ -172,7 +173,7 @@ def _check_not_blobs(values: pd.Series, column: str, ids: list[str]) -> None:
     if not binary and not isinstance(value, bytes | bytearray | memoryview):
         return
     raise InvalidInputError(
-        f"column {column!r} holds bytes (row id {ids[row]!r}: {quoted(value)}), not file "
+        f"column {column!r} holds bytes (row id {quoted(ids[row])}: {quoted(value)}), not file "
         "URLs or paths: a file DataFrame's cells name files, while a blob table (what "
         "into_blob_table() and read_file_dataset give) holds their contents"
     )

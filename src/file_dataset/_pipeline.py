@@ -23,7 +23,13 @@ import pandas as pd
 import pyarrow as pa
 
 from file_dataset._backend import remember
-from file_dataset._errors import InvalidInputError, ObjectNotFoundError, TransferError
+from file_dataset._errors import (
+    InvalidInputError,
+    ObjectNotFoundError,
+    TransferError,
+    cut,
+    quoted,
+)
 from file_dataset._frame import ID_COLUMN, FileTable, check_frame, frame_rows, parse_cells
 from file_dataset._options import Options, resolve_options
 from file_dataset._reader import FileReader
@@ -320,7 +326,7 @@ class Pipeline:
             outputs: dict[str, Path] = {}
             for name, path in returned.items():
                 if not isinstance(name, str):
-                    raise InvalidInputError(f"fn returned a non-string file name {name!r}")
+                    raise InvalidInputError(f"fn returned a non-string file name {quoted(name)}")
                 check_component(name, "output file name")
                 if name == ID_COLUMN:  # it would collide with the output's id column
                     raise InvalidInputError(
@@ -333,7 +339,7 @@ class Pipeline:
                 if not local.is_file():
                     what = "a directory, not a file" if local.is_dir() else "not an existing file"
                     raise FileNotFoundError(
-                        f"fn returned {name!r} -> {str(local)!r}, which is {what}"
+                        f"fn returned {quoted(name)} -> {quoted(str(local))}, which is {what}"
                     )
                 outputs[name] = local
         except BaseException as e:
@@ -560,7 +566,9 @@ class Pipeline:
             call.bar.update(1)
         if self.on_error == "raise":
             if failure.stage == "fn":  # neither fn nor a check of its result names the row
-                failure.error.add_note(f"file_dataset.Pipeline: fn failed on row id {failure.id!r}")
+                failure.error.add_note(
+                    f"file_dataset.Pipeline: fn failed on row id {quoted(failure.id)}"
+                )
             raise failure.error
         # A bar on the terminal is cleared while the warning is written and then drawn
         # again below it, so the two do not run together on one line.
@@ -570,10 +578,10 @@ class Pipeline:
             else type(call.bar).external_write_mode(file=sys.stderr)
         ):
             logger.warning(
-                "file_dataset.Pipeline dropped row id %r (%s failed): %s",
-                failure.id,
+                "file_dataset.Pipeline dropped row id %s (%s failed): %s",
+                quoted(failure.id),
                 failure.stage,
-                _describe(row_error),
+                cut(_describe(row_error), 2000),  # the whole error: last_failures
             )
 
 
@@ -627,13 +635,13 @@ def _local_output(name: str, path: Any) -> Path:
     """The local path of an output that fn returned, or the reason it is not one."""
     if not isinstance(path, str | os.PathLike):
         raise TypeError(
-            f"fn returned {name!r} -> a {type(path).__name__}; an output must be the "
+            f"fn returned {quoted(name)} -> {_a(type(path).__name__)}; an output must be the "
             "local path (str or os.PathLike) of a file that fn wrote"
         )
     text = os.fspath(path)
     if not isinstance(text, str):
         raise TypeError(
-            f"fn returned {name!r} -> a path of type {type(text).__name__}; an output must "
+            f"fn returned {quoted(name)} -> a path of type {type(text).__name__}; an output must "
             "be the local path (str or os.PathLike) of a file that fn wrote"
         )
     match = URL_SCHEME.match(text)
@@ -641,8 +649,9 @@ def _local_output(name: str, path: Any) -> Path:
         if match.group(1).lower() == "file":  # a local path, as write_files takes it
             return parse_url(text).path
         raise InvalidInputError(
-            f"fn returned {name!r} -> {mask_userinfo(text)!r}, a URL; outputs must be local files "
-            "written by fn (in output_dir), which the Pipeline then writes to into_path"
+            f"fn returned {quoted(name)} -> {quoted(mask_userinfo(text))}, a URL; outputs "
+            "must be local files written by fn (in output_dir), which the Pipeline then "
+            "writes to into_path"
         )
     return Path(text)
 
@@ -720,6 +729,11 @@ def _let_typeddicts_travel(fn: Callable[..., Any]) -> None:
                     value.__orig_bases__ = (TypedDict,)  # type: ignore[attr-defined]
         else:
             found.extend(get_args(value))  # Optional[X], list[X], ...; () for the rest
+
+
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article: "an int", "a float"."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def _id_last(columns: list[Any]) -> bool:

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from file_dataset._errors import InvalidInputError
+from file_dataset._errors import InvalidInputError, quoted
 
 URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_]{1,254}$")
@@ -220,29 +220,6 @@ def _check_not_a_broken_url(value: str) -> None:
             f"{quoted(mask_userinfo(value))} has whitespace before a URL: remove it (as it is, "
             "the value would be read as a local path)"
         )
-
-
-# The longest value quoted whole in a message; longer ones are cut (a cell may hold a
-# file's bytes, or a long string, and a message or log line must stay readable).
-_QUOTE_LIMIT = 200
-
-
-def quoted(value: Any) -> str:
-    """``repr(value)``, cut to about :data:`_QUOTE_LIMIT` characters with its length.
-
-    ``str``, ``bytes`` and the like are cut before ``repr``, so a cell holding a large
-    file's bytes costs no more than a short one.
-    """
-    if isinstance(value, str | bytes | bytearray | memoryview) and len(value) > _QUOTE_LIMIT:
-        unit = "characters" if isinstance(value, str) else "bytes"
-        head = value[:_QUOTE_LIMIT]
-        if isinstance(head, memoryview):
-            head = head.tobytes()
-        return f"{repr(head)[:_QUOTE_LIMIT]}... ({len(value)} {unit})"
-    text = repr(value)
-    if len(text) > _QUOTE_LIMIT:
-        return f"{text[:_QUOTE_LIMIT]}... ({type(value).__name__}, cut)"
-    return text
 
 
 def check_component(value: Any, what: str) -> str:

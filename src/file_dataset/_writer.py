@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from file_dataset._errors import InvalidInputError, ObjectNotFoundError, TransferError
+from file_dataset._errors import InvalidInputError, ObjectNotFoundError, TransferError, quoted
+from file_dataset._local import translate_os_error
 from file_dataset._options import Options, resolve_options
 from file_dataset._transfer import Context, Job, run_jobs, upload_job
 from file_dataset._urls import Location, check_component, check_local_name, is_null, parse_url
@@ -61,7 +63,9 @@ def write_files(
             f"{{'out.mha': Path('out.mha')}}, got {type(files).__name__}"
         )
     if is_null(id):
-        raise InvalidInputError(f"write_files needs an id (the folder under into_path), got {id!r}")
+        raise InvalidInputError(
+            f"write_files needs an id (the folder under into_path), got {quoted(id)}"
+        )
     row_id = check_component(id, "id")
     into = parse_url(into_path, prefix=True)
     if not into.is_s3:
@@ -69,7 +73,7 @@ def write_files(
     sources: dict[str, Path] = {}
     for name, src in files.items():
         if not isinstance(name, str):
-            raise InvalidInputError(f"file names must be strings, got {name!r}")
+            raise InvalidInputError(f"file names must be strings, got {quoted(name)}")
         check_component(name, "file name")
         if not into.is_s3:
             check_local_name(name, "file name")
@@ -77,24 +81,30 @@ def write_files(
             continue
         if not isinstance(src, (str, os.PathLike)):
             raise InvalidInputError(
-                f"row id {row_id!r}, file {name!r}: expected a local path (str or "
+                f"row id {quoted(row_id)}, file {quoted(name)}: expected a local path (str or "
                 f"os.PathLike), got {type(src).__name__}"
             )
         try:
             source = parse_url(src)
         except InvalidInputError as e:
-            raise InvalidInputError(f"row id {row_id!r}, file {name!r}: {e}") from None
+            raise InvalidInputError(f"row id {quoted(row_id)}, file {quoted(name)}: {e}") from None
         if source.is_s3:
             raise InvalidInputError(
-                f"row id {row_id!r}, file {name!r}: write_files sends local files, and "
-                f"{str(source)!r} is an S3 URL (read it to a local folder first, e.g. "
+                f"row id {quoted(row_id)}, file {quoted(name)}: write_files sends local files, "
+                f"and {quoted(str(source))} is an S3 URL (read it to a local folder first, e.g. "
                 "with reader(...).into_temp_dir())"
             )
         path = source.path
-        if path.is_file():  # one stat in the usual case
+        try:
+            mode: int | None = os.stat(path).st_mode  # one stat in the usual case
+        except (FileNotFoundError, NotADirectoryError):
+            mode = None
+        except OSError as e:  # a name too long, a loop of links, no permission, ...
+            raise translate_os_error(e, str(path), "read").with_context(row_id, name) from e
+        if mode is not None and stat.S_ISREG(mode):
             sources[name] = path
             continue
-        if path.is_dir():
+        if mode is not None and stat.S_ISDIR(mode):
             raise TransferError(
                 str(path),
                 "is a directory, not a file (write_files sends files; list a folder's "
