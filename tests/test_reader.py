@@ -624,20 +624,32 @@ def test_a_local_write_failure_names_the_object_row_and_column(
 
 
 def test_a_file_that_reports_size_0_is_read_to_its_end(tmp_path: Path) -> None:
-    """/proc and /sys files (and some FUSE ones) say 0 bytes and hold more: they read
-    as empty, while write_files uploaded them whole."""
+    """/proc files (and some FUSE ones) say 0 bytes and hold more, /sys files say 4,096:
+    they read as empty or failed, while write_files uploaded them whole."""
     source = Path("/proc/version")
     expected = source.read_bytes()
     assert source.stat().st_size == 0  # what makes the case
     assert expected
+    # /sys files say 4,096 bytes whatever they hold (it read "file shrank", and sized 4096)
+    cpus = Path("/sys/devices/system/cpu/online")
+    online = cpus.read_bytes()
+    assert cpus.stat().st_size == 4096
+    assert 0 < len(online) < 4096
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
-    reader = file_dataset.reader(pd.DataFrame({"id": ["r1"], "v": [source], "e": [empty]}))
-    assert reader.into_blob_table().to_pylist() == [{"id": "r1", "v": expected, "e": b""}]
-    assert reader.into_size_table().to_pylist() == [{"id": "r1", "v": len(expected), "e": 0}]
+    reader = file_dataset.reader(
+        pd.DataFrame({"id": ["r1"], "v": [source], "e": [empty], "s": [cpus]})
+    )
+    assert reader.into_blob_table().to_pylist() == [
+        {"id": "r1", "v": expected, "e": b"", "s": online}
+    ]
+    assert reader.into_size_table().to_pylist() == [
+        {"id": "r1", "v": len(expected), "e": 0, "s": len(online)}
+    ]
     with reader.into_temp_dir() as tmp:
         assert (tmp / "r1" / "v").read_bytes() == expected
         assert (tmp / "r1" / "e").read_bytes() == b""
+        assert (tmp / "r1" / "s").read_bytes() == online
 
 
 def test_a_named_pipe_or_device_is_refused_instead_of_read(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import os
 import secrets
@@ -132,6 +133,26 @@ def _open_regular(loc: Location) -> io.BufferedReader:
         raise
 
 
+@functools.cache
+def _sysfs_device() -> int | None:
+    """The device of ``/sys`` when it is a mount of its own (sysfs), else ``None``."""
+    try:
+        sys_device = os.stat("/sys").st_dev
+        return sys_device if sys_device != os.stat("/").st_dev else None
+    except OSError:
+        return None
+
+
+def _size_says_nothing(stat: os.stat_result) -> bool:
+    """Whether a regular file's size says nothing of how many bytes it holds.
+
+    Files of ``/proc`` (and cgroup and some FUSE file systems) report 0 bytes, and those
+    of ``/sys`` 4,096, whatever they hold: they are read to their end instead. A truly
+    empty file reads as empty all the same.
+    """
+    return stat.st_size == 0 or stat.st_dev == _sysfs_device()
+
+
 class LocalBackend:
     """Reads and writes files on the local file system."""
 
@@ -144,7 +165,7 @@ class LocalBackend:
             with _open_regular(loc) as f:
                 stat = os.fstat(f.fileno())
                 total = stat.st_size
-                if total == 0:  # empty, or a /proc or /sys file that reports no size
+                if _size_says_nothing(stat):
                     data = f.read()
                     return data, len(data), None
                 if total > length:
@@ -200,7 +221,7 @@ class LocalBackend:
             raise translate_os_error(e, str(loc), "head") from e
         if not stat_module.S_ISREG(stat.st_mode):  # as read_first says: no size to plan with
             raise TransferError(str(loc), _kind(stat.st_mode), operation="head")
-        if stat.st_size == 0:  # empty, or a /proc or /sys file that reports no size
+        if _size_says_nothing(stat):
             with contextlib.suppress(OSError), _open_regular(loc) as f:
                 return sum(map(len, iter(lambda: f.read(1 << 20), b"")))
         return stat.st_size
