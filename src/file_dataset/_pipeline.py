@@ -6,13 +6,16 @@ import collections
 import concurrent.futures
 import contextlib
 import errno
+import functools
 import inspect
+import itertools
 import logging
 import os
 import shutil
 import sys
 import tempfile
 import threading
+import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -691,44 +694,92 @@ def _where(paths: Iterable[Path], input_dir: Path, output_dir: Path) -> tuple[bo
     return uses_input, only_own
 
 
+# How far _let_typeddicts_travel looks from fn: links followed, objects visited, and
+# items taken from one container.
+_TRAVEL_DEPTH = 6
+_TRAVEL_BUDGET = 20_000
+_TRAVEL_ITEMS = 1_000
+
+
 def _let_typeddicts_travel(fn: Callable[..., Any]) -> None:
     """Lets cloudpickle rebuild, on Python 3.11, the ``TypedDict`` classes ``fn`` uses.
 
-    Ray pickles a function defined in the driver's script by value, with the classes of
-    its annotations and globals. cloudpickle rebuilds such a class from its
+    Ray pickles a function defined in the driver's script by value, with what it
+    refers to: the classes of its annotations, the globals its code names, and the
+    same for the helper functions those are. cloudpickle rebuilds such a class from its
     ``__orig_bases__``, else from its ``__bases__``; a ``TypedDict("Name", {...})`` of
     Python 3.11 (the design notes' ``ResampledOutput``) has only ``(dict,)``, which the
     ``TypedDict`` metaclass refuses, so the Pipeline failed in every worker with
     "cannot inherit from both a TypedDict type and a non-TypedDict base class". Python
-    3.12 gives such classes ``__orig_bases__ = (TypedDict,)``; this sets the same on the
-    classes found in ``fn``'s annotations (also inside ``Optional[...]`` and the like)
-    and in the globals its code names. Nothing else about them changes.
+    3.12 gives such classes ``__orig_bases__ = (TypedDict,)``; this sets the same on
+    the ``TypedDict`` classes reachable from ``fn``: through annotations (also inside
+    ``Optional[...]`` and the like), defaults, closures, the globals named by its code
+    (helper functions in turn), ``functools.partial`` arguments, bound methods, the
+    attributes of a callable object, and the items of containers among those. The walk
+    is bounded (depth, objects, items per container) and does not enter modules or
+    classes. Nothing else about the classes changes.
     """
     if sys.version_info >= (3, 12):
         return
-    targets = [fn, getattr(fn, "func", None), getattr(fn, "__func__", None)]
-    if not inspect.isroutine(fn):
-        targets.append(vars(type(fn)).get("__call__"))  # a callable object
-    found: list[Any] = []
-    for target in targets:
-        annotations = getattr(target, "__annotations__", None)
-        if isinstance(annotations, Mapping):
-            found.extend(annotations.values())
-        code, names = getattr(target, "__code__", None), getattr(target, "__globals__", None)
-        if code is not None and isinstance(names, Mapping):
-            found.extend(names[name] for name in code.co_names if name in names)
     seen: set[int] = set()
-    while found:
-        value = found.pop()
+    stack: list[tuple[Any, int]] = [(fn, 0)]
+    budget = _TRAVEL_BUDGET
+    while stack and budget:
+        value, depth = stack.pop()
         if id(value) in seen:
             continue
         seen.add(id(value))
+        budget -= 1
         if isinstance(value, type):
             if is_typeddict(value) and "__orig_bases__" not in value.__dict__:
                 with contextlib.suppress(AttributeError, TypeError):
                     value.__orig_bases__ = (TypedDict,)  # type: ignore[attr-defined]
-        else:
-            found.extend(get_args(value))  # Optional[X], list[X], ...; () for the rest
+            continue
+        if depth >= _TRAVEL_DEPTH or isinstance(value, types.ModuleType):
+            continue
+        links: list[Any] = []
+        with contextlib.suppress(Exception):  # an object that resists being looked at
+            links = _travel_links(value)
+        stack.extend((child, depth + 1) for child in links)
+
+
+def _travel_links(value: Any) -> list[Any]:
+    """What pickling ``value`` by value would also pickle (see above), in part."""
+    links: list[Any] = list(get_args(value))  # Optional[X], list[X]; () for the rest
+    if isinstance(value, types.FunctionType):
+        links.extend(value.__annotations__.values())
+        links.extend(value.__defaults__ or ())
+        links.extend((value.__kwdefaults__ or {}).values())
+        for cell in value.__closure__ or ():
+            with contextlib.suppress(ValueError):  # an empty cell
+                links.append(cell.cell_contents)
+        names = value.__globals__
+        codes = [value.__code__]
+        while codes:  # nested functions, lambdas and comprehensions too
+            code = codes.pop()
+            links.extend(names[name] for name in code.co_names if name in names)
+            codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    elif isinstance(value, staticmethod | classmethod):
+        links.append(value.__func__)
+    elif isinstance(value, types.MethodType):
+        links.extend((value.__func__, value.__self__))
+    elif isinstance(value, functools.partial):
+        links.extend((value.func, *value.args, *value.keywords.values()))
+    elif isinstance(value, dict):
+        for key, item in itertools.islice(value.items(), _TRAVEL_ITEMS):
+            links.extend((key, item))
+    elif isinstance(value, list | tuple | set | frozenset):
+        links.extend(itertools.islice(value, _TRAVEL_ITEMS))
+    elif not isinstance(value, str | bytes | int | float | complex | bool | type(None)):
+        attributes = getattr(value, "__dict__", None)  # a callable object, say
+        if isinstance(attributes, dict):
+            links.extend(itertools.islice(attributes.values(), _TRAVEL_ITEMS))
+        kind = type(value)
+        if kind.__module__ == "__main__" or "__call__" in vars(kind):
+            # A callable object's methods (__call__ and its helpers), and those of a
+            # class of the script, which cloudpickle sends by value with the object.
+            links.extend(vars(kind).values())
+    return links
 
 
 def _a(noun: str) -> str:

@@ -68,6 +68,55 @@ def test_a_function_annotated_with_a_functional_typeddict_runs_in_map_batches(
         assert body["Body"].read() == blob_dataset.expected(row_id, "image.bin").upper()
 
 
+# TypedDicts that the function reaches other than through its own annotations, each
+# one way (one class each: a class once reached is fixed for the rest of the session).
+ViaHelper = TypedDict("ViaHelper", {"output.mha": Path})
+ViaGlobalDict = TypedDict("ViaGlobalDict", {"output.mha": Path})
+ViaDefault = TypedDict("ViaDefault", {"output.mha": Path})
+ViaAttribute = TypedDict("ViaAttribute", {"output.mha": Path})
+ViaPartial = TypedDict("ViaPartial", {"output.mha": Path})
+KINDS = {"output": ViaGlobalDict}
+
+
+def write_output(output_dir: Path, data: bytes, kind: Any = ViaDefault) -> Any:
+    output = output_dir / "output.mha"
+    output.write_bytes(data)
+    return {"output.mha": output}
+
+
+write_output.__annotations__ = {"output_dir": Path, "data": bytes, "return": ViaHelper}
+
+
+class Resampler:
+    def __init__(self) -> None:
+        self.kind = ViaAttribute
+
+    def __call__(self, input_dir: Path, output_dir: Path, *, extra: Any = None) -> Any:
+        assert KINDS["output"].__annotations__ == {"output.mha": Path}
+        return write_output(output_dir, (input_dir / "image.bin").read_bytes()[::-1])
+
+
+def test_typeddicts_reached_through_helpers_globals_and_objects_travel_too(
+    ray_local: None, blob_dataset: Any, s3_client: Any, options: Options
+) -> None:
+    import functools
+
+    bucket = blob_dataset.bucket
+    frame = blob_dataset.frame.iloc[310:313]
+    into_path = f"s3://{bucket}/typeddict-reached/"
+    fn = functools.partial(Resampler(), extra=ViaPartial)
+    pipeline = Pipeline(fn, write_options={"into_path": into_path}, options=options)
+    output = (
+        ray.data.from_pandas(frame)
+        .map_batches(pipeline, batch_format="pandas", batch_size=3)
+        .to_pandas()
+    )
+    assert sorted(output["id"]) == sorted(frame["id"])
+    for row_id in frame["id"]:
+        body = s3_client.get_object(Bucket=bucket, Key=f"typeddict-reached/{row_id}/output.mha")
+        assert body["Body"].read() == blob_dataset.expected(row_id, "image.bin")[::-1]
+
+
 def test_pipeline_in_map_batches_writes_every_row_but_the_failing_one(
     ray_local: None, blob_dataset: Any, s3_client: Any, options: Options
 ) -> None:
