@@ -47,6 +47,8 @@ def test_s3_url_key_is_verbatim(url: str, bucket: str, key: str) -> None:
         (Path("/abs/p.mha"), "/abs/p.mha"),
         ("file:///abs/f.mha", "/abs/f.mha"),
         ("file://localhost/abs/f.mha", "/abs/f.mha"),
+        ("file:/abs/f.mha", "/abs/f.mha"),  # RFC 8089's short form (read as relative before)
+        ("FILE:/abs/scan%231.mha", "/abs/scan#1.mha"),
     ],
 )
 def test_local_paths(value: str | Path, path: str) -> None:
@@ -78,6 +80,7 @@ def test_a_leading_tilde_is_expanded(monkeypatch: pytest.MonkeyPatch) -> None:
         "s3:/bucket/key",
         "S3:bucket/key",
         "s3a:/bucket/key",
+        "file:relative/x.mha",
         " s3://bucket/key",
         "  s3:/bucket/key",
     ],

@@ -156,6 +156,12 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
         )
     if not value:
         raise InvalidInputError("expected an s3:// URL or a local path, got an empty string")
+    if value[:5].lower() == "file:" and value[5:7] != "//":
+        if value[5:6] != "/":  # it would otherwise be read as a relative path
+            raise InvalidInputError(
+                f"{quoted(value)} is not a valid file URL (expected file:///absolute/path)"
+            )
+        value = "file://" + value[5:]  # RFC 8089's short form: file:/path is file:///path
     match = URL_SCHEME.match(value)
     if match is None:
         _check_not_a_broken_url(value)
