@@ -134,8 +134,18 @@ def test_the_default_threshold_follows_a_larger_part_size() -> None:
     assert given.replace(max_concurrency=4).multipart_threshold == 20 * MiB
     with pytest.raises(ValueError, match="at least part_size, got 20971520 and 33554432"):
         given.replace(part_size=32 * MiB)  # a threshold that was given stays given
+    # also when it was given as the default's value: it is still the user's choice
+    sixteen = Options(multipart_threshold=16 * MiB)
+    assert sixteen == Options()  # by value all the same
+    with pytest.raises(ValueError, match="at least part_size"):
+        sixteen.replace(part_size=32 * MiB)
+    with pytest.raises(ValueError, match="at least part_size"):
+        pickle.loads(pickle.dumps(sixteen)).replace(part_size=32 * MiB)
     copy = pickle.loads(pickle.dumps(Options(part_size=32 * MiB)))
     assert copy == Options(part_size=32 * MiB, multipart_threshold=32 * MiB)
+    assert copy.replace(part_size=64 * MiB).multipart_threshold == 64 * MiB
+    with pytest.raises(ValueError, match="at most 5 GiB"):
+        Options(part_size=5 * 1024 * MiB + 1)
 
 
 @pytest.mark.parametrize(

@@ -482,8 +482,8 @@ class Options:
             Raising it (to 128, say) helps many small objects over a slow link and
             costs threads and connections (and one boto3 client per thread where
             boto3 carries the bytes).
-        part_size: The size of each ranged GET and multipart-upload part; at least
-            5 MiB (S3's smallest part).
+        part_size: The size of each ranged GET and multipart-upload part; from 5 MiB
+            to 5 GiB (S3's smallest and largest parts).
         multipart_threshold: Objects larger than this are read with parallel ranged
             GETs and written with multipart uploads; smaller ones take one request.
             At least ``part_size``; by default 16 MiB, or ``part_size`` if larger.
@@ -516,6 +516,7 @@ class Options:
 
     __slots__ = (
         "_runtime",
+        "_threshold_given",
         "max_attempts",
         "max_concurrency",
         "multipart_threshold",
@@ -538,6 +539,7 @@ class Options:
     transport: str
     upload_args: Mapping[str, Any]
     request_payer: bool
+    _threshold_given: bool
 
     def __init__(
         self,
@@ -555,6 +557,7 @@ class Options:
     ) -> None:
         max_concurrency = _whole_number(max_concurrency, "max_concurrency")
         part_size = _whole_number(part_size, "part_size")
+        threshold_given = multipart_threshold is not None
         if multipart_threshold is None:
             multipart_threshold = max(16 * _MiB, part_size)
         multipart_threshold = _whole_number(multipart_threshold, "multipart_threshold")
@@ -565,6 +568,8 @@ class Options:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
         if part_size < 5 * _MiB:
             raise ValueError(f"part_size must be at least 5 MiB (S3's minimum), got {part_size}")
+        if part_size > 5 * 1024 * _MiB:
+            raise ValueError(f"part_size must be at most 5 GiB (S3's maximum), got {part_size}")
         if multipart_threshold < part_size:
             raise ValueError(
                 f"multipart_threshold must be at least part_size, got {multipart_threshold} "
@@ -588,6 +593,9 @@ class Options:
         _set(self, "max_concurrency", max_concurrency)
         _set(self, "part_size", part_size)
         _set(self, "multipart_threshold", multipart_threshold)
+        # Not part of the value (equality, hash): whether replace() and pickles keep the
+        # threshold as given, or let it follow part_size as the default does.
+        _set(self, "_threshold_given", threshold_given)
         _set(self, "retry_mode", retry_mode)
         _set(self, "max_attempts", max_attempts)
         if transport not in ("auto", "obstore", "boto3"):
@@ -779,15 +787,10 @@ class Options:
             >>> Options(max_concurrency=8).replace(max_concurrency=16).max_concurrency
             16
         """
-        state = self.__getstate__()
-        if "multipart_threshold" not in changes and self.multipart_threshold == max(
-            16 * _MiB, self.part_size
-        ):
-            del state["multipart_threshold"]  # the default follows a new part_size
-        return Options(**{**state, **changes})
+        return Options(**{**self.__getstate__(), **changes})
 
     def __getstate__(self) -> dict[str, Any]:
-        return {
+        state = {
             "session_kwargs": dict(self.session_kwargs),
             "s3_client_kwargs": dict(self.s3_client_kwargs),
             "max_concurrency": self.max_concurrency,
@@ -799,10 +802,15 @@ class Options:
             "upload_args": dict(self.upload_args),
             "request_payer": self.request_payer,
         }
+        if not self._threshold_given:  # the default, which follows part_size
+            del state["multipart_threshold"]
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # pickles made before these settings existed
         state = {"transport": "auto", "upload_args": {}, "request_payer": False, **state}
+        object.__setattr__(self, "_threshold_given", "multipart_threshold" in state)
+        state.setdefault("multipart_threshold", max(16 * _MiB, state["part_size"]))
         for name, value in state.items():
             if isinstance(value, dict):
                 value = MappingProxyType(value)
