@@ -555,15 +555,20 @@ def test_an_interrupt_in_fn_ends_the_call_and_leaves_nothing(
     (tmp_path / "a").write_bytes(b"a")
     frame = pd.DataFrame({"id": ["r1", "r2", "r3"], "f": [tmp_path / "a"] * 3})
     seen: list[str] = []
+    folders: list[Path] = []
 
     def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
         seen.append((input_dir / "f").read_text())
+        folders[:] = [input_dir, output_dir]
         if len(seen) == 2:
             raise interrupt()
         return upper(input_dir, output_dir)
 
     with pytest.raises(interrupt):
         Pipeline(fn, {"into_path": tmp_path / "out"}, options)(frame)
+    # the interrupted row's folders are gone when the call ends (a pool thread removed
+    # them a moment later for KeyboardInterrupt)
+    assert [folder.exists() for folder in folders] == [False, False]
     _join_pipeline_threads()
     assert seen == ["a", "a"]
     assert list(system_tmp.iterdir()) == []

@@ -176,7 +176,8 @@ class Pipeline:
             or ``on_error`` is neither ``"drop"`` nor ``"raise"``.
 
     Examples:
-        >>> pipeline = Pipeline(resample, write_options={"into_path": "s3://b/out/"})
+        >>> into = {"into_path": "s3://b/out/"}
+        >>> pipeline = Pipeline(resample, write_options=into)  # doctest: +SKIP
         >>> outputs = pipeline(files_dataframe)  # doctest: +SKIP
     """
 
@@ -493,10 +494,13 @@ class Pipeline:
                     call.claim(index)  # from here on, removing them is this loop's job
                     outputs = self._run_fn(row_id, input_dir, output_dir)
                 except BaseException as e:
+                    if not isinstance(e, _RowError):
+                        # KeyboardInterrupt and the like end the call, with this row's
+                        # folders gone by the time it ends
+                        _remove((input_dir, output_dir))
+                        raise
                     # off the calling thread: the next fn call need not wait
                     stages.submit(_remove, (input_dir, output_dir))
-                    if not isinstance(e, _RowError):
-                        raise  # KeyboardInterrupt and the like end the call
                     failed = e
                 if failed is not None:
                     self._fail(call, failed)

@@ -135,7 +135,7 @@ class FileDataFrameAsBlobDatasource(Datasource):
 
     @property
     def batch_size(self) -> int:
-        """The number of rows per read task (and per block)."""
+        """The number of rows per read task (one block, unless Ray splits a large one)."""
         return self._batch_size
 
     @property
