@@ -41,6 +41,28 @@ CHANGED = (
     "the object changed while it was being read (it was replaced or rewritten after its "
     "first bytes arrived); nothing of it was kept, read it again"
 )
+
+
+def is_weak(tag: str) -> bool:
+    """Whether an ETag is weak (``W/"..."``): ``If-Match`` never matches one."""
+    return tag.startswith(("W/", "w/"))
+
+
+def check_same_version(url: str, first: str | None, later: str | None) -> None:
+    """Refuses a later part whose ETag is not the first response's.
+
+    ``If-Match`` asks the server to refuse such a part, but some S3-compatible servers
+    ignore it, and a weak ETag cannot be asked for; comparing the ETags catches both.
+    A response without an ETag cannot be checked (nor can objects of servers that send
+    none).
+
+    Raises:
+        TransferError: The ETags differ.
+    """
+    if first and later and first.strip('"') != later.strip('"'):
+        raise TransferError(url, CHANGED)
+
+
 # What a write reports when its local source changed while it was being sent (the
 # destination is then left as it was: nothing is written).
 SOURCE_CHANGED = (

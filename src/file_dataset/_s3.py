@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import io
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,8 @@ from file_dataset._backend import (
     STREAM_BYTES,
     Blob,
     Sink,
+    check_same_version,
+    is_weak,
     new_buffer,
     read_source,
     readinto_chunks,
@@ -169,6 +172,22 @@ def _fill_some(body: Any, view: memoryview) -> int:
     return done
 
 
+class _BytesBody(io.BytesIO):
+    """A body already read whole, in place of botocore's stream."""
+
+
+def _total(content_range: str | None, size: int, url: str) -> int:
+    """The object's size from a first response's ``Content-Range`` (else its length)."""
+    if not content_range:
+        return size  # the whole object
+    total = str(content_range).rsplit("/", 1)[-1]
+    if not total.isdigit():  # "bytes 0-1023/*": legal, but the rest cannot be planned
+        raise TransferError(
+            url, f"the server did not say the object's size (Content-Range {content_range})"
+        )
+    return int(total)
+
+
 class _SourceShrank(Exception):
     """A part's file ended before the part did (raised while its request is sent)."""
 
@@ -244,13 +263,20 @@ class S3Backend:
                     **self._args("get"),
                 )
             except ClientError as e:
-                if e.response.get("Error", {}).get("Code") != "InvalidRange":
+                status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if e.response.get("Error", {}).get("Code") != "InvalidRange" and status != 416:
                     raise
                 # A Range on an empty object is "unsatisfiable": read it plainly.
                 resp = client.get_object(Bucket=loc.bucket, Key=loc.key, **self._args("get"))
             content_range = resp.get("ContentRange")
-            size = int(resp.get("ContentLength", 0))
-            total = int(content_range.rsplit("/", 1)[1]) if content_range else size
+            if resp.get("ContentLength") is None:
+                # Chunked, or ended by closing the connection: the body says how long it
+                # is only once read to its end (botocore would otherwise read nothing).
+                data = resp["Body"].read()
+                resp["ContentLength"] = len(data)
+                resp["Body"] = _BytesBody(data)  # type: ignore[typeddict-item]
+            size = int(resp["ContentLength"])
+            total = _total(content_range, size, url)
             if content_range and not str(content_range).startswith(f"bytes 0-{size - 1}/"):
                 # The later parts start where the range ends: a body shorter than its
                 # range would leave a hole in the object that nothing fills.
@@ -278,12 +304,17 @@ class S3Backend:
     def _get_range(self, loc: Location, start: int, length: int, tag: str | None) -> Any:
         """A ranged GET, checked to answer that range (not the whole object)."""
         extra = self._args("get")
-        if tag:
+        if tag and not is_weak(tag):  # a weak ETag never matches If-Match
             extra["IfMatch"] = tag
         end = start + length - 1
         resp = self._options.s3_client().get_object(
             Bucket=loc.bucket, Key=loc.key, Range=f"bytes={start}-{end}", **extra
         )
+        try:
+            check_same_version(str(loc), tag, resp.get("ETag"))
+        except TransferError:
+            resp["Body"].close()
+            raise
         answered = resp.get("ContentRange")
         if (
             not str(answered).startswith(f"bytes {start}-{end}/")
@@ -383,6 +414,10 @@ class S3Backend:
             )
         except (ClientError, BotoCoreError) as e:
             translate_error(e, str(loc), "head")
+        if resp.get("ContentLength") is None:
+            raise TransferError(
+                str(loc), "the server's answer to a HEAD gave no Content-Length", operation="head"
+            )
         return int(resp["ContentLength"])
 
     def write(self, src: Path, loc: Location) -> None:
@@ -428,6 +463,10 @@ class S3Backend:
             translate_error(e, str(loc), "write")
         finally:
             body.close()
+        if not resp.get("ETag"):
+            raise TransferError(
+                str(loc), f"the server's answer to part {number} gave no ETag", operation="write"
+            )
         return str(resp["ETag"])
 
     def multipart_complete(self, loc: Location, upload_id: str, etags: list[str]) -> None:

@@ -41,7 +41,9 @@ from file_dataset._backend import (
     STREAM_BYTES,
     Blob,
     Sink,
+    check_same_version,
     copy_into,
+    is_weak,
     read_source,
     remember,
     store_writer,
@@ -480,12 +482,13 @@ class ObstoreS3Backend:
             return
         url = str(loc)
         get_options: dict[str, Any] = {"range": (start, start + length)}
-        if tag:
+        if tag and not is_weak(tag):  # a weak ETag never matches If-Match
             get_options["if_match"] = tag
         try:
             result = self._request(
                 loc, lambda store: obstore.get(store, loc.key, options=cast(Any, get_options))
             )
+            check_same_version(url, tag, result.meta.get("e_tag"))
             yield from self._chunks(result, url, length)
         except (BaseError, OSError) as e:
             translate_error(e, url, "read")
