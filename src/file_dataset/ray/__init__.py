@@ -39,7 +39,8 @@ def __getattr__(name: str) -> Any:
     except ImportError as e:
         if e.name is not None and e.name.split(".")[0] == "ray":
             raise ImportError(
-                "file_dataset.ray needs Ray Data: pip install 'file-dataset[ray]'"
+                "file_dataset.ray needs Ray Data: pip install 'ray[data]' (or this package's "
+                "'ray' extra)"
             ) from e
         raise
     value = getattr(module, name)
