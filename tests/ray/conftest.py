@@ -108,9 +108,11 @@ def ray_local() -> Iterator[None]:
 
     Started after ``tests/conftest.py`` removed every ``AWS_*`` variable, so Ray's
     workers inherit no credentials and no endpoint: they only have what ``Options``
-    carries.
+    carries. ``address="local"``: always a Ray of its own, never one already running on
+    the machine (another test run's, or a user's).
     """
     ray.init(
+        address="local",
         num_cpus=2,
         object_store_memory=256 * 1024 * 1024,
         include_dashboard=False,

@@ -45,27 +45,39 @@ def resample(input_dir: Path, output_dir: Path) -> ResampledOutput:
 resample.__annotations__ = {"input_dir": Path, "output_dir": Path, "return": ResampledOutput}
 
 
-def test_a_function_annotated_with_a_functional_typeddict_runs_in_map_batches(
-    ray_local: None, blob_dataset: Any, s3_client: Any, options: Options
-) -> None:
-    # Python 3.11's TypedDict("Name", {...}) made cloudpickle fail in every worker:
-    # "cannot inherit from both a TypedDict type and a non-TypedDict base class".
+def _outputs_in_map_batches(
+    fn: Any, frame: pd.DataFrame, prefix: str, blob_dataset: Any, s3_client: Any, options: Options
+) -> dict[str, bytes]:
+    """Runs a Pipeline of ``fn`` over ``frame`` in map_batches; each row's output.mha."""
     bucket = blob_dataset.bucket
-    frame = blob_dataset.frame.iloc[300:304]
-    into_path = f"s3://{bucket}/typeddict/"
-    pipeline = Pipeline(fn=resample, write_options={"into_path": into_path}, options=options)
-    copy = ray.cloudpickle.loads(ray.cloudpickle.dumps(pipeline))
-    assert copy.fn.__annotations__["return"].__annotations__ == {"output.mha": Path}
+    into_path = f"s3://{bucket}/{prefix}/"
+    pipeline = Pipeline(fn=fn, write_options={"into_path": into_path}, options=options)
     output = (
         ray.data.from_pandas(frame)
         .map_batches(pipeline, batch_format="pandas", batch_size=2)
         .to_pandas()
     )
     assert sorted(output["id"]) == sorted(frame["id"])
-    for row_id, url in zip(output["id"], output["output.mha"], strict=True):
-        assert url == f"{into_path}{row_id}/output.mha"
-        body = s3_client.get_object(Bucket=bucket, Key=f"typeddict/{row_id}/output.mha")
-        assert body["Body"].read() == blob_dataset.expected(row_id, "image.bin").upper()
+    assert sorted(output["output.mha"]) == sorted(f"{into_path}{i}/output.mha" for i in frame["id"])
+    return {
+        row_id: s3_client.get_object(Bucket=bucket, Key=f"{prefix}/{row_id}/output.mha")[
+            "Body"
+        ].read()
+        for row_id in frame["id"]
+    }
+
+
+def test_a_function_annotated_with_a_functional_typeddict_runs_in_map_batches(
+    ray_local: None, blob_dataset: Any, s3_client: Any, options: Options
+) -> None:
+    # Python 3.11's TypedDict("Name", {...}) made cloudpickle fail in every worker:
+    # "cannot inherit from both a TypedDict type and a non-TypedDict base class".
+    frame = blob_dataset.frame.iloc[300:304]
+    pipeline = Pipeline(fn=resample, write_options={"into_path": "s3://bkt/x/"}, options=options)
+    copy = ray.cloudpickle.loads(ray.cloudpickle.dumps(pipeline))
+    assert copy.fn.__annotations__["return"].__annotations__ == {"output.mha": Path}
+    got = _outputs_in_map_batches(resample, frame, "typeddict", blob_dataset, s3_client, options)
+    assert got == {i: blob_dataset.expected(i, "image.bin").upper() for i in frame["id"]}
 
 
 # TypedDicts that the function reaches other than through its own annotations, each
@@ -101,20 +113,10 @@ def test_typeddicts_reached_through_helpers_globals_and_objects_travel_too(
 ) -> None:
     import functools
 
-    bucket = blob_dataset.bucket
     frame = blob_dataset.frame.iloc[310:313]
-    into_path = f"s3://{bucket}/typeddict-reached/"
     fn = functools.partial(Resampler(), extra=ViaPartial)
-    pipeline = Pipeline(fn, write_options={"into_path": into_path}, options=options)
-    output = (
-        ray.data.from_pandas(frame)
-        .map_batches(pipeline, batch_format="pandas", batch_size=3)
-        .to_pandas()
-    )
-    assert sorted(output["id"]) == sorted(frame["id"])
-    for row_id in frame["id"]:
-        body = s3_client.get_object(Bucket=bucket, Key=f"typeddict-reached/{row_id}/output.mha")
-        assert body["Body"].read() == blob_dataset.expected(row_id, "image.bin")[::-1]
+    got = _outputs_in_map_batches(fn, frame, "typeddict-reached", blob_dataset, s3_client, options)
+    assert got == {i: blob_dataset.expected(i, "image.bin")[::-1] for i in frame["id"]}
 
 
 def test_pipeline_in_map_batches_writes_every_row_but_the_failing_one(
