@@ -501,13 +501,14 @@ def test_threads_of_options_no_longer_used_end(
 def test_idle_transfer_threads_end_and_are_started_again_on_demand() -> None:
     import queue
 
-    from file_dataset._options import _Workers
+    from file_dataset._options import RunState, _Workers
 
     workers = _Workers(4, linger=0.01)
     for round_ in range(3):
         replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        run = RunState()
         for n in range(12):
-            workers.submit(lambda n=n: n * n, replies, n, [])
+            workers.submit(lambda n=n: n * n, replies, n, run)
         got = sorted(replies.get(timeout=60) for _ in range(12))
         assert got == [(n, n * n, None) for n in range(12)], round_
         for thread in workers.running_threads():

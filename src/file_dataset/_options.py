@@ -170,6 +170,53 @@ _WAKE_SECONDS = 1.0
 _POOL_NUMBERS = itertools.count(1)
 
 
+class RunState:
+    """What the workers and the thread driving one run of calls share.
+
+    Once :meth:`abandon` is called, no call of the run starts; :meth:`wait_idle` then
+    waits for those already under way. Both sides decide under one lock, so the wait
+    never depends on how many replies the driving thread has consumed (an interrupt
+    between taking a reply and counting it cannot make it wait for ever).
+    """
+
+    __slots__ = ("_abandoned", "_cond", "_executing")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._abandoned = False
+        self._executing = 0
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether the run was abandoned (calls not yet started are skipped)."""
+        return self._abandoned
+
+    def start_call(self) -> bool:
+        """Called by a worker before a call: ``False`` if the call must be skipped."""
+        with self._cond:
+            if self._abandoned:
+                return False
+            self._executing += 1
+            return True
+
+    def end_call(self) -> None:
+        """Called by a worker after a call that :meth:`start_call` let run."""
+        with self._cond:
+            self._executing -= 1
+            if not self._executing:
+                self._cond.notify_all()
+
+    def abandon(self) -> None:
+        """No call of the run starts from now on."""
+        with self._cond:
+            self._abandoned = True
+
+    def wait_idle(self) -> None:
+        """Waits until no call of the run is under way."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._executing)
+
+
 class _Workers:
     """The threads that carry the transfer engine's I/O calls.
 
@@ -177,14 +224,15 @@ class _Workers:
     worker is idle (as ``ThreadPoolExecutor`` does): per call it costs two
     queue operations, where ``ThreadPoolExecutor`` also makes a future, locks it,
     and runs its callbacks; at thousands of small objects per second that shows.
-    Each call comes with the queue its reply goes to and a flag list: a call whose
-    list is non-empty (its run was abandoned) is not run. A thread that has waited
+    Each call comes with the queue its reply goes to and its run's :class:`RunState`:
+    a call of an abandoned run is not run (its reply says it was cancelled). A thread
+    that has waited
     ``linger`` seconds for a call ends; new calls start new threads.
     """
 
     def __init__(self, size: int, linger: float = _LINGER_SECONDS) -> None:
         self._calls: queue.SimpleQueue[
-            tuple[Callable[[], Any], queue.SimpleQueue[Reply], Any, list[bool]]
+            tuple[Callable[[], Any], queue.SimpleQueue[Reply], Any, RunState]
         ] = queue.SimpleQueue()
         self._size = size
         self._linger = linger
@@ -200,10 +248,10 @@ class _Workers:
         call: Callable[[], Any],
         reply: queue.SimpleQueue[Reply],
         tag: Any,
-        abandoned: list[bool],
+        run: RunState,
     ) -> None:
         """Runs ``call`` on a worker; ``(tag, result, error)`` is put on ``reply``."""
-        self._calls.put((call, reply, tag, abandoned))
+        self._calls.put((call, reply, tag, run))
         # With a token, some worker is idle, unless the last one has just ended (a
         # worker that ends counts itself out first, then looks at the queue again).
         if self._idle.acquire(blocking=False) and self._threads > 0:
@@ -250,16 +298,18 @@ class _Workers:
                 if time.monotonic() - waiting_since >= self._linger and self._end(counted_idle):
                     return
                 continue
-            call, reply, tag, abandoned = item
-            if abandoned:
+            call, reply, tag, run = item
+            if not run.start_call():
                 reply.put((tag, None, concurrent.futures.CancelledError()))
             else:
                 try:
                     reply.put((tag, call(), None))
                 except BaseException as e:
                     reply.put((tag, None, e))
+                finally:
+                    run.end_call()
             # Drop the references now: an idle worker must not keep buffers alive.
-            item = call = reply = tag = abandoned = None  # type: ignore[assignment]
+            item = call = reply = tag = run = None  # type: ignore[assignment]
             self._idle.release()
             counted_idle = True
             waiting_since = time.monotonic()

@@ -33,7 +33,7 @@ from file_dataset._backend import (
 )
 from file_dataset._errors import ObjectNotFoundError, TransferError
 from file_dataset._local import new_temp_file
-from file_dataset._options import Options, Reply
+from file_dataset._options import Options, Reply, RunState
 from file_dataset._urls import Location
 
 T = TypeVar("T")
@@ -276,7 +276,7 @@ def run_jobs(
     running: dict[int, _Running] = {}
     # Every call's (index, slot), result and error arrive here, however many are out.
     finished: queue.SimpleQueue[Reply] = queue.SimpleQueue()
-    abandoned: list[bool] = []  # non-empty: calls not yet started are skipped
+    run = RunState()  # abandoned: calls not yet started are skipped
     outstanding = 0
     next_job = 0
 
@@ -314,7 +314,7 @@ def run_jobs(
                 job.results = [None] * len(calls)
                 job.remaining = len(calls)
                 for slot, call in enumerate(calls):
-                    workers.submit(call, finished, (index, slot), abandoned)
+                    workers.submit(call, finished, (index, slot), run)
                 outstanding += len(calls)
                 return
             value = []
@@ -343,10 +343,11 @@ def run_jobs(
                     values, job.results = job.results, []
                     step(index, job, values)
     except BaseException:
-        abandoned.append(True)
-        while outstanding:  # calls under way finish; the others are skipped
-            finished.get()
-            outstanding -= 1
+        # Calls under way finish (their jobs' clean-up needs them done); the others
+        # are skipped. Waiting on the run's own count, not on replies: an interrupt
+        # right after a reply was taken, before it was counted, made this wait for ever.
+        run.abandon()
+        run.wait_idle()
         for job in running.values():
             job.gen.close()
         raise
