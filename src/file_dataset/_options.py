@@ -170,6 +170,11 @@ _WAKE_SECONDS = 1.0
 _POOL_NUMBERS = itertools.count(1)
 
 
+def _default_threshold(part_size: int) -> int:
+    """``multipart_threshold`` when none is given: 16 MiB, or ``part_size`` if larger."""
+    return max(16 * _MiB, part_size)
+
+
 class RunState:
     """What the workers and the thread driving one run of calls share.
 
@@ -185,11 +190,6 @@ class RunState:
         self._cond = threading.Condition(threading.Lock())
         self._abandoned = False
         self._executing = 0
-
-    @property
-    def abandoned(self) -> bool:
-        """Whether the run was abandoned (calls not yet started are skipped)."""
-        return self._abandoned
 
     def start_call(self) -> bool:
         """Called by a worker before a call: ``False`` if the call must be skipped."""
@@ -609,7 +609,7 @@ class Options:
         part_size = _whole_number(part_size, "part_size")
         threshold_given = multipart_threshold is not None
         if multipart_threshold is None:
-            multipart_threshold = max(16 * _MiB, part_size)
+            multipart_threshold = _default_threshold(part_size)
         multipart_threshold = _whole_number(multipart_threshold, "multipart_threshold")
         max_attempts = _whole_number(max_attempts, "max_attempts")
         if not isinstance(request_payer, bool | np.bool_):
@@ -860,7 +860,7 @@ class Options:
         # pickles made before these settings existed
         state = {"transport": "auto", "upload_args": {}, "request_payer": False, **state}
         object.__setattr__(self, "_threshold_given", "multipart_threshold" in state)
-        state.setdefault("multipart_threshold", max(16 * _MiB, state["part_size"]))
+        state.setdefault("multipart_threshold", _default_threshold(state["part_size"]))
         for name, value in state.items():
             if isinstance(value, dict):
                 value = MappingProxyType(value)

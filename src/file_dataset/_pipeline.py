@@ -208,7 +208,6 @@ class Pipeline:
             resolve_options(write_options["options"], "Pipeline(write_options={'options': ...})")
         if on_error not in ("drop", "raise"):
             raise InvalidInputError(f"on_error must be 'drop' or 'raise', got {on_error!r}")
-        _let_typeddicts_travel(fn)
         self.fn = fn
         self.write_options = dict(write_options)
         self.options = resolve_options(options, "Pipeline(options=...)", default=_default_options)
@@ -228,7 +227,7 @@ class Pipeline:
         return failures
 
     def __getstate__(self) -> dict[str, Any]:
-        _let_typeddicts_travel(self.fn)  # also for an fn assigned after __init__
+        _let_typeddicts_travel(self.fn)  # pickling is where it matters (Ray's cloudpickle)
         state = dict(self.__dict__)
         state.pop("_per_thread", None)  # a thread-local: not picklable, not meant to travel
         return state

@@ -79,18 +79,18 @@ def write_files(
             check_local_name(name, "file name")
         if src is None or is_null(src):
             continue
+        where = f"row id {quoted(row_id)}, file {quoted(name)}"
         if not isinstance(src, (str, os.PathLike)):
             raise InvalidInputError(
-                f"row id {quoted(row_id)}, file {quoted(name)}: expected a local path (str or "
-                f"os.PathLike), got {type(src).__name__}"
+                f"{where}: expected a local path (str or os.PathLike), got {type(src).__name__}"
             )
         try:
             source = parse_url(src)
         except InvalidInputError as e:
-            raise InvalidInputError(f"row id {quoted(row_id)}, file {quoted(name)}: {e}") from None
+            raise InvalidInputError(f"{where}: {e}") from None
         if source.is_s3:
             raise InvalidInputError(
-                f"row id {quoted(row_id)}, file {quoted(name)}: write_files sends local files, "
+                f"{where}: write_files sends local files, "
                 f"and {quoted(str(source))} is an S3 URL (read it to a local folder first, e.g. "
                 "with reader(...).into_temp_dir())"
             )
