@@ -507,3 +507,19 @@ def test_a_source_whose_name_is_too_long_names_its_row_and_file(tmp_path: Path) 
     assert str(info.value).startswith(f"cannot read {source} (row id 'r1', column 'a'): ")
     assert info.value.errno == errno.ENAMETOOLONG
     assert not (tmp_path / "out").exists()
+
+
+def test_a_local_write_that_fails_leaves_no_empty_row_folder(tmp_path: Path) -> None:
+    # /proc/self/mem is a regular file that fails with EIO when read at offset 0: the
+    # source fails mid-copy, after the row folder was made. The folder was left, empty,
+    # reading as a row written; and the message named the destination, not the source.
+    with pytest.raises(file_dataset.TransferError) as info:
+        file_dataset.write_files({"m.bin": "/proc/self/mem"}, tmp_path / "out", "r1")
+    assert str(info.value).startswith("cannot read /proc/self/mem (row id 'r1', column 'm.bin'): ")
+    assert info.value.errno == errno.EIO
+    assert os.listdir(tmp_path / "out") == []
+    # A folder that was there before stays.
+    (tmp_path / "out" / "r2").mkdir()
+    with pytest.raises(file_dataset.TransferError):
+        file_dataset.write_files({"m.bin": "/proc/self/mem"}, tmp_path / "out", "r2")
+    assert os.listdir(tmp_path / "out") == ["r2"]

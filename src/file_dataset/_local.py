@@ -8,7 +8,6 @@ import functools
 import io
 import os
 import secrets
-import shutil
 import stat as stat_module
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,12 +63,15 @@ def new_temp_file(dest: Path) -> tuple[int, str]:
     raise FileExistsError(errno.EEXIST, f"no free temporary name beside {str(dest)!r}")
 
 
+_COPY_CHUNK = 8 * 1024 * 1024
+
+
 def atomic_copy(src: Path, dest: Path) -> None:
     """Copies ``src`` to ``dest`` through a temporary name in the same folder.
 
     No partial file is ever visible at ``dest``: it appears complete, or not at all;
     nor a mix of two versions of ``src`` (a ``src`` changed during the copy raises).
-    A ``src`` that cannot be opened is named as the file that failed.
+    A ``src`` that cannot be opened or read is named as the file that failed.
     """
     try:
         inp = open(src, "rb")  # noqa: SIM115 (closed below, after the temporary file)
@@ -83,7 +85,14 @@ def atomic_copy(src: Path, dest: Path) -> None:
         try:
             with os.fdopen(fd, "wb") as out:
                 before = file_version(os.fstat(inp.fileno()))
-                shutil.copyfileobj(inp, out, 8 * 1024 * 1024)
+                while True:
+                    try:
+                        chunk = inp.read(_COPY_CHUNK)
+                    except OSError as e:  # the source's failure, not the destination's
+                        raise translate_os_error(e, str(src), "read") from e
+                    if not chunk:
+                        break
+                    out.write(chunk)
                 if file_version(os.fstat(inp.fileno())) != before:
                     raise TransferError(str(src), SOURCE_CHANGED, operation="read")
             os.replace(tmp, dest)

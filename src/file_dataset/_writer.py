@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Mapping
@@ -128,5 +129,16 @@ def write_files(
         jobs.append(upload_job(path, dest, options))
         contexts.append((row_id, name))
         results[name] = str(dest) if dest.is_s3 else dest.path
-    run_jobs(jobs, options, contexts)
+    # A local row folder this call creates is removed again if nothing could be written
+    # into it, so a failed call does not leave an empty <into_path>/<id>/ that reads as
+    # a row written.
+    folder = None if into.is_s3 else Path(into.child(row_id).path)
+    created = folder is not None and jobs and not os.path.lexists(folder)
+    try:
+        run_jobs(jobs, options, contexts)
+    except BaseException:
+        if created and folder is not None:
+            with contextlib.suppress(OSError):  # not empty: other files were written
+                folder.rmdir()
+        raise
     return results
