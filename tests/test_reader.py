@@ -506,6 +506,25 @@ def test_local_sources(tmp_path: Path) -> None:
         assert files_under(tmp) == {"a": b"plain", "b": b"path", "d": b"url"}
 
 
+def test_download_to_takes_a_str_or_home_relative_root_and_makes_it(
+    options: Options, put: Put, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A str root raised "unsupported operand type(s) for /", and "~" made a folder
+    # named "~" in the working directory.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    url = put("dl/a.bin", b"alpha")
+    folders = file_dataset.reader(pd.DataFrame({"id": ["r1"], "a": [url]}), options).download_to(
+        "~/deep/dl"
+    )
+    assert folders == {"r1": tmp_path / "home" / "deep" / "dl" / "r1"}
+    assert files_under(folders["r1"]) == {"a": b"alpha"}
+    paths = file_dataset.reader({"a": url}, options).download_to(str(tmp_path / "one"))
+    assert paths == {"a": tmp_path / "one" / "a"}
+    assert paths["a"].read_bytes() == b"alpha"
+    assert not (tmp_path / "~").exists()
+
+
 def test_blob_table_over_2_gib_from_sparse_local_files(tmp_path: Path) -> None:
     size = 800 * MiB
     marks = {0: b"first", 123_456_789: b"middle", size - 5: b"last!"}

@@ -189,16 +189,20 @@ class FileReader:
             raise
         return TempDir(root)
 
-    def download_to(self, root: Path) -> dict[str, Path]:
+    def download_to(self, root: str | os.PathLike[str]) -> dict[str, Path]:
         """Downloads every file under ``root`` (same layout as :meth:`into_temp_dir`).
 
+        Files already there under the same names are replaced whole; others stay.
+
         Args:
-            root: An existing directory.
+            root: A local folder, made (with its parents) if missing; a leading ``~``
+                is the home folder.
 
         Returns:
             For a row, each file name's local path (null cells omitted); for a
             DataFrame, each id's folder.
         """
+        root = Path(os.path.expanduser(os.fspath(root)))
         table = self._table
         used = {j for _, j, _ in self._cells()}
         for j in sorted(used):
