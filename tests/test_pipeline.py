@@ -470,6 +470,24 @@ def test_failing_fn_row_dropped_and_logged(
     assert list(system_tmp.iterdir()) == []
 
 
+def test_a_multi_line_failure_is_one_log_line(
+    options: Options, bucket: str, caplog: pytest.LogCaptureFixture, put: Put
+) -> None:
+    def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        raise ValueError("first line\nsecond line")
+
+    frame = pd.DataFrame({"id": ["r1"], "f": [put("multi-line", b"x")]})
+    pipeline = Pipeline(fn, {"into_path": f"s3://{bucket}/out"}, options)
+    with caplog.at_level(logging.WARNING, logger="file_dataset"):
+        assert pipeline(frame).empty
+    [record] = caplog.records
+    assert record.getMessage() == (
+        "file_dataset.Pipeline dropped row id 'r1' (fn failed): "
+        "ValueError: first line\\nsecond line"
+    )
+    assert str(pipeline.last_failures[0].error) == "first line\nsecond line"
+
+
 def test_fn_returning_missing_path_row_dropped(
     options: Options, tmp_path: Path, system_tmp: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -580,6 +580,22 @@ def test_missing_object_names_url_row_id_and_column(
     assert list(system_tmp.iterdir()) == []
 
 
+def test_a_newline_in_a_url_does_not_split_the_message(options: Options, bucket: str) -> None:
+    # A newline is legal in an S3 key; printed raw it split the message (and a log line
+    # holding it) in two, so a cell could forge a line of a log.
+    url = f"s3://{bucket}/no/such\nERROR forged line\x1b[2J.mha"
+    with pytest.raises(file_dataset.ObjectNotFoundError) as info:
+        file_dataset.reader(pd.DataFrame({"id": ["r1"], "a": [url]}), options).into_blob_table()
+    message = str(info.value)
+    assert message.startswith(
+        f"cannot read s3://{bucket}/no/such\\nERROR forged line\\x1b[2J.mha "
+        "(row id 'r1', column 'a'): "
+    )
+    assert "\n" not in message
+    assert "\x1b" not in message
+    assert info.value.url == url  # the attribute keeps the URL as it is
+
+
 def test_missing_bucket_and_missing_local_file(options: Options, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"s3://no-such-bucket-here/k.*bucket"):
         file_dataset.reader({"f": "s3://no-such-bucket-here/k"}, options).into_blob_table()

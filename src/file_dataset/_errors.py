@@ -70,6 +70,23 @@ def cut(text: str, limit: int = 1200) -> str:
     return f"{text[:limit]}... ({len(text)} characters)"
 
 
+# Control characters (C0, DEL, C1) and the Unicode line and paragraph separators: a
+# newline in an S3 key (legal) must not split a message or log line in two, or let a
+# cell forge a line of the log.
+_UNPRINTABLE = {
+    code: repr(chr(code))[1:-1] for code in [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]
+}
+
+
+def printable(text: str) -> str:
+    r"""``text`` with control characters written as escapes (``\n``, ``\x1b``).
+
+    Everything else (spaces, quotes, any other Unicode) is left as it is, so a URL or
+    path reads as given.
+    """
+    return text.translate(_UNPRINTABLE)
+
+
 def _describe(operation: str, url: str, row_id: str | None, column: str | None) -> str:
     where = []
     if row_id is not None:
@@ -77,7 +94,7 @@ def _describe(operation: str, url: str, row_id: str | None, column: str | None) 
     if column is not None:
         where.append(f"column {quoted(column)}")
     suffix = f" ({', '.join(where)})" if where else ""
-    return f"{operation} {cut(url)}{suffix}"
+    return f"{operation} {printable(cut(url))}{suffix}"
 
 
 class TransferError(FileDatasetError, OSError):

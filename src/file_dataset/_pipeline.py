@@ -31,6 +31,7 @@ from file_dataset._errors import (
     ObjectNotFoundError,
     TransferError,
     cut,
+    printable,
     quoted,
 )
 from file_dataset._frame import ID_COLUMN, FileTable, check_frame, frame_rows, parse_cells
@@ -587,7 +588,8 @@ class Pipeline:
                 "file_dataset.Pipeline dropped row id %s (%s failed): %s",
                 quoted(failure.id),
                 failure.stage,
-                cut(_describe(row_error), 2000),  # the whole error: last_failures
+                # One line per row (the whole error is on last_failures).
+                printable(cut(_describe(row_error), 2000)),
             )
 
 
