@@ -233,6 +233,19 @@ def test_unsafe_name_or_id_writes_nothing(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_file_named_id_writes_nothing(
+    options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    # It was written, and then lost on the way back: reader() takes a row's "id" as its
+    # id, not as a file (the Pipeline already refused such an output).
+    files = make_files(tmp_path / "src", {"good": b"g", "id": b"i"})
+    for into in (f"s3://{bucket}/p", tmp_path / "out"):
+        with pytest.raises(ValueError, match="row id '1': a file cannot be named 'id'"):
+            file_dataset.write_files(files, into, id="1", options=options)
+    assert keys(s3_client, bucket) == []
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_source_writes_nothing(
     options: Options, bucket: str, s3_client: Any, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from file_dataset._errors import InvalidInputError, ObjectNotFoundError, TransferError, quoted
+from file_dataset._frame import ID_COLUMN
 from file_dataset._local import translate_os_error
 from file_dataset._options import Options, resolve_options
 from file_dataset._transfer import Context, Job, run_jobs, upload_job
@@ -44,7 +45,7 @@ def write_files(
 
     Raises:
         ValueError: A name or the id is not a safe path component (or bytes, or, for a local
-            ``into_path``, longer than 255 bytes), the id is null, a source is an
+            ``into_path``, longer than 255 bytes), a name is ``"id"``, the id is null, a source is an
             ``s3://`` URL rather than a local path, or ``into_path`` is not a supported
             URL.
         TypeError: ``files`` is not a mapping, or ``options`` is not an
@@ -76,6 +77,12 @@ def write_files(
         if not isinstance(name, str):
             raise InvalidInputError(f"file names must be strings, got {quoted(name)}")
         check_component(name, "file name")
+        if name == ID_COLUMN:
+            raise InvalidInputError(
+                f"row id {quoted(row_id)}: a file cannot be named {ID_COLUMN!r}, which is the "
+                "row id column of a file DataFrame (and a row): it could not be read back "
+                "as a file; rename it"
+            )
         if not into.is_s3:
             check_local_name(name, "file name")
         if src is None or is_null(src):
