@@ -45,9 +45,9 @@ def write_files(
 
     Raises:
         ValueError: A name or the id is not a safe path component (or bytes, or, for a local
-            ``into_path``, longer than 255 bytes), a name is ``"id"``, the id is null, a source is an
-            ``s3://`` URL rather than a local path, or ``into_path`` is not a supported
-            URL.
+            ``into_path``, longer than 255 bytes), a name is ``"id"``, the id is null, a
+            source is an ``s3://`` URL rather than a local path, or ``into_path`` is not
+            a supported URL.
         TypeError: ``files`` is not a mapping, or ``options`` is not an
             :class:`Options` (a dict of settings, say).
         FileNotFoundError: A source file does not exist.
