@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import pickle
 import re
 import socket
 import struct
@@ -281,6 +282,91 @@ def test_missing_credentials_name_the_operation_that_needed_them(
         assert raised.value.operation == operation
         assert f"cannot {operation} s3://some-bucket/" in str(raised.value)
         assert "Unable to locate credentials" in str(raised.value)
+
+
+class _BadSignatureHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every request as S3 answers a bad signature: 403 with a body quoting the
+    access key id and the canonical request, session token included (as text and bytes).
+    """
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _refuse(self) -> None:
+        key_id = re.search(r"Credential=([^/]+)/", self.headers.get("Authorization", ""))
+        token = self.headers.get("x-amz-security-token", "")
+        canonical = (
+            f"GET\n{self.path}\n\nhost:{self.headers['Host']}\nx-amz-security-token:{token}\n"
+        )
+        body = (
+            "<?xml version='1.0' encoding='UTF-8'?><Error><Code>SignatureDoesNotMatch</Code>"
+            "<Message>The request signature we calculated does not match the signature you "
+            f"provided.</Message><AWSAccessKeyId>{key_id.group(1) if key_id else ''}"
+            f"</AWSAccessKeyId><CanonicalRequest>{canonical}</CanonicalRequest>"
+            f"<CanonicalRequestBytes>{' '.join(f'{b:02x}' for b in canonical.encode())}"
+            "</CanonicalRequestBytes></Error>"
+        ).encode()
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = do_PUT = _refuse
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_credentials_quoted_by_a_bad_signature_answer_are_masked(transport: str) -> None:
+    # obstore quotes S3's error body in its error, which is chained to ours: the session
+    # token and key id reached tracebacks, and Ray's task errors and logs.
+    key_id, secret, token = "AKIALEAKCHECK0000000", "SECRETLEAKCHECK" + "x" * 25, "TOKENLEAK" * 8
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BadSignatureHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        options = Options(
+            session_kwargs={
+                "aws_access_key_id": key_id,
+                "aws_secret_access_key": secret,
+                "aws_session_token": token,
+                "region_name": "us-east-1",
+            },
+            s3_client_kwargs={"endpoint_url": f"http://127.0.0.1:{server.server_address[1]}"},
+            transport=transport,
+            max_attempts=1,
+        )
+        frame = pd.DataFrame({"id": ["p01"], "img.mha": ["s3://bkt/img.mha"]})
+        with pytest.raises(file_dataset.ObjectAccessDeniedError) as raised:
+            file_dataset.reader(frame, options).into_blob_table()
+    finally:
+        server.shutdown()
+        server.server_close()
+    error = raised.value
+    assert str(error).startswith("cannot read s3://bkt/img.mha (row id 'p01', column 'img.mha')")
+    assert "SignatureDoesNotMatch" in str(error)
+    shown = "".join(traceback.format_exception(error)) + repr(pickle.loads(pickle.dumps(error)))
+    assert error.__cause__ is not None
+    for leaked in (key_id, secret, token, token.encode().hex(" ")[:60]):
+        assert leaked not in shown
+
+
+def test_signed_urls_in_cells_are_masked_in_messages() -> None:
+    signed = (
+        "https://scans.s3.amazonaws.com/p01/image.mha?AWSAccessKeyId=AKIALEAKCHECK0000000"
+        "&Signature=ou5%2Bsecret&Expires=1796209736"
+    )
+    v4 = (
+        "https://b.s3.amazonaws.com/k?X-Amz-Credential=AKIALEAKCHECK0000000%2F2025"
+        "&X-Amz-Security-Token=TOKENLEAK&X-Amz-Signature=abcd1234"
+    )
+    for cell in (signed, v4, "file:///x?Signature=abcd1234"):
+        with pytest.raises(ValueError) as raised:
+            file_dataset.reader({"a": cell}).into_blob_table()
+        for leaked in ("AKIALEAKCHECK0000000", "ou5%2Bsecret", "TOKENLEAK", "abcd1234"):
+            assert leaked not in str(raised.value)
+    with pytest.raises(ValueError) as raised:
+        file_dataset.reader({"a": signed}).into_blob_table()
+    assert "image.mha?AWSAccessKeyId=***&Signature=***&Expires=1796209736" in str(raised.value)
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])

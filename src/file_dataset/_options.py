@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from file_dataset._urls import USERINFO, mask_userinfo
+from file_dataset._urls import USERINFO, mask_userinfo, remember_secrets
 
 if TYPE_CHECKING:
     import boto3
@@ -50,6 +50,7 @@ class _RedactSecrets(logging.Filter):
         self._filtered: set[str] = set()
 
     def add(self, *secrets: str | None) -> None:
+        remember_secrets(*secrets)  # masked in errors too (obstore quotes S3's bodies)
         new = {s for s in secrets if s and len(s) >= 8}
         if not new <= self._secrets:
             self._secrets = self._secrets | new

@@ -42,7 +42,7 @@ from file_dataset._urls import (
     check_component,
     check_local_name,
     is_null,
-    mask_userinfo,
+    mask_secrets,
     parse_url,
     temp_prefix,
 )
@@ -275,7 +275,7 @@ class Pipeline:
             code = e.response.get("Error", {}).get("Code")
             if status == 404 or code == "NoSuchBucket":
                 raise ObjectNotFoundError(
-                    mask_userinfo(str(into_path)), "the bucket does not exist", operation="write"
+                    mask_secrets(str(into_path)), "the bucket does not exist", operation="write"
                 ) from None
             return
         except Exception:  # no answer: the rows' transfers will report it
@@ -657,7 +657,7 @@ def _local_output(name: str, path: Any) -> Path:
         if match.group(1).lower() == "file":  # a local path, as write_files takes it
             return parse_url(text).path
         raise InvalidInputError(
-            f"fn returned {quoted(name)} -> {quoted(mask_userinfo(text))}, a URL; outputs "
+            f"fn returned {quoted(name)} -> {quoted(mask_secrets(text))}, a URL; outputs "
             "must be local files written by fn (in output_dir), which the Pipeline then "
             "writes to into_path"
         )

@@ -32,7 +32,7 @@ from file_dataset._backend import (
 )
 from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
 from file_dataset._options import Options
-from file_dataset._urls import Location, mask_userinfo, masked_cause
+from file_dataset._urls import Location, mask_secrets, masked_cause
 
 _NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchUpload"})
 _DENIED = frozenset(
@@ -86,7 +86,7 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
             "nothing was kept",
             operation=operation,
         ) from cause
-    reason = f"{type(error).__name__}: {mask_userinfo(str(error))}"
+    reason = f"{type(error).__name__}: {mask_secrets(str(error))}"
     raise TransferError(url, reason, operation=operation) from cause
 
 

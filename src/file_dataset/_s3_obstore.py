@@ -57,7 +57,7 @@ from file_dataset._errors import (
 from file_dataset._options import Options
 from file_dataset._s3 import _DENIED, _NOT_FOUND, S3Backend
 from file_dataset._s3 import translate_error as translate_boto_error
-from file_dataset._urls import Location, mask_userinfo, masked_cause
+from file_dataset._urls import Location, mask_secrets, masked_cause, remember_secrets
 
 # A streamed body (a large object's first response or a ranged part) is handed over in
 # chunks of at least this many bytes. Each chunk is a fresh buffer held until it is
@@ -108,7 +108,7 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
     """
     if isinstance(error, TransferError):
         raise error
-    text = mask_userinfo(str(error))  # obstore quotes the endpoint, password and all
+    text = mask_secrets(str(error))  # obstore quotes the endpoint (password and all), bodies
     cause = masked_cause(error)
     code, message = _s3_code(text)
     status = re.search(r"status(?: code)?:? (\d{3})", text)
@@ -158,6 +158,7 @@ class _Credentials:
 
     def __call__(self) -> dict[str, Any]:
         frozen = self._credentials.get_frozen_credentials()
+        remember_secrets(frozen.access_key, frozen.secret_key, frozen.token)  # refreshed ones
         expiry = getattr(self._credentials, "_expiry_time", None)
         if isinstance(expiry, dt.datetime) and expiry.tzinfo is None:
             expiry = expiry.replace(tzinfo=dt.UTC)

@@ -75,22 +75,55 @@ def mask_userinfo(value: str) -> str:
     return USERINFO.sub("***@", value)
 
 
+# Credentials that S3's error bodies and signed URLs quote: a SignatureDoesNotMatch
+# body holds the access key id and the canonical request, session token included (as
+# text and as hex bytes); a presigned URL holds a key id and a signature in its query.
+_CREDENTIAL_FIELDS = re.compile(
+    r"(?i)(<AWSAccessKeyId>|<SignatureProvided>|<CanonicalRequestBytes>|<StringToSignBytes>"
+    r"|x-amz-security-token[:=]\s*|\b(?:credential|signature|awsaccesskeyid)="
+    r"|[?&;]sig=)([^<&\s\"',;]+(?:[ ][0-9a-f]{2}(?=[ <]))*)"
+)
+# The credentials this process has used (added as clients and obstore stores get them).
+_known_secrets: frozenset[str] = frozenset()
+
+
+def remember_secrets(*secrets: str | None) -> None:
+    """Adds credentials to those :func:`mask_secrets` hides wherever they appear."""
+    global _known_secrets
+    new = {s for s in secrets if s and len(s) >= 8}
+    if not new <= _known_secrets:
+        _known_secrets = _known_secrets | new
+
+
+def mask_secrets(value: str) -> str:
+    """Hides ``user:password@``, credentials quoted by S3 or a signed URL, and known keys.
+
+    For every message and repr that may quote a URL, a cell or a transport's error.
+    """
+    text = _CREDENTIAL_FIELDS.sub(lambda m: f"{m.group(1)}***", mask_userinfo(value))
+    for secret in _known_secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
 def masked_cause(error: BaseException) -> BaseException:
-    """``error``, or a copy of it with ``user:password@`` masked, to chain an error to.
+    """``error``, or a copy of it with credentials masked, to chain an error to.
 
     boto3, urllib3 and obstore quote the request's URL in their messages, so a password
-    in ``endpoint_url`` would reach the traceback of an error chained to theirs. When
-    one is anywhere in the chain, the copy (message masked, without the chain below it)
-    is chained instead.
+    in ``endpoint_url`` would reach the traceback of an error chained to theirs; obstore
+    also quotes S3's error body, which for a bad signature holds the access key id and
+    session token. When one is anywhere in the chain, the copy (message masked, without
+    the chain below it) is chained instead.
     """
     chain: list[BaseException] = []
     link: BaseException | None = error
     while link is not None and link not in chain:  # the messages a traceback would show
         chain.append(link)
         link = link.__cause__ or link.__context__
-    if not any(USERINFO.search(str(link)) for link in chain):
+    if all(mask_secrets(str(link)) == str(link) for link in chain):
         return error
-    text = mask_userinfo(str(error))
+    text = mask_secrets(str(error))
     try:
         return type(error)(text)
     except Exception:  # an exception type that takes other arguments
@@ -159,7 +192,7 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
     if value[:5].lower() == "file:" and value[5:7] != "//":
         if value[5:6] != "/":  # it would otherwise be read as a relative path
             raise InvalidInputError(
-                f"{quoted(value)} is not a valid file URL (expected file:///absolute/path)"
+                f"{quoted(mask_secrets(value))} is not a valid file URL (expected file:///absolute/path)"
             )
         value = "file://" + value[5:]  # RFC 8089's short form: file:/path is file:///path
     match = URL_SCHEME.match(value)
@@ -174,30 +207,31 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
         parsed = urllib.parse.urlsplit(value)
         if parsed.netloc not in ("", "localhost"):
             raise InvalidInputError(
-                f"file URL must name a local path: {quoted(mask_userinfo(value))}"
+                f"file URL must name a local path: {quoted(mask_secrets(value))}"
             )
         if "?" in value or "#" in value:
             # urlsplit would drop them with what follows, and so read another file.
             raise InvalidInputError(
-                f"file URL {quoted(value)} has a query or fragment ('?' or '#'), which names no "
-                "file: write them as %3F and %23 (as Path.as_uri() does), or give the path"
+                f"file URL {quoted(mask_secrets(value))} has a query or fragment ('?' or '#'), "
+                "which names no file: write them as %3F and %23 (as Path.as_uri() does), or "
+                "give the path"
             )
         return Location("file", "", _no_nul(urllib.request.url2pathname(parsed.path)))
     if scheme not in ("s3", "s3a"):
         raise InvalidInputError(
-            f"unsupported URL scheme {quoted(scheme)} in {quoted(mask_userinfo(value))}: "
+            f"unsupported URL scheme {quoted(scheme)} in {quoted(mask_secrets(value))}: "
             "use s3://bucket/key or a local path"
         )
     bucket, _, key = rest.partition("/")
     if "@" in bucket or ":" in bucket:
         raise InvalidInputError(
-            f"credentials or ports are not allowed in S3 URLs: {quoted(mask_userinfo(value))}; "
+            f"credentials or ports are not allowed in S3 URLs: {quoted(mask_secrets(value))}; "
             "pass credentials through file_dataset.Options"
         )
     if not _BUCKET.match(bucket):
-        raise InvalidInputError(f"invalid S3 bucket name in {quoted(value)}")
+        raise InvalidInputError(f"invalid S3 bucket name in {quoted(mask_secrets(value))}")
     if not key and not prefix:
-        raise InvalidInputError(f"S3 URL has no object key: {quoted(value)}")
+        raise InvalidInputError(f"S3 URL has no object key: {quoted(mask_secrets(value))}")
     if len(_VALID_BUCKETS) < 4096:
         _VALID_BUCKETS.add(bucket)
     return Location("s3", bucket, key)
@@ -218,12 +252,12 @@ def _check_not_a_broken_url(value: str) -> None:
     """Refuses a mistyped S3 URL, which would otherwise be read as a relative path."""
     if _BROKEN_S3_URL.match(value):
         raise InvalidInputError(
-            f"{quoted(mask_userinfo(value))} is not a valid S3 URL (expected s3://bucket/key)"
+            f"{quoted(mask_secrets(value))} is not a valid S3 URL (expected s3://bucket/key)"
         )
     stripped = value.lstrip()
     if stripped != value and (URL_SCHEME.match(stripped) or _BROKEN_S3_URL.match(stripped)):
         raise InvalidInputError(
-            f"{quoted(mask_userinfo(value))} has whitespace before a URL: remove it (as it is, "
+            f"{quoted(mask_secrets(value))} has whitespace before a URL: remove it (as it is, "
             "the value would be read as a local path)"
         )
 
