@@ -536,3 +536,17 @@ def test_a_local_write_that_fails_leaves_no_empty_row_folder(tmp_path: Path) -> 
     with pytest.raises(file_dataset.TransferError):
         file_dataset.write_files({"m.bin": "/proc/self/mem"}, tmp_path / "out", "r2")
     assert os.listdir(tmp_path / "out") == ["r2"]
+
+
+def test_a_source_that_fails_while_read_for_s3_says_so_as_for_a_local_folder(
+    options: Options, bucket: str, s3_client: Any
+) -> None:
+    # The S3 path said "cannot read the local file: [Errno 5] ..." with no errno (and a
+    # source without read permission was not an ObjectAccessDeniedError there).
+    with pytest.raises(file_dataset.TransferError) as info:
+        file_dataset.write_files({"m.bin": "/proc/self/mem"}, f"s3://{bucket}/p", "r1", options)
+    assert str(info.value) == (
+        "cannot read /proc/self/mem (row id 'r1', column 'm.bin'): Input/output error"
+    )
+    assert info.value.errno == errno.EIO
+    assert keys(s3_client, bucket) == []

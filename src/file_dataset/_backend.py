@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from file_dataset._errors import TransferError
+from file_dataset._errors import TransferError, translate_os_error
 from file_dataset._options import Options
 from file_dataset._urls import Location
 
@@ -90,8 +90,8 @@ def read_source(src: Path) -> bytes:
             before = file_version(os.fstat(f.fileno()))
             data = f.read()
             after = file_version(os.fstat(f.fileno()))
-    except OSError as e:
-        raise TransferError(str(src), f"cannot read the local file: {e}", operation="read") from e
+    except OSError as e:  # as a local read says it: ENOENT, EACCES, EIO kept as errno
+        raise translate_os_error(e, str(src), "read") from e
     if before != after:
         raise TransferError(str(src), SOURCE_CHANGED, operation="read")
     return data

@@ -17,6 +17,7 @@ two subclasses also set ``errno`` (``ENOENT``, ``EACCES``), as the built-in ones
 from __future__ import annotations
 
 import errno
+import os
 from typing import Any
 
 __all__ = [
@@ -180,3 +181,21 @@ class ObjectAccessDeniedError(TransferError, PermissionError):
     """The credentials in use may not read or write the object."""
 
     _ERRNO = errno.EACCES
+
+
+def translate_os_error(error: OSError, url: str, operation: str) -> TransferError:
+    """Turns an ``OSError`` into the matching file_dataset error."""
+    reason = error.strerror or str(error)
+    if isinstance(error, FileNotFoundError) or error.errno == errno.ENOENT:
+        reason = "no such file"
+        if not os.path.isabs(url) and operation != "write":  # e.g. a label column
+            reason += (
+                f" (a relative path, looked up in {os.getcwd()}; every column of a file "
+                "DataFrame except 'id' holds file URLs or paths)"
+            )
+        return ObjectNotFoundError(url, reason, operation=operation)
+    if isinstance(error, PermissionError):
+        return ObjectAccessDeniedError(url, "permission denied", operation=operation)
+    failure = TransferError(url, reason, operation=operation)
+    failure.errno = error.errno  # ENOSPC, EROFS, ...: kept for callers that test it
+    return failure

@@ -21,26 +21,12 @@ from file_dataset._backend import (
     new_buffer,
     readinto_chunks,
 )
-from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
+from file_dataset._errors import (
+    ObjectNotFoundError,
+    TransferError,
+    translate_os_error,
+)
 from file_dataset._urls import Location, temp_prefix
-
-
-def translate_os_error(error: OSError, url: str, operation: str) -> TransferError:
-    """Turns an ``OSError`` into the matching file_dataset error."""
-    reason = error.strerror or str(error)
-    if isinstance(error, FileNotFoundError) or error.errno == errno.ENOENT:
-        reason = "no such file"
-        if not os.path.isabs(url) and operation != "write":  # e.g. a label column
-            reason += (
-                f" (a relative path, looked up in {os.getcwd()}; every column of a file "
-                "DataFrame except 'id' holds file URLs or paths)"
-            )
-        return ObjectNotFoundError(url, reason, operation=operation)
-    if isinstance(error, PermissionError):
-        return ObjectAccessDeniedError(url, "permission denied", operation=operation)
-    failure = TransferError(url, reason, operation=operation)
-    failure.errno = error.errno  # ENOSPC, EROFS, ...: kept for callers that test it
-    return failure
 
 
 def new_temp_file(dest: Path) -> tuple[int, str]:

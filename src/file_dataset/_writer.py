@@ -8,9 +8,14 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from file_dataset._errors import InvalidInputError, ObjectNotFoundError, TransferError, quoted
+from file_dataset._errors import (
+    InvalidInputError,
+    ObjectNotFoundError,
+    TransferError,
+    quoted,
+    translate_os_error,
+)
 from file_dataset._frame import ID_COLUMN
-from file_dataset._local import translate_os_error
 from file_dataset._options import Options, resolve_options
 from file_dataset._transfer import Context, Job, run_jobs, upload_job
 from file_dataset._urls import Location, check_component, check_local_name, is_null, parse_url
