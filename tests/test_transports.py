@@ -258,6 +258,42 @@ def test_a_child_forked_after_obstore_was_used_goes_through_boto3(
     ]
 
 
+@pytest.mark.parametrize("transport", ["auto", "boto3"])
+def test_a_child_forked_while_another_thread_holds_a_lock_of_ours_works(
+    s3_server: LocalS3Server, put: Callable[[str, bytes], str], transport: str
+) -> None:
+    """A parent thread making a client (or a store) at the moment of a fork left the
+    child a lock held for ever: its first transfer waited on it for ever."""
+    import multiprocessing
+
+    from file_dataset import _options, _s3_obstore
+
+    url = put("forked-lock.bin", b"read while a lock was held")
+    options = s3_server.options(transport=transport, max_concurrency=3)  # new: no client yet
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+
+    def child() -> None:
+        send.send(file_dataset.reader({"f": url}, options).into_blob_table().to_pylist())
+
+    locks = [_options._CREATE_LOCK, _options._Runtime._registry_lock, _s3_obstore._STORES_LOCK]
+    for lock in locks:  # as another thread of the parent would hold them
+        lock.acquire()
+    try:
+        process = context.Process(target=child)
+        process.start()
+    finally:
+        for lock in locks:
+            lock.release()
+    try:
+        answered = receive.poll(60)
+    finally:
+        process.kill()  # a child waiting for ever does not end by itself
+        process.join()
+    assert answered, "the forked child waited for ever on a lock held at the fork"
+    assert receive.recv() == [{"f": b"read while a lock was held"}]
+
+
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
 def test_missing_credentials_name_the_operation_that_needed_them(
     s3_server: LocalS3Server, transport: str, tmp_path: Path

@@ -171,6 +171,22 @@ _WAKE_SECONDS = 1.0
 _POOL_NUMBERS = itertools.count(1)
 
 
+def _fresh_locks_after_fork() -> None:
+    """Gives a forked child new locks, and forgets the parent's runtimes.
+
+    Only the forking thread lives on in a child: a lock that another parent thread held
+    at the fork (making a client, say) would stay held for ever, and the child's first
+    transfer would wait on it for ever.
+    """
+    global _CREATE_LOCK
+    _CREATE_LOCK = threading.Lock()
+    _Runtime._registry_lock = threading.Lock()
+    _Runtime._registry, _Runtime._registry_pid = {}, os.getpid()
+
+
+os.register_at_fork(after_in_child=_fresh_locks_after_fork)
+
+
 def _default_threshold(part_size: int) -> int:
     """``multipart_threshold`` when none is given: 16 MiB, or ``part_size`` if larger."""
     return max(16 * _MiB, part_size)

@@ -241,6 +241,15 @@ def _can_serve(options: Options) -> bool:
 _USED_IN_PID: int | None = None
 
 
+def _fresh_locks_after_fork() -> None:
+    """New locks in a forked child: another parent thread may have held one at the fork."""
+    global _STORES_LOCK, _RELOCATE_LOCK
+    _STORES_LOCK, _RELOCATE_LOCK = threading.Lock(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_locks_after_fork)
+
+
 def forked_after_obstore() -> bool:
     """Whether this process was forked from one that had already used obstore."""
     return _USED_IN_PID is not None and os.getpid() != _USED_IN_PID
