@@ -152,6 +152,14 @@ def test_temp_dir_cannot_be_entered_after_removal(options: Options, put: Put) ->
     other.cleanup()
     with pytest.raises(ValueError, match="was already removed"), other:
         pytest.fail("the body must not run")
+    # Entered again inside its own block: the inner block's end removed the folder
+    # while the outer block was still using it.
+    nested = file_dataset.reader({"f": put("k", b"x")}, options).into_temp_dir()
+    with nested as outer:
+        with pytest.raises(ValueError, match="is already in a with block"), nested:
+            pytest.fail("the body must not run")
+        assert (outer / "f").read_bytes() == b"x"
+    assert not nested.path.exists()
 
 
 def test_dataframe_into_temp_dir_layout(options: Options, system_tmp: Path, put: Put) -> None:

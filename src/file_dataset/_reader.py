@@ -91,6 +91,7 @@ class TempDir(os.PathLike[str]):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._remove = weakref.finalize(self, shutil.rmtree, path, ignore_errors=True)
+        self._entered = False
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -110,6 +111,12 @@ class TempDir(os.PathLike[str]):
                 f"TempDir {str(self.path)!r} was already removed (by cleanup() or a "
                 "previous with block): a TempDir can be used in one with block only"
             )
+        if self._entered:  # the inner block's end would remove it under the outer one
+            raise ValueError(
+                f"TempDir {str(self.path)!r} is already in a with block: a TempDir can be "
+                "used in one with block only"
+            )
+        self._entered = True
         return self.path
 
     def __exit__(
@@ -192,7 +199,9 @@ class FileReader:
     def download_to(self, root: str | os.PathLike[str]) -> dict[str, Path]:
         """Downloads every file under ``root`` (same layout as :meth:`into_temp_dir`).
 
-        Files already there under the same names are replaced whole; others stay.
+        Files already there under the same names are replaced whole; others stay. Not
+        all-or-nothing: when a file fails, the files already downloaded stay (each
+        whole, never a partial file under its name); :meth:`into_temp_dir` leaves nothing.
 
         Args:
             root: A local folder, made (with its parents) if missing; a leading ``~``
