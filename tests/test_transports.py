@@ -405,18 +405,22 @@ def test_signed_urls_in_cells_are_masked_in_messages() -> None:
     assert "image.mha?AWSAccessKeyId=***&Signature=***&Expires=1796209736" in str(raised.value)
 
 
+@pytest.mark.parametrize("attempts", [1, 2])
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
-def test_an_endpoint_that_does_not_answer_says_so(transport: str, tmp_path: Path) -> None:
+def test_an_endpoint_that_does_not_answer_says_so(
+    transport: str, attempts: int, tmp_path: Path
+) -> None:
     with socket.socket() as sock:  # a port nothing listens on once it is closed
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    options = _endpoint_options(f"http://127.0.0.1:{port}", transport, max_attempts=2)
+    options = _endpoint_options(f"http://127.0.0.1:{port}", transport, max_attempts=attempts)
     url = "s3://some-bucket/some/key.bin"
     with pytest.raises(file_dataset.TransferError) as raised:
         file_dataset.reader(pd.DataFrame({"id": ["r7"], "x.bin": [url]}), options).into_blob_table()
     message = str(raised.value)
     assert re.search(r"could not connect to the endpoint", message, re.IGNORECASE), message
     assert all(part in message for part in (url, "'r7'", "'x.bin'")), message
+    assert f"http://127.0.0.1:{port}/some-bucket/some/key.bin" in message  # the endpoint
     assert "test-secret" not in message
     (tmp_path / "out.bin").write_bytes(b"payload")
     with pytest.raises(file_dataset.TransferError, match=r"(?i)could not connect"):

@@ -124,8 +124,8 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
             f"obstore said: {first_line}"
         )
     elif "error sending request" in text:  # the endpoint never answered
-        sent = re.search(r"performing (\w+ \S+).*?(after \d+ retries)", first_line)
-        where = f"{sent.group(1)}, {sent.group(2)}; " if sent else ""
+        sent = re.search(r"performing (\w+ \S+)(?:.*?(after \d+ retries))?", first_line)
+        where = ", ".join(filter(None, sent.groups())) + "; " if sent else ""
         if "kind: Timeout" in text:
             reason = (
                 f"the endpoint did not answer in time ({where}the limits are "
