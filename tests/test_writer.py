@@ -550,3 +550,28 @@ def test_a_source_that_fails_while_read_for_s3_says_so_as_for_a_local_folder(
     )
     assert info.value.errno == errno.EIO
     assert keys(s3_client, bucket) == []
+
+
+def test_a_row_folder_removed_by_a_failed_writer_of_the_same_id_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A failed write_files removes the empty row folder it made; another call writing
+    # the same id at that moment lost its folder between making it and creating its
+    # file, and failed with "no such file" (9 in 400 rounds of two threads).
+    import file_dataset._local as local
+
+    new_temp_file = local.new_temp_file
+    removed: list[Path] = []
+
+    def folder_gone_first(dest: Path) -> tuple[int, str]:
+        if not removed:  # what the other writer's clean-up does, at the worst moment
+            dest.parent.rmdir()
+            removed.append(dest.parent)
+        return new_temp_file(dest)
+
+    monkeypatch.setattr(local, "new_temp_file", folder_gone_first)
+    source = tmp_path / "good.bin"
+    source.write_bytes(b"good")
+    written = file_dataset.write_files({"good": source}, tmp_path / "into", "r1")
+    assert removed == [tmp_path / "into" / "r1"]
+    assert Path(written["good"]).read_bytes() == b"good"

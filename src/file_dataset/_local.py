@@ -49,6 +49,25 @@ def new_temp_file(dest: Path) -> tuple[int, str]:
     raise FileExistsError(errno.EEXIST, f"no free temporary name beside {str(dest)!r}")
 
 
+def temp_file_in_place(dest: Path) -> tuple[int, str]:
+    """Makes ``dest``'s folder (and parents) and a new temporary file in it.
+
+    A writer of the same row whose call failed removes the row folder it made when it
+    is empty (see :func:`file_dataset.write_files`): if the folder goes between being
+    made and the file being created here, it is made again.
+    """
+    for attempt in range(8):
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            return new_temp_file(dest)
+        except (FileNotFoundError, FileExistsError):
+            # FileExistsError: mkdir saw the folder, which was gone when it checked it
+            # was one. Any other cause raises again on the last attempt.
+            if attempt == 7:
+                raise
+    raise AssertionError("unreachable")
+
+
 _COPY_CHUNK = 8 * 1024 * 1024
 
 
@@ -66,8 +85,7 @@ def atomic_copy(src: Path, dest: Path) -> None:
     except OSError as e:
         raise translate_os_error(e, str(src), "read") from e
     with inp:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = new_temp_file(dest)
+        fd, tmp = temp_file_in_place(dest)
         try:
             with os.fdopen(fd, "wb") as out:
                 before = file_version(os.fstat(inp.fileno()))

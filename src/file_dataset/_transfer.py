@@ -32,7 +32,7 @@ from file_dataset._backend import (
     write_chunks,
 )
 from file_dataset._errors import ObjectNotFoundError, TransferError
-from file_dataset._local import new_temp_file
+from file_dataset._local import temp_file_in_place
 from file_dataset._options import Options, Reply, RunState
 from file_dataset._urls import Location
 
@@ -110,8 +110,7 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
 
     def open_temp(total: int) -> int:
         nonlocal fd, tmp
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = new_temp_file(dest)
+        fd, tmp = temp_file_in_place(dest)
         if total:
             os.ftruncate(fd, total)
         return fd
