@@ -560,11 +560,11 @@ def test_no_endpoint_password_in_any_log_line_or_error(
     assert_no_secret(shown)
     messages = [(record.name, record.getMessage()) for record in caplog.records]
     if options.transport == "boto3":
-        assert any("***127.0.0.1:9" in m for n, m in messages if n == "botocore.regions")
+        assert any("***@127.0.0.1:9" in m for n, m in messages if n == "botocore.regions")
         # botocore.endpoint logs the connection error with its traceback, which quotes
         # the URL; before, the filter masked the message and not the traceback
         [failed] = [r for r in caplog.records if r.name == "botocore.endpoint" and r.exc_info]
-        assert 'Could not connect to the endpoint URL: "http://***127.0.0.1:9/' in (
+        assert 'Could not connect to the endpoint URL: "http://***@127.0.0.1:9/' in (
             logging.Formatter().format(failed)
         )
     for _, message in messages:

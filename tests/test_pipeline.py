@@ -488,6 +488,24 @@ def test_a_multi_line_failure_is_one_log_line(
     assert str(pipeline.last_failures[0].error) == "first line\nsecond line"
 
 
+def test_a_signed_url_returned_by_fn_is_masked_in_the_log(
+    options: Options, bucket: str, caplog: pytest.LogCaptureFixture, put: Put
+) -> None:
+    # With a space before it, it was taken as a path in output_dir and quoted whole.
+    signed = " https://b.s3.amazonaws.com/k?AWSAccessKeyId=AKIALEAKCHECK0000000&Signature=SIGLEAK"
+
+    def fn(input_dir: Path, output_dir: Path) -> dict[str, str]:
+        return {"x": signed}
+
+    frame = pd.DataFrame({"id": ["r1"], "f": [put("signed-out", b"x")]})
+    with caplog.at_level(logging.WARNING, logger="file_dataset"):
+        assert Pipeline(fn, {"into_path": f"s3://{bucket}/out"}, options)(frame).empty
+    [record] = caplog.records
+    assert "AWSAccessKeyId=***&Signature=***" in record.getMessage()
+    assert "AKIALEAKCHECK0000000" not in record.getMessage()
+    assert "SIGLEAK" not in record.getMessage()
+
+
 def test_fn_returning_missing_path_row_dropped(
     options: Options, tmp_path: Path, system_tmp: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

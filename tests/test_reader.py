@@ -7,6 +7,7 @@ import errno
 import gc
 import json
 import os
+import re
 import tempfile
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -602,6 +603,20 @@ def test_a_newline_in_a_url_does_not_split_the_message(options: Options, bucket:
     assert "\n" not in message
     assert "\x1b" not in message
     assert info.value.url == url  # the attribute keeps the URL as it is
+
+
+def test_keys_that_look_like_credentials_are_quoted_as_they_are(
+    options: Options, bucket: str
+) -> None:
+    # Masking of signed URLs' query values took "signature=v2/run1/scan.mha" in a
+    # Hive-style key for one, and cut the rest of the key from the message.
+    url = f"s3://{bucket}/runs/signature=v2/credential=x/sig=1/scan.mha"
+    with pytest.raises(file_dataset.ObjectNotFoundError) as info:
+        file_dataset.reader({"a": url}, options).into_blob_table()
+    assert str(info.value).startswith(f"cannot read {url} (column 'a'): ")
+    mistyped = "s3:/b/runs/signature=v2/scan.mha"
+    with pytest.raises(ValueError, match=re.escape(repr(mistyped))):
+        file_dataset.reader({"a": mistyped}, options).into_blob_table()
 
 
 def test_missing_bucket_and_missing_local_file(options: Options, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import logging
 import os
 import pickle
 import re
@@ -353,9 +354,12 @@ class _BadSignatureHandler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
-def test_credentials_quoted_by_a_bad_signature_answer_are_masked(transport: str) -> None:
+def test_credentials_quoted_by_a_bad_signature_answer_are_masked(
+    transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
     # obstore quotes S3's error body in its error, which is chained to ours: the session
-    # token and key id reached tracebacks, and Ray's task errors and logs.
+    # token and key id reached tracebacks, and Ray's task errors and logs. botocore's
+    # DEBUG log quotes the body too, where the token was left as hex bytes.
     key_id, secret, token = "AKIALEAKCHECK0000000", "SECRETLEAKCHECK" + "x" * 25, "TOKENLEAK" * 8
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BadSignatureHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -372,7 +376,10 @@ def test_credentials_quoted_by_a_bad_signature_answer_are_masked(transport: str)
             max_attempts=1,
         )
         frame = pd.DataFrame({"id": ["p01"], "img.mha": ["s3://bkt/img.mha"]})
-        with pytest.raises(file_dataset.ObjectAccessDeniedError) as raised:
+        with (
+            caplog.at_level(logging.DEBUG),
+            pytest.raises(file_dataset.ObjectAccessDeniedError) as raised,
+        ):
             file_dataset.reader(frame, options).into_blob_table()
     finally:
         server.shutdown()
@@ -381,7 +388,10 @@ def test_credentials_quoted_by_a_bad_signature_answer_are_masked(transport: str)
     assert str(error).startswith("cannot read s3://bkt/img.mha (row id 'p01', column 'img.mha')")
     assert "SignatureDoesNotMatch" in str(error)
     shown = "".join(traceback.format_exception(error)) + repr(pickle.loads(pickle.dumps(error)))
+    shown += "\n".join(logging.Formatter().format(record) for record in caplog.records)
     assert error.__cause__ is not None
+    if transport == "boto3":  # the log did quote the body
+        assert "<CanonicalRequestBytes>***</CanonicalRequestBytes>" in shown
     for leaked in (key_id, secret, token, token.encode().hex(" ")[:60]):
         assert leaked not in shown
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from typing import Any
 
 __all__ = [
@@ -71,6 +72,76 @@ def cut(text: str, limit: int = 1200) -> str:
     return f"{text[:limit]}... ({len(text)} characters)"
 
 
+# The ``user:password@`` part of a URL.
+USERINFO = re.compile(r"(?<=://)[^/@]*@")
+
+
+def mask_userinfo(value: str) -> str:
+    """Hides a ``user:password@`` part so it never reaches a message or a repr."""
+    return USERINFO.sub("***@", value)
+
+
+# Credentials that S3's error bodies and signed URLs quote: a SignatureDoesNotMatch
+# body holds the access key id and the canonical request, session token included (as
+# text and as hex bytes); a presigned URL holds a key id and a signature in its query.
+_CREDENTIAL_FIELDS = re.compile(
+    # Elements of S3's error body; a session token (base64: it may hold "/"), as a
+    # header of the canonical request or a query parameter.
+    r"(?i)(<AWSAccessKeyId>|<SignatureProvided>|<CanonicalRequestBytes>|<StringToSignBytes>"
+    r"|(?<![^?&;,\s])x-amz-security-token[:=]\s*)([^<&\s\"',;]+(?:[ ][0-9a-f]{2}(?=[ <]))*)"
+    # Query parameters of signed URLs, and the Authorization header's Credential and
+    # Signature: only where a query or header puts them (after "?", "&", "," or a
+    # space), so that a key such as "runs/signature=v2/scan.mha" is left alone.
+    r"|((?<![^?&;,\s])(?:x-amz-credential|x-amz-signature|x-goog-credential"
+    r"|x-goog-signature|credential|signature|awsaccesskeyid|sig)=)([^<&\s\"',;/]+)"
+)
+# The credentials this process has used (added as clients and obstore stores get them).
+_known_secrets: frozenset[str] = frozenset()
+
+
+def remember_secrets(*secrets: str | None) -> None:
+    """Adds credentials to those :func:`mask_secrets` hides wherever they appear."""
+    global _known_secrets
+    new = {s for s in secrets if s and len(s) >= 8}
+    if not new <= _known_secrets:
+        _known_secrets = _known_secrets | new
+
+
+def mask_secrets(value: str) -> str:
+    """Hides ``user:password@``, credentials quoted by S3 or a signed URL, and known keys.
+
+    For every message and repr that may quote a URL, a cell or a transport's error.
+    """
+    text = _CREDENTIAL_FIELDS.sub(lambda m: f"{m.group(1) or m.group(3)}***", mask_userinfo(value))
+    for secret in _known_secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def masked_cause(error: BaseException) -> BaseException:
+    """``error``, or a copy of it with credentials masked, to chain an error to.
+
+    boto3, urllib3 and obstore quote the request's URL in their messages, so a password
+    in ``endpoint_url`` would reach the traceback of an error chained to theirs; obstore
+    also quotes S3's error body, which for a bad signature holds the access key id and
+    session token. When one is anywhere in the chain, the copy (message masked, without
+    the chain below it) is chained instead.
+    """
+    chain: list[BaseException] = []
+    link: BaseException | None = error
+    while link is not None and link not in chain:  # the messages a traceback would show
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    if all(mask_secrets(str(link)) == str(link) for link in chain):
+        return error
+    text = mask_secrets(str(error))
+    try:
+        return type(error)(text)
+    except Exception:  # an exception type that takes other arguments
+        return RuntimeError(f"{type(error).__name__}: {text}")
+
+
 # Control characters (C0, DEL, C1) and the Unicode line and paragraph separators: a
 # newline in an S3 key (legal) must not split a message or log line in two, or let a
 # cell forge a line of the log.
@@ -95,7 +166,7 @@ def _describe(operation: str, url: str, row_id: str | None, column: str | None) 
     if column is not None:
         where.append(f"column {quoted(column)}")
     suffix = f" ({', '.join(where)})" if where else ""
-    return f"{operation} {printable(cut(url))}{suffix}"
+    return f"{operation} {printable(cut(mask_secrets(url)))}{suffix}"
 
 
 class TransferError(FileDatasetError, OSError):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from file_dataset._urls import USERINFO, mask_userinfo, remember_secrets
+from file_dataset._errors import USERINFO, mask_secrets, mask_userinfo, remember_secrets
 
 if TYPE_CHECKING:
     import boto3
@@ -70,9 +70,9 @@ class _RedactSecrets(logging.Filter):
                 self._filtered.add(name)
 
     def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        # The secrets themselves, and the fields of S3's answers that quote them in
+        # other forms (a bad signature's body gives the canonical request as hex bytes).
+        return mask_secrets(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

@@ -31,6 +31,7 @@ from file_dataset._errors import (
     ObjectNotFoundError,
     TransferError,
     cut,
+    mask_secrets,
     printable,
     quoted,
 )
@@ -42,7 +43,6 @@ from file_dataset._urls import (
     check_component,
     check_local_name,
     is_null,
-    mask_secrets,
     parse_url,
     temp_prefix,
 )
@@ -343,7 +343,8 @@ class Pipeline:
                 if not local.is_file():
                     what = "a directory, not a file" if local.is_dir() else "not an existing file"
                     raise FileNotFoundError(
-                        f"fn returned {quoted(name)} -> {quoted(str(local))}, which is {what}"
+                        f"fn returned {quoted(name)} -> {quoted(mask_secrets(str(local)))}, "
+                        f"which is {what}"
                     )
                 outputs[name] = local
         except BaseException as e:

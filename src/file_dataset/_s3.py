@@ -30,9 +30,15 @@ from file_dataset._backend import (
     readinto_chunks,
     write_chunks,
 )
-from file_dataset._errors import ObjectAccessDeniedError, ObjectNotFoundError, TransferError
+from file_dataset._errors import (
+    ObjectAccessDeniedError,
+    ObjectNotFoundError,
+    TransferError,
+    mask_secrets,
+    masked_cause,
+)
 from file_dataset._options import Options
-from file_dataset._urls import Location, mask_secrets, masked_cause
+from file_dataset._urls import Location
 
 _NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchUpload"})
 _DENIED = frozenset(

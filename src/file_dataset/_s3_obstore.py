@@ -53,11 +53,14 @@ from file_dataset._errors import (
     ObjectAccessDeniedError,
     ObjectNotFoundError,
     TransferError,
+    mask_secrets,
+    masked_cause,
+    remember_secrets,
 )
 from file_dataset._options import Options
 from file_dataset._s3 import _DENIED, _NOT_FOUND, S3Backend
 from file_dataset._s3 import translate_error as translate_boto_error
-from file_dataset._urls import Location, mask_secrets, masked_cause, remember_secrets
+from file_dataset._urls import Location
 
 # A streamed body (a large object's first response or a ranged part) is handed over in
 # chunks of at least this many bytes. Each chunk is a fresh buffer held until it is

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from file_dataset._errors import InvalidInputError, quoted
+from file_dataset._errors import InvalidInputError, mask_secrets, quoted
 
 URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_]{1,254}$")
@@ -64,70 +64,6 @@ class Location(NamedTuple):
             key = "/".join([prefix, *parts]) if prefix else "/".join(parts)
             return Location("s3", self.bucket, key)
         return Location("file", "", str(Path(self.key).joinpath(*parts)))
-
-
-# The ``user:password@`` part of a URL.
-USERINFO = re.compile(r"(?<=://)[^/@]*@")
-
-
-def mask_userinfo(value: str) -> str:
-    """Hides a ``user:password@`` part so it never reaches a message or a repr."""
-    return USERINFO.sub("***@", value)
-
-
-# Credentials that S3's error bodies and signed URLs quote: a SignatureDoesNotMatch
-# body holds the access key id and the canonical request, session token included (as
-# text and as hex bytes); a presigned URL holds a key id and a signature in its query.
-_CREDENTIAL_FIELDS = re.compile(
-    r"(?i)(<AWSAccessKeyId>|<SignatureProvided>|<CanonicalRequestBytes>|<StringToSignBytes>"
-    r"|x-amz-security-token[:=]\s*|\b(?:credential|signature|awsaccesskeyid)="
-    r"|[?&;]sig=)([^<&\s\"',;]+(?:[ ][0-9a-f]{2}(?=[ <]))*)"
-)
-# The credentials this process has used (added as clients and obstore stores get them).
-_known_secrets: frozenset[str] = frozenset()
-
-
-def remember_secrets(*secrets: str | None) -> None:
-    """Adds credentials to those :func:`mask_secrets` hides wherever they appear."""
-    global _known_secrets
-    new = {s for s in secrets if s and len(s) >= 8}
-    if not new <= _known_secrets:
-        _known_secrets = _known_secrets | new
-
-
-def mask_secrets(value: str) -> str:
-    """Hides ``user:password@``, credentials quoted by S3 or a signed URL, and known keys.
-
-    For every message and repr that may quote a URL, a cell or a transport's error.
-    """
-    text = _CREDENTIAL_FIELDS.sub(lambda m: f"{m.group(1)}***", mask_userinfo(value))
-    for secret in _known_secrets:
-        if secret in text:
-            text = text.replace(secret, "***")
-    return text
-
-
-def masked_cause(error: BaseException) -> BaseException:
-    """``error``, or a copy of it with credentials masked, to chain an error to.
-
-    boto3, urllib3 and obstore quote the request's URL in their messages, so a password
-    in ``endpoint_url`` would reach the traceback of an error chained to theirs; obstore
-    also quotes S3's error body, which for a bad signature holds the access key id and
-    session token. When one is anywhere in the chain, the copy (message masked, without
-    the chain below it) is chained instead.
-    """
-    chain: list[BaseException] = []
-    link: BaseException | None = error
-    while link is not None and link not in chain:  # the messages a traceback would show
-        chain.append(link)
-        link = link.__cause__ or link.__context__
-    if all(mask_secrets(str(link)) == str(link) for link in chain):
-        return error
-    text = mask_secrets(str(error))
-    try:
-        return type(error)(text)
-    except Exception:  # an exception type that takes other arguments
-        return RuntimeError(f"{type(error).__name__}: {text}")
 
 
 def is_null(value: Any) -> bool:
