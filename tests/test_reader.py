@@ -754,6 +754,14 @@ def test_a_file_that_reports_size_0_is_read_to_its_end(tmp_path: Path) -> None:
         assert (tmp / "r1" / "v").read_bytes() == expected
         assert (tmp / "r1" / "e").read_bytes() == b""
         assert (tmp / "r1" / "s").read_bytes() == online
+    # Such a file that fails when read has no size: it was sized 0, its stat's value.
+    for read in (
+        file_dataset.reader({"m": "/proc/self/mem"}).into_size_table,
+        file_dataset.reader({"m": "/proc/self/mem"}).into_blob_table,
+    ):
+        with pytest.raises(file_dataset.TransferError, match="Input/output error") as info:
+            read()
+        assert info.value.errno == errno.EIO
 
 
 def test_a_named_pipe_or_device_is_refused_instead_of_read(tmp_path: Path) -> None:

@@ -234,9 +234,14 @@ class LocalBackend:
             raise translate_os_error(e, str(loc), "head") from e
         if not stat_module.S_ISREG(stat.st_mode):  # as read_first says: no size to plan with
             raise TransferError(str(loc), _kind(stat.st_mode), operation="head")
-        if _size_says_nothing(stat):
-            with contextlib.suppress(OSError), _open_regular(loc) as f:
-                return sum(map(len, iter(lambda: f.read(1 << 20), b"")))
+        if _size_says_nothing(stat):  # its size is what it holds: read to its end
+            try:
+                with _open_regular(loc) as f:
+                    return sum(map(len, iter(lambda: f.read(1 << 20), b"")))
+            except OSError as e:  # not the stat's 0, which says nothing
+                if isinstance(e, TransferError):
+                    raise
+                raise translate_os_error(e, str(loc), "head") from e
         return stat.st_size
 
     def write(self, src: Path, loc: Location) -> None:
