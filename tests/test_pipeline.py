@@ -505,6 +505,17 @@ def test_a_signed_url_returned_by_fn_is_masked_in_the_log(
     assert "AKIALEAKCHECK0000000" not in record.getMessage()
     assert "SIGLEAK" not in record.getMessage()
 
+    def fetching_fn(input_dir: Path, output_dir: Path) -> dict[str, str]:
+        raise OSError(f"could not fetch {signed.strip()}")  # as an HTTP library says it
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="file_dataset"):
+        assert Pipeline(fetching_fn, {"into_path": f"s3://{bucket}/out"}, options)(frame).empty
+    [record] = caplog.records
+    assert record.getMessage().endswith(
+        "OSError: could not fetch https://b.s3.amazonaws.com/k?AWSAccessKeyId=***&Signature=***"
+    )
+
 
 def test_fn_returning_missing_path_row_dropped(
     options: Options, tmp_path: Path, system_tmp: Path, caplog: pytest.LogCaptureFixture

@@ -589,8 +589,9 @@ class Pipeline:
                 "file_dataset.Pipeline dropped row id %s (%s failed): %s",
                 quoted(failure.id),
                 failure.stage,
-                # One line per row (the whole error is on last_failures).
-                printable(cut(_describe(row_error), 2000)),
+                # One line per row (the whole error is on last_failures), without
+                # credentials even when fn's own exception quotes them.
+                printable(cut(mask_secrets(_describe(row_error)), 2000)),
             )
 
 
