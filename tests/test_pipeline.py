@@ -866,6 +866,50 @@ def test_fn_that_cannot_take_input_and_output_dirs_is_refused_when_built(
     )
 
 
+async def _async_fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+    return {}
+
+
+class _AsyncCallable:
+    async def __call__(self, input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        return {}
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [_async_fn, _AsyncCallable(), functools.partial(_async_fn)],
+    ids=["async-def", "async-callable", "partial"],
+)
+def test_an_async_fn_is_refused_when_built(fn: Callable[..., Any], tmp_path: Path) -> None:
+    # It was accepted, and every row was dropped ("got coroutine"), with a warning that
+    # the coroutine was never awaited.
+    with pytest.raises(TypeError, match=r"is an async function: .*asyncio\.run\(fn\(i, o\)\)"):
+        Pipeline(fn, {"into_path": tmp_path})
+
+
+def test_an_fn_that_replaces_its_output_dir_or_returns_a_device_leaves_nothing(
+    tmp_path: Path, system_tmp: Path
+) -> None:
+    # A file put where output_dir was stayed in the temporary directory after every row.
+    def replace(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        shutil.rmtree(output_dir)
+        output_dir.write_bytes(b"in the way")
+        return {}
+
+    (tmp_path / "in").write_bytes(b"x")
+    frame = pd.DataFrame({"id": ["1", "2"], "f": [tmp_path / "in"] * 2})
+    result = Pipeline(replace, {"into_path": tmp_path / "out"}, on_error="raise")(frame)
+    assert result["id"].tolist() == ["1", "2"]
+    assert list(system_tmp.iterdir()) == []
+    # A device is not "not an existing file".
+    device = Pipeline(lambda i, o: {"x": "/dev/null"}, {"into_path": tmp_path / "out"})
+    assert device(frame).empty
+    assert str(device.last_failures[0].error) == (
+        "fn returned 'x' -> '/dev/null', which is a device, pipe or socket, not a regular file"
+    )
+    assert list(system_tmp.iterdir()) == []
+
+
 class _Callable:
     def __call__(self, input_dir: Path, output_dir: Path) -> dict[str, Path]:
         return {}
@@ -1104,9 +1148,16 @@ def test_a_relative_output_path_is_in_output_dir(
     assert (tmp_path / "out" / "1" / "out.txt").read_bytes() == b"abab"
 
 
-@pytest.mark.parametrize("linked", [False, True], ids=["outside", "link-to-outside"])
+@pytest.mark.parametrize(
+    "linked", [None, "symlink", "hard link"], ids=["outside", "link-to-outside", "hard-link"]
+)
 def test_an_output_outside_output_dir_is_sent_before_fn_runs_again(
-    linked: bool, options: Options, bucket: str, put: Put, read_object: ReadObject, tmp_path: Path
+    linked: str | None,
+    options: Options,
+    bucket: str,
+    put: Put,
+    read_object: ReadObject,
+    tmp_path: Path,
 ) -> None:
     """fn may rewrite a fixed scratch file on its next call: that row's upload goes first.
 
@@ -1122,11 +1173,16 @@ def test_an_output_outside_output_dir_is_sent_before_fn_runs_again(
             assert read_object(f"s3://{bucket}/o/{previous}/out.bin") == previous.encode() * 1000
         row = (input_dir / "f").read_bytes().decode()
         seen.append(row)
+        if linked == "hard link":  # rewritten in place: the same file under two names
+            scratch.mkdir(exist_ok=True)
+            (scratch / "out.bin").write_bytes(row.encode() * 1000)
+            os.link(scratch / "out.bin", output_dir / "out.bin")
+            return {"out.bin": output_dir / "out.bin"}
         if scratch.exists():
             shutil.rmtree(scratch)
         scratch.mkdir()
         (scratch / "out.bin").write_bytes(row.encode() * 1000)
-        if linked:
+        if linked == "symlink":
             (output_dir / "out.bin").symlink_to(scratch / "out.bin")
             return {"out.bin": output_dir / "out.bin"}
         return {"out.bin": scratch / "out.bin"}

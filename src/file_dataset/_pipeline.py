@@ -341,7 +341,13 @@ class Pipeline:
                     continue
                 local = output_dir / _local_output(name, path)  # relative: in output_dir
                 if not local.is_file():
-                    what = "a directory, not a file" if local.is_dir() else "not an existing file"
+                    what = (
+                        "a directory, not a file"
+                        if local.is_dir()
+                        else "a device, pipe or socket, not a regular file"
+                        if local.exists()
+                        else "not an existing file"
+                    )
                     raise FileNotFoundError(
                         f"fn returned {quoted(name)} -> {quoted(mask_secrets(str(local)))}, "
                         f"which is {what}"
@@ -624,8 +630,19 @@ def _check_signature(fn: Callable[..., Any]) -> None:
     """Refuses an ``fn`` that cannot be called as ``fn(input_dir, output_dir)``.
 
     Without this, every row would fail at the "fn" stage and be dropped. A callable
-    whose signature cannot be read (some builtins) is not checked.
+    whose signature cannot be read (some builtins) is not checked. An ``async def``
+    function is refused too: calling it returns a coroutine, not its outputs.
     """
+    call = getattr(fn, "__call__", None)  # noqa: B004 (a callable object's method)
+    if inspect.iscoroutinefunction(fn) or (
+        not inspect.isroutine(fn) and inspect.iscoroutinefunction(call)
+    ):
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        raise TypeError(
+            f"fn {name} is an async function: the Pipeline calls fn(input_dir, output_dir) "
+            "on a thread and uses what it returns, so give it a plain function (for "
+            "example lambda i, o: asyncio.run(fn(i, o)))"
+        )
     try:
         signature = inspect.signature(fn)
     except (ValueError, TypeError):
@@ -674,8 +691,25 @@ def _is_numpy_batch(batch: Mapping[str, Any]) -> bool:
 
 
 def _remove(folders: Iterable[Path]) -> None:
+    """Removes a row's temporary folders; one that stays is reported, not ignored.
+
+    ``fn`` may have put a file where its output folder was, or left a thread writing
+    in it (rmtree then meets files that were not there when it listed the folder).
+    """
     for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
+        for _ in range(3):
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                with contextlib.suppress(OSError):
+                    folder.unlink()
+            shutil.rmtree(folder, ignore_errors=True)
+            if not os.path.lexists(folder):
+                break
+        else:
+            logger.warning(
+                "file_dataset.Pipeline could not remove its temporary folder %s (is "
+                "something fn started still writing in it?)",
+                printable(str(folder)),
+            )
 
 
 def _where(paths: Iterable[Path], input_dir: Path, output_dir: Path) -> tuple[bool, bool]:
@@ -684,7 +718,9 @@ def _where(paths: Iterable[Path], input_dir: Path, output_dir: Path) -> tuple[bo
     Returns:
         Whether any output is in ``input_dir`` (an input passed through, by its path
         or a link), and whether every output is in ``input_dir`` or ``output_dir``
-        both ways (so that no later ``fn`` call can rewrite it).
+        both ways and is not a hard link (so that no later ``fn`` call can rewrite it:
+        a hard link's other name may be a scratch file outside, and nothing tells
+        where it is).
     """
     folders = (input_dir, output_dir)
     real_input, real_output = (folder.resolve() for folder in folders)
@@ -697,6 +733,7 @@ def _where(paths: Iterable[Path], input_dir: Path, output_dir: Path) -> tuple[bo
         only_own = only_own and (
             any(written.is_relative_to(folder) for folder in folders)
             and (real.is_relative_to(real_input) or real.is_relative_to(real_output))
+            and real.stat().st_nlink == 1
         )
     return uses_input, only_own
 
