@@ -296,6 +296,37 @@ def test_a_child_forked_while_another_thread_holds_a_lock_of_ours_works(
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_refreshable_credentials_of_an_assumed_role_read(
+    transport: str,
+    s3_server: LocalS3Server,
+    put: Callable[[str, bytes], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """botocore dates refreshable credentials in local time (dateutil's tzlocal), and
+    obstore takes only datetime.timezone.utc: every read through obstore with an
+    instance role, SSO or an assumed role failed as "access denied"."""
+    endpoint = s3_server.options().s3_client_kwargs["endpoint_url"]
+    config = tmp_path / "config"
+    config.write_text(
+        "[profile src]\naws_access_key_id = AKIAEXAMPLESRC12345\n"
+        "aws_secret_access_key = source-secret-source-secret\nregion = us-east-1\n"
+        "[profile role]\nrole_arn = arn:aws:iam::123456789012:role/reader\n"
+        "source_profile = src\nregion = us-east-1\n"
+    )
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", endpoint)  # moto answers AssumeRole
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    url = put("assumed/a.txt", b"read with an assumed role")
+    options = Options({"profile_name": "role"}, {"endpoint_url": endpoint}, transport=transport)
+    assert file_dataset.reader({"f": url}, options).into_blob_table().to_pylist() == [
+        {"f": b"read with an assumed role"}
+    ]
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
 def test_missing_credentials_name_the_operation_that_needed_them(
     s3_server: LocalS3Server, transport: str, tmp_path: Path
 ) -> None:

@@ -163,8 +163,14 @@ class _Credentials:
         frozen = self._credentials.get_frozen_credentials()
         remember_secrets(frozen.access_key, frozen.secret_key, frozen.token)  # refreshed ones
         expiry = getattr(self._credentials, "_expiry_time", None)
-        if isinstance(expiry, dt.datetime) and expiry.tzinfo is None:
-            expiry = expiry.replace(tzinfo=dt.UTC)
+        if isinstance(expiry, dt.datetime):
+            # obstore takes only datetime.timezone.utc; botocore gives tzlocal() (or tzutc(),
+            # or none at all), and every refreshable credential failed as "access denied".
+            expiry = (
+                expiry.replace(tzinfo=dt.UTC)
+                if expiry.tzinfo is None
+                else expiry.astimezone(dt.UTC)
+            )
         return {
             "access_key_id": frozen.access_key,
             "secret_access_key": frozen.secret_key,
