@@ -887,6 +887,22 @@ def test_an_async_fn_is_refused_when_built(fn: Callable[..., Any], tmp_path: Pat
         Pipeline(fn, {"into_path": tmp_path})
 
 
+def test_an_async_fn_behind_a_wrapper_is_named(
+    tmp_path: Path,
+) -> None:
+    @functools.wraps(_async_fn)
+    def wrapped(input_dir: Path, output_dir: Path) -> Any:
+        return _async_fn(input_dir, output_dir)
+
+    (tmp_path / "in").write_bytes(b"x")
+    frame = pd.DataFrame({"id": ["1"], "f": [tmp_path / "in"]})
+    pipeline = Pipeline(wrapped, {"into_path": tmp_path / "out"})
+    assert pipeline(frame).empty
+    assert str(pipeline.last_failures[0].error).startswith(
+        "fn returned a coroutine, not a mapping of file name to path: fn is async"
+    )
+
+
 def test_an_fn_that_replaces_its_output_dir_or_returns_a_device_leaves_nothing(
     tmp_path: Path, system_tmp: Path
 ) -> None:

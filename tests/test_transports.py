@@ -302,6 +302,7 @@ def test_refreshable_credentials_of_an_assumed_role_read(
     put: Callable[[str, bytes], str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """botocore dates refreshable credentials in local time (dateutil's tzlocal), and
     obstore takes only datetime.timezone.utc: every read through obstore with an
@@ -321,9 +322,16 @@ def test_refreshable_credentials_of_an_assumed_role_read(
         monkeypatch.delenv(name, raising=False)
     url = put("assumed/a.txt", b"read with an assumed role")
     options = Options({"profile_name": "role"}, {"endpoint_url": endpoint}, transport=transport)
-    assert file_dataset.reader({"f": url}, options).into_blob_table().to_pylist() == [
-        {"f": b"read with an assumed role"}
-    ]
+    with caplog.at_level(logging.DEBUG):
+        assert file_dataset.reader({"f": url}, options).into_blob_table().to_pylist() == [
+            {"f": b"read with an assumed role"}
+        ]
+    # botocore logs STS's answer, with the role's credentials, before anything here knows
+    # them; they were left whole in that DEBUG line.
+    logged = "\n".join(logging.Formatter().format(record) for record in caplog.records)
+    assert "<SecretAccessKey>***</SecretAccessKey>" in logged
+    assert re.search(r"<(SecretAccessKey|SessionToken|AccessKeyId)>[^*]", logged) is None
+    assert "source-secret-source-secret" not in logged
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])

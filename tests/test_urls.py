@@ -350,3 +350,42 @@ def test_a_column_of_bytes_is_refused_before_any_row(column: object) -> None:
     pipeline = file_dataset.Pipeline(lambda i, o: {}, {"into_path": "/nonexistent/out"})
     with pytest.raises(ValueError, match=r"column 'vol\.raw' holds bytes"):
         pipeline(frame)
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        # STS's answer (botocore logs it at DEBUG before anything knows the keys)
+        (
+            "<AccessKeyId>ASIAEXAMPLE</AccessKeyId><SecretAccessKey>wJal/K7+x=</SecretAccessKey>"
+            "<SessionToken>IQoJ//abc+d==</SessionToken>",
+            "<AccessKeyId>***</AccessKeyId><SecretAccessKey>***</SecretAccessKey>"
+            "<SessionToken>***</SessionToken>",
+        ),
+        # container and SSO credentials, as JSON
+        (
+            '{"AccessKeyId": "ASIAX", "SecretAccessKey": "s/e+c", "Token": "t/o+k", '
+            '"NextToken": "n"}',
+            '{"AccessKeyId": "***", "SecretAccessKey": "***", "Token": "***", "NextToken": "n"}',
+        ),
+        # signatures with "/" (decoded SigV2 and SAS), and the text after a URL kept
+        (
+            "(https://b/k?AWSAccessKeyId=AKIAX&Signature=ab/cd+ef/GH=) and sig=1",
+            "(https://b/k?AWSAccessKeyId=***&Signature=***) and sig=***",
+        ),
+        (
+            "https://a.blob.core.windows.net/c?sv=1&sig=ab/cd%2Bef=&se=2",
+            "https://a.blob.core.windows.net/c?sv=1&sig=***&se=2",
+        ),
+        # names that only look like fields: a relative path, a Hive-style key
+        ("signature=v2/scan.mha", "signature=v2/scan.mha"),
+        (
+            "s3://b/runs/signature=v2/credential=x/scan.mha",
+            "s3://b/runs/signature=v2/credential=x/scan.mha",
+        ),
+    ],
+)
+def test_mask_secrets(text: str, shown: str) -> None:
+    from file_dataset._errors import mask_secrets
+
+    assert mask_secrets(text) == shown

@@ -81,20 +81,23 @@ def mask_userinfo(value: str) -> str:
     return USERINFO.sub("***@", value)
 
 
-# Credentials that S3's error bodies and signed URLs quote: a SignatureDoesNotMatch
-# body holds the access key id and the canonical request, session token included (as
-# text and as hex bytes); a presigned URL holds a key id and a signature in its query.
+# Credentials that answers and signed URLs quote: S3's answer to a bad signature holds
+# the access key id and the canonical request, session token included (as text and as
+# hex bytes); STS's answers, and the JSON of container, SSO and process credentials,
+# hold whole credentials; a signed URL holds a key id and a signature in its query.
 _CREDENTIAL_FIELDS = re.compile(
-    # Elements of S3's error body; a session token (base64: it may hold "/"), as a
-    # header of the canonical request or a query parameter.
-    r"(?i)(<AWSAccessKeyId>|<SignatureProvided>|<CanonicalRequestBytes>|<StringToSignBytes>"
-    r"|(?<![^?&;,\s])x-amz-security-token[:=]\s*)([^<&\s\"',;]+(?:[ ][0-9a-f]{2}(?=[ <]))*)"
-    # Query parameters of signed URLs, and the Authorization header's Credential and
-    # Signature: only where a query or header puts them (after "?", "&", "," or a
-    # space), so that a key such as "runs/signature=v2/scan.mha" is left alone.
-    r"|((?<![^?&;,\s])(?:x-amz-credential|x-amz-signature|x-goog-credential"
-    r"|x-goog-signature|credential|signature|awsaccesskeyid|sig)=)([^<&\s\"',;/]+)"
+    r"(?i)(<(?:AWSAccessKeyId|SignatureProvided|CanonicalRequestBytes|StringToSignBytes"
+    r"|AccessKeyId|SecretAccessKey|SessionToken)>)([^<]*)"
+    r"|([\"'](?:AccessKeyId|SecretAccessKey|SessionToken|Token)[\"']\s*:\s*[\"'])([^\"']*)"
+    # Headers and query parameters: only where a header or a query puts them (after a
+    # space, a line break, "?", "&", ";" or ","), so that a key such as
+    # "runs/signature=v2/scan.mha" is quoted as it is.
+    r"|((?<=[?&;,\s])(?:x-amz-security-token[:=]\s*|(?:x-amz-credential|x-amz-signature"
+    r"|x-goog-credential|x-goog-signature|credential|signature|awsaccesskeyid|sig)=))"
+    r"([^<&\s\"',;()]+)"
 )
+# What any text that holds such a field contains (lowercased), to skip the search.
+_FIELD_HINTS = ("accesskey", "signature", "bytes>", "token", "credential", "sig=")
 # The credentials this process has used (added as clients and obstore stores get them).
 _known_secrets: frozenset[str] = frozenset()
 
@@ -112,11 +115,31 @@ def mask_secrets(value: str) -> str:
 
     For every message and repr that may quote a URL, a cell or a transport's error.
     """
-    text = _CREDENTIAL_FIELDS.sub(lambda m: f"{m.group(1) or m.group(3)}***", mask_userinfo(value))
+    text = mask_userinfo(value) if "@" in value else value
+    lowered = text.lower()
+    if any(hint in lowered for hint in _FIELD_HINTS):
+        text = _CREDENTIAL_FIELDS.sub(_mask_field, text)
     for secret in _known_secrets:
         if secret in text:
             text = text.replace(secret, "***")
     return text
+
+
+def _mask_field(match: re.Match[str]) -> str:
+    return f"{match.group(1) or match.group(3) or match.group(5)}***"
+
+
+def masked_cut(text: str, limit: int) -> str:
+    """:func:`cut` of :func:`mask_secrets`, at a cost bounded by ``limit``.
+
+    Only the start of a long text is masked (a secret straddling where it is cut is
+    still masked whole), so a message of megabytes costs no more than a short one.
+    """
+    margin = limit + 8192  # longer than any credential
+    if len(text) <= margin:
+        return cut(mask_secrets(text), limit)
+    head = mask_secrets(text[:margin])[:limit]
+    return f"{head}... ({len(text)} characters)"
 
 
 def masked_cause(error: BaseException) -> BaseException:
@@ -166,7 +189,7 @@ def _describe(operation: str, url: str, row_id: str | None, column: str | None) 
     if column is not None:
         where.append(f"column {quoted(column)}")
     suffix = f" ({', '.join(where)})" if where else ""
-    return f"{operation} {printable(cut(mask_secrets(url)))}{suffix}"
+    return f"{operation} {printable(masked_cut(url, 1200))}{suffix}"
 
 
 class TransferError(FileDatasetError, OSError):

@@ -30,8 +30,8 @@ from file_dataset._errors import (
     InvalidInputError,
     ObjectNotFoundError,
     TransferError,
-    cut,
     mask_secrets,
+    masked_cut,
     printable,
     quoted,
 )
@@ -323,6 +323,14 @@ class Pipeline:
                     "fn returned None; it must return a mapping of output file name to "
                     "local path ({} when the row has no outputs)"
                 )
+            if inspect.isawaitable(returned):  # an async fn behind a wrapper
+                if inspect.iscoroutine(returned):
+                    returned.close()  # no "never awaited" warning on top of this error
+                raise TypeError(
+                    f"fn returned {_a(type(returned).__name__)}, not a mapping of file name "
+                    "to path: fn is async (or wraps an async function); give the Pipeline "
+                    "a plain function, for example lambda i, o: asyncio.run(fn(i, o))"
+                )
             if not isinstance(returned, Mapping):
                 raise TypeError(
                     f"fn must return a mapping of file name to path, got {type(returned).__name__}"
@@ -597,7 +605,7 @@ class Pipeline:
                 failure.stage,
                 # One line per row (the whole error is on last_failures), without
                 # credentials even when fn's own exception quotes them.
-                printable(cut(mask_secrets(_describe(row_error)), 2000)),
+                printable(masked_cut(_describe(row_error), 2000)),
             )
 
 
@@ -635,7 +643,8 @@ def _check_signature(fn: Callable[..., Any]) -> None:
     """
     call = getattr(fn, "__call__", None)  # noqa: B004 (a callable object's method)
     if inspect.iscoroutinefunction(fn) or (
-        not inspect.isroutine(fn) and inspect.iscoroutinefunction(call)
+        # Calling a class makes an instance: its instances' __call__ is not what runs.
+        not inspect.isroutine(fn) and not isinstance(fn, type) and inspect.iscoroutinefunction(call)
     ):
         name = getattr(fn, "__qualname__", None) or repr(fn)
         raise TypeError(
