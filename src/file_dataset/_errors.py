@@ -85,19 +85,35 @@ def mask_userinfo(value: str) -> str:
 # the access key id and the canonical request, session token included (as text and as
 # hex bytes); STS's answers, and the JSON of container, SSO and process credentials,
 # hold whole credentials; a signed URL holds a key id and a signature in its query.
-_CREDENTIAL_FIELDS = re.compile(
-    r"(?i)(<(?:AWSAccessKeyId|SignatureProvided|CanonicalRequestBytes|StringToSignBytes"
-    r"|AccessKeyId|SecretAccessKey|SessionToken)>)([^<]*)"
-    r"|([\"'](?:AccessKeyId|SecretAccessKey|SessionToken|Token)[\"']\s*:\s*[\"'])([^\"']*)"
-    # Headers and query parameters: only where a header or a query puts them (after a
-    # space, a line break, "?", "&", ";" or ","), so that a key such as
-    # "runs/signature=v2/scan.mha" is quoted as it is.
-    r"|((?<=[?&;,\s])(?:x-amz-security-token[:=]\s*|(?:x-amz-credential|x-amz-signature"
-    r"|x-goog-credential|x-goog-signature|credential|signature|awsaccesskeyid|sig)=))"
-    r"([^<&\s\"',;()]+)"
+_CREDENTIAL_FIELDS = (
+    # Each pattern with what any text holding its field contains (lowercased), so that
+    # texts without one skip its search (botocore's DEBUG records pass through here).
+    (
+        ("keyid>", "provided>", "bytes>", "accesskey>", "token>"),
+        re.compile(
+            r"(?i)(<(?:AWSAccessKeyId|SignatureProvided|CanonicalRequestBytes|StringToSignBytes"
+            r"|AccessKeyId|SecretAccessKey|SessionToken)>)([^<]*)"
+        ),
+    ),
+    (
+        ('keyid"', "keyid'", 'accesskey"', "accesskey'", 'token"', "token'"),
+        re.compile(
+            r"(?i)([\"'](?:AccessKeyId|SecretAccessKey|SessionToken|Token)[\"']\s*:\s*[\"'])"
+            r"([^\"']*)"
+        ),
+    ),
+    (
+        # Headers and query parameters: only where a header or a query puts them
+        # (after a space, a line break, "?", "&", ";" or ","), so that a key such as
+        # "runs/signature=v2/scan.mha" is quoted as it is.
+        ("signature=", "credential=", "sig=", "keyid=", "security-token"),
+        re.compile(
+            r"(?i)(?<=[?&;,\s])(x-amz-security-token[:=]\s*|(?:x-amz-credential|x-amz-signature"
+            r"|x-goog-credential|x-goog-signature|credential|signature|awsaccesskeyid|sig)=)"
+            r"([^<&\s\"',;()]+)"
+        ),
+    ),
 )
-# What any text that holds such a field contains (lowercased), to skip the search.
-_FIELD_HINTS = ("accesskey", "signature", "bytes>", "token", "credential", "sig=")
 # The credentials this process has used (added as clients and obstore stores get them).
 _known_secrets: frozenset[str] = frozenset()
 
@@ -117,8 +133,9 @@ def mask_secrets(value: str) -> str:
     """
     text = mask_userinfo(value) if "@" in value else value
     lowered = text.lower()
-    if any(hint in lowered for hint in _FIELD_HINTS):
-        text = _CREDENTIAL_FIELDS.sub(_mask_field, text)
+    for hints, pattern in _CREDENTIAL_FIELDS:
+        if any(hint in lowered for hint in hints):
+            text = pattern.sub(_mask_field, text)
     for secret in _known_secrets:
         if secret in text:
             text = text.replace(secret, "***")
@@ -126,7 +143,7 @@ def mask_secrets(value: str) -> str:
 
 
 def _mask_field(match: re.Match[str]) -> str:
-    return f"{match.group(1) or match.group(3) or match.group(5)}***"
+    return f"{match.group(1)}***"
 
 
 def masked_cut(text: str, limit: int) -> str:
