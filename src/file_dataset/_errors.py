@@ -102,15 +102,20 @@ _CREDENTIAL_FIELDS = (
             r"([^\"']*)"
         ),
     ),
+    # Headers and query parameters: only where a header or a query puts them (after a
+    # space, a line break, "?", "&", ";" or ","), so that a key such as
+    # "runs/signature=v2/scan.mha" is quoted as it is.
     (
-        # Headers and query parameters: only where a header or a query puts them
-        # (after a space, a line break, "?", "&", ";" or ","), so that a key such as
-        # "runs/signature=v2/scan.mha" is quoted as it is.
-        ("signature=", "credential=", "sig=", "keyid=", "security-token"),
+        # The access key id of a credential scope ("AKIA.../20251202/us-east-1/s3/..."):
+        # the rest of the scope says nothing secret and helps to read the request.
+        ("credential=",),
+        re.compile(r"(?i)(?<=[?&;,\s])((?:x-amz-|x-goog-)?credential=)([^/<&\s\"',;()]+)"),
+    ),
+    (
+        ("signature=", "sig=", "keyid=", "security-token"),
         re.compile(
-            r"(?i)(?<=[?&;,\s])(x-amz-security-token[:=]\s*|(?:x-amz-credential|x-amz-signature"
-            r"|x-goog-credential|x-goog-signature|credential|signature|awsaccesskeyid|sig)=)"
-            r"([^<&\s\"',;()]+)"
+            r"(?i)(?<=[?&;,\s])(x-amz-security-token[:=]\s*|(?:x-amz-signature"
+            r"|x-goog-signature|signature|awsaccesskeyid|sig)=)([^<&\s\"',;()]+)"
         ),
     ),
 )
