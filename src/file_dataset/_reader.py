@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import errno
 import itertools
 import os
@@ -76,6 +77,30 @@ def reader(
     return FileReader(table, resolved)
 
 
+# Folders whose removal was under way when an interrupt (a second Ctrl-C) cut it
+# short: what is left of them is removed when the interpreter exits.
+_REMOVING: set[Path] = set()
+
+
+def _remove_left_folders() -> None:
+    for path in list(_REMOVING):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+atexit.register(_remove_left_folders)
+
+
+def remove_tree(path: Path) -> None:
+    """Removes a folder and what it holds; if interrupted, the rest goes at exit.
+
+    Removing 200,000 folders takes a minute on a slow disk, long enough for a second
+    Ctrl-C, which left the half-removed folder behind for good.
+    """
+    _REMOVING.add(path)
+    shutil.rmtree(path, ignore_errors=True)
+    _REMOVING.discard(path)
+
+
 class TempDir(os.PathLike[str]):
     """A temporary directory that :meth:`FileReader.into_temp_dir` has already filled.
 
@@ -90,7 +115,7 @@ class TempDir(os.PathLike[str]):
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._remove = weakref.finalize(self, shutil.rmtree, path, ignore_errors=True)
+        self._remove = weakref.finalize(self, remove_tree, path)
         self._entered = False
 
     def __fspath__(self) -> str:
@@ -192,7 +217,7 @@ class FileReader:
         try:
             self.download_to(root)
         except BaseException:
-            shutil.rmtree(root, ignore_errors=True)
+            remove_tree(root)
             raise
         return TempDir(root)
 
