@@ -742,9 +742,17 @@ def _where(paths: Iterable[Path], input_dir: Path, output_dir: Path) -> tuple[bo
         only_own = only_own and (
             any(written.is_relative_to(folder) for folder in folders)
             and (real.is_relative_to(real_input) or real.is_relative_to(real_output))
-            and real.stat().st_nlink == 1
+            and _one_name(real)
         )
     return uses_input, only_own
+
+
+def _one_name(path: Path) -> bool:
+    """Whether a file has no other (hard-linked) name; ``False`` if it is gone."""
+    try:
+        return path.stat().st_nlink == 1
+    except OSError:  # removed since it was checked (by a thread fn left running, say)
+        return False
 
 
 # How far _let_typeddicts_travel looks from fn: links followed, objects visited, and
