@@ -123,12 +123,17 @@ _CREDENTIAL_FIELDS = (
 _known_secrets: frozenset[str] = frozenset()
 
 
-def remember_secrets(*secrets: str | None) -> None:
-    """Adds credentials to those :func:`mask_secrets` hides wherever they appear."""
+def remember_secrets(*secrets: str | None) -> bool:
+    """Adds credentials to those :func:`mask_secrets` hides wherever they appear.
+
+    Returns:
+        Whether any credential is known (these or earlier ones).
+    """
     global _known_secrets
     new = {s for s in secrets if s and len(s) >= 8}
     if not new <= _known_secrets:
         _known_secrets = _known_secrets | new
+    return bool(_known_secrets)
 
 
 def mask_secrets(value: str) -> str:
@@ -145,6 +150,11 @@ def mask_secrets(value: str) -> str:
         if secret in text:
             text = text.replace(secret, "***")
     return text
+
+
+def quoted_masked(value: str) -> str:
+    """:func:`quoted` of :func:`mask_secrets`: a cell or URL as a message shows it."""
+    return quoted(mask_secrets(value))
 
 
 def _mask_field(match: re.Match[str]) -> str:

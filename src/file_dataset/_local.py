@@ -56,16 +56,17 @@ def temp_file_in_place(dest: Path) -> tuple[int, str]:
     is empty (see :func:`file_dataset.write_files`): if the folder goes between being
     made and the file being created here, it is made again.
     """
-    for attempt in range(8):
+    attempts = 8
+    while True:
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             return new_temp_file(dest)
         except (FileNotFoundError, FileExistsError):
             # FileExistsError: mkdir saw the folder, which was gone when it checked it
             # was one. Any other cause raises again on the last attempt.
-            if attempt == 7:
+            attempts -= 1
+            if not attempts:
                 raise
-    raise AssertionError("unreachable")
 
 
 _COPY_CHUNK = 8 * 1024 * 1024

@@ -46,15 +46,11 @@ class _RedactSecrets(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__("file_dataset")
-        self._secrets: frozenset[str] = frozenset()
         self._filtered: set[str] = set()
 
     def add(self, *secrets: str | None) -> None:
-        remember_secrets(*secrets)  # masked in errors too (obstore quotes S3's bodies)
-        new = {s for s in secrets if s and len(s) >= 8}
-        if not new <= self._secrets:
-            self._secrets = self._secrets | new
-        if self._secrets:
+        # Kept where errors are masked too (obstore quotes S3's bodies).
+        if remember_secrets(*secrets):
             self._install()
 
     def _install(self) -> None:

@@ -34,6 +34,7 @@ from file_dataset._errors import (
     masked_cut,
     printable,
     quoted,
+    quoted_masked,
 )
 from file_dataset._frame import ID_COLUMN, FileTable, check_frame, frame_rows, parse_cells
 from file_dataset._options import Options, resolve_options
@@ -357,7 +358,7 @@ class Pipeline:
                         else "not an existing file"
                     )
                     raise FileNotFoundError(
-                        f"fn returned {quoted(name)} -> {quoted(mask_secrets(str(local)))}, "
+                        f"fn returned {quoted(name)} -> {quoted_masked(str(local))}, "
                         f"which is {what}"
                     )
                 outputs[name] = local
@@ -685,7 +686,7 @@ def _local_output(name: str, path: Any) -> Path:
         if match.group(1).lower() == "file":  # a local path, as write_files takes it
             return parse_url(text).path
         raise InvalidInputError(
-            f"fn returned {quoted(name)} -> {quoted(mask_secrets(text))}, a URL; outputs "
+            f"fn returned {quoted(name)} -> {quoted_masked(text)}, a URL; outputs "
             "must be local files written by fn (in output_dir), which the Pipeline then "
             "writes to into_path"
         )

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from file_dataset._errors import InvalidInputError, mask_secrets, quoted
+from file_dataset._errors import InvalidInputError, quoted, quoted_masked
 
 URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_]{1,254}$")
@@ -128,7 +128,7 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
     if value[:5].lower() == "file:" and value[5:7] != "//":
         if value[5:6] != "/":  # it would otherwise be read as a relative path
             raise InvalidInputError(
-                f"{quoted(mask_secrets(value))} is not a valid file URL (expected file:///absolute/path)"
+                f"{quoted_masked(value)} is not a valid file URL (expected file:///absolute/path)"
             )
         value = "file://" + value[5:]  # RFC 8089's short form: file:/path is file:///path
     match = URL_SCHEME.match(value)
@@ -142,32 +142,30 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
     if scheme == "file":
         parsed = urllib.parse.urlsplit(value)
         if parsed.netloc not in ("", "localhost"):
-            raise InvalidInputError(
-                f"file URL must name a local path: {quoted(mask_secrets(value))}"
-            )
+            raise InvalidInputError(f"file URL must name a local path: {quoted_masked(value)}")
         if "?" in value or "#" in value:
             # urlsplit would drop them with what follows, and so read another file.
             raise InvalidInputError(
-                f"file URL {quoted(mask_secrets(value))} has a query or fragment ('?' or '#'), "
+                f"file URL {quoted_masked(value)} has a query or fragment ('?' or '#'), "
                 "which names no file: write them as %3F and %23 (as Path.as_uri() does), or "
                 "give the path"
             )
         return Location("file", "", _no_nul(urllib.request.url2pathname(parsed.path)))
     if scheme not in ("s3", "s3a"):
         raise InvalidInputError(
-            f"unsupported URL scheme {quoted(scheme)} in {quoted(mask_secrets(value))}: "
+            f"unsupported URL scheme {quoted(scheme)} in {quoted_masked(value)}: "
             "use s3://bucket/key or a local path"
         )
     bucket, _, key = rest.partition("/")
     if "@" in bucket or ":" in bucket:
         raise InvalidInputError(
-            f"credentials or ports are not allowed in S3 URLs: {quoted(mask_secrets(value))}; "
+            f"credentials or ports are not allowed in S3 URLs: {quoted_masked(value)}; "
             "pass credentials through file_dataset.Options"
         )
     if not _BUCKET.match(bucket):
-        raise InvalidInputError(f"invalid S3 bucket name in {quoted(mask_secrets(value))}")
+        raise InvalidInputError(f"invalid S3 bucket name in {quoted_masked(value)}")
     if not key and not prefix:
-        raise InvalidInputError(f"S3 URL has no object key: {quoted(mask_secrets(value))}")
+        raise InvalidInputError(f"S3 URL has no object key: {quoted_masked(value)}")
     if len(_VALID_BUCKETS) < 4096:
         _VALID_BUCKETS.add(bucket)
     return Location("s3", bucket, key)
@@ -188,12 +186,12 @@ def _check_not_a_broken_url(value: str) -> None:
     """Refuses a mistyped S3 URL, which would otherwise be read as a relative path."""
     if _BROKEN_S3_URL.match(value):
         raise InvalidInputError(
-            f"{quoted(mask_secrets(value))} is not a valid S3 URL (expected s3://bucket/key)"
+            f"{quoted_masked(value)} is not a valid S3 URL (expected s3://bucket/key)"
         )
     stripped = value.lstrip()
     if stripped != value and (URL_SCHEME.match(stripped) or _BROKEN_S3_URL.match(stripped)):
         raise InvalidInputError(
-            f"{quoted(mask_secrets(value))} has whitespace before a URL: remove it (as it is, "
+            f"{quoted_masked(value)} has whitespace before a URL: remove it (as it is, "
             "the value would be read as a local path)"
         )
 

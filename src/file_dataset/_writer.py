@@ -145,12 +145,12 @@ def write_files(
     # into it, so a failed call does not leave an empty <into_path>/<id>/ that reads as
     # a row written.
     folder = None if into.is_s3 else Path(into.child(row_id).path)
-    created = folder is not None and jobs and not os.path.lexists(folder)
+    made = None if folder is None or os.path.lexists(folder) else folder
     try:
         run_jobs(jobs, options, contexts)
     except BaseException:
-        if created and folder is not None:
+        if made is not None:
             with contextlib.suppress(OSError):  # not empty: other files were written
-                folder.rmdir()
+                made.rmdir()
         raise
     return results
