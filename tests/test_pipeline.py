@@ -365,6 +365,26 @@ def test_longest_id(options: Options, tmp_path: Path) -> None:
     assert (tmp_path / "out" / row_id / "output.mha").read_bytes() == b"LONG"
 
 
+def test_an_id_too_long_for_an_s3_key_is_refused_before_any_row(
+    options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "in").write_bytes(b"x")
+    prefix = "out/" + "p" * 1000  # 1,005 bytes with its slash: 17 left for id, "/" and a name
+    frame = pd.DataFrame({"id": ["short", "i" * 18], "f": [tmp_path / "in"] * 2})
+    calls: list[str] = []
+
+    def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        calls.append(input_dir.name)
+        return upper(input_dir, output_dir)
+
+    with pytest.raises(ValueError, match=r"is 18 bytes long: .* an id can have at most 17 bytes"):
+        Pipeline(fn, {"into_path": f"s3://{bucket}/{prefix}"}, options)(frame)
+    assert calls == []
+    assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    result = Pipeline(upper, {"into_path": f"s3://{bucket}/{prefix}"}, options)(frame[:1])
+    assert result["output.mha"].tolist() == [f"s3://{bucket}/{prefix}/short/output.mha"]
+
+
 # --- failing rows ---------------------------------------------------------------------
 
 

@@ -246,6 +246,25 @@ def test_a_file_named_id_writes_nothing(
     assert not (tmp_path / "out").exists()
 
 
+def test_an_s3_key_over_1024_bytes_writes_nothing(
+    options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    # moto accepts such a key and S3 refuses it: refused before the row's first file.
+    prefix = "p/" + "é" * 500  # 1,002 bytes of key before the id
+    files = make_files(tmp_path / "src", {"a": b"a", "long-name-17bytes": b"b"})
+    with pytest.raises(ValueError, match="1025 bytes long; S3 keys can have at most 1024"):
+        file_dataset.write_files(files, f"s3://{bucket}/{prefix}", id="row7", options=options)
+    assert keys(s3_client, bucket) == []
+    exact = {"a": files["a"], "long-name-16byte": files["long-name-17bytes"]}  # 1,024 bytes
+    urls = file_dataset.write_files(exact, f"s3://{bucket}/{prefix}", id="row7", options=options)
+    assert len(keys(s3_client, bucket)) == 2
+    with file_dataset.reader(urls, options).into_temp_dir() as tmp:
+        assert {p.name: p.read_bytes() for p in tmp.iterdir()} == {
+            "a": b"a",
+            "long-name-16byte": b"b",
+        }
+
+
 def test_missing_source_writes_nothing(
     options: Options, bucket: str, s3_client: Any, tmp_path: Path
 ) -> None:

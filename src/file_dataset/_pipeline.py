@@ -42,6 +42,7 @@ from file_dataset._reader import FileReader
 from file_dataset._urls import (
     URL_SCHEME,
     check_component,
+    check_key_room,
     check_local_name,
     is_null,
     parse_url,
@@ -418,8 +419,10 @@ class Pipeline:
             dropped.
 
         Raises:
-            ValueError: The DataFrame is not a valid file DataFrame (checked before
-                any row is processed).
+            ValueError: The DataFrame is not a valid file DataFrame, or an id is too
+                long for ``into_path`` (over 255 bytes for a local folder; for S3, one
+                that leaves no room for a file name in a 1,024-byte key); checked before
+                any row is processed.
             FileNotFoundError: ``into_path`` is in a bucket that does not exist
                 (:class:`ObjectNotFoundError`, checked before any row).
             NotADirectoryError: A local ``into_path`` is a file (checked before any row).
@@ -462,9 +465,12 @@ class Pipeline:
             # reader().into_temp_dir() and write_files do.
             for column in columns:
                 check_local_name(column, "column (file name)")
-            if parse_url(self.write_options["into_path"], prefix=True).scheme != "s3":
+            into = parse_url(self.write_options["into_path"], prefix=True)
+            if not into.is_s3:
                 for row_id in ids:
                     check_local_name(row_id, "id (folder name)")
+            else:
+                check_key_room(into, ids)
         values = frame_rows(file_dataframe, columns)
         call = _Call()
         self._per_thread.failures = call.failures  # filled in as rows fail, also on a raise

@@ -12,6 +12,7 @@ import os
 import re
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -234,6 +235,7 @@ def check_component(value: Any, what: str) -> str:
 
 # The longest file or folder name (in bytes) of the usual local file systems.
 NAME_MAX = 255
+KEY_MAX = 1024  # S3's limit on a key, in UTF-8 bytes
 
 
 def check_local_name(text: str, what: str) -> None:
@@ -251,6 +253,24 @@ def check_local_name(text: str, what: str) -> None:
             f"{what} {text[:40]!r}... is {size} bytes long: a local file or folder name "
             f"can have at most {NAME_MAX}"
         )
+
+
+def check_key_room(into: Location, ids: Iterable[str]) -> None:
+    """Checks that every id leaves room under an S3 ``into`` for a one-byte file name.
+
+    Raises:
+        InvalidInputError: ``<into>/<id>/x`` would be longer than :data:`KEY_MAX` bytes
+            for some id (its outputs could not be written under any name).
+    """
+    room = KEY_MAX - len(into.child("").key.encode("utf-8", "surrogatepass")) - 2
+    for row_id in ids:
+        size = len(row_id.encode("utf-8", "surrogatepass"))
+        if size > room:
+            raise InvalidInputError(
+                f"id {row_id[:40]!r}... is {size} bytes long: under {str(into)[:80]!r} "
+                f"an id can have at most {max(room, 0)} bytes, as S3 keys can have at most "
+                f"{KEY_MAX} (<into_path>/<id>/<file name>)"
+            )
 
 
 def temp_prefix(name: str, limit: int = 64) -> str:

@@ -18,7 +18,14 @@ from file_dataset._errors import (
 from file_dataset._frame import ID_COLUMN
 from file_dataset._options import Options, resolve_options
 from file_dataset._transfer import Context, Job, run_jobs, upload_job
-from file_dataset._urls import Location, check_component, check_local_name, is_null, parse_url
+from file_dataset._urls import (
+    KEY_MAX,
+    Location,
+    check_component,
+    check_local_name,
+    is_null,
+    parse_url,
+)
 
 __all__ = ["write_files"]
 
@@ -49,10 +56,11 @@ def write_files(
         Each name's destination: an ``s3://`` URL string for S3, a ``Path`` for local.
 
     Raises:
-        ValueError: A name or the id is not a safe path component (or bytes, or, for a local
-            ``into_path``, longer than 255 bytes), a name is ``"id"``, the id is null, a
-            source is an ``s3://`` URL rather than a local path, or ``into_path`` is not
-            a supported URL.
+        ValueError: A name or the id is not a safe path component (or bytes, or, for a
+            local ``into_path``, longer than 255 bytes), an S3 key would be longer than
+            1,024 bytes (S3's limit), a name is ``"id"``, the id is null, a source is an
+            ``s3://`` URL rather than a local path, or ``into_path`` is not a supported
+            URL. All of these are checked before any file is sent.
         TypeError: ``files`` is not a mapping, or ``options`` is not an
             :class:`Options` (a dict of settings, say).
         FileNotFoundError: A source file does not exist.
@@ -138,6 +146,15 @@ def write_files(
     results: dict[str, str | Path] = {}
     for name, path in sources.items():
         dest = into.child(row_id, name)
+        if dest.is_s3 and len(dest.key.encode("utf-8", "surrogatepass")) > KEY_MAX:
+            # S3 refuses such a key (KeyTooLongError), some servers accept it: refused
+            # here, before any file of the row is sent, so no row is written in part.
+            size = len(dest.key.encode("utf-8", "surrogatepass"))
+            raise InvalidInputError(
+                f"row id {quoted(row_id)}, file {quoted(name)}: the key of "
+                f"{quoted(str(dest))} is {size} bytes long; S3 keys can have at most "
+                f"{KEY_MAX} (shorten into_path, the id or the file name)"
+            )
         jobs.append(upload_job(path, dest, options))
         contexts.append((row_id, name))
         results[name] = str(dest) if dest.is_s3 else dest.path
