@@ -385,6 +385,16 @@ def test_an_id_too_long_for_an_s3_key_is_refused_before_any_row(
     assert result["output.mha"].tolist() == [f"s3://{bucket}/{prefix}/short/output.mha"]
 
 
+def test_a_dict_of_columns_is_refused_not_run_as_one_row(options: Options, tmp_path: Path) -> None:
+    """Before: one row with id "['1', '2']", dropped with a warning; the call gave None."""
+    (tmp_path / "in").write_bytes(b"x")
+    pipeline = Pipeline(upper, {"into_path": tmp_path / "out"}, options)
+    with pytest.raises(ValueError, match=r"id \['1', '2'\] is of type list: .* pass pd.DataFrame"):
+        pipeline({"id": ["1", "2"], "f": [str(tmp_path / "in")] * 2})
+    assert not (tmp_path / "out").exists()
+    assert pipeline.last_failures == []
+
+
 # --- failing rows ---------------------------------------------------------------------
 
 

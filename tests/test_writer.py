@@ -7,6 +7,7 @@ import itertools
 import os
 import stat
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -348,6 +349,42 @@ def test_a_boolean_id_is_refused(
         assert str(info.value) == f"id {row_id!r} is a boolean: give a str or an int"
     assert keys(s3_client, bucket) == []
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("row_id", "message"),
+    [
+        (5.0, "id 5.0 is a float: give a str or an int (convert the column"),
+        (np.float64(2.0), "id np.float64(2.0) is a float"),
+        (["1", "2"], "id ['1', '2'] is of type list: give a str or an int (a dict of columns"),
+        (("1",), "id ('1',) is of type tuple"),
+        ({"k": 1}, "id {'k': 1} is of type dict"),
+    ],
+    ids=["float", "numpy-float", "list", "tuple", "dict"],
+)
+def test_a_float_or_collection_id_is_refused(
+    row_id: Any, message: str, options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    """Before: folders named "5.0" or "['1', '2']"."""
+    files = make_files(tmp_path / "src", {"f": b"x"})
+    for into in (f"s3://{bucket}/p", tmp_path / "out"):
+        with pytest.raises(ValueError) as info:
+            file_dataset.write_files(files, into, id=row_id, options=options)
+        assert str(info.value).startswith(message)
+    assert keys(s3_client, bucket) == []
+    assert not (tmp_path / "out").exists()
+    frame = pd.DataFrame({"id": pd.Series([row_id], dtype=object), "f": [files["f"]]})
+    with pytest.raises(ValueError) as info:
+        file_dataset.reader(frame).into_temp_dir()
+    assert str(info.value).startswith(message)
+
+
+def test_integer_like_ids_name_their_folder(tmp_path: Path) -> None:
+    files = make_files(tmp_path / "src", {"f": b"x"})
+    for row_id, folder in [(np.int64(3), "3"), (7, "7"), (uuid.UUID(int=5), str(uuid.UUID(int=5)))]:
+        written = file_dataset.write_files(files, tmp_path / "out", id=row_id)
+        assert written["f"] == tmp_path / "out" / folder / "f"
+        assert written["f"].read_bytes() == b"x"
 
 
 def test_local_outputs_get_the_mode_of_any_new_file(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from file_dataset._errors import InvalidInputError, quoted
 from file_dataset._urls import (
     Location,
     check_component,
+    check_id,
     is_checked_s3_url,
     is_null,
     parse_url,
@@ -79,7 +80,7 @@ def check_ids(values: Any) -> list[str]:
     for position, value in enumerate(values):
         if is_null(value):
             raise InvalidInputError(f"the 'id' column has a null value at position {position}")
-        ids.append(check_component(value, "id"))
+        ids.append(check_id(value))
     if len(set(ids)) != len(ids):
         repeated = sorted(i for i, count in Counter(ids).items() if count > 1)
         shown = ", ".join(quoted(i) for i in repeated[:10])

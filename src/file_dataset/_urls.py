@@ -233,6 +233,36 @@ def check_component(value: Any, what: str) -> str:
     return text
 
 
+def check_id(value: Any) -> str:
+    """Checks a row id: a str or an int (or another scalar whose ``str`` names it).
+
+    Returns:
+        The id as a string.
+
+    Raises:
+        InvalidInputError: The id is a float (``5.0`` would name a folder ``5.0``, not
+            ``5``), a collection (a list, tuple, dict, ...: a dict of columns given as
+            one row, say), bytes or a boolean, or not a safe path component.
+    """
+    if not isinstance(value, str | int) and (
+        isinstance(value, float | complex)
+        or getattr(getattr(value, "dtype", None), "kind", "") in ("f", "c")
+        or isinstance(value, Iterable)
+        or hasattr(value, "keys")
+    ):
+        kind = "a float" if isinstance(value, float) else f"of type {type(value).__name__}"
+        hint = (
+            " (convert the column, e.g. frame['id'].astype('int64'))"
+            if kind == "a float"
+            else " (a dict of columns is one row: pass pd.DataFrame(...) for several)"
+            if isinstance(value, list | tuple)
+            else ""
+        )
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise InvalidInputError(f"id {quoted(value)} is {kind}: give a str or an int{hint}")
+    return check_component(value, "id")
+
+
 # The longest file or folder name (in bytes) of the usual local file systems.
 NAME_MAX = 255
 KEY_MAX = 1024  # S3's limit on a key, in UTF-8 bytes

@@ -22,6 +22,7 @@ from file_dataset._urls import (
     KEY_MAX,
     Location,
     check_component,
+    check_id,
     check_local_name,
     is_null,
     parse_url,
@@ -81,7 +82,7 @@ def write_files(
         raise InvalidInputError(
             f"write_files needs an id (the folder under into_path), got {quoted(id)}"
         )
-    row_id = check_component(id, "id")
+    row_id = check_id(id)
     into = parse_url(into_path, prefix=True)
     if not into.is_s3:
         check_local_name(row_id, "id (folder name)")
