@@ -247,6 +247,16 @@ def test_into_temp_dir_copies_at_the_call_and_is_path_like(
     assert list(system_tmp.iterdir()) == []
 
 
+def test_a_temp_dir_cannot_be_made_of_a_folder_of_yours(tmp_path: Path) -> None:
+    """Before: TempDir(folder) took the folder, and removed it at its with block's end
+    or when collected."""
+    (tmp_path / "keep.txt").write_text("important")
+    with pytest.raises(TypeError, match=r"made by reader\(...\).into_temp_dir\(\) only"):
+        file_dataset.TempDir(tmp_path)
+    gc.collect()
+    assert (tmp_path / "keep.txt").read_text() == "important"
+
+
 def test_temp_dir_removed_when_body_raises(options: Options, system_tmp: Path, put: Put) -> None:
     url = put("k", b"x")
     reader = file_dataset.reader({"f": url}, options)

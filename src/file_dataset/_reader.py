@@ -109,19 +109,38 @@ class TempDir(os.PathLike[str]):
     :class:`tempfile.TemporaryDirectory`: the directory is removed by :meth:`cleanup`,
     or when the object is garbage-collected.
 
+    Only :meth:`FileReader.into_temp_dir` makes one: as the object removes its
+    directory, ``TempDir(folder)`` is refused rather than taking a folder of yours.
+
     Attributes:
         path: The directory.
     """
 
+    path: Path
+    _remove: weakref.finalize[[Path], TempDir]
+    _entered: bool
+
     def __init__(self, path: Path) -> None:
+        raise TypeError(
+            "TempDir is made by reader(...).into_temp_dir() only: it removes its folder "
+            f"when it is closed or collected, and would remove {str(path)!r}; for a "
+            "temporary folder of your own use tempfile.TemporaryDirectory()"
+        )
+
+    @classmethod
+    def _own(cls, path: Path) -> TempDir:
+        """The TempDir of ``path``, a folder :meth:`FileReader.into_temp_dir` made."""
+        self = cls.__new__(cls)
         self.path = path
         self._remove = weakref.finalize(self, remove_tree, path)
         self._entered = False
+        return self
 
     def __fspath__(self) -> str:
         return str(self.path)
 
     def __truediv__(self, name: str | os.PathLike[str]) -> Path:
+        """``tmp / "image.mha"``: a path inside the directory."""
         return self.path / name
 
     def __str__(self) -> str:
@@ -131,6 +150,11 @@ class TempDir(os.PathLike[str]):
         return f"TempDir({str(self.path)!r})"
 
     def __enter__(self) -> Path:
+        """Gives the directory's path; the end of the ``with`` block removes it.
+
+        Raises:
+            ValueError: The directory was already removed, or is in a ``with`` block.
+        """
         if not self._remove.alive:
             raise ValueError(
                 f"TempDir {str(self.path)!r} was already removed (by cleanup() or a "
@@ -219,7 +243,7 @@ class FileReader:
         except BaseException:
             remove_tree(root)
             raise
-        return TempDir(root)
+        return TempDir._own(root)
 
     def download_to(self, root: str | os.PathLike[str]) -> dict[str, Path]:
         """Downloads every file under ``root`` (same layout as :meth:`into_temp_dir`).
