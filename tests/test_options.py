@@ -155,6 +155,7 @@ def test_the_default_threshold_follows_a_larger_part_size() -> None:
         ({"part_size": 4 * MiB}, "part_size"),
         ({"part_size": 8 * MiB, "multipart_threshold": 6 * MiB}, "multipart_threshold"),
         ({"retry_mode": "sometimes"}, "retry_mode"),
+        ({"transport": "obstor"}, "transport must be 'auto', 'obstore' or 'boto3'"),
         ({"upload_args": {"Bucket": "x"}}, r"upload_args does not take \['Bucket'\]"),
         ({"upload_args": {"SSECustomerKey": "k"}}, "SSECustomerKey"),
         ({"upload_args": {"ChecksumAlgorithm": "CRC32"}}, "ChecksumAlgorithm"),
@@ -183,7 +184,8 @@ def test_the_default_threshold_follows_a_larger_part_size() -> None:
     ],
 )
 def test_invalid_arguments(kwargs: dict[str, Any], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    # an InvalidInputError: `except FileDatasetError` catches bad settings too
+    with pytest.raises(file_dataset.InvalidInputError, match=match):
         Options(**kwargs)
 
 

@@ -257,6 +257,21 @@ def test_a_temp_dir_cannot_be_made_of_a_folder_of_yours(tmp_path: Path) -> None:
     assert (tmp_path / "keep.txt").read_text() == "important"
 
 
+def test_a_reader_needs_exactly_one_source_and_a_temp_dir_one_with_block(
+    options: Options, put: Put
+) -> None:
+    for args, kwargs in [((), {}), (({"a": "s3://b/k"},), {"row": {"a": "s3://b/k"}})]:
+        with pytest.raises(file_dataset.InvalidInputError, match="exactly one of source"):
+            file_dataset.reader(*args, options=options, **kwargs)
+    temp = file_dataset.reader({"a": put("k", b"k")}, options).into_temp_dir()
+    with temp as tmp:
+        assert (tmp / "a").read_bytes() == b"k"
+        with pytest.raises(file_dataset.InvalidInputError, match="already in a with block"):
+            temp.__enter__()
+    with pytest.raises(file_dataset.FileDatasetError, match="was already removed"):
+        temp.__enter__()
+
+
 def test_temp_dir_removed_when_body_raises(options: Options, system_tmp: Path, put: Put) -> None:
     url = put("k", b"x")
     reader = file_dataset.reader({"f": url}, options)

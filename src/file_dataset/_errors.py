@@ -31,11 +31,22 @@ __all__ = [
 
 
 class FileDatasetError(Exception):
-    """Base class of every exception raised by file_dataset."""
+    """Base class of the errors file_dataset raises about data, settings and transfers.
+
+    Its subclasses are also the built-in exceptions they refine (``ValueError``,
+    ``OSError``, ``FileNotFoundError``, ``PermissionError``). Not covered: a wrong
+    argument type (``TypeError``), an exception of ``fn`` in a Pipeline (raised as it
+    is with ``on_error="raise"``), a missing ``into_temp_dir(dir=...)`` folder (the
+    built-in ``FileNotFoundError``/``NotADirectoryError``) and interrupts.
+    """
 
 
 class InvalidInputError(FileDatasetError, ValueError):
-    """A URL, file name, row id or file DataFrame is not valid."""
+    """An argument is not valid (a ``ValueError``).
+
+    A URL, file name, row id, file DataFrame or setting (of ``Options``, ``reader``,
+    ``read_file_dataset``), or a ``TempDir`` used after its removal.
+    """
 
 
 # The longest value quoted whole in a message; longer ones are cut (a cell may hold a

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from file_dataset._errors import USERINFO, mask_secrets, mask_userinfo, remember_secrets
+from file_dataset._errors import (
+    USERINFO,
+    InvalidInputError,
+    mask_secrets,
+    mask_userinfo,
+    remember_secrets,
+)
 
 if TYPE_CHECKING:
     import boto3
@@ -363,7 +369,7 @@ def _check_upload_args(upload_args: Mapping[str, Any]) -> dict[str, Any]:
     )
     unknown = sorted(set(upload_args) - set(allowed))
     if unknown:
-        raise ValueError(
+        raise InvalidInputError(
             f"upload_args does not take {unknown}; it takes boto3 upload_file's "
             f"ExtraArgs that apply to every object: {allowed}"
         )
@@ -435,11 +441,11 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
     accepted = _accepted_kwargs(what)
     unknown = sorted(str(k) for k in kwargs if k not in accepted)
     if unknown:
-        raise ValueError(
+        raise InvalidInputError(
             f"{argument} has {unknown}, which {call} does not take; it takes {sorted(accepted)}"
         )
     if what == "session" and "botocore_session" in kwargs:
-        raise ValueError(
+        raise InvalidInputError(
             "session_kwargs cannot hold a botocore_session: Options make a session per "
             "thread and process from plain settings (a live session does not pickle)"
         )
@@ -450,7 +456,7 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
             if secret is None
             else ("aws_secret_access_key", "aws_access_key_id")
         )
-        raise ValueError(f"{argument} has {given} but not {missing}: give both, or neither")
+        raise InvalidInputError(f"{argument} has {given} but not {missing}: give both, or neither")
     config = kwargs.get("config")
     if what == "client" and config is not None:
         from botocore.config import Config
@@ -472,7 +478,7 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
             shown = mask_userinfo(endpoint)
         elif isinstance(endpoint, str) and "@" in endpoint:  # "user:password@host"
             shown = "***@" + endpoint.rpartition("@")[2]
-        raise ValueError(f"endpoint_url must be an http:// or https:// URL, got {shown!r}")
+        raise InvalidInputError(f"endpoint_url must be an http:// or https:// URL, got {shown!r}")
 
 
 def _over_our_retries(user_config: Any, ours: dict[str, Any]) -> Any:
@@ -517,7 +523,7 @@ def _check_profile(profile: Any, what: str = "session_kwargs has profile_name=")
     profiles = core.available_profiles
     if profile not in profiles and profile != "default":  # botocore accepts a missing default
         files = [core.get_config_variable(name) for name in ("config_file", "credentials_file")]
-        raise ValueError(
+        raise InvalidInputError(
             f"{what}{profile!r}, which is not in the AWS config "
             f"files {files}; they have {sorted(profiles)}"
         )
@@ -628,20 +634,24 @@ class Options:
         if not isinstance(request_payer, bool | np.bool_):
             raise TypeError(f"request_payer must be True or False, got {request_payer!r}")
         if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+            raise InvalidInputError(f"max_concurrency must be at least 1, got {max_concurrency}")
         if part_size < 5 * _MiB:
-            raise ValueError(f"part_size must be at least 5 MiB (S3's minimum), got {part_size}")
+            raise InvalidInputError(
+                f"part_size must be at least 5 MiB (S3's minimum), got {part_size}"
+            )
         if part_size > 5 * 1024 * _MiB:
-            raise ValueError(f"part_size must be at most 5 GiB (S3's maximum), got {part_size}")
+            raise InvalidInputError(
+                f"part_size must be at most 5 GiB (S3's maximum), got {part_size}"
+            )
         if multipart_threshold < part_size:
-            raise ValueError(
+            raise InvalidInputError(
                 f"multipart_threshold must be at least part_size, got {multipart_threshold} "
                 f"and {part_size}"
             )
         if retry_mode not in ("adaptive", "standard", "legacy"):
-            raise ValueError(f"unknown retry_mode {retry_mode!r}")
+            raise InvalidInputError(f"unknown retry_mode {retry_mode!r}")
         if max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+            raise InvalidInputError(f"max_attempts must be at least 1, got {max_attempts}")
         _check_kwargs(session_kwargs or {}, "session")
         _check_kwargs(s3_client_kwargs or {}, "client")
         _set = object.__setattr__  # Options are read-only (see __setattr__)
@@ -662,7 +672,9 @@ class Options:
         _set(self, "retry_mode", retry_mode)
         _set(self, "max_attempts", max_attempts)
         if transport not in ("auto", "obstore", "boto3"):
-            raise ValueError(f"transport must be 'auto', 'obstore' or 'boto3', got {transport!r}")
+            raise InvalidInputError(
+                f"transport must be 'auto', 'obstore' or 'boto3', got {transport!r}"
+            )
         _set(self, "transport", transport)
         _set(self, "upload_args", MappingProxyType(_check_upload_args(upload_args or {})))
         _set(self, "request_payer", bool(request_payer))

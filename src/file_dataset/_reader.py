@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from file_dataset._backend import Blob, copy_into, new_buffer
+from file_dataset._errors import InvalidInputError
 from file_dataset._frame import ID_COLUMN, FileTable, parse_frame, parse_row
 from file_dataset._options import Options, resolve_options
 from file_dataset._transfer import Context, Job, download_job, read_job, run_jobs, size_job
@@ -71,7 +72,7 @@ def reader(
     """
     resolved = resolve_options(options, "reader(options=...)")
     if (source is None) == (row is None):
-        raise ValueError("pass exactly one of source (a row or a DataFrame) and row=")
+        raise InvalidInputError("pass exactly one of source (a row or a DataFrame) and row=")
     data = source if source is not None else row
     table = parse_frame(data) if isinstance(data, pd.DataFrame) else parse_row(data)  # type: ignore[arg-type]
     return FileReader(table, resolved)
@@ -156,12 +157,12 @@ class TempDir(os.PathLike[str]):
             ValueError: The directory was already removed, or is in a ``with`` block.
         """
         if not self._remove.alive:
-            raise ValueError(
+            raise InvalidInputError(
                 f"TempDir {str(self.path)!r} was already removed (by cleanup() or a "
                 "previous with block): a TempDir can be used in one with block only"
             )
         if self._entered:  # the inner block's end would remove it under the outer one
-            raise ValueError(
+            raise InvalidInputError(
                 f"TempDir {str(self.path)!r} is already in a with block: a TempDir can be "
                 "used in one with block only"
             )

@@ -565,7 +565,7 @@ def test_invalid_frame_is_a_value_error(frame: Any, match: str, options: Options
 @pytest.mark.parametrize("batch_size", [0, -3, 2.5, "4", True, None])
 def test_batch_size_must_be_a_positive_int(batch_size: Any, options: Options) -> None:
     frame = pd.DataFrame({"id": ["1"], "a": ["s3://b/k"]})
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(file_dataset.InvalidInputError, match="batch_size"):
         FileDataFrameAsBlobDatasource(frame, batch_size, options)
     with pytest.raises(ValueError, match="batch_size"):
         read_file_dataset(frame, batch_size, options)

@@ -13,6 +13,7 @@ import ray.data
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from file_dataset._errors import InvalidInputError
 from file_dataset._frame import ID_COLUMN, check_cells, check_frame, id_position
 from file_dataset._options import Options, resolve_options
 from file_dataset._reader import reader
@@ -25,9 +26,9 @@ _OFFSET_BYTES = 4
 
 def _check_batch_size(batch_size: Any) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
     return int(batch_size)
 
 
