@@ -935,6 +935,11 @@ def test_translate_s3_errors(code: str, status: int, kind: type[Exception]) -> N
         assert isinstance(info.value, FileNotFoundError)
         assert info.value.errno == errno.ENOENT
         assert str(info.value).startswith(f"cannot read {url}: ")  # not "[Errno 2] ..."
+        # what an OSError handler reads (before: None and None)
+        assert (info.value.filename, info.value.strerror) == (url, info.value.reason)
+        located = info.value.with_context("r1", "a.mha")
+        assert located.filename == url
+        assert str(located).startswith(f"cannot read {url} (row id 'r1', column 'a.mha'): ")
     if kind is file_dataset.TransferError:
         assert info.value.errno is None
 

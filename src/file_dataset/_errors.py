@@ -245,7 +245,10 @@ class TransferError(FileDatasetError, OSError):
         operation: What was being done: ``"read"``, ``"head"`` or ``"write"``.
         reason: A short description of the cause.
         errno: ``errno.ENOENT`` for :class:`ObjectNotFoundError`, ``errno.EACCES`` for
-            :class:`ObjectAccessDeniedError`, else ``None``.
+            :class:`ObjectAccessDeniedError`, a local failure's errno (``ENOSPC``, say),
+            else ``None``.
+        filename: The same as ``url``, as ``OSError`` handlers expect.
+        strerror: The same as ``reason``.
     """
 
     _ERRNO: int | None = None
@@ -265,8 +268,14 @@ class TransferError(FileDatasetError, OSError):
         self.row_id = row_id
         self.column = column
         super().__init__(f"{_describe(f'cannot {operation}', url, row_id, column)}: {reason}")
-        # Set after the fact: OSError(errno, strerror) would change the message's form.
+        # Set after the fact: OSError(errno, strerror) would change the message's form
+        # (and __str__ below keeps it when filename is set).
         self.errno = self._ERRNO
+        self.filename = url
+        self.strerror = reason
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
     def __reduce__(self) -> tuple[object, ...]:
         # Keyword-only arguments do not survive the default pickling of exceptions,
@@ -285,7 +294,15 @@ class TransferError(FileDatasetError, OSError):
         )
 
     def with_context(self, row_id: str | None, column: str | None) -> TransferError:
-        """Returns a copy of this error that names the row id and column."""
+        """Returns a copy of this error that names the row id and column.
+
+        Args:
+            row_id: The row's id, or ``None``.
+            column: The file column (file name), or ``None``.
+
+        Returns:
+            An error of the same class, URL, reason, operation and errno.
+        """
         copy = type(self)(
             self.url, self.reason, operation=self.operation, row_id=row_id, column=column
         )

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict, Unpack
 
 import numpy as np
 
@@ -529,6 +529,25 @@ def _check_profile(profile: Any, what: str = "session_kwargs has profile_name=")
         )
 
 
+RetryMode = Literal["adaptive", "standard", "legacy"]
+Transport = Literal["auto", "obstore", "boto3"]
+
+
+class OptionsArgs(TypedDict, total=False):
+    """The arguments of :class:`Options`, for ``Options.default(**...)`` and ``replace``."""
+
+    session_kwargs: Mapping[str, Any] | None
+    s3_client_kwargs: Mapping[str, Any] | None
+    max_concurrency: int
+    part_size: int
+    multipart_threshold: int | None
+    retry_mode: RetryMode
+    max_attempts: int
+    transport: Transport
+    upload_args: Mapping[str, Any] | None
+    request_payer: bool
+
+
 class Options:
     """How file_dataset talks to S3: boto3 session and client settings plus concurrency.
 
@@ -576,6 +595,15 @@ class Options:
             ``ACL`` or ``Tagging``. Writes that have them go through boto3 (reads
             keep the transport). Ignored for local destinations.
 
+    Raises:
+        ValueError: A setting is out of range or unknown (``max_concurrency`` below 1,
+            ``part_size`` outside 5 MiB to 5 GiB, a threshold below ``part_size``, an
+            unknown ``retry_mode``, ``transport`` or argument of boto3, half a key
+            pair, a profile missing from the AWS config files, an endpoint that is not
+            an ``http(s)://`` URL): an :class:`InvalidInputError`.
+        TypeError: A setting has the wrong type (``"8"`` or ``True`` for an int, a
+            dict for ``config``).
+
     Examples:
         >>> options = Options(s3_client_kwargs={"endpoint_url": "http://127.0.0.1:9000"})
         >>> import pickle
@@ -603,9 +631,9 @@ class Options:
     max_concurrency: int
     part_size: int
     multipart_threshold: int
-    retry_mode: str
+    retry_mode: RetryMode
     max_attempts: int
-    transport: str
+    transport: Transport
     upload_args: Mapping[str, Any]
     request_payer: bool
     _threshold_given: bool
@@ -618,9 +646,9 @@ class Options:
         max_concurrency: int = 64,
         part_size: int = 8 * _MiB,
         multipart_threshold: int | None = None,
-        retry_mode: str = "adaptive",
+        retry_mode: RetryMode = "adaptive",
         max_attempts: int = 8,
-        transport: str = "auto",
+        transport: Transport = "auto",
         upload_args: Mapping[str, Any] | None = None,
         request_payer: bool = False,
     ) -> None:
@@ -681,7 +709,7 @@ class Options:
         self._reset_runtime()
 
     @classmethod
-    def default(cls, *, freeze_credentials: bool = True, **kwargs: Any) -> Options:
+    def default(cls, *, freeze_credentials: bool = True, **kwargs: Unpack[OptionsArgs]) -> Options:
         """The recommended options: adaptive retries and frozen default credentials.
 
         The credentials that the default boto3 session resolves here (environment,
@@ -701,19 +729,25 @@ class Options:
 
         Returns:
             The options.
+
+        Raises:
+            ValueError: As :class:`Options` does, or ``AWS_PROFILE`` names a profile
+                missing from the AWS config files.
+            TypeError: As :class:`Options` does.
         """
         from botocore.exceptions import ProfileNotFound
 
-        session_kwargs = dict(kwargs.pop("session_kwargs", None) or {})
+        arguments: dict[str, Any] = dict(kwargs)
+        session_kwargs = dict(arguments.pop("session_kwargs", None) or {})
         try:
-            cls._resolve_defaults(session_kwargs, kwargs, freeze_credentials)
+            cls._resolve_defaults(session_kwargs, arguments, freeze_credentials)
         except ProfileNotFound as e:  # a profile named by AWS_PROFILE, say
             _check_profile(
                 e.kwargs.get("profile"), "Options.default() uses the profile (AWS_PROFILE?) "
             )
             raise
-        kwargs.setdefault("retry_mode", "adaptive")
-        return cls(session_kwargs=session_kwargs, **kwargs)
+        arguments.setdefault("retry_mode", "adaptive")
+        return cls(session_kwargs=session_kwargs, **arguments)
 
     @staticmethod
     def _resolve_defaults(
@@ -849,7 +883,7 @@ class Options:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"Options are read-only: {name!r} cannot be deleted")
 
-    def replace(self, **changes: Any) -> Options:
+    def replace(self, **changes: Unpack[OptionsArgs]) -> Options:
         """A copy of these options with some constructor arguments changed.
 
         Args:
@@ -857,6 +891,10 @@ class Options:
 
         Returns:
             New options, checked as the constructor checks them.
+
+        Raises:
+            ValueError: As :class:`Options` does.
+            TypeError: An argument :class:`Options` does not take, or of the wrong type.
 
         Examples:
             >>> Options(max_concurrency=8).replace(max_concurrency=16).max_concurrency

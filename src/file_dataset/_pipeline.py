@@ -72,7 +72,7 @@ class RowFailure:
     """A row that a :class:`Pipeline` dropped.
 
     Attributes:
-        id: The row's id.
+        id: The row's id, as a string (``"20"`` for the id ``20``).
         stage: Where it failed: ``"read"``, ``"fn"`` or ``"write"``.
         error: The exception.
     """

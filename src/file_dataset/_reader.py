@@ -41,10 +41,10 @@ _INT32_MAX = 2**31 - 1
 
 
 def reader(
-    source: Mapping[str, Any] | pd.DataFrame | None = None,
+    source: Mapping[str, Any] | pd.Series | pd.DataFrame | None = None,
     options: Options | None = None,
     *,
-    row: Mapping[str, Any] | None = None,
+    row: Mapping[str, Any] | pd.Series | pd.DataFrame | None = None,
 ) -> FileReader:
     """Prepares an eager read of the files of one row or of a file DataFrame.
 
@@ -52,8 +52,9 @@ def reader(
     every file at once, concurrently.
 
     Args:
-        source: A row (mapping of file name to ``s3://`` URL or local path) or a
-            file DataFrame (an ``id`` column plus one column per file name).
+        source: A row (mapping, or ``pd.Series`` such as ``frame.iloc[0]``, of file
+            name to ``s3://`` URL or local path; an ``id`` in it is ignored) or a file
+            DataFrame (an ``id`` column plus one column per file name).
         options: S3 settings; ``Options()`` (boto3's default credential chain) when
             omitted.
         row: The same as ``source``, for ``reader(row=...)``.
@@ -260,6 +261,14 @@ class FileReader:
         Returns:
             For a row, each file name's local path (null cells omitted); for a
             DataFrame, each id's folder.
+
+        Raises:
+            ValueError: A file name or id is longer than 255 bytes (checked before any
+                download).
+            FileNotFoundError: An object does not exist (message names URL, row id,
+                column).
+            PermissionError: Access to an object, or to ``root``, was denied.
+            OSError: Another transfer failure.
         """
         root = Path(os.path.expanduser(os.fspath(root)))
         table = self._table

@@ -7,6 +7,7 @@ import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from file_dataset._errors import (
     InvalidInputError,
@@ -32,7 +33,9 @@ __all__ = ["write_files"]
 
 
 def write_files(
-    files: Mapping[str, str | os.PathLike[str] | None],
+    # the second form takes a TypedDict (fn's outputs, as in the design notes), which
+    # type checkers do not count as a Mapping of paths; values are checked at the call
+    files: Mapping[str, str | os.PathLike[str] | None] | Mapping[str, Any],
     into_path: str | os.PathLike[str],
     id: str | int,
     options: Options | None = None,

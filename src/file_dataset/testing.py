@@ -25,9 +25,9 @@ import sys
 import threading
 import urllib.request
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Unpack
 
-from file_dataset._options import Options
+from file_dataset._options import Options, OptionsArgs
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -145,7 +145,7 @@ class LocalS3Server:
         with urllib.request.urlopen(request, timeout=30):  # noqa: S310
             pass
 
-    def options(self, **kwargs: Any) -> Options:
+    def options(self, **kwargs: Unpack[OptionsArgs]) -> Options:
         """Options that reach this server with test credentials.
 
         Args:
@@ -157,12 +157,13 @@ class LocalS3Server:
         Returns:
             The options.
         """
-        session_kwargs = {**TEST_CREDENTIALS, **(kwargs.pop("session_kwargs", None) or {})}
+        arguments: dict[str, Any] = dict(kwargs)
+        session_kwargs = {**TEST_CREDENTIALS, **(arguments.pop("session_kwargs", None) or {})}
         client_kwargs = {
             "endpoint_url": self.endpoint_url,
-            **(kwargs.pop("s3_client_kwargs", None) or {}),
+            **(arguments.pop("s3_client_kwargs", None) or {}),
         }
-        return Options(session_kwargs=session_kwargs, s3_client_kwargs=client_kwargs, **kwargs)
+        return Options(session_kwargs=session_kwargs, s3_client_kwargs=client_kwargs, **arguments)
 
     def client(self) -> S3Client:
         """A boto3 S3 client for this server (for setting up and checking tests)."""

@@ -1,0 +1,49 @@
+"""The public API as a type checker sees it, in a user's code checked by ``mypy --strict``."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from mypy import api
+
+USER_CODE = """
+from pathlib import Path
+from typing import TypedDict
+
+import pandas as pd
+
+import file_dataset
+from file_dataset import Options, Pipeline
+
+# the design notes' output type of fn
+ResampledOutput = TypedDict("ResampledOutput", {"output.mha": Path})
+
+
+def resample(input_dir: Path, output_dir: Path) -> ResampledOutput:
+    return {"output.mha": output_dir / "output.mha"}
+
+
+def run(frame: pd.DataFrame, options: Options) -> None:
+    outputs = resample(Path("in"), Path("out"))
+    file_dataset.write_files(outputs, "s3://bucket/results", id="7", options=options)
+    Pipeline(resample, {"into_path": "s3://bucket/results"}, options)(frame)
+    file_dataset.reader(row=frame, options=options).into_size_table()
+    file_dataset.reader(frame.iloc[0], options).into_blob_table()
+    Options.default(max_concurrency=8, transport="boto3").replace(retry_mode="standard")
+    options.replace(max_concurency=4)  # line 24: a misspelt setting
+    Options(transport="obstor")  # line 25: an unknown transport
+"""
+
+
+def test_user_code_type_checks_and_misspelt_settings_are_caught(tmp_path: Path) -> None:
+    """Before: write_files refused the notes' TypedDict output, reader(row=DataFrame) and
+    reader(Series) were refused though they work, and misspelt settings passed."""
+    source = tmp_path / "user.py"
+    source.write_text(textwrap.dedent(USER_CODE).lstrip())
+    # the project's own cache (.mypy_cache, warm after `mypy src`) saves ~10 s of stubs
+    out, err, _ = api.run(["--strict", "--no-error-summary", str(source)])
+    errors = sorted(line.split(": error: ")[0] for line in out.splitlines() if ": error: " in line)
+    assert errors == [f"{source}:24", f"{source}:25"], out + err
+    assert 'Unexpected keyword argument "max_concurency" for "replace"' in out
+    assert 'Argument "transport" to "Options" has incompatible type "Literal[\'obstor\']"' in out
