@@ -135,6 +135,47 @@ def test_40_mib_file_is_uploaded_in_parts(
     assert read_object(result["big.bin"]) == data
 
 
+def test_an_interrupt_as_a_multipart_upload_starts_aborts_it(
+    s3_server: LocalS3Server,
+    bucket: str,
+    s3_client: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C that lands as S3 answers CreateMultipartUpload: the id never reached
+    the upload, which was left open in the bucket (1 to 4 per interrupt in a helper's
+    runs). The reply queue here loses that first reply to a KeyboardInterrupt."""
+    import queue
+
+    import file_dataset._transfer
+
+    options = s3_server.options(part_size=5 * MiB, multipart_threshold=5 * MiB)
+    files = make_files(tmp_path, {"big.bin": os.urandom(11 * MiB)})
+    # the pool's threads and queues are made before the patch, which reaches every queue
+    file_dataset.write_files(files, f"s3://{bucket}/warm", id="1", options=options)
+    s3_client.delete_object(Bucket=bucket, Key="warm/1/big.bin")
+
+    class InterruptedQueue(queue.SimpleQueue):  # type: ignore[type-arg]
+        interrupted = False
+
+        def get(self, block: bool = True, timeout: float | None = None) -> Any:
+            item = super().get(block, timeout)
+            if InterruptedQueue.interrupted:
+                return item
+            InterruptedQueue.interrupted = True
+            raise KeyboardInterrupt  # the reply is gone, as after a real signal
+
+    monkeypatch.setattr(file_dataset._transfer.queue, "SimpleQueue", InterruptedQueue)
+    with pytest.raises(KeyboardInterrupt):
+        file_dataset.write_files(files, f"s3://{bucket}/p", id="1", options=options)
+    monkeypatch.undo()
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    written = file_dataset.write_files(files, f"s3://{bucket}/p", id="1", options=options)
+    assert s3_client.get_object(Bucket=bucket, Key="p/1/big.bin")["ContentLength"] == 11 * MiB
+    assert written == {"big.bin": f"s3://{bucket}/p/1/big.bin"}
+
+
 @pytest.mark.parametrize(("size", "parts"), [(5 * MiB, None), (11 * MiB + 1, 3)])
 def test_multipart_threshold(
     size: int,

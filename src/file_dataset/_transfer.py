@@ -209,8 +209,18 @@ def upload_job(src: Path, loc: Location, options: Options) -> Job[Location]:
         yield [partial(backend.write, src, loc)]
         return loc
     part_size = max(options.part_size, -(-size // _MAX_PARTS))
-    [upload_id] = yield [partial(backend.multipart_start, loc)]
+    # The upload's id, kept as soon as S3 gives it: a call that ends while run_jobs is
+    # interrupted never hands its result to the job, which must still abort the upload
+    # (else S3 keeps it, and bills its parts, until a lifecycle rule removes it).
+    started: list[str] = []
+
+    def start() -> str:
+        upload_id = backend.multipart_start(loc)
+        started.append(upload_id)
+        return upload_id
+
     try:
+        [upload_id] = yield [start]
         etags = yield [
             partial(backend.multipart_part, loc, upload_id, number, src, s, e - s)
             for number, (s, e) in enumerate(_ranges(0, size, part_size), start=1)
@@ -223,8 +233,9 @@ def upload_job(src: Path, loc: Location, options: Options) -> Job[Location]:
             raise TransferError(str(src), SOURCE_CHANGED, operation="read")
         yield [partial(backend.multipart_complete, loc, upload_id, etags)]
     except BaseException:
-        with contextlib.suppress(Exception):
-            backend.multipart_abort(loc, upload_id)
+        if started:
+            with contextlib.suppress(Exception):
+                backend.multipart_abort(loc, started[0])
         raise
     return loc
 
