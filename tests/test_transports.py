@@ -1475,3 +1475,131 @@ def test_requester_pays_bucket_needs_and_gets_the_header(
     assert refused == []
     assert s3_client.get_object(Bucket=name, Key="out/1/big.bin")["Body"].read() == big
     assert written["small.bin"] == f"s3://{name}/out/1/small.bin"
+
+
+class _VirtualHostProxy(http.server.BaseHTTPRequestHandler):
+    """An HTTP proxy for ``<bucket>.localhost`` (no DNS needed): each request is sent on
+    to the S3 server path-style, ``/<bucket>/<key>``, and its host is recorded."""
+
+    protocol_version = "HTTP/1.1"
+    upstream: ClassVar[tuple[str, int]]
+    seen: ClassVar[list[tuple[str, str, str]]] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _forward(self) -> None:
+        import http.client
+        import urllib.parse
+
+        target = urllib.parse.urlsplit(self.path)  # absolute: http://host:port/path
+        host = target.hostname or ""
+        path = target.path + (f"?{target.query}" if target.query else "")
+        self.seen.append((self.command, target.netloc, path))
+        if host.endswith(".localhost"):
+            path = f"/{host.removesuffix('.localhost')}{path}"
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        headers = {
+            k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "host")
+        }  # moto checks no signature: the host becomes the server's own
+        connection = http.client.HTTPConnection(*self.upstream, timeout=60)
+        connection.request(self.command, path, body=body or None, headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+        self.send_response(response.status)
+        for key, value in response.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", response.getheader("Content-Length") or str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        connection.close()
+
+    do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _forward
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_virtual_host_addressing_reaches_the_bucket_the_url_names(
+    transport: str,
+    s3_server: LocalS3Server,
+    s3_client: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With addressing_style="virtual" and an endpoint of its own, obstore was given the
+    plain endpoint: it sent s3://mine/other/data.bin to <endpoint>/other/data.bin, read
+    bucket "other"'s object and wrote into that bucket."""
+    import urllib.parse
+
+    upstream = urllib.parse.urlsplit(s3_server.endpoint_url)
+    _VirtualHostProxy.upstream = (upstream.hostname or "", upstream.port or 80)
+    _VirtualHostProxy.seen = []
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _VirtualHostProxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        for variable in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(variable, f"http://127.0.0.1:{proxy.server_address[1]}")
+        for variable in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(variable, raising=False)
+        s3_client.create_bucket(Bucket="mine")
+        s3_client.create_bucket(Bucket="other")
+        s3_client.put_object(Bucket="mine", Key="other/data.bin", Body=b"mine's object")
+        s3_client.put_object(Bucket="other", Key="data.bin", Body=b"another bucket's object")
+        options = _endpoint_options(
+            f"http://localhost:{upstream.port}",
+            transport,
+            max_attempts=1,
+        ).replace(
+            s3_client_kwargs={
+                "endpoint_url": f"http://localhost:{upstream.port}",
+                "config": Config(s3={"addressing_style": "virtual"}),
+            }
+        )
+        url = "s3://mine/other/data.bin"
+        assert file_dataset.reader({"f": url}, options).into_blob_table()["f"].to_pylist() == [
+            b"mine's object"
+        ]
+        (tmp_path / "f").write_bytes(b"written")
+        file_dataset.write_files({"f": tmp_path / "f"}, "s3://mine/other", "w", options)
+        assert s3_client.get_object(Bucket="mine", Key="other/w/f")["Body"].read() == b"written"
+        assert "Contents" not in s3_client.list_objects_v2(Bucket="other", Prefix="w/")
+        assert {host for _, host, _ in _VirtualHostProxy.seen} == {
+            f"mine.localhost:{upstream.port}"
+        }
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+@pytest.mark.parametrize(
+    ("bucket", "config", "endpoint"),
+    [
+        ("scans", None, "https://scans.s3.eu-west-1.amazonaws.com"),
+        ("scans.v2", None, "https://s3.eu-west-1.amazonaws.com"),  # dotted: as boto3, by path
+        ("scans", Config(s3={"addressing_style": "path"}), "https://s3.eu-west-1.amazonaws.com"),
+    ],
+    ids=["virtual", "dotted", "path-asked"],
+)
+def test_obstore_addresses_aws_buckets_as_boto3_does(
+    bucket: str, config: Config | None, endpoint: str
+) -> None:
+    """Before: always by path (s3.<region>.amazonaws.com/<bucket>), where boto3 uses
+    the bucket's own host name. No request is sent: this is the store's setting."""
+    from file_dataset._s3_obstore import store_for
+
+    options = Options(
+        {
+            "aws_access_key_id": "AKIDEXAMPLE",
+            "aws_secret_access_key": "s",
+            "region_name": "eu-west-1",
+        },
+        {"config": config} if config else None,
+        transport="obstore",
+    )
+    store = store_for(options, bucket)
+    assert store.config["endpoint"] == endpoint
+    assert (
+        store.config.get("virtual_hosted_style_request")
+        == str(bucket == "scans" and not config).lower()
+    )

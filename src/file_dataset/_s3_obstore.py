@@ -18,6 +18,7 @@ import datetime as dt
 import os
 import re
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -274,6 +275,42 @@ def _attempts(config: Any, options: Options) -> int:
     return max(1, int(retries.get("total_max_attempts", options.max_attempts)))
 
 
+# Buckets that boto3 addresses as <bucket>.s3.<region>.amazonaws.com on AWS: DNS labels
+# without dots (a dotted name would not match the wildcard certificate).
+_VIRTUAL_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+
+
+def _bucket_endpoint(
+    client: Any, bucket: str, region: str, endpoint: str, custom: bool, addressing: str
+) -> tuple[str, bool]:
+    """The endpoint obstore is given for ``bucket``, and whether it names the bucket.
+
+    The addressing is boto3's: on AWS, virtual-hosted for a bucket that can be a
+    host name, unless the options say ``"path"``; on another endpoint, whatever boto3
+    would send (a presigned URL shows it without a request: virtual-hosted only when
+    asked for, and not for an IP address). obstore, told to address a bucket
+    virtually, takes its endpoint to be the bucket's own host: given the plain
+    endpoint, it sent the bucket's requests to the endpoint's path-style root, where
+    the key's first segment was taken as the bucket (another bucket read or written).
+    """
+    if not custom:
+        # For AWS itself, the endpoint obstore would use anyway (an endpoint variable
+        # that boto3 ignored, under AWS_IGNORE_CONFIGURED_ENDPOINT_URLS, must not win).
+        if addressing != "path" and _VIRTUAL_BUCKET.fullmatch(bucket):
+            return f"https://{bucket}.s3.{region}.amazonaws.com", True
+        return f"https://s3.{region}.amazonaws.com", False
+    if addressing != "virtual":
+        return endpoint, False
+    signed = urllib.parse.urlsplit(
+        client.generate_presigned_url(
+            "head_object", Params={"Bucket": bucket, "Key": "k"}, ExpiresIn=60
+        )
+    )
+    if (signed.hostname or "").startswith(f"{bucket}.") and signed.path.endswith("/k"):
+        return f"{signed.scheme}://{signed.netloc}{signed.path[: -len('/k')]}", True
+    return endpoint, False
+
+
 def _new_store(options: Options, bucket: str) -> S3Store:
     global _USED_IN_PID
     if _USED_IN_PID is None:
@@ -289,12 +326,9 @@ def _new_store(options: Options, bucket: str) -> S3Store:
     config: dict[str, Any] = {"region": region, "request_payer": options.request_payer}
     s3_config = getattr(meta.config, "s3", None) or {}
     addressing = s3_config.get("addressing_style", "auto")
-    # For AWS itself, the endpoint obstore would use anyway (an endpoint variable that
-    # boto3 ignored, under AWS_IGNORE_CONFIGURED_ENDPOINT_URLS, must not win either).
-    config["endpoint"] = config["aws_endpoint_url_s3"] = (
-        endpoint if custom else f"https://s3.{region}.amazonaws.com"
-    )
-    config["virtual_hosted_style_request"] = custom and addressing == "virtual"
+    url, virtual = _bucket_endpoint(client, bucket, region, endpoint, custom, addressing)
+    config["endpoint"] = config["aws_endpoint_url_s3"] = url
+    config["virtual_hosted_style_request"] = virtual
     client_options: dict[str, Any] = {
         "allow_http": endpoint.lower().startswith("http://"),
         "pool_max_idle_per_host": str(options.max_concurrency),
