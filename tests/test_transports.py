@@ -1603,3 +1603,40 @@ def test_obstore_addresses_aws_buckets_as_boto3_does(
         store.config.get("virtual_hosted_style_request")
         == str(bucket == "scans" and not config).lower()
     )
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_options_made_after_the_environment_changed_resolve_it_afresh(
+    transport: str,
+    s3_server: LocalS3Server,
+    bucket: str,
+    s3_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Options built by hand resolve endpoint and credentials from the environment.
+    Before, a new Options() equal to an earlier one took the earlier one's clients (and
+    obstore store): after AWS_ENDPOINT_URL (or keys, or a profile file) changed in a
+    notebook, it still went to the old server, as the old identity."""
+    s3_client.put_object(Bucket=bucket, Key="k", Body=b"on the first server")
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "test-key",
+        "AWS_SECRET_ACCESS_KEY": "test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_server.endpoint_url,
+    }.items():
+        monkeypatch.setenv(name, value)
+    row = {"f": f"s3://{bucket}/k"}
+    first = Options(transport=transport, max_attempts=1)
+    assert file_dataset.reader(row, first).into_blob_table()["f"].to_pylist() == [
+        b"on the first server"
+    ]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port
+    with pytest.raises(file_dataset.TransferError, match=r"127\.0\.0\.1:9\b"):
+        file_dataset.reader(row, Options(transport=transport, max_attempts=1)).into_blob_table()
+    # options already in use keep what they resolved
+    assert file_dataset.reader(row, first).into_size_table()["f"].to_pylist() == [19]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
+    again = Options(transport=transport, max_attempts=1)
+    assert file_dataset.reader(row, again).into_blob_table()["f"].to_pylist() == [
+        b"on the first server"
+    ]

@@ -98,15 +98,42 @@ _TRACEBACKS = logging.Formatter()
 _MAX_RUNTIMES = 8
 
 
+def _environment_key() -> int:
+    """A hash of what boto3 resolves settings from besides the options.
+
+    ``AWS_*`` variables and the AWS config files (by their stat); only the hash is
+    kept, no credential.
+    """
+    variables = sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))
+    files: list[tuple[int, int, int] | None] = []
+    for variable, default in (
+        ("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
+        ("AWS_CONFIG_FILE", "~/.aws/config"),
+    ):
+        try:
+            stat = os.stat(os.path.expanduser(os.environ.get(variable, default)))
+            files.append((stat.st_mtime_ns, stat.st_size, stat.st_ino))
+        except OSError:
+            files.append(None)
+    return hash((tuple(variables), tuple(files)))
+
+
 class _Runtime:
-    """The live objects of one ``Options`` value in one process: pool and clients."""
+    """The live objects of one ``Options`` value in one process: pool and clients.
+
+    Keyed by the value and by the environment when it was first needed: options made
+    after ``AWS_*`` variables or the AWS config files changed resolve their
+    credentials, region and endpoint afresh, while options already in use keep
+    theirs.
+    """
 
     _registry: ClassVar[dict[tuple[Any, ...], _Runtime]] = {}
     _registry_pid = os.getpid()
     _registry_lock = threading.Lock()
 
-    def __init__(self, max_workers: int) -> None:
+    def __init__(self, max_workers: int, environment: int) -> None:
         self.pid = os.getpid()
+        self.environment = environment
         self.local = threading.local()
         self._max_workers = max_workers
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -116,7 +143,8 @@ class _Runtime:
 
     @classmethod
     def for_options(cls, options: Options) -> _Runtime:
-        key = options._key()
+        environment = _environment_key()
+        key = (options._key(), environment)
         with cls._registry_lock:
             if cls._registry_pid != os.getpid():  # forked: the parent's threads are gone
                 cls._registry, cls._registry_pid = {}, os.getpid()
@@ -126,7 +154,7 @@ class _Runtime:
                     # Forget the least recently used. Options that already hold it keep
                     # using it, but its idle threads end at once instead of lingering.
                     cls._registry.pop(next(iter(cls._registry))).retire()
-                runtime = cls(options.max_concurrency)
+                runtime = cls(options.max_concurrency, environment)
             cls._registry[key] = runtime  # now the most recently used
             return runtime
 
