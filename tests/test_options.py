@@ -154,6 +154,8 @@ def test_the_default_threshold_follows_a_larger_part_size() -> None:
         ({"max_concurrency": 0}, "max_concurrency"),
         ({"part_size": 4 * MiB}, "part_size"),
         ({"part_size": 8 * MiB, "multipart_threshold": 6 * MiB}, "multipart_threshold"),
+        ({"multipart_threshold": 2**64}, "multipart_threshold must be at most 5 GiB"),
+        ({"multipart_threshold": 5 * 1024 * MiB + 1}, "multipart_threshold must be at most"),
         ({"retry_mode": "sometimes"}, "retry_mode"),
         ({"transport": "obstor"}, "transport must be 'auto', 'obstore' or 'boto3'"),
         ({"upload_args": {"Bucket": "x"}}, r"upload_args does not take \['Bucket'\]"),

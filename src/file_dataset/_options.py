@@ -602,7 +602,8 @@ class Options:
             to 5 GiB (S3's smallest and largest parts).
         multipart_threshold: Objects larger than this are read with parallel ranged
             GETs and written with multipart uploads; smaller ones take one request.
-            At least ``part_size``; by default 16 MiB, or ``part_size`` if larger.
+            At least ``part_size`` and at most 5 GiB (S3's largest single PUT); by
+            default 16 MiB, or ``part_size`` if larger.
         retry_mode: botocore retry mode: ``"adaptive"`` (default), ``"standard"`` or
             ``"legacy"``.
         max_attempts: botocore's total attempts per request, including the first;
@@ -703,6 +704,12 @@ class Options:
             raise InvalidInputError(
                 f"multipart_threshold must be at least part_size, got {multipart_threshold} "
                 f"and {part_size}"
+            )
+        if multipart_threshold > 5 * 1024 * _MiB:
+            # S3 takes at most 5 GiB in one PUT (and obstore no range past 2**64)
+            raise InvalidInputError(
+                "multipart_threshold must be at most 5 GiB (S3's largest single PUT), got "
+                f"{multipart_threshold}"
             )
         if retry_mode not in ("adaptive", "standard", "legacy"):
             raise InvalidInputError(f"unknown retry_mode {retry_mode!r}")
