@@ -1640,3 +1640,19 @@ def test_options_made_after_the_environment_changed_resolve_it_afresh(
     assert file_dataset.reader(row, again).into_blob_table()["f"].to_pylist() == [
         b"on the first server"
     ]
+
+
+def test_an_archived_object_is_not_called_access_denied(
+    transport_options: Options, bucket: str, s3_client: Any
+) -> None:
+    """S3 answers 403 InvalidObjectState for a Glacier object: it was reported as
+    "access denied; check the credentials" (a PermissionError), which they were not."""
+    s3_client.put_object(Bucket=bucket, Key="cold", Body=b"frozen", StorageClass="GLACIER")
+    with pytest.raises(file_dataset.TransferError) as info:
+        file_dataset.reader({"f": f"s3://{bucket}/cold"}, transport_options).into_blob_table()
+    assert not isinstance(info.value, PermissionError)
+    assert str(info.value).startswith(
+        f"cannot read s3://{bucket}/cold (column 'f'): the object is archived"
+    )
+    assert "InvalidObjectState" in str(info.value)
+    assert "credentials" not in str(info.value)

@@ -55,6 +55,14 @@ _DENIED = frozenset(
 )
 
 
+# S3 answers a read of an archived object with 403 InvalidObjectState: the credentials
+# are fine, so it is not an access-denied error.
+ARCHIVED = (
+    "the object is archived (a Glacier storage class or an archive tier) and must be "
+    "restored before it can be read (S3 RestoreObject)"
+)
+
+
 def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
     """Raises the file_dataset error that matches a botocore error, chained to it.
 
@@ -78,6 +86,8 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
             raise ObjectNotFoundError(url, reason or "not found", operation=operation) from cause
         if code == "PreconditionFailed" or status == 412:  # a later part's If-Match
             raise TransferError(url, CHANGED, operation=operation) from cause
+        if code == "InvalidObjectState":
+            raise TransferError(url, f"{ARCHIVED} ({reason})", operation=operation) from cause
         if code in _DENIED or status == 403:
             raise ObjectAccessDeniedError(
                 url,

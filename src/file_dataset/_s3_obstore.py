@@ -59,7 +59,7 @@ from file_dataset._errors import (
     remember_secrets,
 )
 from file_dataset._options import Options
-from file_dataset._s3 import _DENIED, _NOT_FOUND, S3Backend
+from file_dataset._s3 import _DENIED, _NOT_FOUND, ARCHIVED, S3Backend
 from file_dataset._s3 import translate_error as translate_boto_error
 from file_dataset._urls import Location
 
@@ -144,6 +144,8 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
         elif operation == "head" and not code:
             reason = HEAD_NOT_FOUND
         raise ObjectNotFoundError(url, reason, operation=operation) from cause
+    if code == "InvalidObjectState":
+        raise TransferError(url, f"{ARCHIVED} ({reason})", operation=operation) from cause
     if (
         isinstance(error, PermissionDeniedError | UnauthenticatedError | PermissionError)
         or code in _DENIED
