@@ -111,6 +111,18 @@ def test_a_mistyped_s3_url_is_refused_not_read_as_a_relative_path() -> None:
         assert parse_url(fine).key.endswith(fine.rsplit("/", 1)[-1])
 
 
+def test_an_access_point_arn_is_refused_for_what_it_is() -> None:
+    """Before: "credentials or ports are not allowed in S3 URLs" (the ARN's colons)."""
+    url = "s3://arn:aws:s3:us-east-1:123456789012:accesspoint/myap/key.txt"
+    with pytest.raises(file_dataset.InvalidInputError) as info:
+        parse_url(url)
+    assert str(info.value) == (
+        f"S3 URLs name a bucket, not an ARN: {url!r}; for an access point, use its alias "
+        "(s3://<name>-<id>-s3alias/key), which works as a bucket name"
+    )
+    assert parse_url("s3://myap-abc123-s3alias/key.txt").bucket == "myap-abc123-s3alias"
+
+
 @pytest.mark.parametrize("value", [123, 1.5, b"s3://bucket/key", ["s3://bkt/k"]])
 def test_non_string_url_is_value_error(value: object) -> None:
     with pytest.raises(ValueError, match="expected an s3:// URL or a local path"):
@@ -240,7 +252,8 @@ def test_frame_ids_become_strings_in_order() -> None:
     [
         (pd.DataFrame({"a.mha": ["s3://bkt/k"]}), "needs an 'id' column"),
         (pd.DataFrame({"id": ["1", "1"], "a.mha": ["s3://bkt/k", "s3://bkt/l"]}), "unique"),
-        (pd.DataFrame({"id": [1, 1.0], "a.mha": ["s3://bkt/k", "s3://bkt/l"]}), "unique"),
+        (pd.DataFrame({"id": [1, 1.0], "a.mha": ["s3://bkt/k", "s3://bkt/l"]}), "is a float"),
+        (pd.DataFrame({"id": [1, "1"], "a.mha": ["s3://bkt/k", "s3://bkt/l"]}), "unique"),
         (pd.DataFrame({"id": ["1", None], "a.mha": ["s3://bkt/k", "s3://bkt/l"]}), "null"),
         (pd.DataFrame({"id": [1.0, np.nan], "a.mha": ["s3://bkt/k", "s3://bkt/l"]}), "null"),
         (pd.DataFrame({"id": pd.array([1, pd.NA], dtype="Int64"), "a.mha": ["x", "y"]}), "null"),

@@ -76,11 +76,11 @@ def check_ids(values: Any) -> list[str]:
     Raises:
         InvalidInputError: An id is null, repeated, or not usable as a path component.
     """
-    ids: list[str] = []
-    for position, value in enumerate(values):
+    values = list(values)
+    for position, value in enumerate(values):  # first: a float column may hold NaN
         if is_null(value):
             raise InvalidInputError(f"the 'id' column has a null value at position {position}")
-        ids.append(check_id(value))
+    ids = [check_id(value) for value in values]
     if len(set(ids)) != len(ids):
         repeated = sorted(i for i, count in Counter(ids).items() if count > 1)
         shown = ", ".join(quoted(i) for i in repeated[:10])

@@ -158,6 +158,12 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
             "use s3://bucket/key or a local path"
         )
     bucket, _, key = rest.partition("/")
+    if bucket.startswith("arn:"):
+        raise InvalidInputError(
+            f"S3 URLs name a bucket, not an ARN: {quoted_masked(value)}; for an access "
+            "point, use its alias (s3://<name>-<id>-s3alias/key), which works as a "
+            "bucket name"
+        )
     if "@" in bucket or ":" in bucket:
         raise InvalidInputError(
             f"credentials or ports are not allowed in S3 URLs: {quoted_masked(value)}; "
