@@ -1656,3 +1656,28 @@ def test_an_archived_object_is_not_called_access_denied(
     )
     assert "InvalidObjectState" in str(info.value)
     assert "credentials" not in str(info.value)
+
+
+def test_writes_to_an_object_lock_bucket_send_the_checksum_it_demands(
+    s3_server: LocalS3Server, s3_client: Any, tmp_path: Path
+) -> None:
+    """A bucket with Object Lock and a default retention takes a PUT only with a
+    checksum or Content-MD5: obstore sends neither, and every write failed with the
+    default transport (boto3 sends a CRC32)."""
+    s3_client.create_bucket(Bucket="locked", ObjectLockEnabledForBucket=True)
+    s3_client.put_object_lock_configuration(
+        Bucket="locked",
+        ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}},
+        },
+    )
+    options = s3_server.options(transport="obstore")
+    for row in ("1", "2"):  # the second goes straight to boto3
+        (tmp_path / "out.txt").write_bytes(f"row {row}".encode())
+        written = file_dataset.write_files(
+            {"out.txt": tmp_path / "out.txt"}, "s3://locked/res", row, options
+        )
+        assert written == {"out.txt": f"s3://locked/res/{row}/out.txt"}
+        body = s3_client.get_object(Bucket="locked", Key=f"res/{row}/out.txt")["Body"].read()
+        assert body == f"row {row}".encode()

@@ -457,6 +457,18 @@ def _relocate(options: Options, bucket: str, failed: S3Store) -> bool:
         return True
 
 
+# Buckets (of this process) that refused a PUT without a checksum: Object Lock ones.
+_CHECKSUM_BUCKETS: set[str] = set()
+
+
+def _wants_checksum(error: BaseException) -> bool:
+    """Whether S3 refused a PUT for want of a checksum (an Object Lock bucket)."""
+    text = str(error)
+    return "MissingUploadObjectWithObjectLockHeaders" in text or (
+        "Content-MD5" in text and "Object Lock" in text
+    )
+
+
 def _wrong_region(error: BaseException) -> bool:
     text = str(error)
     return any(word in text for word in _WRONG_REGION_WORDS)
@@ -567,7 +579,7 @@ class ObstoreS3Backend:
             translate_error(e, str(loc), "head")
 
     def write(self, src: Path, loc: Location) -> None:
-        if self._options.upload_args:
+        if self._options.upload_args or loc.bucket in _CHECKSUM_BUCKETS:
             self._boto3.write(src, loc)  # boto3 takes every upload argument as is
             return
         data = read_source(src)
@@ -576,7 +588,14 @@ class ObstoreS3Backend:
                 loc, lambda store: obstore.put(store, loc.key, data, use_multipart=False), "write"
             )
         except (BaseError, OSError) as e:
-            translate_error(e, str(loc), "write")
+            if not _wants_checksum(e):
+                translate_error(e, str(loc), "write")
+        else:
+            return
+        # A bucket with Object Lock takes a PUT only with a checksum (or Content-MD5),
+        # which obstore does not send and boto3 does: this bucket's writes go by boto3.
+        _CHECKSUM_BUCKETS.add(loc.bucket)
+        self._boto3.write(src, loc)
 
     def multipart_start(self, loc: Location) -> str:
         return self._boto3.multipart_start(loc)
