@@ -272,6 +272,16 @@ def test_a_reader_needs_exactly_one_source_and_a_temp_dir_one_with_block(
         temp.__enter__()
 
 
+def test_a_reader_shows_what_it_will_read() -> None:
+    """Before: <file_dataset._reader.FileReader object at 0x...> in a notebook."""
+    row = file_dataset.reader({"a.mha": "s3://bkt/k", "b.mha": None})
+    assert repr(row) == "<FileReader of a row, 1 file, columns ['a.mha', 'b.mha']>"
+    frame = pd.DataFrame({"id": [1, 2], "a.mha": ["s3://bkt/1", None], "m": ["/x", "/y"]})
+    assert repr(file_dataset.reader(frame)) == (
+        "<FileReader of 2 rows, 3 files, columns ['a.mha', 'm']>"
+    )
+
+
 def test_temp_dir_removed_when_body_raises(options: Options, system_tmp: Path, put: Put) -> None:
     url = put("k", b"x")
     reader = file_dataset.reader({"f": url}, options)

@@ -205,6 +205,14 @@ class FileReader:
         self._table = table
         self._options = options
 
+    def __repr__(self) -> str:
+        table = self._table
+        files = sum(loc is not None for row in table.cells for loc in row)
+        columns = table.columns if len(table.columns) <= 8 else [*table.columns[:8], "..."]
+        what = "a row" if table.ids is None else f"{len(table.ids)} rows"
+        plural = "" if files == 1 else "s"
+        return f"<FileReader of {what}, {files} file{plural}, columns {columns}>"
+
     def _cells(self) -> Iterator[tuple[int, int, Location]]:
         for i, row in enumerate(self._table.cells):
             for j, loc in enumerate(row):
