@@ -423,6 +423,45 @@ def test_progress_bar_counts_every_row_and_the_dropped_ones(
     assert capsys.readouterr().err == ""  # no bar unless asked for
 
 
+def test_a_raising_pipeline_bar_does_not_count_a_dropped_row(
+    options: Options, bucket: str, capsys: pytest.CaptureFixture[str], put: Put
+) -> None:
+    """Before: the bar ended at "1/2 [..., dropped=1]", and the call raised: nothing
+    was dropped."""
+    frame = pd.DataFrame({"id": ["bad-1", "ok-2"], "f": [put("1", b"fail"), put("2", b"b")]})
+    pipeline = Pipeline(
+        upper, {"into_path": f"s3://{bucket}/out"}, options, on_error="raise", progress=True
+    )
+    with pytest.raises(RuntimeError, match="this row is poisoned"):
+        pipeline(frame)
+    err = capsys.readouterr().err
+    assert err.replace("\r", "\n").strip().splitlines()[-1].startswith("file_dataset.Pipeline:")
+    assert "dropped" not in err
+    assert "0/2" in err
+
+
+def test_a_missing_aws_profile_names_the_pipeline_and_the_way_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: "Options.default() uses the profile ...", a call the user never made."""
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile-here")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    with pytest.raises(file_dataset.InvalidInputError) as info:
+        Pipeline(upper, {"into_path": tmp_path / "out"})
+    assert str(info.value).startswith(
+        "Pipeline without options= resolves the S3 endpoint as "
+        "Options.default(freeze_credentials=False) does, and failed: "
+    )
+    assert "'no-such-profile-here'" in str(info.value)
+    assert str(info.value).endswith("(pass options=Options() to build it without that)")
+    (tmp_path / "in").write_bytes(b"local")
+    frame = pd.DataFrame({"id": ["r1"], "f": [tmp_path / "in"]})
+    result = Pipeline(upper, {"into_path": tmp_path / "out"}, Options())(frame)
+    assert (tmp_path / "out" / "r1" / "output.mha").read_bytes() == b"LOCAL"
+    assert result["id"].tolist() == ["r1"]
+
+
 def test_a_dropped_row_warning_does_not_run_into_the_progress_bar(
     options: Options, bucket: str, capsys: pytest.CaptureFixture[str], put: Put
 ) -> None:

@@ -590,7 +590,7 @@ class Pipeline:
     def _fail(self, call: _Call, row_error: _RowError) -> None:
         failure = row_error.failure
         call.failures.append(failure)
-        if call.bar is not None:
+        if call.bar is not None and self.on_error == "drop":  # else the call ends here
             call.bar.set_postfix(dropped=len(call.failures), refresh=False)
             call.bar.update(1)
         if self.on_error == "raise":
@@ -624,7 +624,14 @@ def _default_options() -> Options:
     workers would write elsewhere. Credentials are not frozen (each process resolves
     its own, and they refresh), as with ``Options()``.
     """
-    return Options.default(freeze_credentials=False)
+    try:
+        return Options.default(freeze_credentials=False)
+    except InvalidInputError as e:  # a missing AWS_PROFILE, say: name the call made
+        raise InvalidInputError(
+            f"Pipeline without options= resolves the S3 endpoint as "
+            f"Options.default(freeze_credentials=False) does, and failed: {e} (pass "
+            "options=Options() to build it without that)"
+        ) from None
 
 
 def _describe(row_error: _RowError) -> str:
