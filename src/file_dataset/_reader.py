@@ -311,8 +311,9 @@ class FileReader:
 
         Columns are ``pa.binary()`` split into chunks (int32 offsets cannot address
         more than 2 GiB in one chunk), so a table of any total size is correct: objects
-        under 1 MiB are copied into chunks of 8 MiB or more (at most 64 MiB) while later
-        objects are still being read; objects of 1 MiB or more become a chunk of
+        under 1 MiB are copied into chunks of 8 MiB or more (at most 64 MiB; a chunk
+        holds consecutive rows, so one between large objects is a chunk of its own)
+        while later objects are still being read; objects of 1 MiB or more become a chunk of
         their own without being copied; an object too large to be the sole value of a
         chunk (2 GiB or more) turns its column into ``pa.large_binary()``.
 
