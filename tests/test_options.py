@@ -161,6 +161,14 @@ def test_the_default_threshold_follows_a_larger_part_size() -> None:
         ({"upload_args": {"Bucket": "x"}}, r"upload_args does not take \['Bucket'\]"),
         ({"upload_args": {"SSECustomerKey": "k"}}, "SSECustomerKey"),
         ({"upload_args": {"ChecksumAlgorithm": "CRC32"}}, "ChecksumAlgorithm"),
+        (
+            {"upload_args": {"Tagging": {"a": "b"}}},
+            r"upload_args: Invalid type for parameter Tagging, value: \{'a': 'b'\}",
+        ),
+        (
+            {"upload_args": {"ContentType": "text/plain", "Metadata": "k=v"}},
+            "upload_args: Invalid type for parameter Metadata, value: k=v",
+        ),
         ({"max_attempts": 0}, "max_attempts must be at least 1"),
         (
             {"session_kwargs": {"aws_secret_key": "x"}},

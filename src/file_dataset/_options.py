@@ -401,7 +401,27 @@ def _check_upload_args(upload_args: Mapping[str, Any]) -> dict[str, Any]:
             f"upload_args does not take {unknown}; it takes boto3 upload_file's "
             f"ExtraArgs that apply to every object: {allowed}"
         )
+    # Values as botocore checks them at each request (a dict for Tagging, say): else
+    # every write failed, each row of a Pipeline only after its download and fn.
+    from botocore.validate import ParamValidator
+
+    report = ParamValidator().validate(
+        {"Bucket": "bucket", "Key": "key", **upload_args}, _put_object_shape()
+    )
+    if report.has_errors():
+        problems = report.generate_report().replace("\n", "; ")
+        raise InvalidInputError(f"upload_args: {problems}")
     return dict(upload_args)
+
+
+@functools.cache
+def _put_object_shape() -> Any:
+    """The input shape of S3's PutObject (botocore's model; no session, no profile)."""
+    from botocore.loaders import create_loader
+    from botocore.model import ServiceModel
+
+    data = create_loader().load_service_model("s3", "service-2")
+    return ServiceModel(data, "s3").operation_model("PutObject").input_shape
 
 
 def _new_session(session_kwargs: Mapping[str, Any]) -> boto3.Session:
