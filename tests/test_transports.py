@@ -1682,3 +1682,29 @@ def test_writes_to_an_object_lock_bucket_send_the_checksum_it_demands(
         assert written == {"out.txt": f"s3://locked/res/{row}/out.txt"}
         body = s3_client.get_object(Bucket="locked", Key=f"res/{row}/out.txt")["Body"].read()
         assert body == f"row {row}".encode()
+
+
+@pytest.mark.parametrize(
+    ("variable", "endpoint"),
+    [
+        ("AWS_USE_FIPS_ENDPOINT", "https://s3-fips.eu-west-1.amazonaws.com"),
+        ("AWS_USE_DUALSTACK_ENDPOINT", "https://s3.dualstack.eu-west-1.amazonaws.com"),
+    ],
+)
+def test_obstore_keeps_the_fips_or_dual_stack_endpoint_boto3_resolves(
+    variable: str, endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: s3.<region>.amazonaws.com, a FIPS-bound deployment silently left FIPS."""
+    from file_dataset._s3_obstore import store_for
+
+    monkeypatch.setenv(variable, "true")
+    options = Options(
+        {
+            "aws_access_key_id": "AKIDEXAMPLE",
+            "aws_secret_access_key": "s",
+            "region_name": "eu-west-1",
+        },
+        transport="obstore",
+    )
+    assert options.s3_client().meta.endpoint_url == endpoint
+    assert store_for(options, "scans").config["endpoint"] == endpoint

@@ -104,7 +104,14 @@ def _environment_key() -> int:
     ``AWS_*`` variables and the AWS config files (by their stat); only the hash is
     kept, no credential.
     """
-    variables = sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))
+    for _ in range(100):
+        try:
+            variables = sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))
+            break
+        except (KeyError, RuntimeError):  # another thread changed the environment meanwhile
+            continue
+    else:
+        variables = []  # changing all along: share with the options of such a process
     files: list[tuple[int, int, int] | None] = []
     for variable, default in (
         ("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),

@@ -321,7 +321,15 @@ def _new_store(options: Options, bucket: str) -> S3Store:
     client = options.s3_client()
     meta = client.meta
     endpoint = str(meta.endpoint_url)
-    custom = "endpoint_url" in options.s3_client_kwargs or not endpoint.endswith(".amazonaws.com")
+    host = urllib.parse.urlsplit(endpoint).hostname or ""
+    # FIPS and dual-stack endpoints (from AWS_USE_FIPS_ENDPOINT, say, or the profile)
+    # are taken as boto3 resolved them, as another endpoint is
+    custom = (
+        "endpoint_url" in options.s3_client_kwargs
+        or not host.endswith(".amazonaws.com")
+        or "-fips." in host
+        or ".dualstack." in host
+    )
     region = _REGIONS.get((os.getpid(), options, bucket)) or meta.region_name or "us-east-1"
     # obstore also reads AWS_* environment variables, and its AWS_ENDPOINT_URL_S3
     # even wins over "endpoint": every setting such a variable could change is stated
