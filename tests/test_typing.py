@@ -11,6 +11,7 @@ USER_CODE = """
 from pathlib import Path
 from typing import TypedDict
 
+import numpy as np
 import pandas as pd
 
 import file_dataset
@@ -31,8 +32,13 @@ def run(frame: pd.DataFrame, options: Options) -> None:
     file_dataset.reader(row=frame, options=options).into_size_table()
     file_dataset.reader(frame.iloc[0], options).into_blob_table()
     Options.default(max_concurrency=8, transport="boto3").replace(retry_mode="standard")
-    options.replace(max_concurency=4)  # line 24: a misspelt setting
-    Options(transport="obstor")  # line 25: an unknown transport
+    options.replace(max_concurency=4)  # line 25: a misspelt setting
+    Options(transport="obstor")  # line 26: an unknown transport
+    file_dataset.write_files({"o": Path("o")}, "s3://bucket/r", np.int64(7), options)
+    try:
+        file_dataset.reader(frame, options).into_blob_table()
+    except file_dataset.TransferError as e:
+        print(e.strerror.upper(), e.filename.upper())
 """
 
 
@@ -44,6 +50,6 @@ def test_user_code_type_checks_and_misspelt_settings_are_caught(tmp_path: Path) 
     # the project's own cache (.mypy_cache, warm after `mypy src`) saves ~10 s of stubs
     out, err, _ = api.run(["--strict", "--no-error-summary", str(source)])
     errors = sorted(line.split(": error: ")[0] for line in out.splitlines() if ": error: " in line)
-    assert errors == [f"{source}:24", f"{source}:25"], out + err
+    assert errors == [f"{source}:25", f"{source}:26"], out + err
     assert 'Unexpected keyword argument "max_concurency" for "replace"' in out
     assert 'Argument "transport" to "Options" has incompatible type "Literal[\'obstor\']"' in out

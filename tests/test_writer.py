@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import errno
 import itertools
 import os
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -397,11 +399,14 @@ def test_a_boolean_id_is_refused(
     [
         (5.0, "id 5.0 is a float: give a str or an int (convert the column"),
         (np.float64(2.0), "id np.float64(2.0) is a float"),
+        (np.float32(2.0), "id np.float32(2.0) is of type float32: give a str or an int (convert"),
+        (decimal.Decimal("5.0"), "id Decimal('5.0') is of type Decimal: give a str or an int ("),
+        (pa.scalar(5.0), "id 5.0 is a float: give a str or an int (convert the column"),
         (["1", "2"], "id ['1', '2'] is of type list: give a str or an int (a dict of columns"),
         (("1",), "id ('1',) is of type tuple"),
         ({"k": 1}, "id {'k': 1} is of type dict"),
     ],
-    ids=["float", "numpy-float", "list", "tuple", "dict"],
+    ids=["float", "numpy-float", "float32", "decimal", "arrow-float", "list", "tuple", "dict"],
 )
 def test_a_float_or_collection_id_is_refused(
     row_id: Any, message: str, options: Options, bucket: str, s3_client: Any, tmp_path: Path
@@ -422,7 +427,13 @@ def test_a_float_or_collection_id_is_refused(
 
 def test_integer_like_ids_name_their_folder(tmp_path: Path) -> None:
     files = make_files(tmp_path / "src", {"f": b"x"})
-    for row_id, folder in [(np.int64(3), "3"), (7, "7"), (uuid.UUID(int=5), str(uuid.UUID(int=5)))]:
+    for row_id, folder in [
+        (np.int64(3), "3"),
+        (7, "7"),
+        (uuid.UUID(int=5), str(uuid.UUID(int=5))),
+        (decimal.Decimal("12"), "12"),
+        (pa.scalar(9), "9"),
+    ]:
         written = file_dataset.write_files(files, tmp_path / "out", id=row_id)
         assert written["f"] == tmp_path / "out" / folder / "f"
         assert written["f"].read_bytes() == b"x"

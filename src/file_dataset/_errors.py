@@ -252,6 +252,8 @@ class TransferError(FileDatasetError, OSError):
     """
 
     _ERRNO: int | None = None
+    filename: str
+    strerror: str
 
     def __init__(
         self,

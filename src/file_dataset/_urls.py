@@ -7,6 +7,7 @@ spaces, unicode, ``+`` and ``%`` are never decoded) and local paths, given as ``
 
 from __future__ import annotations
 
+import decimal
 import math
 import os
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pandas as pd
+import pyarrow as pa
 
 from file_dataset._errors import InvalidInputError, quoted, quoted_masked
 
@@ -250,16 +252,21 @@ def check_id(value: Any) -> str:
             ``5``), a collection (a list, tuple, dict, ...: a dict of columns given as
             one row, say), bytes or a boolean, or not a safe path component.
     """
-    if not isinstance(value, str | int) and (
+    if isinstance(value, pa.Scalar):  # from an object column built of Arrow values
+        value = value.as_py()
+    floating = (
         isinstance(value, float | complex)
         or getattr(getattr(value, "dtype", None), "kind", "") in ("f", "c")
-        or isinstance(value, Iterable)
-        or hasattr(value, "keys")
+        or (isinstance(value, decimal.Decimal) and value != value.to_integral_value())
+        or (isinstance(value, decimal.Decimal) and value.as_tuple().exponent != 0)
+    )
+    if not isinstance(value, str | int) and (
+        floating or isinstance(value, Iterable) or hasattr(value, "keys")
     ):
         kind = "a float" if isinstance(value, float) else f"of type {type(value).__name__}"
         hint = (
             " (convert the column, e.g. frame['id'].astype('int64'))"
-            if kind == "a float"
+            if floating
             else " (a dict of columns is one row: pass pd.DataFrame(...) for several)"
             if isinstance(value, list | tuple)
             else ""
@@ -303,7 +310,7 @@ def check_key_room(into: Location, ids: Iterable[str]) -> None:
         size = len(row_id.encode("utf-8", "surrogatepass"))
         if size > room:
             raise InvalidInputError(
-                f"id {row_id[:40]!r}... is {size} bytes long: under {str(into)[:80]!r} "
+                f"id {quoted(row_id)} is {size} bytes long: under {quoted(str(into))} "
                 f"an id can have at most {max(room, 0)} bytes, as S3 keys can have at most "
                 f"{KEY_MAX} (<into_path>/<id>/<file name>)"
             )

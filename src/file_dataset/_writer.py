@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from file_dataset._errors import (
     InvalidInputError,
@@ -37,7 +40,7 @@ def write_files(
     # type checkers do not count as a Mapping of paths; values are checked at the call
     files: Mapping[str, str | os.PathLike[str] | None] | Mapping[str, Any],
     into_path: str | os.PathLike[str],
-    id: str | int,
+    id: str | int | np.integer[Any] | uuid.UUID,
     options: Options | None = None,
 ) -> dict[str, str | Path]:
     """Writes local files to ``<into_path>/<id>/<name>``, all at once, concurrently.
@@ -53,7 +56,8 @@ def write_files(
             ``None`` values are skipped.
         into_path: ``s3://bucket/prefix`` or a local folder; a trailing slash makes no
             difference.
-        id: The row id, the folder under ``into_path``; used as a string.
+        id: The row id, the folder under ``into_path``: a str or an int (a NumPy int
+            or a UUID is used as its ``str``; floats and collections are refused).
         options: S3 settings; ``Options()`` when omitted.
 
     Returns:
