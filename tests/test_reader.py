@@ -280,6 +280,9 @@ def test_a_reader_shows_what_it_will_read() -> None:
     assert repr(file_dataset.reader(frame)) == (
         "<FileReader of 2 rows, 3 files, columns ['a.mha', 'm']>"
     )
+    assert repr(file_dataset.reader(frame[:1])) == (
+        "<FileReader of 1 row, 2 files, columns ['a.mha', 'm']>"
+    )
 
 
 def test_temp_dir_removed_when_body_raises(options: Options, system_tmp: Path, put: Put) -> None:

@@ -1687,24 +1687,37 @@ def test_writes_to_an_object_lock_bucket_send_the_checksum_it_demands(
 @pytest.mark.parametrize(
     ("variable", "endpoint"),
     [
-        ("AWS_USE_FIPS_ENDPOINT", "https://s3-fips.eu-west-1.amazonaws.com"),
-        ("AWS_USE_DUALSTACK_ENDPOINT", "https://s3.dualstack.eu-west-1.amazonaws.com"),
+        ("AWS_USE_FIPS_ENDPOINT", "https://scans.s3-fips.eu-west-1.amazonaws.com/k"),
+        ("AWS_USE_DUALSTACK_ENDPOINT", "https://scans.s3.dualstack.eu-west-1.amazonaws.com/k"),
     ],
 )
-def test_obstore_keeps_the_fips_or_dual_stack_endpoint_boto3_resolves(
+def test_fips_or_dual_stack_requests_go_by_boto3(
     variable: str, endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Before: s3.<region>.amazonaws.com, a FIPS-bound deployment silently left FIPS."""
-    from file_dataset._s3_obstore import store_for
+    """Before: "auto" took obstore, which sent them to s3.<region>.amazonaws.com, so a
+    FIPS-bound deployment silently left FIPS. boto3's endpoint rules decide the host
+    (virtual-hosted, per region); no request is sent here."""
+    from file_dataset._backend import backend_for
+    from file_dataset._s3 import S3Backend
+    from file_dataset._urls import parse_url
 
-    monkeypatch.setenv(variable, "true")
+    monkeypatch.setenv(variable, "TRUE")
     options = Options(
         {
             "aws_access_key_id": "AKIDEXAMPLE",
             "aws_secret_access_key": "s",
             "region_name": "eu-west-1",
-        },
-        transport="obstore",
+        }
     )
-    assert options.s3_client().meta.endpoint_url == endpoint
-    assert store_for(options, "scans").config["endpoint"] == endpoint
+    assert type(backend_for(parse_url("s3://scans/k"), options)) is S3Backend
+    sent: list[str] = []
+
+    def refuse(request: Any, **_: Any) -> Any:
+        sent.append(request.url)
+        raise RuntimeError("not sent")
+
+    client = options.s3_client()
+    client.meta.events.register_first("before-send.s3.HeadObject", refuse)
+    with contextlib.suppress(Exception):
+        client.head_object(Bucket="scans", Key="k")
+    assert sent == [endpoint]

@@ -425,6 +425,20 @@ def test_a_float_or_collection_id_is_refused(
     assert str(info.value).startswith(message)
 
 
+@pytest.mark.parametrize(
+    "row_id", [pa.scalar(None, pa.int64()), decimal.Decimal("sNaN")], ids=["arrow-null", "snan"]
+)
+def test_a_null_arrow_or_decimal_id_is_refused_as_null(row_id: Any, tmp_path: Path) -> None:
+    """Before: a folder named "None", and a raw decimal.InvalidOperation from pandas."""
+    files = make_files(tmp_path / "src", {"f": b"x"})
+    with pytest.raises(file_dataset.InvalidInputError, match="write_files needs an id"):
+        file_dataset.write_files(files, tmp_path / "out", id=row_id)
+    frame = pd.DataFrame({"id": pd.Series(["r1", row_id], dtype=object), "f": [files["f"]] * 2})
+    with pytest.raises(file_dataset.InvalidInputError, match="null value at position 1"):
+        file_dataset.reader(frame).into_blob_table()
+    assert not (tmp_path / "out").exists()
+
+
 def test_integer_like_ids_name_their_folder(tmp_path: Path) -> None:
     files = make_files(tmp_path / "src", {"f": b"x"})
     for row_id, folder in [

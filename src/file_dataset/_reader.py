@@ -209,7 +209,8 @@ class FileReader:
         table = self._table
         files = sum(loc is not None for row in table.cells for loc in row)
         columns = table.columns if len(table.columns) <= 8 else [*table.columns[:8], "..."]
-        what = "a row" if table.ids is None else f"{len(table.ids)} rows"
+        rows = 0 if table.ids is None else len(table.ids)
+        what = "a row" if table.ids is None else f"{rows} row{'' if rows == 1 else 's'}"
         plural = "" if files == 1 else "s"
         return f"<FileReader of {what}, {files} file{plural}, columns {columns}>"
 

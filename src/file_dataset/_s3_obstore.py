@@ -200,6 +200,7 @@ _CONFIG_KEYS = frozenset(
 # Environment variables with which obstore would do what boto3 does not (encrypt,
 # add checksums, use S3 Express sessions), and which no setting here can undo: with
 # one of them set, "auto" goes through boto3.
+_ENV_ENDPOINT_VARIANTS = ("AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT")
 _ENV_ONLY_OBSTORE = frozenset(
     {
         "AWS_SERVER_SIDE_ENCRYPTION",
@@ -245,6 +246,10 @@ def _can_serve(options: Options) -> bool:
         if set(provided.get("s3") or {}) - {"addressing_style"}:
             return False
     if any(os.environ.get(name) for name in _ENV_ONLY_OBSTORE):
+        return False
+    # FIPS and dual-stack hosts come from boto3's endpoint rules (virtual-hosted, per
+    # region), which obstore's settings do not reproduce: such requests go by boto3.
+    if any(os.environ.get(name, "").lower() == "true" for name in _ENV_ENDPOINT_VARIANTS):
         return False
     bundle = os.environ.get("AWS_CA_BUNDLE")  # a private CA that obstore would not trust
     return not bundle or os.path.realpath(bundle) in _SYSTEM_BUNDLES
@@ -321,15 +326,7 @@ def _new_store(options: Options, bucket: str) -> S3Store:
     client = options.s3_client()
     meta = client.meta
     endpoint = str(meta.endpoint_url)
-    host = urllib.parse.urlsplit(endpoint).hostname or ""
-    # FIPS and dual-stack endpoints (from AWS_USE_FIPS_ENDPOINT, say, or the profile)
-    # are taken as boto3 resolved them, as another endpoint is
-    custom = (
-        "endpoint_url" in options.s3_client_kwargs
-        or not host.endswith(".amazonaws.com")
-        or "-fips." in host
-        or ".dualstack." in host
-    )
+    custom = "endpoint_url" in options.s3_client_kwargs or not endpoint.endswith(".amazonaws.com")
     region = _REGIONS.get((os.getpid(), options, bucket)) or meta.region_name or "us-east-1"
     # obstore also reads AWS_* environment variables, and its AWS_ENDPOINT_URL_S3
     # even wins over "endpoint": every setting such a variable could change is stated
@@ -465,8 +462,9 @@ def _relocate(options: Options, bucket: str, failed: S3Store) -> bool:
         return True
 
 
-# Buckets (of this process) that refused a PUT without a checksum: Object Lock ones.
-_CHECKSUM_BUCKETS: set[str] = set()
+# (endpoint, bucket) of this process that refused a PUT without a checksum: buckets
+# with Object Lock.
+_CHECKSUM_BUCKETS: set[tuple[Any, str]] = set()
 
 
 def _wants_checksum(error: BaseException) -> bool:
@@ -587,7 +585,8 @@ class ObstoreS3Backend:
             translate_error(e, str(loc), "head")
 
     def write(self, src: Path, loc: Location) -> None:
-        if self._options.upload_args or loc.bucket in _CHECKSUM_BUCKETS:
+        where = (self._options.s3_client_kwargs.get("endpoint_url"), loc.bucket)
+        if self._options.upload_args or where in _CHECKSUM_BUCKETS:
             self._boto3.write(src, loc)  # boto3 takes every upload argument as is
             return
         data = read_source(src)
@@ -602,7 +601,7 @@ class ObstoreS3Backend:
             return
         # A bucket with Object Lock takes a PUT only with a checksum (or Content-MD5),
         # which obstore does not send and boto3 does: this bucket's writes go by boto3.
-        _CHECKSUM_BUCKETS.add(loc.bucket)
+        _CHECKSUM_BUCKETS.add(where)
         self._boto3.write(src, loc)
 
     def multipart_start(self, loc: Location) -> str:

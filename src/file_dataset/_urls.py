@@ -77,10 +77,14 @@ def is_null(value: Any) -> bool:
         return False
     if isinstance(value, float):
         return math.isnan(value)
+    if isinstance(value, pa.Scalar):  # an Arrow value in an object column
+        return not value.is_valid
     try:
         return bool(pd.isna(value))
     except (TypeError, ValueError):
         return False
+    except decimal.InvalidOperation:  # pandas on Decimal("sNaN"): not a number either
+        return True
 
 
 def _checked_s3_parts(value: Any) -> tuple[str, str] | None:
@@ -160,7 +164,7 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
             "use s3://bucket/key or a local path"
         )
     bucket, _, key = rest.partition("/")
-    if bucket.startswith("arn:"):
+    if bucket.lower().startswith("arn:"):
         raise InvalidInputError(
             f"S3 URLs name a bucket, not an ARN: {quoted_masked(value)}; for an access "
             "point, use its alias (s3://<name>-<id>-s3alias/key), which works as a "
