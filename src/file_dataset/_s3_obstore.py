@@ -197,10 +197,11 @@ _CONFIG_KEYS = frozenset(
         "s3",
     }
 )
+# Environment variables (set to "true") that make boto3 use FIPS or dual-stack hosts.
+_ENV_ENDPOINT_VARIANTS = ("AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT")
 # Environment variables with which obstore would do what boto3 does not (encrypt,
 # add checksums, use S3 Express sessions), and which no setting here can undo: with
 # one of them set, "auto" goes through boto3.
-_ENV_ENDPOINT_VARIANTS = ("AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT")
 _ENV_ONLY_OBSTORE = frozenset(
     {
         "AWS_SERVER_SIDE_ENCRYPTION",
