@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -973,6 +974,14 @@ def test_transfer_errors_pickle_with_context() -> None:
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is file_dataset.ObjectNotFoundError
     assert (copy.url, copy.row_id, copy.column, str(copy)) == ("s3://bkt/k", "7", "c", str(error))
+    # a note (the Pipeline's with on_error="raise") and attributes of the caller's own
+    # cross processes too; before, they were dropped (and so missing from Ray's errors)
+    error.add_note("file_dataset.Pipeline: fn failed on row id '7'")
+    error.attempt = 3  # type: ignore[attr-defined]
+    for dumps, loads in [(pickle.dumps, pickle.loads), (cloudpickle.dumps, pickle.loads)]:
+        copy = loads(dumps(error))
+        assert copy.__notes__ == ["file_dataset.Pipeline: fn failed on row id '7'"]
+        assert (copy.attempt, copy.errno, copy.filename) == (3, errno.ENOENT, "s3://bkt/k")
 
 
 @pytest.mark.parametrize("bad_id", ["../x", "a/b", "..", "", "/abs", "a\\b"])

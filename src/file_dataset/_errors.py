@@ -293,6 +293,9 @@ class TransferError(FileDatasetError, OSError):
                 self.column,
                 self.errno,
             ),
+            # notes (the Pipeline's "fn failed on row id ..."), other attributes set
+            # on the error: kept across processes too
+            {k: v for k, v in self.__dict__.items() if k not in _REBUILT},
         )
 
     def with_context(self, row_id: str | None, column: str | None) -> TransferError:
@@ -310,6 +313,10 @@ class TransferError(FileDatasetError, OSError):
         )
         copy.errno = self.errno  # a local failure's (ENOSPC, say), when set
         return copy
+
+
+# What _rebuild_transfer_error sets from its arguments.
+_REBUILT = frozenset({"url", "reason", "operation", "row_id", "column"})
 
 
 def _rebuild_transfer_error(
