@@ -1478,46 +1478,22 @@ def test_requester_pays_bucket_needs_and_gets_the_header(
     assert written["small.bin"] == f"s3://{name}/out/1/small.bin"
 
 
-class _VirtualHostProxy(http.server.BaseHTTPRequestHandler):
-    """An HTTP proxy for ``<bucket>.localhost`` (no DNS needed): each request is sent on
-    to the S3 server path-style, ``/<bucket>/<key>``, and its host is recorded."""
+class _VirtualHostProxy(_ReplacingProxy):
+    """An HTTP proxy (``HTTP_PROXY``) for ``<bucket>.localhost``, which needs no DNS:
+    each request goes on to moto path-style, ``/<bucket>/<key>``; its host is kept."""
 
-    protocol_version = "HTTP/1.1"
-    upstream: ClassVar[tuple[str, int]]
-    seen: ClassVar[list[tuple[str, str, str]]] = []
-
-    def log_message(self, *args: Any) -> None:
-        pass
+    seen: ClassVar[list[str]] = []
 
     def _forward(self) -> None:
-        import http.client
         import urllib.parse
 
         target = urllib.parse.urlsplit(self.path)  # absolute: http://host:port/path
+        self.seen.append(target.netloc)
         host = target.hostname or ""
-        path = target.path + (f"?{target.query}" if target.query else "")
-        self.seen.append((self.command, target.netloc, path))
-        if host.endswith(".localhost"):
-            path = f"/{host.removesuffix('.localhost')}{path}"
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        headers = {
-            k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "host")
-        }  # moto checks no signature: the host becomes the server's own
-        connection = http.client.HTTPConnection(*self.upstream, timeout=60)
-        connection.request(self.command, path, body=body or None, headers=headers)
-        response = connection.getresponse()
-        data = response.read()
-        self.send_response(response.status)
-        for key, value in response.getheaders():
-            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                self.send_header(key, value)
-        self.send_header("Content-Length", response.getheader("Content-Length") or str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-        connection.close()
-
-    do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _forward
+        bucket = f"/{host.removesuffix('.localhost')}" if host.endswith(".localhost") else ""
+        self.path = bucket + target.path + (f"?{target.query}" if target.query else "")
+        del self.headers["Host"]  # moto checks no signature: the host becomes moto's own
+        super()._forward()
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
@@ -1533,29 +1509,27 @@ def test_virtual_host_addressing_reaches_the_bucket_the_url_names(
     bucket "other"'s object and wrote into that bucket."""
     import urllib.parse
 
-    upstream = urllib.parse.urlsplit(s3_server.endpoint_url)
-    _VirtualHostProxy.upstream = (upstream.hostname or "", upstream.port or 80)
-    _VirtualHostProxy.seen = []
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _VirtualHostProxy)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    try:
+    class Handler(_VirtualHostProxy):
+        upstream = s3_server.endpoint_url
+        seen: ClassVar[list[str]] = []
+
+    port = urllib.parse.urlsplit(s3_server.endpoint_url).port
+    with _proxy(Handler, s3_server, transport) as proxied:
         for variable in ("HTTP_PROXY", "http_proxy"):
-            monkeypatch.setenv(variable, f"http://127.0.0.1:{proxy.server_address[1]}")
+            monkeypatch.setenv(variable, proxied.s3_client_kwargs["endpoint_url"])
         for variable in ("NO_PROXY", "no_proxy"):
             monkeypatch.delenv(variable, raising=False)
         s3_client.create_bucket(Bucket="mine")
         s3_client.create_bucket(Bucket="other")
         s3_client.put_object(Bucket="mine", Key="other/data.bin", Body=b"mine's object")
         s3_client.put_object(Bucket="other", Key="data.bin", Body=b"another bucket's object")
-        options = _endpoint_options(
-            f"http://localhost:{upstream.port}",
-            transport,
+        options = s3_server.options(
+            transport=transport,
             max_attempts=1,
-        ).replace(
             s3_client_kwargs={
-                "endpoint_url": f"http://localhost:{upstream.port}",
+                "endpoint_url": f"http://localhost:{port}",
                 "config": Config(s3={"addressing_style": "virtual"}),
-            }
+            },
         )
         url = "s3://mine/other/data.bin"
         assert file_dataset.reader({"f": url}, options).into_blob_table()["f"].to_pylist() == [
@@ -1565,12 +1539,7 @@ def test_virtual_host_addressing_reaches_the_bucket_the_url_names(
         file_dataset.write_files({"f": tmp_path / "f"}, "s3://mine/other", "w", options)
         assert s3_client.get_object(Bucket="mine", Key="other/w/f")["Body"].read() == b"written"
         assert "Contents" not in s3_client.list_objects_v2(Bucket="other", Prefix="w/")
-        assert {host for _, host, _ in _VirtualHostProxy.seen} == {
-            f"mine.localhost:{upstream.port}"
-        }
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
+        assert set(Handler.seen) == {f"mine.localhost:{port}"}
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict, Unpack, get_args
 
 import numpy as np
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["Options", "resolve_options"]
 
 _MiB = 1024 * 1024
+_5_GiB = 5 * 1024 * _MiB  # S3's largest part and largest single PUT
 _SECRET_KEYS = frozenset({"aws_secret_access_key", "aws_session_token", "aws_access_key_id"})
 # boto3.Session() and Session.client() are not thread-safe.
 _CREATE_LOCK = threading.Lock()
@@ -723,7 +724,7 @@ class Options:
             raise InvalidInputError(
                 f"part_size must be at least 5 MiB (S3's minimum), got {part_size}"
             )
-        if part_size > 5 * 1024 * _MiB:
+        if part_size > _5_GiB:
             raise InvalidInputError(
                 f"part_size must be at most 5 GiB (S3's maximum), got {part_size}"
             )
@@ -732,13 +733,13 @@ class Options:
                 f"multipart_threshold must be at least part_size, got {multipart_threshold} "
                 f"and {part_size}"
             )
-        if multipart_threshold > 5 * 1024 * _MiB:
+        if multipart_threshold > _5_GiB:
             # S3 takes at most 5 GiB in one PUT (and obstore no range past 2**64)
             raise InvalidInputError(
                 "multipart_threshold must be at most 5 GiB (S3's largest single PUT), got "
                 f"{multipart_threshold}"
             )
-        if retry_mode not in ("adaptive", "standard", "legacy"):
+        if retry_mode not in get_args(RetryMode):
             raise InvalidInputError(f"unknown retry_mode {retry_mode!r}")
         if max_attempts < 1:
             raise InvalidInputError(f"max_attempts must be at least 1, got {max_attempts}")
@@ -761,7 +762,7 @@ class Options:
         _set(self, "_threshold_given", threshold_given)
         _set(self, "retry_mode", retry_mode)
         _set(self, "max_attempts", max_attempts)
-        if transport not in ("auto", "obstore", "boto3"):
+        if transport not in get_args(Transport):
             raise InvalidInputError(
                 f"transport must be 'auto', 'obstore' or 'boto3', got {transport!r}"
             )

@@ -198,6 +198,10 @@ def _parent_dir(dir: str | os.PathLike[str] | None) -> str | None:
     raise FileNotFoundError(errno.ENOENT, f"into_temp_dir(dir=...): {path!r} does not exist{hint}")
 
 
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 class FileReader:
     """Reads the files of a validated row or file DataFrame; made by :func:`reader`."""
 
@@ -209,10 +213,8 @@ class FileReader:
         table = self._table
         files = sum(loc is not None for row in table.cells for loc in row)
         columns = table.columns if len(table.columns) <= 8 else [*table.columns[:8], "..."]
-        rows = 0 if table.ids is None else len(table.ids)
-        what = "a row" if table.ids is None else f"{rows} row{'' if rows == 1 else 's'}"
-        plural = "" if files == 1 else "s"
-        return f"<FileReader of {what}, {files} file{plural}, columns {columns}>"
+        rows = "a row" if table.ids is None else _counted(len(table.ids), "row")
+        return f"<FileReader of {rows}, {_counted(files, 'file')}, columns {columns}>"
 
     def _cells(self) -> Iterator[tuple[int, int, Location]]:
         for i, row in enumerate(self._table.cells):

@@ -595,11 +595,10 @@ class ObstoreS3Backend:
             self._request(
                 loc, lambda store: obstore.put(store, loc.key, data, use_multipart=False), "write"
             )
+            return
         except (BaseError, OSError) as e:
             if not _wants_checksum(e):
                 translate_error(e, str(loc), "write")
-        else:
-            return
         # A bucket with Object Lock takes a PUT only with a checksum (or Content-MD5),
         # which obstore does not send and boto3 does: this bucket's writes go by boto3.
         _CHECKSUM_BUCKETS.add(where)

@@ -258,15 +258,15 @@ def check_id(value: Any) -> str:
     """
     if isinstance(value, pa.Scalar):  # from an object column built of Arrow values
         value = value.as_py()
+    if isinstance(value, str | int | bytes | bytearray | memoryview):  # bytes: see below
+        return check_component(value, "id")
     floating = (
         isinstance(value, float | complex)
         or getattr(getattr(value, "dtype", None), "kind", "") in ("f", "c")
-        or (isinstance(value, decimal.Decimal) and value != value.to_integral_value())
+        # 5.0, 5.5, 5E+1, Infinity: any exponent but 0 (an integral decimal has 0)
         or (isinstance(value, decimal.Decimal) and value.as_tuple().exponent != 0)
     )
-    if not isinstance(value, str | int) and (
-        floating or isinstance(value, Iterable) or hasattr(value, "keys")
-    ):
+    if floating or isinstance(value, Iterable) or hasattr(value, "keys"):
         kind = "a float" if isinstance(value, float) else f"of type {type(value).__name__}"
         hint = (
             " (convert the column, e.g. frame['id'].astype('int64'))"
@@ -275,8 +275,7 @@ def check_id(value: Any) -> str:
             if isinstance(value, list | tuple)
             else ""
         )
-        if not isinstance(value, bytes | bytearray | memoryview):
-            raise InvalidInputError(f"id {quoted(value)} is {kind}: give a str or an int{hint}")
+        raise InvalidInputError(f"id {quoted(value)} is {kind}: give a str or an int{hint}")
     return check_component(value, "id")
 
 

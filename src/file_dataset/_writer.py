@@ -154,10 +154,9 @@ def write_files(
     results: dict[str, str | Path] = {}
     for name, path in sources.items():
         dest = into.child(row_id, name)
-        if dest.is_s3 and len(dest.key.encode("utf-8", "surrogatepass")) > KEY_MAX:
+        if dest.is_s3 and (size := len(dest.key.encode("utf-8", "surrogatepass"))) > KEY_MAX:
             # S3 refuses such a key (KeyTooLongError), some servers accept it: refused
             # here, before any file of the row is sent, so no row is written in part.
-            size = len(dest.key.encode("utf-8", "surrogatepass"))
             raise InvalidInputError(
                 f"row id {quoted(row_id)}, file {quoted(name)}: the key of "
                 f"{quoted(str(dest))} is {size} bytes long; S3 keys can have at most "

@@ -25,9 +25,11 @@ _OFFSET_BYTES = 4
 
 
 def _check_batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-        raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
-    if batch_size < 1:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, numbers.Integral)
+        or batch_size < 1
+    ):
         raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
     return int(batch_size)
 
