@@ -1653,32 +1653,8 @@ def test_writes_to_an_object_lock_bucket_send_the_checksum_it_demands(
         assert body == f"row {row}".encode()
 
 
-@pytest.mark.parametrize(
-    ("variable", "endpoint"),
-    [
-        ("AWS_USE_FIPS_ENDPOINT", "https://scans.s3-fips.eu-west-1.amazonaws.com/k"),
-        ("AWS_USE_DUALSTACK_ENDPOINT", "https://scans.s3.dualstack.eu-west-1.amazonaws.com/k"),
-    ],
-)
-def test_fips_or_dual_stack_requests_go_by_boto3(
-    variable: str, endpoint: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Before: "auto" took obstore, which sent them to s3.<region>.amazonaws.com, so a
-    FIPS-bound deployment silently left FIPS. boto3's endpoint rules decide the host
-    (virtual-hosted, per region); no request is sent here."""
-    from file_dataset._backend import backend_for
-    from file_dataset._s3 import S3Backend
-    from file_dataset._urls import parse_url
-
-    monkeypatch.setenv(variable, "TRUE")
-    options = Options(
-        {
-            "aws_access_key_id": "AKIDEXAMPLE",
-            "aws_secret_access_key": "s",
-            "region_name": "eu-west-1",
-        }
-    )
-    assert type(backend_for(parse_url("s3://scans/k"), options)) is S3Backend
+def _url_boto3_sends(options: Options) -> str:
+    """The URL of boto3's HeadObject for s3://scans/k, caught before it is sent."""
     sent: list[str] = []
 
     def refuse(request: Any, **_: Any) -> Any:
@@ -1687,6 +1663,42 @@ def test_fips_or_dual_stack_requests_go_by_boto3(
 
     client = options.s3_client()
     client.meta.events.register_first("before-send.s3.HeadObject", refuse)
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(RuntimeError):
         client.head_object(Bucket="scans", Key="k")
-    assert sent == [endpoint]
+    (url,) = sent
+    return url
+
+
+@pytest.mark.parametrize("where", ["environment", "profile"])
+@pytest.mark.parametrize(
+    ("setting", "endpoint"),
+    [
+        ("use_fips_endpoint", "https://scans.s3-fips.eu-west-1.amazonaws.com/k"),
+        ("use_dualstack_endpoint", "https://scans.s3.dualstack.eu-west-1.amazonaws.com/k"),
+    ],
+)
+def test_fips_or_dual_stack_requests_go_by_boto3(
+    where: str, setting: str, endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: "auto" took obstore, which sent them to s3.<region>.amazonaws.com, so a
+    FIPS-bound deployment silently left FIPS; after a first fix, still so when the
+    profile in the AWS config file asked for it. boto3's endpoint rules decide the
+    host (virtual-hosted, per region); no request is sent here."""
+    from file_dataset._backend import backend_for
+    from file_dataset._s3 import S3Backend
+    from file_dataset._urls import parse_url
+
+    config = tmp_path / "config"
+    config.write_text("[profile p]\nregion = eu-west-1\n")
+    for name in ("AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    if where == "environment":
+        monkeypatch.setenv(f"AWS_{setting.upper()}", "TRUE")
+    else:
+        config.write_text(f"[profile p]\nregion = eu-west-1\n{setting} = true\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    options = Options(
+        {"profile_name": "p", "aws_access_key_id": "AKIDEXAMPLE", "aws_secret_access_key": "s"}
+    )
+    assert type(backend_for(parse_url("s3://scans/k"), options)) is S3Backend
+    assert _url_boto3_sends(options) == endpoint

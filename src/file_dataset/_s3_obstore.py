@@ -197,8 +197,6 @@ _CONFIG_KEYS = frozenset(
         "s3",
     }
 )
-# Environment variables (set to "true") that make boto3 use FIPS or dual-stack hosts.
-_ENV_ENDPOINT_VARIANTS = ("AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT")
 # Environment variables with which obstore would do what boto3 does not (encrypt,
 # add checksums, use S3 Express sessions), and which no setting here can undo: with
 # one of them set, "auto" goes through boto3.
@@ -250,7 +248,12 @@ def _can_serve(options: Options) -> bool:
         return False
     # FIPS and dual-stack hosts come from boto3's endpoint rules (virtual-hosted, per
     # region), which obstore's settings do not reproduce: such requests go by boto3.
-    if any(os.environ.get(name, "").lower() == "true" for name in _ENV_ENDPOINT_VARIANTS):
+    # The client's resolved config has them from the environment, the profile in the
+    # AWS config file or a Config alike.
+    resolved = options.s3_client().meta.config
+    if getattr(resolved, "use_fips_endpoint", None) or getattr(
+        resolved, "use_dualstack_endpoint", None
+    ):
         return False
     bundle = os.environ.get("AWS_CA_BUNDLE")  # a private CA that obstore would not trust
     return not bundle or os.path.realpath(bundle) in _SYSTEM_BUNDLES
