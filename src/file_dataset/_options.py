@@ -29,6 +29,8 @@ from file_dataset._errors import (
 if TYPE_CHECKING:
     import boto3
     from mypy_boto3_s3 import S3Client
+else:  # the stubs are a development dependency: at run time (typing.get_type_hints)
+    S3Client = Any  # the client is any boto3 S3 client
 
 __all__ = ["Options", "resolve_options"]
 

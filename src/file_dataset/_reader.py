@@ -12,7 +12,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 import pyarrow as pa
@@ -119,8 +119,9 @@ class TempDir(os.PathLike[str]):
     """
 
     path: Path
-    _remove: weakref.finalize[[Path], TempDir]
     _entered: bool
+    if TYPE_CHECKING:  # weakref.finalize cannot be subscripted at run time
+        _remove: weakref.finalize[[Path], TempDir]
 
     def __init__(self, path: Path) -> None:
         raise TypeError(

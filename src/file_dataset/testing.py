@@ -31,6 +31,8 @@ from file_dataset._options import Options, OptionsArgs
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+else:  # the stubs are a development dependency: at run time (typing.get_type_hints)
+    S3Client = Any  # the client is any boto3 S3 client
 
 __all__ = ["LocalS3Server"]
 
