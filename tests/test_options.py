@@ -610,6 +610,30 @@ def test_no_token_given_to_the_client_in_any_log_line(
         assert_no_secret(message)
 
 
+def test_a_token_this_process_never_used_is_masked_in_botocore_request_headers(
+    s3_server: LocalS3Server, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: botocore's DEBUG record of the request showed a token the library had not
+    seen (the job's own boto3 client) in its header dict, ``'X-Amz-Security-Token':
+    b'...'``, while the same line masked the key id (a helper's finding)."""
+    import secrets
+
+    import boto3
+
+    token = f"NeverSeenToken{secrets.token_hex(16)}"
+    client = boto3.session.Session(
+        aws_access_key_id="AKIAIOSFODNN7NEVERSEEN",
+        aws_secret_access_key=f"never-seen-{secrets.token_hex(16)}",
+        aws_session_token=token,
+        region_name="us-east-1",
+    ).client("s3", endpoint_url=s3_server.endpoint_url)
+    caplog.set_level(logging.DEBUG)
+    client.put_object(Bucket=bucket, Key="own-client", Body=b"job's own client")
+    shown = [logging.Formatter().format(record) for record in caplog.records]
+    assert any("'X-Amz-Security-Token': b'***'" in line for line in shown)
+    assert not [line for line in shown if token in line]
+
+
 def test_no_secret_or_token_in_any_log_line(
     canary_options: Options, bucket: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -106,11 +106,12 @@ _CREDENTIAL_FIELDS = (
             r"|AccessKeyId|SecretAccessKey|SessionToken)>)([^<]*)"
         ),
     ),
+    # JSON, and the header dict that botocore's DEBUG log prints (values as bytes).
     (
         ('keyid"', "keyid'", 'accesskey"', "accesskey'", 'token"', "token'"),
         re.compile(
-            r"(?i)([\"'](?:AccessKeyId|SecretAccessKey|SessionToken|Token)[\"']\s*:\s*[\"'])"
-            r"([^\"']*)"
+            r"(?i)([\"'](?:AccessKeyId|SecretAccessKey|SessionToken|Token|X-Amz-Security-Token)"
+            r"[\"']\s*:\s*b?[\"'])([^\"']*)"
         ),
     ),
     # Headers and query parameters: only where a header or a query puts them (after a
