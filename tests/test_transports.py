@@ -392,6 +392,59 @@ class _BadSignatureHandler(http.server.BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_PUT = _refuse
 
 
+class _ExpiredTokenHandler(http.server.BaseHTTPRequestHandler):
+    """Answers as S3 answers an expired session token: 400, with the code in the body,
+    which a HEAD's answer does not have."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _refuse(self) -> None:
+        body = (
+            b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ExpiredToken</Code>"
+            b"<Message>The provided token has expired.</Message></Error>"
+        )
+        self.send_response(400)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = _refuse
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_head_refused_without_a_reason_names_the_reason_s3_gives_a_get(transport: str) -> None:
+    """Before: into_size_table (and so read_file_dataset's planning) raised a plain
+    TransferError, "400: Bad Request", for an expired token, where a read raised
+    ObjectAccessDeniedError naming ExpiredToken (a helper's finding)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ExpiredTokenHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        options = Options(
+            session_kwargs={
+                "aws_access_key_id": "AKIAEXPIREDTOKEN0000",
+                "aws_secret_access_key": "s" * 40,
+                "aws_session_token": "expired" * 8,
+                "region_name": "us-east-1",
+            },
+            s3_client_kwargs={"endpoint_url": f"http://127.0.0.1:{server.server_address[1]}"},
+            transport=transport,
+            max_attempts=1,
+        )
+        frame = pd.DataFrame({"id": ["p01"], "img.mha": ["s3://bkt/img.mha"]})
+        with pytest.raises(file_dataset.ObjectAccessDeniedError) as raised:
+            file_dataset.reader(frame, options).into_size_table()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert raised.value.operation == "head"
+    assert (raised.value.url, raised.value.row_id) == ("s3://bkt/img.mha", "p01")
+    assert "access denied (ExpiredToken)" in str(raised.value)
+    assert "cannot head s3://bkt/img.mha (row id 'p01', column 'img.mha')" in str(raised.value)
+
+
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
 def test_credentials_quoted_by_a_bad_signature_answer_are_masked(
     transport: str, caplog: pytest.LogCaptureFixture

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -238,6 +238,35 @@ _TRANSPORTS = ("auto", "obstore", "boto3")
 # Whether "auto" picks obstore (when installed and able to honour the options): it costs
 # a fraction of boto3's client CPU per request (benchmarks/RESULTS.md).
 AUTO_PREFERS_OBSTORE = True
+
+
+def explain_head(
+    backend: Backend, loc: Location, translate: Callable[[], NoReturn], answered: bool
+) -> NoReturn:
+    """Raises the error of a failed HEAD, made clearer by a GET when S3 said too little.
+
+    A HEAD's answer has no body, so an error that is not "not found" or "forbidden"
+    (an invalid or expired session token, a missing SSE-C key: 400 Bad Request) shows
+    only its status. When S3 did answer (``answered``), a one-byte GET of the object
+    gets S3's code and message, and its error is raised instead, as the HEAD's.
+
+    Args:
+        backend: The backend whose HEAD failed.
+        loc: The object.
+        translate: Raises the HEAD's own error (the backend's ``translate_error``).
+        answered: Whether S3 answered the HEAD (not a connection failure).
+    """
+    try:
+        translate()
+    except TransferError as failed:
+        if type(failed) is not TransferError or not answered:
+            raise
+        try:
+            backend.read_first(loc, 1)
+        except TransferError as told:
+            clearer = type(told)(str(loc), told.reason, operation="head")
+            raise clearer from failed
+        raise
 
 
 def transport_of(options: Options) -> str:

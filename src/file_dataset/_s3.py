@@ -7,6 +7,7 @@ import io
 import os
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -24,6 +25,7 @@ from file_dataset._backend import (
     Blob,
     Sink,
     check_same_version,
+    explain_head,
     is_weak,
     new_buffer,
     read_source,
@@ -429,7 +431,9 @@ class S3Backend:
                 Bucket=loc.bucket, Key=loc.key, **self._args("head")
             )
         except (ClientError, BotoCoreError) as e:
-            translate_error(e, str(loc), "head")
+            explain_head(
+                self, loc, partial(translate_error, e, str(loc), "head"), isinstance(e, ClientError)
+            )
         if resp.get("ContentLength") is None:
             raise TransferError(
                 str(loc), "the server's answer to a HEAD gave no Content-Length", operation="head"

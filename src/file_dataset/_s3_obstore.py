@@ -44,6 +44,7 @@ from file_dataset._backend import (
     Sink,
     check_same_version,
     copy_into,
+    explain_head,
     is_weak,
     read_source,
     remember,
@@ -586,7 +587,8 @@ class ObstoreS3Backend:
             head = self._request(loc, lambda store: obstore.head(store, loc.key), "head")
             return int(head["size"])
         except (BaseError, OSError) as e:
-            translate_error(e, str(loc), "head")
+            answered = "non-2xx status" in str(e)
+            explain_head(self, loc, partial(translate_error, e, str(loc), "head"), answered)
 
     def write(self, src: Path, loc: Location) -> None:
         where = (self._options.s3_client_kwargs.get("endpoint_url"), loc.bucket)
