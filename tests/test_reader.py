@@ -611,6 +611,27 @@ def test_download_to_takes_a_str_or_home_relative_root_and_makes_it(
     assert not (tmp_path / "~").exists()
 
 
+def test_download_to_names_the_row_whose_folder_a_file_stands_in_the_way_of(
+    tmp_path: Path,
+) -> None:
+    """Before: a bare "FileExistsError: [Errno 17] File exists: '<root>/r2'", with
+    neither the row nor what was wrong; nothing is downloaded."""
+    source = tmp_path / "a.txt"
+    source.write_bytes(b"alpha")
+    frame = pd.DataFrame({"id": ["r1", "r2"], "a.txt": [str(source)] * 2})
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "r2").write_bytes(b"a file of yours")
+    with pytest.raises(file_dataset.TransferError) as info:
+        file_dataset.reader(frame).download_to(tmp_path / "root")
+    assert str(info.value) == (
+        f"cannot write {tmp_path / 'root' / 'r2'} (row id 'r2'): "
+        f"{tmp_path / 'root' / 'r2'} is in the way: not a folder"
+    )
+    assert info.value.row_id == "r2"
+    assert (tmp_path / "root" / "r2").read_bytes() == b"a file of yours"
+    assert not (tmp_path / "root" / "r1" / "a.txt").exists()
+
+
 def test_blob_table_over_2_gib_from_sparse_local_files(tmp_path: Path) -> None:
     size = 800 * MiB
     marks = {0: b"first", 123_456_789: b"middle", size - 5: b"last!"}

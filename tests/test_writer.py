@@ -644,6 +644,30 @@ def test_a_source_whose_name_is_too_long_names_its_row_and_file(tmp_path: Path) 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("blocker", ["the row folder", "into_path"])
+def test_a_file_where_a_folder_must_be_is_named(blocker: str, tmp_path: Path) -> None:
+    """Before: "cannot write .../out/r7/o.txt (row id 'r7', column 'o.txt'): File
+    exists", which did not say that out/r7 is a file (a helper's finding); and "Not a
+    directory" when into_path itself was a file."""
+    source = tmp_path / "o.txt"
+    source.write_bytes(b"output")
+    if blocker == "the row folder":
+        into = tmp_path / "out"
+        into.mkdir()
+        in_the_way = into / "r7"
+        in_the_way.touch()
+    else:
+        into = in_the_way = source
+    with pytest.raises(file_dataset.TransferError) as info:
+        file_dataset.write_files({"o.txt": source}, into, "r7")
+    assert str(info.value) == (
+        f"cannot write {into / 'r7' / 'o.txt'} (row id 'r7', column 'o.txt'): "
+        f"{in_the_way} is in the way: not a folder"
+    )
+    assert info.value.errno == errno.ENOTDIR
+    assert source.read_bytes() == b"output"
+
+
 def test_a_local_write_that_fails_leaves_no_empty_row_folder(tmp_path: Path) -> None:
     # /proc/self/mem is a regular file that fails with EIO when read at offset 0: the
     # source fails mid-copy, after the row folder was made. The folder was left, empty,

@@ -61,12 +61,29 @@ def temp_file_in_place(dest: Path) -> tuple[int, str]:
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             return new_temp_file(dest)
-        except (FileNotFoundError, FileExistsError):
+        except (FileNotFoundError, FileExistsError, NotADirectoryError) as e:
             # FileExistsError: mkdir saw the folder, which was gone when it checked it
-            # was one. Any other cause raises again on the last attempt.
+            # was one, or a file stands there. Any other cause raises again on the last
+            # attempt.
             attempts -= 1
+            blocker = not_a_folder(dest.parent)
+            if blocker is not None:
+                raise blocker from e
             if not attempts:
                 raise
+
+
+def not_a_folder(folder: Path) -> OSError | None:
+    """The error naming what stands where ``folder`` or a parent must be, if anything.
+
+    That is a file or a broken link; ``None`` when the path is clear.
+    """
+    for path in (folder, *folder.parents):
+        if os.path.lexists(path):
+            if os.path.isdir(path):
+                return None
+            return NotADirectoryError(errno.ENOTDIR, f"{path} is in the way: not a folder")
+    return None
 
 
 _COPY_CHUNK = 8 * 1024 * 1024

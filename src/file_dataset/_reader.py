@@ -18,8 +18,9 @@ import pandas as pd
 import pyarrow as pa
 
 from file_dataset._backend import Blob, copy_into, new_buffer
-from file_dataset._errors import InvalidInputError
+from file_dataset._errors import InvalidInputError, translate_os_error
 from file_dataset._frame import ID_COLUMN, FileTable, parse_frame, parse_row
+from file_dataset._local import not_a_folder
 from file_dataset._options import Options, resolve_options
 from file_dataset._transfer import Context, Job, download_job, read_job, run_jobs, size_job
 from file_dataset._urls import Location, check_local_name
@@ -292,8 +293,12 @@ class FileReader:
         folders: dict[str, Path] = {}
         if table.ids is not None:
             for row_id in table.ids:
-                folders[row_id] = root / row_id
-                folders[row_id].mkdir(parents=True, exist_ok=True)
+                folder = folders[row_id] = root / row_id
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as e:  # a file in the way, no permission, ...
+                    failure = translate_os_error(not_a_folder(folder) or e, str(folder), "write")
+                    raise failure.with_context(row_id, None) from e
         jobs: list[Job[Path]] = []
         contexts: list[Context] = []
         paths: dict[str, Path] = {}
