@@ -16,6 +16,7 @@ two subclasses also set ``errno`` (``ENOENT``, ``EACCES``), as the built-in ones
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -250,11 +251,14 @@ class TransferError(FileDatasetError, OSError):
             else ``None``.
         filename: The same as ``url``, as ``OSError`` handlers expect.
         strerror: The same as ``reason``.
+        unreachable: Whether the endpoint could not be reached at all (no connection
+            was made, after every attempt), as opposed to an answer of the server.
     """
 
     _ERRNO: int | None = None
     filename: str
     strerror: str
+    unreachable: bool = False
 
     def __init__(
         self,
@@ -313,6 +317,7 @@ class TransferError(FileDatasetError, OSError):
             self.url, self.reason, operation=self.operation, row_id=row_id, column=column
         )
         copy.errno = self.errno  # a local failure's (ENOSPC, say), when set
+        copy.unreachable = self.unreachable
         return copy
 
 
@@ -345,6 +350,38 @@ class ObjectAccessDeniedError(TransferError, PermissionError):
     """The credentials in use may not read or write the object."""
 
     _ERRNO = errno.EACCES
+
+
+def no_descriptor_left(error: BaseException, text: str) -> str | None:
+    """The error to raise when ``error`` comes from having no file descriptor left.
+
+    The transports report EMFILE as a connection that could not be made, which sends
+    the reader to the network instead of to ``ulimit -n`` and ``max_concurrency``.
+    It shows in the chain of ``error`` (boto3) or only in its ``text`` (obstore).
+
+    Returns:
+        The reason to give (the error's ``errno`` is then EMFILE), or ``None`` when
+        ``error`` has another cause.
+    """
+    link: BaseException | None = error
+    seen: list[BaseException] = []
+    while link is not None and link not in seen:
+        if isinstance(link, OSError) and link.errno == errno.EMFILE:
+            break
+        seen.append(link)
+        link = link.__cause__ or link.__context__
+    else:
+        if "Too many open files" not in text and "os error 24" not in text:
+            return None
+    limit = ""
+    with contextlib.suppress(ImportError, OSError, ValueError):
+        import resource
+
+        limit = f", now {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"
+    return (
+        "too many open files: this process has no file descriptor left (its limit is "
+        f"ulimit -n{limit}); lower Options(max_concurrency=...) or raise the limit"
+    )
 
 
 def translate_os_error(error: OSError, url: str, operation: str) -> TransferError:

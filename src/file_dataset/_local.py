@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import functools
 import io
+import logging
 import os
 import secrets
+import shutil
 import stat as stat_module
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from file_dataset._backend import (
     CHANGED,
@@ -24,6 +29,7 @@ from file_dataset._backend import (
 from file_dataset._errors import (
     ObjectNotFoundError,
     TransferError,
+    printable,
     translate_os_error,
 )
 from file_dataset._urls import Location, temp_prefix
@@ -47,6 +53,64 @@ def new_temp_file(dest: Path) -> tuple[int, str]:
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, f"no free temporary name beside {str(dest)!r}")
+
+
+logger = logging.getLogger("file_dataset")
+
+# Folders of ours whose removal failed (no file descriptor left, say) or was cut short
+# (a second Ctrl-C while removing 200,000 folders, which takes a minute on a slow
+# disk): what is left of them is removed when the interpreter exits.
+_REMOVING: set[Path] = set()
+
+
+def _remove_left_folders() -> None:
+    for path in list(_REMOVING):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+atexit.register(_remove_left_folders)
+
+
+def remove_tree(path: Path, hint: str = "") -> bool:
+    """Removes a temporary folder of ours (or a file or link put in its place).
+
+    Tried three times (a thread may still be writing in it); a folder that stays is
+    named in a WARNING on the ``file_dataset`` logger with the error that kept it, and
+    tried again at exit.
+
+    Args:
+        path: The folder.
+        hint: What may have kept it, for the warning.
+
+    Returns:
+        Whether nothing is left at ``path``.
+    """
+    _REMOVING.add(path)
+    errors: list[BaseException] = []
+
+    def keep(*args: Any) -> None:
+        errors.append(args[-1] if isinstance(args[-1], BaseException) else args[-1][1])
+
+    for _ in range(3):
+        errors.clear()  # the first error of the last try says why: later ones follow
+        if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=keep)
+        else:
+            shutil.rmtree(path, onerror=keep)
+        if not os.path.lexists(path):
+            _REMOVING.discard(path)
+            return True
+    logger.warning(
+        "file_dataset could not remove its temporary folder %s (%s%s); it is tried again "
+        "when the interpreter exits",
+        printable(str(path)),
+        printable(str(errors[0])) if errors else "it is still there",
+        f"; {hint}" if hint else "",
+    )
+    return False
 
 
 def temp_file_in_place(dest: Path) -> tuple[int, str]:

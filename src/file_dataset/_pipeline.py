@@ -37,6 +37,7 @@ from file_dataset._errors import (
     quoted_masked,
 )
 from file_dataset._frame import ID_COLUMN, FileTable, check_frame, frame_rows, parse_cells
+from file_dataset._local import remove_tree
 from file_dataset._options import Options, resolve_options
 from file_dataset._reader import FileReader
 from file_dataset._urls import (
@@ -102,6 +103,8 @@ class _Call:
     lock: threading.Lock = field(default_factory=threading.Lock)
     unclaimed: dict[int, tuple[Path, Path]] = field(default_factory=dict)
     abandoned: bool = False
+    read_any: bool = False  # whether a row's download has succeeded
+    written: int = 0  # rows whose outputs were all written
 
     def downloaded(self, index: int, folders: tuple[Path, Path]) -> None:
         """Keeps a row's folders until fn takes them, or removes them if too late."""
@@ -143,7 +146,11 @@ class Pipeline:
 
     A row that fails anywhere (download, ``fn``, ``fn`` returning ``None`` or a value
     that is not a local file, upload) is dropped from the output and logged at WARNING
-    with its id and reason, unless ``on_error="raise"``. The failures of the calling
+    with its id and reason, unless ``on_error="raise"``; each call ends with one line
+    saying how many rows were written and dropped. An endpoint that cannot be reached
+    at all before any row of the call has been read ends the call with its
+    :class:`TransferError` (``unreachable``), whatever ``on_error``, rather than drop
+    every row in turn. The failures of the calling
     thread's last call are kept in :attr:`last_failures`. The output DataFrame has a
     fresh ``0..n-1`` index: join it to the input on ``id``, not on the index.
 
@@ -168,8 +175,9 @@ class Pipeline:
             same server.
         on_error: ``"drop"`` (default) to drop failed rows, ``"raise"`` to re-raise.
         progress: Whether to show a tqdm progress bar over each call's rows (a row
-            counts when its upload is done or it is dropped). No bar is shown when
-            ``sys.stderr`` is ``None`` (pythonw, some daemons).
+            counts when its upload is done or it is dropped). It is drawn only on a
+            terminal or in a notebook: not when ``sys.stderr`` is a file or a pipe
+            (cron, a Ray worker's log) or ``None`` (pythonw, some daemons).
 
     Raises:
         TypeError: ``fn`` is not callable or cannot be called as ``fn(input_dir,
@@ -253,9 +261,9 @@ class Pipeline:
 
         Otherwise every row would be downloaded and run through ``fn``, only to be
         dropped at its upload. Asked once per process, bucket and options (one HEAD of
-        the bucket); an answer other than "no such bucket" (403 without
-        ``s3:ListBucket``, no answer at all) lets the rows run, and their uploads say
-        what is wrong.
+        the bucket). An endpoint that cannot be reached at all is refused too; another
+        answer than "no such bucket" (403 without ``s3:ListBucket``, a timeout) lets the
+        rows run, and their uploads say what is wrong.
         """
         into_path = self.write_options["into_path"]
         loc = parse_url(into_path, prefix=True)
@@ -280,8 +288,16 @@ class Pipeline:
                     mask_secrets(str(into_path)), "the bucket does not exist", operation="write"
                 ) from None
             return
-        except Exception:  # no answer: the rows' transfers will report it
-            return
+        except Exception as e:
+            from file_dataset._s3 import translate_error
+
+            try:
+                translate_error(e, str(loc), "write")
+            except TransferError as failure:
+                if failure.unreachable:  # a wrong endpoint, a network down
+                    failure.add_note(_UNREACHABLE_NOTE)
+                    raise
+            return  # no answer in time: the rows' transfers will report it
         remember(_BUCKETS_FOUND, (options, loc.bucket), True)
 
     # --- stages -------------------------------------------------------------------
@@ -351,14 +367,16 @@ class Pipeline:
                     continue
                 local = output_dir / _local_output(name, path)  # relative: in output_dir
                 if not local.is_file():
-                    what = (
-                        "a directory, not a file"
+                    # Each with its own OSError, so that a handler for missing files
+                    # does not count a folder returned by fn as one.
+                    kind, what = (
+                        (IsADirectoryError, "a directory, not a file")
                         if local.is_dir()
-                        else "a device, pipe or socket, not a regular file"
+                        else (OSError, "a device, pipe or socket, not a regular file")
                         if local.exists()
-                        else "not an existing file"
+                        else (FileNotFoundError, "not an existing file")
                     )
-                    raise FileNotFoundError(
+                    raise kind(
                         f"fn returned {quoted(name)} -> {quoted_masked(str(local))}, "
                         f"which is {what}"
                     )
@@ -482,7 +500,8 @@ class Pipeline:
                 total=len(ids),
                 unit="row",
                 desc="file_dataset.Pipeline",
-                disable=sys.stderr is None,  # tqdm would fail writing to it
+                # drawn only where it is redrawn in place; tqdm would fail writing to None
+                disable=not _redrawn_in_place(sys.stderr),
             )
         # Threads: this row's and the next row's downloads (each also makes the row's
         # output folder), up to _UPLOADS_IN_FLIGHT + 1 uploads (the newest is submitted
@@ -512,6 +531,7 @@ class Pipeline:
                 if failed is not None:
                     self._fail(call, failed)
                     continue
+                call.read_any = True
                 try:
                     call.claim(index)  # from here on, removing them is this loop's job
                     outputs = self._run_fn(row_id, input_dir, output_dir)
@@ -566,6 +586,7 @@ class Pipeline:
         finally:
             if call.bar is not None:
                 call.bar.close()
+        _log_summary(call, len(ids))
         return _output_frame(
             file_dataframe[ID_COLUMN], written, _id_last(list(file_dataframe.columns))
         )
@@ -584,16 +605,23 @@ class Pipeline:
             failed = e  # handled below, outside the except block (see _process)
         if failed is not None:
             self._fail(call, failed)
-        elif call.bar is not None:
+            return
+        call.written += 1
+        if call.bar is not None:
             call.bar.update(1)
 
     def _fail(self, call: _Call, row_error: _RowError) -> None:
         failure = row_error.failure
         call.failures.append(failure)
-        if call.bar is not None and self.on_error == "drop":  # else the call ends here
+        # An endpoint that no row of the call has reached (a wrong endpoint, a network
+        # down) would fail every row in turn, each after its retries: the call ends.
+        unreachable = getattr(failure.error, "unreachable", False) and not call.read_any
+        if unreachable:
+            failure.error.add_note(_UNREACHABLE_NOTE)
+        if call.bar is not None and self.on_error == "drop" and not unreachable:
             call.bar.set_postfix(dropped=len(call.failures), refresh=False)
-            call.bar.update(1)
-        if self.on_error == "raise":
+            call.bar.update(1)  # else the call ends here
+        if self.on_error == "raise" or unreachable:
             if failure.stage == "fn":  # neither fn nor a check of its result names the row
                 failure.error.add_note(
                     f"file_dataset.Pipeline: fn failed on row id {quoted(failure.id)}"
@@ -614,6 +642,47 @@ class Pipeline:
                 # credentials even when fn's own exception quotes them.
                 printable(masked_cut(_describe(row_error), 2000)),
             )
+
+
+def _redrawn_in_place(stream: Any) -> bool:
+    """Whether a progress bar on ``stream`` is redrawn in place.
+
+    That is a terminal, or a notebook (whose stderr is no terminal but shows carriage
+    returns as one does). In a file or a pipe (cron, a batch system, a Ray worker's
+    log) each redraw would be appended to one endless line, every warning behind it.
+    """
+    if stream is None:
+        return False
+    with contextlib.suppress(Exception):
+        if stream.isatty():
+            return True
+    return "ipykernel" in sys.modules
+
+
+def _log_summary(call: _Call, rows: int) -> None:
+    """One line per call: how many rows were written and dropped, and where they failed."""
+    if not call.failures:
+        logger.info("file_dataset.Pipeline wrote %d of %d rows", call.written, rows)
+        return
+    counts = collections.Counter(failure.stage for failure in call.failures)
+    where = ", ".join(
+        f"{stage}: {counts[stage]}" for stage in ("read", "fn", "write") if counts[stage]
+    )
+    logger.warning(
+        "file_dataset.Pipeline wrote %d of %d rows and dropped %d (%s); their ids and "
+        "errors are on Pipeline.last_failures",
+        call.written,
+        rows,
+        len(call.failures),
+        where,
+    )
+
+
+_UNREACHABLE_NOTE = (
+    "file_dataset.Pipeline: the endpoint could not be reached before any row of this "
+    "call was read, so the call stops instead of dropping every row (check the "
+    "endpoint and the network)"
+)
 
 
 def _default_options() -> Options:
@@ -720,19 +789,7 @@ def _remove(folders: Iterable[Path]) -> None:
     in it (rmtree then meets files that were not there when it listed the folder).
     """
     for folder in folders:
-        for _ in range(3):
-            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-                with contextlib.suppress(OSError):
-                    folder.unlink()
-            shutil.rmtree(folder, ignore_errors=True)
-            if not os.path.lexists(folder):
-                break
-        else:
-            logger.warning(
-                "file_dataset.Pipeline could not remove its temporary folder %s (is "
-                "something fn started still writing in it?)",
-                printable(str(folder)),
-            )
+        remove_tree(folder, "is something fn started still writing in it?")
 
 
 def _where(paths: Iterable[Path], input_dir: Path, output_dir: Path) -> tuple[bool, bool]:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import atexit
 import errno
 import itertools
 import os
-import shutil
 import tempfile
 import weakref
 from collections.abc import Callable, Iterator, Mapping
@@ -20,7 +18,7 @@ import pyarrow as pa
 from file_dataset._backend import Blob, copy_into, new_buffer
 from file_dataset._errors import InvalidInputError, translate_os_error
 from file_dataset._frame import ID_COLUMN, FileTable, parse_frame, parse_row
-from file_dataset._local import not_a_folder
+from file_dataset._local import not_a_folder, remove_tree
 from file_dataset._options import Options, resolve_options
 from file_dataset._transfer import Context, Job, download_job, read_job, run_jobs, size_job
 from file_dataset._urls import Location, check_local_name
@@ -78,30 +76,6 @@ def reader(
     data = source if source is not None else row
     table = parse_frame(data) if isinstance(data, pd.DataFrame) else parse_row(data)  # type: ignore[arg-type]
     return FileReader(table, resolved)
-
-
-# Folders whose removal was under way when an interrupt (a second Ctrl-C) cut it
-# short: what is left of them is removed when the interpreter exits.
-_REMOVING: set[Path] = set()
-
-
-def _remove_left_folders() -> None:
-    for path in list(_REMOVING):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-atexit.register(_remove_left_folders)
-
-
-def remove_tree(path: Path) -> None:
-    """Removes a folder and what it holds; if interrupted, the rest goes at exit.
-
-    Removing 200,000 folders takes a minute on a slow disk, long enough for a second
-    Ctrl-C, which left the half-removed folder behind for good.
-    """
-    _REMOVING.add(path)
-    shutil.rmtree(path, ignore_errors=True)
-    _REMOVING.discard(path)
 
 
 class TempDir(os.PathLike[str]):
@@ -250,7 +224,9 @@ class FileReader:
                 column), or ``dir`` does not exist.
             NotADirectoryError: ``dir`` is not a folder.
             PermissionError: Access to an object was denied.
-            OSError: Another transfer failure. On any error nothing is left on disk.
+            OSError: Another transfer failure. On any error nothing is left on disk
+                (a folder that cannot be removed, for want of file descriptors say,
+                is named in a WARNING and removed when the interpreter exits).
         """
         root = Path(tempfile.mkdtemp(prefix="file_dataset-", dir=_parent_dir(dir)))
         try:

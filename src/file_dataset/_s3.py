@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import http.client
 import io
 import os
@@ -11,7 +12,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
-from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    FlexibleChecksumError,
+)
 from botocore.httpchecksum import StreamingChecksumBody
 from s3transfer.upload import UploadSubmissionTask
 from s3transfer.utils import ReadFileChunk, get_filtered_dict
@@ -38,6 +45,7 @@ from file_dataset._errors import (
     TransferError,
     mask_secrets,
     masked_cause,
+    no_descriptor_left,
 )
 from file_dataset._options import Options
 from file_dataset._urls import Location
@@ -104,8 +112,15 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
             "nothing was kept",
             operation=operation,
         ) from cause
+    shortage = no_descriptor_left(error, str(error))
+    if shortage is not None:
+        failure = TransferError(url, shortage, operation=operation)
+        failure.errno = errno.EMFILE
+        raise failure from cause
     reason = f"{type(error).__name__}: {mask_secrets(str(error))}"
-    raise TransferError(url, reason, operation=operation) from cause
+    failure = TransferError(url, reason, operation=operation)
+    failure.unreachable = isinstance(error, EndpointConnectionError | ConnectTimeoutError)
+    raise failure from cause
 
 
 # What reading a response body raises when the connection drops part-way (botocore

@@ -15,6 +15,7 @@ Selected with ``FILE_DATASET_TRANSPORT=obstore`` (see :func:`file_dataset._backe
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 import re
 import threading
@@ -57,6 +58,7 @@ from file_dataset._errors import (
     TransferError,
     mask_secrets,
     masked_cause,
+    no_descriptor_left,
     remember_secrets,
 )
 from file_dataset._options import Options
@@ -123,6 +125,11 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
     reason = f"{code}: {message}" if code and message else (code or first_line)
     if isinstance(error, PreconditionError) or code == "PreconditionFailed":  # If-Match
         raise TransferError(url, CHANGED, operation=operation) from cause
+    shortage = no_descriptor_left(error, text)
+    if shortage is not None:  # obstore says "error sending request"
+        failure = TransferError(url, shortage, operation=operation)
+        failure.errno = errno.EMFILE
+        raise failure from cause
     if "body error" in first_line:  # object_store's own resumes of a body gave up
         reason = (
             "the response body could not be read whole, even after resuming it up to "
@@ -155,7 +162,9 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
         what = code or status_code or "forbidden"
         reason = f"access denied ({what}); check the credentials in Options"
         raise ObjectAccessDeniedError(url, reason, operation=operation) from cause
-    raise TransferError(url, reason, operation=operation) from cause
+    failure = TransferError(url, reason, operation=operation)
+    failure.unreachable = reason.startswith("could not connect to the endpoint")
+    raise failure from cause
 
 
 class _Credentials:

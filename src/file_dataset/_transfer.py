@@ -31,7 +31,7 @@ from file_dataset._backend import (
     new_buffer,
     write_chunks,
 )
-from file_dataset._errors import ObjectNotFoundError, TransferError
+from file_dataset._errors import ObjectNotFoundError, TransferError, quoted
 from file_dataset._local import temp_file_in_place
 from file_dataset._options import Options, Reply, RunState
 from file_dataset._urls import Location
@@ -371,5 +371,13 @@ def run_jobs(
         if contexts is not None and isinstance(error, TransferError):
             row_id, column = contexts[index]
             raise error.with_context(row_id, column) from (error.__cause__ or error)
+        if contexts is not None and isinstance(error, Exception):
+            # MemoryError (an object larger than the memory left), RuntimeError (no
+            # thread could be started): the type is kept, and the object is named.
+            row_id, column = contexts[index]
+            where = [f"row id {quoted(row_id)}"] if row_id is not None else []
+            where += [f"column {quoted(column)}"] if column is not None else []
+            if where:
+                error.add_note(f"file_dataset: raised by the transfer of {', '.join(where)}")
         raise error
     return results
