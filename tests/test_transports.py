@@ -436,19 +436,26 @@ except file_dataset.TransferError as e:
     )
 
 
-class _ExpiredTokenHandler(http.server.BaseHTTPRequestHandler):
-    """Answers as S3 answers an expired session token: 400, with the code in the body,
-    which a HEAD's answer does not have."""
+class _RefusingHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every HEAD with ``head`` and every GET with ``get`` (status, S3 code),
+    the code in the body, which a HEAD's answer does not have; ``seen`` lists the
+    requests by method."""
+
+    head: ClassVar[tuple[int, str]] = (400, "ExpiredToken")
+    get: ClassVar[tuple[int, str]] = (400, "ExpiredToken")
+    seen: ClassVar[list[str]] = []
 
     def log_message(self, *args: object) -> None:
         pass
 
     def _refuse(self) -> None:
+        self.seen.append(self.command)
+        status, code = self.head if self.command == "HEAD" else self.get
         body = (
-            b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ExpiredToken</Code>"
-            b"<Message>The provided token has expired.</Message></Error>"
-        )
-        self.send_response(400)
+            f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+            "<Message>Refused.</Message></Error>"
+        ).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(body)))
         self.end_headers()
@@ -458,12 +465,10 @@ class _ExpiredTokenHandler(http.server.BaseHTTPRequestHandler):
     do_GET = do_HEAD = _refuse
 
 
-@pytest.mark.parametrize("transport", ["obstore", "boto3"])
-def test_a_head_refused_without_a_reason_names_the_reason_s3_gives_a_get(transport: str) -> None:
-    """Before: into_size_table (and so read_file_dataset's planning) raised a plain
-    TransferError, "400: Bad Request", for an expired token, where a read raised
-    ObjectAccessDeniedError naming ExpiredToken (a helper's finding)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ExpiredTokenHandler)
+def _size_through(handler: type[_RefusingHandler], transport: str) -> BaseException:
+    """The error of into_size_table of s3://bkt/img.mha (row p01) from ``handler``."""
+    handler.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         options = Options(
@@ -478,15 +483,128 @@ def test_a_head_refused_without_a_reason_names_the_reason_s3_gives_a_get(transpo
             max_attempts=1,
         )
         frame = pd.DataFrame({"id": ["p01"], "img.mha": ["s3://bkt/img.mha"]})
-        with pytest.raises(file_dataset.ObjectAccessDeniedError) as raised:
+        with pytest.raises(file_dataset.TransferError) as raised:
             file_dataset.reader(frame, options).into_size_table()
     finally:
         server.shutdown()
         server.server_close()
-    assert raised.value.operation == "head"
-    assert (raised.value.url, raised.value.row_id) == ("s3://bkt/img.mha", "p01")
-    assert "access denied (ExpiredToken)" in str(raised.value)
-    assert "cannot head s3://bkt/img.mha (row id 'p01', column 'img.mha')" in str(raised.value)
+    return raised.value
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_head_refused_without_a_reason_names_the_reason_s3_gives_a_get(transport: str) -> None:
+    """Before: into_size_table (and so read_file_dataset's planning) raised a plain
+    TransferError, "400: Bad Request", for an expired token, where a read raised
+    ObjectAccessDeniedError naming ExpiredToken (a helper's finding)."""
+
+    class Expired(_RefusingHandler):
+        pass
+
+    error = _size_through(Expired, transport)
+    assert isinstance(error, file_dataset.ObjectAccessDeniedError)
+    assert (error.operation, error.url, error.row_id) == ("head", "s3://bkt/img.mha", "p01")
+    assert (error.errno, error.status) == (errno.EACCES, 400)
+    assert str(error) == (
+        "cannot head s3://bkt/img.mha (row id 'p01', column 'img.mha'): access denied "
+        "(ExpiredToken); check the credentials in Options"
+    )
+    assert Expired.seen[0] == "HEAD"
+    assert "GET" in Expired.seen  # (twice with obstore: its read of an empty object)
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_only_a_4xx_head_is_asked_again_and_only_a_4xx_get_replaces_it(transport: str) -> None:
+    """A regression hunt found the first version doubling the retries of a 5xx or a
+    throttle (88.9 s instead of 44 with boto3's), and raising a GET's unrelated 5xx or
+    connection error in place of the HEAD's 400."""
+
+    class Unavailable(_RefusingHandler):
+        head = (503, "SlowDown")
+
+    error = _size_through(Unavailable, transport)
+    assert (type(error), error.status) == (file_dataset.TransferError, 503)
+    assert set(Unavailable.seen) == {"HEAD"}
+
+    class BadThenBroken(_RefusingHandler):
+        get = (500, "InternalError")
+
+    error = _size_through(BadThenBroken, transport)
+    assert (type(error), error.status) == (file_dataset.TransferError, 400)
+    assert "GET" in BadThenBroken.seen
+    assert "InternalError" not in str(error)
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_an_endpoint_that_never_answers_is_unreachable_on_both_transports(
+    transport: str,
+) -> None:
+    """A connection accepted and never answered (a firewall, a wrong VPC endpoint): the
+    error says so, and unreachable is set on both transports (boto3 set it for a
+    connect timeout, obstore, which cannot tell the two timeouts apart, never)."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel), never answers
+    try:
+        options = Options(
+            session_kwargs={
+                "aws_access_key_id": "AKIASILENT0000000000",
+                "aws_secret_access_key": "s" * 40,
+                "region_name": "us-east-1",
+            },
+            s3_client_kwargs={
+                "endpoint_url": f"http://127.0.0.1:{listener.getsockname()[1]}",
+                "config": Config(connect_timeout=1, read_timeout=1),
+            },
+            transport=transport,
+            max_attempts=1,
+        )
+        with pytest.raises(file_dataset.TransferError) as raised:
+            file_dataset.reader({"f": "s3://bkt/k"}, options).into_blob_table()
+    finally:
+        listener.close()
+    assert raised.value.unreachable
+    assert raised.value.status is None
+    assert str(raised.value).startswith("cannot read s3://bkt/k (column 'f'): ")
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_key_that_quotes_emfile_is_not_taken_for_it(
+    transport: str, s3_server: LocalS3Server, bucket: str
+) -> None:
+    """Before, with obstore: a missing object whose key held "Too many open files" or
+    "os error 24" was reported as out of file descriptors (errno EMFILE), since
+    obstore's error quotes the key (a regression hunt's finding)."""
+    options = s3_server.options(transport=transport, max_attempts=1)
+    for key in ("logs/Too many open files.txt", "logs/os error 24 (Too many open files)"):
+        with pytest.raises(file_dataset.ObjectNotFoundError) as raised:
+            file_dataset.reader({"f": f"s3://{bucket}/{key}"}, options).into_blob_table()
+        assert (raised.value.errno, raised.value.status) == (errno.ENOENT, 404)
+
+
+@pytest.mark.parametrize("transport", ["auto", "boto3"])
+def test_credentials_that_fail_to_load_are_a_transfer_error(
+    transport: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: botocore's CredentialRetrievalError escaped raw (not a FileDatasetError)
+    with boto3, and with "auto" after this session's first FIPS change (a regression
+    hunt's finding). No request is sent: the credentials fail first."""
+    config = tmp_path / "config"
+    config.write_text("[profile broken]\nregion = us-east-1\ncredential_process = /bin/false\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    options = Options(
+        {"profile_name": "broken"},
+        {"endpoint_url": "http://127.0.0.1:9"},
+        transport=transport,
+        max_attempts=1,
+    )
+    with pytest.raises(file_dataset.TransferError) as raised:
+        file_dataset.reader({"f": "s3://bkt/k"}, options).into_blob_table()
+    assert str(raised.value).startswith(
+        "cannot read s3://bkt/k (column 'f'): CredentialRetrievalError: "
+    )
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])

@@ -390,6 +390,14 @@ def test_a_column_of_bytes_is_refused_before_any_row(column: object) -> None:
             "https://a.blob.core.windows.net/c?sv=1&sig=ab/cd%2Bef=&se=2",
             "https://a.blob.core.windows.net/c?sv=1&sig=***&se=2",
         ),
+        # a token in the other forms of botocore's header records, and a query alone
+        (
+            "[('X-Amz-Security-Token', b'IQoJ+tok=')] {'X-Amz-Security-Token': bytearray(b'B')}",
+            "[('X-Amz-Security-Token', b'***')] {'X-Amz-Security-Token': bytearray(b'***')}",
+        ),
+        ("X-Amz-Security-Token=IQoJ+tok&x=1", "X-Amz-Security-Token=***&x=1"),
+        # a column named token keeps its neighbours
+        ("['id', 'token', 'image.mha']", "['id', 'token', 'image.mha']"),
         # names that only look like fields: a relative path, a Hive-style key
         ("signature=v2/scan.mha", "signature=v2/scan.mha"),
         (

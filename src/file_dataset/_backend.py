@@ -240,31 +240,37 @@ _TRANSPORTS = ("auto", "obstore", "boto3")
 AUTO_PREFERS_OBSTORE = True
 
 
-def explain_head(
-    backend: Backend, loc: Location, translate: Callable[[], NoReturn], answered: bool
-) -> NoReturn:
+def _client_error(error: TransferError) -> bool:
+    """Whether ``error`` is an answer of 400-499 (not a 5xx, a throttle, no answer)."""
+    return error.status is not None and 400 <= error.status < 500
+
+
+def explain_head(backend: Backend, loc: Location, translate: Callable[[], NoReturn]) -> NoReturn:
     """Raises the error of a failed HEAD, made clearer by a GET when S3 said too little.
 
-    A HEAD's answer has no body, so an error that is not "not found" or "forbidden"
-    (an invalid or expired session token, a missing SSE-C key: 400 Bad Request) shows
-    only its status. When S3 did answer (``answered``), a one-byte GET of the object
-    gets S3's code and message, and its error is raised instead, as the HEAD's.
+    A HEAD's answer has no body, so a 4xx other than "not found" or "forbidden" (an
+    invalid or expired session token, a missing SSE-C key: 400 Bad Request) shows
+    only its status. A one-byte GET of the object then gets S3's code and message:
+    when it too is refused with a 4xx, its error is raised instead, as the HEAD's
+    (other failures of the GET leave the HEAD's error as it was).
 
     Args:
         backend: The backend whose HEAD failed.
         loc: The object.
         translate: Raises the HEAD's own error (the backend's ``translate_error``).
-        answered: Whether S3 answered the HEAD (not a connection failure).
     """
     try:
         translate()
     except TransferError as failed:
-        if type(failed) is not TransferError or not answered:
+        if type(failed) is not TransferError or not _client_error(failed):
             raise
         try:
             backend.read_first(loc, 1)
         except TransferError as told:
+            if not _client_error(told):
+                raise failed from failed.__cause__
             clearer = type(told)(str(loc), told.reason, operation="head")
+            clearer.errno, clearer.status = told.errno, told.status
             raise clearer from failed
         raise
 

@@ -111,8 +111,8 @@ _CREDENTIAL_FIELDS = (
     (
         ('keyid"', "keyid'", 'accesskey"', "accesskey'", 'token"', "token'"),
         re.compile(
-            r"(?i)([\"'](?:AccessKeyId|SecretAccessKey|SessionToken|Token|X-Amz-Security-Token)"
-            r"[\"']\s*:\s*b?[\"'])([^\"']*)"
+            r"(?i)([\"'](?:(?:AccessKeyId|SecretAccessKey|SessionToken|Token)[\"']\s*:"
+            r"|X-Amz-Security-Token[\"']\s*[:,])\s*(?:bytearray\()?b?[\"'])([^\"']*)"
         ),
     ),
     # Headers and query parameters: only where a header or a query puts them (after a
@@ -127,8 +127,8 @@ _CREDENTIAL_FIELDS = (
     (
         ("signature=", "sig=", "keyid=", "security-token"),
         re.compile(
-            r"(?i)(?<=[?&;,\s])(x-amz-security-token[:=]\s*|(?:x-amz-signature"
-            r"|x-goog-signature|signature|awsaccesskeyid|sig)=)([^<&\s\"',;()]+)"
+            r"(?i)((?:(?<=[?&;,\s])|^)x-amz-security-token[:=]\s*|(?<=[?&;,\s])(?:x-amz-"
+            r"signature|x-goog-signature|signature|awsaccesskeyid|sig)=)([^<&\s\"',;()]+)"
         ),
     ),
 )
@@ -251,14 +251,17 @@ class TransferError(FileDatasetError, OSError):
             else ``None``.
         filename: The same as ``url``, as ``OSError`` handlers expect.
         strerror: The same as ``reason``.
-        unreachable: Whether the endpoint could not be reached at all (no connection
-            was made, after every attempt), as opposed to an answer of the server.
+        unreachable: Whether the endpoint gave no answer at all, after every attempt:
+            no connection could be made, or it did not answer in time.
+        status: The HTTP status of the server's answer (404, 403, 400, 503, ...)
+            when the failure is one, else ``None``.
     """
 
     _ERRNO: int | None = None
     filename: str
     strerror: str
     unreachable: bool = False
+    status: int | None = None
 
     def __init__(
         self,
@@ -317,7 +320,7 @@ class TransferError(FileDatasetError, OSError):
             self.url, self.reason, operation=self.operation, row_id=row_id, column=column
         )
         copy.errno = self.errno  # a local failure's (ENOSPC, say), when set
-        copy.unreachable = self.unreachable
+        copy.unreachable, copy.status = self.unreachable, self.status
         return copy
 
 
@@ -352,27 +355,33 @@ class ObjectAccessDeniedError(TransferError, PermissionError):
     _ERRNO = errno.EACCES
 
 
-def no_descriptor_left(error: BaseException, text: str) -> str | None:
-    """The error to raise when ``error`` comes from having no file descriptor left.
+# How obstore's error text (its debug source) shows EMFILE; its message also quotes the
+# request's key and the server's answer, which may hold the same words.
+_OBSTORE_EMFILE = re.compile(r'code: 24,\s*kind: \w+,\s*message: "Too many open files"')
+
+
+def no_descriptor_left(error: BaseException, text: str = "") -> str | None:
+    """The reason to give when ``error`` comes from having no file descriptor left.
 
     The transports report EMFILE as a connection that could not be made, which sends
     the reader to the network instead of to ``ulimit -n`` and ``max_concurrency``.
-    It shows in the chain of ``error`` (boto3) or only in its ``text`` (obstore).
+    It shows in the chain of ``error`` (boto3), or only in obstore's ``text``.
 
     Returns:
-        The reason to give (the error's ``errno`` is then EMFILE), or ``None`` when
-        ``error`` has another cause.
+        The reason (the error's ``errno`` is then EMFILE), or ``None`` when ``error``
+        has another cause.
     """
     link: BaseException | None = error
     seen: list[BaseException] = []
     while link is not None and link not in seen:
         if isinstance(link, OSError) and link.errno == errno.EMFILE:
-            break
+            return _emfile_reason()
         seen.append(link)
         link = link.__cause__ or link.__context__
-    else:
-        if "Too many open files" not in text and "os error 24" not in text:
-            return None
+    return _emfile_reason() if _OBSTORE_EMFILE.search(text) else None
+
+
+def _emfile_reason() -> str:
     limit = ""
     with contextlib.suppress(ImportError, OSError, ValueError):
         import resource
@@ -397,6 +406,8 @@ def translate_os_error(error: OSError, url: str, operation: str) -> TransferErro
         return ObjectNotFoundError(url, reason, operation=operation)
     if isinstance(error, PermissionError):
         return ObjectAccessDeniedError(url, "permission denied", operation=operation)
+    if error.errno == errno.EMFILE:
+        reason = _emfile_reason()
     failure = TransferError(url, reason, operation=operation)
     failure.errno = error.errno  # ENOSPC, EROFS, ...: kept for callers that test it
     return failure

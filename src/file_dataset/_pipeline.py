@@ -59,6 +59,10 @@ UserFunction = Callable[[Path, Path], Mapping[str, Any]]
 
 # (options, bucket) of the destinations found to exist in this process.
 _BUCKETS_FOUND: dict[tuple[Options, str], bool] = {}
+# Options whose S3 endpoint a Pipeline of this process has reached (it answered a
+# request): an endpoint that then gives no answer is an outage part-way through, and
+# its rows are dropped; one never reached ends the call (a wrong endpoint, no network).
+_REACHED: dict[Options, bool] = {}
 
 
 # The most rows whose outputs are still uploading while fn runs on a later row: more
@@ -103,7 +107,6 @@ class _Call:
     lock: threading.Lock = field(default_factory=threading.Lock)
     unclaimed: dict[int, tuple[Path, Path]] = field(default_factory=dict)
     abandoned: bool = False
-    read_any: bool = False  # whether a row's download has succeeded
     written: int = 0  # rows whose outputs were all written
 
     def downloaded(self, index: int, folders: tuple[Path, Path]) -> None:
@@ -147,10 +150,10 @@ class Pipeline:
     A row that fails anywhere (download, ``fn``, ``fn`` returning ``None`` or a value
     that is not a local file, upload) is dropped from the output and logged at WARNING
     with its id and reason, unless ``on_error="raise"``; each call ends with one line
-    saying how many rows were written and dropped. An endpoint that cannot be reached
-    at all before any row of the call has been read ends the call with its
-    :class:`TransferError` (``unreachable``), whatever ``on_error``, rather than drop
-    every row in turn. The failures of the calling
+    saying how many rows were written and dropped. An endpoint that gives no answer
+    at all, and that no Pipeline of this process has reached yet, ends the call with
+    its :class:`TransferError` (``unreachable``), whatever ``on_error``, rather than
+    drop every row in turn. The failures of the calling
     thread's last call are kept in :attr:`last_failures`. The output DataFrame has a
     fresh ``0..n-1`` index: join it to the input on ``id``, not on the index.
 
@@ -256,6 +259,11 @@ class Pipeline:
             f"on_error={self.on_error!r})"
         )
 
+    def _write_options(self) -> Options:
+        """The options the outputs are written with."""
+        options: Options = self.write_options.get("options", self.options)
+        return options
+
     def _check_destination(self) -> None:
         """Refuses a missing ``into_path`` bucket, or a local one that is a file, at once.
 
@@ -273,7 +281,7 @@ class Pipeline:
                     errno.ENOTDIR, f"the Pipeline's into_path {str(loc.path)!r} is not a folder"
                 )
             return
-        options: Options = self.write_options.get("options", self.options)
+        options = self._write_options()
         if (options, loc.bucket) in _BUCKETS_FOUND:
             return
         from botocore.exceptions import ClientError
@@ -287,6 +295,7 @@ class Pipeline:
                 raise ObjectNotFoundError(
                     mask_secrets(str(into_path)), "the bucket does not exist", operation="write"
                 ) from None
+            remember(_REACHED, options, True)  # it answered
             return
         except Exception as e:
             from file_dataset._s3 import translate_error
@@ -294,11 +303,12 @@ class Pipeline:
             try:
                 translate_error(e, str(loc), "write")
             except TransferError as failure:
-                if failure.unreachable:  # a wrong endpoint, a network down
-                    failure.add_note(_UNREACHABLE_NOTE)
+                if failure.unreachable and options not in _REACHED:
+                    failure.add_note(_UNREACHABLE_NOTE)  # a wrong endpoint, no network
                     raise
-            return  # no answer in time: the rows' transfers will report it
+            return  # the rows' transfers will report it
         remember(_BUCKETS_FOUND, (options, loc.bucket), True)
+        remember(_REACHED, options, True)
 
     # --- stages -------------------------------------------------------------------
 
@@ -312,6 +322,8 @@ class Pipeline:
         try:
             cells = parse_cells(columns, values, row_id)
             FileReader(FileTable(None, columns, [cells]), self.options).download_to(input_dir)
+            if any(cell is not None and cell.is_s3 for cell in cells):
+                remember(_REACHED, self.options, True)
             output_dir = Path(tempfile.mkdtemp(prefix=f"file_dataset-out{temp_prefix(row_id)}"))
         except BaseException as e:
             shutil.rmtree(input_dir, ignore_errors=True)
@@ -390,12 +402,10 @@ class Pipeline:
     def _upload(self, row_id: str, outputs: dict[str, Path], folders: list[Path]) -> dict[str, str]:
         """Writes a row's outputs, then removes ``folders`` (the row's temporary ones)."""
         try:
-            written = write_files(
-                outputs,
-                self.write_options["into_path"],
-                row_id,
-                self.write_options.get("options", self.options),
-            )
+            options = self._write_options()
+            written = write_files(outputs, self.write_options["into_path"], row_id, options)
+            if outputs and parse_url(self.write_options["into_path"], prefix=True).is_s3:
+                remember(_REACHED, options, True)
             return {name: str(dest) for name, dest in written.items()}
         except Exception as e:
             raise _RowError(row_id, "write", e) from e
@@ -531,7 +541,6 @@ class Pipeline:
                 if failed is not None:
                     self._fail(call, failed)
                     continue
-                call.read_any = True
                 try:
                     call.claim(index)  # from here on, removing them is this loop's job
                     outputs = self._run_fn(row_id, input_dir, output_dir)
@@ -613,9 +622,10 @@ class Pipeline:
     def _fail(self, call: _Call, row_error: _RowError) -> None:
         failure = row_error.failure
         call.failures.append(failure)
-        # An endpoint that no row of the call has reached (a wrong endpoint, a network
+        # An endpoint that this process never reached (a wrong endpoint, a network
         # down) would fail every row in turn, each after its retries: the call ends.
-        unreachable = getattr(failure.error, "unreachable", False) and not call.read_any
+        options = self.options if failure.stage == "read" else self._write_options()
+        unreachable = getattr(failure.error, "unreachable", False) and options not in _REACHED
         if unreachable:
             failure.error.add_note(_UNREACHABLE_NOTE)
         if call.bar is not None and self.on_error == "drop" and not unreachable:
@@ -679,9 +689,9 @@ def _log_summary(call: _Call, rows: int) -> None:
 
 
 _UNREACHABLE_NOTE = (
-    "file_dataset.Pipeline: the endpoint could not be reached before any row of this "
-    "call was read, so the call stops instead of dropping every row (check the "
-    "endpoint and the network)"
+    "file_dataset.Pipeline: the endpoint gave no answer, and no Pipeline of this process "
+    "has reached it yet, so the call stops instead of dropping every row (check the "
+    "endpoint, the network and the Config's connect_timeout and read_timeout)"
 )
 
 
@@ -711,10 +721,10 @@ def _describe(row_error: _RowError) -> str:
     what failed, and where.
     """
     error = row_error.failure.error
-    if not row_error.raised_by_fn:
-        return str(error)
     text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    if not text:  # a bare MemoryError from a transfer, say
+        return type(error).__name__
+    return f"{type(error).__name__}: {text}" if row_error.raised_by_fn else text
 
 
 def _check_signature(fn: Callable[..., Any]) -> None:

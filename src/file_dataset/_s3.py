@@ -18,6 +18,7 @@ from botocore.exceptions import (
     ConnectTimeoutError,
     EndpointConnectionError,
     FlexibleChecksumError,
+    ReadTimeoutError,
 )
 from botocore.httpchecksum import StreamingChecksumBody
 from s3transfer.upload import UploadSubmissionTask
@@ -77,10 +78,19 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
     """Raises the file_dataset error that matches a botocore error, chained to it.
 
     A :class:`TransferError` (raised by our own checks inside the same ``try``) is
-    raised as it is.
+    raised as it is. The error's ``status`` is that of S3's answer, if any.
     """
     if isinstance(error, TransferError):
         raise error
+    try:
+        _translate(error, url, operation)
+    except TransferError as failure:
+        if isinstance(error, ClientError):
+            failure.status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        raise
+
+
+def _translate(error: Exception, url: str, operation: str) -> NoReturn:
     cause = masked_cause(error)  # botocore and urllib3 quote the endpoint, password and all
     if isinstance(error, ClientError):
         info = error.response.get("Error", {})
@@ -112,14 +122,17 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
             "nothing was kept",
             operation=operation,
         ) from cause
-    shortage = no_descriptor_left(error, str(error))
+    shortage = no_descriptor_left(error)
     if shortage is not None:
         failure = TransferError(url, shortage, operation=operation)
         failure.errno = errno.EMFILE
         raise failure from cause
     reason = f"{type(error).__name__}: {mask_secrets(str(error))}"
     failure = TransferError(url, reason, operation=operation)
-    failure.unreachable = isinstance(error, EndpointConnectionError | ConnectTimeoutError)
+    # No connection could be made, or no answer came in time.
+    failure.unreachable = isinstance(
+        error, EndpointConnectionError | ConnectTimeoutError | ReadTimeoutError
+    )
     raise failure from cause
 
 
@@ -285,9 +298,9 @@ class S3Backend:
     def read_first(
         self, loc: Location, length: int, sink: Sink | None = None
     ) -> tuple[Blob | None, int, str | None]:
-        client = self._options.s3_client()
         url = str(loc)
         try:
+            client = self._options.s3_client()  # no such profile, a bad region: translated
             try:
                 resp = client.get_object(
                     Bucket=loc.bucket,
@@ -446,9 +459,7 @@ class S3Backend:
                 Bucket=loc.bucket, Key=loc.key, **self._args("head")
             )
         except (ClientError, BotoCoreError) as e:
-            explain_head(
-                self, loc, partial(translate_error, e, str(loc), "head"), isinstance(e, ClientError)
-            )
+            explain_head(self, loc, partial(translate_error, e, str(loc), "head"))
         if resp.get("ContentLength") is None:
             raise TransferError(
                 str(loc), "the server's answer to a HEAD gave no Content-Length", operation="head"

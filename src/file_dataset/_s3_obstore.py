@@ -117,19 +117,25 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
     if isinstance(error, TransferError):
         raise error
     text = mask_secrets(str(error))  # obstore quotes the endpoint (password and all), bodies
+    try:
+        _translate(error, text, url, operation)
+    except TransferError as failure:
+        status = re.search(r"non-2xx status code: (\d{3})", text)
+        if status:  # S3 answered
+            failure.status = int(status.group(1))
+        raise
+
+
+def _translate(error: Exception, text: str, url: str, operation: str) -> NoReturn:
     cause = masked_cause(error)
     code, message = _s3_code(text)
     status = re.search(r"status(?: code)?:? (\d{3})", text)
     status_code = status.group(1) if status else ""
     first_line = text.strip().splitlines()[0][:300] if text.strip() else type(error).__name__
     reason = f"{code}: {message}" if code and message else (code or first_line)
+    unreachable = False
     if isinstance(error, PreconditionError) or code == "PreconditionFailed":  # If-Match
         raise TransferError(url, CHANGED, operation=operation) from cause
-    shortage = no_descriptor_left(error, text)
-    if shortage is not None:  # obstore says "error sending request"
-        failure = TransferError(url, shortage, operation=operation)
-        failure.errno = errno.EMFILE
-        raise failure from cause
     if "body error" in first_line:  # object_store's own resumes of a body gave up
         reason = (
             "the response body could not be read whole, even after resuming it up to "
@@ -137,6 +143,12 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
             f"obstore said: {first_line}"
         )
     elif "error sending request" in text:  # the endpoint never answered
+        unreachable = True
+        shortage = no_descriptor_left(error, text)
+        if shortage is not None:  # no socket could be made for the request
+            failure = TransferError(url, shortage, operation=operation)
+            failure.errno = errno.EMFILE
+            raise failure from cause
         sent = re.search(r"performing (\w+ \S+)(?:.*?(after \d+ retries))?", first_line)
         where = ", ".join(filter(None, sent.groups())) + "; " if sent else ""
         if "kind: Timeout" in text:
@@ -163,7 +175,7 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
         reason = f"access denied ({what}); check the credentials in Options"
         raise ObjectAccessDeniedError(url, reason, operation=operation) from cause
     failure = TransferError(url, reason, operation=operation)
-    failure.unreachable = reason.startswith("could not connect to the endpoint")
+    failure.unreachable = unreachable  # no connection, or no answer in time
     raise failure from cause
 
 
@@ -260,7 +272,10 @@ def _can_serve(options: Options) -> bool:
     # region), which obstore's settings do not reproduce: such requests go by boto3.
     # The client's resolved config has them from the environment, the profile in the
     # AWS config file or a Config alike.
-    resolved = options.s3_client().meta.config
+    try:
+        resolved = options.s3_client().meta.config
+    except Exception:  # no such profile, a bad region: the request says so, translated
+        return True
     if getattr(resolved, "use_fips_endpoint", None) or getattr(
         resolved, "use_dualstack_endpoint", None
     ):
@@ -596,8 +611,7 @@ class ObstoreS3Backend:
             head = self._request(loc, lambda store: obstore.head(store, loc.key), "head")
             return int(head["size"])
         except (BaseError, OSError) as e:
-            answered = "non-2xx status" in str(e)
-            explain_head(self, loc, partial(translate_error, e, str(loc), "head"), answered)
+            explain_head(self, loc, partial(translate_error, e, str(loc), "head"))
 
     def write(self, src: Path, loc: Location) -> None:
         where = (self._options.s3_client_kwargs.get("endpoint_url"), loc.bucket)
