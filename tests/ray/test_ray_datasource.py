@@ -357,6 +357,24 @@ def test_limit_reads_only_what_is_needed(
         assert row["image.bin"] == blob_dataset.expected(row["id"], "image.bin")
 
 
+def test_the_readme_recipe_puts_labels_back_beside_the_blobs(
+    ray_local: None, blob_dataset: Any, options: Options
+) -> None:
+    """A label column is refused as a file column; the README's recipe drops it before
+    the read and maps it back by id (ids come back as strings)."""
+    frame = blob_dataset.frame.head(120).copy()
+    frame["id"] = range(120)  # integer ids, as a training CSV has them
+    frame["label"] = [i % 3 for i in range(120)]
+    labels = dict(zip(frame["id"].astype(str), frame["label"], strict=True))
+    ds = read_file_dataset(frame.drop(columns=["label"]), BATCH, options)
+    ds = ds.map_batches(lambda b: b.assign(label=b["id"].map(labels)), batch_format="pandas")
+    rows = ds.take_all()
+    assert [(row["id"], row["label"]) for row in rows] == [(str(i), i % 3) for i in range(120)]
+    assert rows[7]["image.bin"] == blob_dataset.expected(
+        blob_dataset.frame["id"].iloc[7], "image.bin"
+    )
+
+
 def test_each_batch_is_one_block_unless_more_blocks_are_asked_for(
     ray_local: None, blob_dataset: Any, options: Options
 ) -> None:
