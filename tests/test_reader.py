@@ -166,28 +166,23 @@ def test_temp_dir_cannot_be_entered_after_removal(options: Options, put: Put) ->
     assert not nested.path.exists()
 
 
-def test_a_second_interrupt_during_clean_up_leaves_nothing_at_exit(tmp_path: Path) -> None:
-    """A second Ctrl-C while into_temp_dir removed what a failed call had downloaded
-    (a minute for 200,000 folders on a slow disk) left the half-removed folder behind
-    for good. What is left is now removed when the interpreter exits."""
+def _failed_into_temp_dir_in_a_child(tmp_path: Path, patch: str, caught: str) -> tuple[str, str]:
+    """Runs, in a child process with ``patch`` applied, an into_temp_dir whose second
+    row is missing; returns the folder left in the temporary folder when the call
+    ended (raising ``caught``), and the child's stderr. The child's temporary folder
+    (``tmp_path / "tmp"``) must be empty once it has exited."""
     (tmp_path / "tmp").mkdir()
     (tmp_path / "a").write_bytes(b"a")
     frame = {"id": ["1", "2"], "f": [str(tmp_path / "a"), str(tmp_path / "missing")]}
     script = f"""
-import json, os, shutil, tempfile
+import errno, json, os, shutil, tempfile
 import pandas as pd
 import file_dataset
 
-real = shutil.rmtree
-
-def interrupted(path, **kwargs):  # the second Ctrl-C, as removal begins
-    shutil.rmtree = real
-    raise KeyboardInterrupt
-
-shutil.rmtree = interrupted
+{patch}
 try:
     file_dataset.reader(pd.DataFrame({frame!r})).into_temp_dir()
-except KeyboardInterrupt:
+except {caught}:
     print(json.dumps(os.listdir(tempfile.gettempdir())))
 """
     done = subprocess.run(
@@ -200,20 +195,30 @@ except KeyboardInterrupt:
     [left] = json.loads(done.stdout)  # the folder, still there when the call ended
     assert left.startswith("file_dataset-")
     assert list((tmp_path / "tmp").iterdir()) == []  # removed at exit
+    return left, done.stderr
+
+
+def test_a_second_interrupt_during_clean_up_leaves_nothing_at_exit(tmp_path: Path) -> None:
+    """A second Ctrl-C while into_temp_dir removed what a failed call had downloaded
+    (a minute for 200,000 folders on a slow disk) left the half-removed folder behind
+    for good. What is left is now removed when the interpreter exits."""
+    patch = """
+real = shutil.rmtree
+
+def interrupted(path, **kwargs):  # the second Ctrl-C, as removal begins
+    shutil.rmtree = real
+    raise KeyboardInterrupt
+
+shutil.rmtree = interrupted
+"""
+    _failed_into_temp_dir_in_a_child(tmp_path, patch, "KeyboardInterrupt")
 
 
 def test_a_folder_that_cannot_be_removed_is_named_and_removed_at_exit(tmp_path: Path) -> None:
     """Out of file descriptors, rmtree fails: the failed call's folder was left for good,
     with no word (3 of 3 runs of a helper at ulimit -n 10). It is now named in a
     warning with the error, and what is left is removed when the interpreter exits."""
-    (tmp_path / "tmp").mkdir()
-    (tmp_path / "a").write_bytes(b"a")
-    frame = {"id": ["1", "2"], "f": [str(tmp_path / "a"), str(tmp_path / "missing")]}
-    script = f"""
-import errno, json, os, tempfile
-import pandas as pd
-import file_dataset
-
+    patch = """
 real = os.unlink
 
 def out_of_descriptors(path, *args, **kwargs):  # as with no descriptor left
@@ -222,26 +227,14 @@ def out_of_descriptors(path, *args, **kwargs):  # as with no descriptor left
     return real(path, *args, **kwargs)
 
 os.unlink = out_of_descriptors
-try:
-    file_dataset.reader(pd.DataFrame({frame!r})).into_temp_dir()
-except FileNotFoundError:
-    print(json.dumps(os.listdir(tempfile.gettempdir())))
-os.unlink = real
+import atexit
+atexit.register(lambda: setattr(os, "unlink", real))  # registered last: runs first
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        env={**os.environ, "TMPDIR": str(tmp_path / "tmp")},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    [left] = json.loads(done.stdout)  # the folder, still there when the call ended
-    assert left.startswith("file_dataset-")
-    assert done.stderr.strip() == (
+    left, stderr = _failed_into_temp_dir_in_a_child(tmp_path, patch, "FileNotFoundError")
+    assert stderr.strip() == (
         f"file_dataset could not remove its temporary folder {tmp_path / 'tmp' / left} "
         "([Errno 24] Too many open files); it is tried again when the interpreter exits"
     )
-    assert list((tmp_path / "tmp").iterdir()) == []  # removed at exit
 
 
 def test_an_object_larger_than_the_memory_left_is_named(tmp_path: Path) -> None:
