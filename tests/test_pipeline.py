@@ -403,6 +403,14 @@ def test_a_dict_of_columns_is_refused_not_run_as_one_row(options: Options, tmp_p
 
 
 @pytest.fixture
+def nothing_reached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No endpoint counts as reached by an earlier Pipeline (of an earlier test)."""
+    from file_dataset import _pipeline
+
+    monkeypatch.setattr(_pipeline, "_REACHED", {})
+
+
+@pytest.fixture
 def terminal(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The captured stderr is taken for a terminal: a bar is drawn only where it is
     redrawn in place."""
@@ -785,7 +793,12 @@ def test_upload_failure_row_dropped(
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
 def test_an_unreachable_endpoint_ends_the_call_instead_of_dropping_every_row(
-    transport: str, options: Options, bucket: str, tmp_path: Path, system_tmp: Path
+    nothing_reached: None,
+    transport: str,
+    options: Options,
+    bucket: str,
+    tmp_path: Path,
+    system_tmp: Path,
 ) -> None:
     """Before: every row was dropped in turn, each after its retries (a helper measured
     39.5 s for 2 rows with boto3's), one warning per row, for the whole frame."""
@@ -822,6 +835,51 @@ def test_an_unreachable_endpoint_ends_the_call_instead_of_dropping_every_row(
     assert (raised.value.row_id, raised.value.unreachable) == ("2", True)
     assert calls == ["local"]
     assert list(system_tmp.iterdir()) == []
+
+
+def test_an_unreachable_error_raised_in_fn_drops_its_row(
+    nothing_reached: None, bucket: str, tmp_path: Path, options: Options
+) -> None:
+    """Before: a TransferError with unreachable set, raised by fn's own read from a dead
+    endpoint, ended the call as if the Pipeline's transfers had failed (a regression
+    hunt's finding)."""
+    dead = options.replace(s3_client_kwargs={"endpoint_url": "http://127.0.0.1:9"}, max_attempts=1)
+
+    def side_read(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        file_dataset.reader({"side.txt": f"s3://{bucket}/side.txt"}, dead).into_blob_table()
+        return {}
+
+    (tmp_path / "in").write_bytes(b"x")
+    pipeline = Pipeline(side_read, {"into_path": tmp_path / "out"}, options)
+    assert pipeline(pd.DataFrame({"id": ["1", "2"], "f": [tmp_path / "in"] * 2})).empty
+    assert [(f.id, f.stage) for f in pipeline.last_failures] == [("1", "fn"), ("2", "fn")]
+    assert all(getattr(f.error, "unreachable", False) for f in pipeline.last_failures)
+
+
+def test_options_made_after_the_endpoint_changed_have_not_reached_it(
+    nothing_reached: None,
+    s3_server: LocalS3Server,
+    bucket: str,
+    put: Put,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: Options() equal in value to options that had reached moto counted as
+    having reached the dead endpoint AWS_ENDPOINT_URL then named, so every row was
+    dropped in turn (a regression hunt's finding)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-key")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
+    frame = pd.DataFrame({"id": ["1"], "f": [put("in/1", b"one")]})
+    assert Pipeline(upper, {"into_path": tmp_path / "out"}, Options(max_attempts=1))(frame)[
+        "id"
+    ].tolist() == ["1"]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    with pytest.raises(file_dataset.TransferError) as raised:
+        Pipeline(upper, {"into_path": tmp_path / "out"}, Options(max_attempts=1))(frame)
+    assert raised.value.unreachable
+    assert "127.0.0.1:9" in str(raised.value)
 
 
 class _Relay:
@@ -866,6 +924,7 @@ class _Relay:
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
 def test_an_endpoint_that_goes_away_after_it_was_reached_drops_rows(
+    nothing_reached: None,
     transport: str,
     s3_server: LocalS3Server,
     bucket: str,

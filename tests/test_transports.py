@@ -418,22 +418,34 @@ free = len(os.listdir("/proc/self/fd")) + 2
 resource.setrlimit(resource.RLIMIT_NOFILE, (free, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 frame = {{"id": [str(i) for i in range(64)], "f": urls}}
 import pandas as pd
+failed = []
 try:
     file_dataset.reader(pd.DataFrame(frame), options).into_blob_table()
 except file_dataset.TransferError as e:
-    print(json.dumps([str(e), e.errno, e.unreachable, e.url, e.row_id, free]))
+    failed.append([str(e), e.errno, e.unreachable, e.url, e.row_id, free])
+try:  # the local files need descriptors too
+    file_dataset.reader(pd.DataFrame(frame), options).into_temp_dir()
+except file_dataset.TransferError as e:
+    failed.append([str(e), e.errno, e.unreachable, e.url, e.row_id, free])
+print(json.dumps(failed))
 """
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
     )
-    message, code, unreachable, url, row_id, free = json.loads(done.stdout)
+    (message, code, unreachable, url, row_id, free), in_files = json.loads(done.stdout)
     assert (code, unreachable) == (errno.EMFILE, False)
     assert url == urls[int(row_id)]
-    assert message == (
-        f"cannot read {url} (row id '{row_id}', column 'f'): too many open files: this "
-        f"process has no file descriptor left (its limit is ulimit -n, now {free}); lower "
-        "Options(max_concurrency=...) or raise the limit"
+    advice = (
+        f"too many open files: this process has no file descriptor left (its limit is "
+        f"ulimit -n, now {free}); lower Options(max_concurrency=...) or raise the limit"
     )
+    assert message == f"cannot read {url} (row id '{row_id}', column 'f'): {advice}"
+    # Out of descriptors for a socket or for the local file: the same advice (a local
+    # file said "Too many open files" alone).
+    message, code, unreachable, url, row_id, _ = in_files
+    assert (code, unreachable) == (errno.EMFILE, False)
+    assert message.startswith(f"cannot read {url} (row id '{row_id}', column 'f'): ")
+    assert message.endswith(advice)
 
 
 class _RefusingHandler(http.server.BaseHTTPRequestHandler):
@@ -565,6 +577,34 @@ def test_an_endpoint_that_never_answers_is_unreachable_on_both_transports(
     assert raised.value.unreachable
     assert raised.value.status is None
     assert str(raised.value).startswith("cannot read s3://bkt/k (column 'f'): ")
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_failed_tls_handshake_is_unreachable_on_both_transports(transport: str) -> None:
+    """An https endpoint that speaks plain HTTP (or a bad certificate, a dead proxy):
+    boto3's SSLError and ProxyConnectionError were not counted as no answer, so a
+    Pipeline on a wrong https endpoint dropped every row in turn with boto3 and stopped
+    with obstore (a regression hunt's finding)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefusingHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        options = Options(
+            session_kwargs={
+                "aws_access_key_id": "AKIATLS0000000000000",
+                "aws_secret_access_key": "s" * 40,
+                "region_name": "us-east-1",
+            },
+            s3_client_kwargs={"endpoint_url": f"https://127.0.0.1:{server.server_address[1]}"},
+            transport=transport,
+            max_attempts=1,
+        )
+        with pytest.raises(file_dataset.TransferError) as raised:
+            file_dataset.reader({"f": "s3://bkt/k"}, options).into_blob_table()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert raised.value.unreachable
+    assert raised.value.status is None
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])

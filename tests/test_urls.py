@@ -396,6 +396,12 @@ def test_a_column_of_bytes_is_refused_before_any_row(column: object) -> None:
             "[('X-Amz-Security-Token', b'***')] {'X-Amz-Security-Token': bytearray(b'***')}",
         ),
         ("X-Amz-Security-Token=IQoJ+tok&x=1", "X-Amz-Security-Token=***&x=1"),
+        # Key=value, as a failing credential_process may print what it got
+        (
+            "got SecretAccessKey=wJal/K7+x and SessionToken=IQoJ; AWS_SECRET_ACCESS_KEY: s",
+            "got SecretAccessKey=*** and SessionToken=***; AWS_SECRET_ACCESS_KEY: ***",
+        ),
+        ("column session_token_file.txt", "column session_token_file.txt"),
         # a column named token keeps its neighbours
         ("['id', 'token', 'image.mha']", "['id', 'token', 'image.mha']"),
         # names that only look like fields: a relative path, a Hive-style key

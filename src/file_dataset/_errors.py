@@ -115,6 +115,14 @@ _CREDENTIAL_FIELDS = (
             r"|X-Amz-Security-Token[\"']\s*[:,])\s*(?:bytearray\()?b?[\"'])([^\"']*)"
         ),
     ),
+    # Key=value (a credential_process that prints what it got, a shell's env dump).
+    (
+        ("secretaccesskey", "sessiontoken", "secret_access_key", "session_token"),
+        re.compile(
+            r"(?i)(\b(?:aws_)?(?:secret_?access_?key|session_?token)\s*[=:]\s*)"
+            r"([^\s,;'\"&<>]+)"
+        ),
+    ),
     # Headers and query parameters: only where a header or a query puts them (after a
     # space, a line break, "?", "&", ";" or ","), so that a key such as
     # "runs/signature=v2/scan.mha" is quoted as it is.
@@ -260,8 +268,10 @@ class TransferError(FileDatasetError, OSError):
     _ERRNO: int | None = None
     filename: str
     strerror: str
-    unreachable: bool = False
-    status: int | None = None
+    # Set on each instance, not on the class: Ray's RayTaskError(TransferError) takes
+    # what its class lacks from the error it wraps, and a class default would hide it.
+    unreachable: bool
+    status: int | None
 
     def __init__(
         self,
@@ -277,6 +287,8 @@ class TransferError(FileDatasetError, OSError):
         self.operation = operation
         self.row_id = row_id
         self.column = column
+        self.unreachable = False
+        self.status = None
         super().__init__(f"{_describe(f'cannot {operation}', url, row_id, column)}: {reason}")
         # Set after the fact: OSError(errno, strerror) would change the message's form
         # (and __str__ below keeps it when filename is set).
@@ -375,13 +387,14 @@ def no_descriptor_left(error: BaseException, text: str = "") -> str | None:
     seen: list[BaseException] = []
     while link is not None and link not in seen:
         if isinstance(link, OSError) and link.errno == errno.EMFILE:
-            return _emfile_reason()
+            return emfile_reason()
         seen.append(link)
         link = link.__cause__ or link.__context__
-    return _emfile_reason() if _OBSTORE_EMFILE.search(text) else None
+    return emfile_reason() if _OBSTORE_EMFILE.search(text) else None
 
 
-def _emfile_reason() -> str:
+def emfile_reason() -> str:
+    """What to say of a failure for want of file descriptors (EMFILE), with the limit."""
     limit = ""
     with contextlib.suppress(ImportError, OSError, ValueError):
         import resource
@@ -407,7 +420,7 @@ def translate_os_error(error: OSError, url: str, operation: str) -> TransferErro
     if isinstance(error, PermissionError):
         return ObjectAccessDeniedError(url, "permission denied", operation=operation)
     if error.errno == errno.EMFILE:
-        reason = _emfile_reason()
+        reason = emfile_reason()
     failure = TransferError(url, reason, operation=operation)
     failure.errno = error.errno  # ENOSPC, EROFS, ...: kept for callers that test it
     return failure

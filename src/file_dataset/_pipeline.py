@@ -62,7 +62,14 @@ _BUCKETS_FOUND: dict[tuple[Options, str], bool] = {}
 # Options whose S3 endpoint a Pipeline of this process has reached (it answered a
 # request): an endpoint that then gives no answer is an outage part-way through, and
 # its rows are dropped; one never reached ends the call (a wrong endpoint, no network).
-_REACHED: dict[Options, bool] = {}
+# Keyed with the environment the options resolved their endpoint in (AWS_ENDPOINT_URL
+# changed: new options go elsewhere).
+_REACHED: dict[tuple[Options, int], bool] = {}
+
+
+def _reached(options: Options) -> tuple[Options, int]:
+    """The key of ``options`` in :data:`_REACHED`."""
+    return options, options._live().environment
 
 
 # The most rows whose outputs are still uploading while fn runs on a later row: more
@@ -295,7 +302,7 @@ class Pipeline:
                 raise ObjectNotFoundError(
                     mask_secrets(str(into_path)), "the bucket does not exist", operation="write"
                 ) from None
-            remember(_REACHED, options, True)  # it answered
+            remember(_REACHED, _reached(options), True)  # it answered
             return
         except Exception as e:
             from file_dataset._s3 import translate_error
@@ -303,12 +310,12 @@ class Pipeline:
             try:
                 translate_error(e, str(loc), "write")
             except TransferError as failure:
-                if failure.unreachable and options not in _REACHED:
+                if failure.unreachable and _reached(options) not in _REACHED:
                     failure.add_note(_UNREACHABLE_NOTE)  # a wrong endpoint, no network
                     raise
             return  # the rows' transfers will report it
         remember(_BUCKETS_FOUND, (options, loc.bucket), True)
-        remember(_REACHED, options, True)
+        remember(_REACHED, _reached(options), True)
 
     # --- stages -------------------------------------------------------------------
 
@@ -323,7 +330,7 @@ class Pipeline:
             cells = parse_cells(columns, values, row_id)
             FileReader(FileTable(None, columns, [cells]), self.options).download_to(input_dir)
             if any(cell is not None and cell.is_s3 for cell in cells):
-                remember(_REACHED, self.options, True)
+                remember(_REACHED, _reached(self.options), True)
             output_dir = Path(tempfile.mkdtemp(prefix=f"file_dataset-out{temp_prefix(row_id)}"))
         except BaseException as e:
             shutil.rmtree(input_dir, ignore_errors=True)
@@ -405,7 +412,7 @@ class Pipeline:
             options = self._write_options()
             written = write_files(outputs, self.write_options["into_path"], row_id, options)
             if outputs and parse_url(self.write_options["into_path"], prefix=True).is_s3:
-                remember(_REACHED, options, True)
+                remember(_REACHED, _reached(options), True)
             return {name: str(dest) for name, dest in written.items()}
         except Exception as e:
             raise _RowError(row_id, "write", e) from e
@@ -624,8 +631,13 @@ class Pipeline:
         call.failures.append(failure)
         # An endpoint that this process never reached (a wrong endpoint, a network
         # down) would fail every row in turn, each after its retries: the call ends.
+        # Only the Pipeline's own transfers count: fn's exceptions drop their row.
         options = self.options if failure.stage == "read" else self._write_options()
-        unreachable = getattr(failure.error, "unreachable", False) and options not in _REACHED
+        unreachable = (
+            failure.stage != "fn"
+            and getattr(failure.error, "unreachable", False)
+            and _reached(options) not in _REACHED
+        )
         if unreachable:
             failure.error.add_note(_UNREACHABLE_NOTE)
         if call.bar is not None and self.on_error == "drop" and not unreachable:

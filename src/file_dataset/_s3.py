@@ -15,11 +15,10 @@ from typing import Any, NoReturn
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
     FlexibleChecksumError,
     ReadTimeoutError,
 )
+from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.httpchecksum import StreamingChecksumBody
 from s3transfer.upload import UploadSubmissionTask
 from s3transfer.utils import ReadFileChunk, get_filtered_dict
@@ -129,10 +128,9 @@ def _translate(error: Exception, url: str, operation: str) -> NoReturn:
         raise failure from cause
     reason = f"{type(error).__name__}: {mask_secrets(str(error))}"
     failure = TransferError(url, reason, operation=operation)
-    # No connection could be made, or no answer came in time.
-    failure.unreachable = isinstance(
-        error, EndpointConnectionError | ConnectTimeoutError | ReadTimeoutError
-    )
+    # No connection could be made (refused, no route, TLS, a proxy), or no answer came
+    # in time.
+    failure.unreachable = isinstance(error, BotoConnectionError | ReadTimeoutError)
     raise failure from cause
 
 

@@ -15,6 +15,7 @@ ranged GETs of ``part_size`` bytes, or are written with multipart uploads.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import queue
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -31,7 +32,7 @@ from file_dataset._backend import (
     new_buffer,
     write_chunks,
 )
-from file_dataset._errors import ObjectNotFoundError, TransferError, quoted
+from file_dataset._errors import ObjectNotFoundError, TransferError, emfile_reason, quoted
 from file_dataset._local import temp_file_in_place
 from file_dataset._options import Options, Reply, RunState
 from file_dataset._urls import Location
@@ -181,7 +182,8 @@ def _local_failure(error: OSError, loc: Location, dest: Path) -> TransferError:
     It still names the object, and through the job's context its row id and column,
     and keeps the ``errno``.
     """
-    failure = TransferError(str(loc), f"could not write {dest}: {error.strerror or error}")
+    reason = emfile_reason() if error.errno == errno.EMFILE else error.strerror or str(error)
+    failure = TransferError(str(loc), f"could not write {dest}: {reason}")
     failure.errno = error.errno
     return failure
 

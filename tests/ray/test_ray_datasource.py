@@ -197,8 +197,13 @@ def test_schema_is_known_without_reading(
     assert schema is not None
     assert schema.names == ["id", "a", "b"]
     assert schema.types == [pa.string(), pa.binary(), pa.binary()]
-    with pytest.raises(Exception, match=f"s3://{bucket}/1/a"):
+    with pytest.raises(file_dataset.ObjectNotFoundError, match=f"s3://{bucket}/1/a") as raised:
         ds.materialize()
+    # Ray's RayTaskError(ObjectNotFoundError) takes what its class lacks from the error
+    # it wraps: before, status (404) and unreachable came from class defaults instead.
+    error: Any = raised.value
+    assert (error.url, error.row_id, error.column) == (f"s3://{bucket}/1/a", "1", "a")
+    assert (error.status, error.unreachable) == (404, False)
 
 
 def test_id_last_in_the_frame_is_last_in_the_dataset(
