@@ -138,6 +138,8 @@ def _translate(error: Exception, url: str, operation: str) -> NoReturn:
 # wraps some of urllib3's errors, http.client raises IncompleteRead for a chunked body;
 # a clean close shows up as a short read instead).
 _DROPPED = (BotoCoreError, Urllib3Error, OSError, http.client.HTTPException)
+# What an answer dropped part-way raises when botocore has not wrapped it.
+_ANSWER_DROPPED = (Urllib3Error, http.client.HTTPException, ConnectionError)
 
 
 def _backoff(attempt: int) -> float:
@@ -298,27 +300,14 @@ class S3Backend:
     ) -> tuple[Blob | None, int, str | None]:
         url = str(loc)
         try:
-            client = self._options.s3_client()  # no such profile, a bad region: translated
-            try:
-                resp = client.get_object(
-                    Bucket=loc.bucket,
-                    Key=loc.key,
-                    Range=f"bytes=0-{length - 1}",
-                    **self._args("get"),
-                )
-            except ClientError as e:
-                status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-                if e.response.get("Error", {}).get("Code") != "InvalidRange" and status != 416:
-                    raise
-                # A Range on an empty object is "unsatisfiable": read it plainly.
-                resp = client.get_object(Bucket=loc.bucket, Key=loc.key, **self._args("get"))
+            resp = self._get_first(loc, length)
             content_range = resp.get("ContentRange")
             if resp.get("ContentLength") is None:
                 # Chunked, or ended by closing the connection: the body says how long it
                 # is only once read to its end (botocore would otherwise read nothing).
                 data = resp["Body"].read()
                 resp["ContentLength"] = len(data)
-                resp["Body"] = _BytesBody(data)  # type: ignore[typeddict-item]
+                resp["Body"] = _BytesBody(data)
             size = int(resp["ContentLength"])
             total = _total(content_range, size, url)
             if content_range and not str(content_range).startswith(f"bytes 0-{size - 1}/"):
@@ -342,8 +331,39 @@ class S3Backend:
             buf = new_buffer(size)
             self._fill_range(loc, 0, buf, tag, resp["Body"])
             return buf, total, tag
-        except (ClientError, BotoCoreError) as e:
+        except (ClientError, BotoCoreError, *_ANSWER_DROPPED) as e:
             translate_error(e, url, "read")
+
+    def _get_first(self, loc: Location, length: int) -> Any:
+        """The answer to a GET of the first ``length`` bytes (of the whole, if empty).
+
+        An error answer whose body is cut short (a connection reset while the 416 of an
+        empty object arrives) reaches here as urllib3's or http.client's own error,
+        which botocore neither wraps nor retries: the GET is made again, up to
+        ``max_attempts`` times.
+        """
+        client = self._options.s3_client()  # no such profile, a bad region: translated
+        for attempt in range(1, self._options.max_attempts + 1):
+            try:
+                try:
+                    return client.get_object(
+                        Bucket=loc.bucket,
+                        Key=loc.key,
+                        Range=f"bytes=0-{length - 1}",
+                        **self._args("get"),
+                    )
+                except ClientError as e:
+                    status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                    code = e.response.get("Error", {}).get("Code")
+                    if code != "InvalidRange" and status != 416:
+                        raise
+                    # A Range on an empty object is "unsatisfiable": read it plainly.
+                    return client.get_object(Bucket=loc.bucket, Key=loc.key, **self._args("get"))
+            except _ANSWER_DROPPED:
+                if attempt == self._options.max_attempts:
+                    raise
+                time.sleep(_backoff(attempt))
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def _get_range(self, loc: Location, start: int, length: int, tag: str | None) -> Any:
         """A ranged GET, checked to answer that range (not the whole object)."""
@@ -482,6 +502,12 @@ class S3Backend:
             )
         except (ClientError, BotoCoreError) as e:
             translate_error(e, str(loc), "write")
+        if not resp.get("UploadId"):  # an answer cut short (its headers taken as whole)
+            raise TransferError(
+                str(loc),
+                "the server's answer to CreateMultipartUpload gave no UploadId",
+                operation="write",
+            )
         return str(resp["UploadId"])
 
     def multipart_part(

@@ -19,6 +19,7 @@ import errno
 import os
 import re
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -543,15 +544,7 @@ class ObstoreS3Backend:
     ) -> tuple[Blob | None, int, str | None]:
         url = str(loc)
         try:
-            try:
-                result = self._request(
-                    loc, lambda store: obstore.get(store, loc.key, options={"range": (0, length)})
-                )
-            except BaseError as e:
-                if "416" not in str(e) and "Range" not in str(e):
-                    raise
-                # an empty object: no range is satisfiable
-                result = self._request(loc, lambda store: obstore.get(store, loc.key))
+            result = self._get_first(loc, length)
             total = int(result.meta["size"])
             tag = result.meta.get("e_tag")
             expected = min(total, length)
@@ -565,6 +558,33 @@ class ObstoreS3Backend:
             raise TransferError(url, f"got {len(data)} bytes, expected {expected}")
         # A read-only view of obstore's own buffer: no copy (Arrow and pwrite take views).
         return memoryview(data), total, tag
+
+    def _get_first(self, loc: Location, length: int) -> obstore.GetResult:
+        """The answer to a GET of the first ``length`` bytes (of the whole, if empty).
+
+        An error answer whose body is cut short (a connection dropped while the 416 of
+        an empty object arrives) is a "body error" that obstore does not retry: the GET
+        is made again, up to ``max_attempts`` times.
+        """
+        attempts = self._options.max_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                try:
+                    return self._request(
+                        loc,
+                        lambda store: obstore.get(store, loc.key, options={"range": (0, length)}),
+                    )
+                except BaseError as e:
+                    if "416" not in str(e) and "Range" not in str(e):
+                        raise
+                    # an empty object: no range is satisfiable
+                    return self._request(loc, lambda store: obstore.get(store, loc.key))
+            except BaseError as e:
+                lines = str(e).strip().splitlines()
+                if attempt == attempts or not lines or "body error" not in lines[0]:
+                    raise
+                time.sleep(min(0.05 * 2**attempt, 2.0))
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     @staticmethod
     def _chunks(result: obstore.GetResult, url: str, length: int) -> Iterator[memoryview]:
