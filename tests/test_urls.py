@@ -398,10 +398,16 @@ def test_a_column_of_bytes_is_refused_before_any_row(column: object) -> None:
         ("X-Amz-Security-Token=IQoJ+tok&x=1", "X-Amz-Security-Token=***&x=1"),
         # Key=value, as a failing credential_process may print what it got
         (
-            "got SecretAccessKey=wJal/K7+x and SessionToken=IQoJ; AWS_SECRET_ACCESS_KEY: s",
-            "got SecretAccessKey=*** and SessionToken=***; AWS_SECRET_ACCESS_KEY: ***",
+            "got SecretAccessKey=wJal/K7+x and SessionToken=IQoJ;AWS_SECRET_ACCESS_KEY=s",
+            "got SecretAccessKey=*** and SessionToken=***;AWS_SECRET_ACCESS_KEY=***",
         ),
         ("column session_token_file.txt", "column session_token_file.txt"),
+        # ... but not in a key, nor a message naming the field (a regression hunt's)
+        (
+            "s3://bkt/exports/session_token=2024-01/part-0.bin",
+            "s3://bkt/exports/session_token=2024-01/part-0.bin",
+        ),
+        ("KeyError: session_token: missing", "KeyError: session_token: missing"),
         # a column named token keeps its neighbours
         ("['id', 'token', 'image.mha']", "['id', 'token', 'image.mha']"),
         # names that only look like fields: a relative path, a Hive-style key

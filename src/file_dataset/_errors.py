@@ -115,11 +115,13 @@ _CREDENTIAL_FIELDS = (
             r"|X-Amz-Security-Token[\"']\s*[:,])\s*(?:bytearray\()?b?[\"'])([^\"']*)"
         ),
     ),
-    # Key=value (a credential_process that prints what it got, a shell's env dump).
+    # Key=value (a credential_process that prints what it got, a shell's env dump):
+    # only at the start or after a space, "?", "&", ";" or ",", so that a key such as
+    # "exports/session_token=2024-01/part-0.bin" is quoted as it is.
     (
-        ("secretaccesskey", "sessiontoken", "secret_access_key", "session_token"),
+        ("secretaccesskey=", "sessiontoken=", "secret_access_key=", "session_token="),
         re.compile(
-            r"(?i)(\b(?:aws_)?(?:secret_?access_?key|session_?token)\s*[=:]\s*)"
+            r"(?i)((?:(?<=[?&;,\s])|^)(?:aws_)?(?:secret_?access_?key|session_?token)=)"
             r"([^\s,;'\"&<>]+)"
         ),
     ),

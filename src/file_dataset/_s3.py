@@ -496,19 +496,24 @@ class S3Backend:
             translate_error(e, str(loc), "write")
 
     def multipart_start(self, loc: Location) -> str:
-        try:
-            resp = self._options.s3_client().create_multipart_upload(
-                Bucket=loc.bucket, Key=loc.key, **self._args("create")
-            )
-        except (ClientError, BotoCoreError) as e:
-            translate_error(e, str(loc), "write")
-        if not resp.get("UploadId"):  # an answer cut short (its headers taken as whole)
-            raise TransferError(
-                str(loc),
-                "the server's answer to CreateMultipartUpload gave no UploadId",
-                operation="write",
-            )
-        return str(resp["UploadId"])
+        for attempt in range(1, self._options.max_attempts + 1):
+            try:
+                resp = self._options.s3_client().create_multipart_upload(
+                    Bucket=loc.bucket, Key=loc.key, **self._args("create")
+                )
+            except (ClientError, BotoCoreError) as e:
+                translate_error(e, str(loc), "write")
+            if resp.get("UploadId"):
+                return str(resp["UploadId"])
+            # An answer cut short (http.client took the end of the connection for the
+            # end of its headers): asked again, as botocore does for a dropped one.
+            if attempt < self._options.max_attempts:
+                time.sleep(_backoff(attempt))
+        raise TransferError(
+            str(loc),
+            "the server's answer to CreateMultipartUpload gave no UploadId",
+            operation="write",
+        )
 
     def multipart_part(
         self, loc: Location, upload_id: str, number: int, src: Path, start: int, length: int
