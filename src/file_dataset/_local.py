@@ -103,11 +103,14 @@ def remove_tree(path: Path, hint: str = "") -> bool:
         if not os.path.lexists(path):
             _REMOVING.discard(path)
             return True
+    cause = errors[0] if errors else None
+    if getattr(cause, "errno", None) == errno.EMFILE:
+        hint = ""  # the hint guesses at another cause than a shortage of descriptors
     logger.warning(
         "file_dataset could not remove its temporary folder %s (%s%s); it is tried again "
         "when the interpreter exits",
         printable(str(path)),
-        printable(str(errors[0])) if errors else "it is still there",
+        printable(str(cause)) if cause is not None else "it is still there",
         f"; {hint}" if hint else "",
     )
     return False

@@ -276,8 +276,9 @@ class Pipeline:
 
         Otherwise every row would be downloaded and run through ``fn``, only to be
         dropped at its upload. Asked once per process, bucket and options (one HEAD of
-        the bucket). An endpoint that cannot be reached at all is refused too; another
-        answer than "no such bucket" (403 without ``s3:ListBucket``, a timeout) lets the
+        the bucket). An endpoint that gives no answer (no connection, none in time)
+        is refused too, unless a Pipeline of this process has reached it; another
+        answer than "no such bucket" (403 without ``s3:ListBucket``, a 5xx) lets the
         rows run, and their uploads say what is wrong.
         """
         into_path = self.write_options["into_path"]
