@@ -477,29 +477,43 @@ class _RefusingHandler(http.server.BaseHTTPRequestHandler):
     do_GET = do_HEAD = _refuse
 
 
-def _size_through(handler: type[_RefusingHandler], transport: str) -> BaseException:
-    """The error of into_size_table of s3://bkt/img.mha (row p01) from ``handler``."""
-    handler.seen = []
+@contextlib.contextmanager
+def _fake_s3(
+    handler: type[http.server.BaseHTTPRequestHandler],
+    transport: str,
+    scheme: str = "http",
+    **kwargs: Any,
+) -> Iterator[Options]:
+    """Runs ``handler`` as an S3 server of its own; yields options that reach it by
+    ``scheme`` with made-up credentials (one attempt unless ``kwargs`` say otherwise)."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        options = Options(
+        yield Options(
             session_kwargs={
-                "aws_access_key_id": "AKIAEXPIREDTOKEN0000",
+                "aws_access_key_id": "AKIAFAKES30000000000",
                 "aws_secret_access_key": "s" * 40,
-                "aws_session_token": "expired" * 8,
+                "aws_session_token": "fake-token" * 4,
                 "region_name": "us-east-1",
             },
-            s3_client_kwargs={"endpoint_url": f"http://127.0.0.1:{server.server_address[1]}"},
+            s3_client_kwargs={"endpoint_url": f"{scheme}://127.0.0.1:{server.server_address[1]}"},
             transport=transport,
-            max_attempts=1,
+            **{"max_attempts": 1, **kwargs},
         )
-        frame = pd.DataFrame({"id": ["p01"], "img.mha": ["s3://bkt/img.mha"]})
-        with pytest.raises(file_dataset.TransferError) as raised:
-            file_dataset.reader(frame, options).into_size_table()
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _size_through(handler: type[_RefusingHandler], transport: str) -> BaseException:
+    """The error of into_size_table of s3://bkt/img.mha (row p01) from ``handler``."""
+    handler.seen = []
+    frame = pd.DataFrame({"id": ["p01"], "img.mha": ["s3://bkt/img.mha"]})
+    with (
+        _fake_s3(handler, transport) as options,
+        pytest.raises(file_dataset.TransferError) as raised,
+    ):
+        file_dataset.reader(frame, options).into_size_table()
     return raised.value
 
 
@@ -585,24 +599,11 @@ def test_a_failed_tls_handshake_is_unreachable_on_both_transports(transport: str
     boto3's SSLError and ProxyConnectionError were not counted as no answer, so a
     Pipeline on a wrong https endpoint dropped every row in turn with boto3 and stopped
     with obstore (a regression hunt's finding)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefusingHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        options = Options(
-            session_kwargs={
-                "aws_access_key_id": "AKIATLS0000000000000",
-                "aws_secret_access_key": "s" * 40,
-                "region_name": "us-east-1",
-            },
-            s3_client_kwargs={"endpoint_url": f"https://127.0.0.1:{server.server_address[1]}"},
-            transport=transport,
-            max_attempts=1,
-        )
-        with pytest.raises(file_dataset.TransferError) as raised:
-            file_dataset.reader({"f": "s3://bkt/k"}, options).into_blob_table()
-    finally:
-        server.shutdown()
-        server.server_close()
+    with (
+        _fake_s3(_RefusingHandler, transport, scheme="https") as options,
+        pytest.raises(file_dataset.TransferError) as raised,
+    ):
+        file_dataset.reader({"f": "s3://bkt/k"}, options).into_blob_table()
     assert raised.value.unreachable
     assert raised.value.status is None
 
@@ -655,22 +656,8 @@ def test_an_empty_object_whose_416_answer_is_cut_is_read_again(transport: str) -
     it"), and boto3 raised urllib3's raw ProtocolError (no URL, not a FileDatasetError):
     neither retried an error answer cut short (a soak test's finding)."""
     _CutFirstAnswerHandler.cut = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CutFirstAnswerHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        options = Options(
-            session_kwargs={
-                "aws_access_key_id": "AKIACUTANSWER0000000",
-                "aws_secret_access_key": "s" * 40,
-                "region_name": "us-east-1",
-            },
-            s3_client_kwargs={"endpoint_url": f"http://127.0.0.1:{server.server_address[1]}"},
-            transport=transport,
-        )
+    with _fake_s3(_CutFirstAnswerHandler, transport, max_attempts=8) as options:
         table = file_dataset.reader({"e": "s3://bkt/empty"}, options).into_blob_table()
-    finally:
-        server.shutdown()
-        server.server_close()
     assert table.column("e").to_pylist() == [b""]
     assert _CutFirstAnswerHandler.cut == [True]
 
@@ -700,28 +687,14 @@ def test_a_create_multipart_answer_without_an_upload_id_is_a_transfer_error(
     """Before: a raw KeyError: 'UploadId', naming nothing (a soak test's finding). It is
     asked again up to max_attempts times, as botocore does for an answer it lost."""
     _NoUploadIdHandler.posts = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NoUploadIdHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     source = tmp_path / "big.bin"
     source.write_bytes(b"x" * (6 * MiB))
-    try:
-        options = Options(
-            session_kwargs={
-                "aws_access_key_id": "AKIANOUPLOADID000000",
-                "aws_secret_access_key": "s" * 40,
-                "region_name": "us-east-1",
-            },
-            s3_client_kwargs={"endpoint_url": f"http://127.0.0.1:{server.server_address[1]}"},
-            transport=transport,
-            max_attempts=3,
-            part_size=5 * MiB,
-            multipart_threshold=5 * MiB,
-        )
-        with pytest.raises(file_dataset.TransferError) as raised:
-            file_dataset.write_files({"big.bin": source}, "s3://bkt/out", "r1", options)
-    finally:
-        server.shutdown()
-        server.server_close()
+    multipart = {"max_attempts": 3, "part_size": 5 * MiB, "multipart_threshold": 5 * MiB}
+    with (
+        _fake_s3(_NoUploadIdHandler, transport, **multipart) as options,
+        pytest.raises(file_dataset.TransferError) as raised,
+    ):
+        file_dataset.write_files({"big.bin": source}, "s3://bkt/out", "r1", options)
     assert str(raised.value) == (
         "cannot write s3://bkt/out/r1/big.bin (row id 'r1', column 'big.bin'): the "
         "server's answer to CreateMultipartUpload gave no UploadId"
@@ -746,24 +719,11 @@ def test_a_failed_first_read_of_a_key_naming_range_is_not_taken_for_an_empty_obj
             self._refuse()
 
     Unavailable.ranges = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        options = Options(
-            session_kwargs={
-                "aws_access_key_id": "AKIADATERANGE0000000",
-                "aws_secret_access_key": "s" * 40,
-                "region_name": "us-east-1",
-            },
-            s3_client_kwargs={"endpoint_url": f"http://127.0.0.1:{server.server_address[1]}"},
-            transport=transport,
-            max_attempts=1,
-        )
-        with pytest.raises(file_dataset.TransferError) as raised:
-            file_dataset.reader({"f": "s3://bkt/DateRange.bin"}, options).into_blob_table()
-    finally:
-        server.shutdown()
-        server.server_close()
+    with (
+        _fake_s3(Unavailable, transport) as options,
+        pytest.raises(file_dataset.TransferError) as raised,
+    ):
+        file_dataset.reader({"f": "s3://bkt/DateRange.bin"}, options).into_blob_table()
     assert raised.value.status == 500
     assert Unavailable.ranges == [True]  # no GET of the whole object
 
