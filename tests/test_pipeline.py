@@ -882,6 +882,34 @@ def test_options_made_after_the_endpoint_changed_have_not_reached_it(
     assert "127.0.0.1:9" in str(raised.value)
 
 
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_reached_endpoint_stays_reached_when_the_options_get_a_new_runtime(
+    transport: str,
+    nothing_reached: None,
+    s3_server: LocalS3Server,
+    put: Put,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Options whose runtime (pool and clients) was retired, after an AWS_* variable
+    changed, get a new one in the new environment; the same endpoint must still count
+    as reached, or an outage part-way would end the call (a regression hunt's
+    reasoning)."""
+    relay = _Relay(s3_server.endpoint_url)
+    options = s3_server.options(
+        transport=transport, max_attempts=1, s3_client_kwargs={"endpoint_url": relay.endpoint_url}
+    )
+    pipeline = Pipeline(upper, {"into_path": tmp_path / "out"}, options)
+    assert pipeline(pd.DataFrame({"id": ["1"], "f": [put("in/1", b"one")]}))["id"].tolist() == ["1"]
+    monkeypatch.setenv("AWS_UNRELATED_MARKER", "changed")  # a new environment
+    for attempts in range(2, 11):  # more option values than the process keeps runtimes for
+        options.replace(max_attempts=attempts).s3_client()
+    relay.cut()
+    later = pd.DataFrame({"id": ["2"], "f": [put("in/2", b"two")]})
+    assert pipeline(later).empty
+    assert [(f.id, f.stage) for f in pipeline.last_failures] == [("2", "read")]
+
+
 class _Relay:
     """A TCP relay to moto that can be cut, as an endpoint that goes away part-way."""
 

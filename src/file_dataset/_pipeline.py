@@ -62,14 +62,23 @@ _BUCKETS_FOUND: dict[tuple[Options, str], bool] = {}
 # Options whose S3 endpoint a Pipeline of this process has reached (it answered a
 # request): an endpoint that then gives no answer is an outage part-way through, and
 # its rows are dropped; one never reached ends the call (a wrong endpoint, no network).
-# Keyed with the environment the options resolved their endpoint in (AWS_ENDPOINT_URL
-# changed: new options go elsewhere).
-_REACHED: dict[tuple[Options, int], bool] = {}
+# Keyed with the endpoint the options resolve to (AWS_ENDPOINT_URL changed: new options
+# go elsewhere).
+_REACHED: dict[tuple[Options, str], bool] = {}
 
 
-def _reached(options: Options) -> tuple[Options, int]:
-    """The key of ``options`` in :data:`_REACHED`."""
-    return options, options._live().environment
+def _reached(options: Options) -> tuple[Options, str]:
+    """The key of ``options`` in :data:`_REACHED`: with the endpoint they resolve to.
+
+    The endpoint, not the environment it was resolved in: options whose runtime was
+    retired get a new one in a new environment (another ``AWS_*`` variable, refreshed
+    credentials) and still reach the same endpoint.
+    """
+    try:
+        endpoint = str(options.s3_client().meta.endpoint_url)
+    except Exception:  # a client that cannot be made: its requests say why
+        endpoint = ""
+    return options, endpoint
 
 
 # The most rows whose outputs are still uploading while fn runs on a later row: more
