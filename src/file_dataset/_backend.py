@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -238,6 +239,30 @@ _TRANSPORTS = ("auto", "obstore", "boto3")
 # Whether "auto" picks obstore (when installed and able to honour the options): it costs
 # a fraction of boto3's client CPU per request (benchmarks/RESULTS.md).
 AUTO_PREFERS_OBSTORE = True
+
+
+T = TypeVar("T")
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before trying again for the ``attempt``-th time (from 1)."""
+    return float(min(0.05 * 2**attempt, 2.0))
+
+
+def retried(call: Callable[[], T], dropped: Callable[[Exception], bool], attempts: int) -> T:
+    """``call()``, made again while it raises an answer cut short, ``attempts`` in all.
+
+    ``dropped`` says which errors are such answers: the drops that the library below
+    neither wraps nor retries itself.
+    """
+    for attempt in range(1, attempts):
+        try:
+            return call()
+        except Exception as e:
+            if not dropped(e):
+                raise
+        time.sleep(backoff(attempt))
+    return call()
 
 
 def _client_error(error: TransferError) -> bool:

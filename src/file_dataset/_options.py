@@ -150,6 +150,7 @@ class _Runtime:
         self._workers: _Workers | None = None
         self._lock = threading.Lock()
         self.retired = False  # forgotten by the registry (see retire)
+        self.endpoint: str | None = None  # the S3 client's endpoint URL, once asked for
 
     @classmethod
     def for_options(cls, options: Options) -> _Runtime:
@@ -852,6 +853,17 @@ class Options:
             # the registry's current one (which makes them the most recently used).
             runtime = self._runtime = _Runtime.for_options(self)
         return runtime
+
+    def _endpoint(self) -> str:
+        """The endpoint URL that these options' S3 client resolves to.
+
+        Asked of a client once per runtime, not once per thread: a thread that would
+        not make a client of its own otherwise does not make one for this.
+        """
+        runtime = self._live()
+        if runtime.endpoint is None:
+            runtime.endpoint = str(self.s3_client().meta.endpoint_url)
+        return runtime.endpoint
 
     def s3_client(self) -> S3Client:
         """The S3 client of the calling thread, created on first use.

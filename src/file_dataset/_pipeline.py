@@ -75,7 +75,7 @@ def _reached(options: Options) -> tuple[Options, str]:
     credentials) and still reach the same endpoint.
     """
     try:
-        endpoint = str(options.s3_client().meta.endpoint_url)
+        endpoint = options._endpoint()  # once per runtime: no client per pool thread
     except Exception:  # a client that cannot be made: its requests say why
         endpoint = ""
     return options, endpoint

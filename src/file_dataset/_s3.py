@@ -31,12 +31,14 @@ from file_dataset._backend import (
     STREAM_BYTES,
     Blob,
     Sink,
+    backoff,
     check_same_version,
     explain_head,
     is_weak,
     new_buffer,
     read_source,
     readinto_chunks,
+    retried,
     write_chunks,
 )
 from file_dataset._errors import (
@@ -142,9 +144,8 @@ _DROPPED = (BotoCoreError, Urllib3Error, OSError, http.client.HTTPException)
 _ANSWER_DROPPED = (Urllib3Error, http.client.HTTPException, ConnectionError)
 
 
-def _backoff(attempt: int) -> float:
-    """Seconds to wait before resuming a body for the ``attempt``-th time (from 1)."""
-    return float(min(0.05 * 2**attempt, 2.0))
+def _answer_dropped(error: Exception) -> bool:
+    return isinstance(error, _ANSWER_DROPPED)
 
 
 def _readinto(body: Any) -> Callable[[memoryview], int]:
@@ -343,27 +344,23 @@ class S3Backend:
         ``max_attempts`` times.
         """
         client = self._options.s3_client()  # no such profile, a bad region: translated
-        for attempt in range(1, self._options.max_attempts + 1):
+
+        def get() -> Any:
             try:
-                try:
-                    return client.get_object(
-                        Bucket=loc.bucket,
-                        Key=loc.key,
-                        Range=f"bytes=0-{length - 1}",
-                        **self._args("get"),
-                    )
-                except ClientError as e:
-                    status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-                    code = e.response.get("Error", {}).get("Code")
-                    if code != "InvalidRange" and status != 416:
-                        raise
-                    # A Range on an empty object is "unsatisfiable": read it plainly.
-                    return client.get_object(Bucket=loc.bucket, Key=loc.key, **self._args("get"))
-            except _ANSWER_DROPPED:
-                if attempt == self._options.max_attempts:
+                return client.get_object(
+                    Bucket=loc.bucket,
+                    Key=loc.key,
+                    Range=f"bytes=0-{length - 1}",
+                    **self._args("get"),
+                )
+            except ClientError as e:
+                status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if e.response.get("Error", {}).get("Code") != "InvalidRange" and status != 416:
                     raise
-                time.sleep(_backoff(attempt))
-        raise AssertionError("unreachable")  # the loop returns or raises
+                # A Range on an empty object is "unsatisfiable": read it plainly.
+                return client.get_object(Bucket=loc.bucket, Key=loc.key, **self._args("get"))
+
+        return retried(get, _answer_dropped, self._options.max_attempts)
 
     def _get_range(self, loc: Location, start: int, length: int, tag: str | None) -> Any:
         """A ranged GET, checked to answer that range (not the whole object)."""
@@ -407,7 +404,7 @@ class S3Backend:
         done = 0
         for attempt in range(max(1, self._options.max_attempts)):
             if attempt:
-                time.sleep(_backoff(attempt))
+                time.sleep(backoff(attempt))
             if body is None:
                 try:
                     resp = self._get_range(loc, start + done, len(view) - done, tag)
@@ -448,7 +445,7 @@ class S3Backend:
 
         for attempt in range(max(1, self._options.max_attempts)):
             if attempt:
-                time.sleep(_backoff(attempt))
+                time.sleep(backoff(attempt))
             if body is None:
                 try:
                     resp = self._get_range(loc, start + done, length - done, tag)
@@ -508,7 +505,7 @@ class S3Backend:
             # An answer cut short (http.client took the end of the connection for the
             # end of its headers): asked again, as botocore does for a dropped one.
             if attempt < self._options.max_attempts:
-                time.sleep(_backoff(attempt))
+                time.sleep(backoff(attempt))
         raise TransferError(
             str(loc),
             "the server's answer to CreateMultipartUpload gave no UploadId",

@@ -19,7 +19,6 @@ import errno
 import os
 import re
 import threading
-import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -50,6 +49,7 @@ from file_dataset._backend import (
     is_weak,
     read_source,
     remember,
+    retried,
     store_writer,
     write_chunks,
 )
@@ -178,6 +178,12 @@ def _translate(error: Exception, text: str, url: str, operation: str) -> NoRetur
     failure = TransferError(url, reason, operation=operation)
     failure.unreachable = unreachable  # no connection, or no answer in time
     raise failure from cause
+
+
+def _body_error(error: Exception) -> bool:
+    """Whether obstore gave up reading an answer's body (which it does not retry)."""
+    lines = str(error).strip().splitlines()
+    return isinstance(error, BaseError) and bool(lines) and "body error" in lines[0]
 
 
 class _Credentials:
@@ -566,26 +572,20 @@ class ObstoreS3Backend:
         an empty object arrives) is a "body error" that obstore does not retry: the GET
         is made again, up to ``max_attempts`` times.
         """
-        attempts = self._options.max_attempts
-        for attempt in range(1, attempts + 1):
+
+        def get() -> obstore.GetResult:
             try:
-                try:
-                    return self._request(
-                        loc,
-                        lambda store: obstore.get(store, loc.key, options={"range": (0, length)}),
-                    )
-                except BaseError as e:
-                    # an empty object: no range is satisfiable (the answer's status
-                    # only: the text also quotes the key, times and request ids)
-                    if not re.search(r"non-2xx status code: 416\b|InvalidRange", str(e)):
-                        raise
-                    return self._request(loc, lambda store: obstore.get(store, loc.key))
+                return self._request(
+                    loc, lambda store: obstore.get(store, loc.key, options={"range": (0, length)})
+                )
             except BaseError as e:
-                lines = str(e).strip().splitlines()
-                if attempt == attempts or not lines or "body error" not in lines[0]:
+                # an empty object: no range is satisfiable (the answer's status only:
+                # the text also quotes the key, times and request ids)
+                if not re.search(r"non-2xx status code: 416\b|InvalidRange", str(e)):
                     raise
-                time.sleep(min(0.05 * 2**attempt, 2.0))
-        raise AssertionError("unreachable")  # the loop returns or raises
+                return self._request(loc, lambda store: obstore.get(store, loc.key))
+
+        return retried(get, _body_error, self._options.max_attempts)
 
     @staticmethod
     def _chunks(result: obstore.GetResult, url: str, length: int) -> Iterator[memoryview]:
