@@ -169,6 +169,17 @@ def test_the_default_threshold_follows_a_larger_part_size() -> None:
             {"upload_args": {"ContentType": "text/plain", "Metadata": "k=v"}},
             "upload_args: Invalid type for parameter Metadata, value: k=v",
         ),
+        # botocore refuses these only at each request (non-ASCII metadata) or
+        # http.client does (a line break in a header): every write would fail
+        (
+            {"upload_args": {"Metadata": {"owner": "Zo\u00eb"}}},
+            "upload_args: Metadata 'owner': 'Zo\u00eb' is not ASCII",
+        ),
+        (
+            {"upload_args": {"Metadata": {"note": "a\nb"}}},
+            r"upload_args: Metadata 'note' holds a line break \('a\\nb'\)",
+        ),
+        ({"upload_args": {"CacheControl": "no-cache\r\n"}}, "CacheControl holds a line break"),
         ({"max_attempts": 0}, "max_attempts must be at least 1"),
         (
             {"session_kwargs": {"aws_secret_key": "x"}},

@@ -422,7 +422,33 @@ def _check_upload_args(upload_args: Mapping[str, Any]) -> dict[str, Any]:
     if report.has_errors():
         problems = report.generate_report().replace("\n", "; ")
         raise InvalidInputError(f"upload_args: {problems}")
+    _check_header_values(upload_args)
     return dict(upload_args)
+
+
+def _check_header_values(upload_args: Mapping[str, Any]) -> None:
+    """Refuses values that botocore or http.client would refuse at every request.
+
+    They travel as HTTP headers: ``Metadata`` must be ASCII (botocore's own check,
+    made on the client before a request) and no value may hold a line break (an
+    invalid header value).
+    """
+    metadata = upload_args.get("Metadata") or {}
+    for key, value in metadata.items():
+        if not (key.isascii() and value.isascii()):
+            raise InvalidInputError(
+                f"upload_args: Metadata {key!r}: {value!r} is not ASCII; S3 metadata "
+                "travels as HTTP headers and takes ASCII only (percent-encode the rest)"
+            )
+    values = [(name, value) for name, value in upload_args.items() if isinstance(value, str)]
+    values += [(f"Metadata {key!r}", value) for key, value in metadata.items()]
+    values += [(f"Metadata key {key!r}", key) for key in metadata]
+    for name, value in values:
+        if "\r" in value or "\n" in value:
+            raise InvalidInputError(
+                f"upload_args: {name} holds a line break ({value!r}), which no HTTP "
+                "header can carry"
+            )
 
 
 @functools.cache
@@ -660,7 +686,8 @@ class Options:
             ``part_size`` outside 5 MiB to 5 GiB, a threshold below ``part_size``, an
             unknown ``retry_mode``, ``transport`` or argument of boto3, half a key
             pair, a profile missing from the AWS config files, an endpoint that is not
-            an ``http(s)://`` URL): an :class:`InvalidInputError`.
+            an ``http(s)://`` URL, ``upload_args`` that botocore would refuse, such
+            as non-ASCII ``Metadata``): an :class:`InvalidInputError`.
         TypeError: A setting has the wrong type (``"8"`` or ``True`` for an int, a
             dict for ``config``).
 
