@@ -2078,3 +2078,43 @@ def test_fips_or_dual_stack_requests_go_by_boto3(
     )
     assert type(backend_for(parse_url("s3://scans/k"), options)) is S3Backend
     assert _url_boto3_sends(options) == endpoint
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+@pytest.mark.parametrize(
+    "message",
+    ["<![CDATA[The specified key does not exist.]]>", "The key &lt;a&amp;b&gt; does not exist."],
+    ids=["cdata", "entities"],
+)
+def test_the_servers_message_is_read_as_xml(transport: str, message: str) -> None:
+    """Before, with obstore: a message in a CDATA section (moto 5.1's) was lost, the
+    error saying only "NoSuchKey", and entities stayed encoded (a helper's finding)."""
+
+    class Missing(_RefusingHandler):
+        def do_GET(self) -> None:
+            body = (
+                "<?xml version='1.0' encoding='UTF-8'?><Error><Code>NoSuchKey</Code>"
+                f"<Message>{message}</Message><Key>p07/image.mha</Key></Error>"
+            ).encode()
+            self.send_response(404)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    frame = pd.DataFrame({"id": ["p07"], "image.mha": ["s3://bkt/p07/image.mha"]})
+    with (
+        _fake_s3(Missing, transport) as options,
+        pytest.raises(file_dataset.ObjectNotFoundError) as raised,
+    ):
+        file_dataset.reader(frame, options).into_blob_table()
+    expected = (
+        "The specified key does not exist."
+        if "CDATA" in message
+        else "The key <a&b> does not exist."
+    )
+    assert raised.value.reason == f"NoSuchKey: {expected}"
+    assert str(raised.value) == (
+        "cannot read s3://bkt/p07/image.mha (row id 'p07', column 'image.mha'): "
+        f"NoSuchKey: {expected}"
+    )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import html
 import os
 import re
 import threading
@@ -104,9 +105,20 @@ _DENIED_WORDS = (
 
 def _s3_code(text: str) -> tuple[str, str]:
     """The S3 error code and message of the XML error body quoted in an obstore error."""
-    code = re.search(r"<Code>([^<]*)</Code>", text)
-    message = re.search(r"<Message>([^<]*)</Message>", text)
-    return (code.group(1) if code else "", message.group(1) if message else "")
+    return _xml_text("Code", text), _xml_text("Message", text)
+
+
+def _xml_text(tag: str, text: str) -> str:
+    """The text of the first ``<tag>`` element in ``text``, as an XML parser reads it.
+
+    Entities are decoded; a CDATA section (moto 5.1 and other S3-compatible servers wrap
+    messages in one) gives its content.
+    """
+    found = re.search(rf"<{tag}>\s*(?:<!\[CDATA\[(.*?)\]\]>|([^<]*))\s*</{tag}>", text, re.S)
+    if found is None:
+        return ""
+    cdata, plain = found.groups()
+    return cdata if cdata is not None else html.unescape(plain)
 
 
 def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
