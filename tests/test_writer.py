@@ -398,8 +398,9 @@ def test_a_boolean_id_is_refused(
     ("row_id", "message"),
     [
         (5.0, "id 5.0 is a float: give a str or an int (convert the column"),
-        (np.float64(2.0), "id np.float64(2.0) is a float"),
-        (np.float32(2.0), "id np.float32(2.0) is of type float32: give a str or an int (convert"),
+        # the value as numpy's repr gives it (2.0 before numpy 2)
+        (np.float64(2.0), f"id {np.float64(2.0)!r} is a float"),
+        (np.float32(2.0), f"id {np.float32(2.0)!r} is of type float32: give a str or an int ("),
         (decimal.Decimal("5.0"), "id Decimal('5.0') is of type Decimal: give a str or an int ("),
         (pa.scalar(5.0), "id 5.0 is a float: give a str or an int (convert the column"),
         (["1", "2"], "id ['1', '2'] is of type list: give a str or an int (a dict of columns"),

@@ -29,8 +29,10 @@ import asyncio
 import hashlib
 import json
 import os
+import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +211,12 @@ def main() -> None:
             "finished": not consumer.is_alive(),
         }
         timings["failover_s"] = time.perf_counter() - started
+    except BaseException:
+        # printed now: a consumer thread still in Ray when ray.shutdown() runs below
+        # makes Ray end the process before Python would print it
+        traceback.print_exc()
+        sys.stderr.flush()
+        raise
     finally:
         args.output.write_text(json.dumps(result))
         ray.shutdown()

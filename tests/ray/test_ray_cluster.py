@@ -60,7 +60,7 @@ def cluster_run(
         text=True,
         timeout=280,
     )
-    assert done.returncode == 0, done.stderr[-5000:]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     result: dict[str, Any] = json.loads((folder / "out.json").read_text())
     failover = result.get("failover", {})
     print(
