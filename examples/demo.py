@@ -172,7 +172,11 @@ def run_ray_demo(files: pd.DataFrame, options: file_dataset.Options, bucket: str
         return
     logging.getLogger("ray").setLevel(logging.WARNING)
     ray.init(
-        num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+        address="local",  # a Ray of its own, never one already running on the machine
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
     )
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
