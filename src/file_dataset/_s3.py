@@ -310,6 +310,16 @@ class S3Backend:
                 resp["ContentLength"] = len(data)
                 resp["Body"] = _BytesBody(data)
             size = int(resp["ContentLength"])
+            status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 206 and not content_range:
+                # Part of the object, but which part? Taking it for the whole object
+                # would cut the object short without an error.
+                resp["Body"].close()
+                raise TransferError(
+                    url,
+                    f"asked for bytes 0-{length - 1}, the server answered 206 (part of the "
+                    f"object) with a body of {size} bytes but no Content-Range",
+                )
             total = _total(content_range, size, url)
             if content_range and not str(content_range).startswith(f"bytes 0-{size - 1}/"):
                 # The later parts start where the range ends: a body shorter than its
@@ -321,7 +331,9 @@ class S3Backend:
                     f"with a body of {size} bytes",
                 )
             tag = resp.get("ETag")
-            if sink is not None and size >= STREAM_BYTES:
+            # A server that ignores Range sends the whole object: it is all taken from
+            # this answer, in one buffer (the caller then asks for no more of it).
+            if sink is not None and STREAM_BYTES <= size <= length:
                 # Straight into the object's buffer, or through a small one to its file.
                 store = sink(total)
                 if isinstance(store, memoryview):
@@ -377,10 +389,8 @@ class S3Backend:
             resp["Body"].close()
             raise
         answered = resp.get("ContentRange")
-        if (
-            not str(answered).startswith(f"bytes {start}-{end}/")
-            or resp.get("ContentLength") != length
-        ):
+        sent = resp.get("ContentLength")  # None when chunked: read until the range is in
+        if not str(answered).startswith(f"bytes {start}-{end}/") or sent not in (length, None):
             resp["Body"].close()
             raise TransferError(
                 str(loc),
