@@ -139,11 +139,14 @@ def main() -> None:
         },
     )
     try:
+        # The driver joins while the head is the only node: joining later, Ray before
+        # 2.55 could attach it to a worker node's raylet (all share one IP), which then
+        # could not be removed.
+        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
         workers = [
             cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE_BYTES) for _ in range(2)
         ]
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
