@@ -2083,12 +2083,17 @@ def test_fips_or_dual_stack_requests_go_by_boto3(
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
 @pytest.mark.parametrize(
     "message",
-    ["<![CDATA[The specified key does not exist.]]>", "The key &lt;a&amp;b&gt; does not exist."],
-    ids=["cdata", "entities"],
+    [
+        "<![CDATA[The specified key does not exist.]]>",
+        "The key &lt;a&amp;b&gt; does not exist.",
+        "\n    The key &lt;a&amp;b&gt; does not exist.\n  ",
+    ],
+    ids=["cdata", "entities", "indented"],
 )
 def test_the_servers_message_is_read_as_xml(transport: str, message: str) -> None:
     """Before, with obstore: a message in a CDATA section (moto 5.1's) was lost, the
-    error saying only "NoSuchKey", and entities stayed encoded (a helper's finding)."""
+    error saying only "NoSuchKey", and entities stayed encoded; the line breaks of an
+    indented body stayed in the message with both transports (helpers' findings)."""
 
     class Missing(_RefusingHandler):
         def do_GET(self) -> None:

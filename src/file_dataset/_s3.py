@@ -95,9 +95,9 @@ def _translate(error: Exception, url: str, operation: str) -> NoReturn:
     cause = masked_cause(error)  # botocore and urllib3 quote the endpoint, password and all
     if isinstance(error, ClientError):
         info = error.response.get("Error", {})
-        code = str(info.get("Code", ""))
+        code = str(info.get("Code", "")).strip()  # indented XML: line breaks around
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        message = info.get("Message") or ""
+        message = str(info.get("Message") or "").strip()
         reason = f"{code or status}{': ' + message if message else ''}"
         if code in _NOT_FOUND or status == 404:
             if code == "NoSuchBucket":

@@ -111,14 +111,15 @@ def _s3_code(text: str) -> tuple[str, str]:
 def _xml_text(tag: str, text: str) -> str:
     """The text of the first ``<tag>`` element in ``text``, as an XML parser reads it.
 
-    Entities are decoded; a CDATA section (moto 5.1 and other S3-compatible servers wrap
+    Entities are decoded and the text stripped (servers that indent their XML put line
+    breaks around it); a CDATA section (moto 5.1 and other S3-compatible servers wrap
     messages in one) gives its content.
     """
     found = re.search(rf"<{tag}>\s*(?:<!\[CDATA\[(.*?)\]\]>|([^<]*))\s*</{tag}>", text, re.S)
     if found is None:
         return ""
     cdata, plain = found.groups()
-    return cdata if cdata is not None else html.unescape(plain)
+    return cdata if cdata is not None else html.unescape(plain).strip()
 
 
 def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
