@@ -433,16 +433,14 @@ def _check_header_values(upload_args: Mapping[str, Any]) -> None:
     made on the client before a request) and no value may hold a line break (an
     invalid header value).
     """
-    metadata = upload_args.get("Metadata") or {}
-    for key, value in metadata.items():
+    values = [(name, value) for name, value in upload_args.items() if isinstance(value, str)]
+    for key, value in (upload_args.get("Metadata") or {}).items():
         if not (key.isascii() and value.isascii()):
             raise InvalidInputError(
                 f"upload_args: Metadata {key!r}: {value!r} is not ASCII; S3 metadata "
                 "travels as HTTP headers and takes ASCII only (percent-encode the rest)"
             )
-    values = [(name, value) for name, value in upload_args.items() if isinstance(value, str)]
-    values += [(f"Metadata {key!r}", value) for key, value in metadata.items()]
-    values += [(f"Metadata key {key!r}", key) for key in metadata]
+        values += [(f"Metadata key {key!r}", key), (f"Metadata {key!r}", value)]
     for name, value in values:
         if "\r" in value or "\n" in value:
             raise InvalidInputError(

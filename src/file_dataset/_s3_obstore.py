@@ -119,7 +119,7 @@ def _xml_text(tag: str, text: str) -> str:
     if found is None:
         return ""
     cdata, plain = found.groups()
-    return cdata if cdata is not None else html.unescape(plain).strip()
+    return (cdata if cdata is not None else html.unescape(plain)).strip()
 
 
 def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
