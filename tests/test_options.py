@@ -236,6 +236,17 @@ def test_arguments_of_the_wrong_type_are_refused_when_built(
     assert Options(max_concurrency=np.int64(4), request_payer=np.bool_(True)).max_concurrency == 4
 
 
+@pytest.mark.parametrize("name", ["session_kwargs", "s3_client_kwargs", "upload_args"])
+def test_keyword_settings_given_as_pairs_are_refused_without_quoting_them(name: str) -> None:
+    """Before: a list of pairs was read key by key, and the message quoted each pair,
+    the secret key with it."""
+    pairs = [("aws_access_key_id", "AKIDEXAMPLE"), ("aws_secret_access_key", CANARY_SECRET)]
+    with pytest.raises(TypeError) as info:
+        Options(**{name: pairs})
+    assert str(info.value) == f"{name} must be a dict, got list"
+    assert CANARY_SECRET not in repr(info.value)
+
+
 def test_an_upper_case_endpoint_scheme_is_accepted_and_works(
     s3_server: LocalS3Server, bucket: str, put: Any
 ) -> None:

@@ -1144,3 +1144,47 @@ def test_user_threads_and_a_pipeline_fn_share_one_options(
     assert list(result["id"]) == list(range(20))
     for j in range(20):
         assert read_object(f"s3://{bucket}/out/{j}/o.bin") == data[f"k{j}"] + data["k7"]
+
+
+def test_a_series_row_with_a_repeated_or_non_string_name_is_refused(tmp_path: Path) -> None:
+    """Before: a dict of the row kept only the last of two cells of one name (one file
+    silently missing), and a label 0 became a file named "0"."""
+    first, second = tmp_path / "first.bin", tmp_path / "second.bin"
+    first.write_bytes(b"first")
+    second.write_bytes(b"second")
+    frame = pd.DataFrame([["r1", str(first), str(second)]], columns=["id", "f.bin", "f.bin"])
+    with pytest.raises(file_dataset.InvalidInputError) as info:
+        file_dataset.reader(frame.iloc[0])
+    assert str(info.value) == "the row's file names must be unique; repeated: ['f.bin']"
+    with pytest.raises(file_dataset.InvalidInputError) as info:
+        file_dataset.Pipeline(lambda i, o: {}, {"into_path": str(tmp_path / "out")})(frame.iloc[0])
+    assert str(info.value) == "the row's file names must be unique; repeated: ['f.bin']"
+    assert not (tmp_path / "out").exists()
+    numbered = pd.Series([str(first)], index=[0])
+    with pytest.raises(file_dataset.InvalidInputError, match="must be strings, got 0"):
+        file_dataset.reader(numbered)
+    # a well-formed row still reads, values as they were
+    row = frame.iloc[0, [0, 1]]
+    assert file_dataset.reader(row).into_blob_table().column("f.bin").to_pylist() == [b"first"]
+
+
+def test_the_readme_listing_recipe_builds_a_file_dataframe(
+    bucket: str, put: Callable[[str, bytes], str], s3_client: Any, options: Options
+) -> None:
+    """README, "Coming from Ray Data": a prefix listing made into a file DataFrame."""
+    put("ct/p01/image.mha", b"image 1")
+    put("ct/p01/mask.mha", b"mask 1")
+    put("ct/p02/image.mha", b"image 2")
+    put("other/p03/image.mha", b"not listed")
+    rows: dict[str, dict[str, str]] = {}
+    pages = s3_client.get_paginator("list_objects_v2")
+    for page in pages.paginate(Bucket=bucket, Prefix="ct/", PaginationConfig={"PageSize": 2}):
+        for item in page.get("Contents", []):
+            folder, _, name = item["Key"].rpartition("/")
+            rows.setdefault(folder.rpartition("/")[2], {})[name] = f"s3://{bucket}/{item['Key']}"
+    frame = pd.DataFrame.from_dict(rows, orient="index").rename_axis("id").reset_index()
+    assert frame["id"].tolist() == ["p01", "p02"]
+    table = file_dataset.reader(frame, options).into_blob_table()
+    assert table.column_names == ["id", "image.mha", "mask.mha"]
+    assert table.column("image.mha").to_pylist() == [b"image 1", b"image 2"]
+    assert table.column("mask.mha").to_pylist() == [b"mask 1", None]

@@ -106,3 +106,9 @@ def test_the_server_process_ends_when_its_owner_is_killed(tmp_path: Path) -> Non
                 pipe.close()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=5)
+
+
+def test_an_unknown_mode_is_refused() -> None:
+    with pytest.raises(ValueError) as info:
+        LocalS3Server(mode="threads")  # type: ignore[arg-type]
+    assert str(info.value) == "mode must be 'process' or 'thread', got 'threads'"

@@ -287,6 +287,28 @@ def test_a_file_url_with_a_query_or_fragment_is_refused(value: str) -> None:
     assert parse_url(Path("/d/scan#1.mha").as_uri()).path == Path("/d/scan#1.mha")
 
 
+@pytest.mark.parametrize("value", ["file://", "FILE://localhost", "file:"])
+def test_a_file_url_without_a_path_is_refused(value: str) -> None:
+    with pytest.raises(file_dataset.InvalidInputError) as info:
+        parse_url(value, prefix=True)
+    assert repr(value) in str(info.value)
+    assert "expected file:///absolute/path" in str(info.value)
+
+
+def test_write_files_into_a_file_url_without_a_path_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: "file://" was the working directory, where the row folder was made."""
+    source = tmp_path / "a.txt"
+    source.write_bytes(b"a")
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    with pytest.raises(file_dataset.InvalidInputError, match="names no path"):
+        file_dataset.write_files({"a.txt": source}, "file://", "row1")
+    assert list(workdir.iterdir()) == []
+
+
 @pytest.mark.parametrize("value", ["/d/f\x00x", "file:///d/f%00x", "rel\x00"])
 def test_a_local_path_with_a_nul_is_refused_naming_the_row_and_column(value: str) -> None:
     # Before, os.open's bare "embedded null byte" came at the transfer, naming nothing.

@@ -220,6 +220,24 @@ def frame_rows(frame: pd.DataFrame, columns: list[str]) -> list[list[Any]]:
     )
 
 
+def series_row(row: pd.Series) -> dict[str, Any]:
+    """A ``pd.Series`` row as a dict, refusing labels a dict would lose or rename.
+
+    A row of a frame with two columns of one name has that label twice, and a dict
+    keeps only the last; a label that is not a string would pass as its ``str()``.
+
+    Raises:
+        InvalidInputError: A label is repeated or is not a string.
+    """
+    if not row.index.is_unique:
+        repeated = sorted({str(label) for label in row.index[row.index.duplicated()]})
+        raise InvalidInputError(f"the row's file names must be unique; repeated: {repeated}")
+    for label in row.index:
+        if not isinstance(label, str):
+            raise InvalidInputError(f"the row's file names must be strings, got {label!r}")
+    return {str(label): value for label, value in row.items()}
+
+
 def parse_row(row: Mapping[str, Any] | pd.Series) -> FileTable:
     """Validates a single row: a mapping of file name to URL (an ``id`` entry is ignored).
 
@@ -227,7 +245,7 @@ def parse_row(row: Mapping[str, Any] | pd.Series) -> FileTable:
         InvalidInputError: A name is not a safe file name or a value not a URL or path.
     """
     if isinstance(row, pd.Series):
-        row = {str(k): v for k, v in row.items()}
+        row = series_row(row)
     if not isinstance(row, Mapping):
         raise InvalidInputError(
             f"expected a mapping of file name to URL or a DataFrame, got {type(row).__name__}"

@@ -512,6 +512,16 @@ def _accepted_kwargs(what: str) -> frozenset[str]:
     return frozenset(names) - {"self", "service_name"}
 
 
+def _check_mapping(value: Any, name: str) -> None:
+    """Refuses a setting that should be a dict of keyword arguments but is not.
+
+    Only the type is named: a list of pairs may hold a secret key, which a message
+    quoting the value would print.
+    """
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict, got {type(value).__name__}")
+
+
 def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
     """Refuses arguments that boto3 would refuse only at the first transfer."""
     if not kwargs:
@@ -680,14 +690,16 @@ class Options:
             keep the transport). Ignored for local destinations.
 
     Raises:
-        ValueError: A setting is out of range or unknown (``max_concurrency`` below 1,
-            ``part_size`` outside 5 MiB to 5 GiB, a threshold below ``part_size``, an
-            unknown ``retry_mode``, ``transport`` or argument of boto3, half a key
-            pair, a profile missing from the AWS config files, an endpoint that is not
-            an ``http(s)://`` URL, ``upload_args`` that botocore would refuse, such
-            as non-ASCII ``Metadata``): an :class:`InvalidInputError`.
+        ValueError: A setting is out of range or unknown (``max_concurrency`` or
+            ``max_attempts`` below 1, ``part_size`` outside 5 MiB to 5 GiB, a
+            threshold below ``part_size`` or above 5 GiB, an unknown ``retry_mode``,
+            ``transport`` or argument of boto3, a ``botocore_session`` in
+            ``session_kwargs``, half a key pair, a profile missing from the AWS config
+            files, an endpoint that is not an ``http(s)://`` URL, ``upload_args`` that
+            botocore would refuse, such as non-ASCII ``Metadata``): an
+            :class:`InvalidInputError`.
         TypeError: A setting has the wrong type (``"8"`` or ``True`` for an int, a
-            dict for ``config``).
+            dict for ``config``, a list of pairs where a dict is expected).
 
     Examples:
         >>> options = Options(s3_client_kwargs={"endpoint_url": "http://127.0.0.1:9000"})
@@ -771,6 +783,12 @@ class Options:
             raise InvalidInputError(f"unknown retry_mode {retry_mode!r}")
         if max_attempts < 1:
             raise InvalidInputError(f"max_attempts must be at least 1, got {max_attempts}")
+        for name, given in (
+            ("session_kwargs", session_kwargs),
+            ("s3_client_kwargs", s3_client_kwargs),
+            ("upload_args", upload_args),
+        ):
+            _check_mapping(given, name)
         _check_kwargs(session_kwargs or {}, "session")
         _check_kwargs(s3_client_kwargs or {}, "client")
         _set = object.__setattr__  # Options are read-only (see __setattr__)

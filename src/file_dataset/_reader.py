@@ -295,12 +295,13 @@ class FileReader:
         ``binary``), rows in DataFrame order. Null cells are null.
 
         Columns are ``pa.binary()`` split into chunks (int32 offsets cannot address
-        more than 2 GiB in one chunk), so a table of any total size is correct: objects
-        under 1 MiB are copied into chunks of 8 MiB or more (at most 64 MiB; a chunk
-        holds consecutive rows, so one between large objects is a chunk of its own)
-        while later objects are still being read; objects of 1 MiB or more become a chunk of
-        their own without being copied; an object too large to be the sole value of a
-        chunk (2 GiB or more) turns its column into ``pa.large_binary()``.
+        more than 2 GiB in one chunk), so a table of any total size is correct. Each
+        object of 1 MiB or more becomes a chunk of its own, without a copy. Smaller
+        objects are copied, while later ones are still being read, into chunks of
+        consecutive rows holding about 8 to 64 MiB (fewer bytes where a large object
+        or the end of the column cuts a run of small ones short). An object of 2 GiB
+        or more, which no ``binary`` chunk can hold, turns its column into
+        ``pa.large_binary()``.
 
         Returns:
             The blob table.

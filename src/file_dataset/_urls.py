@@ -157,6 +157,12 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
                 "which names no file: write them as %3F and %23 (as Path.as_uri() does), or "
                 "give the path"
             )
+        if not parsed.path:
+            # "file://" and "file://localhost" name no path; read as "" they meant the
+            # working directory, where write_files then wrote its row folders.
+            raise InvalidInputError(
+                f"file URL {quoted_masked(value)} names no path (expected file:///absolute/path)"
+            )
         return Location("file", "", _no_nul(urllib.request.url2pathname(parsed.path)))
     if scheme not in ("s3", "s3a"):
         raise InvalidInputError(

@@ -50,9 +50,15 @@ class LocalS3Server:
     Args:
         mode: ``"process"`` (default) or ``"thread"``.
         host: The address to listen on; keep the loopback address.
+
+    Raises:
+        ValueError: ``mode`` is neither ``"process"`` nor ``"thread"``.
     """
 
     def __init__(self, mode: Literal["process", "thread"] = "process", host: str = "127.0.0.1"):
+        if mode not in ("process", "thread"):
+            # anything else used to start a child process, as "process" does
+            raise ValueError(f"mode must be 'process' or 'thread', got {mode!r}")
         self.mode = mode
         self.host = host
         self.port: int | None = None

@@ -176,6 +176,23 @@ def test_options_that_are_not_options_are_refused_when_the_dataset_is_made(
         )
 
 
+def test_keywords_that_ray_does_not_take_are_refused_when_the_dataset_is_made(
+    options: Options,
+) -> None:
+    """A misspelt Ray keyword was passed on by read_datasource to a reader this
+    datasource does not have."""
+    frame = pd.DataFrame({"id": ["1"], "a": ["s3://bkt/k"]})
+    with pytest.raises(TypeError) as info:
+        read_file_dataset(frame, 4, options, concurency=2, num_cpus=1)
+    message = str(info.value)
+    assert message.startswith(
+        "read_file_dataset() got unexpected keyword arguments ['concurency']: "
+        f"ray.data.read_datasource (Ray {ray.__version__}) takes ["
+    )
+    assert "'concurrency'" in message
+    assert "'num_cpus'" in message
+
+
 def test_blob_reader_is_read_file_dataset() -> None:
     assert blob_reader is read_file_dataset
 

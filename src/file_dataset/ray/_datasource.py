@@ -296,6 +296,25 @@ def _default_num_blocks(num_read_tasks: int) -> int | None:
     return max(num_read_tasks, 1)
 
 
+def _check_ray_kwargs(ray_kwargs: dict[str, Any]) -> None:
+    """Refuses keywords that :func:`ray.data.read_datasource` does not name.
+
+    Ray passes any other keyword on to the datasource's reader, which this datasource
+    does not have: a misspelt ``concurency=2`` would be dropped without a word, or
+    fail only when the dataset runs, far from the call that gave it.
+    """
+    import inspect
+
+    parameters = inspect.signature(ray.data.read_datasource).parameters.values()
+    accepted = sorted(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    unknown = sorted(set(ray_kwargs) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"read_file_dataset() got unexpected keyword arguments {unknown}: "
+            f"ray.data.read_datasource (Ray {ray.__version__}) takes {accepted}"
+        )
+
+
 def read_file_dataset(
     file_dataframe: pd.DataFrame,
     batch_size: int,
@@ -353,7 +372,9 @@ def read_file_dataset(
         ValueError: Not a valid file DataFrame (no ``id`` column, null or repeated
             ids, a cell in any row that is not a URL or path), or ``batch_size`` is not
             a positive int.
-        TypeError: ``options`` is not an :class:`Options` (a dict of settings, say).
+        TypeError: ``options`` is not an :class:`Options` (a dict of settings, say),
+            or a keyword is neither this function's nor one that
+            :func:`ray.data.read_datasource` of the installed Ray takes.
         FileNotFoundError: An object of the first batch does not exist.
         OSError: Sizing the first batch failed otherwise.
 
@@ -365,6 +386,7 @@ def read_file_dataset(
         id         string
         image.mha  binary
     """
+    _check_ray_kwargs(ray_kwargs)
     options = resolve_options(options, "read_file_dataset(options=...)", default=Options.default)
     datasource = FileDataFrameAsBlobDatasource(file_dataframe, batch_size, options)
     blocks = _default_num_blocks(datasource.num_read_tasks)
