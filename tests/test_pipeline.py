@@ -27,6 +27,7 @@ import pyarrow as pa
 import pytest
 
 import file_dataset
+import file_dataset._pipeline
 from file_dataset import Options, Pipeline
 from file_dataset.testing import LocalS3Server
 
@@ -719,6 +720,37 @@ def test_an_interrupt_in_fn_ends_the_call_and_leaves_nothing(
     assert os.listdir(tmp_path / "out") == ["r1"]  # the upload already under way ends
 
 
+def test_an_interrupt_right_after_fn_returns_leaves_nothing(
+    options: Options, tmp_path: Path, system_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C between fn's return and the start of the row's upload. Before, that row's
+    input and output folders stayed in the temp folder for good (a helper saw it in 2
+    runs of 7)."""
+    (tmp_path / "a").write_bytes(b"a")
+    frame = pd.DataFrame({"id": ["r1", "r2", "r3"], "f": [tmp_path / "a"] * 3})
+    folders: list[Path] = []
+    where = file_dataset._pipeline._where
+
+    def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        folders[:] = [input_dir, output_dir]
+        return upper(input_dir, output_dir)
+
+    def interrupted(paths: Any, input_dir: Path, output_dir: Path) -> tuple[bool, bool]:
+        calls.append(input_dir)
+        if len(calls) == 2:  # the first call after fn returned on row r2
+            raise KeyboardInterrupt
+        return where(paths, input_dir, output_dir)
+
+    calls: list[Path] = []
+    monkeypatch.setattr(file_dataset._pipeline, "_where", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(fn, {"into_path": tmp_path / "out"}, options)(frame)
+    assert [folder.exists() for folder in folders] == [False, False]
+    _join_pipeline_threads()
+    assert list(system_tmp.iterdir()) == []
+    assert os.listdir(tmp_path / "out") == ["r1"]
+
+
 def test_missing_object_row_dropped(
     options: Options, bucket: str, system_tmp: Path, caplog: pytest.LogCaptureFixture, put: Put
 ) -> None:
@@ -1103,6 +1135,43 @@ def test_a_missing_destination_bucket_is_refused_before_any_row(
     assert calls == []
 
 
+def test_a_local_destination_no_row_folder_can_be_made_in_is_refused_before_any_row(
+    options: Options, tmp_path: Path
+) -> None:
+    """Before: only a file at into_path itself was seen; a link to nothing, a loop of
+    links or a path under a file let every row download and run fn, then dropped it."""
+    (tmp_path / "in").write_bytes(b"in")
+    (tmp_path / "plain").write_bytes(b"")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    calls: list[Path] = []
+
+    def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        calls.append(input_dir)
+        return upper(input_dir, output_dir)
+
+    frame = pd.DataFrame({"id": ["1"], "f": [tmp_path / "in"]})
+    for into, message in [
+        ("dangling", "it is a link to nothing or a loop of links"),
+        ("loop", "it is a link to nothing or a loop of links"),
+        ("plain/out", f"{str(tmp_path / 'plain')!r} is a file"),
+        ("dangling/out", f"{str(tmp_path / 'dangling')!r} is a link to nothing or a loop of links"),
+    ]:
+        with pytest.raises(NotADirectoryError) as info:
+            Pipeline(fn, {"into_path": tmp_path / into}, options)(frame)
+        assert str(info.value) == (
+            f"[Errno 20] the Pipeline's into_path {str(tmp_path / into)!r} is not a folder: "
+            + message
+        )
+    assert calls == []
+    linked = tmp_path / "linked"
+    linked.symlink_to(tmp_path / "real", target_is_directory=True)
+    (tmp_path / "real").mkdir()
+    result = Pipeline(fn, {"into_path": linked / "new" / "deeper"}, options)(frame)
+    assert result["output.mha"].tolist() == [str(linked / "new" / "deeper" / "1" / "output.mha")]
+    assert (tmp_path / "real" / "new" / "deeper" / "1" / "output.mha").read_bytes() == b"IN"
+
+
 def test_on_error_raise_reraises_fn_error(
     options: Options, bucket: str, system_tmp: Path, put: Put
 ) -> None:
@@ -1230,6 +1299,15 @@ def test_a_column_of_numbers_is_refused_before_any_row(
 def test_invalid_pipeline_arguments(kwargs: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error):
         Pipeline(**{"fn": upper, **kwargs})
+
+
+@pytest.mark.parametrize("progress", ["false", 0.0, None])
+def test_progress_that_is_not_a_bool_is_refused_when_built(progress: Any) -> None:
+    """Before: "false" was taken by its truth and drew a bar."""
+    with pytest.raises(TypeError) as info:
+        Pipeline(upper, {"into_path": "s3://bkt/o"}, progress=progress)
+    assert str(info.value) == f"progress must be True or False, got {progress!r}"
+    assert Pipeline(upper, {"into_path": "s3://bkt/o"}, progress=np.bool_(True)).progress is True
 
 
 def one_argument(input_dir: Path) -> dict[str, Path]:

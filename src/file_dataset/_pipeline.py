@@ -36,7 +36,14 @@ from file_dataset._errors import (
     quoted,
     quoted_masked,
 )
-from file_dataset._frame import ID_COLUMN, FileTable, check_frame, frame_rows, parse_cells
+from file_dataset._frame import (
+    ID_COLUMN,
+    FileTable,
+    check_frame,
+    frame_rows,
+    parse_cells,
+    series_row,
+)
 from file_dataset._local import remove_tree
 from file_dataset._options import Options, resolve_options
 from file_dataset._reader import FileReader
@@ -201,12 +208,13 @@ class Pipeline:
     Raises:
         TypeError: ``fn`` is not callable or cannot be called as ``fn(input_dir,
             output_dir)``, ``write_options`` is not a mapping, or ``options`` (or
-            ``write_options["options"]``) is not an :class:`Options`.
+            ``write_options["options"]``) is not an :class:`Options`, or ``progress``
+            is not a bool.
         ValueError: ``write_options`` has no valid ``into_path`` or has unknown keys,
             or ``on_error`` is neither ``"drop"`` nor ``"raise"``.
 
     Examples:
-        >>> into = {"into_path": "s3://b/out/"}
+        >>> into = {"into_path": "s3://my-bucket/resampled/"}
         >>> pipeline = Pipeline(resample, write_options=into)  # doctest: +SKIP
         >>> outputs = pipeline(files_dataframe)  # doctest: +SKIP
     """
@@ -238,6 +246,9 @@ class Pipeline:
             resolve_options(write_options["options"], "Pipeline(write_options={'options': ...})")
         if on_error not in ("drop", "raise"):
             raise InvalidInputError(f"on_error must be 'drop' or 'raise', got {on_error!r}")
+        if not isinstance(progress, bool | np.bool_):
+            # "false" or 0.0 would be taken by truth; a tqdm instance is not wanted here
+            raise TypeError(f"progress must be True or False, got {progress!r}")
         self.fn = fn
         self.write_options = dict(write_options)
         self.options = resolve_options(options, "Pipeline(options=...)", default=_default_options)
@@ -293,10 +304,7 @@ class Pipeline:
         into_path = self.write_options["into_path"]
         loc = parse_url(into_path, prefix=True)
         if loc.scheme != "s3":
-            if os.path.exists(loc.path) and not os.path.isdir(loc.path):
-                raise NotADirectoryError(
-                    errno.ENOTDIR, f"the Pipeline's into_path {str(loc.path)!r} is not a folder"
-                )
+            _check_local_destination(loc.path)
             return
         options = self._write_options()
         if (options, loc.bucket) in _BUCKETS_FOUND:
@@ -470,7 +478,10 @@ class Pipeline:
                 any row is processed.
             FileNotFoundError: ``into_path`` is in a bucket that does not exist
                 (:class:`ObjectNotFoundError`, checked before any row).
-            NotADirectoryError: A local ``into_path`` is a file (checked before any row).
+            NotADirectoryError: A local ``into_path`` is a file, a link to nothing, or
+                under a file (checked before any row).
+            PermissionError: A local ``into_path`` is in a folder this process cannot
+                write in (checked before any row).
             Exception: The first row's failure, when ``on_error="raise"``.
         """
         if isinstance(file_dataframe, pd.DataFrame):
@@ -482,7 +493,12 @@ class Pipeline:
         if isinstance(file_dataframe, Mapping) and _is_numpy_batch(file_dataframe):
             return self._process(pd.DataFrame(dict(file_dataframe)))
         if isinstance(file_dataframe, Mapping | pd.Series):
-            row = dict(file_dataframe)  # checked as a one-row file DataFrame
+            # checked as a one-row file DataFrame
+            row = (
+                series_row(file_dataframe)
+                if isinstance(file_dataframe, pd.Series)
+                else dict(file_dataframe)
+            )
             if ID_COLUMN not in row:
                 raise InvalidInputError(
                     f"a row given to a Pipeline needs an {ID_COLUMN!r}: its outputs are "
@@ -541,6 +557,10 @@ class Pipeline:
         # Uploads in flight, oldest first: at most _UPLOADS_IN_FLIGHT rows' outputs.
         uploads: collections.deque[tuple[int, concurrent.futures.Future[dict[str, str]]]]
         uploads = collections.deque()
+        # A row's folders from the moment fn takes them until an upload or a removal
+        # has them: an interrupt in between (Ctrl-C right after fn returns) must not
+        # leave them behind.
+        in_hand: tuple[Path, Path] | None = None
         try:
             for index, row_id in enumerate(ids):
                 for ahead in (index, index + 1):
@@ -559,16 +579,15 @@ class Pipeline:
                     self._fail(call, failed)
                     continue
                 try:
+                    in_hand = (input_dir, output_dir)
                     call.claim(index)  # from here on, removing them is this loop's job
                     outputs = self._run_fn(row_id, input_dir, output_dir)
                 except BaseException as e:
                     if not isinstance(e, _RowError):
-                        # KeyboardInterrupt and the like end the call, with this row's
-                        # folders gone by the time it ends
-                        _remove((input_dir, output_dir))
-                        raise
+                        raise  # KeyboardInterrupt and the like: removed below
                     # off the calling thread: the next fn call need not wait
                     stages.submit(_remove, (input_dir, output_dir))
+                    in_hand = None
                     failed = e
                 if failed is not None:
                     self._fail(call, failed)
@@ -585,6 +604,7 @@ class Pipeline:
                 # more than _UPLOADS_IN_FLIGHT are under way, so one slow upload
                 # does not hold up the next fn call (outputs on disk stay bounded).
                 uploads.append((index, stages.submit(self._upload, row_id, outputs, folders)))
+                in_hand = None
                 if not only_own:
                     # A file outside the row's own folders (a fixed scratch file, say)
                     # may be rewritten by the next fn call: it is sent before that call.
@@ -601,6 +621,10 @@ class Pipeline:
             # when it returns. An interrupt (KeyboardInterrupt, SystemExit) ends the call
             # at once: the pool's threads finish the cleanup (and the uploads already
             # sent) on their own.
+            if in_hand is not None:
+                # this row's folders are gone by the time the call ends (an upload
+                # that already has them fails, as the call does)
+                _remove(in_hand)
             for future in downloads.values():
                 future.cancel()
             for unused in call.abandon():
@@ -812,6 +836,37 @@ def _is_numpy_batch(batch: Mapping[str, Any]) -> bool:
     return bool(batch) and all(
         isinstance(column, np.ndarray) and column.ndim == 1 for column in batch.values()
     )
+
+
+def _check_local_destination(path: Path) -> None:
+    """Refuses a local ``into_path`` that no row folder could be made in.
+
+    The path itself, or the nearest part of it that exists, must be a folder (a link
+    to one is fine) that this process may write in. A file, a link to nothing or a
+    loop of links, or a folder without write permission would otherwise let every row
+    download and run ``fn``, to be dropped at its upload.
+
+    Raises:
+        NotADirectoryError: The path, or the part of it that exists, is not a folder.
+        PermissionError: That folder cannot be written in.
+    """
+    shown = repr(str(path))
+    existing = os.path.abspath(path)
+    given = existing
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        what = "a link to nothing or a loop of links" if os.path.islink(existing) else "a file"
+        subject = "it" if existing == given else repr(existing)
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"the Pipeline's into_path {shown} is not a folder: {subject} is {what}"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(
+            errno.EACCES,
+            f"the Pipeline's into_path {shown} cannot be written: no permission to write "
+            f"in {existing!r}",
+        )
 
 
 def _remove(folders: Iterable[Path]) -> None:
