@@ -722,3 +722,21 @@ def test_a_row_folder_removed_by_a_failed_writer_of_the_same_id_is_made_again(
     written = file_dataset.write_files({"good": source}, tmp_path / "into", "r1")
     assert removed == [tmp_path / "into" / "r1"]
     assert Path(written["good"]).read_bytes() == b"good"
+
+
+def test_a_pipe_or_device_to_write_is_named_for_what_it_is(tmp_path: Path) -> None:
+    """Before: "does not exist (or is not a regular file)", a FileNotFoundError, for a
+    file that is there; the reader says what it is."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for source, kind in [(fifo, "a named pipe"), (Path("/dev/null"), "a device")]:
+        with pytest.raises(file_dataset.TransferError) as info:
+            file_dataset.write_files({"f.bin": source}, tmp_path / "out", "r1")
+        assert not isinstance(info.value, FileNotFoundError)
+        assert str(info.value) == (
+            f"cannot read {source} (row id 'r1', column 'f.bin'): is {kind}, not a regular "
+            "file (only files with a known size can be read)"
+        )
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(file_dataset.ObjectNotFoundError, match=r"does not exist$"):
+        file_dataset.write_files({"f.bin": tmp_path / "gone"}, tmp_path / "out", "r1")

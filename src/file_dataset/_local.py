@@ -196,7 +196,7 @@ def _check_version(f: io.FileIO, loc: Location, tag: str | None) -> None:
         raise TransferError(str(loc), CHANGED)
 
 
-def _kind(mode: int) -> str:
+def not_a_file(mode: int) -> str:
     """What a file that is not a regular one is, for a message."""
     if stat_module.S_ISDIR(mode):
         return "is a directory, not a file"
@@ -223,7 +223,7 @@ def _open_regular(loc: Location) -> io.BufferedReader:
     try:
         mode = os.fstat(fd).st_mode
         if not stat_module.S_ISREG(mode):
-            raise TransferError(str(loc), _kind(mode))
+            raise TransferError(str(loc), not_a_file(mode))
         os.set_blocking(fd, True)
         return open(fd, "rb")
     except BaseException:
@@ -318,7 +318,7 @@ class LocalBackend:
         except OSError as e:
             raise translate_os_error(e, str(loc), "head") from e
         if not stat_module.S_ISREG(stat.st_mode):  # as read_first says: no size to plan with
-            raise TransferError(str(loc), _kind(stat.st_mode), operation="head")
+            raise TransferError(str(loc), not_a_file(stat.st_mode), operation="head")
         if _size_says_nothing(stat):  # its size is what it holds: read to its end
             try:
                 with _open_regular(loc) as f:

@@ -20,6 +20,7 @@ from file_dataset._errors import (
     translate_os_error,
 )
 from file_dataset._frame import ID_COLUMN
+from file_dataset._local import not_a_file
 from file_dataset._options import Options, resolve_options
 from file_dataset._transfer import Context, Job, run_jobs, upload_job
 from file_dataset._urls import (
@@ -142,9 +143,13 @@ def write_files(
                 row_id=row_id,
                 column=name,
             )
+        if mode is not None:  # a named pipe, socket or device: said as a read says it
+            raise TransferError(
+                str(path), not_a_file(mode), operation="read", row_id=row_id, column=name
+            )
         raise ObjectNotFoundError(
             str(path),
-            "the local file to write does not exist (or is not a regular file)",
+            "the local file to write does not exist",
             operation="read",
             row_id=row_id,
             column=name,
