@@ -236,8 +236,9 @@ def _default_threshold(part_size: int) -> int:
 class RunState:
     """What the workers and the thread driving one run of calls share.
 
-    Once :meth:`abandon` is called, no call of the run starts; :meth:`wait_idle` then
-    waits for those already under way. Both sides decide under one lock, so the wait
+    Once :meth:`abandon` is called, no call of the run starts (and a part being sent
+    stops at its next read, see :func:`current_run`); :meth:`wait_idle` then waits for
+    the calls already under way. Both sides decide under one lock, so the wait
     never depends on how many replies the driving thread has consumed (an interrupt
     between taking a reply and counting it cannot make it wait for ever).
     """
@@ -265,14 +266,37 @@ class RunState:
                 self._cond.notify_all()
 
     def abandon(self) -> None:
-        """No call of the run starts from now on."""
+        """No call of the run starts from now on, and part bodies stop being read."""
         with self._cond:
             self._abandoned = True
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether :meth:`abandon` was called.
+
+        Read without the lock: it is checked between the reads of a part's body, and
+        a read that just misses the change only sends one more block.
+        """
+        return self._abandoned
 
     def wait_idle(self) -> None:
         """Waits until no call of the run is under way."""
         with self._cond:
             self._cond.wait_for(lambda: not self._executing)
+
+
+# The run of the call that each transfer thread is carrying (see current_run).
+_CARRYING = threading.local()
+
+
+def current_run() -> RunState | None:
+    """The run of the call that the calling thread carries for :class:`_Workers`.
+
+    ``None`` outside a worker's call. A call that streams a request body (a multipart
+    upload's part) checks it between reads, so that an abandoned run's requests stop
+    instead of being sent to the end.
+    """
+    return getattr(_CARRYING, "run", None)
 
 
 class _Workers:
@@ -283,8 +307,8 @@ class _Workers:
     queue operations, where ``ThreadPoolExecutor`` also makes a future, locks it,
     and runs its callbacks; at thousands of small objects per second that shows.
     Each call comes with the queue its reply goes to and its run's :class:`RunState`:
-    a call of an abandoned run is not run (its reply says it was cancelled). A thread
-    that has waited
+    a call of an abandoned run is not run (its reply says it was cancelled), and a call
+    under way can see its run through :func:`current_run`. A thread that has waited
     ``linger`` seconds for a call ends; new calls start new threads.
     """
 
@@ -344,6 +368,7 @@ class _Workers:
 
     def _work(self) -> None:
         calls = self._calls
+        carrying = _CARRYING
         # A new thread's first call is the one that started it, so its first wait
         # does not count it as idle; every later wait does, once.
         counted_idle = False
@@ -360,11 +385,14 @@ class _Workers:
             if not run.start_call():
                 reply.put((tag, None, concurrent.futures.CancelledError()))
             else:
+                # One attribute set and reset per call (no lock): what current_run gives.
+                carrying.run = run
                 try:
                     reply.put((tag, call(), None))
                 except BaseException as e:
                     reply.put((tag, None, e))
                 finally:
+                    carrying.run = None
                     run.end_call()
             # Drop the references now: an idle worker must not keep buffers alive.
             item = call = reply = tag = run = None  # type: ignore[assignment]

@@ -49,7 +49,7 @@ from file_dataset._errors import (
     masked_cause,
     no_descriptor_left,
 )
-from file_dataset._options import Options
+from file_dataset._options import Options, RunState, current_run
 from file_dataset._urls import Location
 
 _NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchUpload"})
@@ -239,6 +239,25 @@ class _SourceShrank(Exception):
     """A part's file ended before the part did (raised while its request is sent)."""
 
 
+class _RunAbandoned(BaseException):
+    """The run of a part's call was abandoned (an interrupt): its request is cut.
+
+    A ``BaseException``, as ``KeyboardInterrupt`` and asyncio's ``CancelledError`` are:
+    botocore turns an ``Exception`` raised while it sends a body into an
+    ``HTTPClientError``, which its standard and adaptive retries take for a dropped
+    connection and send again. This one passes through botocore untouched (no retry,
+    no error made of it), and urllib3 closes the connection on its way out.
+    """
+
+
+# The most a part's body gives per read: botocore's own block size (urllib3 sends a
+# plain body in reads of that size). botocore's aws-chunked body (a part sent over
+# HTTPS with a trailing checksum) asks for 1 MiB at a time and sends it out of its own
+# buffer: after an interrupt each part in flight would still send up to that much
+# (64 parts at 20 MB/s: over 3 s).
+_MOST_PER_READ = 128 * 1024
+
+
 class _PartBody(ReadFileChunk):
     """A part of a local file that fails at once when the file ends early.
 
@@ -246,11 +265,21 @@ class _PartBody(ReadFileChunk):
     the part's length; a file cut short while it is sent would send fewer bytes, and
     the server would wait for the rest until the read timeout, for every attempt. Once
     short, the body cannot be rewound either, so botocore does not send it again.
+
+    Its reads also stop once the run of the call sending it is abandoned (``run``):
+    an interrupted ``write_files`` then returns without sending every part in flight
+    to the end (up to ``2 * max_concurrency`` parts of ``part_size``).
     """
 
     shrank = False
+    run: RunState | None = None  # the run of the call that sends the part, if any
 
     def read(self, amount: int | None = None) -> bytes:
+        run = self.run
+        if run is not None and run.abandoned:
+            raise _RunAbandoned
+        if amount is not None and amount > _MOST_PER_READ:
+            amount = _MOST_PER_READ  # a short read is allowed; every reader asks again
         data: bytes = super().read(amount)
         if not data and amount != 0 and self.tell() < len(self):
             self.shrank = True
@@ -530,6 +559,10 @@ class S3Backend:
         # The part is streamed from the file (s3transfer's ReadFileChunk, as boto3's own
         # upload_file does) rather than read into an 8 MiB buffer first.
         body = _PartBody.from_filename(str(src), start, length, enable_callbacks=False)
+        # Abandoned, this run cuts the request at the body's next read: _RunAbandoned
+        # is no error of this part (caught below it would be one), it just ends the
+        # call, and the upload's job then aborts the upload from the driving thread.
+        body.run = current_run()
         try:
             resp = self._options.s3_client().upload_part(
                 Bucket=loc.bucket,

@@ -355,8 +355,9 @@ def run_jobs(
                     values, job.results = job.results, []
                     step(index, job, values)
     except BaseException:
-        # Calls under way finish (their jobs' clean-up needs them done); the others
-        # are skipped. Waiting on the run's own count, not on replies: an interrupt
+        # Calls under way finish (their jobs' clean-up needs them done), except that
+        # a multipart part being sent stops at its body's next read (_s3._PartBody);
+        # the others are skipped. Waiting on the run's own count, not on replies: an interrupt
         # right after a reply was taken, before it was counted, made this wait for ever.
         run.abandon()
         run.wait_idle()
