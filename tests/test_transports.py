@@ -131,6 +131,40 @@ def test_keys_obstore_would_normalise_are_read_and_written_verbatim(
     assert read_object(f"s3://{bucket}/lead") == b"not /lead"
 
 
+def test_a_key_too_long_for_a_url_is_an_error_naming_its_row_not_a_crash(
+    transport_options: Options, bucket: str
+) -> None:
+    """S3 keys have at most 1,024 bytes; some servers hold longer ones. From 65,503
+    characters obstore panicked (pyo3's PanicException, a BaseException: no row id, and
+    `except Exception` missed it). Keys over 1,024 bytes now go through boto3."""
+    frame = pd.DataFrame({"id": ["r1"], "f.bin": [f"s3://{bucket}/" + "k" * 70_000]})
+    for read in ("into_size_table", "into_blob_table"):
+        with pytest.raises(file_dataset.TransferError) as info:
+            getattr(file_dataset.reader(frame, transport_options), read)()
+        assert "(row id 'r1', column 'f.bin')" in str(info.value)
+        assert info.value.status == 414  # the server's "URI Too Long"
+
+
+def test_an_obstore_panic_is_a_transfer_error() -> None:
+    """A safety net for other panics than the long key's."""
+    from file_dataset._s3_obstore import _unpanicked
+    from file_dataset._urls import parse_url
+
+    class PanicException(BaseException):  # pyo3's, which cannot be imported
+        pass
+
+    def panics(store: Any) -> None:
+        raise PanicException("request valid: InvalidUri(TooLong)")
+
+    with pytest.raises(file_dataset.TransferError) as info:
+        _unpanicked(panics, None, parse_url("s3://bkt/key"), "read")  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "cannot read s3://bkt/key: obstore failed inside (request valid: "
+        "InvalidUri(TooLong)); transport='boto3' may read it"
+    )
+    assert isinstance(info.value.__cause__, PanicException)
+
+
 def test_missing_object_names_url_row_and_column(
     transport_options: Options, bucket: str, put: Callable[[str, bytes], str]
 ) -> None:

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from file_dataset._errors import TransferError, translate_os_error
 from file_dataset._options import Options
-from file_dataset._urls import Location
+from file_dataset._urls import KEY_MAX, Location
 
 # Object bytes as a backend hands them over: any contiguous buffer, never copied only to
 # change its type (Arrow and os.pwrite both take a memoryview).
@@ -345,9 +345,17 @@ def obstore_addresses(key: str) -> bool:
     Any string is a valid S3 key, but object_store's ``Path`` drops a leading or
     trailing ``/`` (so ``"/a"`` would silently read the object ``"a"``) and refuses
     empty, ``.`` and ``..`` segments (``a//b``, ``a/./b``) and ASCII control
-    characters. Such keys go through boto3, which sends every key verbatim.
+    characters. Such keys go through boto3, which sends every key verbatim. So do keys
+    longer than S3's 1,024 bytes (only other servers hold them): the Rust ``http``
+    crate caps a URL at 65,534 bytes, and obstore panics on a longer one instead of
+    raising an error.
     """
-    return not _CONTROL.search(key) and not _ODD_SEGMENTS.intersection(key.split("/"))
+    return (
+        len(key) <= KEY_MAX
+        and (key.isascii() or len(key.encode("utf-8", "surrogatepass")) <= KEY_MAX)
+        and not _CONTROL.search(key)
+        and not _ODD_SEGMENTS.intersection(key.split("/"))
+    )
 
 
 def backend_for(loc: Location, options: Options) -> Backend:

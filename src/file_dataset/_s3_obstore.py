@@ -529,6 +529,26 @@ def _wrong_region(error: BaseException) -> bool:
     return any(word in text for word in _WRONG_REGION_WORDS)
 
 
+def _unpanicked(call: Callable[[S3Store], T], store: S3Store, loc: Location, operation: str) -> T:
+    """``call(store)``, with a panic in obstore's Rust code made a :class:`TransferError`.
+
+    pyo3 raises a panic as ``PanicException``, a ``BaseException``: ``except
+    Exception`` (and a Pipeline's row handling) would not catch it, and no row id or
+    column would be named. A 64 KiB key did it (the URL is too long for the ``http``
+    crate); such keys now go through boto3, and this catches what else may.
+    """
+    try:
+        return call(store)
+    except BaseException as e:
+        if type(e).__name__ != "PanicException":
+            raise
+        raise TransferError(
+            str(loc),
+            f"obstore failed inside ({e}); transport='boto3' may read it",
+            operation=operation,
+        ) from e
+
+
 class ObstoreS3Backend:
     """Reads and writes S3 objects with obstore; multipart writes through boto3."""
 
@@ -552,11 +572,11 @@ class ObstoreS3Backend:
         """
         store = self._store(loc, operation)
         try:
-            return call(store)
+            return _unpanicked(call, store, loc, operation)
         except BaseError as e:
             if not _wrong_region(e) or not _relocate(self._options, loc.bucket, store):
                 raise
-        return call(self._store(loc, operation))
+        return _unpanicked(call, self._store(loc, operation), loc, operation)
 
     def read_first(
         self, loc: Location, length: int, sink: Sink | None = None
