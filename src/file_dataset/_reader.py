@@ -299,7 +299,9 @@ class FileReader:
         object of 1 MiB or more becomes a chunk of its own, without a copy. Smaller
         objects are copied, while later ones are still being read, into chunks of
         consecutive rows holding about 8 to 64 MiB (fewer bytes where a large object
-        or the end of the column cuts a run of small ones short). An object of 2 GiB
+        or the end of the column cuts a run of small ones short, and in wide frames:
+        once 64 MiB wait to be copied over all columns, every column makes a chunk
+        of what it has). An object of 2 GiB
         or more, which no ``binary`` chunk can hold, turns its column into
         ``pa.large_binary()``.
 
@@ -313,7 +315,8 @@ class FileReader:
             OSError: Another transfer failure.
         """
         table = self._table
-        builders = [_ColumnBuilder(len(table.cells)) for _ in table.columns]
+        shared = _Pending()
+        builders = [_ColumnBuilder(len(table.cells), shared) for _ in table.columns]
         jobs, contexts, where = self._jobs_per_cell(lambda loc: read_job(loc, self._options))
         for i, j in where:
             builders[j].expect(i)
@@ -393,6 +396,16 @@ def _single_value_chunk(blob: Blob) -> pa.Array[Any]:
 _MISSING: Any = object()  # a cell whose object has not arrived yet
 
 
+class _Pending:
+    """The bytes waiting to be copied into chunks, over all the columns of one read."""
+
+    __slots__ = ("builders", "bytes")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.builders: list[_ColumnBuilder] = []
+
+
 class _ColumnBuilder:
     """Builds one chunked binary column from objects that arrive in any order.
 
@@ -400,15 +413,20 @@ class _ColumnBuilder:
     add up to ``_EARLY_CHUNK_BYTES`` they become a chunk, so the copy into Arrow runs
     while later objects are in flight and each object's buffer is released once
     copied. Chunks hold at most ``_CHUNK_BYTES``; an object of ``_OWN_CHUNK_BYTES`` or
-    more becomes a chunk of its own without being copied.
+    more becomes a chunk of its own without being copied. The columns of one read
+    share a budget: once their waiting objects add up to ``_CHUNK_BYTES``, every column
+    makes a chunk of what it has. Otherwise a wide frame (200 columns of 2 MiB each)
+    kept every object until the end and then copied it, holding its bytes twice.
     """
 
-    def __init__(self, length: int) -> None:
+    def __init__(self, length: int, shared: _Pending | None = None) -> None:
         self._values: list[Blob | None] = [None] * length  # null cells stay None
         self._next = 0  # the first cell not yet moved to pending
         self._chunks: list[pa.Array[Any]] = []
         self._pending: list[Blob | None] = []
         self._pending_bytes = 0
+        self._shared = _Pending() if shared is None else shared
+        self._shared.builders.append(self)
 
     def expect(self, index: int) -> None:
         """Marks a non-null cell whose object is still to come."""
@@ -420,6 +438,9 @@ class _ColumnBuilder:
         self._advance()
         if self._pending_bytes >= _EARLY_CHUNK_BYTES:
             self._flush()
+        elif self._shared.bytes >= _CHUNK_BYTES:
+            for builder in self._shared.builders:
+                builder._flush()
 
     def finish(self) -> pa.ChunkedArray[Any]:
         """The column (every expected object must have arrived)."""
@@ -449,10 +470,12 @@ class _ColumnBuilder:
                 self._flush()
             self._pending.append(blob)
             self._pending_bytes += size
+            self._shared.bytes += size
 
     def _flush(self) -> None:
         if self._pending:
             self._chunks.append(_concat_chunk(self._pending))
+            self._shared.bytes -= self._pending_bytes
             self._pending, self._pending_bytes = [], 0
 
 
