@@ -841,8 +841,54 @@ def test_credentials_quoted_by_a_bad_signature_answer_are_masked(
     assert error.__cause__ is not None
     if transport == "boto3":  # the log did quote the body
         assert "<CanonicalRequestBytes>***</CanonicalRequestBytes>" in shown
+        # botocore's ClientError, chained, kept S3's parsed body in .response
+        assert error.__cause__.response["Error"]["AWSAccessKeyId"] == "***"  # type: ignore[attr-defined]
+        assert error.__cause__.response["Error"]["Code"] == "SignatureDoesNotMatch"  # type: ignore[attr-defined]
+    shown += _everything_held(error)
     for leaked in (key_id, secret, token, token.encode().hex(" ")[:60]):
         assert leaked not in shown
+
+
+def _everything_held(error: BaseException) -> str:
+    """The attributes, arguments and pickles of an error and of all it chains to."""
+    held = []
+    seen: list[BaseException] = []
+    link: BaseException | None = error
+    while link is not None and link not in seen:
+        seen.append(link)
+        held += [repr(link.args), repr(vars(link)), repr(pickle.dumps(link))]
+        held.append(repr(getattr(link, "response", "")))
+        link = link.__cause__ or link.__context__
+    for link in seen:  # what a handler walking the other way would see
+        if link.__context__ is not None and link.__context__ not in seen:
+            held.append(repr(link.__context__.args))
+    return "\n".join(held)
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_password_in_the_endpoint_is_in_no_error_a_pipeline_raises(
+    transport: str, tmp_path: Path
+) -> None:
+    """The destination check's error chained a masked copy, but kept the original
+    (the endpoint, password and all) as its __context__."""
+    with socket.socket() as closed:  # a port with nothing listening on it
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    options = Options(
+        session_kwargs={"aws_access_key_id": "k" * 16, "aws_secret_access_key": "s" * 40},
+        s3_client_kwargs={"endpoint_url": f"http://user:PASSWORDLEAK@127.0.0.1:{port}"},
+        transport=transport,
+        max_attempts=1,
+    )
+    (tmp_path / "in").write_bytes(b"in")
+    frame = pd.DataFrame({"id": ["1"], "f": [tmp_path / "in"]})
+    pipeline = file_dataset.Pipeline(lambda i, o: {}, {"into_path": "s3://bkt/out"}, options)
+    with pytest.raises(file_dataset.TransferError) as raised:
+        pipeline(frame)
+    assert raised.value.unreachable
+    shown = "".join(traceback.format_exception(raised.value)) + _everything_held(raised.value)
+    assert "PASSWORDLEAK" not in shown
+    assert "127.0.0.1" in shown
 
 
 def test_signed_urls_in_cells_are_masked_in_messages() -> None:

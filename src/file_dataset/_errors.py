@@ -84,8 +84,11 @@ def cut(text: str, limit: int = 1200) -> str:
     return f"{text[:limit]}... ({len(text)} characters)"
 
 
-# The ``user:password@`` part of a URL.
-USERINFO = re.compile(r"(?<=://)[^/@]*@")
+# The ``user:password@`` part of a URL: up to the last "@" before the first "/" (a
+# password with an unencoded "@"), or, after "user:", up to the first "@" even past a
+# "/" (AWS secret keys hold "/", and are pasted unencoded) unless what follows the ":"
+# is a port ("host:9000/a@b" is a host, a port and a key).
+USERINFO = re.compile(r"(?<=://)(?:[^/\s]*@|[^/@:\s]*:(?!\d*(?:[/?#]|$))[^@\s]*@)")
 
 
 def mask_userinfo(value: str) -> str:
@@ -211,13 +214,62 @@ def masked_cause(error: BaseException) -> BaseException:
     while link is not None and link not in chain:  # the messages a traceback would show
         chain.append(link)
         link = link.__cause__ or link.__context__
-    if all(mask_secrets(str(link)) == str(link) for link in chain):
+    response = getattr(error, "response", None)
+    if isinstance(response, dict) and isinstance(response.get("Error"), dict):
+        # botocore's ClientError keeps S3's parsed error body, which for a bad signature
+        # holds the access key id, the session token and the canonical request: kept
+        # as a ClientError (handlers look at .response), with those fields masked.
+        masked = _masked_response(response)
+        if masked == response and all(mask_secrets(str(x)) == str(x) for x in chain):
+            return error
+        with contextlib.suppress(Exception):  # else a subclass with other arguments
+            return type(error)(masked, getattr(error, "operation_name", "") or "")
+    elif all(mask_secrets(str(link)) == str(link) for link in chain):
         return error
     text = mask_secrets(str(error))
     try:
         return type(error)(text)
     except Exception:  # an exception type that takes other arguments
         return RuntimeError(f"{type(error).__name__}: {text}")
+
+
+def forget_unmasked(failure: BaseException, error: BaseException) -> None:
+    """Drops ``error`` from ``failure``'s context when a masked copy is its cause.
+
+    Raised while ``error`` was being handled, ``failure`` keeps it as ``__context__``:
+    tracebacks do not show it (``from`` suppresses it), but the object still holds the
+    unmasked original, password or token and all, for any handler that looks.
+    """
+    if failure.__context__ is error and failure.__cause__ is not error:
+        failure.__context__ = None
+
+
+# Fields of S3's error body that are credentials, or hold them (the canonical request
+# quotes the session token's header, as text and as hex bytes).
+_SECRET_ERROR_FIELDS = frozenset(
+    {
+        "AWSAccessKeyId",
+        "AccessKeyId",
+        "SignatureProvided",
+        "StringToSign",
+        "StringToSignBytes",
+        "CanonicalRequest",
+        "CanonicalRequestBytes",
+        "SecretAccessKey",
+        "SessionToken",
+    }
+)
+
+
+def _masked_response(response: dict[str, Any]) -> dict[str, Any]:
+    """A copy of botocore's parsed answer with credentials in its error masked."""
+    error = {
+        key: "***"
+        if key in _SECRET_ERROR_FIELDS or key.startswith("Token-")
+        else (mask_secrets(value) if isinstance(value, str) else value)
+        for key, value in response["Error"].items()
+    }
+    return {**response, "Error": error}
 
 
 # Control characters (C0, DEL, C1) and the Unicode line and paragraph separators: a

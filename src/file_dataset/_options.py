@@ -600,6 +600,18 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
         elif isinstance(endpoint, str) and "@" in endpoint:  # "user:password@host"
             shown = "***@" + endpoint.rpartition("@")[2]
         raise InvalidInputError(f"endpoint_url must be an http:// or https:// URL, got {shown!r}")
+    if endpoint is not None:
+        import urllib.parse
+
+        try:
+            _ = urllib.parse.urlsplit(endpoint).port  # a port that is not a number raises
+        except ValueError:
+            # "http://user:pass/word@host": an unencoded "/" ends the host part early,
+            # and obstore panicked on the "port" it then saw
+            raise InvalidInputError(
+                f"endpoint_url {mask_userinfo(endpoint)!r} has no valid host and port "
+                "(percent-encode a '/', '@' or ':' in a user name or password)"
+            ) from None
 
 
 def _over_our_retries(user_config: Any, ours: dict[str, Any]) -> Any:

@@ -45,6 +45,7 @@ from file_dataset._errors import (
     ObjectAccessDeniedError,
     ObjectNotFoundError,
     TransferError,
+    forget_unmasked,
     mask_secrets,
     masked_cause,
     no_descriptor_left,
@@ -88,6 +89,7 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
     except TransferError as failure:
         if isinstance(error, ClientError):
             failure.status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        forget_unmasked(failure, error)
         raise
 
 

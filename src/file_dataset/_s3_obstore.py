@@ -58,6 +58,7 @@ from file_dataset._errors import (
     ObjectAccessDeniedError,
     ObjectNotFoundError,
     TransferError,
+    forget_unmasked,
     mask_secrets,
     masked_cause,
     no_descriptor_left,
@@ -137,6 +138,7 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
         status = re.search(r"non-2xx status code: (\d{3})", text)
         if status:  # S3 answered
             failure.status = int(status.group(1))
+        forget_unmasked(failure, error)
         raise
 
 
