@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import sys
 import threading
 from collections.abc import Callable
@@ -749,6 +750,29 @@ def test_an_interrupt_right_after_fn_returns_leaves_nothing(
     _join_pipeline_threads()
     assert list(system_tmp.iterdir()) == []
     assert os.listdir(tmp_path / "out") == ["r1"]
+
+
+def test_temporary_folders_do_not_name_the_row(
+    options: Options, tmp_path: Path, system_tmp: Path
+) -> None:
+    """The folders were named after the row id (file_dataset-in.PATIENT-SMITH-1961.x),
+    in a temporary folder that every user of the machine may list."""
+    (tmp_path / "a").write_bytes(b"a")
+    seen: list[Path] = []
+
+    def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        seen.extend([input_dir, output_dir])
+        assert stat.S_IMODE(input_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE(output_dir.stat().st_mode) == 0o700
+        return upper(input_dir, output_dir)
+
+    frame = pd.DataFrame({"id": ["PATIENT-SMITH-1961"], "f": [tmp_path / "a"]})
+    Pipeline(fn, {"into_path": tmp_path / "out"}, options)(frame)
+    assert [path.parent for path in seen] == [system_tmp, system_tmp]
+    assert seen[0].name.startswith("file_dataset-in.")
+    assert seen[1].name.startswith("file_dataset-out.")
+    assert not any("PATIENT" in path.name for path in seen)
+    assert (tmp_path / "out" / "PATIENT-SMITH-1961" / "output.mha").read_bytes() == b"A"
 
 
 def test_missing_object_row_dropped(

@@ -446,3 +446,18 @@ def test_mask_secrets(text: str, shown: str) -> None:
     from file_dataset._errors import mask_secrets
 
     assert mask_secrets(text) == shown
+
+
+def test_a_name_or_id_with_a_lone_surrogate_is_refused_as_invalid_input(tmp_path: Path) -> None:
+    """Before: a bare UnicodeEncodeError from the middle of a write to S3, and a local
+    folder named with the raw byte 0xff."""
+    source = tmp_path / "a"
+    source.write_bytes(b"a")
+    with pytest.raises(file_dataset.InvalidInputError, match=r"id 'r\\udcff' is not valid"):
+        file_dataset.write_files({"x": source}, tmp_path / "out", "r\udcff")
+    with pytest.raises(file_dataset.InvalidInputError, match=r"file name 'x\\udcff' is not valid"):
+        file_dataset.write_files({"x\udcff": source}, "s3://bkt/out", "r1")
+    with pytest.raises(file_dataset.InvalidInputError, match="lone surrogate"):
+        file_dataset.reader({"x\udcff": source})
+    assert not (tmp_path / "out").exists()
+    assert check_component("naïve ünïcode", "id") == "naïve ünïcode"

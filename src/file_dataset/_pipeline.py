@@ -54,7 +54,6 @@ from file_dataset._urls import (
     check_local_name,
     is_null,
     parse_url,
-    temp_prefix,
 )
 from file_dataset._writer import write_files
 
@@ -341,15 +340,17 @@ class Pipeline:
         """Downloads a row into a new input folder; also makes its empty output folder.
 
         Both folders are made here, on a pool thread, so that the calling thread goes
-        from one ``fn`` call to the next without touching the file system.
+        from one ``fn`` call to the next without touching the file system. Their names
+        do not hold the row id: anyone may list the shared temporary folder, and ids
+        are often patient or customer ids.
         """
-        input_dir = Path(tempfile.mkdtemp(prefix=f"file_dataset-in{temp_prefix(row_id)}"))
+        input_dir = Path(tempfile.mkdtemp(prefix="file_dataset-in."))
         try:
             cells = parse_cells(columns, values, row_id)
             FileReader(FileTable(None, columns, [cells]), self.options).download_to(input_dir)
             if any(cell is not None and cell.is_s3 for cell in cells):
                 remember(_REACHED, _reached(self.options), True)
-            output_dir = Path(tempfile.mkdtemp(prefix=f"file_dataset-out{temp_prefix(row_id)}"))
+            output_dir = Path(tempfile.mkdtemp(prefix="file_dataset-out."))
         except BaseException as e:
             shutil.rmtree(input_dir, ignore_errors=True)
             error = e

@@ -227,7 +227,8 @@ def check_component(value: Any, what: str) -> str:
 
     Raises:
         InvalidInputError: The value is bytes or a boolean, empty, ``.``/``..``,
-            absolute, or contains a path separator or a NUL character.
+            absolute, or contains a path separator, a NUL character or a lone
+            surrogate.
     """
     if isinstance(value, bytes | bytearray | memoryview):  # str() would make "b'...'" of it
         raise InvalidInputError(f"{what} {quoted(value)} is bytes: decode it to a str first")
@@ -248,6 +249,16 @@ def check_component(value: Any, what: str) -> str:
             f"{what} {quoted(value)} cannot be used as a path component: it must be non-empty, "
             "not '.' or '..', and contain no '/', '\\' or NUL character"
         )
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # a lone surrogate (os.listdir's stand-in for bytes that are not UTF-8): no
+            # S3 key or Arrow string can hold it, and UnicodeEncodeError came mid-call
+            raise InvalidInputError(
+                f"{what} {quoted(value)} is not valid Unicode: it holds a lone surrogate "
+                "(as Python makes of file-name bytes that are not UTF-8)"
+            ) from None
     return text
 
 

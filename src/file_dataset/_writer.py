@@ -17,6 +17,7 @@ from file_dataset._errors import (
     ObjectNotFoundError,
     TransferError,
     quoted,
+    quoted_masked,
     translate_os_error,
 )
 from file_dataset._frame import ID_COLUMN
@@ -121,7 +122,8 @@ def write_files(
         if source.is_s3:
             raise InvalidInputError(
                 f"{where}: write_files sends local files, "
-                f"and {quoted(str(source))} is an S3 URL (read it to a local folder first, e.g. "
+                f"and {quoted_masked(str(source))} is an S3 URL (read it to a local folder "
+                "first, e.g. "
                 "with reader(...).into_temp_dir())"
             )
         path = source.path
