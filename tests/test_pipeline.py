@@ -775,6 +775,42 @@ def test_temporary_folders_do_not_name_the_row(
     assert (tmp_path / "out" / "PATIENT-SMITH-1961" / "output.mha").read_bytes() == b"A"
 
 
+def test_the_readme_wrapper_runs_an_async_fn_with_or_without_a_running_loop(
+    options: Options, tmp_path: Path
+) -> None:
+    """README: asyncio.run(fn(i, o)) alone drops every row where a loop is running (a
+    notebook, a helper saw); the recipe's wrapper works there and in a script."""
+    import asyncio
+
+    def run_coroutine(fn: Any) -> Any:  # as in the README
+        def call(input_dir: Path, output_dir: Path) -> Any:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # no loop on this thread
+                return asyncio.run(fn(input_dir, output_dir))
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a loop of its own
+                return pool.submit(asyncio.run, fn(input_dir, output_dir)).result()
+
+        return call
+
+    async def async_fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        await asyncio.sleep(0)
+        (output_dir / "out.txt").write_bytes((input_dir / "f").read_bytes().upper())
+        return {"out.txt": output_dir / "out.txt"}
+
+    (tmp_path / "a").write_bytes(b"abc")
+    frame = pd.DataFrame({"id": ["r1", "r2"], "f": [tmp_path / "a"] * 2})
+    outside = Pipeline(run_coroutine(async_fn), {"into_path": tmp_path / "o1"}, options)(frame)
+
+    async def main() -> Any:  # as a notebook cell runs
+        return Pipeline(run_coroutine(async_fn), {"into_path": tmp_path / "o2"}, options)(frame)
+
+    inside = asyncio.run(main())
+    for result, out in ((outside, "o1"), (inside, "o2")):
+        assert result["id"].tolist() == ["r1", "r2"]
+        assert (tmp_path / out / "r2" / "out.txt").read_bytes() == b"ABC"
+
+
 def test_missing_object_row_dropped(
     options: Options, bucket: str, system_tmp: Path, caplog: pytest.LogCaptureFixture, put: Put
 ) -> None:

@@ -1210,3 +1210,33 @@ def test_the_readme_listing_recipe_builds_a_file_dataframe(
     assert table.column_names == ["id", "image.mha", "mask.mha"]
     assert table.column("image.mha").to_pylist() == [b"image 1", b"image 2"]
     assert table.column("mask.mha").to_pylist() == [b"mask 1", None]
+
+
+def test_download_to_and_temp_dir_folders_are_read_as_into_path_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: download_to("file:///x") wrote to a relative folder named "file:", and
+    "" or "file://" meant the working directory; into_path refused them."""
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"a")
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    target = tmp_path / "dl"
+    paths = file_dataset.reader({"a.bin": source}).download_to(target.as_uri())
+    assert paths == {"a.bin": target / "a.bin"}
+    assert (target / "a.bin").read_bytes() == b"a"
+    with file_dataset.reader({"a.bin": source}).into_temp_dir(dir=tmp_path.as_uri()) as folder:
+        assert folder.parent == tmp_path
+        assert (folder / "a.bin").read_bytes() == b"a"
+    for bad, message in [
+        ("", "download_to(root): expected an s3:// URL or a local path, got an empty string"),
+        ("file://", "download_to(root): file URL 'file://' names no path"),
+        ("s3://bkt/out", "download_to(root) must be a local folder, got the S3 URL"),
+    ]:
+        with pytest.raises(file_dataset.InvalidInputError) as info:
+            file_dataset.reader({"a.bin": source}).download_to(bad)
+        assert str(info.value).startswith(message)
+    with pytest.raises(file_dataset.InvalidInputError, match=r"^into_temp_dir\(dir=...\): "):
+        file_dataset.reader({"a.bin": source}).into_temp_dir(dir="")
+    assert list(workdir.iterdir()) == []

@@ -109,6 +109,6 @@ def test_the_server_process_ends_when_its_owner_is_killed(tmp_path: Path) -> Non
 
 
 def test_an_unknown_mode_is_refused() -> None:
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(file_dataset.InvalidInputError) as info:
         LocalS3Server(mode="threads")  # type: ignore[arg-type]
     assert str(info.value) == "mode must be 'process' or 'thread', got 'threads'"

@@ -875,7 +875,11 @@ def test_a_password_in_the_endpoint_is_in_no_error_a_pipeline_raises(
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     options = Options(
-        session_kwargs={"aws_access_key_id": "k" * 16, "aws_secret_access_key": "s" * 40},
+        # distinctive: the process masks the credentials it has used in every message
+        session_kwargs={
+            "aws_access_key_id": "AKIDPASSWORDTEST0001",
+            "aws_secret_access_key": "secret-of-the-password-test-0123456789",
+        },
         s3_client_kwargs={"endpoint_url": f"http://user:PASSWORDLEAK@127.0.0.1:{port}"},
         transport=transport,
         max_attempts=1,

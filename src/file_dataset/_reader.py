@@ -21,7 +21,7 @@ from file_dataset._frame import ID_COLUMN, FileTable, parse_frame, parse_row
 from file_dataset._local import not_a_folder, remove_tree
 from file_dataset._options import Options, resolve_options
 from file_dataset._transfer import Context, Job, download_job, read_job, run_jobs, size_job
-from file_dataset._urls import Location, check_local_name
+from file_dataset._urls import Location, check_local_name, local_folder
 
 __all__ = ["FileReader", "TempDir", "reader"]
 
@@ -163,7 +163,8 @@ def _parent_dir(dir: str | os.PathLike[str] | None) -> str | None:
     """Checks ``into_temp_dir(dir=...)``: an existing folder (a leading ``~`` is home)."""
     if dir is None:
         return None
-    path = os.path.abspath(os.path.expanduser(os.fspath(dir)))  # cleanup() may run elsewhere
+    # absolute: cleanup() may run in another working directory
+    path = os.path.abspath(local_folder(dir, "into_temp_dir(dir=...)"))
     if os.path.isdir(path):
         return path
     hint = "; give an existing folder, or None for the system's temporary folder"
@@ -213,8 +214,9 @@ class FileReader:
         removed by :meth:`TempDir.cleanup` or when the object is garbage-collected.
 
         Args:
-            dir: An existing folder to create the temporary directory in (default:
-                the system's); a leading ``~`` is the home folder.
+            dir: An existing folder (a path or a ``file://`` URL) to create the
+                temporary directory in (default: the system's); a leading ``~`` is the
+                home folder.
 
         Returns:
             The filled temporary directory.
@@ -244,22 +246,22 @@ class FileReader:
         whole, never a partial file under its name); :meth:`into_temp_dir` leaves nothing.
 
         Args:
-            root: A local folder, made (with its parents) if missing; a leading ``~``
-                is the home folder.
+            root: A local folder (a path or a ``file://`` URL), made (with its
+                parents) if missing; a leading ``~`` is the home folder.
 
         Returns:
             For a row, each file name's local path (null cells omitted); for a
             DataFrame, each id's folder.
 
         Raises:
-            ValueError: A file name or id is longer than 255 bytes (checked before any
-                download).
+            ValueError: ``root`` is not a local path or ``file://`` URL, or a file name
+                or id is longer than 255 bytes (checked before any download).
             FileNotFoundError: An object does not exist (message names URL, row id,
                 column).
             PermissionError: Access to an object, or to ``root``, was denied.
             OSError: Another transfer failure.
         """
-        root = Path(os.path.expanduser(os.fspath(root)))
+        root = Path(local_folder(root, "download_to(root)"))
         table = self._table
         used = {j for _, j, _ in self._cells()}
         for j in sorted(used):

@@ -190,6 +190,27 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
     return Location("s3", bucket, key)
 
 
+def local_folder(value: Any, what: str) -> str:
+    """A local folder given as a path or a ``file://`` URL, read as ``into_path`` is.
+
+    So ``download_to("file:///data/x")`` writes to ``/data/x`` (not to a relative folder
+    named ``file:``), and an empty string or ``file://`` is refused rather than taken
+    for the working directory.
+
+    Raises:
+        InvalidInputError: Not a local path or ``file://`` URL (an ``s3://`` URL, say).
+    """
+    try:
+        loc = parse_url(value, prefix=True)
+    except InvalidInputError as e:
+        raise InvalidInputError(f"{what}: {e}") from None
+    if loc.is_s3:
+        raise InvalidInputError(
+            f"{what} must be a local folder, got the S3 URL {quoted_masked(str(value))}"
+        )
+    return os.fspath(loc.path)
+
+
 def _no_nul(path: str) -> str:
     """Refuses a local path with a NUL character, which no file system allows."""
     if "\0" in path:

@@ -27,6 +27,7 @@ import urllib.request
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Unpack
 
+from file_dataset._errors import InvalidInputError
 from file_dataset._options import Options, OptionsArgs
 
 if TYPE_CHECKING:
@@ -52,13 +53,14 @@ class LocalS3Server:
         host: The address to listen on; keep the loopback address.
 
     Raises:
-        ValueError: ``mode`` is neither ``"process"`` nor ``"thread"``.
+        ValueError: ``mode`` is neither ``"process"`` nor ``"thread"`` (an
+            :class:`~file_dataset.InvalidInputError`).
     """
 
     def __init__(self, mode: Literal["process", "thread"] = "process", host: str = "127.0.0.1"):
         if mode not in ("process", "thread"):
             # anything else used to start a child process, as "process" does
-            raise ValueError(f"mode must be 'process' or 'thread', got {mode!r}")
+            raise InvalidInputError(f"mode must be 'process' or 'thread', got {mode!r}")
         self.mode = mode
         self.host = host
         self.port: int | None = None
