@@ -1240,3 +1240,26 @@ def test_download_to_and_temp_dir_folders_are_read_as_into_path_is(
     with pytest.raises(file_dataset.InvalidInputError, match=r"^into_temp_dir\(dir=...\): "):
         file_dataset.reader({"a.bin": source}).into_temp_dir(dir="")
     assert list(workdir.iterdir()) == []
+
+
+def test_a_blob_read_leaves_no_reference_cycle_behind(tmp_path: Path) -> None:
+    """The columns' shared copy budget made a cycle (builders <-> budget) that kept a
+    dropped table's chunks alive until the cyclic collector ran: peak RSS of three
+    reads in a row on the benchmark's A was 476-485 MiB against 361-365."""
+    from file_dataset import _reader
+
+    (tmp_path / "a.bin").write_bytes(b"a" * 1000)
+    frame = pd.DataFrame({"id": ["1", "2"], "a": [tmp_path / "a.bin"] * 2, "b": [None, None]})
+    gc.collect()
+    gc.disable()
+    try:
+        table = file_dataset.reader(frame).into_blob_table()
+        with pytest.raises(FileNotFoundError):  # and after a failure
+            file_dataset.reader({"a": tmp_path / "missing"}).into_blob_table()
+        left = [o for o in gc.get_objects() if isinstance(o, _reader._ColumnBuilder)]
+    finally:
+        gc.enable()
+    # only the failed call's (its traceback keeps its frame), holding nothing
+    assert len(left) <= 1
+    assert [(o._values, o._pending, o._chunks) for o in left] == [([], [], [])] * len(left)
+    assert table.column("a").to_pylist() == [b"a" * 1000] * 2

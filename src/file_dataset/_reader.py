@@ -329,9 +329,18 @@ class FileReader:
 
         # Chunks are built while later objects are still in flight: the copy overlaps
         # the I/O, and each transport buffer is let go as soon as it has been copied.
-        run_jobs(jobs, self._options, contexts, on_result=on_result)
-        del jobs
-        return self._assemble([b.finish() for b in builders], pa.binary())
+        try:
+            run_jobs(jobs, self._options, contexts, on_result=on_result)
+            del jobs
+            return self._assemble([b.finish() for b in builders], pa.binary())
+        finally:
+            # The builders and their shared budget refer to each other, and a failure's
+            # traceback keeps this frame: without this, the chunks (or, after a
+            # failure, the objects read) would wait for the cyclic garbage collector,
+            # holding a whole table's memory meanwhile.
+            shared.builders.clear()
+            for builder in builders:
+                builder.release()
 
     def into_size_table(self) -> pa.Table:
         """Reads every object's size (a HEAD request each; no content is downloaded).
@@ -450,10 +459,14 @@ class _ColumnBuilder:
         if self._next != len(self._values):
             raise RuntimeError("a blob column was finished before all its objects arrived")
         self._flush()
-        chunks = self._chunks
+        chunks, self._chunks = self._chunks, []
         if any(chunk.type == pa.large_binary() for chunk in chunks):
             chunks = [chunk.cast(pa.large_binary()) for chunk in chunks]
         return pa.chunked_array(chunks, type=chunks[0].type if chunks else pa.binary())
+
+    def release(self) -> None:
+        """Lets go of every object and chunk (after :meth:`finish`, or a failure)."""
+        self._values, self._pending, self._chunks = [], [], []
 
     def _advance(self) -> None:
         values = self._values
