@@ -252,14 +252,6 @@ class _RunAbandoned(BaseException):
     """
 
 
-# The most a part's body gives per read: botocore's own block size (urllib3 sends a
-# plain body in reads of that size). botocore's aws-chunked body (a part sent over
-# HTTPS with a trailing checksum) asks for 1 MiB at a time and sends it out of its own
-# buffer: after an interrupt each part in flight would still send up to that much
-# (64 parts at 20 MB/s: over 3 s).
-_MOST_PER_READ = 128 * 1024
-
-
 class _PartBody(ReadFileChunk):
     """A part of a local file that fails at once when the file ends early.
 
@@ -280,8 +272,6 @@ class _PartBody(ReadFileChunk):
         run = self.run
         if run is not None and run.abandoned:
             raise _RunAbandoned
-        if amount is not None and amount > _MOST_PER_READ:
-            amount = _MOST_PER_READ  # a short read is allowed; every reader asks again
         data: bytes = super().read(amount)
         if not data and amount != 0 and self.tell() < len(self):
             self.shrank = True
