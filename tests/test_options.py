@@ -250,13 +250,17 @@ def test_keyword_settings_given_as_pairs_are_refused_without_quoting_them(name: 
 def test_an_endpoint_whose_password_holds_a_slash_is_refused_masked() -> None:
     """An unencoded "/" ends the host early: "pa" became the port, repr showed the
     password, and obstore panicked on that port at the first transfer."""
-    endpoint = f"http://user:{CANARY_SECRET}/x@127.0.0.1:9000"
-    with pytest.raises(file_dataset.InvalidInputError) as info:
-        Options(s3_client_kwargs={"endpoint_url": endpoint})
-    assert str(info.value) == (
-        "endpoint_url 'http://***@127.0.0.1:9000' has no valid host and port "
-        "(percent-encode a '/', '@' or ':' in a user name or password)"
-    )
+    for secret in (f"{CANARY_SECRET}/x", f"/{CANARY_SECRET}", f"12/{CANARY_SECRET}"):
+        endpoint = f"http://user:{secret}@127.0.0.1:9000"
+        with pytest.raises(file_dataset.InvalidInputError) as info:
+            Options(s3_client_kwargs={"endpoint_url": endpoint})
+        assert str(info.value) == (
+            "endpoint_url 'http://***@127.0.0.1:9000' has no valid host and port "
+            "(percent-encode a '/', '@' or ':' in a user name or password)"
+        )
+        assert info.value.__context__ is None  # urllib's error quoted the secret
+    ipv6 = Options(s3_client_kwargs={"endpoint_url": "http://[::1]:9000"})
+    assert ipv6.s3_client_kwargs["endpoint_url"] == "http://[::1]:9000"
 
 
 def test_an_upper_case_endpoint_scheme_is_accepted_and_works(

@@ -1361,13 +1361,15 @@ def test_invalid_pipeline_arguments(kwargs: dict[str, Any], error: type[Exceptio
         Pipeline(**{"fn": upper, **kwargs})
 
 
-@pytest.mark.parametrize("progress", ["false", 0.0, None])
+@pytest.mark.parametrize("progress", ["false", 0.0, 2, "True"])
 def test_progress_that_is_not_a_bool_is_refused_when_built(progress: Any) -> None:
     """Before: "false" was taken by its truth and drew a bar."""
     with pytest.raises(TypeError) as info:
         Pipeline(upper, {"into_path": "s3://bkt/o"}, progress=progress)
     assert str(info.value) == f"progress must be True or False, got {progress!r}"
     assert Pipeline(upper, {"into_path": "s3://bkt/o"}, progress=np.bool_(True)).progress is True
+    for accepted, shown in [(None, False), (0, False), (1, True)]:  # as before
+        assert Pipeline(upper, {"into_path": "s3://bkt/o"}, progress=accepted).progress is shown
 
 
 def one_argument(input_dir: Path) -> dict[str, Path]:

@@ -135,6 +135,7 @@ def test_non_string_url_is_value_error(value: object) -> None:
         "s3://user:secret@bucket/k",
         "s3://secret@bucket/k",
         "s3://AKIDEXAMPLE:wJalr/secret/K7MDENG@bucket/k",  # AWS secrets hold "/"
+        "s3://AKIDEXAMPLE:/secret/K7MDENG@bucket/k",  # even first
         "s3://user:pa@secret@bucket/k",  # and passwords an unencoded "@"
         "ftp://user:secret@host/k",
         "file://user:secret@host/k",

@@ -87,8 +87,9 @@ def cut(text: str, limit: int = 1200) -> str:
 # The ``user:password@`` part of a URL: up to the last "@" before the first "/" (a
 # password with an unencoded "@"), or, after "user:", up to the first "@" even past a
 # "/" (AWS secret keys hold "/", and are pasted unencoded) unless what follows the ":"
-# is a port ("host:9000/a@b" is a host, a port and a key).
-USERINFO = re.compile(r"(?<=://)(?:[^/\s]*@|[^/@:\s]*:(?!\d*(?:[/?#]|$))[^@\s]*@)")
+# is a port ("host:9000/a@b" is a host, a port and a key; "[::1]" an IPv6 host). That
+# scan is bounded (no credential is longer), so many "://a:b" cost linear time.
+USERINFO = re.compile(r"(?<=://)(?:[^/\s]*@|[^/@:\s\[]{0,256}:(?!\d+(?:[/?#]|$))[^@\s]{0,256}@)")
 
 
 def mask_userinfo(value: str) -> str:

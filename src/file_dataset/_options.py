@@ -603,15 +603,22 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
     if endpoint is not None:
         import urllib.parse
 
+        parts = urllib.parse.urlsplit(endpoint)
+        valid = True
         try:
-            _ = urllib.parse.urlsplit(endpoint).port  # a port that is not a number raises
+            _ = parts.port  # a port that is not a number raises
         except ValueError:
-            # "http://user:pass/word@host": an unencoded "/" ends the host part early,
-            # and obstore panicked on the "port" it then saw
-            raise InvalidInputError(
-                f"endpoint_url {mask_userinfo(endpoint)!r} has no valid host and port "
+            valid = False
+        # "http://user:pass/word@host": an unencoded "/" ends the host part early (an
+        # "@" after it is then in the path), and obstore panicked on the "port" it saw
+        if not valid or "@" in endpoint.partition("://")[2].replace(parts.netloc, "", 1):
+            shown = endpoint
+            if "@" in endpoint:
+                shown = f"{endpoint.partition('://')[0]}://***@{endpoint.rpartition('@')[2]}"
+            raise InvalidInputError(  # outside the except: no unmasked __context__
+                f"endpoint_url {shown!r} has no valid host and port "
                 "(percent-encode a '/', '@' or ':' in a user name or password)"
-            ) from None
+            )
 
 
 def _over_our_retries(user_config: Any, ours: dict[str, Any]) -> Any:

@@ -208,7 +208,7 @@ class Pipeline:
         TypeError: ``fn`` is not callable or cannot be called as ``fn(input_dir,
             output_dir)``, ``write_options`` is not a mapping, or ``options`` (or
             ``write_options["options"]``) is not an :class:`Options`, or ``progress``
-            is not a bool.
+            is not a bool (``None``, ``0`` and ``1`` are taken for one).
         ValueError: ``write_options`` has no valid ``into_path`` or has unknown keys,
             or ``on_error`` is neither ``"drop"`` nor ``"raise"``.
 
@@ -245,6 +245,8 @@ class Pipeline:
             resolve_options(write_options["options"], "Pipeline(write_options={'options': ...})")
         if on_error not in ("drop", "raise"):
             raise InvalidInputError(f"on_error must be 'drop' or 'raise', got {on_error!r}")
+        if progress is None or (type(progress) is int and progress in (0, 1)):
+            progress = bool(progress)  # None (an unset argparse flag), 0 and 1 as before
         if not isinstance(progress, bool | np.bool_):
             # "false" or 0.0 would be taken by truth; a tqdm instance is not wanted here
             raise TypeError(f"progress must be True or False, got {progress!r}")
@@ -852,7 +854,8 @@ def _check_local_destination(path: Path) -> None:
         PermissionError: That folder cannot be written in.
     """
     shown = repr(str(path))
-    existing = os.path.abspath(path)
+    # not abspath: it would take "link/.." lexically, where the kernel follows the link
+    existing = os.path.join(os.getcwd(), path).rstrip("/") or "/"
     given = existing
     while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
         existing = os.path.dirname(existing)

@@ -302,8 +302,8 @@ class FileReader:
         objects are copied, while later ones are still being read, into chunks of
         consecutive rows holding about 8 to 64 MiB (fewer bytes where a large object
         or the end of the column cuts a run of small ones short, and in wide frames:
-        once 64 MiB wait to be copied over all columns, every column makes a chunk
-        of what it has). An object of 2 GiB
+        once 64 MiB wait to be copied over all columns, the columns holding most
+        make a chunk of what they have). An object of 2 GiB
         or more, which no ``binary`` chunk can hold, turns its column into
         ``pa.large_binary()``.
 
@@ -425,9 +425,10 @@ class _ColumnBuilder:
     while later objects are in flight and each object's buffer is released once
     copied. Chunks hold at most ``_CHUNK_BYTES``; an object of ``_OWN_CHUNK_BYTES`` or
     more becomes a chunk of its own without being copied. The columns of one read
-    share a budget: once their waiting objects add up to ``_CHUNK_BYTES``, every column
-    makes a chunk of what it has. Otherwise a wide frame (200 columns of 2 MiB each)
-    kept every object until the end and then copied it, holding its bytes twice.
+    share a budget: once their waiting objects add up to ``_CHUNK_BYTES``, the columns
+    holding most make a chunk of what they have, until half of it is left. Otherwise
+    a wide frame (200 columns of 2 MiB each) kept every object until the end and then
+    copied it, holding its bytes twice.
     """
 
     def __init__(self, length: int, shared: _Pending | None = None) -> None:
@@ -450,7 +451,12 @@ class _ColumnBuilder:
         if self._pending_bytes >= _EARLY_CHUNK_BYTES:
             self._flush()
         elif self._shared.bytes >= _CHUNK_BYTES:
-            for builder in self._shared.builders:
+            # the columns holding most first, down to half the budget: fewer, larger
+            # chunks than making one of every column's few objects each time
+            shared = self._shared
+            for builder in sorted(shared.builders, key=lambda b: -b._pending_bytes):
+                if shared.bytes <= _CHUNK_BYTES // 2:
+                    break
                 builder._flush()
 
     def finish(self) -> pa.ChunkedArray[Any]:

@@ -200,6 +200,8 @@ def local_folder(value: Any, what: str) -> str:
     Raises:
         InvalidInputError: Not a local path or ``file://`` URL (an ``s3://`` URL, say).
     """
+    if isinstance(value, str) and not value:
+        raise InvalidInputError(f"{what}: expected a local folder, got an empty string")
     try:
         loc = parse_url(value, prefix=True)
     except InvalidInputError as e:
