@@ -215,17 +215,18 @@ def masked_cause(error: BaseException) -> BaseException:
     while link is not None and link not in chain:  # the messages a traceback would show
         chain.append(link)
         link = link.__cause__ or link.__context__
+    clean = all(mask_secrets(str(link)) == str(link) for link in chain)
     response = getattr(error, "response", None)
     if isinstance(response, dict) and isinstance(response.get("Error"), dict):
         # botocore's ClientError keeps S3's parsed error body, which for a bad signature
         # holds the access key id, the session token and the canonical request: kept
         # as a ClientError (handlers look at .response), with those fields masked.
         masked = _masked_response(response)
-        if masked == response and all(mask_secrets(str(x)) == str(x) for x in chain):
+        if clean and masked == response:
             return error
         with contextlib.suppress(Exception):  # else a subclass with other arguments
             return type(error)(masked, getattr(error, "operation_name", "") or "")
-    elif all(mask_secrets(str(link)) == str(link) for link in chain):
+    elif clean:
         return error
     text = mask_secrets(str(error))
     try:

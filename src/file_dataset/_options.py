@@ -10,6 +10,7 @@ import logging
 import operator
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -591,34 +592,42 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
     if what == "session" and profile is not None:
         _check_profile(profile)
     endpoint = kwargs.get("endpoint_url")
-    if endpoint is not None and not (
-        isinstance(endpoint, str) and endpoint.lower().startswith(("http://", "https://"))
-    ):
-        shown = endpoint
-        if isinstance(endpoint, str) and "://" in endpoint:
-            shown = mask_userinfo(endpoint)
-        elif isinstance(endpoint, str) and "@" in endpoint:  # "user:password@host"
-            shown = "***@" + endpoint.rpartition("@")[2]
-        raise InvalidInputError(f"endpoint_url must be an http:// or https:// URL, got {shown!r}")
-    if endpoint is not None:
-        import urllib.parse
+    if endpoint is None:
+        return
+    if not (isinstance(endpoint, str) and endpoint.lower().startswith(("http://", "https://"))):
+        raise InvalidInputError(
+            f"endpoint_url must be an http:// or https:// URL, got {_endpoint_shown(endpoint)!r}"
+        )
+    import urllib.parse
 
-        parts = urllib.parse.urlsplit(endpoint)
-        valid = True
-        try:
-            _ = parts.port  # a port that is not a number raises
-        except ValueError:
-            valid = False
+    parts = urllib.parse.urlsplit(endpoint)
+    try:
+        _ = parts.port  # a port that is not a number raises
         # "http://user:pass/word@host": an unencoded "/" ends the host part early (an
         # "@" after it is then in the path), and obstore panicked on the "port" it saw
-        if not valid or "@" in endpoint.partition("://")[2].replace(parts.netloc, "", 1):
-            shown = endpoint
-            if "@" in endpoint:
-                shown = f"{endpoint.partition('://')[0]}://***@{endpoint.rpartition('@')[2]}"
-            raise InvalidInputError(  # outside the except: no unmasked __context__
-                f"endpoint_url {shown!r} has no valid host and port "
-                "(percent-encode a '/', '@' or ':' in a user name or password)"
-            )
+        valid = "@" not in endpoint.partition("://")[2].replace(parts.netloc, "", 1)
+    except ValueError:
+        valid = False
+    if not valid:  # raised outside the except: urllib's error quotes the password
+        raise InvalidInputError(
+            f"endpoint_url {_endpoint_shown(endpoint)!r} has no valid host and port "
+            "(percent-encode a '/', '@' or ':' in a user name or password)"
+        )
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _endpoint_shown(endpoint: Any) -> Any:
+    """A refused endpoint as its message shows it: all before its last "@" masked.
+
+    Stricter than :func:`mask_userinfo`, which must leave keys alone: an endpoint that
+    is refused may hold a password written in any way.
+    """
+    if not isinstance(endpoint, str) or "@" not in endpoint:
+        return endpoint
+    scheme = _SCHEME.match(endpoint)
+    return f"{scheme.group() if scheme else ''}***@{endpoint.rpartition('@')[2]}"
 
 
 def _over_our_retries(user_config: Any, ours: dict[str, Any]) -> Any:

@@ -585,9 +585,7 @@ class Pipeline:
                     in_hand = (input_dir, output_dir)
                     call.claim(index)  # from here on, removing them is this loop's job
                     outputs = self._run_fn(row_id, input_dir, output_dir)
-                except BaseException as e:
-                    if not isinstance(e, _RowError):
-                        raise  # KeyboardInterrupt and the like: removed below
+                except _RowError as e:  # (an interrupt's folders are removed below)
                     # off the calling thread: the next fn call need not wait
                     stages.submit(_remove, (input_dir, output_dir))
                     in_hand = None

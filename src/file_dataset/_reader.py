@@ -326,6 +326,13 @@ class FileReader:
         def on_result(index: int, blob: Blob) -> None:
             i, j = where[index]
             builders[j].put(i, blob)
+            if shared.bytes >= _CHUNK_BYTES:
+                # the columns holding most first, down to half the budget: fewer,
+                # larger chunks than one of every column's few objects each time
+                for builder in sorted(builders, key=lambda b: -b.pending_bytes):
+                    if shared.bytes <= _CHUNK_BYTES // 2:
+                        break
+                    builder.flush()
 
         # Chunks are built while later objects are still in flight: the copy overlaps
         # the I/O, and each transport buffer is let go as soon as it has been copied.
@@ -334,11 +341,7 @@ class FileReader:
             del jobs
             return self._assemble([b.finish() for b in builders], pa.binary())
         finally:
-            # The builders and their shared budget refer to each other, and a failure's
-            # traceback keeps this frame: without this, the chunks (or, after a
-            # failure, the objects read) would wait for the cyclic garbage collector,
-            # holding a whole table's memory meanwhile.
-            shared.builders.clear()
+            # A failure's traceback keeps this frame, and with it the objects read.
             for builder in builders:
                 builder.release()
 
@@ -410,11 +413,10 @@ _MISSING: Any = object()  # a cell whose object has not arrived yet
 class _Pending:
     """The bytes waiting to be copied into chunks, over all the columns of one read."""
 
-    __slots__ = ("builders", "bytes")
+    __slots__ = ("bytes",)
 
     def __init__(self) -> None:
         self.bytes = 0
-        self.builders: list[_ColumnBuilder] = []
 
 
 class _ColumnBuilder:
@@ -425,10 +427,10 @@ class _ColumnBuilder:
     while later objects are in flight and each object's buffer is released once
     copied. Chunks hold at most ``_CHUNK_BYTES``; an object of ``_OWN_CHUNK_BYTES`` or
     more becomes a chunk of its own without being copied. The columns of one read
-    share a budget: once their waiting objects add up to ``_CHUNK_BYTES``, the columns
-    holding most make a chunk of what they have, until half of it is left. Otherwise
-    a wide frame (200 columns of 2 MiB each) kept every object until the end and then
-    copied it, holding its bytes twice.
+    count their waiting objects in one :class:`_Pending`: once they add up to
+    ``_CHUNK_BYTES``, the reader flushes the columns holding most, until half of it is
+    left. Otherwise a wide frame (200 columns of 2 MiB each) kept every object until
+    the end and then copied it, holding its bytes twice.
     """
 
     def __init__(self, length: int, shared: _Pending | None = None) -> None:
@@ -436,9 +438,8 @@ class _ColumnBuilder:
         self._next = 0  # the first cell not yet moved to pending
         self._chunks: list[pa.Array[Any]] = []
         self._pending: list[Blob | None] = []
-        self._pending_bytes = 0
+        self.pending_bytes = 0
         self._shared = _Pending() if shared is None else shared
-        self._shared.builders.append(self)
 
     def expect(self, index: int) -> None:
         """Marks a non-null cell whose object is still to come."""
@@ -448,23 +449,15 @@ class _ColumnBuilder:
         """Stores an object and moves the complete prefix of the column along."""
         self._values[index] = blob
         self._advance()
-        if self._pending_bytes >= _EARLY_CHUNK_BYTES:
-            self._flush()
-        elif self._shared.bytes >= _CHUNK_BYTES:
-            # the columns holding most first, down to half the budget: fewer, larger
-            # chunks than making one of every column's few objects each time
-            shared = self._shared
-            for builder in sorted(shared.builders, key=lambda b: -b._pending_bytes):
-                if shared.bytes <= _CHUNK_BYTES // 2:
-                    break
-                builder._flush()
+        if self.pending_bytes >= _EARLY_CHUNK_BYTES:
+            self.flush()
 
     def finish(self) -> pa.ChunkedArray[Any]:
         """The column (every expected object must have arrived)."""
         self._advance()
         if self._next != len(self._values):
             raise RuntimeError("a blob column was finished before all its objects arrived")
-        self._flush()
+        self.flush()
         chunks, self._chunks = self._chunks, []
         if any(chunk.type == pa.large_binary() for chunk in chunks):
             chunks = [chunk.cast(pa.large_binary()) for chunk in chunks]
@@ -484,20 +477,21 @@ class _ColumnBuilder:
             self._next += 1
             size = len(blob) if blob is not None else 0
             if size >= _OWN_CHUNK_BYTES:
-                self._flush()
+                self.flush()
                 self._chunks.append(_single_value_chunk(blob))  # type: ignore[arg-type]
                 continue
-            if self._pending_bytes + size > _CHUNK_BYTES:
-                self._flush()
+            if self.pending_bytes + size > _CHUNK_BYTES:
+                self.flush()
             self._pending.append(blob)
-            self._pending_bytes += size
+            self.pending_bytes += size
             self._shared.bytes += size
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Makes one chunk of the objects waiting to be copied, if any."""
         if self._pending:
             self._chunks.append(_concat_chunk(self._pending))
-            self._shared.bytes -= self._pending_bytes
-            self._pending, self._pending_bytes = [], 0
+            self._shared.bytes -= self.pending_bytes
+            self._pending, self.pending_bytes = [], 0
 
 
 def _concat_chunk(blobs: list[Blob | None]) -> pa.Array[Any]:

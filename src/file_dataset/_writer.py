@@ -123,8 +123,7 @@ def write_files(
             raise InvalidInputError(
                 f"{where}: write_files sends local files, "
                 f"and {quoted_masked(str(source))} is an S3 URL (read it to a local folder "
-                "first, e.g. "
-                "with reader(...).into_temp_dir())"
+                "first, e.g. with reader(...).into_temp_dir())"
             )
         path = source.path
         try:
