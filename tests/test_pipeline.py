@@ -1560,6 +1560,15 @@ def test_write_options_given_as_a_string_says_what_is_expected() -> None:
     )
 
 
+def test_write_options_without_into_path_name_the_keys_given_instead() -> None:
+    with pytest.raises(ValueError) as info:
+        Pipeline(upper, {"into": "s3://bkt/o"})
+    assert str(info.value) == "write_options needs an 'into_path' (unknown keys: ['into'])"
+    with pytest.raises(ValueError) as info:
+        Pipeline(upper, {"into_path": "s3://bkt/o", "option": None})
+    assert str(info.value) == "unknown write_options: ['option']"
+
+
 def test_a_single_row_without_an_id_is_refused_as_a_row(
     options: Options, tmp_path: Path, put: Put
 ) -> None:

@@ -674,6 +674,20 @@ def test_download_to_takes_a_str_or_home_relative_root_and_makes_it(
     assert not (tmp_path / "~").exists()
 
 
+def test_download_to_under_a_relative_root_returns_no_path_starting_with_a_tilde(
+    options: Options, put: Put, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: {"~": Path("~")} under root ".", the home folder when read back."""
+    monkeypatch.chdir(tmp_path)
+    url = put("dl/tilde.bin", b"tilde")
+    folders = file_dataset.reader(pd.DataFrame({"id": ["~"], "a": [url]}), options).download_to(".")
+    assert folders == {"~": tmp_path / "~"}
+    paths = file_dataset.reader({"~a": url}, options).download_to(".")
+    assert paths == {"~a": tmp_path / "~a"}
+    back = file_dataset.reader({"x": str(folders["~"] / "a"), "y": str(paths["~a"])})
+    assert back.into_blob_table().to_pylist() == [{"x": b"tilde", "y": b"tilde"}]
+
+
 def test_download_to_names_the_row_whose_folder_a_file_stands_in_the_way_of(
     tmp_path: Path,
 ) -> None:
@@ -977,6 +991,15 @@ def test_a_relative_path_that_is_missing_hints_at_file_columns(
         f"looked up in {tmp_path}; every column of a file DataFrame except 'id' holds file "
         "URLs or paths)"
     )
+
+
+def test_a_url_with_a_space_at_an_end_is_quoted_in_the_error(options: Options, put: Put) -> None:
+    """Before: "cannot read s3://.../k.bin  (row id ...": only a double space showed it."""
+    url = put("spaced/k.bin", b"k") + " "
+    frame = pd.DataFrame({"id": ["p04"], "k.bin": [url]})
+    with pytest.raises(FileNotFoundError) as info:
+        file_dataset.reader(frame, options).into_blob_table()
+    assert str(info.value).startswith(f"cannot read {url!r} (row id 'p04', column 'k.bin'): ")
 
 
 @pytest.mark.parametrize("where", ["column", "id"])

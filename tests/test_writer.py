@@ -333,6 +333,29 @@ def test_a_leading_tilde_is_the_home_folder(tmp_path: Path, monkeypatch) -> None
     assert table.column("f").to_pylist() == [b"home"]
 
 
+def test_a_result_that_would_start_with_a_tilde_is_absolute(tmp_path: Path, monkeypatch) -> None:
+    """Under into_path ".", id "~" gave Path("~/f"): read back (or fed to a Pipeline's
+    reader), that was the home folder's f, silently."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "f").write_bytes(b"the home folder's f")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    files = make_files(tmp_path / "src", {"f": b"written"})
+    for row_id in ["~", "~user"]:
+        result = file_dataset.write_files(files, ".", id=row_id)
+        assert result == {"f": work / row_id / "f"}
+        table = file_dataset.reader({"f": str(result["f"])}).into_blob_table()
+        assert table.column("f").to_pylist() == [b"written"]
+    out = file_dataset.Pipeline(lambda i, o: {"g": i / "f"}, {"into_path": "."})(
+        pd.DataFrame({"id": ["~"], "f": [str(files["f"])]})
+    )
+    assert list(out["g"]) == [str(work / "~" / "g")]
+    assert file_dataset.reader(out).into_blob_table().column("g").to_pylist() == [b"written"]
+    assert (tmp_path / "home" / "f").read_bytes() == b"the home folder's f"
+
+
 def test_local_write_is_atomic_and_overwrites(tmp_path: Path) -> None:
     dest = tmp_path / "out" / "1" / "f"
     dest.parent.mkdir(parents=True)

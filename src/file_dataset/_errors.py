@@ -298,7 +298,10 @@ def _describe(operation: str, url: str, row_id: str | None, column: str | None) 
     if column is not None:
         where.append(f"column {quoted(column)}")
     suffix = f" ({', '.join(where)})" if where else ""
-    return f"{operation} {printable(masked_cut(url, 1200))}{suffix}"
+    shown = printable(masked_cut(url, 1200))
+    if shown != shown.strip():  # a space at an end is the likely cause: make it seen
+        shown = repr(shown)
+    return f"{operation} {shown}{suffix}"
 
 
 class TransferError(FileDatasetError, OSError):

@@ -104,9 +104,14 @@ def check_frame(frame: pd.DataFrame) -> list[str]:
     if not isinstance(frame, pd.DataFrame):
         raise InvalidInputError(f"expected a pandas DataFrame, got {type(frame).__name__}")
     if ID_COLUMN not in frame.columns:
+        hint = (
+            "; the ids are its index: frame.reset_index() makes them a column"
+            if ID_COLUMN in frame.index.names
+            else ""
+        )
         raise InvalidInputError(
             "a file DataFrame needs an 'id' column (unique, non-null); "
-            f"columns are {list(frame.columns)}"
+            f"columns are {list(frame.columns)}{hint}"
         )
     if list(frame.columns).count(ID_COLUMN) > 1:
         raise InvalidInputError("a file DataFrame must have exactly one 'id' column")

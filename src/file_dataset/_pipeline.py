@@ -235,11 +235,14 @@ class Pipeline:
                 "write_options must be a mapping such as {'into_path': 's3://bucket/prefix/'}, "
                 f"got {type(write_options).__name__}"
             )
+        unknown = sorted(map(str, set(write_options) - {"into_path", "options"}))
         if "into_path" not in write_options:
-            raise InvalidInputError("write_options needs an 'into_path'")
-        unknown = set(write_options) - {"into_path", "options"}
+            raise InvalidInputError(
+                "write_options needs an 'into_path'"
+                + (f" (unknown keys: {unknown})" if unknown else "")
+            )
         if unknown:
-            raise InvalidInputError(f"unknown write_options: {sorted(unknown)}")
+            raise InvalidInputError(f"unknown write_options: {unknown}")
         parse_url(write_options["into_path"], prefix=True)
         if write_options.get("options") is not None:
             resolve_options(write_options["options"], "Pipeline(write_options={'options': ...})")

@@ -21,7 +21,7 @@ from file_dataset._frame import ID_COLUMN, FileTable, parse_frame, parse_row
 from file_dataset._local import not_a_folder, remove_tree
 from file_dataset._options import Options, resolve_options
 from file_dataset._transfer import Context, Job, download_job, read_job, run_jobs, size_job
-from file_dataset._urls import Location, check_local_name, local_folder
+from file_dataset._urls import Location, check_local_name, local_child, local_folder
 
 __all__ = ["FileReader", "TempDir", "reader"]
 
@@ -271,7 +271,7 @@ class FileReader:
         folders: dict[str, Path] = {}
         if table.ids is not None:
             for row_id in table.ids:
-                folder = folders[row_id] = root / row_id
+                folder = folders[row_id] = local_child(root, row_id)
                 try:
                     folder.mkdir(parents=True, exist_ok=True)
                 except OSError as e:  # a file in the way, no permission, ...
@@ -282,7 +282,7 @@ class FileReader:
         paths: dict[str, Path] = {}
         for i, j, loc in self._cells():
             name = table.columns[j]
-            dest = root / name if table.ids is None else folders[table.ids[i]] / name
+            dest = local_child(root, name) if table.ids is None else folders[table.ids[i]] / name
             paths[name] = dest
             jobs.append(download_job(loc, dest, self._options))
             contexts.append(self._context(i, j))

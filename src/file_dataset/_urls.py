@@ -66,7 +66,18 @@ class Location(NamedTuple):
             prefix = self.key.rstrip("/")
             key = "/".join([prefix, *parts]) if prefix else "/".join(parts)
             return Location("s3", self.bucket, key)
-        return Location("file", "", str(Path(self.key).joinpath(*parts)))
+        return Location("file", "", str(local_child(self.key, *parts)))
+
+
+def local_child(folder: str | Path, *parts: str) -> Path:
+    """``folder/part/…``, made absolute if it would start with ``~`` otherwise.
+
+    Under a relative ``folder`` such as ``.``, an id or name ``~x`` gives ``~x/…``,
+    which is a local folder here but the home folder to :func:`parse_url` (and to a
+    shell): a path the library returns must name the same file when read back.
+    """
+    path = Path(folder).joinpath(*parts)
+    return Path.cwd() / path if path.parts and path.parts[0].startswith("~") else path
 
 
 def is_null(value: Any) -> bool:
