@@ -202,6 +202,28 @@ def test_the_default_threshold_follows_a_larger_part_size() -> None:
             {"s3_client_kwargs": {"aws_secret_access_key": "s"}},
             "s3_client_kwargs has aws_secret_access_key but not aws_access_key_id",
         ),
+        # Before: an empty pair signed as the environment's identity, a token alone
+        # failed at the first transfer ("'None' is not an instance of 'str'"), and so did
+        # a bad region (InvalidRegionError, an OSError) and an endpoint with a query.
+        (
+            {"session_kwargs": {"aws_access_key_id": "", "aws_secret_access_key": ""}},
+            r"session_kwargs\['aws_access_key_id'\] is empty: give it, or leave the "
+            "credentials out",
+        ),
+        (
+            {"s3_client_kwargs": {"aws_session_token": "TOKEN-ONLY"}},
+            "s3_client_kwargs has aws_session_token but no aws_access_key_id and "
+            "aws_secret_access_key",
+        ),
+        (
+            {"session_kwargs": {"region_name": "not a region!"}},
+            r"session_kwargs\['region_name'\] must be a region name such as 'us-east-1', "
+            "got 'not a region!'",
+        ),
+        (
+            {"s3_client_kwargs": {"endpoint_url": "http://127.0.0.1:9000/?x=1"}},
+            r"has a query or fragment \('\?' or '#'\)",
+        ),
     ],
 )
 def test_invalid_arguments(kwargs: dict[str, Any], match: str) -> None:
@@ -222,6 +244,14 @@ def test_invalid_arguments(kwargs: dict[str, Any], match: str) -> None:
             {"s3_client_kwargs": {"config": {"connect_timeout": 1}}},
             "s3_client_kwargs['config'] must be a botocore.config.Config, got dict "
             "(write Config(connect_timeout=5, ...))",
+        ),
+        (  # the value (a secret) is not shown
+            {"session_kwargs": {"aws_access_key_id": 123, "aws_secret_access_key": "x"}},
+            "session_kwargs['aws_access_key_id'] must be a str, got int",
+        ),
+        (  # boto3 took it, obstore did not
+            {"session_kwargs": {"aws_access_key_id": "AKID", "aws_secret_access_key": b"x"}},
+            "session_kwargs['aws_secret_access_key'] must be a str, got bytes",
         ),
     ],
 )
@@ -314,6 +344,17 @@ def test_default_uses_adaptive_retries_and_freezes_environment_credentials(
     assert credentials.access_key == "env-key-id"
     assert credentials.secret_key == "env-secret"
     assert client.meta.region_name == "eu-central-1"
+
+
+def test_default_takes_an_empty_session_token_variable_for_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Empty credentials are refused when given; one from the environment is not given."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "env-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "")
+    frozen = Options.default().session_kwargs
+    assert (frozen["aws_access_key_id"], frozen["aws_session_token"]) == ("env-key-id", None)
 
 
 def test_default_without_freezing(monkeypatch: pytest.MonkeyPatch) -> None:

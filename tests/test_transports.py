@@ -566,7 +566,9 @@ def test_a_head_refused_without_a_reason_names_the_reason_s3_gives_a_get(transpo
     assert (error.errno, error.status) == (errno.EACCES, 400)
     assert str(error) == (
         "cannot head s3://bkt/img.mha (row id 'p01', column 'img.mha'): access denied "
-        "(ExpiredToken); check the credentials in Options"
+        "(ExpiredToken); the temporary credentials have expired (those that "
+        "Options.default() freezes are not refreshed: Options.default(freeze_credentials="
+        "False) lets each process refresh its own)"
     )
     assert Expired.seen[0] == "HEAD"
     assert "GET" in Expired.seen  # (twice with obstore: its read of an empty object)
@@ -799,6 +801,39 @@ def test_credentials_that_fail_to_load_are_a_transfer_error(
         file_dataset.reader({"f": "s3://bkt/k"}, options).into_blob_table()
     assert str(raised.value).startswith(
         "cannot read s3://bkt/k (column 'f'): CredentialRetrievalError: "
+    )
+
+
+def test_credentials_that_fail_to_refresh_inside_obstore_are_said_as_boto3_says_them(
+    s3_server: LocalS3Server,
+) -> None:
+    """Temporary credentials that botocore cannot refresh any more (an expired SSO
+    login) failed inside obstore's credential provider, and were reported as
+    ObjectAccessDeniedError "access denied (forbidden)", though nothing was sent."""
+    import obstore
+    from botocore.exceptions import CredentialRetrievalError
+    from obstore.store import S3Store
+
+    from file_dataset._s3_obstore import translate_error
+
+    def expired_login() -> dict[str, Any]:
+        raise CredentialRetrievalError(provider="custom-process", error_msg="run aws sso login")
+
+    store = S3Store(
+        "bkt",
+        endpoint=s3_server.endpoint_url,
+        region="us-east-1",
+        credential_provider=expired_login,  # type: ignore[arg-type]
+        client_options={"allow_http": True},
+    )
+    with pytest.raises(Exception) as obstores:
+        obstore.get(store, "k")
+    with pytest.raises(file_dataset.TransferError) as ours:
+        translate_error(obstores.value, "s3://bkt/k", "read")
+    assert not isinstance(ours.value, PermissionError)
+    assert str(ours.value) == (
+        "cannot read s3://bkt/k: CredentialRetrievalError: Error when retrieving "
+        "credentials from custom-process: run aws sso login"
     )
 
 

@@ -24,6 +24,7 @@ from file_dataset._errors import (
     InvalidInputError,
     mask_secrets,
     mask_userinfo,
+    quoted,
     remember_secrets,
 )
 
@@ -571,6 +572,19 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
             "session_kwargs cannot hold a botocore_session: Options make a session per "
             "thread and process from plain settings (a live session does not pickle)"
         )
+    for name in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"):
+        value = kwargs.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):  # (the value is a secret: not shown)
+            raise TypeError(f"{argument}[{name!r}] must be a str, got {type(value).__name__}")
+        if not value.strip():
+            # boto3 would take an empty key for none, and sign as whoever the
+            # environment, a profile or the machine's role says.
+            raise InvalidInputError(
+                f"{argument}[{name!r}] is empty: give it, or leave the credentials out "
+                "to use those that boto3 finds (environment, profile, instance role)"
+            )
     key_id, secret = kwargs.get("aws_access_key_id"), kwargs.get("aws_secret_access_key")
     if (key_id is None) != (secret is None):
         given, missing = (
@@ -579,6 +593,23 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
             else ("aws_secret_access_key", "aws_access_key_id")
         )
         raise InvalidInputError(f"{argument} has {given} but not {missing}: give both, or neither")
+    if key_id is None and kwargs.get("aws_session_token") is not None:
+        raise InvalidInputError(
+            f"{argument} has aws_session_token but no aws_access_key_id and "
+            "aws_secret_access_key: a session token goes with its key pair"
+        )
+    region = kwargs.get("region_name")
+    if region is not None:
+        from botocore.exceptions import InvalidRegionError
+        from botocore.utils import validate_region_name
+
+        try:
+            validate_region_name(region if isinstance(region, str) else str(region))
+        except InvalidRegionError:
+            raise InvalidInputError(
+                f"{argument}['region_name'] must be a region name such as 'us-east-1', "
+                f"got {quoted(region)}"
+            ) from None
     config = kwargs.get("config")
     if what == "client" and config is not None:
         from botocore.config import Config
@@ -601,6 +632,11 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
     import urllib.parse
 
     parts = urllib.parse.urlsplit(endpoint)
+    if parts.query or parts.fragment or endpoint.rstrip("?#") != endpoint:
+        raise InvalidInputError(
+            f"endpoint_url {_endpoint_shown(endpoint)!r} has a query or fragment ('?' or "
+            "'#'); an endpoint is a scheme, host, port and optional path"
+        )
     try:
         _ = parts.port  # a port that is not a number raises
         # "http://user:pass/word@host": an unencoded "/" ends the host part early (an
@@ -929,12 +965,12 @@ class Options:
                 kwargs["s3_client_kwargs"] = {**client_kwargs, "endpoint_url": endpoint}
         if freeze_credentials:
             credentials = session.get_credentials()
-            if credentials is not None:
-                frozen = credentials.get_frozen_credentials()
+            frozen = None if credentials is None else credentials.get_frozen_credentials()
+            if frozen is not None and frozen.access_key and frozen.secret_key:
                 session_kwargs.update(
                     aws_access_key_id=frozen.access_key,
                     aws_secret_access_key=frozen.secret_key,
-                    aws_session_token=frozen.token,
+                    aws_session_token=frozen.token or None,  # AWS_SESSION_TOKEN="" is none
                 )
                 session_kwargs.pop("profile_name", None)
             if session.region_name and "region_name" not in session_kwargs:

@@ -63,9 +63,25 @@ _DENIED = frozenset(
         "SignatureDoesNotMatch",
         "AllAccessDisabled",
         "ExpiredToken",
+        "ExpiredTokenException",
+        "TokenRefreshRequired",
         "InvalidToken",
     }
 )
+_EXPIRED = frozenset({"ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired"})
+
+
+def denied_reason(code: object) -> str:
+    """The reason of an access-denied error: what to check, by S3's code."""
+    if code in _EXPIRED:
+        hint = (
+            "the temporary credentials have expired (those that Options.default() "
+            "freezes are not refreshed: Options.default(freeze_credentials=False) lets "
+            "each process refresh its own)"
+        )
+    else:
+        hint = "check the credentials in Options"
+    return f"access denied ({code}); {hint}"
 
 
 # S3 answers a read of an archived object with 403 InvalidObjectState: the credentials
@@ -113,9 +129,7 @@ def _translate(error: Exception, url: str, operation: str) -> NoReturn:
             raise TransferError(url, f"{ARCHIVED} ({reason})", operation=operation) from cause
         if code in _DENIED or status == 403:
             raise ObjectAccessDeniedError(
-                url,
-                f"access denied ({code or status}); check the credentials in Options",
-                operation=operation,
+                url, denied_reason(code or status), operation=operation
             ) from cause
         raise TransferError(url, reason, operation=operation) from cause
     if isinstance(error, FlexibleChecksumError):

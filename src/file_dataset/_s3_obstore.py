@@ -65,7 +65,7 @@ from file_dataset._errors import (
     remember_secrets,
 )
 from file_dataset._options import Options
-from file_dataset._s3 import _DENIED, _NOT_FOUND, ARCHIVED, S3Backend
+from file_dataset._s3 import _DENIED, _NOT_FOUND, ARCHIVED, S3Backend, denied_reason
 from file_dataset._s3 import translate_error as translate_boto_error
 from file_dataset._urls import Location
 
@@ -121,6 +121,10 @@ def _xml_text(tag: str, text: str) -> str:
         return ""
     cdata, plain = found.groups()
     return (cdata if cdata is not None else html.unescape(plain)).strip()
+
+
+# How obstore names an error raised by the credential provider (_Credentials).
+_PROVIDER_FAILED = "External AWS credential provider: "
 
 
 def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
@@ -182,13 +186,17 @@ def _translate(error: Exception, text: str, url: str, operation: str) -> NoRetur
         raise ObjectNotFoundError(url, reason, operation=operation) from cause
     if code == "InvalidObjectState":
         raise TransferError(url, f"{ARCHIVED} ({reason})", operation=operation) from cause
+    provider = first_line.partition(_PROVIDER_FAILED)[2]
+    if isinstance(error, UnauthenticatedError) and provider:
+        # No request was sent: botocore could not get credentials (a credential_process
+        # or SSO login that fails, say). Said as the boto3 transport says it.
+        raise TransferError(url, provider, operation=operation) from cause
     if (
         isinstance(error, PermissionDeniedError | UnauthenticatedError | PermissionError)
         or code in _DENIED
         or status_code == "403"
     ):
-        what = code or status_code or "forbidden"
-        reason = f"access denied ({what}); check the credentials in Options"
+        reason = denied_reason(code or status_code or "forbidden")
         raise ObjectAccessDeniedError(url, reason, operation=operation) from cause
     failure = TransferError(url, reason, operation=operation)
     failure.unreachable = unreachable  # no connection, or no answer in time
