@@ -520,6 +520,31 @@ def test_estimate_sizes_only_the_first_batch_once(
     assert len(datasource.get_read_tasks(4)) == 1000 // batch
 
 
+def test_estimate_counts_nulls_as_nothing_and_sizes_the_first_files_of_each_column(
+    s3_server: LocalS3Server, put_objects: Callable[..., None], options: Options
+) -> None:
+    """Before: a frame whose first batch held only nulls was estimated at 160 bytes
+    (ids and offsets) for 4 KB of files, and so was every read task."""
+    bucket = s3_server.create_bucket()
+    put_objects(bucket, {f"{i}/a": b"a" * 1000 for i in range(4, 8)})
+    put_objects(bucket, {f"{i}/b": b"b" * 300 for i in range(8)})
+    frame = pd.DataFrame(
+        {
+            "id": [f"n{i}" for i in range(8)],
+            "a": [None] * 4 + [f"s3://{bucket}/{i}/a" for i in range(4, 8)],
+            "b": [f"s3://{bucket}/{i}/b" for i in range(8)],
+        }
+    )
+    datasource = FileDataFrameAsBlobDatasource(frame, 4, options)
+    real = file_dataset.reader(frame, options).into_blob_table().nbytes
+    assert datasource.estimate_inmemory_data_size() == pytest.approx(real, rel=0.05)
+    first, second = datasource.get_read_tasks(2)
+    assert (first.metadata.size_bytes, second.metadata.size_bytes) == (
+        pytest.approx(4 * 300 + 4 * 16, abs=8),
+        pytest.approx(4 * 1300 + 4 * 16, abs=8),
+    )
+
+
 # --- options and credentials ---------------------------------------------------------------
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -132,7 +133,7 @@ class FileDataFrameAsBlobDatasource(Datasource):
         # A bad URL in any row fails here, not in a worker after other rows were read.
         check_cells(self._frame, self._ids, self._file_columns)
         self._schema = blob_schema(self._file_columns, id_position(self._frame))
-        self._row_bytes: float | None = None
+        self._sized: _Sizes | None = None
         # Ray asks for the read tasks several times while planning; build them once.
         self._read_tasks: dict[int | None, list[ReadTask]] = {}
 
@@ -167,42 +168,57 @@ class FileDataFrameAsBlobDatasource(Datasource):
             f"file_columns={self._file_columns!r}, batch_size={self._batch_size})"
         )
 
-    def _estimated_row_bytes(self) -> float:
-        """The mean in-memory bytes of one row, from the first batch only (cached).
+    def _sizes(self) -> _Sizes:
+        """What the size estimates come from (made once, on the first request).
 
-        The first ``batch_size`` rows are sized with ``into_size_table()`` (one HEAD per
-        object of those rows only); the ids and Arrow offsets are added.
+        In each file column the first ``batch_size`` files (non-null cells) are sized
+        with ``into_size_table()``, one HEAD each; every other file of the column is
+        assumed to be as large as their mean. For a frame without nulls these are
+        the files of the first batch. Nulls, which hold no bytes, are counted out, so
+        a frame whose first rows have no files is not taken for an empty one.
         """
-        if self._row_bytes is None:
-            head = self._frame.head(self._batch_size)
-            if len(head) == 0:
-                self._row_bytes = 0.0
-            else:
-                sizes = reader(head, self._options).into_size_table()
-                blob_bytes = sum(
-                    int(pc.sum(sizes.column(name)).as_py() or 0) for name in self._file_columns
-                )
-                id_bytes = sum(len(i.encode()) for i in self._ids[: len(head)])
-                offsets = _OFFSET_BYTES * (len(self._file_columns) + 1) * len(head)
-                self._row_bytes = (blob_bytes + id_bytes + offsets) / len(head)
-        return self._row_bytes
+        if self._sized is None:
+            present = {c: self._frame[c].notna().to_numpy() for c in self._file_columns}
+            chosen = {c: np.flatnonzero(p)[: self._batch_size] for c, p in present.items()}
+            rows = np.unique(np.concatenate([np.arange(0), *chosen.values()]))
+            mean_bytes = dict.fromkeys(self._file_columns, 0.0)
+            if len(rows):
+                values: dict[str, Any] = {ID_COLUMN: [self._ids[i] for i in rows]}
+                for column, picked in chosen.items():
+                    cells = self._frame[column].iloc[rows].to_numpy(dtype=object)
+                    cells[~np.isin(rows, picked)] = None  # sized for another column
+                    values[column] = cells
+                sizes = reader(pd.DataFrame(values), self._options).into_size_table()
+                for column, picked in chosen.items():
+                    if len(picked):
+                        total = pc.sum(sizes.column(column)).as_py() or 0
+                        mean_bytes[column] = int(total) / len(picked)
+            head_ids = self._ids[: self._batch_size]
+            id_bytes = sum(len(i.encode()) for i in head_ids) / max(len(head_ids), 1)
+            self._sized = _Sizes(
+                mean_bytes,
+                {c: np.concatenate([[0], np.cumsum(p)]) for c, p in present.items()},
+                id_bytes + _OFFSET_BYTES * (len(self._file_columns) + 1),
+            )
+        return self._sized
 
     def estimate_inmemory_data_size(self) -> int:
-        """Estimates the in-memory size of the whole dataset from its first batch.
+        """Estimates the in-memory size of the whole dataset from its first files.
 
-        Only the first ``batch_size`` rows are sized (a HEAD request per object of
-        those rows); their mean row size is assumed for every row. The result is
-        computed once and cached.
+        Only the first ``batch_size`` files of each file column are sized (a HEAD
+        request each; without nulls, those of the first ``batch_size`` rows); every
+        other file of the column is assumed to be as large as their mean, and a null
+        cell holds nothing. The result is computed once and cached.
 
         Returns:
             The estimated total size of the blob tables, in bytes.
 
         Raises:
-            FileNotFoundError: An object of the first batch does not exist.
-            PermissionError: Access to an object of the first batch was denied.
-            OSError: Another failure while sizing the first batch.
+            FileNotFoundError: A file that was sized does not exist.
+            PermissionError: Access to a file that was sized was denied.
+            OSError: Another failure while sizing them.
         """
-        return round(self._estimated_row_bytes() * len(self._frame))
+        return round(self._sizes().bytes(0, len(self._frame)))
 
     def get_read_tasks(
         self,
@@ -244,7 +260,7 @@ class FileDataFrameAsBlobDatasource(Datasource):
         return list(tasks)
 
     def _make_read_tasks(self, limit: int | None) -> list[ReadTask]:
-        row_bytes = self._estimated_row_bytes()
+        sizes = self._sizes()
         # Object arrays: a slice is a view, pickled with only its own values.
         values = {column: self._frame[column].to_numpy(dtype=object) for column in self._frame}
         total = len(self._frame)
@@ -257,7 +273,7 @@ class FileDataFrameAsBlobDatasource(Datasource):
             chunk = {str(column): array[start:stop] for column, array in values.items()}
             metadata = BlockMetadata(
                 num_rows=stop - start,
-                size_bytes=round(row_bytes * (stop - start)),
+                size_bytes=round(sizes.bytes(start, stop)),
                 exec_stats=None,
                 input_files=None,
             )
@@ -275,6 +291,22 @@ class FileDataFrameAsBlobDatasource(Datasource):
         state = dict(self.__dict__)
         state["_read_tasks"] = {}
         return state
+
+
+class _Sizes(NamedTuple):
+    """The estimated in-memory bytes of a datasource's rows (see ``_sizes``)."""
+
+    mean_bytes: dict[str, float]  # per file column: a file's mean size
+    present: dict[str, np.ndarray]  # per file column: files in rows [0, i), for each i
+    row_bytes: float  # per row, besides its files: id and Arrow offsets
+
+    def bytes(self, start: int, stop: int) -> float:
+        """The estimated bytes of rows ``[start, stop)``."""
+        files = sum(
+            mean * float(self.present[column][stop] - self.present[column][start])
+            for column, mean in self.mean_bytes.items()
+        )
+        return files + self.row_bytes * (stop - start)
 
 
 # Ray warns that a requested number of blocks of 5,000 or more may slow reading down;
@@ -327,8 +359,9 @@ def read_file_dataset(
 
     The dataset has one row per DataFrame row: ``id`` (``string``) and one ``binary``
     column per file column holding the file's contents. Reading is lazy, as always in
-    Ray Data, except that the first ``batch_size`` rows are sized now (HEAD requests)
-    to estimate the dataset's size. See :class:`FileDataFrameAsBlobDatasource`.
+    Ray Data, except that the first ``batch_size`` files of each file column (without
+    nulls: of the first ``batch_size`` rows) are sized now (HEAD requests) to estimate
+    the dataset's size. See :class:`FileDataFrameAsBlobDatasource`.
 
     The rows come in DataFrame order, as in ``reader(file_dataframe).into_blob_table()``:
     the returned dataset's context has ``execution_options.preserve_order = True``, and
@@ -375,8 +408,8 @@ def read_file_dataset(
         TypeError: ``options`` is not an :class:`Options` (a dict of settings, say),
             or a keyword is neither this function's nor one that
             :func:`ray.data.read_datasource` of the installed Ray takes.
-        FileNotFoundError: An object of the first batch does not exist.
-        OSError: Sizing the first batch failed otherwise.
+        FileNotFoundError: A file sized for the estimate does not exist.
+        OSError: Sizing those files failed otherwise.
 
     Examples:
         >>> dataset = read_file_dataset(frame, 16, Options.default())  # doctest: +SKIP
