@@ -224,6 +224,10 @@ def test_the_default_threshold_follows_a_larger_part_size() -> None:
             {"s3_client_kwargs": {"endpoint_url": "http://127.0.0.1:9000/?x=1"}},
             r"has a query or fragment \('\?' or '#'\)",
         ),
+        (  # a presigned-style query holds secrets: masked in the message
+            {"s3_client_kwargs": {"endpoint_url": "https://h/?X-Amz-Security-Token=TOKENQ"}},
+            r"^endpoint_url 'https://h/\?X-Amz-Security-Token=\*\*\*' has a query",
+        ),
     ],
 )
 def test_invalid_arguments(kwargs: dict[str, Any], match: str) -> None:
@@ -344,6 +348,21 @@ def test_default_uses_adaptive_retries_and_freezes_environment_credentials(
     assert credentials.access_key == "env-key-id"
     assert credentials.secret_key == "env-secret"
     assert client.meta.region_name == "eu-central-1"
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_an_empty_session_token_beside_a_key_pair_is_none(
+    transport: str, s3_server: LocalS3Server
+) -> None:
+    """os.environ.get("AWS_SESSION_TOKEN", "") is a common way to write it."""
+    bucket = s3_server.create_bucket()
+    s3_server.client().put_object(Bucket=bucket, Key="k", Body=b"empty token")
+    key_pair = {"aws_access_key_id": "AKIDEMPTYTOKEN", "aws_secret_access_key": "s"}
+    client_kwargs = {"endpoint_url": s3_server.endpoint_url}
+    options = Options({**key_pair, "aws_session_token": ""}, client_kwargs, transport=transport)
+    table = file_dataset.reader({"k": f"s3://{bucket}/k"}, options).into_blob_table()
+    assert table.column("k").to_pylist() == [b"empty token"]
+    Options({"aws_session_token": ""})  # and alone, as no token at all
 
 
 def test_default_takes_an_empty_session_token_variable_for_none(

@@ -256,7 +256,7 @@ def test_frame_ids_become_strings_in_order() -> None:
         (pd.DataFrame({"a.mha": ["s3://bkt/k"]}), "needs an 'id' column.*'a.mha'\\]$"),
         (
             pd.DataFrame({"id": ["1"], "a.mha": ["s3://bkt/k"]}).set_index("id"),
-            "needs an 'id' column.*the ids are its index: frame.reset_index\\(\\) makes them",
+            "needs an 'id' column.*the ids are its index: frame.reset_index\\('id'\\) makes them",
         ),
         (pd.DataFrame({"id": ["1", "1"], "a.mha": ["s3://bkt/k", "s3://bkt/l"]}), "unique"),
         (pd.DataFrame({"id": [1, 1.0], "a.mha": ["s3://bkt/k", "s3://bkt/l"]}), "is a float"),

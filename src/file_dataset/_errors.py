@@ -300,7 +300,7 @@ def _describe(operation: str, url: str, row_id: str | None, column: str | None) 
     suffix = f" ({', '.join(where)})" if where else ""
     shown = printable(masked_cut(url, 1200))
     if shown != shown.strip():  # a space at an end is the likely cause: make it seen
-        shown = repr(shown)
+        shown = f"'{shown}'"
     return f"{operation} {shown}{suffix}"
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -105,7 +106,7 @@ def check_frame(frame: pd.DataFrame) -> list[str]:
         raise InvalidInputError(f"expected a pandas DataFrame, got {type(frame).__name__}")
     if ID_COLUMN not in frame.columns:
         hint = (
-            "; the ids are its index: frame.reset_index() makes them a column"
+            "; the ids are its index: frame.reset_index('id') makes them a column"
             if ID_COLUMN in frame.index.names
             else ""
         )
@@ -144,6 +145,8 @@ def _check_column_type(values: pd.Series, column: str, ids: list[str]) -> None:
         _check_not_blobs(values, column, ids)
         return
     present = values.notna().to_numpy()
+    if values.dtype.kind == "f":  # an Arrow NaN is a value, not a null, to notna()
+        present = present & ~np.isnan(values.to_numpy(dtype="float64", na_value=np.nan))
     if not present.any():
         return
     first = int(present.argmax())
@@ -215,6 +218,36 @@ def parse_frame(frame: pd.DataFrame) -> FileTable:
 def id_position(frame: pd.DataFrame) -> int:
     """The index of the ``id`` column among ``frame``'s columns."""
     return list(frame.columns).index(ID_COLUMN)
+
+
+def object_values(values: pd.Series) -> np.ndarray:
+    """A column's cells as a numpy array of Python objects.
+
+    pyarrow (up to 25 at least) has no filter or take kernel for ``string_view``, on
+    which pandas' ``to_numpy`` and ``iloc[positions]`` rely: such a column (from
+    ``read_parquet(dtype_backend="pyarrow")``) goes through a list instead.
+    """
+    try:
+        return values.to_numpy(dtype=object)
+    except pa.ArrowNotImplementedError:
+        cells = np.empty(len(values), dtype=object)
+        cells[:] = values.tolist()
+        return cells
+
+
+def take(values: pd.Series, positions: list[int]) -> pd.Series:
+    """``values.iloc[positions]``, also for a ``string_view`` column (see above)."""
+    try:
+        return values.iloc[positions]
+    except pa.ArrowNotImplementedError:
+        cells = object_values(values)[positions].tolist()
+        dtype = values.dtype
+        array = (
+            pd.arrays.ArrowExtensionArray(pa.array(cells, type=dtype.pyarrow_dtype))
+            if isinstance(dtype, pd.ArrowDtype)
+            else pd.array(cells, dtype=dtype)
+        )
+        return pd.Series(array, index=values.index[positions], name=values.name)
 
 
 def frame_rows(frame: pd.DataFrame, columns: list[str]) -> list[list[Any]]:

@@ -578,7 +578,7 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
             continue
         if not isinstance(value, str):  # (the value is a secret: not shown)
             raise TypeError(f"{argument}[{name!r}] must be a str, got {type(value).__name__}")
-        if not value.strip():
+        if not value.strip() and name != "aws_session_token":  # (an empty token is none)
             # boto3 would take an empty key for none, and sign as whoever the
             # environment, a profile or the machine's role says.
             raise InvalidInputError(
@@ -593,7 +593,7 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
             else ("aws_secret_access_key", "aws_access_key_id")
         )
         raise InvalidInputError(f"{argument} has {given} but not {missing}: give both, or neither")
-    if key_id is None and kwargs.get("aws_session_token") is not None:
+    if key_id is None and kwargs.get("aws_session_token"):
         raise InvalidInputError(
             f"{argument} has aws_session_token but no aws_access_key_id and "
             "aws_secret_access_key: a session token goes with its key pair"
@@ -660,10 +660,12 @@ def _endpoint_shown(endpoint: Any) -> Any:
     Stricter than :func:`mask_userinfo`, which must leave keys alone: an endpoint that
     is refused may hold a password written in any way.
     """
-    if not isinstance(endpoint, str) or "@" not in endpoint:
+    if not isinstance(endpoint, str):
         return endpoint
-    scheme = _SCHEME.match(endpoint)
-    return f"{scheme.group() if scheme else ''}***@{endpoint.rpartition('@')[2]}"
+    if "@" in endpoint:
+        scheme = _SCHEME.match(endpoint)
+        endpoint = f"{scheme.group() if scheme else ''}***@{endpoint.rpartition('@')[2]}"
+    return mask_secrets(endpoint)  # a query may hold a token or signature
 
 
 def _over_our_retries(user_config: Any, ours: dict[str, Any]) -> Any:

@@ -43,6 +43,7 @@ from file_dataset._frame import (
     frame_rows,
     parse_cells,
     series_row,
+    take,
 )
 from file_dataset._local import remove_tree
 from file_dataset._options import Options, resolve_options
@@ -235,7 +236,7 @@ class Pipeline:
                 "write_options must be a mapping such as {'into_path': 's3://bucket/prefix/'}, "
                 f"got {type(write_options).__name__}"
             )
-        unknown = sorted(map(str, set(write_options) - {"into_path", "options"}))
+        unknown = sorted(set(write_options) - {"into_path", "options"}, key=str)
         if "into_path" not in write_options:
             raise InvalidInputError(
                 "write_options needs an 'into_path'"
@@ -1040,5 +1041,5 @@ def _output_frame(
         dtype=object,
     )
     position = len(frame.columns) if id_last else 0
-    frame.insert(position, ID_COLUMN, ids.iloc[list(written)].reset_index(drop=True))
+    frame.insert(position, ID_COLUMN, take(ids, list(written)).reset_index(drop=True))
     return frame

@@ -186,7 +186,7 @@ def _translate(error: Exception, text: str, url: str, operation: str) -> NoRetur
         raise ObjectNotFoundError(url, reason, operation=operation) from cause
     if code == "InvalidObjectState":
         raise TransferError(url, f"{ARCHIVED} ({reason})", operation=operation) from cause
-    provider = first_line.partition(_PROVIDER_FAILED)[2]
+    provider = text.partition(_PROVIDER_FAILED)[2].partition("\nDebug source:")[0].strip()
     if isinstance(error, UnauthenticatedError) and provider:
         # No request was sent: botocore could not get credentials (a credential_process
         # or SSO login that fails, say). Said as the boto3 transport says it.

@@ -15,7 +15,13 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from file_dataset._errors import InvalidInputError
-from file_dataset._frame import ID_COLUMN, check_cells, check_frame, id_position
+from file_dataset._frame import (
+    ID_COLUMN,
+    check_cells,
+    check_frame,
+    id_position,
+    object_values,
+)
 from file_dataset._options import Options, resolve_options
 from file_dataset._reader import reader
 
@@ -185,7 +191,7 @@ class FileDataFrameAsBlobDatasource(Datasource):
             if len(rows):
                 values: dict[str, Any] = {ID_COLUMN: [self._ids[i] for i in rows]}
                 for column, picked in chosen.items():
-                    cells = self._frame[column].iloc[rows].to_numpy(dtype=object)
+                    cells = object_values(self._frame[column])[rows]
                     cells[~np.isin(rows, picked)] = None  # sized for another column
                     values[column] = cells
                 sizes = reader(pd.DataFrame(values), self._options).into_size_table()
@@ -197,7 +203,7 @@ class FileDataFrameAsBlobDatasource(Datasource):
             id_bytes = sum(len(i.encode()) for i in head_ids) / max(len(head_ids), 1)
             self._sized = _Sizes(
                 mean_bytes,
-                {c: np.concatenate([[0], np.cumsum(p)]) for c, p in present.items()},
+                present,
                 id_bytes + _OFFSET_BYTES * (len(self._file_columns) + 1),
             )
         return self._sized
@@ -262,7 +268,7 @@ class FileDataFrameAsBlobDatasource(Datasource):
     def _make_read_tasks(self, limit: int | None) -> list[ReadTask]:
         sizes = self._sizes()
         # Object arrays: a slice is a view, pickled with only its own values.
-        values = {column: self._frame[column].to_numpy(dtype=object) for column in self._frame}
+        values = {column: object_values(self._frame[column]) for column in self._frame}
         total = len(self._frame)
         tasks: list[ReadTask] = []
         for index in range(self.num_read_tasks):  # one (of no rows) when the frame is empty
@@ -297,13 +303,13 @@ class _Sizes(NamedTuple):
     """The estimated in-memory bytes of a datasource's rows (see ``_sizes``)."""
 
     mean_bytes: dict[str, float]  # per file column: a file's mean size
-    present: dict[str, np.ndarray]  # per file column: files in rows [0, i), for each i
+    present: dict[str, np.ndarray]  # per file column: which rows have a file
     row_bytes: float  # per row, besides its files: id and Arrow offsets
 
     def bytes(self, start: int, stop: int) -> float:
         """The estimated bytes of rows ``[start, stop)``."""
         files = sum(
-            mean * float(self.present[column][stop] - self.present[column][start])
+            mean * int(np.count_nonzero(self.present[column][start:stop]))
             for column, mean in self.mean_bytes.items()
         )
         return files + self.row_bytes * (stop - start)
