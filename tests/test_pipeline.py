@@ -1563,6 +1563,25 @@ def test_write_options_given_as_a_string_says_what_is_expected() -> None:
     )
 
 
+@pytest.mark.parametrize("arrow", [False, True])
+def test_a_column_of_lists_is_refused_before_any_row(
+    arrow: bool, options: Options, tmp_path: Path
+) -> None:
+    """Before: a list or struct column (from Parquet, say) dropped every row, one by one,
+    where reader() refused the frame at once."""
+    (tmp_path / "a").write_bytes(b"a")
+    table = pa.table({"id": ["r1", "r2"], "f": [str(tmp_path / "a")] * 2, "tags": [["x"], []]})
+    frame = table.to_pandas(types_mapper=pd.ArrowDtype if arrow else None)
+    calls: list[Path] = []
+    pipeline = Pipeline(lambda i, o: calls.append(i) or {}, {"into_path": tmp_path / "out"})
+    with pytest.raises(ValueError) as info:
+        pipeline(frame)
+    kind = "list" if arrow else "ndarray"
+    assert str(info.value).startswith(f"column 'tags' holds {kind} values (row id 'r1': ")
+    assert str(info.value).endswith("so drop the others first (frame.drop(columns=['tags']))")
+    assert calls == []
+
+
 def test_string_view_ids_come_back_whole_when_a_row_is_dropped(
     options: Options, tmp_path: Path
 ) -> None:

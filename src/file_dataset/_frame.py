@@ -159,11 +159,17 @@ def _check_column_type(values: pd.Series, column: str, ids: list[str]) -> None:
     )
 
 
+# Cells that are never a URL or path: a column whose first value is one is refused whole.
+_COLLECTIONS = (list, tuple, dict, set, frozenset, np.ndarray)
+
+
 def _check_not_blobs(values: pd.Series, column: str, ids: list[str]) -> None:
     """Refuses a column of bytes (file contents, as a blob table holds) at once.
 
     Arrow binary columns are known by their dtype; an object column by its first
-    non-null value (the others are checked cell by cell, as usual).
+    non-null value (the others are checked cell by cell, as usual). So are columns of
+    lists, dicts and the like (Arrow lists and structs from Parquet, say), which
+    read row by row would fail every row.
     """
     dtype = values.dtype
     arrow = dtype.pyarrow_dtype if isinstance(dtype, pd.ArrowDtype) else None
@@ -172,13 +178,21 @@ def _check_not_blobs(values: pd.Series, column: str, ids: list[str]) -> None:
         or pa.types.is_large_binary(arrow)
         or pa.types.is_fixed_size_binary(arrow)
     )
-    if not binary and dtype.kind != "O":
+    nested = arrow is not None and pa.types.is_nested(arrow)
+    if not binary and not nested and dtype.kind != "O":
         return
     present = values.notna().to_numpy()
     if not present.any():
         return
     row = int(present.argmax())
     value = values.iloc[row]
+    if nested or isinstance(value, _COLLECTIONS):
+        raise InvalidInputError(
+            f"column {column!r} holds {type(value).__name__} values (row id "
+            f"{quoted(ids[row])}: {quoted(value)}), not file URLs or paths: every column "
+            f"of a file DataFrame except {ID_COLUMN!r} is a file column, one file per "
+            f"cell, so drop the others first (frame.drop(columns=[{column!r}]))"
+        )
     if not binary and not isinstance(value, bytes | bytearray | memoryview):
         return
     raise InvalidInputError(
