@@ -993,6 +993,20 @@ def test_a_relative_path_that_is_missing_hints_at_file_columns(
     )
 
 
+def test_a_pyarrow_table_is_read_as_its_pandas_frame(options: Options, put: Put) -> None:
+    """A Pipeline took a pyarrow.Table; reader() refused one ("got Table")."""
+    url = put("arrow/a.bin", b"from arrow")
+    table = pa.table({"id": [7, 8], "a.bin": [url, None]})
+    assert file_dataset.reader(table, options).into_blob_table().to_pylist() == [
+        {"id": "7", "a.bin": b"from arrow"},
+        {"id": "8", "a.bin": None},
+    ]
+    assert file_dataset.reader(row=table, options=options).into_size_table().to_pylist() == [
+        {"id": "7", "a.bin": 10},
+        {"id": "8", "a.bin": None},
+    ]
+
+
 def test_a_url_with_a_space_at_an_end_is_quoted_in_the_error(options: Options, put: Put) -> None:
     """Before: "cannot read s3://.../k.bin  (row id ...": only a double space showed it."""
     url = put("spaced/k.bin", b"k") + " "

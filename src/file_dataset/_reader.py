@@ -40,10 +40,10 @@ _INT32_MAX = 2**31 - 1
 
 
 def reader(
-    source: Mapping[str, Any] | pd.Series | pd.DataFrame | None = None,
+    source: Mapping[str, Any] | pd.Series | pd.DataFrame | pa.Table | None = None,
     options: Options | None = None,
     *,
-    row: Mapping[str, Any] | pd.Series | pd.DataFrame | None = None,
+    row: Mapping[str, Any] | pd.Series | pd.DataFrame | pa.Table | None = None,
 ) -> FileReader:
     """Prepares an eager read of the files of one row or of a file DataFrame.
 
@@ -53,7 +53,8 @@ def reader(
     Args:
         source: A row (mapping, or ``pd.Series`` such as ``frame.iloc[0]``, of file
             name to ``s3://`` URL or local path; an ``id`` in it is ignored) or a file
-            DataFrame (an ``id`` column plus one column per file name).
+            DataFrame (an ``id`` column plus one column per file name), also as a
+            ``pyarrow.Table`` (read as its ``to_pandas()``, as a Pipeline reads one).
         options: S3 settings; ``Options()`` (boto3's default credential chain) when
             omitted.
         row: The same as ``source``, for ``reader(row=...)``.
@@ -74,6 +75,8 @@ def reader(
     if (source is None) == (row is None):
         raise InvalidInputError("pass exactly one of source (a row or a DataFrame) and row=")
     data = source if source is not None else row
+    if isinstance(data, pa.Table):
+        data = data.to_pandas()
     table = parse_frame(data) if isinstance(data, pd.DataFrame) else parse_row(data)  # type: ignore[arg-type]
     return FileReader(table, resolved)
 
