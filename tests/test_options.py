@@ -330,6 +330,7 @@ def test_default_uses_adaptive_retries_and_freezes_environment_credentials(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "env-key-id")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "")  # frozen as no token
     options = Options.default(max_concurrency=3)
     assert options.retry_mode == "adaptive"
     assert options.max_concurrency == 3
@@ -363,17 +364,6 @@ def test_an_empty_session_token_beside_a_key_pair_is_none(
     table = file_dataset.reader({"k": f"s3://{bucket}/k"}, options).into_blob_table()
     assert table.column("k").to_pylist() == [b"empty token"]
     Options({"aws_session_token": ""})  # and alone, as no token at all
-
-
-def test_default_takes_an_empty_session_token_variable_for_none(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Empty credentials are refused when given; one from the environment is not given."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "env-key-id")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "")
-    frozen = Options.default().session_kwargs
-    assert (frozen["aws_access_key_id"], frozen["aws_session_token"]) == ("env-key-id", None)
 
 
 def test_default_without_freezing(monkeypatch: pytest.MonkeyPatch) -> None:
