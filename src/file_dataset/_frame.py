@@ -142,7 +142,7 @@ def _check_column_type(values: pd.Series, column: str, ids: list[str]) -> None:
     way. An all-null one (NaN floats, NaT) is a file column with no files, and passes.
     """
     if values.dtype.kind not in _NOT_PATHS:
-        _check_not_blobs(values, column, ids)
+        _check_first_cell(values, column, ids)
         return
     present = values.notna().to_numpy()
     if values.dtype.kind == "f":  # an Arrow NaN is a value, not a null, to notna()
@@ -163,10 +163,11 @@ def _check_column_type(values: pd.Series, column: str, ids: list[str]) -> None:
 _COLLECTIONS = (list, tuple, dict, set, frozenset, np.ndarray)
 
 
-def _check_not_blobs(values: pd.Series, column: str, ids: list[str]) -> None:
-    """Refuses a column of bytes (file contents, as a blob table holds) at once.
+def _check_first_cell(values: pd.Series, column: str, ids: list[str]) -> None:
+    """Refuses, from its dtype or first value, a column that cannot hold file names.
 
-    Arrow binary columns are known by their dtype; an object column by its first
+    That is a column of bytes (file contents, as a blob table holds): Arrow binary
+    columns are known by their dtype; an object column by its first
     non-null value (the others are checked cell by cell, as usual). So are columns of
     lists, dicts and the like (Arrow lists and structs from Parquet, say), which
     read row by row would fail every row.
@@ -254,13 +255,11 @@ def take(values: pd.Series, positions: list[int]) -> pd.Series:
     try:
         return values.iloc[positions]
     except pa.ArrowNotImplementedError:
-        cells = object_values(values)[positions].tolist()
         dtype = values.dtype
-        array = (
-            pd.arrays.ArrowExtensionArray(pa.array(cells, type=dtype.pyarrow_dtype))
-            if isinstance(dtype, pd.ArrowDtype)
-            else pd.array(cells, dtype=dtype)
-        )
+        if not isinstance(dtype, pd.ArrowDtype):
+            raise
+        cells = [None if is_null(cell) else cell for cell in object_values(values)[positions]]
+        array = pd.arrays.ArrowExtensionArray(pa.array(cells, type=dtype.pyarrow_dtype))
         return pd.Series(array, index=values.index[positions], name=values.name)
 
 

@@ -21,6 +21,7 @@ from file_dataset._frame import (
     check_frame,
     id_position,
     object_values,
+    take,
 )
 from file_dataset._options import Options, resolve_options
 from file_dataset._reader import reader
@@ -191,9 +192,12 @@ class FileDataFrameAsBlobDatasource(Datasource):
             if len(rows):
                 values: dict[str, Any] = {ID_COLUMN: [self._ids[i] for i in rows]}
                 for column, picked in chosen.items():
-                    cells = object_values(self._frame[column])[rows]
-                    cells[~np.isin(rows, picked)] = None  # sized for another column
-                    values[column] = cells
+                    cells = object_values(take(self._frame[column], rows.tolist()))
+                    # a row chosen for another column: this cell is not sized
+                    sized = np.isin(rows, picked).tolist()
+                    values[column] = [
+                        cell if keep else None for cell, keep in zip(cells, sized, strict=True)
+                    ]
                 sizes = reader(pd.DataFrame(values), self._options).into_size_table()
                 for column, picked in chosen.items():
                     if len(picked):
