@@ -1220,8 +1220,25 @@ def test_a_series_row_with_a_repeated_or_non_string_name_is_refused(tmp_path: Pa
     assert str(info.value) == "the row's file names must be unique; repeated: ['f.bin']"
     assert not (tmp_path / "out").exists()
     numbered = pd.Series([str(first)], index=[0])
-    with pytest.raises(file_dataset.InvalidInputError, match="must be strings, got 0"):
+    with pytest.raises(file_dataset.InvalidInputError) as info:
         file_dataset.reader(numbered)
+    assert str(info.value) == (
+        "the row's file names must be strings, got 0: a Series is one row, its index the "
+        "file names and its values their URLs (frame.iloc[0], say); for a column of URLs, "
+        "pass a DataFrame with an 'id' column"
+    )
+    for source, shown in [
+        ("s3://b/k?X-Amz-Signature=abc123", "str 's3://b/k?X-Amz-Signature=***'"),
+        (tmp_path, f"PosixPath {str(tmp_path)!r}"),
+        ([str(first)], "list"),
+    ]:
+        with pytest.raises(file_dataset.InvalidInputError) as info:
+            file_dataset.reader(source)  # type: ignore[arg-type]
+        assert str(info.value) == (
+            "expected one row (a mapping of file name to URL, such as {'image.mha': "
+            "'s3://bucket/key'}) or a file DataFrame (an 'id' column and one column per "
+            f"file name), got {shown}"
+        )
     # a well-formed row still reads, values as they were
     row = frame.iloc[0, [0, 1]]
     assert file_dataset.reader(row).into_blob_table().column("f.bin").to_pylist() == [b"first"]

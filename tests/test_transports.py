@@ -188,6 +188,64 @@ def test_missing_bucket_is_not_found(transport_options: Options) -> None:
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_unsigned_requests_read_without_any_credentials(
+    s3_server: LocalS3Server, transport: str, put: Callable[[str, bytes], str]
+) -> None:
+    """The README's public-bucket recipe (s3fs's anon=True): no credentials anywhere."""
+    import json
+
+    from botocore import UNSIGNED
+
+    url = put("public/open.bin", b"open data")
+    bucket = url.split("/")[2]
+    public = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": ["s3:GetObject"],
+                "Resource": f"arn:aws:s3:::{bucket}/public/*",
+            }
+        ],
+    }
+    s3_server.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(public))
+    client_kwargs = {"endpoint_url": s3_server.endpoint_url, "region_name": "us-east-1"}
+    unsigned = Options(
+        s3_client_kwargs={**client_kwargs, "config": Config(signature_version=UNSIGNED)},
+        transport=transport,
+    )
+    table = file_dataset.reader({"open.bin": url}, unsigned).into_blob_table()
+    assert table.column("open.bin").to_pylist() == [b"open data"]
+    with file_dataset.reader({"open.bin": url}, unsigned).into_temp_dir() as folder:
+        assert (folder / "open.bin").read_bytes() == b"open data"
+    signed = Options(s3_client_kwargs=client_kwargs, transport=transport)
+    with pytest.raises(file_dataset.TransferError):  # the same without it: no credentials
+        file_dataset.reader({"open.bin": url}, signed).into_blob_table()
+
+
+def test_a_missing_folder_key_or_versioned_url_says_why(
+    transport_options: Options, put: Callable[[str, bytes], str]
+) -> None:
+    """A prefix given for an object, or an s3fs-style ?versionId=, named no reason."""
+    url = put("year=2024/a.mha", b"a").rpartition("/")[0] + "/"  # objects under it
+    for read in ("into_blob_table", "into_size_table"):
+        with pytest.raises(FileNotFoundError) as info:
+            getattr(file_dataset.reader({"a.mha": url}, transport_options), read)()
+        assert info.value.url == url
+        assert str(info.value).endswith(
+            "; a key ending in '/' names a folder marker object, not the objects under "
+            "that prefix (this library lists nothing)"
+        )
+    versioned = put("v.mha", b"v") + "?versionId=3HL4kqtJlcpXroDTDmJ"
+    with pytest.raises(FileNotFoundError) as info:
+        file_dataset.reader({"v.mha": versioned}, transport_options).into_blob_table()
+    assert str(info.value).endswith(
+        "; '?versionId=' is read as part of the key (the latest version is read)"
+    )
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
 def test_large_first_response_streams_into_place(
     s3_server: LocalS3Server,
     transport: str,
@@ -1193,6 +1251,53 @@ def test_a_body_that_keeps_breaking_says_so(truncating_server: str) -> None:
         assert words in str(raised.value)
 
 
+class _StallingHandler(_TruncatingHandler):
+    """Sends the headers and half the body, then nothing until the test ends."""
+
+    release = threading.Event()
+
+    def do_GET(self) -> None:
+        start, end = 0, 999
+        if rng := self.headers.get("Range"):
+            first, _, last = rng.removeprefix("bytes=").partition("-")
+            start, end = int(first), min(int(last), 999)
+        self.send_response(206 if rng else 200)
+        if rng:
+            self.send_header("Content-Range", f"bytes {start}-{end}/1000")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("ETag", '"stalled"')
+        self.end_headers()
+        self.wfile.write(b"s" * ((end - start + 1) // 2))
+        self.wfile.flush()
+        self.release.wait()
+
+
+def test_a_body_that_stalls_says_so_not_that_the_connection_closed() -> None:
+    """Before: boto3 said "connection closed after 0 of 1000 bytes", obstore that
+    "connections dropped": people chasing a stall looked for what drops connections."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StallingHandler)
+    _StallingHandler.release.clear()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for transport in ("obstore", "boto3"):
+            endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+            options = _endpoint_options(endpoint, transport, max_attempts=2).replace(
+                s3_client_kwargs={"endpoint_url": endpoint, "config": Config(read_timeout=1)}
+            )
+            with pytest.raises(file_dataset.TransferError) as raised:
+                file_dataset.reader({"s.bin": "s3://bucket/s.bin"}, options).into_blob_table()
+            assert str(raised.value).startswith(
+                "cannot read s3://bucket/s.bin (column 's.bin'): the endpoint stopped sending "
+                "the body part-way: nothing arrived within the read_timeout of the Options' "
+                "Config, in each of up to max_attempts responses"
+            )
+            assert raised.value.status is None
+    finally:
+        _StallingHandler.release.set()
+        server.shutdown()
+        server.server_close()
+
+
 def test_transport_is_chosen_once_per_options_object_and_override(
     s3_server: LocalS3Server,
     put: Callable[[str, bytes], str],
@@ -1373,6 +1478,52 @@ def _proxy(
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _NoChecksumHeaders(_ReplacingProxy):
+    """A server that answers 501 to any checksum header (older MinIO, Ceph, proxies)."""
+
+    def _forward(self) -> None:
+        if any(name.lower().startswith("x-amz-checksum") for name in self.headers):
+            body = b"<Error><Code>NotImplemented</Code><Message>checksums</Message></Error>"
+            self.answer(501, body)
+            return
+        super()._forward()
+
+
+@pytest.mark.parametrize("transport", ["auto", "boto3"])
+def test_a_server_refusing_checksum_headers_works_with_the_readme_config(
+    s3_server: LocalS3Server, transport: str, bucket: str, tmp_path: Path
+) -> None:
+    """The README's recipe for 501 NotImplemented on x-amz-checksum-* headers, and
+    "auto" keeps obstore with it (it sends no such header)."""
+    from file_dataset._backend import backend_for
+    from file_dataset._s3_obstore import ObstoreS3Backend
+    from file_dataset._urls import Location
+
+    small, large = b"small" * 200, bytes(range(256)) * (11 * MiB // 256)
+    (tmp_path / "small.bin").write_bytes(small)
+    (tmp_path / "large.bin").write_bytes(large)
+    files = {"small.bin": tmp_path / "small.bin", "large.bin": tmp_path / "large.bin"}
+
+    class Handler(_NoChecksumHeaders):
+        upstream = s3_server.endpoint_url
+
+    with _proxy(Handler, s3_server, transport) as proxied:
+        quiet = Config(
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        options = proxied.replace(s3_client_kwargs={**proxied.s3_client_kwargs, "config": quiet})
+        written = file_dataset.write_files(files, f"s3://{bucket}/quiet", "r1", options)
+        table = file_dataset.reader(written, options).into_blob_table()
+        assert table.to_pylist() == [{"small.bin": small, "large.bin": large}]
+        chosen = backend_for(Location("s3", bucket, "quiet/r1/small.bin"), options)
+        assert isinstance(chosen, ObstoreS3Backend) == (transport == "auto")
+        if transport == "boto3":  # without the Config, boto3 asks for checksums
+            with pytest.raises(file_dataset.TransferError) as raised:
+                file_dataset.reader(written, proxied).into_blob_table()
+            assert raised.value.status == 501
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
@@ -2310,6 +2461,16 @@ def test_a_server_that_ignores_range_or_answers_chunked_is_read_whole_with_boto3
         assert _QuirkyRangeHandler.requests == [f"bytes=0-{five - 1}"] * 2
     else:  # three ranges per read
         assert len(_QuirkyRangeHandler.requests) == 6
+    # obstore (the default) refuses such answers: its error points to boto3
+    with _fake_s3(
+        _QuirkyRangeHandler, "obstore", part_size=five, multipart_threshold=five
+    ) as options:
+        with pytest.raises(file_dataset.TransferError) as raised:
+            file_dataset.reader(frame, options).into_blob_table()
+    assert raised.value.reason.endswith(
+        "(obstore, the default transport, refuses such an answer, which some S3-compatible "
+        'servers and proxies give: Options(transport="boto3") reads from them)'
+    )
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])

@@ -111,6 +111,26 @@ def test_a_mistyped_s3_url_is_refused_not_read_as_a_relative_path() -> None:
         assert parse_url(fine).key.endswith(fine.rsplit("/", 1)[-1])
 
 
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("arn:aws:s3:::scans/p01/image.mha", "is an ARN, not a URL or a local path"),
+        ("simplecache::s3://scans/p01/image.mha", "is an fsspec chained URL"),
+        ("s3//scans/p01/image.mha", "is not a valid S3 URL (expected s3://bucket/key)"),
+        ("S3///scans/p01/image.mha", "is not a valid S3 URL (expected s3://bucket/key)"),
+    ],
+)
+def test_other_ways_of_naming_an_object_are_refused_not_read_as_local_paths(
+    value: str, said: str
+) -> None:
+    """Before, these were relative paths, and failed only at the transfer (not found)."""
+    with pytest.raises(file_dataset.InvalidInputError) as info:
+        parse_url(value)
+    assert str(info.value).startswith(f"{value!r} {said}")
+    for fine in ("s3-x//y", "notes::draft.txt", "dir/arn:x"):  # still local paths
+        assert parse_url(fine) == Location("file", "", fine)
+
+
 def test_an_access_point_arn_is_refused_for_what_it_is() -> None:
     """Before: "credentials or ports are not allowed in S3 URLs" (the ARN's colons)."""
     url = "s3://arn:aws:s3:us-east-1:123456789012:accesspoint/myap/key.txt"
@@ -277,7 +297,7 @@ def test_invalid_frame_is_value_error(frame: pd.DataFrame, match: str) -> None:
 
 
 def test_reader_rejects_non_mapping() -> None:
-    with pytest.raises(ValueError, match="expected a mapping"):
+    with pytest.raises(ValueError, match=r"expected one row \(a mapping of file name to URL"):
         file_dataset.reader(["s3://bkt/k"])  # type: ignore[arg-type]
 
 
@@ -376,6 +396,26 @@ def test_a_transfer_errors_url_is_cut_only_beyond_any_valid_s3_url(tmp_path: Pat
 
 
 @pytest.mark.parametrize(
+    ("column", "shown"),
+    [
+        # a hive partition column, as pandas.read_parquet gives it
+        (pd.Categorical([2024, 2025]), "category (int64) values (row id 'a': 2024)"),
+        (pd.Series([None, 7], dtype=object), "int values (row id 'b': 7)"),
+        ([pd.Timestamp("2024-01-02"), "s3://b/k"], "Timestamp values (row id 'a': "),
+    ],
+)
+def test_a_column_of_numbers_or_dates_is_refused_whole(column: object, shown: str) -> None:
+    """Categorical and object columns were read cell by cell: an error naming one cell."""
+    frame = pd.DataFrame({"id": ["a", "b"], "year": column})
+    with pytest.raises(file_dataset.InvalidInputError) as info:
+        file_dataset.reader(frame)
+    assert str(info.value).startswith(f"column 'year' holds {shown}")
+    assert str(info.value).endswith("so drop the others first (frame.drop(columns=['year']))")
+    strings = frame.assign(year=pd.Categorical(["s3://bk/2024/x", "s3://bk/2025/x"]))
+    assert [row[0].key for row in parse_frame(strings).cells] == ["2024/x", "2025/x"]
+
+
+@pytest.mark.parametrize(
     "column",
     [
         [b"\x89HDF", b"x"],
@@ -466,3 +506,21 @@ def test_a_name_or_id_with_a_lone_surrogate_is_refused_as_invalid_input(tmp_path
         file_dataset.reader({"x\udcff": source})
     assert not (tmp_path / "out").exists()
     assert check_component("naïve ünïcode", "id") == "naïve ünïcode"
+
+
+def test_an_s3_url_with_a_lone_surrogate_is_refused_before_any_transfer(tmp_path: Path) -> None:
+    """Before: accepted, then a bare UnicodeEncodeError from obstore mid-transfer (after
+    the good rows were written), not a FileDatasetError, without the URL."""
+    cells = pd.Series(["s3://bkt/k", "s3://bkt/k\udcff"], dtype=object)  # Arrow refuses it
+    frame = pd.DataFrame({"id": ["good", "bad"], "a": cells})
+    for _ in range(2):  # the second time, the bucket is known: the quick path checks too
+        with pytest.raises(file_dataset.InvalidInputError) as info:
+            file_dataset.reader(frame)
+        assert str(info.value) == (
+            "row id 'bad', column 'a': S3 URL 's3://bkt/k\\udcff' is not valid Unicode: it "
+            "holds a lone surrogate (as Python makes of file-name bytes that are not UTF-8)"
+        )
+    with pytest.raises(file_dataset.InvalidInputError, match="lone surrogate"):
+        file_dataset.write_files({"a": tmp_path}, "s3://bkt/out\udcff", "r1")
+    assert parse_url("s3://bkt/ünï/画像.mha").key == "ünï/画像.mha"
+    assert parse_url(str(tmp_path / "x\udcff")).key == str(tmp_path / "x\udcff")  # local: fine

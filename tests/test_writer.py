@@ -333,9 +333,12 @@ def test_a_leading_tilde_is_the_home_folder(tmp_path: Path, monkeypatch) -> None
     assert table.column("f").to_pylist() == [b"home"]
 
 
-def test_a_result_that_would_start_with_a_tilde_is_absolute(tmp_path: Path, monkeypatch) -> None:
+def test_a_result_that_would_read_back_as_another_file_is_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Under into_path ".", id "~" gave Path("~/f"): read back (or fed to a Pipeline's
-    reader), that was the home folder's f, silently."""
+    reader), that was the home folder's f, silently. Id "file:" gave "file:/f", a file
+    URL naming /f, and "s3:" gave "s3:/f", refused as a mistyped S3 URL."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "f").write_bytes(b"the home folder's f")
@@ -343,16 +346,18 @@ def test_a_result_that_would_start_with_a_tilde_is_absolute(tmp_path: Path, monk
     work.mkdir()
     monkeypatch.chdir(work)
     files = make_files(tmp_path / "src", {"f": b"written"})
-    for row_id in ["~", "~user"]:
+    for row_id in ["~", "~user", "file:", "FILE:", "s3:", "arn:x"]:
         result = file_dataset.write_files(files, ".", id=row_id)
         assert result == {"f": work / row_id / "f"}
         table = file_dataset.reader({"f": str(result["f"])}).into_blob_table()
         assert table.column("f").to_pylist() == [b"written"]
     out = file_dataset.Pipeline(lambda i, o: {"g": i / "f"}, {"into_path": "."})(
-        pd.DataFrame({"id": ["~"], "f": [str(files["f"])]})
+        pd.DataFrame({"id": ["~", "file:"], "f": [str(files["f"])] * 2})
     )
-    assert list(out["g"]) == [str(work / "~" / "g")]
-    assert file_dataset.reader(out).into_blob_table().column("g").to_pylist() == [b"written"]
+    assert list(out["g"]) == [str(work / "~" / "g"), str(work / "file:" / "g")]
+    blobs = file_dataset.reader(out).into_blob_table().column("g").to_pylist()
+    assert blobs == [b"written"] * 2
+    assert file_dataset.write_files(files, "sub", id="file:") == {"f": Path("sub/file:/f")}
     assert (tmp_path / "home" / "f").read_bytes() == b"the home folder's f"
 
 

@@ -70,8 +70,26 @@ SOURCE_CHANGED = (
     "the local file changed while it was being uploaded; nothing was written, write it again"
 )
 
+# What a read reports when a body stopped coming part-way, up to max_attempts times.
+BODY_STALLED = (
+    "the endpoint stopped sending the body part-way: nothing arrived within the "
+    "read_timeout of the Options' Config, in each of up to max_attempts responses"
+)
+
 # What a HEAD of a missing object reports: its 404 has no body naming the error.
 HEAD_NOT_FOUND = "not found (404: no such key, or no such bucket)"
+
+
+def not_found_reason(url: str, reason: str) -> str:
+    """``reason`` for a missing object, with a hint when its URL's shape explains it."""
+    if url.endswith("/"):
+        return (
+            f"{reason}; a key ending in '/' names a folder marker object, not the objects "
+            "under that prefix (this library lists nothing)"
+        )
+    if "?versionid=" in url.lower():
+        return f"{reason}; '?versionId=' is read as part of the key (the latest version is read)"
+    return reason
 
 
 def file_version(stat: os.stat_result) -> str:

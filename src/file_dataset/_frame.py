@@ -7,6 +7,9 @@ local paths; a null cell means "no file". A *row* is a mapping of file name to U
 
 from __future__ import annotations
 
+import datetime
+import numbers
+import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from file_dataset._errors import InvalidInputError, quoted
+from file_dataset._errors import InvalidInputError, quoted, quoted_masked
 from file_dataset._urls import (
     Location,
     check_component,
@@ -141,18 +144,22 @@ def _check_column_type(values: pd.Series, column: str, ids: list[str]) -> None:
     Such a column is a shape mistake: read row by row, every row would fail the same
     way. An all-null one (NaN floats, NaT) is a file column with no files, and passes.
     """
-    if values.dtype.kind not in _NOT_PATHS:
+    dtype = values.dtype
+    # a categorical column (a hive partition column from read_parquet) by its categories
+    held = dtype.categories.dtype if isinstance(dtype, pd.CategoricalDtype) else dtype
+    if held.kind not in _NOT_PATHS:
         _check_first_cell(values, column, ids)
         return
     present = values.notna().to_numpy()
-    if values.dtype.kind == "f":  # an Arrow NaN is a value, not a null, to notna()
+    if dtype.kind == "f":  # an Arrow NaN is a value, not a null, to notna()
         present = present & ~np.isnan(values.to_numpy(dtype="float64", na_value=np.nan))
     if not present.any():
         return
     first = int(present.argmax())
     value = values.iloc[[first]].tolist()[0]  # a Python value: 3, not np.int64(3)
+    shown = str(dtype) if held is dtype else f"category ({held})"
     raise InvalidInputError(
-        f"column {column!r} holds {values.dtype} values (row id {quoted(ids[first])}: "
+        f"column {column!r} holds {shown} values (row id {quoted(ids[first])}: "
         f"{quoted(value)}), not file URLs or paths: every column of a file DataFrame "
         f"except {ID_COLUMN!r} is a file column, so drop the others first "
         f"(frame.drop(columns=[{column!r}]))"
@@ -160,7 +167,7 @@ def _check_column_type(values: pd.Series, column: str, ids: list[str]) -> None:
 
 
 # Cells that are never a URL or path: a column whose first value is one is refused whole.
-_COLLECTIONS = (list, tuple, dict, set, frozenset, np.ndarray)
+_NOT_A_PATH = (list, tuple, dict, set, frozenset, np.ndarray, numbers.Number, datetime.date)
 
 
 def _check_first_cell(values: pd.Series, column: str, ids: list[str]) -> None:
@@ -187,7 +194,7 @@ def _check_first_cell(values: pd.Series, column: str, ids: list[str]) -> None:
         return
     row = int(present.argmax())
     value = values.iloc[row]
-    if nested or isinstance(value, _COLLECTIONS):
+    if nested or isinstance(value, _NOT_A_PATH):
         raise InvalidInputError(
             f"column {column!r} holds {type(value).__name__} values (row id "
             f"{quoted(ids[row])}: {quoted(value)}), not file URLs or paths: every column "
@@ -285,7 +292,11 @@ def series_row(row: pd.Series) -> dict[str, Any]:
         raise InvalidInputError(f"the row's file names must be unique; repeated: {repeated}")
     for label in row.index:
         if not isinstance(label, str):
-            raise InvalidInputError(f"the row's file names must be strings, got {label!r}")
+            raise InvalidInputError(
+                f"the row's file names must be strings, got {label!r}: a Series is one row, "
+                "its index the file names and its values their URLs (frame.iloc[0], say); "
+                "for a column of URLs, pass a DataFrame with an 'id' column"
+            )
     return {str(label): value for label, value in row.items()}
 
 
@@ -298,8 +309,13 @@ def parse_row(row: Mapping[str, Any] | pd.Series) -> FileTable:
     if isinstance(row, pd.Series):
         row = series_row(row)
     if not isinstance(row, Mapping):
+        shown = type(row).__name__
+        if isinstance(row, str | os.PathLike):  # a URL may be presigned: masked
+            shown += f" {quoted_masked(os.fspath(row))}"
         raise InvalidInputError(
-            f"expected a mapping of file name to URL or a DataFrame, got {type(row).__name__}"
+            "expected one row (a mapping of file name to URL, such as {'image.mha': "
+            "'s3://bucket/key'}) or a file DataFrame (an 'id' column and one column per "
+            f"file name), got {shown}"
         )
     columns: list[str] = []
     cells: list[Location | None] = []

@@ -23,8 +23,10 @@ from botocore.httpchecksum import StreamingChecksumBody
 from s3transfer.upload import UploadSubmissionTask
 from s3transfer.utils import ReadFileChunk, get_filtered_dict
 from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeoutError
 
 from file_dataset._backend import (
+    BODY_STALLED,
     CHANGED,
     HEAD_NOT_FOUND,
     SOURCE_CHANGED,
@@ -36,6 +38,7 @@ from file_dataset._backend import (
     explain_head,
     is_weak,
     new_buffer,
+    not_found_reason,
     read_source,
     readinto_chunks,
     retried,
@@ -122,7 +125,9 @@ def _translate(error: Exception, url: str, operation: str) -> NoReturn:
                 reason = "the bucket does not exist"
             elif operation == "head" and code in ("404", "NotFound", ""):
                 reason = HEAD_NOT_FOUND
-            raise ObjectNotFoundError(url, reason or "not found", operation=operation) from cause
+            raise ObjectNotFoundError(
+                url, not_found_reason(url, reason or "not found"), operation=operation
+            ) from cause
         if code == "PreconditionFailed" or status == 412:  # a later part's If-Match
             raise TransferError(url, CHANGED, operation=operation) from cause
         if code == "InvalidObjectState":
@@ -210,11 +215,12 @@ def _check_end(body: Any) -> None:
         body.readinto(bytearray(1))  # type: ignore[arg-type]
 
 
-def _fill_some(body: Any, view: memoryview) -> int:
+def _fill_some(body: Any, view: memoryview) -> tuple[int, Exception | None]:
     """Reads a response body straight into ``view`` (see :func:`_readinto`).
 
-    Returns how many bytes arrived: fewer than ``len(view)`` if the connection closed
-    or dropped first.
+    Returns:
+        How many bytes arrived (fewer than ``len(view)`` if the connection closed or
+        dropped first), and the error that ended the body early, if any.
     """
     readinto = _readinto(body)
     done = 0
@@ -228,11 +234,18 @@ def _fill_some(body: Any, view: memoryview) -> int:
             _check_end(body)
     except FlexibleChecksumError:
         raise
-    except _DROPPED:
-        pass
+    except _DROPPED as e:
+        return done, e
     finally:
         body.close()
-    return done
+    return done, None
+
+
+def _cut_short(done: int, length: int, error: Exception | None) -> str:
+    """Why a body stayed short after every attempt: a stall, or a connection closed."""
+    if isinstance(error, TimeoutError | ReadTimeoutError | Urllib3ReadTimeoutError):
+        return BODY_STALLED
+    return f"connection closed after {done} of {length} bytes"
 
 
 class _BytesBody(io.BytesIO):
@@ -447,6 +460,7 @@ class S3Backend:
         """
         url = str(loc)
         done = 0
+        error: Exception | None = None  # what cut the last response short
         for attempt in range(max(1, self._options.max_attempts)):
             if attempt:
                 time.sleep(backoff(attempt))
@@ -458,13 +472,14 @@ class S3Backend:
                 tag = tag or resp.get("ETag")
                 body = resp["Body"]
             try:
-                done += _fill_some(body, view[done:])
+                got, error = _fill_some(body, view[done:])
             except FlexibleChecksumError as e:
                 translate_error(e, url, "read")
+            done += got
             body = None
             if done == len(view):
                 return
-        raise TransferError(url, f"connection closed after {done} of {len(view)} bytes")
+        raise TransferError(url, _cut_short(done, len(view), error))
 
     def read_into(
         self, loc: Location, start: int, view: memoryview, tag: str | None = None
@@ -484,6 +499,7 @@ class S3Backend:
             return
         url = str(loc)
         done = 0  # bytes handed over; a dropped connection resumes after them
+        error: Exception | None = None
 
         def closed(got: int) -> Exception:
             return http.client.IncompleteRead(b"")  # a short body: resumed below
@@ -505,13 +521,14 @@ class S3Backend:
                 _check_end(body)
             except FlexibleChecksumError as e:
                 translate_error(e, url, "read")
-            except _DROPPED:
+            except _DROPPED as e:
+                error = e
                 continue
             finally:
                 body.close()
                 body = None
             return
-        raise TransferError(url, f"connection closed after {done} of {length} bytes")
+        raise TransferError(url, _cut_short(done, length, error))
 
     def size(self, loc: Location) -> int:
         try:

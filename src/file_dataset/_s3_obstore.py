@@ -39,6 +39,7 @@ from obstore.exceptions import (
 from obstore.store import S3Store
 
 from file_dataset._backend import (
+    BODY_STALLED,
     CHANGED,
     HEAD_NOT_FOUND,
     STREAM_BYTES,
@@ -48,6 +49,7 @@ from file_dataset._backend import (
     copy_into,
     explain_head,
     is_weak,
+    not_found_reason,
     read_source,
     remember,
     retried,
@@ -123,6 +125,10 @@ def _xml_text(tag: str, text: str) -> str:
     return (cdata if cdata is not None else html.unescape(plain)).strip()
 
 
+# obstore's words for answers that boto3 reads and it refuses: a body sent chunked or
+# ended by closing the connection, a Range answered with the whole object.
+_NEEDS_BOTO3 = ("Content-Length Header missing", "non-partial response when range requested")
+
 # How obstore names an error raised by the credential provider (_Credentials).
 _PROVIDER_FAILED = "External AWS credential provider: "
 
@@ -156,11 +162,19 @@ def _translate(error: Exception, text: str, url: str, operation: str) -> NoRetur
     unreachable = False
     if isinstance(error, PreconditionError) or code == "PreconditionFailed":  # If-Match
         raise TransferError(url, CHANGED, operation=operation) from cause
-    if "body error" in first_line:  # object_store's own resumes of a body gave up
+    if "body error" in first_line and "kind: Timeout" in text:  # stalled, not dropped
+        reason = f"{BODY_STALLED}; obstore said: {first_line}"
+    elif "body error" in first_line:  # object_store's own resumes of a body gave up
         reason = (
             "the response body could not be read whole, even after resuming it up to "
             "max_attempts times (connections dropped, or the object changed meanwhile); "
             f"obstore said: {first_line}"
+        )
+    elif any(words in first_line for words in _NEEDS_BOTO3):
+        reason = (
+            f"{reason} (obstore, the default transport, refuses such an answer, which "
+            'some S3-compatible servers and proxies give: Options(transport="boto3") '
+            "reads from them)"
         )
     elif "error sending request" in text:  # the endpoint never answered
         unreachable = True
@@ -183,7 +197,9 @@ def _translate(error: Exception, text: str, url: str, operation: str) -> NoRetur
             reason = "the bucket does not exist"
         elif operation == "head" and not code:
             reason = HEAD_NOT_FOUND
-        raise ObjectNotFoundError(url, reason, operation=operation) from cause
+        raise ObjectNotFoundError(
+            url, not_found_reason(url, reason), operation=operation
+        ) from cause
     if code == "InvalidObjectState":
         raise TransferError(url, f"{ARCHIVED} ({reason})", operation=operation) from cause
     provider = text.partition(_PROVIDER_FAILED)[2].partition("\nDebug source:")[0].strip()
@@ -249,6 +265,13 @@ _CONFIG_KEYS = frozenset(
         "s3",
     }
 )
+# Config settings that obstore honours with one value only: it sends no checksum
+# header and checks none, which is boto3's "when_required" (for servers that answer
+# 501 to checksum headers).
+_CONFIG_VALUES = {
+    "request_checksum_calculation": "when_required",
+    "response_checksum_validation": "when_required",
+}
 # Environment variables with which obstore would do what boto3 does not (encrypt,
 # add checksums, use S3 Express sessions), and which no setting here can undo: with
 # one of them set, "auto" goes through boto3.
@@ -292,8 +315,11 @@ def _can_serve(options: Options) -> bool:
     config = options.s3_client_kwargs.get("config")
     if config is not None:
         provided = getattr(config, "_user_provided_options", None)
-        if not isinstance(provided, dict) or set(provided) - _CONFIG_KEYS:
+        if not isinstance(provided, dict):
             return False
+        for key, value in provided.items():
+            if key not in _CONFIG_KEYS and _CONFIG_VALUES.get(key) != str(value).lower():
+                return False
         if set(provided.get("s3") or {}) - {"addressing_style"}:
             return False
     if any(os.environ.get(name) for name in _ENV_ONLY_OBSTORE):

@@ -70,14 +70,23 @@ class Location(NamedTuple):
 
 
 def local_child(folder: str | Path, *parts: str) -> Path:
-    """``folder/part/…``, made absolute if it would start with ``~`` otherwise.
+    """``folder/part/…``, made absolute if :func:`parse_url` would read it otherwise.
 
-    Under a relative ``folder`` such as ``.``, an id or name ``~x`` gives ``~x/…``,
-    which is a local folder here but the home folder to :func:`parse_url` (and to a
-    shell): a path the library returns must name the same file when read back.
+    A path the library returns must name the same file when read back. Under a
+    relative ``folder`` such as ``.``, an id ``~x`` gives ``~x/…`` (the home folder to
+    :func:`parse_url`, and to a shell), an id ``file:`` gives ``file:/…`` (a file URL
+    naming ``/…``) and an id ``s3:`` gives ``s3:/…`` (a mistyped S3 URL).
     """
     path = Path(folder).joinpath(*parts)
-    return Path.cwd() / path if path.parts and path.parts[0].startswith("~") else path
+    text = str(path)
+    if path.is_absolute():
+        return path
+    try:
+        # "~x" is taken for user x's home folder only where that user exists
+        same = not text.startswith("~") and parse_url(text) == Location("file", "", text)
+    except InvalidInputError:
+        same = False
+    return path if same else Path.cwd() / path
 
 
 def is_null(value: Any) -> bool:
@@ -102,9 +111,18 @@ def _checked_s3_parts(value: Any) -> tuple[str, str] | None:
     """``(bucket, key)`` of an ``s3://`` URL with a key, in a bucket already checked."""
     if type(value) is str and value.startswith("s3://"):
         bucket, _, key = value[5:].partition("/")
-        if key and bucket in _VALID_BUCKETS:
+        if key and bucket in _VALID_BUCKETS and (key.isascii() or _is_utf8(key)):
             return bucket, key
     return None
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` holds no lone surrogate, which no UTF-8 (S3 key, Arrow string) can."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def is_checked_s3_url(value: Any) -> bool:
@@ -113,6 +131,13 @@ def is_checked_s3_url(value: Any) -> bool:
     A quick test that makes no location: such a value is one :func:`parse_url` accepts.
     """
     return _checked_s3_parts(value) is not None
+
+
+# A lone surrogate is os.listdir's stand-in for file-name bytes that are not UTF-8.
+_SURROGATE = (
+    "is not valid Unicode: it holds a lone surrogate (as Python makes of file-name bytes "
+    "that are not UTF-8)"
+)
 
 
 def parse_url(value: Any, *, prefix: bool = False) -> Location:
@@ -196,6 +221,8 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
         raise InvalidInputError(f"invalid S3 bucket name in {quoted_masked(value)}")
     if not key and not prefix:
         raise InvalidInputError(f"S3 URL has no object key: {quoted_masked(value)}")
+    if not key.isascii() and not _is_utf8(key):
+        raise InvalidInputError(f"S3 URL {quoted_masked(value)} {_SURROGATE}")
     if len(_VALID_BUCKETS) < 4096:
         _VALID_BUCKETS.add(bucket)
     return Location("s3", bucket, key)
@@ -231,15 +258,33 @@ def _no_nul(path: str) -> str:
     return path
 
 
-# "s3:/bucket/key", "s3:bucket/key", "S3:\\bucket\\key": an S3 URL with its "//" mistyped
-_BROKEN_S3_URL = re.compile(r"^s3a?:(?!//)", re.IGNORECASE)
+# "s3:/bucket/key", "s3:bucket/key", "S3:\\bucket\\key", "s3//bucket/key": an S3 URL
+# with its "://" mistyped
+_BROKEN_S3_URL = re.compile(r"^s3a?(:(?!//)|//)", re.IGNORECASE)
+# fsspec's chained URLs, such as "simplecache::s3://bucket/key"
+_CHAINED_URL = re.compile(r"::[A-Za-z][A-Za-z0-9+.\-]*://")
 
 
 def _check_not_a_broken_url(value: str) -> None:
-    """Refuses a mistyped S3 URL, which would otherwise be read as a relative path."""
+    """Refuses what would otherwise be read as a relative path by mistake.
+
+    That is a mistyped S3 URL, or another way of naming an object: an ARN, an fsspec
+    chained URL.
+    """
     if _BROKEN_S3_URL.match(value):
         raise InvalidInputError(
             f"{quoted_masked(value)} is not a valid S3 URL (expected s3://bucket/key)"
+        )
+    if value[:4].lower() == "arn:":
+        raise InvalidInputError(
+            f"{quoted_masked(value)} is an ARN, not a URL or a local path: write the object "
+            "as s3://bucket/key (for an access point, its alias works as the bucket name)"
+        )
+    if _CHAINED_URL.search(value):
+        raise InvalidInputError(
+            f"{quoted_masked(value)} is an fsspec chained URL, which this library does not "
+            "read: give the s3:// URL of the object itself (and cache or unpack it in your "
+            "own code)"
         )
     stripped = value.lstrip()
     if stripped != value and (URL_SCHEME.match(stripped) or _BROKEN_S3_URL.match(stripped)):
@@ -283,16 +328,9 @@ def check_component(value: Any, what: str) -> str:
             f"{what} {quoted(value)} cannot be used as a path component: it must be non-empty, "
             "not '.' or '..', and contain no '/', '\\' or NUL character"
         )
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            # a lone surrogate (os.listdir's stand-in for bytes that are not UTF-8): no
-            # S3 key or Arrow string can hold it, and UnicodeEncodeError came mid-call
-            raise InvalidInputError(
-                f"{what} {quoted(value)} is not valid Unicode: it holds a lone surrogate "
-                "(as Python makes of file-name bytes that are not UTF-8)"
-            ) from None
+    if not text.isascii() and not _is_utf8(text):
+        # no S3 key or Arrow string can hold it, and UnicodeEncodeError came mid-call
+        raise InvalidInputError(f"{what} {quoted(value)} {_SURROGATE}")
     return text
 
 
