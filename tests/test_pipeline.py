@@ -507,6 +507,22 @@ def test_a_dropped_row_warning_does_not_run_into_the_progress_bar(
     assert summary.startswith("file_dataset.Pipeline wrote 1 of 2 rows and dropped 1 (fn: 1)")
 
 
+def test_progress_to_a_file_draws_no_bar_and_still_says_how_the_call_ended(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """stderr sent to a file (cron): no bar, and before, with no logging set up,
+    nothing at all for a clean call (its summary is at INFO)."""
+    (tmp_path / "in.txt").write_bytes(b"in")
+    frame = pd.DataFrame({"id": ["r1", "r2"], "f": [str(tmp_path / "in.txt")] * 2})
+    into = {"into_path": str(tmp_path / "out")}
+    assert not logging.getLogger("file_dataset").isEnabledFor(logging.INFO)
+    Pipeline(lambda i, o: {"g.txt": i / "f"}, into, progress=True)(frame)
+    assert capsys.readouterr().err == "file_dataset.Pipeline wrote 2 of 2 rows\n"
+    assert (tmp_path / "out" / "r2" / "g.txt").read_bytes() == b"in"
+    Pipeline(lambda i, o: {"g.txt": i / "f"}, into)(frame)  # not asked for: nothing
+    assert capsys.readouterr().err == ""
+
+
 def test_progress_without_stderr_shows_no_bar_and_processes_the_rows(
     options: Options,
     bucket: str,

@@ -1298,6 +1298,138 @@ def test_a_body_that_stalls_says_so_not_that_the_connection_closed() -> None:
         server.server_close()
 
 
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that no system trusts, and its key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "file-dataset test CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "private-ca.pem", folder / "private-ca.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@contextlib.contextmanager
+def _tls_in_front_of(endpoint: str, cert: Path, key: Path) -> Iterator[str]:
+    """An HTTPS endpoint (``cert``) that passes every connection on to ``endpoint``."""
+    import ssl
+    import urllib.parse
+
+    target = urllib.parse.urlsplit(endpoint)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def handle(client: socket.socket) -> None:
+        try:
+            secure = context.wrap_socket(client, server_side=True)
+        except OSError:  # a client that does not trust the certificate hangs up
+            client.close()
+            return
+        upstream = socket.create_connection((target.hostname or "", target.port or 80))
+        threading.Thread(target=pipe, args=(secure, upstream), daemon=True).start()
+        pipe(upstream, secure)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):  # the listener closed: the test is over
+            while True:
+                client, _ = listener.accept()
+                threading.Thread(target=handle, args=(client,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+def test_a_private_ca_from_a_profile_or_the_environment_is_honoured_and_carried(
+    s3_server: LocalS3Server,
+    put: Callable[[str, bytes], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: a profile's ca_bundle was ignored by "auto" (obstore, which does not
+    trust it, "could not connect"), and Options.default() did not carry AWS_CA_BUNDLE
+    to Ray workers (CERTIFICATE_VERIFY_FAILED there)."""
+    cert, key = _self_signed(tmp_path)
+    url = put("tls/secret.bin", b"over TLS")
+    keys = s3_server.options().session_kwargs
+    with _tls_in_front_of(s3_server.endpoint_url, cert, key) as https:
+        (tmp_path / "config").write_text(
+            f"[profile private]\nendpoint_url = {https}\nca_bundle = {cert}\n"
+            f"region = us-east-1\naws_access_key_id = {keys['aws_access_key_id']}\n"
+            f"aws_secret_access_key = {keys['aws_secret_access_key']}\n"
+        )
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+        profile = Options(session_kwargs={"profile_name": "private"})  # transport "auto"
+        table = file_dataset.reader({"s.bin": url}, profile).into_blob_table()
+        assert table.column("s.bin").to_pylist() == [b"over TLS"]
+
+        monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", https)
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+        for name in ("aws_access_key_id", "aws_secret_access_key"):
+            monkeypatch.setenv(name.upper(), keys[name])
+        frozen = Options.default()
+        assert frozen.s3_client_kwargs == {"endpoint_url": https, "verify": str(cert)}
+        for name in ("AWS_ENDPOINT_URL", "AWS_CA_BUNDLE"):  # as on a worker elsewhere
+            monkeypatch.delenv(name)
+        carried = pickle.loads(pickle.dumps(frozen))
+        table = file_dataset.reader({"s.bin": url}, carried).into_blob_table()
+        assert table.column("s.bin").to_pylist() == [b"over TLS"]
+        for transport, said in [  # the CA is what makes it work
+            ("obstore", "TLS: the server's certificate is not trusted; for a private CA, "),
+            ("boto3", "CERTIFICATE_VERIFY_FAILED"),
+        ]:
+            untrusting = Options(
+                session_kwargs=keys,
+                s3_client_kwargs={"endpoint_url": https},
+                max_attempts=1,
+                transport=transport,
+            )
+            with pytest.raises(file_dataset.TransferError) as raised:
+                file_dataset.reader({"s.bin": url}, untrusting).into_blob_table()
+            assert said in str(raised.value)
+
+
 def test_transport_is_chosen_once_per_options_object_and_override(
     s3_server: LocalS3Server,
     put: Callable[[str, bytes], str],
@@ -2462,11 +2594,13 @@ def test_a_server_that_ignores_range_or_answers_chunked_is_read_whole_with_boto3
     else:  # three ranges per read
         assert len(_QuirkyRangeHandler.requests) == 6
     # obstore (the default) refuses such answers: its error points to boto3
-    with _fake_s3(
-        _QuirkyRangeHandler, "obstore", part_size=five, multipart_threshold=five
-    ) as options:
-        with pytest.raises(file_dataset.TransferError) as raised:
-            file_dataset.reader(frame, options).into_blob_table()
+    with (
+        _fake_s3(
+            _QuirkyRangeHandler, "obstore", part_size=five, multipart_threshold=five
+        ) as options,
+        pytest.raises(file_dataset.TransferError) as raised,
+    ):
+        file_dataset.reader(frame, options).into_blob_table()
     assert raised.value.reason.endswith(
         "(obstore, the default transport, refuses such an answer, which some S3-compatible "
         'servers and proxies give: Options(transport="boto3") reads from them)'

@@ -507,6 +507,30 @@ def _new_session(session_kwargs: Mapping[str, Any]) -> boto3.Session:
     return boto3.Session(botocore_session=core, **session_kwargs)
 
 
+# The system's CA bundles: a setting that names one trusts what the default trusts.
+SYSTEM_CA_BUNDLES = frozenset(
+    os.path.realpath(p)
+    for p in (
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+        "/etc/ssl/cert.pem",
+    )
+)
+
+
+def _private_ca_bundle(session: boto3.Session) -> str | None:
+    """The private CA bundle a session trusts, if any.
+
+    That is the one its configuration names (``AWS_CA_BUNDLE`` or the profile's
+    ``ca_bundle``), unless it is one of the system's.
+    """
+    core = getattr(session, "_session", None)  # boto3 exposes no public accessor
+    bundle = core.get_config_variable("ca_bundle") if core is not None else None
+    if not bundle or os.path.realpath(bundle) in SYSTEM_CA_BUNDLES:
+        return None
+    return str(bundle)
+
+
 def _configured_endpoint(session: boto3.Session, region_name: str | None) -> str | None:
     """The S3 endpoint that a session's configuration sets (environment or profile)."""
     from botocore.config import Config
@@ -921,7 +945,9 @@ class Options:
         S3 endpoint configured outside the arguments (``AWS_ENDPOINT_URL_S3``,
         ``AWS_ENDPOINT_URL``, or ``endpoint_url`` in the profile) is put into
         ``s3_client_kwargs``, with or without ``freeze_credentials``, so that workers
-        reach the same server without the driver's environment. Frozen temporary
+        reach the same server without the driver's environment; so is a private CA
+        bundle (``AWS_CA_BUNDLE`` or the profile's ``ca_bundle``), as ``verify`` (its
+        path: the file must be there on the workers too). Frozen temporary
         credentials expire; pass ``freeze_credentials=False`` to let every worker
         resolve its own.
 
@@ -964,7 +990,13 @@ class Options:
         if "endpoint_url" not in client_kwargs:
             endpoint = _configured_endpoint(session, client_kwargs.get("region_name"))
             if endpoint is not None:
-                kwargs["s3_client_kwargs"] = {**client_kwargs, "endpoint_url": endpoint}
+                client_kwargs["endpoint_url"] = endpoint
+        if "verify" not in client_kwargs:  # a private CA, which workers would not know
+            bundle = _private_ca_bundle(session)
+            if bundle is not None:
+                client_kwargs["verify"] = bundle
+        if client_kwargs:
+            kwargs["s3_client_kwargs"] = client_kwargs
         if freeze_credentials:
             credentials = session.get_credentials()
             frozen = None if credentials is None else credentials.get_frozen_credentials()
@@ -1046,6 +1078,15 @@ class Options:
             *USERINFO.findall(str(client_kwargs.get("endpoint_url") or "")),
         )
         return client
+
+    def _private_ca_bundle(self) -> str | None:
+        """The private CA bundle of these options' environment or profile, if any.
+
+        A ``verify`` in ``s3_client_kwargs`` is not looked at here.
+        """
+        with _CREATE_LOCK:
+            session = _new_session(self.session_kwargs)
+        return _private_ca_bundle(session)
 
     def _transfer_workers(self) -> _Workers:
         """The ``max_concurrency`` threads that carry this process's transfers."""

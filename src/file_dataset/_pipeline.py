@@ -641,7 +641,9 @@ class Pipeline:
         finally:
             if call.bar is not None:
                 call.bar.close()
-        _log_summary(call, len(ids))
+        # Asked for progress and drawn no bar (no terminal): the summary line is shown
+        # even where logging would not show a clean call's line (no logging set up).
+        _log_summary(call, len(ids), echo=call.bar is not None and bool(call.bar.disable))
         return _output_frame(
             file_dataframe[ID_COLUMN], written, _id_last(list(file_dataframe.columns))
         )
@@ -720,10 +722,16 @@ def _redrawn_in_place(stream: Any) -> bool:
     return "ipykernel" in sys.modules
 
 
-def _log_summary(call: _Call, rows: int) -> None:
-    """One line per call: how many rows were written and dropped, and where they failed."""
+def _log_summary(call: _Call, rows: int, *, echo: bool = False) -> None:
+    """One line per call: how many rows were written and dropped, and where they failed.
+
+    With ``echo``, a clean call's line (at INFO) is written to ``sys.stderr`` when the
+    logger would not show it.
+    """
     if not call.failures:
         logger.info("file_dataset.Pipeline wrote %d of %d rows", call.written, rows)
+        if echo and not logger.isEnabledFor(logging.INFO) and sys.stderr is not None:
+            print(f"file_dataset.Pipeline wrote {call.written} of {rows} rows", file=sys.stderr)
         return
     counts = collections.Counter(failure.stage for failure in call.failures)
     where = ", ".join(

@@ -190,6 +190,12 @@ def _translate(error: Exception, text: str, url: str, operation: str) -> NoRetur
                 f"the endpoint did not answer in time ({where}the limits are "
                 "connect_timeout and read_timeout of the Options' Config)"
             )
+        elif "InvalidCertificate" in text:  # rustls, deep in its debug text
+            reason = (
+                f"could not connect to the endpoint ({where}TLS: the server's certificate "
+                "is not trusted; for a private CA, set AWS_CA_BUNDLE, the profile's "
+                "ca_bundle or s3_client_kwargs verify)"
+            )
         else:
             reason = f"could not connect to the endpoint ({where}error sending request)"
     if isinstance(error, NotFoundError | FileNotFoundError) or code in _NOT_FOUND:
@@ -286,14 +292,6 @@ _ENV_ONLY_OBSTORE = frozenset(
     }
 )
 _ENV_TOKENS = frozenset({"AWS_SESSION_TOKEN", "AWS_TOKEN"})
-_SYSTEM_BUNDLES = frozenset(
-    os.path.realpath(p)
-    for p in (
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-        "/etc/ssl/cert.pem",
-    )
-)
 
 
 _SERVES: dict[int, tuple[Options, bool]] = {}  # by id(options): checked once
@@ -336,8 +334,8 @@ def _can_serve(options: Options) -> bool:
         resolved, "use_dualstack_endpoint", None
     ):
         return False
-    bundle = os.environ.get("AWS_CA_BUNDLE")  # a private CA that obstore would not trust
-    return not bundle or os.path.realpath(bundle) in _SYSTEM_BUNDLES
+    # a private CA (AWS_CA_BUNDLE, the profile's ca_bundle) that obstore would not trust
+    return options._private_ca_bundle() is None
 
 
 # The process in which obstore was first used (its runtime started), if any.
