@@ -153,6 +153,7 @@ class _Runtime:
         self._lock = threading.Lock()
         self.retired = False  # forgotten by the registry (see retire)
         self.endpoint: str | None = None  # the S3 client's endpoint URL, once asked for
+        self.ca_bundle: str | None = None  # a private CA its sessions trust (see below)
 
     @classmethod
     def for_options(cls, options: Options) -> _Runtime:
@@ -1066,6 +1067,7 @@ class Options:
         with _CREATE_LOCK:
             session = _new_session(self.session_kwargs)
             client = session.client("s3", config=config, **client_kwargs)
+        self._live().ca_bundle = _private_ca_bundle(session)
         credentials = session.get_credentials()
         if credentials is not None:
             frozen = credentials.get_frozen_credentials()
@@ -1082,11 +1084,11 @@ class Options:
     def _private_ca_bundle(self) -> str | None:
         """The private CA bundle of these options' environment or profile, if any.
 
-        A ``verify`` in ``s3_client_kwargs`` is not looked at here.
+        Noted when the thread's client is made (a session costs ~20 ms to make). A
+        ``verify`` in ``s3_client_kwargs`` is not looked at here.
         """
-        with _CREATE_LOCK:
-            session = _new_session(self.session_kwargs)
-        return _private_ca_bundle(session)
+        self.s3_client()
+        return self._live().ca_bundle
 
     def _transfer_workers(self) -> _Workers:
         """The ``max_concurrency`` threads that carry this process's transfers."""
