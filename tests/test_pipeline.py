@@ -521,6 +521,12 @@ def test_progress_to_a_file_draws_no_bar_and_still_says_how_the_call_ended(
     assert (tmp_path / "out" / "r2" / "g.txt").read_bytes() == b"in"
     Pipeline(lambda i, o: {"g.txt": i / "f"}, into)(frame)  # not asked for: nothing
     assert capsys.readouterr().err == ""
+    logging.getLogger("file_dataset").setLevel(logging.CRITICAL)  # silenced on purpose
+    try:
+        Pipeline(lambda i, o: {"g.txt": i / "f"}, into, progress=True)(frame)
+    finally:
+        logging.getLogger("file_dataset").setLevel(logging.NOTSET)
+    assert capsys.readouterr().err == ""
 
 
 def test_progress_without_stderr_shows_no_bar_and_processes_the_rows(

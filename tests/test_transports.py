@@ -237,12 +237,16 @@ def test_a_missing_folder_key_or_versioned_url_says_why(
             "; a key ending in '/' names a folder marker object, not the objects under "
             "that prefix (this library lists nothing)"
         )
+        assert ".;" not in str(info.value)
     versioned = put("v.mha", b"v") + "?versionId=3HL4kqtJlcpXroDTDmJ"
     with pytest.raises(FileNotFoundError) as info:
         file_dataset.reader({"v.mha": versioned}, transport_options).into_blob_table()
     assert str(info.value).endswith(
-        "; '?versionId=' is read as part of the key (the latest version is read)"
+        "; '?versionId=' is read as part of the key (only latest versions are read)"
     )
+    with pytest.raises(FileNotFoundError) as info:  # no hint: the bucket is what is missing
+        file_dataset.reader({"d": "s3://no-such-bucket-24/d/"}, transport_options).into_blob_table()
+    assert str(info.value).endswith(": the bucket does not exist")
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
@@ -1410,13 +1414,19 @@ def test_a_private_ca_from_a_profile_or_the_environment_is_honoured_and_carried(
             monkeypatch.setenv(name.upper(), keys[name])
         frozen = Options.default()
         assert frozen.s3_client_kwargs == {"endpoint_url": https, "verify": str(cert)}
+        import certifi
+
+        for public in (certifi.where(), str(tmp_path / "no-such.pem")):  # nothing to carry
+            monkeypatch.setenv("AWS_CA_BUNDLE", public)
+            assert Options.default().s3_client_kwargs == {"endpoint_url": https}
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
         for name in ("AWS_ENDPOINT_URL", "AWS_CA_BUNDLE"):  # as on a worker elsewhere
             monkeypatch.delenv(name)
         carried = pickle.loads(pickle.dumps(frozen))
         table = file_dataset.reader({"s.bin": url}, carried).into_blob_table()
         assert table.column("s.bin").to_pylist() == [b"over TLS"]
         for transport, said in [  # the CA is what makes it work
-            ("obstore", "TLS: the server's certificate is not trusted; for a private CA, "),
+            ("obstore", "TLS: the server's certificate is not trusted; obstore trusts the "),
             ("boto3", "CERTIFICATE_VERIFY_FAILED"),
         ]:
             untrusting = Options(
@@ -2602,8 +2612,8 @@ def test_a_server_that_ignores_range_or_answers_chunked_is_read_whole_with_boto3
     ):
         file_dataset.reader(frame, options).into_blob_table()
     assert raised.value.reason.endswith(
-        "(obstore, the default transport, refuses such an answer, which some S3-compatible "
-        'servers and proxies give: Options(transport="boto3") reads from them)'
+        "(obstore refuses such an answer, which some S3-compatible servers and proxies "
+        'give; Options(transport="boto3") reads from them)'
     )
 
 

@@ -400,12 +400,18 @@ def test_a_transfer_errors_url_is_cut_only_beyond_any_valid_s3_url(tmp_path: Pat
     [
         # a hive partition column, as pandas.read_parquet gives it
         (pd.Categorical([2024, 2025]), "category (int64) values (row id 'a': 2024)"),
-        (pd.Series([None, 7], dtype=object), "int values (row id 'b': 7)"),
-        ([pd.Timestamp("2024-01-02"), "s3://b/k"], "Timestamp values (row id 'a': "),
+        (pd.Categorical([None, 7.5]), "category (float64) values (row id 'b': 7.5)"),
+        (
+            pd.Categorical([pd.Timestamp("2024-01-02")] * 2),
+            "category (datetime64[us]) values (row id 'a': ",
+        ),
     ],
 )
-def test_a_column_of_numbers_or_dates_is_refused_whole(column: object, shown: str) -> None:
-    """Categorical and object columns were read cell by cell: an error naming one cell."""
+def test_a_categorical_column_of_numbers_or_dates_is_refused_whole(
+    column: object, shown: str
+) -> None:
+    """A categorical column (a hive partition column from read_parquet) was read cell
+    by cell: an error naming one cell, or a number taken for a relative path."""
     frame = pd.DataFrame({"id": ["a", "b"], "year": column})
     with pytest.raises(file_dataset.InvalidInputError) as info:
         file_dataset.reader(frame)

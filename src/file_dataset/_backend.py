@@ -81,15 +81,17 @@ HEAD_NOT_FOUND = "not found (404: no such key, or no such bucket)"
 
 
 def not_found_reason(url: str, reason: str) -> str:
-    """``reason`` for a missing object, with a hint when its URL's shape explains it."""
+    """``reason`` for a missing key, with a hint when its URL's shape explains it."""
     if url.endswith("/"):
-        return (
-            f"{reason}; a key ending in '/' names a folder marker object, not the objects "
-            "under that prefix (this library lists nothing)"
+        hint = (
+            "a key ending in '/' names a folder marker object, not the objects under that "
+            "prefix (this library lists nothing)"
         )
-    if "?versionid=" in url.lower():
-        return f"{reason}; '?versionId=' is read as part of the key (the latest version is read)"
-    return reason
+    elif "?versionid=" in url.lower():
+        hint = "'?versionId=' is read as part of the key (only latest versions are read)"
+    else:
+        return reason
+    return f"{reason.rstrip('.')}; {hint}"
 
 
 def file_version(stat: os.stat_result) -> str:

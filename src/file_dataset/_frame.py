@@ -7,8 +7,6 @@ local paths; a null cell means "no file". A *row* is a mapping of file name to U
 
 from __future__ import annotations
 
-import datetime
-import numbers
 import os
 from collections import Counter
 from collections.abc import Mapping
@@ -167,7 +165,7 @@ def _check_column_type(values: pd.Series, column: str, ids: list[str]) -> None:
 
 
 # Cells that are never a URL or path: a column whose first value is one is refused whole.
-_NOT_A_PATH = (list, tuple, dict, set, frozenset, np.ndarray, numbers.Number, datetime.date)
+_COLLECTIONS = (list, tuple, dict, set, frozenset, np.ndarray)
 
 
 def _check_first_cell(values: pd.Series, column: str, ids: list[str]) -> None:
@@ -194,7 +192,7 @@ def _check_first_cell(values: pd.Series, column: str, ids: list[str]) -> None:
         return
     row = int(present.argmax())
     value = values.iloc[row]
-    if nested or isinstance(value, _NOT_A_PATH):
+    if nested or isinstance(value, _COLLECTIONS):
         raise InvalidInputError(
             f"column {column!r} holds {type(value).__name__} values (row id "
             f"{quoted(ids[row])}: {quoted(value)}), not file URLs or paths: every column "
@@ -293,7 +291,8 @@ def series_row(row: pd.Series) -> dict[str, Any]:
     for label in row.index:
         if not isinstance(label, str):
             raise InvalidInputError(
-                f"the row's file names must be strings, got {label!r}: a Series is one row, "
+                f"the row's file names must be strings, got {quoted(label)}: a Series is one "
+                "row, "
                 "its index the file names and its values their URLs (frame.iloc[0], say); "
                 "for a column of URLs, pass a DataFrame with an 'id' column"
             )

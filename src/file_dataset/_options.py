@@ -508,15 +508,26 @@ def _new_session(session_kwargs: Mapping[str, Any]) -> boto3.Session:
     return boto3.Session(botocore_session=core, **session_kwargs)
 
 
-# The system's CA bundles: a setting that names one trusts what the default trusts.
-SYSTEM_CA_BUNDLES = frozenset(
-    os.path.realpath(p)
-    for p in (
+def _system_ca_bundles() -> frozenset[str]:
+    """The public CA bundles: a setting that names one trusts what the default trusts.
+
+    That is the system's, and certifi's (botocore's default where it is installed).
+    """
+    paths = [
         "/etc/ssl/certs/ca-certificates.crt",
         "/etc/pki/tls/certs/ca-bundle.crt",
         "/etc/ssl/cert.pem",
-    )
-)
+    ]
+    try:
+        import certifi
+
+        paths.append(certifi.where())
+    except ImportError:
+        pass
+    return frozenset(os.path.realpath(p) for p in paths)
+
+
+_SYSTEM_CA_BUNDLES = _system_ca_bundles()
 
 
 def _private_ca_bundle(session: boto3.Session) -> str | None:
@@ -527,7 +538,7 @@ def _private_ca_bundle(session: boto3.Session) -> str | None:
     """
     core = getattr(session, "_session", None)  # boto3 exposes no public accessor
     bundle = core.get_config_variable("ca_bundle") if core is not None else None
-    if not bundle or os.path.realpath(bundle) in SYSTEM_CA_BUNDLES:
+    if not bundle or os.path.realpath(bundle) in _SYSTEM_CA_BUNDLES:
         return None
     return str(bundle)
 
@@ -994,7 +1005,7 @@ class Options:
                 client_kwargs["endpoint_url"] = endpoint
         if "verify" not in client_kwargs:  # a private CA, which workers would not know
             bundle = _private_ca_bundle(session)
-            if bundle is not None:
+            if bundle is not None and os.path.isfile(bundle):
                 client_kwargs["verify"] = bundle
         if client_kwargs:
             kwargs["s3_client_kwargs"] = client_kwargs

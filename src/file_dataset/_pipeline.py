@@ -725,12 +725,18 @@ def _redrawn_in_place(stream: Any) -> bool:
 def _log_summary(call: _Call, rows: int, *, echo: bool = False) -> None:
     """One line per call: how many rows were written and dropped, and where they failed.
 
-    With ``echo``, a clean call's line (at INFO) is written to ``sys.stderr`` when the
-    logger would not show it.
+    With ``echo``, a clean call's line (at INFO) is also written to ``sys.stderr`` where
+    no level was set (so that only WARNING and above would be shown); never where one
+    was, even to silence this logger.
     """
     if not call.failures:
         logger.info("file_dataset.Pipeline wrote %d of %d rows", call.written, rows)
-        if echo and not logger.isEnabledFor(logging.INFO) and sys.stderr is not None:
+        untouched = (
+            logger.level == logging.NOTSET
+            and logging.getLogger().level == logging.WARNING  # the root's default
+            and logger.manager.disable < logging.INFO
+        )
+        if echo and untouched and sys.stderr is not None:
             print(f"file_dataset.Pipeline wrote {call.written} of {rows} rows", file=sys.stderr)
         return
     counts = collections.Counter(failure.stage for failure in call.failures)

@@ -123,11 +123,11 @@ def _translate(error: Exception, url: str, operation: str) -> NoReturn:
         if code in _NOT_FOUND or status == 404:
             if code == "NoSuchBucket":
                 reason = "the bucket does not exist"
-            elif operation == "head" and code in ("404", "NotFound", ""):
-                reason = HEAD_NOT_FOUND
-            raise ObjectNotFoundError(
-                url, not_found_reason(url, reason or "not found"), operation=operation
-            ) from cause
+            else:
+                if operation == "head" and code in ("404", "NotFound", ""):
+                    reason = HEAD_NOT_FOUND
+                reason = not_found_reason(url, reason or "not found")
+            raise ObjectNotFoundError(url, reason, operation=operation) from cause
         if code == "PreconditionFailed" or status == 412:  # a later part's If-Match
             raise TransferError(url, CHANGED, operation=operation) from cause
         if code == "InvalidObjectState":

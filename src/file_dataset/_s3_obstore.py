@@ -172,9 +172,8 @@ def _translate(error: Exception, text: str, url: str, operation: str) -> NoRetur
         )
     elif any(words in first_line for words in _NEEDS_BOTO3):
         reason = (
-            f"{reason} (obstore, the default transport, refuses such an answer, which "
-            'some S3-compatible servers and proxies give: Options(transport="boto3") '
-            "reads from them)"
+            f"{reason} (obstore refuses such an answer, which some S3-compatible servers "
+            'and proxies give; Options(transport="boto3") reads from them)'
         )
     elif "error sending request" in text:  # the endpoint never answered
         unreachable = True
@@ -193,19 +192,20 @@ def _translate(error: Exception, text: str, url: str, operation: str) -> NoRetur
         elif "InvalidCertificate" in text:  # rustls, deep in its debug text
             reason = (
                 f"could not connect to the endpoint ({where}TLS: the server's certificate "
-                "is not trusted; for a private CA, set AWS_CA_BUNDLE, the profile's "
-                "ca_bundle or s3_client_kwargs verify)"
+                "is not trusted; obstore trusts the system's CAs only: for a private CA, "
+                "name it in AWS_CA_BUNDLE, the profile's ca_bundle or s3_client_kwargs "
+                'verify, which transport "auto" then serves through boto3)'
             )
         else:
             reason = f"could not connect to the endpoint ({where}error sending request)"
     if isinstance(error, NotFoundError | FileNotFoundError) or code in _NOT_FOUND:
         if code == "NoSuchBucket":
             reason = "the bucket does not exist"
-        elif operation == "head" and not code:
-            reason = HEAD_NOT_FOUND
-        raise ObjectNotFoundError(
-            url, not_found_reason(url, reason), operation=operation
-        ) from cause
+        else:
+            if operation == "head" and not code:
+                reason = HEAD_NOT_FOUND
+            reason = not_found_reason(url, reason)
+        raise ObjectNotFoundError(url, reason, operation=operation) from cause
     if code == "InvalidObjectState":
         raise TransferError(url, f"{ARCHIVED} ({reason})", operation=operation) from cause
     provider = text.partition(_PROVIDER_FAILED)[2].partition("\nDebug source:")[0].strip()

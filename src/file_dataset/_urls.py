@@ -278,7 +278,8 @@ def _check_not_a_broken_url(value: str) -> None:
     if value[:4].lower() == "arn:":
         raise InvalidInputError(
             f"{quoted_masked(value)} is an ARN, not a URL or a local path: write the object "
-            "as s3://bucket/key (for an access point, its alias works as the bucket name)"
+            "as s3://bucket/key (for an access point, its alias works as the bucket name; "
+            "for a local file of that name, ./ before it)"
         )
     if _CHAINED_URL.search(value):
         raise InvalidInputError(
