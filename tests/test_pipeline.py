@@ -1604,6 +1604,35 @@ def test_a_column_of_lists_is_refused_before_any_row(
     assert calls == []
 
 
+def test_a_metadata_column_is_refused_whole_whatever_the_order_of_its_rows(
+    tmp_path: Path,
+) -> None:
+    """Parquet's date32 and decimal columns arrive as object columns of date and Decimal:
+    every row was dropped, one by one. A column with some paths is read cell by cell
+    (a number there drops its row), wherever the number is."""
+    import datetime
+    import decimal
+
+    (tmp_path / "a").write_bytes(b"a")
+    source = str(tmp_path / "a")
+    pipeline = Pipeline(lambda i, o: {"b": i / "f"}, {"into_path": tmp_path / "out"})
+    for label, shown in [
+        ([None, datetime.date(2024, 1, 2), datetime.date(2024, 1, 3)], "date"),
+        ([decimal.Decimal("1.5")] * 3, "Decimal"),
+    ]:
+        frame = pd.DataFrame({"id": ["r1", "r2", "r3"], "f": [source] * 3})
+        frame["label"] = pd.Series(label, dtype=object)
+        with pytest.raises(file_dataset.InvalidInputError) as info:
+            pipeline(frame)
+        assert str(info.value).startswith(f"column 'label' holds {shown} values (row id ")
+    assert not (tmp_path / "out").exists()
+    for cells in ([0, source, source], [source, source, 0]):
+        frame = pd.DataFrame({"id": ["r1", "r2", "r3"], "f": pd.Series(cells, dtype=object)})
+        out = pipeline(frame)
+        assert len(out) == 2
+        assert [failure.stage for failure in pipeline.last_failures] == ["read"]
+
+
 def test_string_view_ids_come_back_whole_when_a_row_is_dropped(
     options: Options, tmp_path: Path
 ) -> None:

@@ -165,17 +165,15 @@ def _check_column_type(values: pd.Series, column: str, ids: list[str]) -> None:
 
 
 # Cells that are never a URL or path: a column whose first value is one is refused whole.
-_COLLECTIONS = (list, tuple, dict, set, frozenset, np.ndarray)
-
-
 def _check_first_cell(values: pd.Series, column: str, ids: list[str]) -> None:
-    """Refuses, from its dtype or first value, a column that cannot hold file names.
+    """Refuses, from its dtype or its cells, a column that cannot hold file names.
 
     That is a column of bytes (file contents, as a blob table holds): Arrow binary
-    columns are known by their dtype; an object column by its first
-    non-null value (the others are checked cell by cell, as usual). So are columns of
-    lists, dicts and the like (Arrow lists and structs from Parquet, say), which
-    read row by row would fail every row.
+    columns are known by their dtype; an object column by its first non-null value.
+    So are Arrow lists and structs, and an object column none of whose cells is a
+    string or path (numbers, dates, ``Decimal``s, lists: metadata from Parquet, say),
+    which read row by row would fail every row. That does not depend on the rows'
+    order: a column with some strings is checked cell by cell, as usual.
     """
     dtype = values.dtype
     arrow = dtype.pyarrow_dtype if isinstance(dtype, pd.ArrowDtype) else None
@@ -192,19 +190,22 @@ def _check_first_cell(values: pd.Series, column: str, ids: list[str]) -> None:
         return
     row = int(present.argmax())
     value = values.iloc[row]
-    if nested or isinstance(value, _COLLECTIONS):
+    if binary or isinstance(value, bytes | bytearray | memoryview):
         raise InvalidInputError(
-            f"column {column!r} holds {type(value).__name__} values (row id "
-            f"{quoted(ids[row])}: {quoted(value)}), not file URLs or paths: every column "
-            f"of a file DataFrame except {ID_COLUMN!r} is a file column, one file per "
-            f"cell, so drop the others first (frame.drop(columns=[{column!r}]))"
+            f"column {column!r} holds bytes (row id {quoted(ids[row])}: {quoted(value)}), "
+            "not file URLs or paths: a file DataFrame's cells name files, while a blob "
+            "table (what into_blob_table() and read_file_dataset give) holds their contents"
         )
-    if not binary and not isinstance(value, bytes | bytearray | memoryview):
+    if not nested and (
+        isinstance(value, str | os.PathLike)  # the usual case: no scan
+        or any(isinstance(v, str | os.PathLike) for v in values[present].tolist())
+    ):
         return
     raise InvalidInputError(
-        f"column {column!r} holds bytes (row id {quoted(ids[row])}: {quoted(value)}), not file "
-        "URLs or paths: a file DataFrame's cells name files, while a blob table (what "
-        "into_blob_table() and read_file_dataset give) holds their contents"
+        f"column {column!r} holds {type(value).__name__} values (row id "
+        f"{quoted(ids[row])}: {quoted(value)}), not file URLs or paths: every column "
+        f"of a file DataFrame except {ID_COLUMN!r} is a file column, one file per "
+        f"cell, so drop the others first (frame.drop(columns=[{column!r}]))"
     )
 
 
@@ -291,10 +292,10 @@ def series_row(row: pd.Series) -> dict[str, Any]:
     for label in row.index:
         if not isinstance(label, str):
             raise InvalidInputError(
-                f"the row's file names must be strings, got {quoted(label)}: a Series is one "
-                "row, "
-                "its index the file names and its values their URLs (frame.iloc[0], say); "
-                "for a column of URLs, pass a DataFrame with an 'id' column"
+                f"the row's file names must be strings, got {quoted(label)}: a Series is "
+                "one row, its index the file names and its values their URLs "
+                "(frame.iloc[0], say); for a column of URLs, pass a DataFrame with an 'id' "
+                "column"
             )
     return {str(label): value for label, value in row.items()}
 

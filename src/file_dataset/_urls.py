@@ -78,9 +78,9 @@ def local_child(folder: str | Path, *parts: str) -> Path:
     naming ``/…``) and an id ``s3:`` gives ``s3:/…`` (a mistyped S3 URL).
     """
     path = Path(folder).joinpath(*parts)
-    text = str(path)
     if path.is_absolute():
         return path
+    text = str(path)
     try:
         # "~x" is taken for user x's home folder only where that user exists
         same = not text.startswith("~") and parse_url(text) == Location("file", "", text)
