@@ -392,8 +392,10 @@ def test_unsafe_name_or_id_writes_nothing(
     files = make_files(tmp_path / "src", {"good": b"g", **({bad: b"b"} if where == "name" else {})})
     row_id = bad if where == "id" else "1"
     for into in (f"s3://{bucket}/p", tmp_path / "out"):
-        with pytest.raises(ValueError, match="path component"):
+        with pytest.raises(ValueError, match="path component") as info:
             file_dataset.write_files(files, into, id=row_id, options=options)
+        if where == "name":  # before, the message did not name the row
+            assert str(info.value).startswith(f"row id '1': file name {bad!r} cannot be used")
     assert keys(s3_client, bucket) == []
     assert not (tmp_path / "out").exists()
 

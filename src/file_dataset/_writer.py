@@ -97,17 +97,20 @@ def write_files(
         check_local_name(row_id, "id (folder name)")
     sources: dict[str, Path] = {}
     for name, src in files.items():
-        if not isinstance(name, str):
-            raise InvalidInputError(f"file names must be strings, got {quoted(name)}")
-        check_component(name, "file name")
+        try:
+            if not isinstance(name, str):
+                raise InvalidInputError(f"file names must be strings, got {quoted(name)}")
+            check_component(name, "file name")  # one flat folder per id: no "sub/name"
+            if not into.is_s3:
+                check_local_name(name, "file name")
+        except InvalidInputError as e:
+            raise InvalidInputError(f"row id {quoted(row_id)}: {e}") from None
         if name == ID_COLUMN:
             raise InvalidInputError(
                 f"row id {quoted(row_id)}: a file cannot be named {ID_COLUMN!r}, which is the "
                 "row id column of a file DataFrame (and a row): it could not be read back "
                 "as a file; rename it"
             )
-        if not into.is_s3:
-            check_local_name(name, "file name")
         if src is None or is_null(src):
             continue
         where = f"row id {quoted(row_id)}, file {quoted(name)}"
