@@ -311,6 +311,39 @@ def test_into_temp_dir_copies_at_the_call_and_is_path_like(
     assert list(system_tmp.iterdir()) == []
 
 
+def test_a_forked_child_never_removes_the_parents_temp_dir(tmp_path: Path) -> None:
+    """Before: a DataLoader-style forked worker that dropped (or closed) its copy of a
+    TempDir the parent held removed the parent's folder and files."""
+    import multiprocessing
+
+    (tmp_path / "a.bin").write_bytes(b"sample")
+    temp = file_dataset.reader({"a.bin": str(tmp_path / "a.bin")}).into_temp_dir(dir=tmp_path)
+    for how in ("drop", "cleanup", "with"):
+        child = multiprocessing.get_context("fork").Process(target=_drop_in_child, args=(how,))
+        _CHILD_TEMP[:] = [temp]
+        child.start()
+        child.join(60)
+        assert child.exitcode == 0
+        assert (temp / "a.bin").read_bytes() == b"sample", how
+    _CHILD_TEMP.clear()
+    temp.cleanup()  # the parent still removes it
+    assert not temp.path.exists()
+
+
+_CHILD_TEMP: list[file_dataset.TempDir] = []
+
+
+def _drop_in_child(how: str) -> None:
+    temp = _CHILD_TEMP.pop()
+    if how == "cleanup":
+        temp.cleanup()
+    elif how == "with":
+        with temp:
+            pass
+    del temp
+    gc.collect()
+
+
 def test_a_temp_dir_cannot_be_made_of_a_folder_of_yours(tmp_path: Path) -> None:
     """Before: TempDir(folder) took the folder, and removed it at its with block's end
     or when collected."""

@@ -99,7 +99,7 @@ class TempDir(os.PathLike[str]):
     path: Path
     _entered: bool
     if TYPE_CHECKING:  # weakref.finalize cannot be subscripted at run time
-        _remove: weakref.finalize[[Path], TempDir]
+        _remove: weakref.finalize[[Path, int], TempDir]
 
     def __init__(self, path: Path) -> None:
         raise TypeError(
@@ -113,7 +113,7 @@ class TempDir(os.PathLike[str]):
         """The TempDir of ``path``, a folder :meth:`FileReader.into_temp_dir` made."""
         self = cls.__new__(cls)
         self.path = path
-        self._remove = weakref.finalize(self, remove_tree, path)
+        self._remove = weakref.finalize(self, _remove_in_owner, path, os.getpid())
         self._entered = False
         return self
 
@@ -158,8 +158,18 @@ class TempDir(os.PathLike[str]):
         self.cleanup()
 
     def cleanup(self) -> None:
-        """Removes the directory and everything in it (again is a no-op)."""
+        """Removes the directory and everything in it (again is a no-op).
+
+        Only in the process that made it: a forked child's copy (a DataLoader worker's,
+        say) leaves the parent's directory alone, whether closed or collected there.
+        """
         self._remove()
+
+
+def _remove_in_owner(path: Path, owner: int) -> None:
+    """Removes a TempDir's folder, unless this process is a fork of the one that made it."""
+    if os.getpid() == owner:
+        remove_tree(path)
 
 
 def _parent_dir(dir: str | os.PathLike[str] | None) -> str | None:
