@@ -2640,3 +2640,39 @@ def test_a_partial_answer_without_content_range_is_an_error(transport: str, tmp_
         assert "206 (part of the object) with a body of 5242880 bytes but no Content-Range" in (
             raised.value.reason
         )
+
+
+def test_obstore_requests_are_logged_at_debug(
+    s3_server: LocalS3Server,
+    bucket: str,
+    put: Callable[[str, bytes], str],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """obstore logs nothing to Python itself: each of its requests gets one DEBUG line."""
+    options = s3_server.options(transport="obstore")
+    url = put("logged/a.bin", b"abc")
+    missing = f"s3://{bucket}/logged/missing.bin"
+    source = tmp_path / "out.bin"
+    source.write_bytes(b"out")
+    with caplog.at_level(logging.INFO, logger="file_dataset"):
+        table = file_dataset.reader({"a.bin": url}, options).into_blob_table()
+    assert table.column("a.bin").to_pylist() == [b"abc"]
+    assert not [r for r in caplog.records if r.name == "file_dataset.obstore"]
+    with caplog.at_level(logging.DEBUG, logger="file_dataset"):
+        file_dataset.reader({"a.bin": url}, options).into_size_table()
+        file_dataset.write_files({"out.bin": source}, f"s3://{bucket}/logged", "1", options)
+        with pytest.raises(FileNotFoundError):
+            file_dataset.reader({"m.bin": missing}, options).into_blob_table()
+    lines = [r.getMessage() for r in caplog.records if r.name == "file_dataset.obstore"]
+    assert [line.split(": ")[0] for line in lines] == [
+        f"obstore HEAD {url}",
+        f"obstore PUT s3://{bucket}/logged/1/out.bin",
+        f"obstore GET {missing}",
+    ]
+    assert [line.split(": ")[1].split(" in ")[0] for line in lines] == [
+        "answered",
+        "answered",
+        "failed (FileNotFoundError)",
+    ]
+    assert all(re.search(r" in \d+\.\d ms$", line) for line in lines)

@@ -17,9 +17,11 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import html
+import logging
 import os
 import re
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -563,6 +565,33 @@ def _wrong_region(error: BaseException) -> bool:
     return any(word in text for word in _WRONG_REGION_WORDS)
 
 
+# One DEBUG line per obstore request (boto3's requests show in botocore's own DEBUG
+# logs; obstore's Rust side logs nothing to Python).
+_log = logging.getLogger("file_dataset.obstore")
+_METHODS = {"read": "GET", "head": "HEAD", "write": "PUT"}
+
+
+def _logged(call: Callable[[S3Store], T], store: S3Store, loc: Location, operation: str) -> T:
+    """:func:`_unpanicked`, with the request, its outcome and its time logged at DEBUG."""
+    if not _log.isEnabledFor(logging.DEBUG):
+        return _unpanicked(call, store, loc, operation)
+    start = time.perf_counter()
+    outcome = "answered"
+    try:
+        return _unpanicked(call, store, loc, operation)
+    except BaseException as e:
+        outcome = f"failed ({type(e).__name__})"
+        raise
+    finally:
+        _log.debug(
+            "obstore %s %s: %s in %.1f ms",
+            _METHODS.get(operation, operation),
+            loc,
+            outcome,
+            (time.perf_counter() - start) * 1000,
+        )
+
+
 def _unpanicked(call: Callable[[S3Store], T], store: S3Store, loc: Location, operation: str) -> T:
     """``call(store)``, with a panic in obstore's Rust code made a :class:`TransferError`.
 
@@ -606,11 +635,11 @@ class ObstoreS3Backend:
         """
         store = self._store(loc, operation)
         try:
-            return _unpanicked(call, store, loc, operation)
+            return _logged(call, store, loc, operation)
         except BaseError as e:
             if not _wrong_region(e) or not _relocate(self._options, loc.bucket, store):
                 raise
-        return _unpanicked(call, self._store(loc, operation), loc, operation)
+        return _logged(call, self._store(loc, operation), loc, operation)
 
     def read_first(
         self, loc: Location, length: int, sink: Sink | None = None
