@@ -2676,3 +2676,54 @@ def test_obstore_requests_are_logged_at_debug(
         "failed (FileNotFoundError)",
     ]
     assert all(re.search(r" in \d+\.\d ms$", line) for line in lines)
+
+
+def test_config_settings_given_as_none_are_botocores_defaults_and_keep_obstore(
+    s3_server: LocalS3Server, put: Callable[[str, bytes], str]
+) -> None:
+    """``Config(x=None)`` is botocore's default for ``x``, as if not given."""
+    from file_dataset._backend import backend_for
+    from file_dataset._s3_obstore import ObstoreS3Backend
+    from file_dataset._urls import parse_url
+
+    url = put("none-config/a.bin", b"abc")
+    nones = Config(
+        request_checksum_calculation=None, response_checksum_validation=None, user_agent=None
+    )
+    options = s3_server.options(s3_client_kwargs={"config": nones})
+    assert type(backend_for(parse_url(url), options)) is ObstoreS3Backend
+    assert file_dataset.reader({"a.bin": url}, options).into_blob_table().to_pylist() == [
+        {"a.bin": b"abc"}
+    ]
+    agent = s3_server.options(s3_client_kwargs={"config": Config(user_agent="mine")})
+    assert type(backend_for(parse_url(url), agent)) is not ObstoreS3Backend
+
+
+@pytest.mark.parametrize("transport", ["auto", "obstore", "boto3"])
+@pytest.mark.parametrize(
+    "setting",
+    ["retries", "max_pool_connections", "tcp_keepalive", "connect_timeout", "read_timeout"],
+)
+def test_a_config_setting_of_none_reads_on_every_transport(
+    s3_server: LocalS3Server, put: Callable[[str, bytes], str], transport: str, setting: str
+) -> None:
+    """None pool size broke every boto3 request; None timeouts (no timeout, for
+    botocore) broke obstore's; None retries dropped the adaptive mode."""
+    from file_dataset._backend import backend_for
+    from file_dataset._s3 import S3Backend
+    from file_dataset._urls import parse_url
+
+    url = put(f"none-setting/{setting}.bin", setting.encode())
+    options = s3_server.options(
+        s3_client_kwargs={"config": Config(**{setting: None})}, transport=transport
+    )
+    table = file_dataset.reader({"a.bin": url}, options).into_blob_table()
+    assert table.to_pylist() == [{"a.bin": setting.encode()}]
+    config = options.s3_client().meta.config
+    assert config.retries == {"mode": "adaptive", "total_max_attempts": 8}
+    assert config.max_pool_connections == 64
+    assert config.tcp_keepalive is True
+    if setting.endswith("_timeout"):
+        assert getattr(config, setting) is None  # boto3 waits for ever, as asked
+        if transport == "auto":  # obstore cannot be told "no timeout"
+            assert type(backend_for(parse_url(url), options)) is S3Backend

@@ -710,9 +710,16 @@ def _over_our_retries(user_config: Any, ours: dict[str, Any]) -> Any:
     botocore's ``Config.merge`` replaces the whole ``retries`` dict, so
     ``Config(retries={"total_max_attempts": 3})`` alone would also drop the retry
     mode, which botocore then takes to be ``"legacy"``. The copy also keeps botocore
-    from rewriting the dict held by the options.
+    from rewriting the dict held by the options. A setting of ours that the caller's
+    ``Config`` gives as ``None`` (botocore's default) keeps ours: merged as it is, a
+    ``None`` pool size broke every boto3 request and ``retries=None`` dropped the
+    adaptive retries.
     """
     user_config = copy.deepcopy(user_config)
+    provided = user_config._user_provided_options
+    for key in ("retries", "max_pool_connections", "tcp_keepalive"):
+        if key in provided and provided[key] is None:
+            del provided[key]
     retries = user_config.retries
     if retries:
         merged = dict(retries)

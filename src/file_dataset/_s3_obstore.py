@@ -318,6 +318,10 @@ def _can_serve(options: Options) -> bool:
         if not isinstance(provided, dict):
             return False
         for key, value in provided.items():
+            if value is None:
+                if key in ("connect_timeout", "read_timeout"):
+                    return False  # no timeout at all, for botocore: boto3 keeps that
+                continue  # botocore's default, as if not given
             if key not in _CONFIG_KEYS and _CONFIG_VALUES.get(key) != str(value).lower():
                 return False
         if set(provided.get("s3") or {}) - {"addressing_style"}:
@@ -404,6 +408,12 @@ def _bucket_endpoint(
     return endpoint, False
 
 
+def _timeout(config: Any, name: str) -> dt.timedelta:
+    """The timeout ``name`` of botocore (60 s unless set); ``None``, no timeout, is a day."""
+    value = getattr(config, name, 60)
+    return dt.timedelta(days=1) if value is None else dt.timedelta(seconds=float(value))
+
+
 def _new_store(options: Options, bucket: str) -> S3Store:
     global _USED_IN_PID
     if _USED_IN_PID is None:
@@ -428,8 +438,8 @@ def _new_store(options: Options, bucket: str) -> S3Store:
         "timeout": "300s",
         # botocore's own (60 s each unless the options' Config says otherwise): a read
         # timeout also ends the wait for a server that accepts and never answers
-        "connect_timeout": dt.timedelta(seconds=float(getattr(meta.config, "connect_timeout", 60))),
-        "read_timeout": dt.timedelta(seconds=float(getattr(meta.config, "read_timeout", 60))),
+        "connect_timeout": _timeout(meta.config, "connect_timeout"),
+        "read_timeout": _timeout(meta.config, "read_timeout"),
     }
     kwargs: dict[str, Any] = {}
     credentials = client._request_signer._credentials  # type: ignore[attr-defined]
