@@ -1034,6 +1034,10 @@ def _id_last(columns: list[Any]) -> bool:
     return len(columns) > 1 and columns[-1] == ID_COLUMN
 
 
+# pandas 3 infers its "str" dtype for strings, pandas 2 object.
+_STRINGS = pd.Series(["s"]).dtype
+
+
 def _output_frame(
     ids: pd.Series, written: dict[int, dict[str, str]], id_last: bool
 ) -> pd.DataFrame:
@@ -1045,14 +1049,14 @@ def _output_frame(
     for outputs in written.values():
         names.update(dict.fromkeys(outputs))
     rows = list(written.values())
-    # None, not NaN, where a row has no such output: Arrow (and so Ray Data and
-    # Parquet) reads a column of strings and None as strings, but one with NaN as
-    # opaque Python objects.
+    # The dtype pandas gives a column of strings: pandas 3's "str" (missing cells NaN),
+    # else object with None where a row has no such output (Arrow, and so Ray Data and
+    # Parquet, reads both as strings and nulls; an object column with NaN it would not).
     frame = pd.DataFrame(
         {name: [row.get(name) for row in rows] for name in names},
         index=range(len(rows)),
         columns=list(names),
-        dtype=object,
+        dtype=_STRINGS,
     )
     position = len(frame.columns) if id_last else 0
     frame.insert(position, ID_COLUMN, take(ids, list(written)).reset_index(drop=True))
