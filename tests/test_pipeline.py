@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import errno
@@ -2059,3 +2060,55 @@ def test_repr_has_no_secret(s3_server: LocalS3Server) -> None:
 
 def test_exports_row_failure() -> None:
     assert file_dataset.RowFailure("1", "fn", ValueError("x")).stage == "fn"
+
+
+def _done_ids(options: Options, into_path: str, names: list[str]) -> set[str]:
+    """The README's recipe ("Resuming a long job"), as written there."""
+    bucket, _, prefix = into_path.removeprefix("s3://").partition("/")
+    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    found: dict[str, set[str]] = collections.defaultdict(set)
+    pages = options.s3_client().get_paginator("list_objects_v2")
+    for page in pages.paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            row_id, _, name = item["Key"][len(prefix) :].partition("/")
+            found[row_id].add(name)
+    return {row_id for row_id, have in found.items() if set(names) <= have}
+
+
+def test_the_readme_resume_recipe_reruns_only_rows_not_done(
+    options: Options, bucket: str, put: Callable[[str, bytes], str], tmp_path: Path
+) -> None:
+    frame = pd.DataFrame(
+        {"id": [1, 2, 3, 4], "f": [put(f"resume/in/{i}", b"in%d" % i) for i in range(1, 5)]}
+    )
+    runs: list[bytes] = []
+    failing = {b"in3"}
+
+    def two_outputs(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        data = (input_dir / "f").read_bytes()
+        runs.append(data)
+        if data in failing:
+            raise RuntimeError("flaky")
+        (output_dir / "a").write_bytes(data + b"-a")
+        (output_dir / "b").write_bytes(data + b"-b")
+        return {"a": output_dir / "a", "b": output_dir / "b"}
+
+    into = f"s3://{bucket}/resume/out/"
+    pipeline = Pipeline(two_outputs, {"into_path": into}, options)
+    assert pipeline(frame)["id"].tolist() == [1, 2, 4]
+    # row 4 as if its upload had failed after its first output
+    options.s3_client().delete_object(Bucket=bucket, Key="resume/out/4/b")
+    assert _done_ids(options, into, ["a", "b"]) == {"1", "2"}
+    assert _done_ids(options, into.rstrip("/"), ["a"]) == {"1", "2", "4"}
+    todo = frame[~frame["id"].astype(str).isin(_done_ids(options, into, ["a", "b"]))]
+    runs.clear()
+    failing.clear()
+    assert pipeline(todo)["id"].tolist() == [3, 4]
+    assert sorted(runs) == [b"in3", b"in4"]
+    assert _done_ids(options, into, ["a", "b"]) == {"1", "2", "3", "4"}
+    got = (
+        file_dataset.reader({"a": f"{into}3/a", "b": f"{into}4/b"}, options)
+        .into_blob_table()
+        .to_pylist()
+    )
+    assert got == [{"a": b"in3-a", "b": b"in4-b"}]
