@@ -2652,6 +2652,7 @@ def test_obstore_requests_are_logged_at_debug(
     """obstore logs nothing to Python itself: each of its requests gets one DEBUG line."""
     options = s3_server.options(transport="obstore")
     url = put("logged/a.bin", b"abc")
+    signed = put("logged/scan.mha?X-Amz-Signature=0123abcd&X-Amz-Credential=AKIDX", b"s")
     missing = f"s3://{bucket}/logged/missing.bin"
     source = tmp_path / "out.bin"
     source.write_bytes(b"out")
@@ -2661,16 +2662,19 @@ def test_obstore_requests_are_logged_at_debug(
     assert not [r for r in caplog.records if r.name == "file_dataset.obstore"]
     with caplog.at_level(logging.DEBUG, logger="file_dataset"):
         file_dataset.reader({"a.bin": url}, options).into_size_table()
+        file_dataset.reader({"s.mha": signed}, options).into_size_table()
         file_dataset.write_files({"out.bin": source}, f"s3://{bucket}/logged", "1", options)
         with pytest.raises(FileNotFoundError):
             file_dataset.reader({"m.bin": missing}, options).into_blob_table()
     lines = [r.getMessage() for r in caplog.records if r.name == "file_dataset.obstore"]
     assert [line.split(": ")[0] for line in lines] == [
         f"obstore HEAD {url}",
+        f"obstore HEAD s3://{bucket}/logged/scan.mha?X-Amz-Signature=***&X-Amz-Credential=***",
         f"obstore PUT s3://{bucket}/logged/1/out.bin",
         f"obstore GET {missing}",
     ]
     assert [line.split(": ")[1].split(" in ")[0] for line in lines] == [
+        "answered",
         "answered",
         "answered",
         "failed (FileNotFoundError)",

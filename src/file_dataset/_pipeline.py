@@ -1034,10 +1034,6 @@ def _id_last(columns: list[Any]) -> bool:
     return len(columns) > 1 and columns[-1] == ID_COLUMN
 
 
-# pandas 3 infers its "str" dtype for strings, pandas 2 object.
-_STRINGS = pd.Series(["s"]).dtype
-
-
 def _output_frame(
     ids: pd.Series, written: dict[int, dict[str, str]], id_last: bool
 ) -> pd.DataFrame:
@@ -1056,7 +1052,8 @@ def _output_frame(
         {name: [row.get(name) for row in rows] for name in names},
         index=range(len(rows)),
         columns=list(names),
-        dtype=_STRINGS,
+        # asked each call: pandas' "future.infer_string" option may change at any time
+        dtype=pd.Series(["s"]).dtype,
     )
     position = len(frame.columns) if id_last else 0
     frame.insert(position, ID_COLUMN, take(ids, list(written)).reset_index(drop=True))

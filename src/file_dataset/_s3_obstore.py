@@ -596,7 +596,7 @@ def _logged(call: Callable[[S3Store], T], store: S3Store, loc: Location, operati
         _log.debug(
             "obstore %s %s: %s in %.1f ms",
             _METHODS.get(operation, operation),
-            loc,
+            mask_secrets(str(loc)),  # a key may hold a signed URL's query
             outcome,
             (time.perf_counter() - start) * 1000,
         )
