@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -112,3 +114,36 @@ def test_an_unknown_mode_is_refused() -> None:
     with pytest.raises(file_dataset.InvalidInputError) as info:
         LocalS3Server(mode="threads")  # type: ignore[arg-type]
     assert str(info.value) == "mode must be 'process' or 'thread', got 'threads'"
+
+
+_WITHOUT_MOTO = """
+import sys
+
+class NoMoto:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "moto" or name.startswith("moto."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, NoMoto)
+from file_dataset.testing import LocalS3Server
+for mode in ("process", "thread"):
+    try:
+        LocalS3Server(mode=mode).start()
+    except ImportError as e:
+        print(mode, e)
+"""
+
+
+def test_without_moto_the_server_says_what_to_install() -> None:
+    """Before: the child's traceback and "the moto server exited with code 1", or a
+    bare ModuleNotFoundError in thread mode."""
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_MOTO], capture_output=True, text=True, timeout=120
+    )
+    message = (
+        "file_dataset.testing.LocalS3Server needs moto's server (moto is not installed): "
+        "pip install 'moto[server]' (or this package's 'testing' extra)"
+    )
+    assert done.stdout.splitlines() == [f"process {message}", f"thread {message}"]

@@ -17,6 +17,7 @@ Needs the ``testing`` extra (``moto[server]``).
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import os
@@ -43,6 +44,24 @@ TEST_CREDENTIALS = {
     "region_name": "us-east-1",
 }
 _counter = itertools.count()
+
+
+def _require_moto() -> None:
+    """Raises an ImportError naming what to install when moto's server is missing."""
+    missing = None
+    for name in ("moto", "flask"):  # moto, and what its server runs on
+        try:
+            found = importlib.util.find_spec(name) is not None  # found, not imported
+        except ImportError:
+            found = False
+        if not found:
+            missing = name
+            break
+    if missing is not None:
+        raise ImportError(
+            f"file_dataset.testing.LocalS3Server needs moto's server ({missing} is not "
+            "installed): pip install 'moto[server]' (or this package's 'testing' extra)"
+        )
 
 
 class LocalS3Server:
@@ -80,7 +99,12 @@ class LocalS3Server:
 
         Returns:
             The server itself.
+
+        Raises:
+            ImportError: moto's server is not installed (this package's ``testing``
+                extra installs it).
         """
+        _require_moto()
         if self.mode == "thread":
             from moto.server import ThreadedMotoServer
 
