@@ -2119,3 +2119,39 @@ def test_the_readme_resume_recipe_reruns_only_rows_not_done(
         .to_pylist()
     )
     assert got == [{"a": b"in3-a", "b": b"in4-b"}]
+
+
+@pytest.mark.parametrize("transport", ["auto", "boto3"])
+@pytest.mark.parametrize("stage", ["read", "write"])
+def test_no_credentials_at_all_ends_the_call_instead_of_dropping_every_row(
+    s3_server: LocalS3Server,
+    bucket: str,
+    put: Callable[[str, bytes], str],
+    tmp_path: Path,
+    transport: str,
+    stage: str,
+) -> None:
+    """Before: every row was dropped (a million-row job "finished" with nothing written)."""
+    nobody = Options(
+        session_kwargs={"region_name": "us-east-1"},
+        s3_client_kwargs={"endpoint_url": s3_server.endpoint_url},
+        transport=transport,
+    )
+    local = tmp_path / "in.bin"
+    local.write_bytes(b"x")
+    if stage == "read":
+        cells = [put(f"nocreds/{i}", b"x") for i in range(3)]
+        pipeline = Pipeline(upper, {"into_path": tmp_path / "out"}, nobody)
+    else:
+        cells = [str(local)] * 3
+        pipeline = Pipeline(
+            upper, {"into_path": f"s3://{bucket}/nocreds-out", "options": nobody}, nobody
+        )
+    frame = pd.DataFrame({"id": ["r0", "r1", "r2"], "f": cells})
+    with pytest.raises(file_dataset.TransferError) as raised:
+        pipeline(frame)
+    assert "NoCredentialsError: Unable to locate credentials" in str(raised.value)
+    assert raised.value.row_id == "r0"
+    assert any("no credentials were found" in note for note in raised.value.__notes__)
+    assert [failure.id for failure in pipeline.last_failures] == ["r0"]
+    assert not list(tmp_path.glob("out/*"))

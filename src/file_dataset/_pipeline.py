@@ -24,6 +24,7 @@ from typing import Any, Literal, TypedDict, get_args, is_typeddict, overload
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from botocore.exceptions import NoCredentialsError
 
 from file_dataset._backend import remember
 from file_dataset._errors import (
@@ -176,9 +177,10 @@ class Pipeline:
     saying how many rows were written and dropped. An endpoint that gives no answer
     at all, and that no Pipeline of this process has reached yet, ends the call with
     its :class:`TransferError` (``unreachable``), whatever ``on_error``, rather than
-    drop every row in turn. The failures of the calling
-    thread's last call are kept in :attr:`last_failures`. The output DataFrame has a
-    fresh ``0..n-1`` index: join it to the input on ``id``, not on the index.
+    drop every row in turn; so does a transfer that finds no credentials at all. The
+    failures of the calling thread's last call are kept in :attr:`last_failures`. The
+    output DataFrame has a fresh ``0..n-1`` index: join it to the input on ``id``, not
+    on the index.
 
     One Pipeline may be called from several threads at once (each call on its own
     rows): every call keeps its failures and its progress bar to itself, and
@@ -681,6 +683,10 @@ class Pipeline:
         )
         if unreachable:
             failure.error.add_note(_UNREACHABLE_NOTE)
+        elif failure.stage != "fn" and isinstance(failure.error.__cause__, NoCredentialsError):
+            # no credentials at all: every row's transfers would fail the same way
+            unreachable = True
+            failure.error.add_note(_NO_CREDENTIALS_NOTE)
         if call.bar is not None and self.on_error == "drop" and not unreachable:
             call.bar.set_postfix(dropped=len(call.failures), refresh=False)
             call.bar.update(1)  # else the call ends here
@@ -753,6 +759,11 @@ def _log_summary(call: _Call, rows: int, *, echo: bool = False) -> None:
     )
 
 
+_NO_CREDENTIALS_NOTE = (
+    "file_dataset.Pipeline: no credentials were found for these options, which fails "
+    "every row, so the call stops instead of dropping them all (give the session "
+    "credentials, or Config(signature_version=UNSIGNED) to read public buckets)"
+)
 _UNREACHABLE_NOTE = (
     "file_dataset.Pipeline: the endpoint gave no answer, and no Pipeline of this process "
     "has reached it yet, so the call stops instead of dropping every row (check the "
