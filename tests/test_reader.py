@@ -1285,14 +1285,27 @@ def test_the_readme_listing_recipe_builds_a_file_dataframe(
     put("ct/p01/mask.mha", b"mask 1")
     put("ct/p02/image.mha", b"image 2")
     put("other/p03/image.mha", b"not listed")
-    rows: dict[str, dict[str, str]] = {}
-    pages = s3_client.get_paginator("list_objects_v2")
-    for page in pages.paginate(Bucket=bucket, Prefix="ct/", PaginationConfig={"PageSize": 2}):
-        for item in page.get("Contents", []):
-            folder, _, name = item["Key"].rpartition("/")
-            rows.setdefault(folder.rpartition("/")[2], {})[name] = f"s3://{bucket}/{item['Key']}"
-    frame = pd.DataFrame.from_dict(rows, orient="index").rename_axis("id").reset_index()
+
+    def listing(prefix: str) -> pd.DataFrame:
+        rows: dict[str, dict[str, str]] = {}
+        folders: dict[str, str] = {}
+        pages = s3_client.get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": 2}):
+            for item in page.get("Contents", []):
+                folder, _, name = item["Key"].rpartition("/")
+                row_id = folder.rpartition("/")[2]
+                if folders.setdefault(row_id, folder) != folder:
+                    raise ValueError(f"{folder} and {folders[row_id]} would share id {row_id}")
+                rows.setdefault(row_id, {})[name] = f"s3://{bucket}/{item['Key']}"
+        return pd.DataFrame.from_dict(rows, orient="index").rename_axis("id").reset_index()
+
+    frame = listing("ct/")
     assert frame["id"].tolist() == ["p01", "p02"]
+    put("mr/p01/dicom/1.dcm", b"1")
+    put("mr/p02/dicom/2.dcm", b"2")
+    with pytest.raises(ValueError) as shared:
+        listing("mr/")
+    assert str(shared.value) == "mr/p02/dicom and mr/p01/dicom would share id dicom"
     table = file_dataset.reader(frame, options).into_blob_table()
     assert table.column_names == ["id", "image.mha", "mask.mha"]
     assert table.column("image.mha").to_pylist() == [b"image 1", b"image 2"]
