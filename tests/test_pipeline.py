@@ -952,6 +952,15 @@ def test_an_unreachable_endpoint_ends_the_call_instead_of_dropping_every_row(
     assert (raised.value.row_id, raised.value.url) == ("1", f"s3://{bucket}/in/1")
     assert "no Pipeline of this process has reached it yet" in "".join(raised.value.__notes__)
     assert [(f.id, f.stage) for f in pipeline.last_failures] == [("1", "read")]
+    assert "downloads use Pipeline(options=...)" not in "".join(raised.value.__notes__)
+    # Options given for the writes only: the note says that reads do not use them.
+    split = Pipeline(count, {"into_path": f"s3://{bucket}/out", "options": options}, unreachable)
+    with pytest.raises(file_dataset.TransferError) as raised:
+        split(frame)
+    assert raised.value.__notes__[-1] == (
+        "file_dataset.Pipeline: downloads use Pipeline(options=...), not "
+        "write_options['options'] (options left out mean Options() from the environment)"
+    )
     # Writes: refused before any row, by the check of the destination bucket.
     to_s3 = Pipeline(count, {"into_path": f"s3://{bucket}/out", "options": unreachable}, options)
     with pytest.raises(file_dataset.TransferError) as raised:

@@ -683,6 +683,11 @@ class Pipeline:
         )
         if unreachable:
             failure.error.add_note(_UNREACHABLE_NOTE)
+            if failure.stage == "read" and self.write_options.get("options") not in (
+                None,
+                self.options,
+            ):
+                failure.error.add_note(_READS_NOTE)
         elif failure.stage != "fn" and isinstance(failure.error.__cause__, NoCredentialsError):
             # no credentials at all: every row's transfers would fail the same way
             unreachable = True
@@ -763,6 +768,10 @@ _NO_CREDENTIALS_NOTE = (
     "file_dataset.Pipeline: no credentials were found for these options, which fails "
     "every row, so the call stops instead of dropping them all (give the session "
     "credentials, or Config(signature_version=UNSIGNED) to read public buckets)"
+)
+_READS_NOTE = (
+    "file_dataset.Pipeline: downloads use Pipeline(options=...), not "
+    "write_options['options'] (options left out mean Options() from the environment)"
 )
 _UNREACHABLE_NOTE = (
     "file_dataset.Pipeline: the endpoint gave no answer, and no Pipeline of this process "
