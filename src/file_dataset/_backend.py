@@ -80,8 +80,15 @@ BODY_STALLED = (
 HEAD_NOT_FOUND = "not found (404: no such key, or no such bucket)"
 
 
-def not_found_reason(url: str, reason: str) -> str:
-    """``reason`` for a missing key, with a hint when its URL's shape explains it."""
+def not_found_reason(url: str, code: str, reason: str, *, bare_head: bool) -> str:
+    """Why an object was not found, from S3's error ``code`` and ``reason``.
+
+    A missing bucket says so; a missing key gets a hint when its URL's shape explains
+    it. ``bare_head``: a HEAD's 404, whose empty body cannot tell the two apart.
+    """
+    if code == "NoSuchBucket":
+        return "the bucket does not exist"
+    reason = HEAD_NOT_FOUND if bare_head else reason or "not found"
     if url.endswith("/"):
         hint = (
             "a key ending in '/' names a folder marker object, not the objects under that "

@@ -146,7 +146,7 @@ def _check_column_type(values: pd.Series, column: str, ids: list[str]) -> None:
     # a categorical column (a hive partition column from read_parquet) by its categories
     held = dtype.categories.dtype if isinstance(dtype, pd.CategoricalDtype) else dtype
     if held.kind not in _NOT_PATHS:
-        _check_first_cell(values, column, ids)
+        _check_cells(values, column, ids)
         return
     present = values.notna().to_numpy()
     if dtype.kind == "f":  # an Arrow NaN is a value, not a null, to notna()
@@ -164,8 +164,7 @@ def _check_column_type(values: pd.Series, column: str, ids: list[str]) -> None:
     )
 
 
-# Cells that are never a URL or path: a column whose first value is one is refused whole.
-def _check_first_cell(values: pd.Series, column: str, ids: list[str]) -> None:
+def _check_cells(values: pd.Series, column: str, ids: list[str]) -> None:
     """Refuses, from its dtype or its cells, a column that cannot hold file names.
 
     That is a column of bytes (file contents, as a blob table holds): Arrow binary

@@ -672,30 +672,32 @@ class Pipeline:
     def _fail(self, call: _Call, row_error: _RowError) -> None:
         failure = row_error.failure
         call.failures.append(failure)
-        # An endpoint that this process never reached (a wrong endpoint, a network
-        # down) would fail every row in turn, each after its retries: the call ends.
-        # Only the Pipeline's own transfers count: fn's exceptions drop their row.
+        # Failures that every later row would meet too end the call, whatever on_error:
+        # an endpoint this process never reached (a wrong endpoint, a network down:
+        # each row would fail after its retries), or no credentials at all. Only the
+        # Pipeline's own transfers count: fn's exceptions drop their row.
         options = self.options if failure.stage == "read" else self._write_options()
-        unreachable = (
-            failure.stage != "fn"
+        transfer = failure.stage != "fn"
+        ends_call = True
+        if (
+            transfer
             and getattr(failure.error, "unreachable", False)
             and _reached(options) not in _REACHED
-        )
-        if unreachable:
+        ):
             failure.error.add_note(_UNREACHABLE_NOTE)
             if failure.stage == "read" and self.write_options.get("options") not in (
                 None,
                 self.options,
             ):
                 failure.error.add_note(_READS_NOTE)
-        elif failure.stage != "fn" and isinstance(failure.error.__cause__, NoCredentialsError):
-            # no credentials at all: every row's transfers would fail the same way
-            unreachable = True
+        elif transfer and isinstance(failure.error.__cause__, NoCredentialsError):
             failure.error.add_note(_NO_CREDENTIALS_NOTE)
-        if call.bar is not None and self.on_error == "drop" and not unreachable:
+        else:
+            ends_call = False
+        if call.bar is not None and self.on_error == "drop" and not ends_call:
             call.bar.set_postfix(dropped=len(call.failures), refresh=False)
             call.bar.update(1)  # else the call ends here
-        if self.on_error == "raise" or unreachable:
+        if self.on_error == "raise" or ends_call:
             if failure.stage == "fn":  # neither fn nor a check of its result names the row
                 failure.error.add_note(
                     f"file_dataset.Pipeline: fn failed on row id {quoted(failure.id)}"

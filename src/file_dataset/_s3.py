@@ -28,7 +28,6 @@ from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeoutError
 from file_dataset._backend import (
     BODY_STALLED,
     CHANGED,
-    HEAD_NOT_FOUND,
     SOURCE_CHANGED,
     STREAM_BYTES,
     Blob,
@@ -121,12 +120,8 @@ def _translate(error: Exception, url: str, operation: str) -> NoReturn:
         message = str(info.get("Message") or "").strip()
         reason = f"{code or status}{': ' + message if message else ''}"
         if code in _NOT_FOUND or status == 404:
-            if code == "NoSuchBucket":
-                reason = "the bucket does not exist"
-            else:
-                if operation == "head" and code in ("404", "NotFound", ""):
-                    reason = HEAD_NOT_FOUND
-                reason = not_found_reason(url, reason or "not found")
+            bare_head = operation == "head" and code in ("404", "NotFound", "")
+            reason = not_found_reason(url, code, reason, bare_head=bare_head)
             raise ObjectNotFoundError(url, reason, operation=operation) from cause
         if code == "PreconditionFailed" or status == 412:  # a later part's If-Match
             raise TransferError(url, CHANGED, operation=operation) from cause

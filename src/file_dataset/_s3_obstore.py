@@ -43,7 +43,6 @@ from obstore.store import S3Store
 from file_dataset._backend import (
     BODY_STALLED,
     CHANGED,
-    HEAD_NOT_FOUND,
     STREAM_BYTES,
     Blob,
     Sink,
@@ -201,12 +200,7 @@ def _translate(error: Exception, text: str, url: str, operation: str) -> NoRetur
         else:
             reason = f"could not connect to the endpoint ({where}error sending request)"
     if isinstance(error, NotFoundError | FileNotFoundError) or code in _NOT_FOUND:
-        if code == "NoSuchBucket":
-            reason = "the bucket does not exist"
-        else:
-            if operation == "head" and not code:
-                reason = HEAD_NOT_FOUND
-            reason = not_found_reason(url, reason)
+        reason = not_found_reason(url, code, reason, bare_head=operation == "head" and not code)
         raise ObjectNotFoundError(url, reason, operation=operation) from cause
     if code == "InvalidObjectState":
         raise TransferError(url, f"{ARCHIVED} ({reason})", operation=operation) from cause

@@ -48,20 +48,16 @@ _counter = itertools.count()
 
 def _require_moto() -> None:
     """Raises an ImportError naming what to install when moto's server is missing."""
-    missing = None
     for name in ("moto", "flask"):  # moto, and what its server runs on
         try:
             found = importlib.util.find_spec(name) is not None  # found, not imported
         except ImportError:
             found = False
         if not found:
-            missing = name
-            break
-    if missing is not None:
-        raise ImportError(
-            f"file_dataset.testing.LocalS3Server needs moto's server ({missing} is not "
-            "installed): pip install 'moto[server]' (or this package's 'testing' extra)"
-        )
+            raise ImportError(
+                f"file_dataset.testing.LocalS3Server needs moto's server ({name} is not "
+                "installed): pip install 'moto[server]' (or this package's 'testing' extra)"
+            )
 
 
 class LocalS3Server:
