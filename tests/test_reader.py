@@ -1095,6 +1095,10 @@ def test_translate_s3_errors(code: str, status: int, kind: type[Exception]) -> N
     assert type(info.value) is kind
     assert url in str(info.value)
     assert info.value.__cause__ is original
+    # the credentials themselves, not this object's permissions (the Pipeline ends a
+    # call on it)
+    assert info.value.credentials_failed is (code == "InvalidAccessKeyId")
+    assert info.value.with_context("r1", "c").credentials_failed is (code == "InvalidAccessKeyId")
     if kind is file_dataset.ObjectAccessDeniedError:
         assert isinstance(info.value, PermissionError)
         assert "access denied" in str(info.value)
@@ -1132,10 +1136,12 @@ def test_transfer_errors_pickle_with_context() -> None:
     # cross processes too; before, they were dropped (and so missing from Ray's errors)
     error.add_note("file_dataset.Pipeline: fn failed on row id '7'")
     error.attempt = 3  # type: ignore[attr-defined]
+    error.credentials_failed = True
     for dumps, loads in [(pickle.dumps, pickle.loads), (cloudpickle.dumps, pickle.loads)]:
         copy = loads(dumps(error))
         assert copy.__notes__ == ["file_dataset.Pipeline: fn failed on row id '7'"]
         assert (copy.attempt, copy.errno, copy.filename) == (3, errno.ENOENT, "s3://bkt/k")
+        assert copy.credentials_failed
 
 
 @pytest.mark.parametrize("bad_id", ["../x", "a/b", "..", "", "/abs", "a\\b"])

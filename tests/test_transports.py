@@ -632,6 +632,7 @@ def test_a_head_refused_without_a_reason_names_the_reason_s3_gives_a_get(transpo
         "Options.default() freezes are not refreshed: Options.default(freeze_credentials="
         "False) lets each process refresh its own)"
     )
+    assert error.credentials_failed
     assert Expired.seen[0] == "HEAD"
     assert "GET" in Expired.seen  # (twice with obstore: its read of an empty object)
 
@@ -864,6 +865,7 @@ def test_credentials_that_fail_to_load_are_a_transfer_error(
     assert str(raised.value).startswith(
         "cannot read s3://bkt/k (column 'f'): CredentialRetrievalError: "
     )
+    assert raised.value.credentials_failed
 
 
 def test_credentials_that_fail_to_refresh_inside_obstore_are_said_as_boto3_says_them(
@@ -893,6 +895,7 @@ def test_credentials_that_fail_to_refresh_inside_obstore_are_said_as_boto3_says_
     with pytest.raises(file_dataset.TransferError) as ours:
         translate_error(obstores.value, "s3://bkt/k", "read")
     assert not isinstance(ours.value, PermissionError)
+    assert ours.value.credentials_failed
     assert str(ours.value) == (
         "cannot read s3://bkt/k: CredentialRetrievalError: Error when retrieving "
         "credentials from custom-process: run aws sso login"

@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, Protocol, TypeVar
 
+import botocore.exceptions
 import numpy as np
 import pyarrow as pa
 
@@ -77,6 +78,26 @@ BODY_STALLED = (
 )
 
 # What a HEAD of a missing object reports: its 404 has no body naming the error.
+# S3's codes for credentials refused whatever the object (not SignatureDoesNotMatch,
+# which some S3-compatible servers give for one odd key alone).
+CREDENTIALS_REFUSED = frozenset(
+    {
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "TokenRefreshRequired",
+        "InvalidToken",
+        "InvalidAccessKeyId",
+    }
+)
+# botocore's errors for credentials it could not find, load or refresh (no request sent).
+CREDENTIALS_MISSING: tuple[type[Exception], ...] = (
+    botocore.exceptions.NoCredentialsError,
+    botocore.exceptions.PartialCredentialsError,
+    botocore.exceptions.CredentialRetrievalError,
+    botocore.exceptions.SSOError,
+    botocore.exceptions.TokenRetrievalError,
+)
+
 HEAD_NOT_FOUND = "not found (404: no such key, or no such bucket)"
 
 
@@ -323,6 +344,7 @@ def explain_head(backend: Backend, loc: Location, translate: Callable[[], NoRetu
                 raise failed from failed.__cause__
             clearer = type(told)(str(loc), told.reason, operation="head")
             clearer.errno, clearer.status = told.errno, told.status
+            clearer.credentials_failed = told.credentials_failed
             raise clearer from failed
         raise
 

@@ -322,6 +322,11 @@ class TransferError(FileDatasetError, OSError):
             no connection could be made, or it did not answer in time.
         status: The HTTP status of the server's answer (404, 403, 400, 503, ...)
             when the failure is one, else ``None``.
+        credentials_failed: Whether the credentials themselves failed, whatever the
+            object: none found, none could be loaded or refreshed (botocore's
+            ``NoCredentialsError``, ``CredentialRetrievalError``, ...), or S3 refused
+            them as expired or unknown (``ExpiredToken``, ``InvalidToken``,
+            ``InvalidAccessKeyId``). Every later request with them fails too.
     """
 
     _ERRNO: int | None = None
@@ -331,6 +336,7 @@ class TransferError(FileDatasetError, OSError):
     # what its class lacks from the error it wraps, and a class default would hide it.
     unreachable: bool
     status: int | None
+    credentials_failed: bool
 
     def __init__(
         self,
@@ -348,6 +354,7 @@ class TransferError(FileDatasetError, OSError):
         self.column = column
         self.unreachable = False
         self.status = None
+        self.credentials_failed = False
         super().__init__(f"{_describe(f'cannot {operation}', url, row_id, column)}: {reason}")
         # Set after the fact: OSError(errno, strerror) would change the message's form
         # (and __str__ below keeps it when filename is set).
@@ -392,6 +399,7 @@ class TransferError(FileDatasetError, OSError):
         )
         copy.errno = self.errno  # a local failure's (ENOSPC, say), when set
         copy.unreachable, copy.status = self.unreachable, self.status
+        copy.credentials_failed = self.credentials_failed
         return copy
 
 

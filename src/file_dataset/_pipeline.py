@@ -177,7 +177,8 @@ class Pipeline:
     saying how many rows were written and dropped. An endpoint that gives no answer
     at all, and that no Pipeline of this process has reached yet, ends the call with
     its :class:`TransferError` (``unreachable``), whatever ``on_error``, rather than
-    drop every row in turn; so does a transfer that finds no credentials at all. The
+    drop every row in turn; so do credentials that fail whatever the object (none
+    found, none loaded, or refused as expired or unknown: ``credentials_failed``). The
     failures of the calling thread's last call are kept in :attr:`last_failures`. The
     output DataFrame has a fresh ``0..n-1`` index: join it to the input on ``id``, not
     on the index.
@@ -674,7 +675,8 @@ class Pipeline:
         call.failures.append(failure)
         # Failures that every later row would meet too end the call, whatever on_error:
         # an endpoint this process never reached (a wrong endpoint, a network down:
-        # each row would fail after its retries), or no credentials at all. Only the
+        # each row would fail after its retries), or credentials that failed (none at
+        # all, expired, unknown to S3, a credential_process that fails). Only the
         # Pipeline's own transfers count: fn's exceptions drop their row.
         options = self.options if failure.stage == "read" else self._write_options()
         transfer = failure.stage != "fn"
@@ -690,8 +692,9 @@ class Pipeline:
                 self.options,
             ):
                 failure.error.add_note(_READS_NOTE)
-        elif transfer and isinstance(failure.error.__cause__, NoCredentialsError):
-            failure.error.add_note(_NO_CREDENTIALS_NOTE)
+        elif transfer and getattr(failure.error, "credentials_failed", False):
+            missing = isinstance(failure.error.__cause__, NoCredentialsError)
+            failure.error.add_note(_NO_CREDENTIALS_NOTE if missing else _CREDENTIALS_NOTE)
         else:
             ends_call = False
         if call.bar is not None and self.on_error == "drop" and not ends_call:
@@ -770,6 +773,12 @@ _NO_CREDENTIALS_NOTE = (
     "file_dataset.Pipeline: no credentials were found for these options, which fails "
     "every row, so the call stops instead of dropping them all (give the session "
     "credentials, or Config(signature_version=UNSIGNED) to read public buckets)"
+)
+_CREDENTIALS_NOTE = (
+    "file_dataset.Pipeline: the credentials failed (S3 refused them as expired or "
+    "unknown, or they could not be loaded or refreshed), which fails every later row "
+    "that uses them, so the call stops instead of dropping them all (rows written "
+    "before stay written)"
 )
 _READS_NOTE = (
     "file_dataset.Pipeline: downloads use Pipeline(options=...), not "

@@ -28,6 +28,8 @@ from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeoutError
 from file_dataset._backend import (
     BODY_STALLED,
     CHANGED,
+    CREDENTIALS_MISSING,
+    CREDENTIALS_REFUSED,
     SOURCE_CHANGED,
     STREAM_BYTES,
     Blob,
@@ -107,6 +109,10 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
     except TransferError as failure:
         if isinstance(error, ClientError):
             failure.status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = str(error.response.get("Error", {}).get("Code", "")).strip()
+            failure.credentials_failed = code in CREDENTIALS_REFUSED
+        else:
+            failure.credentials_failed = isinstance(error, CREDENTIALS_MISSING)
         forget_unmasked(failure, error)
         raise
 

@@ -43,6 +43,8 @@ from obstore.store import S3Store
 from file_dataset._backend import (
     BODY_STALLED,
     CHANGED,
+    CREDENTIALS_MISSING,
+    CREDENTIALS_REFUSED,
     STREAM_BYTES,
     Blob,
     Sink,
@@ -149,6 +151,11 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
         status = re.search(r"non-2xx status code: (\d{3})", text)
         if status:  # S3 answered
             failure.status = int(status.group(1))
+        failure.credentials_failed = (
+            _s3_code(text)[0] in CREDENTIALS_REFUSED
+            or isinstance(error, CREDENTIALS_MISSING)
+            or (isinstance(error, UnauthenticatedError) and _PROVIDER_FAILED in text)
+        )
         forget_unmasked(failure, error)
         raise
 
