@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import psutil
 import pyarrow as pa
 import ray.data
 from ray.cluster_utils import Cluster
@@ -112,6 +114,54 @@ def reverse_and_record_node(input_dir: Path, output_dir: Path) -> dict[str, Path
     return {"out.bin": out, "node.txt": node}
 
 
+def _start_cluster(result: dict[str, Any]) -> tuple[Cluster, list[Any]]:
+    """A head without CPUs, the driver joined to it, then two worker nodes.
+
+    Ray gives a starting node a fixed 30 s to register (``node.py``, not configurable in
+    Ray 2.60), which a machine under heavy load can miss; then this process's Ray
+    processes (all its children) are ended and the cluster started again, up to three
+    times. The attempts are in ``result["cluster_attempts"]``.
+    """
+    for attempt in range(1, 4):
+        result["cluster_attempts"] = attempt
+        cluster = None
+        try:
+            cluster = Cluster(
+                initialize_head=True,
+                head_node_args={
+                    "num_cpus": 0,
+                    "object_store_memory": OBJECT_STORE_BYTES,
+                    "include_dashboard": False,
+                    "_system_config": SYSTEM_CONFIG,
+                },
+            )
+            # The driver joins while the head is the only node: joining later, Ray
+            # before 2.55 could attach it to a worker node's raylet (all share one IP),
+            # which then could not be removed.
+            ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+            workers = [
+                cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE_BYTES)
+                for _ in range(2)
+            ]
+            cluster.wait_for_nodes()
+            return cluster, workers
+        except Exception as e:
+            if attempt == 3 or "timed out during startup" not in str(e):
+                raise
+            print(f"cluster start {attempt} failed ({e}); starting again", file=sys.stderr)
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            if cluster is not None:
+                with contextlib.suppress(Exception):
+                    cluster.shutdown()
+            children = psutil.Process().children(recursive=True)
+            for child in children:
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+            psutil.wait_procs(children, timeout=30)
+    raise AssertionError("unreachable")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--endpoint", required=True)
@@ -129,24 +179,8 @@ def main() -> None:
     result: dict[str, Any] = {"timings": timings}
 
     started = time.perf_counter()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 0,
-            "object_store_memory": OBJECT_STORE_BYTES,
-            "include_dashboard": False,
-            "_system_config": SYSTEM_CONFIG,
-        },
-    )
+    cluster, workers = _start_cluster(result)
     try:
-        # The driver joins while the head is the only node: joining later, Ray before
-        # 2.55 could attach it to a worker node's raylet (all share one IP), which then
-        # could not be removed.
-        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
-        workers = [
-            cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE_BYTES) for _ in range(2)
-        ]
-        cluster.wait_for_nodes()
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False

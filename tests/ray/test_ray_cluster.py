@@ -58,7 +58,7 @@ def cluster_run(
         ],
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=420,  # up to three cluster starts (see _multinode._start_cluster)
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     result: dict[str, Any] = json.loads((folder / "out.json").read_text())
