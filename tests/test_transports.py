@@ -551,6 +551,7 @@ class _RefusingHandler(http.server.BaseHTTPRequestHandler):
 
     head: ClassVar[tuple[int, str]] = (400, "ExpiredToken")
     get: ClassVar[tuple[int, str]] = (400, "ExpiredToken")
+    message: ClassVar[str] = "Refused."
     seen: ClassVar[list[str]] = []
 
     def log_message(self, *args: object) -> None:
@@ -558,10 +559,11 @@ class _RefusingHandler(http.server.BaseHTTPRequestHandler):
 
     def _refuse(self) -> None:
         self.seen.append(self.command)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))  # a PUT's body
         status, code = self.head if self.command == "HEAD" else self.get
         body = (
             f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
-            "<Message>Refused.</Message></Error>"
+            f"<Message>{self.message}</Message></Error>"
         ).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/xml")
@@ -570,7 +572,7 @@ class _RefusingHandler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    do_GET = do_HEAD = _refuse
+    do_GET = do_HEAD = do_PUT = _refuse
 
 
 @contextlib.contextmanager
@@ -628,13 +630,56 @@ def test_a_head_refused_without_a_reason_names_the_reason_s3_gives_a_get(transpo
     assert (error.errno, error.status) == (errno.EACCES, 400)
     assert str(error) == (
         "cannot head s3://bkt/img.mha (row id 'p01', column 'img.mha'): access denied "
-        "(ExpiredToken); the temporary credentials have expired (those that "
+        "(ExpiredToken: Refused.); the temporary credentials have expired (those that "
         "Options.default() freezes are not refreshed: Options.default(freeze_credentials="
         "False) lets each process refresh its own)"
     )
     assert error.credentials_failed
     assert Expired.seen[0] == "HEAD"
     assert "GET" in Expired.seen  # (twice with obstore: its read of an empty object)
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_an_access_denied_error_keeps_what_s3_said(transport: str, tmp_path: Path) -> None:
+    """Before: "access denied (AccessDenied); check the credentials in Options" for a
+    bucket policy's or a KMS key's denial too; S3's message, which names the action and
+    the resource, was only in the chained cause, which pickling (Ray) drops."""
+    kms = (
+        "User: arn:aws:iam::111122223333:user/etl is not authorized to perform: "
+        "kms:Decrypt on resource: arn:aws:kms:us-east-1:111122223333:key/k1"
+    )
+    hint = (
+        "check the credentials in Options and what they may do (the bucket's policy, the "
+        "KMS key of an encrypted object, request_payer=True for a requester-pays bucket)"
+    )
+
+    class Denied(_RefusingHandler):
+        get = (403, "AccessDenied")
+        message = kms
+
+    local = tmp_path / "x.bin"
+    local.write_bytes(b"x")
+    with _fake_s3(Denied, transport) as options:
+        with pytest.raises(file_dataset.ObjectAccessDeniedError) as read:
+            file_dataset.reader({"img.mha": "s3://bkt/img.mha"}, options).into_blob_table()
+        with pytest.raises(file_dataset.ObjectAccessDeniedError) as written:
+            file_dataset.write_files({"x.bin": local}, "s3://bkt/out", "r1", options)
+        Denied.message = "Access Denied"  # what S3 says when it says nothing more
+        with pytest.raises(file_dataset.ObjectAccessDeniedError) as bare:
+            file_dataset.reader({"img.mha": "s3://bkt/img.mha"}, options).into_blob_table()
+    assert str(read.value) == (
+        f"cannot read s3://bkt/img.mha (column 'img.mha'): access denied (AccessDenied: "
+        f"{kms}); {hint}"
+    )
+    assert str(pickle.loads(pickle.dumps(read.value))) == str(read.value)
+    assert not read.value.credentials_failed
+    assert str(written.value) == (
+        f"cannot write s3://bkt/out/r1/x.bin (row id 'r1', column 'x.bin'): access denied "
+        f"(AccessDenied: {kms}); {hint}"
+    )
+    assert str(bare.value) == (
+        f"cannot read s3://bkt/img.mha (column 'img.mha'): access denied (AccessDenied); {hint}"
+    )
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])

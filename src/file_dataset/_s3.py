@@ -52,6 +52,7 @@ from file_dataset._errors import (
     forget_unmasked,
     mask_secrets,
     masked_cause,
+    masked_cut,
     no_descriptor_left,
 )
 from file_dataset._options import Options, RunState, current_run
@@ -75,17 +76,33 @@ _DENIED = frozenset(
 _EXPIRED = frozenset({"ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired"})
 
 
-def denied_reason(code: object) -> str:
-    """The reason of an access-denied error: what to check, by S3's code."""
+def denied_reason(code: object, message: str = "") -> str:
+    """The reason of an access-denied error: S3's code and message, and what to check.
+
+    S3's message is kept unless it only repeats the code: a denial by a bucket policy
+    or a KMS key names the action and the resource there, and only there.
+    """
+    said = " ".join(message.split())
+    told = f"{code}: {masked_cut(said, 500)}" if said.rstrip(".").lower() not in _BARE else code
     if code in _EXPIRED:
         hint = (
             "the temporary credentials have expired (those that Options.default() "
             "freezes are not refreshed: Options.default(freeze_credentials=False) lets "
             "each process refresh its own)"
         )
-    else:
+    elif code in CREDENTIALS_REFUSED or code == "SignatureDoesNotMatch":
         hint = "check the credentials in Options"
-    return f"access denied ({code}); {hint}"
+    else:
+        hint = (
+            "check the credentials in Options and what they may do (the bucket's "
+            "policy, the KMS key of an encrypted object, request_payer=True for a "
+            "requester-pays bucket)"
+        )
+    return f"access denied ({told}); {hint}"
+
+
+# What S3 and S3-compatible servers say with a denial when they say nothing more.
+_BARE = frozenset({"", "access denied", "forbidden"})
 
 
 # S3 answers a read of an archived object with 403 InvalidObjectState: the credentials
@@ -135,7 +152,7 @@ def _translate(error: Exception, url: str, operation: str) -> NoReturn:
             raise TransferError(url, f"{ARCHIVED} ({reason})", operation=operation) from cause
         if code in _DENIED or status == 403:
             raise ObjectAccessDeniedError(
-                url, denied_reason(code or status), operation=operation
+                url, denied_reason(code or status, message), operation=operation
             ) from cause
         raise TransferError(url, reason, operation=operation) from cause
     if isinstance(error, FlexibleChecksumError):

@@ -221,7 +221,7 @@ def _translate(error: Exception, text: str, url: str, operation: str) -> NoRetur
         or code in _DENIED
         or status_code == "403"
     ):
-        reason = denied_reason(code or status_code or "forbidden")
+        reason = denied_reason(code or status_code or "forbidden", message)
         raise ObjectAccessDeniedError(url, reason, operation=operation) from cause
     failure = TransferError(url, reason, operation=operation)
     failure.unreachable = unreachable  # no connection, or no answer in time
