@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import errno
 import gc
+import http.server
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import threading
+import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import cloudpickle
 import numpy as np
@@ -1369,3 +1374,149 @@ def test_a_blob_read_leaves_no_reference_cycle_behind(tmp_path: Path) -> None:
     assert len(left) <= 1
     assert [(o._values, o._pending, o._chunks) for o in left] == [([], [], [])] * len(left)
     assert table.column("a").to_pylist() == [b"a" * 1000] * 2
+
+
+class _CountingObjects(http.server.BaseHTTPRequestHandler):
+    """Serves ``objects`` (path-style ``/bucket/key``) to HEAD and (ranged) GET, and
+    counts the requests by method and path in ``seen``; other paths get 404 NoSuchKey."""
+
+    objects: ClassVar[dict[str, bytes]] = {}
+    seen: ClassVar[collections.Counter[tuple[str, str]]] = collections.Counter()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _answer(self) -> None:
+        path = urllib.parse.unquote(self.path.split("?")[0])
+        self.seen[self.command, path] += 1
+        body = self.objects.get(path)
+        if body is None:
+            error = b"<Error><Code>NoSuchKey</Code><Message>No such key.</Message></Error>"
+            self.send_response(404)
+            self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(error)))
+            self.end_headers()
+            if self.command == "GET":
+                self.wfile.write(error)
+            return
+        start, end = 0, len(body) - 1
+        asked = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
+        if asked and self.command == "GET":
+            start = int(asked.group(1))
+            end = min(end, int(asked.group(2) or end))
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("ETag", f'"{zlib.crc32(body):08x}"')
+        self.send_header("Last-Modified", "Thu, 03 Dec 2026 12:00:00 GMT")
+        self.end_headers()
+        if self.command == "GET":
+            self.wfile.write(body[start : end + 1])
+
+    do_GET = do_HEAD = _answer
+
+
+@contextmanager
+def _counting_s3(
+    objects: dict[str, bytes], transport: str
+) -> Iterator[tuple[Options, type[_CountingObjects]]]:
+    """Serves ``objects`` (by key, in bucket ``bkt``); yields options that reach the
+    server and the handler class, whose ``seen`` counts the requests."""
+
+    class Handler(_CountingObjects):
+        pass
+
+    Handler.objects = {f"/bkt/{key}": body for key, body in objects.items()}
+    Handler.seen = collections.Counter()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        options = Options(
+            session_kwargs={
+                "aws_access_key_id": "AKIAFAKES30000000000",
+                "aws_secret_access_key": "s" * 40,
+                "region_name": "us-east-1",
+            },
+            s3_client_kwargs={"endpoint_url": f"http://127.0.0.1:{server.server_address[1]}"},
+            transport=transport,
+            max_attempts=1,
+        )
+        yield options, Handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_an_object_in_several_cells_is_transferred_once(
+    transport: str, tmp_path: Path, system_tmp: Path
+) -> None:
+    """Before: one GET (or HEAD) per cell: an atlas in every row of 4 (and in a second
+    column of one) was read 5 times, and a blob table held 5 copies of it (a helper's
+    200 MiB atlas in 2 columns x 4 rows made a 1,603 MiB table)."""
+    atlas = os.urandom(2 * 1024 * 1024 + 3)  # large enough to be a chunk of its own
+    scans = {f"s{i}": f"scan {i}".encode() for i in range(4)}
+    frame = pd.DataFrame(
+        {
+            "id": ["p0", "p1", "p2", "p3"],
+            "atlas.mha": ["s3://bkt/atlas"] * 4,
+            "scan.mha": ["s3://bkt/s0", "s3://bkt/s1", "s3://bkt/atlas", None],
+            "small.txt": ["s3://bkt/s3", "s3://bkt/s3", None, "s3://bkt/s2"],
+        }
+    )
+    with _counting_s3({"atlas": atlas, **scans}, transport) as (options, server):
+        table = file_dataset.reader(frame, options).into_blob_table()
+        blob_gets = dict(server.seen)
+        server.seen.clear()
+        sizes = file_dataset.reader(frame, options).into_size_table()
+        heads = dict(server.seen)
+        server.seen.clear()
+        with file_dataset.reader(frame, options).into_temp_dir() as folder:
+            temp_gets = dict(server.seen)
+            on_disk = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*")}
+            files = {name: p.read_bytes() for name, p in on_disk.items() if p.is_file()}
+            inodes = {os.stat(on_disk[f"{i}/atlas.mha"]).st_ino for i in ("p0", "p1", "p2", "p3")}
+        server.seen.clear()
+        with pytest.raises(file_dataset.ObjectNotFoundError) as missing:
+            file_dataset.reader(
+                pd.DataFrame({"id": ["a", "b"], "f": ["s3://bkt/gone"] * 2}), options
+            ).into_blob_table()
+        missing_gets = dict(server.seen)
+    expected_gets = {("GET", f"/bkt/{key}"): 1 for key in ("atlas", "s0", "s1", "s2", "s3")}
+    assert blob_gets == expected_gets
+    assert temp_gets == expected_gets
+    assert heads == {("HEAD", f"/bkt/{key}"): 1 for key in ("atlas", "s0", "s1", "s2", "s3")}
+    assert table.to_pydict() == {
+        "id": ["p0", "p1", "p2", "p3"],
+        "atlas.mha": [atlas] * 4,
+        "scan.mha": [b"scan 0", b"scan 1", atlas, None],
+        "small.txt": [b"scan 3", b"scan 3", None, b"scan 2"],
+    }
+    # The atlas's cells share one buffer (no copy per cell).
+    shared = {
+        chunk.buffers()[2].address
+        for name in ("atlas.mha", "scan.mha")
+        for chunk in table[name].chunks
+        if len(chunk) == 1 and chunk.null_count == 0 and len(chunk[0].as_py()) == len(atlas)
+    }
+    assert len(shared) == 1
+    assert sizes.to_pydict() == {
+        "id": ["p0", "p1", "p2", "p3"],
+        "atlas.mha": [len(atlas)] * 4,
+        "scan.mha": [6, 6, len(atlas), None],
+        "small.txt": [6, 6, None, 6],
+    }
+    assert files == {
+        **{f"p{i}/atlas.mha": atlas for i in range(4)},
+        "p0/scan.mha": b"scan 0",
+        "p1/scan.mha": b"scan 1",
+        "p2/scan.mha": atlas,
+        "p0/small.txt": b"scan 3",
+        "p1/small.txt": b"scan 3",
+        "p3/small.txt": b"scan 2",
+    }
+    assert len(inodes) == 4  # copies, not links: changing one leaves the others
+    assert missing.value.row_id == "a"  # the first of its cells
+    assert missing_gets == {("GET", "/bkt/gone"): 1}
+    assert list(system_tmp.iterdir()) == []

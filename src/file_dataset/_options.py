@@ -800,10 +800,12 @@ class Options:
             Raising it (to 128, say) helps many small objects over a slow link and
             costs threads and connections (and one boto3 client per thread where
             boto3 carries the bytes).
-        part_size: The size of each ranged GET and multipart-upload part; from 5 MiB
-            to 5 GiB (S3's smallest and largest parts).
+        part_size: The size of each multipart-upload part, and of each ranged GET
+            after a large object's first (which reads ``multipart_threshold`` bytes);
+            from 5 MiB to 5 GiB (S3's smallest and largest parts).
         multipart_threshold: Objects larger than this are read with parallel ranged
-            GETs and written with multipart uploads; smaller ones take one request.
+            GETs and written with multipart uploads; smaller ones take one request
+            (an empty object's read takes two).
             At least ``part_size`` and at most 5 GiB (S3's largest single PUT); by
             default 16 MiB, or ``part_size`` if larger.
         retry_mode: botocore retry mode: ``"adaptive"`` (default), ``"standard"`` or

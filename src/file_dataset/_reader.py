@@ -8,6 +8,7 @@ import os
 import tempfile
 import weakref
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,9 +19,17 @@ import pyarrow as pa
 from file_dataset._backend import Blob, copy_into, new_buffer
 from file_dataset._errors import InvalidInputError, translate_os_error
 from file_dataset._frame import ID_COLUMN, FileTable, parse_frame, parse_row
-from file_dataset._local import not_a_folder, remove_tree
+from file_dataset._local import atomic_copy, not_a_folder, remove_tree
 from file_dataset._options import Options, resolve_options
-from file_dataset._transfer import Context, Job, download_job, read_job, run_jobs, size_job
+from file_dataset._transfer import (
+    Context,
+    Job,
+    download_job,
+    local_failure,
+    read_job,
+    run_jobs,
+    size_job,
+)
 from file_dataset._urls import Location, check_local_name, local_child, local_folder
 
 __all__ = ["FileReader", "TempDir", "reader"]
@@ -290,15 +299,17 @@ class FileReader:
                 except OSError as e:  # a file in the way, no permission, ...
                     failure = translate_os_error(not_a_folder(folder) or e, str(folder), "write")
                     raise failure.with_context(row_id, None) from e
-        jobs: list[Job[Path]] = []
-        contexts: list[Context] = []
         paths: dict[str, Path] = {}
-        for i, j, loc in self._cells():
+        dests: dict[tuple[int, int], Path] = {}
+        for i, j, _ in self._cells():
             name = table.columns[j]
             dest = local_child(root, name) if table.ids is None else folders[table.ids[i]] / name
-            paths[name] = dest
-            jobs.append(download_job(loc, dest, self._options))
-            contexts.append(self._context(i, j))
+            paths[name] = dests[i, j] = dest
+
+        def make_job(loc: Location, cells: list[tuple[int, int]]) -> Job[Path]:
+            return _download_and_copy(loc, [dests[cell] for cell in cells], self._options)
+
+        jobs, contexts, _ = self._jobs_per_object(make_job)
         run_jobs(jobs, self._options, contexts)
         return paths if table.ids is None else folders
 
@@ -332,13 +343,15 @@ class FileReader:
         table = self._table
         shared = _Pending()
         builders = [_ColumnBuilder(len(table.cells), shared) for _ in table.columns]
-        jobs, contexts, where = self._jobs_per_cell(lambda loc: read_job(loc, self._options))
-        for i, j in where:
-            builders[j].expect(i)
+        jobs, contexts, where = self._jobs_per_object(lambda loc, _: read_job(loc, self._options))
+        for cells in where:
+            for i, j in cells:
+                builders[j].expect(i)
 
         def on_result(index: int, blob: Blob) -> None:
-            i, j = where[index]
-            builders[j].put(i, blob)
+            # An object in several cells is read once; its large copies share memory.
+            for i, j in where[index]:
+                builders[j].put(i, blob)
             if shared.bytes >= _CHUNK_BYTES:
                 # the columns holding most first, down to half the budget: fewer,
                 # larger chunks than one of every column's few objects each time
@@ -372,33 +385,42 @@ class FileReader:
             PermissionError: Access to an object was denied.
             OSError: Another failure.
         """
-        columns = self._run_per_cell(lambda loc: size_job(loc, self._options))
+        columns = self._run_per_object(lambda loc: size_job(loc, self._options))
         arrays = [pa.chunked_array([pa.array(values, pa.int64())]) for values in columns]
         return self._assemble(arrays, pa.int64())
 
-    def _jobs_per_cell(
-        self, make_job: Callable[[Location], Job[T]]
-    ) -> tuple[list[Job[T]], list[Context], list[tuple[int, int]]]:
-        """One job per non-null cell, with its (row id, column) and its (row, column)."""
-        jobs: list[Job[T]] = []
+    def _jobs_per_object(
+        self, make_job: Callable[[Location, list[tuple[int, int]]], Job[T]]
+    ) -> tuple[list[Job[T]], list[Context], list[list[tuple[int, int]]]]:
+        """One job per distinct object of the non-null cells.
+
+        An object named in several cells is transferred once. Returns the jobs, the
+        (row id, column) of each one's first cell (to name in errors), and the
+        (row, column) of each one's cells, which ``make_job`` also gets.
+        """
+        first: dict[Location, int] = {}
+        where: list[list[tuple[int, int]]] = []
         contexts: list[Context] = []
-        where: list[tuple[int, int]] = []
         for i, j, loc in self._cells():
-            jobs.append(make_job(loc))
-            contexts.append(self._context(i, j))
-            where.append((i, j))
+            k = first.setdefault(loc, len(where))
+            if k == len(where):
+                where.append([])
+                contexts.append(self._context(i, j))
+            where[k].append((i, j))
+        jobs = [make_job(loc, where[k]) for loc, k in first.items()]
         return jobs, contexts, where
 
-    def _run_per_cell(self, make_job: Callable[[Location], Job[T]]) -> list[list[T | None]]:
-        """Runs one job per non-null cell, all at once; returns the results by column."""
-        jobs, contexts, where = self._jobs_per_cell(make_job)
+    def _run_per_object(self, make_job: Callable[[Location], Job[T]]) -> list[list[T | None]]:
+        """Runs one job per distinct object, all at once; returns the results by column."""
+        jobs, contexts, where = self._jobs_per_object(lambda loc, _: make_job(loc))
         results = run_jobs(jobs, self._options, contexts)
         del jobs
         columns: list[list[T | None]] = [
             [None] * len(self._table.cells) for _ in self._table.columns
         ]
-        for (i, j), value in zip(where, results, strict=True):
-            columns[j][i] = value
+        for cells, value in zip(where, results, strict=True):
+            for i, j in cells:
+                columns[j][i] = value
         return columns
 
     def _assemble(self, arrays: list[pa.ChunkedArray[Any]], value_type: pa.DataType) -> pa.Table:
@@ -409,6 +431,26 @@ class FileReader:
             fields.insert(table.id_position, pa.field(ID_COLUMN, pa.string(), nullable=False))
             arrays.insert(table.id_position, pa.chunked_array([pa.array(table.ids, pa.string())]))
         return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _download_and_copy(loc: Location, dests: list[Path], options: Options) -> Job[Path]:
+    """Downloads ``loc`` to ``dests[0]``, then copies it to the other paths.
+
+    The other paths are those of the same object's other cells; each copy is made
+    through a temporary name, as the download is.
+    """
+    path = yield from download_job(loc, dests[0], options)
+    if len(dests) > 1:
+        yield [partial(_copy_to, path, loc, dests[1:])]
+    return path
+
+
+def _copy_to(src: Path, loc: Location, dests: list[Path]) -> None:
+    for dest in dests:
+        try:
+            atomic_copy(src, dest)
+        except OSError as e:  # a full disk, say: named as the download of ``loc`` to dest
+            raise local_failure(e, loc, dest) from e
 
 
 def _single_value_chunk(blob: Blob) -> pa.Array[Any]:

@@ -123,13 +123,13 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
         try:
             write = partial(_pwrite_all, open_temp(total))
         except OSError as e:
-            raise _local_failure(e, loc, dest) from e
+            raise local_failure(e, loc, dest) from e
 
         def write_checked(offset: int, data: Blob) -> None:
             try:
                 write(offset, data)
             except OSError as e:
-                raise _local_failure(e, loc, dest) from e
+                raise local_failure(e, loc, dest) from e
 
         return write_checked
 
@@ -171,12 +171,12 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         if isinstance(e, OSError) and not isinstance(e, TransferError):
-            raise _local_failure(e, loc, dest) from e
+            raise local_failure(e, loc, dest) from e
         raise
     return dest
 
 
-def _local_failure(error: OSError, loc: Location, dest: Path) -> TransferError:
+def local_failure(error: OSError, loc: Location, dest: Path) -> TransferError:
     """The error for a download whose local side failed (a full disk, a size limit).
 
     It still names the object, and through the job's context its row id and column,
