@@ -1687,7 +1687,15 @@ def test_write_options_without_into_path_name_the_keys_given_instead() -> None:
     assert str(info.value) == "write_options needs an 'into_path' (unknown keys: ['into'])"
     with pytest.raises(ValueError) as info:
         Pipeline(upper, {"into_path": "s3://bkt/o", "option": None, 1: None})
-    assert str(info.value) == "unknown write_options: [1, 'option']"
+    settings = (
+        "(write_options takes 'into_path' and 'options'; the writes' settings, such as "
+        "upload_args or part_size, go in 'options': Options(upload_args={...}))"
+    )
+    assert str(info.value) == f"unknown write_options: [1, 'option'] {settings}"
+    # Before: no word of where upload_args go (helper-87, migrating from ExtraArgs).
+    with pytest.raises(ValueError) as info:
+        Pipeline(upper, {"into_path": "s3://bkt/o", "upload_args": {"StorageClass": "GLACIER"}})
+    assert str(info.value) == f"unknown write_options: ['upload_args'] {settings}"
 
 
 def test_a_single_row_without_an_id_is_refused_as_a_row(
@@ -2233,7 +2241,7 @@ def test_credentials_that_s3_refuses_part_way_end_the_call(
         server.server_close()
     error = raised.value
     assert (error.row_id, error.url, error.credentials_failed) == ("p4", "s3://bkt/refused", True)
-    assert f"access denied ({code})" in str(error)
+    assert f"access denied ({code}: No.)" in str(error)
     assert "the credentials failed" in "".join(error.__notes__)
     assert [(f.id, f.stage) for f in pipeline.last_failures] == [("p2", "read"), ("p4", "read")]
     assert not pipeline.last_failures[0].error.credentials_failed  # one object's refusal

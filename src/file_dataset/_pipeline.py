@@ -246,7 +246,11 @@ class Pipeline:
                 + (f" (unknown keys: {unknown})" if unknown else "")
             )
         if unknown:
-            raise InvalidInputError(f"unknown write_options: {unknown}")
+            raise InvalidInputError(
+                f"unknown write_options: {unknown} (write_options takes 'into_path' and "
+                "'options'; the writes' settings, such as upload_args or part_size, go in "
+                "'options': Options(upload_args={...}))"
+            )
         parse_url(write_options["into_path"], prefix=True)
         if write_options.get("options") is not None:
             resolve_options(write_options["options"], "Pipeline(write_options={'options': ...})")

@@ -13,12 +13,14 @@ those that send their own functions to Ray workers register themselves with
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pandas as pd
+import psutil
 import pytest
 import ray.data
 
@@ -111,14 +113,35 @@ def ray_local() -> Iterator[None]:
     carries. ``address="local"``: always a Ray of its own, never one already running on
     the machine (another test run's, or a user's).
     """
-    ray.init(
-        address="local",
-        num_cpus=2,
-        object_store_memory=256 * 1024 * 1024,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    for attempt in range(1, 4):
+        # Ray gives a starting node a fixed 30 s to register (node.py, not configurable
+        # in Ray 2.60), which a machine under heavy load can miss: then the Ray
+        # processes this attempt started are ended and Ray is started again.
+        before = {child.pid for child in psutil.Process().children(recursive=True)}
+        try:
+            ray.init(
+                address="local",
+                num_cpus=2,
+                object_store_memory=256 * 1024 * 1024,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+            break
+        except Exception as e:
+            if attempt == 3 or "timed out during startup" not in str(e):
+                raise
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            started = [
+                child
+                for child in psutil.Process().children(recursive=True)
+                if child.pid not in before  # not the S3 server
+            ]
+            for child in started:
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+            psutil.wait_procs(started, timeout=30)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
