@@ -704,6 +704,40 @@ def test_only_a_4xx_head_is_asked_again_and_only_a_4xx_get_replaces_it(transport
     assert "InternalError" not in str(error)
 
 
+class _RefusingHeads(_RefusingHandler):
+    """A gateway that refuses HEAD (405, no body) and answers a ranged GET: the object
+    holds ``size`` bytes of ``x``."""
+
+    head = (405, "MethodNotAllowed")
+    size: ClassVar[int] = 12345
+
+    def do_GET(self) -> None:
+        self.seen.append("GET")
+        asked = re.fullmatch(r"bytes=0-(\d+)", self.headers.get("Range") or "")
+        end = min(self.size - 1, int(asked.group(1))) if asked else self.size - 1
+        self.send_response(206 if asked else 200)
+        if asked:
+            self.send_header("Content-Range", f"bytes 0-{end}/{self.size}")
+        self.send_header("Content-Length", str(end + 1))
+        self.send_header("ETag", '"e"')
+        self.end_headers()
+        self.wfile.write(b"x" * (end + 1))
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_size_refused_by_head_is_read_from_a_get(transport: str) -> None:
+    """Before: the one-byte GET that asks why a HEAD got a bare 4xx was answered, with
+    the size, and the HEAD's error ("405: Method Not Allowed") was raised anyway (a
+    request-count audit's finding)."""
+    _RefusingHeads.seen = []
+    frame = pd.DataFrame({"id": ["p01"], "img.mha": ["s3://bkt/img.mha"]})
+    with _fake_s3(_RefusingHeads, transport) as options:
+        sizes = file_dataset.reader(frame, options).into_size_table()
+    assert sizes.to_pydict() == {"id": ["p01"], "img.mha": [12345]}
+    assert _RefusingHeads.seen[0] == "HEAD"
+    assert "GET" in _RefusingHeads.seen
+
+
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
 def test_an_endpoint_that_never_answers_is_unreachable_on_both_transports(
     transport: str,

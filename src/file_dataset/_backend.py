@@ -318,19 +318,23 @@ def _client_error(error: TransferError) -> bool:
     return error.status is not None and 400 <= error.status < 500
 
 
-def explain_head(backend: Backend, loc: Location, translate: Callable[[], NoReturn]) -> NoReturn:
-    """Raises the error of a failed HEAD, made clearer by a GET when S3 said too little.
+def explain_head(backend: Backend, loc: Location, translate: Callable[[], NoReturn]) -> int:
+    """The size of an object whose HEAD failed, or the HEAD's error, made clearer.
 
     A HEAD's answer has no body, so a 4xx other than "not found" or "forbidden" (an
-    invalid or expired session token, a missing SSE-C key: 400 Bad Request) shows
-    only its status. A one-byte GET of the object then gets S3's code and message:
-    when it too is refused with a 4xx, its error is raised instead, as the HEAD's
-    (other failures of the GET leave the HEAD's error as it was).
+    invalid or expired session token, a missing SSE-C key: 400 Bad Request; a gateway
+    that refuses HEAD: 405) shows only its status. A one-byte GET of the object then
+    asks again: when it is refused with a 4xx, its error (with S3's code and message)
+    is raised instead, as the HEAD's; when it is answered, the size it gives is
+    returned (other failures of the GET leave the HEAD's error as it was).
 
     Args:
         backend: The backend whose HEAD failed.
         loc: The object.
         translate: Raises the HEAD's own error (the backend's ``translate_error``).
+
+    Returns:
+        The object's size, from the GET's answer.
     """
     try:
         translate()
@@ -338,7 +342,7 @@ def explain_head(backend: Backend, loc: Location, translate: Callable[[], NoRetu
         if type(failed) is not TransferError or not _client_error(failed):
             raise
         try:
-            backend.read_first(loc, 1)
+            _, total, _ = backend.read_first(loc, 1)
         except TransferError as told:
             if not _client_error(told):
                 raise failed from failed.__cause__
@@ -346,7 +350,7 @@ def explain_head(backend: Backend, loc: Location, translate: Callable[[], NoRetu
             clearer.errno, clearer.status = told.errno, told.status
             clearer.credentials_failed = told.credentials_failed
             raise clearer from failed
-        raise
+        return total
 
 
 def transport_of(options: Options) -> str:

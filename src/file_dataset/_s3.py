@@ -554,7 +554,7 @@ class S3Backend:
                 Bucket=loc.bucket, Key=loc.key, **self._args("head")
             )
         except (ClientError, BotoCoreError) as e:
-            explain_head(self, loc, partial(translate_error, e, str(loc), "head"))
+            return explain_head(self, loc, partial(translate_error, e, str(loc), "head"))
         if resp.get("ContentLength") is None:
             raise TransferError(
                 str(loc), "the server's answer to a HEAD gave no Content-Length", operation="head"

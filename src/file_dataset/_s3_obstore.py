@@ -739,7 +739,7 @@ class ObstoreS3Backend:
             head = self._request(loc, lambda store: obstore.head(store, loc.key), "head")
             return int(head["size"])
         except (BaseError, OSError) as e:
-            explain_head(self, loc, partial(translate_error, e, str(loc), "head"))
+            return explain_head(self, loc, partial(translate_error, e, str(loc), "head"))
 
     def write(self, src: Path, loc: Location) -> None:
         where = (self._options.s3_client_kwargs.get("endpoint_url"), loc.bucket)
