@@ -77,7 +77,6 @@ BODY_STALLED = (
     "read_timeout of the Options' Config, in each of up to max_attempts responses"
 )
 
-# What a HEAD of a missing object reports: its 404 has no body naming the error.
 # S3's codes for credentials refused whatever the object (not SignatureDoesNotMatch,
 # which some S3-compatible servers give for one odd key alone).
 CREDENTIALS_REFUSED = frozenset(
@@ -98,6 +97,7 @@ CREDENTIALS_MISSING: tuple[type[Exception], ...] = (
     botocore.exceptions.TokenRetrievalError,
 )
 
+# What a HEAD of a missing object reports: its 404 has no body naming the error.
 HEAD_NOT_FOUND = "not found (404: no such key, or no such bucket)"
 
 
