@@ -1590,11 +1590,42 @@ def test_equal_options_objects_share_one_store_and_identity_caches_stay_bounded(
         assert file_dataset.reader(row, options).into_blob_table().to_pylist() == [
             {"shared.bin": b"one store for equal options"}
         ]
-        fast = _s3_obstore._FAST[(os.getpid(), id(options), bucket)]
-        assert fast[:2] == (options, store)
-        assert len(_s3_obstore._FAST) <= 8
+        assert _s3_obstore.store_for(options, bucket) is store
         assert len(_s3_obstore._SERVES) <= 8
         assert len(_backend._BACKENDS) <= 8
+
+
+def test_options_values_the_process_forgets_let_go_of_their_stores(
+    s3_server: LocalS3Server, put: Callable[[str, bytes], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: obstore stores were kept by options value, up to 256 of them, each with
+    its pool of open connections: a service making new options as its credentials
+    rotated ran out of file descriptors after 17 rotations of 64 objects (helper-86),
+    while the boto3 transport's connections went with the 8 runtimes kept."""
+    from file_dataset import _options, _s3_obstore
+
+    monkeypatch.delenv("FILE_DATASET_TRANSPORT", raising=False)
+    url = put("rotated.bin", b"rotated")
+    bucket = url.split("/")[2]
+    used = []
+    for i in range(_options._MAX_RUNTIMES + 4):  # a new value each time (as new keys)
+        options = s3_server.options(transport="obstore", max_concurrency=4 + i)
+        assert file_dataset.reader({"f": url}, options).into_blob_table().to_pylist() == [
+            {"f": b"rotated"}
+        ]
+        used.append((options, options._live(), _s3_obstore.store_for(options, bucket)))
+    live = list(_options._Runtime._registry.values())
+    assert sum(len(runtime.stores) for runtime in live) <= _options._MAX_RUNTIMES
+    forgotten = [runtime for _, runtime, _ in used if runtime not in live]
+    assert len(forgotten) >= 4
+    assert all(runtime.retired and runtime.stores == {} for runtime in forgotten)
+    # Options still held by the caller get a new runtime, and a new store, when used.
+    first, runtime, store = used[0]
+    assert first._live() is not runtime
+    assert _s3_obstore.store_for(first, bucket) is not store
+    assert file_dataset.reader({"f": url}, first).into_blob_table().to_pylist() == [
+        {"f": b"rotated"}
+    ]
 
 
 class _ReplacingProxy(http.server.BaseHTTPRequestHandler):

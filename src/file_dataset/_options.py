@@ -153,6 +153,9 @@ class _Runtime:
         self._lock = threading.Lock()
         self.retired = False  # forgotten by the registry (see retire)
         self.endpoint: str | None = None  # the S3 client's endpoint URL, once asked for
+        # obstore's store per bucket (see _s3_obstore.store_for): each holds its own
+        # connections, which end with it, so they live and go with this runtime.
+        self.stores: dict[str, Any] = {}
         self.ca_bundle: str | None = None  # a private CA its sessions trust (see below)
 
     @classmethod
@@ -199,6 +202,9 @@ class _Runtime:
         # Not shut down (a caller may still hold it): its threads end once it is
         # collected, and options that still hold this runtime get a new one.
         self._executor = None
+        # Transfers under way keep their store; its connections close when they end,
+        # not when the options object that held this runtime is collected.
+        self.stores = {}
 
 
 # What a worker of _Workers reports: (tag, result, error).

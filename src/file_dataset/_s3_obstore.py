@@ -82,9 +82,6 @@ from file_dataset._urls import Location
 # spread; 64 KiB was slower.
 _STREAM_CHUNK_BYTES = 256 * 1024
 T = TypeVar("T")
-_STORES: dict[tuple[Any, ...], S3Store] = {}  # by (pid, options, bucket, environment)
-# by (pid, id(options), bucket): (options, store, environment)
-_FAST: dict[tuple[int, int, str], tuple[Options, S3Store, int]] = {}
 _STORES_LOCK = threading.Lock()
 # Buckets that S3 said live in another region than their options' client, by
 # (pid, options value, bucket): the region their stores are made for (see _relocate).
@@ -484,30 +481,21 @@ def _new_store(options: Options, bucket: str) -> S3Store:
 def store_for(options: Options, bucket: str) -> S3Store:
     """The process's obstore store for ``bucket`` under ``options`` (created once).
 
-    Equal options share a store, unless the later ones were first used after the
-    environment changed (as they share clients: see ``_Runtime``). The lookup by
-    identity comes first: hashing the options (which freezes their nested settings)
-    costs ~12 us, against ~0.5 us, and this runs for every request. Every options
-    object seen is remembered that way, also one equal to an earlier one (as each Ray
-    task unpickles).
+    Stores live with the options' runtime (``_Runtime``), as clients do: equal options
+    share them, unless the later ones were first used after the environment changed,
+    and a runtime that the process forgets (it keeps the most recently used few) lets
+    go of its stores, and so of their connections (kept by options value instead, up
+    to 256 values' pools of connections stayed open: a service that made new options
+    as credentials rotated ran out of file descriptors).
     """
-    pid = os.getpid()
-    # the environment the options' clients were resolved in (see _Runtime)
-    environment = options._live().environment
-    fast_key = (pid, id(options), bucket)
-    fast = _FAST.get(fast_key)
-    if fast is not None and fast[0] is options and fast[2] == environment:
-        return fast[1]
-    key = (pid, options, bucket, environment)
-    store = _STORES.get(key)
+    stores = options._live().stores
+    store = stores.get(bucket)
     if store is None:
         with _STORES_LOCK:
-            store = _STORES.get(key)
+            store = stores.get(bucket)
             if store is None:
-                store = _new_store(options, bucket)
-                remember(_STORES, key, store)  # bounded: options values can be many
-    remember(_FAST, fast_key, (options, store, environment))
-    return store
+                store = stores[bucket] = _new_store(options, bucket)
+    return cast(S3Store, store)
 
 
 def _bucket_region(options: Options, bucket: str) -> str | None:
@@ -549,12 +537,9 @@ def _relocate(options: Options, bucket: str, failed: S3Store) -> bool:
                 return False  # nothing better to try
             _REGIONS[key] = region
         with _STORES_LOCK:
-            for store_key, store in list(_STORES.items()):
-                if store is failed:
-                    del _STORES[store_key]
-            for fast_key, (_, store, _) in list(_FAST.items()):
-                if store is failed:
-                    del _FAST[fast_key]
+            stores = options._live().stores
+            if stores.get(bucket) is failed:
+                del stores[bucket]
         return True
 
 
