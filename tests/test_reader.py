@@ -1520,3 +1520,24 @@ def test_an_object_in_several_cells_is_transferred_once(
     assert missing.value.row_id == "a"  # the first of its cells
     assert missing_gets == {("GET", "/bkt/gone"): 1}
     assert list(system_tmp.iterdir()) == []
+
+
+def test_a_failed_copy_of_an_object_in_several_cells_names_its_own_cell(
+    options: Options, put: Put, tmp_path: Path
+) -> None:
+    """The object is downloaded for its first cell and copied for the others: a copy
+    that fails names the cell it was for (the first version named the first cell,
+    which had succeeded; a regression hunt's finding)."""
+    url = put("twice.bin", b"twice")
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "f.bin": [url] * 3})
+    root = tmp_path / "root"
+    (root / "b" / "f.bin").mkdir(parents=True)  # a folder where row b's file goes
+    with pytest.raises(file_dataset.TransferError) as raised:
+        file_dataset.reader(frame, options).download_to(root)
+    error = raised.value
+    assert (error.row_id, error.column, error.url) == ("b", "f.bin", url)
+    assert f"could not write {root / 'b' / 'f.bin'}" in str(error)
+    files = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert files.items() <= {"a/f.bin": b"twice", "c/f.bin": b"twice"}.items()
+    assert "a/f.bin" in files  # the download itself, which did not fail
+    assert [p.name for p in (root / "b").iterdir()] == ["f.bin"]  # no temporary file left

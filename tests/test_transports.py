@@ -683,6 +683,59 @@ def test_an_access_denied_error_keeps_what_s3_said(transport: str, tmp_path: Pat
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_s3s_code_is_read_from_its_answer_not_from_a_key_that_quotes_one(transport: str) -> None:
+    """obstore quotes the key, unescaped, before the answer's body in its error: a key
+    holding <Code>ExpiredToken</Code> made a 404 an expired-token error (with
+    credentials_failed set, which ends a Pipeline call; a regression hunt's finding)."""
+
+    class Missing(_RefusingHandler):
+        get = (404, "NoSuchKey")
+
+    key = "x<Code>ExpiredToken</Code>/img.mha"
+    with (
+        _fake_s3(Missing, transport) as options,
+        pytest.raises(file_dataset.ObjectNotFoundError) as raised,
+    ):
+        file_dataset.reader({"img.mha": f"s3://bkt/{key}"}, options).into_blob_table()
+    assert not raised.value.credentials_failed
+    assert str(raised.value).endswith("): NoSuchKey: Refused.")
+
+
+def test_a_code_inside_the_message_of_s3s_answer_is_not_its_code() -> None:
+    from file_dataset._s3_obstore import _s3_code
+
+    text = (
+        "Object at location k not found: Error performing GET http://h/b/k in 2ms - Server "
+        "returned non-2xx status code: 404 Not Found: <?xml version='1.0'?><Error><Message>"
+        "<![CDATA[no <Code>ExpiredToken</Code> here]]></Message><Code>NoSuchKey</Code></Error>"
+    )
+    assert _s3_code(text) == ("NoSuchKey", "no <Code>ExpiredToken</Code> here")
+    # Not well-formed: searched as before.
+    assert _s3_code("status code: 403: <Error><Code>AccessDenied</Code><Message>a & b")[0] == (
+        "AccessDenied"
+    )
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_clock_s3_finds_skewed_fails_every_request_and_says_so(transport: str) -> None:
+    class Skewed(_RefusingHandler):
+        get = (403, "RequestTimeTooSkewed")
+        message = "The difference between the request time and the current time is too large."
+
+    with (
+        _fake_s3(Skewed, transport) as options,
+        pytest.raises(file_dataset.ObjectAccessDeniedError) as raised,
+    ):
+        file_dataset.reader({"f": "s3://bkt/k"}, options).into_blob_table()
+    assert raised.value.credentials_failed  # a Pipeline call ends on it
+    assert str(raised.value).endswith(
+        "access denied (RequestTimeTooSkewed: The difference between the request time and "
+        "the current time is too large.); this machine's clock differs from S3's by more "
+        "than 15 minutes, and requests are signed with the time: set the clock right (NTP)"
+    )
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
 def test_only_a_4xx_head_is_asked_again_and_only_a_4xx_get_replaces_it(transport: str) -> None:
     """A regression hunt found the first version doubling the retries of a 5xx or a
     throttle (88.9 s instead of 44 with boto3's), and raising a GET's unrelated 5xx or

@@ -78,7 +78,8 @@ BODY_STALLED = (
 )
 
 # S3's codes for credentials refused whatever the object (not SignatureDoesNotMatch,
-# which some S3-compatible servers give for one odd key alone).
+# which some S3-compatible servers give for one odd key alone), and for a signature
+# whose time is off (a clock 15 minutes wrong fails every request signed with it).
 CREDENTIALS_REFUSED = frozenset(
     {
         "ExpiredToken",
@@ -86,6 +87,7 @@ CREDENTIALS_REFUSED = frozenset(
         "TokenRefreshRequired",
         "InvalidToken",
         "InvalidAccessKeyId",
+        "RequestTimeTooSkewed",
     }
 )
 # botocore's errors for credentials it could not find, load or refresh (no request sent).

@@ -326,7 +326,9 @@ class TransferError(FileDatasetError, OSError):
             object: none found, none could be loaded or refreshed (botocore's
             ``NoCredentialsError``, ``CredentialRetrievalError``, ...), or S3 refused
             them as expired or unknown (``ExpiredToken``, ``InvalidToken``,
-            ``InvalidAccessKeyId``). Every later request with them fails too.
+            ``InvalidAccessKeyId``), or refused their signature's time
+            (``RequestTimeTooSkewed``: this machine's clock is wrong). Every later
+            request with them fails too.
     """
 
     _ERRNO: int | None = None

@@ -307,7 +307,8 @@ class FileReader:
             paths[name] = dests[i, j] = dest
 
         def make_job(loc: Location, cells: list[tuple[int, int]]) -> Job[Path]:
-            return _download_and_copy(loc, [dests[cell] for cell in cells], self._options)
+            copies = [(dests[cell], self._context(*cell)) for cell in cells]
+            return _download_and_copy(loc, copies, self._options)
 
         jobs, contexts, _ = self._jobs_per_object(make_job)
         run_jobs(jobs, self._options, contexts)
@@ -433,24 +434,26 @@ class FileReader:
         return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def _download_and_copy(loc: Location, dests: list[Path], options: Options) -> Job[Path]:
-    """Downloads ``loc`` to ``dests[0]``, then copies it to the other paths.
+def _download_and_copy(
+    loc: Location, cells: list[tuple[Path, Context]], options: Options
+) -> Job[Path]:
+    """Downloads ``loc`` to the first cell's path, then copies it to the others'.
 
-    The other paths are those of the same object's other cells; each copy is made
-    through a temporary name, as the download is.
+    ``cells`` are the (path, (row id, column)) of the object's cells. The copies run
+    as calls of their own (an interrupt waits for those under way, not for all), each
+    through a temporary name, as the download is; a failed copy names its own cell.
     """
-    path = yield from download_job(loc, dests[0], options)
-    if len(dests) > 1:
-        yield [partial(_copy_to, path, loc, dests[1:])]
+    path = yield from download_job(loc, cells[0][0], options)
+    if len(cells) > 1:
+        yield [partial(_copy_to, path, loc, dest, context) for dest, context in cells[1:]]
     return path
 
 
-def _copy_to(src: Path, loc: Location, dests: list[Path]) -> None:
-    for dest in dests:
-        try:
-            atomic_copy(src, dest)
-        except OSError as e:  # a full disk, say: named as the download of ``loc`` to dest
-            raise local_failure(e, loc, dest) from e
+def _copy_to(src: Path, loc: Location, dest: Path, context: Context) -> None:
+    try:
+        atomic_copy(src, dest)
+    except OSError as e:  # a full disk, say: named as the download of ``loc`` to dest
+        raise local_failure(e, loc, dest).with_context(*context) from e
 
 
 def _single_value_chunk(blob: Blob) -> pa.Array[Any]:

@@ -90,6 +90,11 @@ def denied_reason(code: object, message: str = "") -> str:
             "freezes are not refreshed: Options.default(freeze_credentials=False) lets "
             "each process refresh its own)"
         )
+    elif code == "RequestTimeTooSkewed":
+        hint = (
+            "this machine's clock differs from S3's by more than 15 minutes, and "
+            "requests are signed with the time: set the clock right (NTP)"
+        )
     elif code in CREDENTIALS_REFUSED or code == "SignatureDoesNotMatch":
         hint = "check the credentials in Options"
     else:

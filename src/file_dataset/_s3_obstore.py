@@ -14,6 +14,7 @@ Selected with ``FILE_DATASET_TRANSPORT=obstore`` (see :func:`file_dataset._backe
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import html
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar, cast
+from xml.etree import ElementTree
 
 import obstore
 from botocore import UNSIGNED
@@ -107,8 +109,26 @@ _DENIED_WORDS = (
 
 
 def _s3_code(text: str) -> tuple[str, str]:
-    """The S3 error code and message of the XML error body quoted in an obstore error."""
-    return _xml_text("Code", text), _xml_text("Message", text)
+    """The S3 error code and message of the XML error body quoted in an obstore error.
+
+    The body comes after the answer's status; obstore quotes the key, unescaped,
+    before it, so a key holding ``<Code>ExpiredToken</Code>`` says nothing. The body
+    is parsed as XML (a ``<Code>`` inside the message's CDATA is not the code), or
+    searched when it is not well-formed.
+    """
+    statuses = list(_STATUS_WORDS.finditer(text))
+    body = text[statuses[-1].start() :] if statuses else text
+    start, end = body.find("<Error>"), body.rfind("</Error>")
+    if 0 <= start < end:
+        with contextlib.suppress(ElementTree.ParseError):
+            # S3's own answer, as botocore parses it for the boto3 transport
+            error = ElementTree.fromstring(body[start : end + len("</Error>")])  # noqa: S314
+            return (error.findtext("Code") or "").strip(), (error.findtext("Message") or "").strip()
+    return _xml_text("Code", body), _xml_text("Message", body)
+
+
+# How obstore introduces an answer's status ("... non-2xx status code: 403 Forbidden: <body>").
+_STATUS_WORDS = re.compile(r"status(?: code)?:? \d{3}")
 
 
 def _xml_text(tag: str, text: str) -> str:

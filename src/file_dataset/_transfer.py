@@ -372,6 +372,8 @@ def run_jobs(
         index = min(errors)
         error = errors[index]
         if contexts is not None and isinstance(error, TransferError):
+            if error.row_id is not None or error.column is not None:
+                raise error  # a step that named its own cell (a reader's copies)
             row_id, column = contexts[index]
             raise error.with_context(row_id, column) from (error.__cause__ or error)
         if contexts is not None and isinstance(error, Exception):
