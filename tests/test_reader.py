@@ -1201,13 +1201,16 @@ def test_the_columns_of_a_wide_frame_are_cut_into_chunks_as_their_objects_arrive
     """Each column's early chunk waits for 8 MiB of its own objects: 70 columns of 1 MiB
     each were all held until the end and then copied (a helper measured 2.2x the bytes
     held in RSS on 200 columns). The columns now share a 64 MiB budget."""
-    files = []
+    columns = [f"c{j}.bin" for j in range(70)]  # 70 x 256 x 4 KiB = 70 MiB
+    cells: dict[str, list[str]] = {name: [] for name in columns}
     for i in range(256):
         path = tmp_path / f"{i}.bin"
         path.write_bytes(i.to_bytes(2, "big") * 2048)  # 4 KiB, distinct per row
-        files.append(str(path))
-    columns = [f"c{j}.bin" for j in range(70)]  # 70 x 256 x 4 KiB = 70 MiB
-    frame = pd.DataFrame({"id": [f"r{i}" for i in range(256)]} | dict.fromkeys(columns, files))
+        for name in columns:  # a path of its own per cell (one path is read once)
+            link = tmp_path / f"{i}-{name}"
+            os.link(path, link)
+            cells[name].append(str(link))
+    frame = pd.DataFrame({"id": [f"r{i}" for i in range(256)]} | cells)
     table = file_dataset.reader(frame).into_blob_table()
     assert table.column_names == ["id", *columns]
     expected = [i.to_bytes(2, "big") * 2048 for i in range(256)]

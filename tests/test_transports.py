@@ -709,9 +709,9 @@ def test_a_code_inside_the_message_of_s3s_answer_is_not_its_code() -> None:
         "returned non-2xx status code: 404 Not Found: <?xml version='1.0'?><Error><Message>"
         "<![CDATA[no <Code>ExpiredToken</Code> here]]></Message><Code>NoSuchKey</Code></Error>"
     )
-    assert _s3_code(text) == ("NoSuchKey", "no <Code>ExpiredToken</Code> here")
+    assert _s3_code(text, "s3://b/k") == ("NoSuchKey", "no <Code>ExpiredToken</Code> here")
     # Not well-formed: searched as before.
-    assert _s3_code("status code: 403: <Error><Code>AccessDenied</Code><Message>a & b")[0] == (
+    assert _s3_code("code: 403: <Error><Code>AccessDenied</Code><Message>a & b", "s3://b/k")[0] == (
         "AccessDenied"
     )
 

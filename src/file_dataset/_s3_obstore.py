@@ -108,27 +108,26 @@ _DENIED_WORDS = (
 )
 
 
-def _s3_code(text: str) -> tuple[str, str]:
+def _s3_code(text: str, url: str) -> tuple[str, str]:
     """The S3 error code and message of the XML error body quoted in an obstore error.
 
-    The body comes after the answer's status; obstore quotes the key, unescaped,
-    before it, so a key holding ``<Code>ExpiredToken</Code>`` says nothing. The body
-    is parsed as XML (a ``<Code>`` inside the message's CDATA is not the code), or
-    searched when it is not well-formed.
+    obstore quotes the key of ``url`` as it is, where S3's answer escapes it: a key
+    holding ``<Code>ExpiredToken</Code>`` is left out of the search. The first error
+    body is parsed as XML (a ``<Code>`` inside the message's CDATA is not the code;
+    older obstore versions quote the body a second time, escaped), or searched when
+    it is not well-formed.
     """
-    statuses = list(_STATUS_WORDS.finditer(text))
-    body = text[statuses[-1].start() :] if statuses else text
-    start, end = body.find("<Error>"), body.rfind("</Error>")
+    key = url.partition("://")[2].partition("/")[2]
+    if "<" in key:
+        text = text.replace(key, "")
+    start = text.find("<Error>")
+    end = text.find("</Error>", start)
     if 0 <= start < end:
         with contextlib.suppress(ElementTree.ParseError):
             # S3's own answer, as botocore parses it for the boto3 transport
-            error = ElementTree.fromstring(body[start : end + len("</Error>")])  # noqa: S314
+            error = ElementTree.fromstring(text[start : end + len("</Error>")])  # noqa: S314
             return (error.findtext("Code") or "").strip(), (error.findtext("Message") or "").strip()
-    return _xml_text("Code", body), _xml_text("Message", body)
-
-
-# How obstore introduces an answer's status ("... non-2xx status code: 403 Forbidden: <body>").
-_STATUS_WORDS = re.compile(r"status(?: code)?:? \d{3}")
+    return _xml_text("Code", text), _xml_text("Message", text)
 
 
 def _xml_text(tag: str, text: str) -> str:
@@ -169,7 +168,7 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
         if status:  # S3 answered
             failure.status = int(status.group(1))
         failure.credentials_failed = (
-            _s3_code(text)[0] in CREDENTIALS_REFUSED
+            _s3_code(text, url)[0] in CREDENTIALS_REFUSED
             or isinstance(error, CREDENTIALS_MISSING)
             or (isinstance(error, UnauthenticatedError) and _PROVIDER_FAILED in text)
         )
@@ -179,7 +178,7 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
 
 def _translate(error: Exception, text: str, url: str, operation: str) -> NoReturn:
     cause = masked_cause(error)
-    code, message = _s3_code(text)
+    code, message = _s3_code(text, url)
     status = re.search(r"status(?: code)?:? (\d{3})", text)
     status_code = status.group(1) if status else ""
     first_line = text.strip().splitlines()[0][:300] if text.strip() else type(error).__name__
