@@ -97,3 +97,37 @@ def system_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(path))
     return path
+
+
+@pytest.fixture
+def fake_s3_options() -> Callable[..., Options]:
+    """Makes options for a test's own HTTP server on 127.0.0.1 (an S3 that gives answers
+    moto cannot): ``make(port, transport, **settings)``, with made-up credentials and
+    one attempt unless ``settings`` say otherwise."""
+
+    def make(port: int, transport: str, **settings: object) -> Options:
+        return Options(
+            session_kwargs={
+                "aws_access_key_id": "AKIAFAKES30000000000",
+                "aws_secret_access_key": "s" * 40,
+                "region_name": "us-east-1",
+            },
+            s3_client_kwargs={"endpoint_url": f"http://127.0.0.1:{port}"},
+            transport=transport,
+            **{"max_attempts": 1, **settings},  # type: ignore[arg-type]
+        )
+
+    return make
+
+
+@pytest.fixture
+def broken_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An AWS profile whose credential_process fails (botocore's
+    CredentialRetrievalError), and no credentials elsewhere; returns its name."""
+    config = tmp_path / "config"
+    config.write_text("[profile broken]\nregion = us-east-1\ncredential_process = /bin/false\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    return "broken"

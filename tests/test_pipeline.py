@@ -2206,7 +2206,11 @@ class _RefusingSomeReads(http.server.BaseHTTPRequestHandler):
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
 @pytest.mark.parametrize("code", ["ExpiredToken", "InvalidAccessKeyId"])
 def test_credentials_that_s3_refuses_part_way_end_the_call(
-    transport: str, code: str, tmp_path: Path, system_tmp: Path
+    transport: str,
+    code: str,
+    tmp_path: Path,
+    system_tmp: Path,
+    fake_s3_options: Callable[..., Options],
 ) -> None:
     """Before: expired (or unknown) credentials dropped every remaining row, quickly (a
     helper saw 28 of 30 rows go in 1.5 s), and the call returned as if done. A refusal of
@@ -2218,16 +2222,7 @@ def test_credentials_that_s3_refuses_part_way_end_the_call(
     Handler.code = code
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    options = Options(
-        session_kwargs={
-            "aws_access_key_id": "AKIAFAKES30000000000",
-            "aws_secret_access_key": "s" * 40,
-            "region_name": "us-east-1",
-        },
-        s3_client_kwargs={"endpoint_url": f"http://127.0.0.1:{server.server_address[1]}"},
-        transport=transport,
-        max_attempts=1,
-    )
+    options = fake_s3_options(server.server_address[1], transport)
     keys = ["ok1", "denied", "ok2", "refused", "ok3"]
     frame = pd.DataFrame(
         {"id": ["p1", "p2", "p3", "p4", "p5"], "f": [f"s3://bkt/{k}" for k in keys]}
@@ -2256,19 +2251,13 @@ def test_credentials_that_fail_to_load_end_the_call(
     s3_server: LocalS3Server,
     put: Callable[[str, bytes], str],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    broken_profile: str,
     transport: str,
 ) -> None:
     """Before: a credential_process that fails dropped every row, each with botocore's
     CredentialRetrievalError, and the call returned an empty frame."""
-    config = tmp_path / "config"
-    config.write_text("[profile broken]\nregion = us-east-1\ncredential_process = /bin/false\n")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
     broken = Options(
-        {"profile_name": "broken"},
+        {"profile_name": broken_profile},
         {"endpoint_url": s3_server.endpoint_url},
         transport=transport,
         max_attempts=1,

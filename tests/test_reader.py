@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import errno
+import functools
 import gc
 import http.server
 import json
@@ -1422,10 +1423,11 @@ class _CountingObjects(http.server.BaseHTTPRequestHandler):
 
 @contextmanager
 def _counting_s3(
-    objects: dict[str, bytes], transport: str
+    objects: dict[str, bytes], make_options: Callable[[int], Options]
 ) -> Iterator[tuple[Options, type[_CountingObjects]]]:
-    """Serves ``objects`` (by key, in bucket ``bkt``); yields options that reach the
-    server and the handler class, whose ``seen`` counts the requests."""
+    """Serves ``objects`` (by key, in bucket ``bkt``); yields the options that
+    ``make_options(port)`` makes for the server, and the handler class, whose ``seen``
+    counts the requests."""
 
     class Handler(_CountingObjects):
         pass
@@ -1435,17 +1437,7 @@ def _counting_s3(
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        options = Options(
-            session_kwargs={
-                "aws_access_key_id": "AKIAFAKES30000000000",
-                "aws_secret_access_key": "s" * 40,
-                "region_name": "us-east-1",
-            },
-            s3_client_kwargs={"endpoint_url": f"http://127.0.0.1:{server.server_address[1]}"},
-            transport=transport,
-            max_attempts=1,
-        )
-        yield options, Handler
+        yield make_options(server.server_address[1]), Handler
     finally:
         server.shutdown()
         server.server_close()
@@ -1453,7 +1445,7 @@ def _counting_s3(
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
 def test_an_object_in_several_cells_is_transferred_once(
-    transport: str, tmp_path: Path, system_tmp: Path
+    transport: str, tmp_path: Path, system_tmp: Path, fake_s3_options: Callable[..., Options]
 ) -> None:
     """Before: one GET (or HEAD) per cell: an atlas in every row of 4 (and in a second
     column of one) was read 5 times, and a blob table held 5 copies of it (a helper's
@@ -1468,7 +1460,8 @@ def test_an_object_in_several_cells_is_transferred_once(
             "small.txt": ["s3://bkt/s3", "s3://bkt/s3", None, "s3://bkt/s2"],
         }
     )
-    with _counting_s3({"atlas": atlas, **scans}, transport) as (options, server):
+    make_options = functools.partial(fake_s3_options, transport=transport)
+    with _counting_s3({"atlas": atlas, **scans}, make_options) as (options, server):
         table = file_dataset.reader(frame, options).into_blob_table()
         blob_gets = dict(server.seen)
         server.seen.clear()

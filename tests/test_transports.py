@@ -975,19 +975,13 @@ def test_a_key_that_quotes_emfile_is_not_taken_for_it(
 
 @pytest.mark.parametrize("transport", ["auto", "boto3"])
 def test_credentials_that_fail_to_load_are_a_transfer_error(
-    transport: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    transport: str, broken_profile: str
 ) -> None:
     """Before: botocore's CredentialRetrievalError escaped raw (not a FileDatasetError)
     with boto3, and with "auto" after this session's first FIPS change (a regression
     hunt's finding). No request is sent: the credentials fail first."""
-    config = tmp_path / "config"
-    config.write_text("[profile broken]\nregion = us-east-1\ncredential_process = /bin/false\n")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
     options = Options(
-        {"profile_name": "broken"},
+        {"profile_name": broken_profile},
         {"endpoint_url": "http://127.0.0.1:9"},
         transport=transport,
         max_attempts=1,
