@@ -20,7 +20,9 @@ import pytest
 
 from file_dataset.testing import LocalS3Server
 
-pytestmark = pytest.mark.ray
+# The first test sets up the cluster: up to three starts (see _multinode._start_cluster)
+# and the run, within the subprocess timeout below.
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 SCRIPT = Path(__file__).with_name("_multinode.py")
 BATCH = 50
