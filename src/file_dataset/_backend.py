@@ -99,6 +99,16 @@ CREDENTIALS_MISSING: tuple[type[Exception], ...] = (
     botocore.exceptions.TokenRetrievalError,
 )
 
+
+def credentials_failed(error: BaseException, code: str) -> bool:
+    """Whether a transport's ``error`` is one of the credentials themselves.
+
+    ``code`` is S3's error code, if any. Every later request with such credentials
+    would fail too, whatever its object.
+    """
+    return code in CREDENTIALS_REFUSED or isinstance(error, CREDENTIALS_MISSING)
+
+
 # What a HEAD of a missing object reports: its 404 has no body naming the error.
 HEAD_NOT_FOUND = "not found (404: no such key, or no such bucket)"
 
@@ -349,8 +359,7 @@ def explain_head(backend: Backend, loc: Location, translate: Callable[[], NoRetu
             if not _client_error(told):
                 raise failed from failed.__cause__
             clearer = type(told)(str(loc), told.reason, operation="head")
-            clearer.errno, clearer.status = told.errno, told.status
-            clearer.credentials_failed = told.credentials_failed
+            clearer._take_findings(told)
             raise clearer from failed
         return total
 

@@ -399,10 +399,17 @@ class TransferError(FileDatasetError, OSError):
         copy = type(self)(
             self.url, self.reason, operation=self.operation, row_id=row_id, column=column
         )
-        copy.errno = self.errno  # a local failure's (ENOSPC, say), when set
-        copy.unreachable, copy.status = self.unreachable, self.status
-        copy.credentials_failed = self.credentials_failed
+        copy._take_findings(self)
         return copy
+
+    def _take_findings(self, other: TransferError) -> None:
+        """Takes what ``other`` found of its failure, for a copy that names it anew.
+
+        That is ``errno`` (a local failure's, ENOSPC say, when set), ``unreachable``,
+        ``status`` and ``credentials_failed``.
+        """
+        self.errno, self.unreachable, self.status = other.errno, other.unreachable, other.status
+        self.credentials_failed = other.credentials_failed
 
 
 # What _rebuild_transfer_error sets from its arguments.

@@ -28,7 +28,6 @@ from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeoutError
 from file_dataset._backend import (
     BODY_STALLED,
     CHANGED,
-    CREDENTIALS_MISSING,
     CREDENTIALS_REFUSED,
     SOURCE_CHANGED,
     STREAM_BYTES,
@@ -36,6 +35,7 @@ from file_dataset._backend import (
     Sink,
     backoff,
     check_same_version,
+    credentials_failed,
     explain_head,
     is_weak,
     new_buffer,
@@ -129,12 +129,11 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
     try:
         _translate(error, url, operation)
     except TransferError as failure:
+        code = ""
         if isinstance(error, ClientError):
             failure.status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             code = str(error.response.get("Error", {}).get("Code", "")).strip()
-            failure.credentials_failed = code in CREDENTIALS_REFUSED
-        else:
-            failure.credentials_failed = isinstance(error, CREDENTIALS_MISSING)
+        failure.credentials_failed = credentials_failed(error, code)
         forget_unmasked(failure, error)
         raise
 

@@ -45,13 +45,12 @@ from obstore.store import S3Store
 from file_dataset._backend import (
     BODY_STALLED,
     CHANGED,
-    CREDENTIALS_MISSING,
-    CREDENTIALS_REFUSED,
     STREAM_BYTES,
     Blob,
     Sink,
     check_same_version,
     copy_into,
+    credentials_failed,
     explain_head,
     is_weak,
     not_found_reason,
@@ -161,24 +160,24 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
     if isinstance(error, TransferError):
         raise error
     text = mask_secrets(str(error))  # obstore quotes the endpoint (password and all), bodies
+    code, message = _s3_code(text, url)
     try:
-        _translate(error, text, url, operation)
+        _translate(error, text, url, operation, code, message)
     except TransferError as failure:
         status = re.search(r"non-2xx status code: (\d{3})", text)
         if status:  # S3 answered
             failure.status = int(status.group(1))
-        failure.credentials_failed = (
-            _s3_code(text, url)[0] in CREDENTIALS_REFUSED
-            or isinstance(error, CREDENTIALS_MISSING)
-            or (isinstance(error, UnauthenticatedError) and _PROVIDER_FAILED in text)
+        failure.credentials_failed = credentials_failed(error, code) or (
+            isinstance(error, UnauthenticatedError) and _PROVIDER_FAILED in text
         )
         forget_unmasked(failure, error)
         raise
 
 
-def _translate(error: Exception, text: str, url: str, operation: str) -> NoReturn:
+def _translate(
+    error: Exception, text: str, url: str, operation: str, code: str, message: str
+) -> NoReturn:
     cause = masked_cause(error)
-    code, message = _s3_code(text, url)
     status = re.search(r"status(?: code)?:? (\d{3})", text)
     status_code = status.group(1) if status else ""
     first_line = text.strip().splitlines()[0][:300] if text.strip() else type(error).__name__
