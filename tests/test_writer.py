@@ -271,7 +271,17 @@ def test_an_interrupt_cuts_the_parts_being_sent(
     assert written == {"big.bin": f"s3://{bucket}/p/1/big.bin"}
 
 
-@pytest.mark.parametrize(("size", "parts"), [(5 * MiB, None), (11 * MiB + 1, 3)])
+@pytest.mark.parametrize(
+    ("size", "parts"),
+    [
+        (5 * MiB, None),
+        (11 * MiB + 1, 3),
+        # a tail under an eighth of a part joins the last part (no 1-byte request)
+        (10 * MiB + 1, 2),
+        (10 * MiB + 5 * MiB // 8 - 1, 2),
+        (10 * MiB + 5 * MiB // 8, 3),
+    ],
+)
 def test_multipart_threshold(
     size: int,
     parts: int | None,
