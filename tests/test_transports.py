@@ -164,6 +164,21 @@ def test_an_obstore_panic_is_a_transfer_error() -> None:
     )
     assert isinstance(info.value.__cause__, PanicException)
 
+    for text in (  # tokio's runtime could not make its epoll descriptor
+        'Unable to build Tokio runtime: Os { code: 24, kind: Uncategorized, message: "Too '
+        'many open files" }',
+        "Unable to build Tokio runtime: Too many open files (os error 24)",
+    ):
+
+        def no_descriptor(store: Any, text: str = text) -> None:
+            raise PanicException(text)
+
+        with pytest.raises(file_dataset.TransferError) as info:
+            _unpanicked(no_descriptor, None, parse_url("s3://bkt/key"), "read")  # type: ignore[arg-type]
+        assert info.value.errno == errno.EMFILE
+        assert "too many open files" in str(info.value)
+        assert "ulimit -n" in str(info.value)
+
 
 def test_missing_object_names_url_row_and_column(
     transport_options: Options, bucket: str, put: Callable[[str, bytes], str]

@@ -445,7 +445,9 @@ class ObjectAccessDeniedError(TransferError, PermissionError):
 
 # How obstore's error text (its debug source) shows EMFILE; its message also quotes the
 # request's key and the server's answer, which may hold the same words.
-_OBSTORE_EMFILE = re.compile(r'code: 24,\s*kind: \w+,\s*message: "Too many open files"')
+_OBSTORE_EMFILE = re.compile(
+    r'code: 24,\s*kind: \w+,\s*message: "Too many open files"|Too many open files \(os error 24\)'
+)
 
 
 def no_descriptor_left(error: BaseException, text: str = "") -> str | None:

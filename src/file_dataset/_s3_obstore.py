@@ -619,11 +619,15 @@ def _unpanicked(call: Callable[[S3Store], T], store: S3Store, loc: Location, ope
     except BaseException as e:
         if type(e).__name__ != "PanicException":
             raise
-        raise TransferError(
+        shortage = no_descriptor_left(e, str(e))  # no runtime or socket could be made
+        failure = TransferError(
             str(loc),
-            f"obstore failed inside ({e}); transport='boto3' may read it",
+            shortage or f"obstore failed inside ({e}); transport='boto3' may read it",
             operation=operation,
-        ) from e
+        )
+        if shortage is not None:
+            failure.errno = errno.EMFILE
+        raise failure from e
 
 
 class ObstoreS3Backend:
