@@ -803,6 +803,32 @@ def test_missing_object_names_url_row_id_and_column(
     assert list(system_tmp.iterdir()) == []
 
 
+@pytest.mark.parametrize("as_series", [False, True])
+def test_a_rows_id_entry_is_named_in_its_errors(
+    as_series: bool, options: Options, bucket: str, system_tmp: Path, put: Put
+) -> None:
+    """A row's ``id`` is not a file, but a row that has one is named by it (it was not:
+    the message said only the column, and ``row_id`` was None)."""
+    url = f"s3://{bucket}/no/such.mha"
+    entries = {"id": 7, "here.mha": put("here", b"1"), "gone.mha": url}
+    row = pd.Series(entries) if as_series else entries
+    reader = file_dataset.reader(row, options)
+    for read in (reader.into_blob_table, reader.into_size_table, reader.into_temp_dir):
+        with pytest.raises(file_dataset.ObjectNotFoundError) as info:
+            read()
+        assert (info.value.url, info.value.row_id, info.value.column) == (url, "7", "gone.mha")
+        assert f"{url} (row id '7', column 'gone.mha')" in str(info.value)
+    assert list(system_tmp.iterdir()) == []
+    with pytest.raises(ValueError, match=r"row id '7', column 'bad\.mha'"):
+        file_dataset.reader({**entries, "bad.mha": "ftp://host/x"}, options)
+    # without an id, or with one a frame could not have, the column alone is named
+    for odd in ({}, {"id": None}, {"id": "a/b"}):
+        with pytest.raises(file_dataset.ObjectNotFoundError) as info:
+            file_dataset.reader({**odd, "gone.mha": url}, options).into_blob_table()
+        assert info.value.row_id is None
+        assert f"{url} (column 'gone.mha')" in str(info.value)
+
+
 def test_a_newline_in_a_url_does_not_split_the_message(options: Options, bucket: str) -> None:
     # A newline is legal in an S3 key; printed raw it split the message (and a log line
     # holding it) in two, so a cell could forge a line of a log.

@@ -40,16 +40,19 @@ class FileTable:
         cells: One list per row, one location (or ``None``) per file column.
         id_position: Where the ``id`` column stands among the DataFrame's columns;
             tables built from it put ``id`` there too.
+        label: A single row's ``id`` entry, if it has a valid one: named in errors
+            only.
     """
 
     ids: list[str] | None
     columns: list[str]
     cells: list[list[Location | None]]
     id_position: int = 0
+    label: str | None = None
 
     def row_id(self, index: int) -> str | None:
-        """The id of row ``index`` (``None`` for a single row)."""
-        return None if self.ids is None else self.ids[index]
+        """The id of row ``index`` (a single row's ``id`` entry, or ``None``)."""
+        return self.label if self.ids is None else self.ids[index]
 
 
 def _cell(value: Any, row_id: str | None, column: str) -> Location | None:
@@ -300,7 +303,9 @@ def series_row(row: pd.Series) -> dict[str, Any]:
 
 
 def parse_row(row: Mapping[str, Any] | pd.Series) -> FileTable:
-    """Validates a single row: a mapping of file name to URL (an ``id`` entry is ignored).
+    """Validates a single row: a mapping of file name to URL.
+
+    An ``id`` entry is not a file; errors name it as the row id.
 
     Raises:
         InvalidInputError: A name is not a safe file name or a value not a URL or path.
@@ -316,6 +321,7 @@ def parse_row(row: Mapping[str, Any] | pd.Series) -> FileTable:
             "'s3://bucket/key'}) or a file DataFrame (an 'id' column and one column per "
             f"file name), got {shown}"
         )
+    label = _row_label(row.get(ID_COLUMN))
     columns: list[str] = []
     cells: list[Location | None] = []
     for name, value in row.items():
@@ -324,5 +330,16 @@ def parse_row(row: Mapping[str, Any] | pd.Series) -> FileTable:
         if not isinstance(name, str):
             raise InvalidInputError(f"file names must be strings, got {name!r}")
         columns.append(check_component(name, "file name"))
-        cells.append(_cell(value, None, name))
-    return FileTable(None, columns, [cells])
+        cells.append(_cell(value, label, name))
+    return FileTable(None, columns, [cells], label=label)
+
+
+def _row_label(value: Any) -> str | None:
+    # A row's id is not one of its files, and is not checked: one that could not be a
+    # DataFrame's id is simply not named in errors.
+    if is_null(value):
+        return None
+    try:
+        return check_id(value)
+    except (InvalidInputError, TypeError, ValueError):
+        return None
