@@ -282,6 +282,27 @@ def test_large_first_response_streams_into_place(
         assert (tmp / "big.bin").read_bytes() == data
 
 
+def test_a_short_tail_is_read_with_the_part_before_it(
+    transport_options: Options, put: Callable[[str, bytes], str]
+) -> None:
+    """With 5 MiB parts after a first GET of 5 MiB, 10 MiB + 100 bytes is read in two
+    GETs (the second of 5 MiB + 100 bytes), not three, the last of 100 bytes."""
+    from file_dataset._transfer import _ranges
+
+    assert _ranges(5 * MiB, 10 * MiB + 100, 5 * MiB) == [(5 * MiB, 10 * MiB + 100)]
+    assert _ranges(16 * MiB, 40 * MiB + 1, 8 * MiB) == [
+        (16 * MiB, 24 * MiB),
+        (24 * MiB, 32 * MiB),
+        (32 * MiB, 40 * MiB + 1),
+    ]
+    assert _ranges(0, 9 * MiB, 8 * MiB) == [(0, 8 * MiB), (8 * MiB, 9 * MiB)]  # 1/8: kept
+    data = os.urandom(10 * MiB + 100)
+    row = {"f.bin": put("tail.bin", data)}
+    assert file_dataset.reader(row, transport_options).into_blob_table()["f.bin"][0].as_py() == data
+    with file_dataset.reader(row, transport_options).into_temp_dir() as tmp:
+        assert (tmp / "f.bin").read_bytes() == data
+
+
 class _TruncatingHandler(http.server.BaseHTTPRequestHandler):
     """Answers every GET with the right headers but only half the body, then hangs up."""
 

@@ -808,8 +808,8 @@ class Options:
             boto3 carries the bytes).
         part_size: The size of each multipart-upload part, and of each ranged GET
             after a large object's first (which reads ``multipart_threshold`` bytes);
-            from 5 MiB to 5 GiB (S3's smallest and largest parts). An upload's tail
-            under an eighth of a part is sent with the part before it.
+            from 5 MiB to 5 GiB (S3's smallest and largest parts). A tail under an
+            eighth of a part goes with the part before it.
         multipart_threshold: Objects larger than this are read with parallel ranged
             GETs and written with multipart uploads; smaller ones take one request
             (an empty object's read takes two).

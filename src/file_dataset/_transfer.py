@@ -47,14 +47,14 @@ _MAX_PART = 5 * 2**30  # S3's largest part
 
 
 def _ranges(start: int, total: int, part_size: int) -> list[tuple[int, int]]:
-    return [(s, min(s + part_size, total)) for s in range(start, total, part_size)]
+    """The parts of bytes ``start`` to ``total``, ``part_size`` each but the last.
 
-
-def _upload_ranges(total: int, part_size: int) -> list[tuple[int, int]]:
-    # A short tail (under an eighth of a part) joins the part before it instead of
-    # costing a request of its own: 16 MiB + 1 byte is sent as 8 MiB and 8 MiB + 1 byte,
-    # not 8, 8 and 1 byte. Only the last part may be under S3's 5 MiB minimum anyway.
-    ranges = _ranges(0, total, part_size)
+    A short tail (under an eighth of a part) joins the part before it instead of
+    costing a request of its own: a 16 MiB + 1 byte upload is sent as 8 MiB and
+    8 MiB + 1 byte, not 8 MiB, 8 MiB and 1 byte (only the last part of an upload may
+    be under S3's 5 MiB minimum anyway, and none above its 5 GiB maximum).
+    """
+    ranges = [(s, min(s + part_size, total)) for s in range(start, total, part_size)]
     if (
         len(ranges) > 1
         and ranges[-1][1] - ranges[-1][0] < part_size // 8
@@ -240,7 +240,7 @@ def upload_job(src: Path, loc: Location, options: Options) -> Job[Location]:
         [upload_id] = yield [start]
         etags = yield [
             partial(backend.multipart_part, loc, upload_id, number, src, s, e - s)
-            for number, (s, e) in enumerate(_upload_ranges(size, part_size), start=1)
+            for number, (s, e) in enumerate(_ranges(0, size, part_size), start=1)
         ]
         try:
             unchanged = file_version(os.stat(src)) == file_version(stat)
