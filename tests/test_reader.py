@@ -1157,6 +1157,34 @@ def test_access_denied_gets_row_context() -> None:
     assert str(located).startswith("cannot read /data/x (row id 'row-7', column 'x.mha')")
 
 
+@pytest.mark.parametrize("as_frame", [False, True])
+def test_a_download_refused_by_its_folder_is_a_permission_error(
+    as_frame: bool, options: Options, put: Put, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder this process may not write in (made here by refusing the temporary
+    file, since tests may run as root) was a plain TransferError for a row: ``except
+    PermissionError`` missed it, though write_files' same refusal is one."""
+    import pickle
+
+    import file_dataset._transfer
+
+    def refused(dest: Path) -> tuple[int, str]:
+        raise PermissionError(errno.EACCES, "Permission denied", str(dest))
+
+    monkeypatch.setattr(file_dataset._transfer, "temp_file_in_place", refused)
+    url = put("a.bin", b"content")
+    row = {"id": "r1", "a.bin": url}
+    source = pd.DataFrame([row]) if as_frame else row
+    with pytest.raises(PermissionError) as info:
+        file_dataset.reader(source, options).download_to(tmp_path / "out")
+    error = info.value
+    assert isinstance(error, file_dataset.ObjectAccessDeniedError)
+    assert (error.url, error.row_id, error.column) == (url, "r1", "a.bin")
+    assert error.errno == errno.EACCES
+    assert "permission denied" in str(error)
+    assert type(pickle.loads(pickle.dumps(error))) is file_dataset.ObjectAccessDeniedError
+
+
 def test_transfer_errors_pickle_with_context() -> None:
     import pickle
 

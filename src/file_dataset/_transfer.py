@@ -32,7 +32,13 @@ from file_dataset._backend import (
     new_buffer,
     write_chunks,
 )
-from file_dataset._errors import ObjectNotFoundError, TransferError, emfile_reason, quoted
+from file_dataset._errors import (
+    ObjectAccessDeniedError,
+    ObjectNotFoundError,
+    TransferError,
+    emfile_reason,
+    quoted,
+)
 from file_dataset._local import temp_file_in_place
 from file_dataset._options import Options, Reply, RunState
 from file_dataset._urls import Location
@@ -195,10 +201,16 @@ def local_failure(error: OSError, loc: Location, dest: Path) -> TransferError:
     """The error for a download whose local side failed (a full disk, a size limit).
 
     It still names the object, and through the job's context its row id and column,
-    and keeps the ``errno``.
+    and keeps the ``errno``; a refused write is an :class:`ObjectAccessDeniedError`
+    (a ``PermissionError``), as the same refusal is in ``write_files``.
     """
-    reason = emfile_reason() if error.errno == errno.EMFILE else error.strerror or str(error)
-    failure = TransferError(str(loc), f"could not write {dest}: {reason}")
+    if isinstance(error, PermissionError):  # a folder this process may not write in
+        failure: TransferError = ObjectAccessDeniedError(
+            str(loc), f"could not write {dest}: permission denied"
+        )
+    else:
+        reason = emfile_reason() if error.errno == errno.EMFILE else error.strerror or str(error)
+        failure = TransferError(str(loc), f"could not write {dest}: {reason}")
     failure.errno = error.errno
     return failure
 
