@@ -1232,6 +1232,7 @@ def test_a_missing_destination_bucket_is_refused_before_any_row(
     assert str(info.value) == (
         "cannot write s3://no-such-bucket-pipeline/out: the bucket does not exist"
     )
+    assert info.value.status == 404  # as write_files says of the same bucket (was None)
     assert calls == []
     assert pipeline.last_failures == []
     assert list(system_tmp.iterdir()) == []
@@ -1241,6 +1242,26 @@ def test_a_missing_destination_bucket_is_refused_before_any_row(
     with pytest.raises(NotADirectoryError, match=r"into_path .*a file.* is not a folder"):
         local(pd.DataFrame({"id": ["1"], "f": [tmp_path / "in"]}))
     assert calls == []
+
+
+def test_a_local_destination_this_process_may_not_write_in_is_a_permission_error(
+    options: Options, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was the built-in PermissionError, which ``except FileDatasetError`` missed,
+    while write_files' refusal of the same folder is an ObjectAccessDeniedError. (Tests
+    may run as root, which may write anywhere: the check is refused here.)"""
+    import file_dataset._pipeline
+
+    (tmp_path / "in").write_bytes(b"in")
+    monkeypatch.setattr(file_dataset._pipeline.os, "access", lambda *args: False)
+    pipeline = Pipeline(upper, {"into_path": tmp_path / "out" / "deeper"}, options)
+    with pytest.raises(PermissionError) as info:
+        pipeline(pd.DataFrame({"id": ["1"], "f": [tmp_path / "in"]}))
+    error = info.value
+    assert isinstance(error, file_dataset.ObjectAccessDeniedError)
+    assert (error.url, error.operation) == (str(tmp_path / "out" / "deeper"), "write")
+    assert f"no permission to write in {str(tmp_path)!r}" in str(error)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_local_destination_no_row_folder_can_be_made_in_is_refused_before_any_row(

@@ -29,6 +29,7 @@ from botocore.exceptions import NoCredentialsError
 from file_dataset._backend import remember
 from file_dataset._errors import (
     InvalidInputError,
+    ObjectAccessDeniedError,
     ObjectNotFoundError,
     TransferError,
     mask_secrets,
@@ -329,9 +330,11 @@ class Pipeline:
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             code = e.response.get("Error", {}).get("Code")
             if status == 404 or code == "NoSuchBucket":
-                raise ObjectNotFoundError(
+                missing = ObjectNotFoundError(
                     mask_secrets(str(into_path)), "the bucket does not exist", operation="write"
-                ) from None
+                )
+                missing.status = 404  # as write_files' error for the same bucket
+                raise missing from None
             remember(_REACHED, _reached(options), True)  # it answered
             return
         except Exception as e:
@@ -902,7 +905,8 @@ def _check_local_destination(path: Path) -> None:
 
     Raises:
         NotADirectoryError: The path, or the part of it that exists, is not a folder.
-        PermissionError: That folder cannot be written in.
+        ObjectAccessDeniedError: That folder cannot be written in (a
+            ``PermissionError``, as in ``write_files``).
     """
     shown = repr(str(path))
     # not abspath: it would take "link/.." lexically, where the kernel follows the link
@@ -917,10 +921,10 @@ def _check_local_destination(path: Path) -> None:
             errno.ENOTDIR, f"the Pipeline's into_path {shown} is not a folder: {subject} is {what}"
         )
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(
-            errno.EACCES,
-            f"the Pipeline's into_path {shown} cannot be written: no permission to write "
-            f"in {existing!r}",
+        raise ObjectAccessDeniedError(
+            str(path),
+            f"the Pipeline's into_path cannot be written: no permission to write in {existing!r}",
+            operation="write",
         )
 
 
