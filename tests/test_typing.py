@@ -39,6 +39,14 @@ def run(frame: pd.DataFrame, options: Options) -> None:
         file_dataset.reader(frame, options).into_blob_table()
     except file_dataset.TransferError as e:
         print(e.strerror.upper(), e.filename.upper())
+    # a single row gives a dict (or None), a Ray NumPy batch a DataFrame
+    pipeline = Pipeline(resample, {"into_path": "s3://bucket/results"}, options)
+    for row in ({"id": 7, "image.mha": "s3://b/k"}, frame.iloc[0]):
+        one = pipeline(row)
+        if one is not None:
+            print(one["output.mha"].upper(), [name.upper() for name in one])
+    batch = {"id": np.array([7]), "image.mha": np.array(["s3://b/k"])}
+    print(pipeline(batch).columns)
 """
 
 

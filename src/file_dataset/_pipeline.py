@@ -460,9 +460,15 @@ class Pipeline:
     def __call__(self, file_dataframe: pd.DataFrame | pa.Table) -> pd.DataFrame: ...
 
     @overload
+    def __call__(self, file_dataframe: pd.Series) -> dict[str, Any] | None: ...
+
+    @overload
     def __call__(
-        self, file_dataframe: Mapping[str, Any] | pd.Series
-    ) -> dict[str, Any] | pd.DataFrame | None: ...
+        self, file_dataframe: Mapping[str, np.ndarray]
+    ) -> pd.DataFrame: ...  # Ray's batch_format="numpy"
+
+    @overload
+    def __call__(self, file_dataframe: Mapping[str, Any]) -> dict[str, Any] | None: ...
 
     def __call__(
         self, file_dataframe: pd.DataFrame | pa.Table | Mapping[str, Any] | pd.Series
