@@ -1315,6 +1315,44 @@ def test_on_error_raise_reraises_fn_error(
     assert list(system_tmp.iterdir()) == []
 
 
+def test_settings_changed_after_construction_are_checked_at_the_next_call(
+    options: Options, bucket: str, system_tmp: Path, put: Put
+) -> None:
+    """``pipeline.on_error = "Raise"`` (a typo) made every failure drop its row
+    unseen, and options set to a dict failed mid-call with an AttributeError. Each
+    call now checks its settings as the constructor does, before any row."""
+    frame = pd.DataFrame({"id": ["1"], "f": [put("1", b"fail")]})
+    calls: list[Path] = []
+
+    def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        calls.append(input_dir)
+        return upper(input_dir, output_dir)
+
+    pipeline = Pipeline(fn, {"into_path": f"s3://{bucket}/out"}, options)
+    for name, value, kind, message in [
+        ("on_error", "Raise", ValueError, "on_error must be 'drop' or 'raise', got 'Raise'"),
+        ("options", {"region_name": "x"}, TypeError, "must be a file_dataset.Options"),
+        ("progress", "yes", TypeError, "progress must be True or False"),
+        ("write_options", {"into_path": 5}, ValueError, "5"),
+        ("fn", lambda input_dir: {}, TypeError, "cannot be called as fn"),
+    ]:
+        saved = getattr(pipeline, name)
+        setattr(pipeline, name, value)
+        with pytest.raises(kind, match=re.escape(message)):
+            pipeline(frame)
+        setattr(pipeline, name, saved)
+    pipeline.write_options["intopath"] = "s3://elsewhere/"  # the dict, changed in place
+    with pytest.raises(ValueError, match="unknown write_options"):
+        pipeline(frame)
+    del pipeline.write_options["intopath"]
+    assert calls == []
+    pipeline.on_error = "raise"  # a valid change takes effect
+    with pytest.raises(RuntimeError, match="this row is poisoned"):
+        pipeline(frame)
+    assert len(calls) == 1
+    assert list(system_tmp.iterdir()) == []
+
+
 def test_on_error_raise_reraises_missing_object(
     options: Options, bucket: str, system_tmp: Path
 ) -> None:

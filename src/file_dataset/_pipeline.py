@@ -232,41 +232,9 @@ class Pipeline:
         on_error: Literal["drop", "raise"] = "drop",
         progress: bool = False,
     ) -> None:
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-        _check_signature(fn)
-        if not isinstance(write_options, Mapping):
-            raise TypeError(
-                "write_options must be a mapping such as {'into_path': 's3://bucket/prefix/'}, "
-                f"got {type(write_options).__name__}"
-            )
-        unknown = sorted(set(write_options) - {"into_path", "options"}, key=str)
-        if "into_path" not in write_options:
-            raise InvalidInputError(
-                "write_options needs an 'into_path'"
-                + (f" (unknown keys: {unknown})" if unknown else "")
-            )
-        if unknown:
-            raise InvalidInputError(
-                f"unknown write_options: {unknown} (write_options takes 'into_path' and "
-                "'options'; the writes' settings, such as upload_args or part_size, go in "
-                "'options': Options(upload_args={...}))"
-            )
-        parse_url(write_options["into_path"], prefix=True)
-        if write_options.get("options") is not None:
-            resolve_options(write_options["options"], "Pipeline(write_options={'options': ...})")
-        if on_error not in ("drop", "raise"):
-            raise InvalidInputError(f"on_error must be 'drop' or 'raise', got {on_error!r}")
-        if progress is None or (type(progress) is int and progress in (0, 1)):
-            progress = bool(progress)  # None (an unset argparse flag), 0 and 1 as before
-        if not isinstance(progress, bool | np.bool_):
-            # "false" or 0.0 would be taken by truth; a tqdm instance is not wanted here
-            raise TypeError(f"progress must be True or False, got {progress!r}")
-        self.fn = fn
-        self.write_options = dict(write_options)
-        self.options = resolve_options(options, "Pipeline(options=...)", default=_default_options)
-        self.on_error = on_error
-        self.progress = bool(progress)
+        self.fn, self.write_options, self.options, self.on_error, self.progress = _checked(
+            fn, write_options, options, on_error, progress
+        )
         # .failures: the list that this thread's last call filled in
         self._per_thread = threading.local()
 
@@ -540,6 +508,9 @@ class Pipeline:
         )
 
     def _process(self, file_dataframe: pd.DataFrame) -> pd.DataFrame:
+        self.fn, self.write_options, self.options, self.on_error, self.progress = _checked(
+            self.fn, self.write_options, self.options, self.on_error, self.progress
+        )
         ids = check_frame(file_dataframe)
         columns = [str(c) for c in file_dataframe.columns if c != ID_COLUMN]
         if ids:
@@ -834,6 +805,54 @@ def _describe(row_error: _RowError) -> str:
     if not text:  # a bare MemoryError from a transfer, say
         return type(error).__name__
     return f"{type(error).__name__}: {text}" if row_error.raised_by_fn else text
+
+
+def _checked(
+    fn: Any, write_options: Any, options: Any, on_error: Any, progress: Any
+) -> tuple[UserFunction, dict[str, Any], Options, Literal["drop", "raise"], bool]:
+    """A Pipeline's settings, checked (the errors are the constructor's) and normalised.
+
+    Run again at each call, on the Pipeline's attributes: one changed since (a typo in
+    ``pipeline.on_error = "Raise"``, options given as a dict) is refused there, before
+    any row, rather than change what the call does unseen or fail every row.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    _check_signature(fn)
+    if not isinstance(write_options, Mapping):
+        raise TypeError(
+            "write_options must be a mapping such as {'into_path': 's3://bucket/prefix/'}, "
+            f"got {type(write_options).__name__}"
+        )
+    unknown = sorted(set(write_options) - {"into_path", "options"}, key=str)
+    if "into_path" not in write_options:
+        raise InvalidInputError(
+            "write_options needs an 'into_path'"
+            + (f" (unknown keys: {unknown})" if unknown else "")
+        )
+    if unknown:
+        raise InvalidInputError(
+            f"unknown write_options: {unknown} (write_options takes 'into_path' and "
+            "'options'; the writes' settings, such as upload_args or part_size, go in "
+            "'options': Options(upload_args={...}))"
+        )
+    parse_url(write_options["into_path"], prefix=True)
+    if write_options.get("options") is not None:
+        resolve_options(write_options["options"], "Pipeline(write_options={'options': ...})")
+    if on_error not in ("drop", "raise"):
+        raise InvalidInputError(f"on_error must be 'drop' or 'raise', got {on_error!r}")
+    if progress is None or (type(progress) is int and progress in (0, 1)):
+        progress = bool(progress)  # None (an unset argparse flag), 0 and 1 as before
+    if not isinstance(progress, bool | np.bool_):
+        # "false" or 0.0 would be taken by truth; a tqdm instance is not wanted here
+        raise TypeError(f"progress must be True or False, got {progress!r}")
+    return (
+        fn,
+        dict(write_options),
+        resolve_options(options, "Pipeline(options=...)", default=_default_options),
+        on_error,
+        bool(progress),
+    )
 
 
 def _check_signature(fn: Callable[..., Any]) -> None:
