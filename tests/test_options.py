@@ -407,6 +407,25 @@ def test_repr_masks_credentials_given_to_the_client() -> None:
     assert "'https://***@h:9'" in repr(options)
 
 
+def test_repr_shows_a_configs_settings() -> None:
+    """It showed ``<botocore.config.Config object at 0x7f...>``: nothing of the settings,
+    and a different text for equal options (an unpickled copy)."""
+    import pickle
+
+    from botocore.config import Config
+
+    proxy = f"http://user:{CANARY_SECRET}@proxy:3128"
+    config = Config(connect_timeout=5, proxies={"https": proxy}, retries={"mode": "standard"})
+    options = Options(s3_client_kwargs={"config": config})
+    shown = repr(options)
+    assert_no_secret(shown)
+    assert (
+        "'config': Config(connect_timeout=5, proxies={'https': 'http://***@proxy:3128'}, "
+        "retries={'mode': 'standard'})" in shown
+    )
+    assert repr(pickle.loads(pickle.dumps(options))) == shown
+
+
 def test_a_profile_missing_from_the_config_files_is_refused_when_built(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

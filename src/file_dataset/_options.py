@@ -567,9 +567,37 @@ def _masked(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     def mask(key: str, value: Any) -> Any:
         if key in _SECRET_KEYS and value is not None:
             return "***"
-        return mask_userinfo(value) if isinstance(value, str) else value
+        return _shown(value)
 
     return {k: mask(k, v) for k, v in kwargs.items()}
+
+
+class _Shown:
+    """A value whose repr is given: a botocore ``Config`` shown by its settings."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _shown(value: Any) -> Any:
+    """``value`` for a repr: URLs' ``user:password@`` hidden, also in a ``Config``.
+
+    A botocore ``Config`` is shown as the settings it was given
+    (``Config(connect_timeout=5)``), not as ``<botocore.config.Config object at 0x...>``,
+    which said nothing and differed between equal options.
+    """
+    if isinstance(value, str):
+        return mask_userinfo(value)
+    if isinstance(value, Mapping):
+        return {k: _shown(v) for k, v in value.items()}
+    given = getattr(value, "_user_provided_options", None)
+    if type(value).__name__ == "Config" and isinstance(given, dict):
+        settings = ", ".join(f"{k}={_shown(v)!r}" for k, v in given.items())
+        return _Shown(f"Config({settings})")
+    return value
 
 
 @functools.cache
