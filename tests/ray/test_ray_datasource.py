@@ -142,6 +142,17 @@ def test_rows_come_in_dataframe_order_as_from_into_blob_table(
     assert table["f.bin"].to_pylist() == expected_bytes
 
 
+def test_a_pyarrow_table_is_read_as_its_pandas_frame(
+    ordered_frame: pd.DataFrame, options: Options
+) -> None:
+    """reader() and a Pipeline took a pyarrow.Table (as its to_pandas()); this refused
+    it: "expected a pandas DataFrame, got Table"."""
+    table = pa.Table.from_pandas(ordered_frame, preserve_index=False)
+    frame = read_file_dataset(table, 5, options).to_pandas()
+    assert frame["id"].tolist() == [f"r{i:03d}" for i in range(23)]
+    assert frame["f.bin"].tolist() == [f"row {i:03d} ".encode() * (i + 1) for i in range(23)]
+
+
 def test_preserve_order_false_leaves_the_order_to_the_drivers_context(
     ordered_frame: pd.DataFrame, options: Options
 ) -> None:
