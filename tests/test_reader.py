@@ -867,6 +867,34 @@ def test_missing_bucket_and_missing_local_file(options: Options, tmp_path: Path)
         file_dataset.reader({"f": missing}).into_blob_table()
 
 
+def test_a_local_file_this_process_may_not_read_has_no_size_either(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """into_size_table gave its size while into_blob_table refused it, so a size pass
+    did not find such files; S3 refuses the HEAD of an object it would not let be read.
+    (Tests may run as root, who may read anything: the check is refused here.)"""
+    import file_dataset._local
+
+    (tmp_path / "secret.bin").write_bytes(b"12345")
+    readable = os.access
+    monkeypatch.setattr(
+        file_dataset._local.os,
+        "access",
+        lambda path, mode, **kw: not str(path).endswith("secret.bin") and readable(path, mode),
+    )
+    row = {"id": "r1", "a.bin": str(tmp_path / "secret.bin")}
+    with pytest.raises(PermissionError) as info:
+        file_dataset.reader(row).into_size_table()
+    assert isinstance(info.value, file_dataset.ObjectAccessDeniedError)
+    assert (info.value.url, info.value.row_id, info.value.column) == (
+        str(tmp_path / "secret.bin"),
+        "r1",
+        "a.bin",
+    )
+    monkeypatch.undo()
+    assert file_dataset.reader(row).into_size_table()["a.bin"].to_pylist() == [5]
+
+
 def test_local_directory_is_not_a_file(tmp_path: Path) -> None:
     """Also not for sizes: a directory's st_size would be a wrong size to plan with."""
     for read in ("into_blob_table", "into_size_table", "into_temp_dir"):

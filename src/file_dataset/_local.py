@@ -319,6 +319,9 @@ class LocalBackend:
             raise translate_os_error(e, str(loc), "head") from e
         if not stat_module.S_ISREG(stat.st_mode):  # as read_first says: no size to plan with
             raise TransferError(str(loc), not_a_file(stat.st_mode), operation="head")
+        if not os.access(loc.path, os.R_OK):  # as S3 refuses a HEAD it would refuse a GET
+            denied = PermissionError(errno.EACCES, "Permission denied", str(loc.path))
+            raise translate_os_error(denied, str(loc), "head")
         if _size_says_nothing(stat):  # its size is what it holds: read to its end
             try:
                 with _open_regular(loc) as f:
