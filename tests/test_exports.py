@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import types
+from pathlib import Path
+
+import pytest
 
 import file_dataset
 
@@ -61,3 +64,49 @@ def test_the_type_hints_of_the_public_api_resolve_at_run_time() -> None:
     assert "Options.s3_client" in resolved
     assert "TempDir.TempDir" in resolved
     assert "LocalS3Server.client" in resolved
+
+
+def test_an_argument_of_the_wrong_type_is_both_a_type_and_a_value_error(tmp_path: Path) -> None:
+    """Some wrong types were a ValueError (InvalidInputError) and others a TypeError,
+    and FileDatasetError's docstring said TypeError. Where a value is parsed from what
+    was given, a wrong type is now both: either ``except`` catches it."""
+    import pickle
+
+    import pandas as pd
+
+    from file_dataset.ray import read_file_dataset
+
+    frame = pd.DataFrame({"id": ["1"], "a.bin": [str(tmp_path / "a.bin")]})
+    pipeline = file_dataset.Pipeline(lambda i, o: {}, {"into_path": str(tmp_path / "out")})
+    calls = {
+        "reader(5)": lambda: file_dataset.reader(5),  # type: ignore[arg-type]
+        "reader([...])": lambda: file_dataset.reader(["s3://b/k"]),  # type: ignore[arg-type]
+        "pipeline([...])": lambda: pipeline([1, 2]),  # type: ignore[call-overload]
+        "on_error=True": lambda: file_dataset.Pipeline(
+            lambda i, o: {},
+            {"into_path": "/x"},
+            on_error=True,  # type: ignore[arg-type]
+        ),
+        "into_path=None": lambda: file_dataset.write_files({}, None, "1"),  # type: ignore[arg-type]
+        "a cell of 5": lambda: file_dataset.reader({"a.bin": 5}),
+        "dir=5": lambda: file_dataset.reader(frame).into_temp_dir(dir=5),  # type: ignore[arg-type]
+        "download_to(None)": lambda: file_dataset.reader(frame).download_to(None),  # type: ignore[arg-type]
+        "batch_size='4'": lambda: read_file_dataset(frame, "4"),  # type: ignore[arg-type]
+        "read_file_dataset(dict)": lambda: read_file_dataset({"id": ["1"]}, 4),  # type: ignore[arg-type]
+    }
+    for name, call in calls.items():
+        try:
+            call()
+        except Exception as e:
+            error = e
+        else:
+            raise AssertionError(f"{name} raised nothing")
+        assert isinstance(error, TypeError), name
+        assert isinstance(error, file_dataset.InvalidInputError), name
+        copy = pickle.loads(pickle.dumps(error))
+        assert (type(copy), str(copy)) == (type(error), str(error)), name
+    with pytest.raises(TypeError, match=r"into_temp_dir\(dir=...\): expected a local folder"):
+        file_dataset.reader(frame).into_temp_dir(dir=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="must be a positive int") as info:
+        read_file_dataset(frame, 0)
+    assert not isinstance(info.value, TypeError)  # a wrong value is a ValueError only

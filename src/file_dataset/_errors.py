@@ -5,6 +5,7 @@ Every exception also inherits the built-in exception that means the same thing, 
 
     FileDatasetError
     ├── InvalidInputError (ValueError)      bad URL, name, id or file DataFrame
+    │   └── (a wrong type is also a TypeError)
     └── TransferError (OSError)             a read or write of one object failed
         ├── ObjectNotFoundError (FileNotFoundError)
         └── ObjectAccessDeniedError (PermissionError)
@@ -35,9 +36,12 @@ class FileDatasetError(Exception):
     """Base class of the errors file_dataset raises about data, settings and transfers.
 
     Its subclasses are also the built-in exceptions they refine (``ValueError``,
-    ``OSError``, ``FileNotFoundError``, ``PermissionError``). Not covered: a wrong
-    argument type (``TypeError``), an exception of ``fn`` in a Pipeline (raised as it
-    is with ``on_error="raise"``), a missing ``into_temp_dir(dir=...)`` folder (the
+    ``OSError``, ``FileNotFoundError``, ``PermissionError``); an argument of the wrong
+    type where a file DataFrame, row, URL or path, ``batch_size`` or ``on_error`` is
+    expected is an ``InvalidInputError`` that is also a ``TypeError``. Not covered:
+    other wrong argument types (``TypeError``: ``options`` given as a dict, say), an
+    exception of ``fn`` in a Pipeline (raised as it is with ``on_error="raise"``), a
+    missing ``into_temp_dir(dir=...)`` folder (the
     built-in ``FileNotFoundError``/``NotADirectoryError``) and interrupts.
     """
 
@@ -47,6 +51,14 @@ class InvalidInputError(FileDatasetError, ValueError):
 
     A URL, file name, row id, file DataFrame or setting (of ``Options``, ``reader``,
     ``read_file_dataset``), or a ``TempDir`` used after its removal.
+    """
+
+
+class InvalidTypeError(InvalidInputError, TypeError):
+    """An argument of the wrong type (a ``ValueError`` and a ``TypeError``).
+
+    An :class:`InvalidInputError` that is also a ``TypeError``, so either ``except``
+    catches it: ``reader(5)``, ``batch_size="4"``, ``into_path=None``, ``on_error=True``.
     """
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from file_dataset._errors import InvalidInputError, quoted, quoted_masked
+from file_dataset._errors import InvalidInputError, InvalidTypeError, quoted, quoted_masked
 from file_dataset._urls import (
     Location,
     check_component,
@@ -62,7 +62,7 @@ def _cell(value: Any, row_id: str | None, column: str) -> Location | None:
         return parse_url(value)
     except InvalidInputError as e:
         where = f"row id {quoted(row_id)}, " if row_id is not None else ""
-        raise InvalidInputError(f"{where}column {quoted(column)}: {e}") from None
+        raise type(e)(f"{where}column {quoted(column)}: {e}") from None
 
 
 def parse_cells(columns: list[str], values: list[Any], row_id: str | None) -> list[Location | None]:
@@ -107,7 +107,7 @@ def check_frame(frame: pd.DataFrame) -> list[str]:
         InvalidInputError: No ``id`` column, or a bad id or column name.
     """
     if not isinstance(frame, pd.DataFrame):
-        raise InvalidInputError(f"expected a pandas DataFrame, got {type(frame).__name__}")
+        raise InvalidTypeError(f"expected a pandas DataFrame, got {type(frame).__name__}")
     if ID_COLUMN not in frame.columns:
         hint = (
             "; the ids are its index: frame.reset_index('id') makes them a column"
@@ -316,7 +316,7 @@ def parse_row(row: Mapping[str, Any] | pd.Series) -> FileTable:
         shown = type(row).__name__
         if isinstance(row, str | os.PathLike):  # a URL may be presigned: masked
             shown += f" {quoted_masked(os.fspath(row))}"
-        raise InvalidInputError(
+        raise InvalidTypeError(
             "expected one row (a mapping of file name to URL, such as {'image.mha': "
             "'s3://bucket/key'}) or a file DataFrame (an 'id' column and one column per "
             f"file name), got {shown}"

@@ -29,6 +29,7 @@ from botocore.exceptions import NoCredentialsError
 from file_dataset._backend import remember
 from file_dataset._errors import (
     InvalidInputError,
+    InvalidTypeError,
     ObjectAccessDeniedError,
     ObjectNotFoundError,
     TransferError,
@@ -503,7 +504,7 @@ class Pipeline:
             if _id_last(list(row)):
                 return outputs | {ID_COLUMN: row[ID_COLUMN]}
             return {ID_COLUMN: row[ID_COLUMN]} | outputs
-        raise InvalidInputError(
+        raise InvalidTypeError(
             f"expected a file DataFrame or a row, got {type(file_dataframe).__name__}"
         )
 
@@ -840,7 +841,8 @@ def _checked(
     if write_options.get("options") is not None:
         resolve_options(write_options["options"], "Pipeline(write_options={'options': ...})")
     if on_error not in ("drop", "raise"):
-        raise InvalidInputError(f"on_error must be 'drop' or 'raise', got {on_error!r}")
+        kind = InvalidInputError if isinstance(on_error, str) else InvalidTypeError
+        raise kind(f"on_error must be 'drop' or 'raise', got {on_error!r}")
     if progress is None or (type(progress) is int and progress in (0, 1)):
         progress = bool(progress)  # None (an unset argparse flag), 0 and 1 as before
     if not isinstance(progress, bool | np.bool_):

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 import pyarrow as pa
 
-from file_dataset._errors import InvalidInputError, quoted, quoted_masked
+from file_dataset._errors import InvalidInputError, InvalidTypeError, quoted, quoted_masked
 
 URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_]{1,254}$")
@@ -163,7 +163,7 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if isinstance(value, bytes) or not isinstance(value, str):
-        raise InvalidInputError(
+        raise InvalidTypeError(
             f"expected an s3:// URL or a local path, got {type(value).__name__} {quoted(value)}"
         )
     if not value:
@@ -240,10 +240,15 @@ def local_folder(value: Any, what: str) -> str:
     """
     if isinstance(value, str) and not value:
         raise InvalidInputError(f"{what}: expected a local folder, got an empty string")
+    if isinstance(value, bytes) or not isinstance(value, str | os.PathLike):
+        raise InvalidTypeError(
+            f"{what}: expected a local folder (a path or a file:// URL), got "
+            f"{type(value).__name__} {quoted(value)}"
+        )
     try:
         loc = parse_url(value, prefix=True)
     except InvalidInputError as e:
-        raise InvalidInputError(f"{what}: {e}") from None
+        raise type(e)(f"{what}: {e}") from None
     if loc.is_s3:
         raise InvalidInputError(
             f"{what} must be a local folder, got the S3 URL {quoted_masked(str(value))}"

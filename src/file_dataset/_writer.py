@@ -104,7 +104,7 @@ def write_files(
             if not into.is_s3:
                 check_local_name(name, "file name")
         except InvalidInputError as e:
-            raise InvalidInputError(f"row id {quoted(row_id)}: {e}") from None
+            raise type(e)(f"row id {quoted(row_id)}: {e}") from None
         if name == ID_COLUMN:
             raise InvalidInputError(
                 f"row id {quoted(row_id)}: a file cannot be named {ID_COLUMN!r}, which is the "
@@ -121,7 +121,7 @@ def write_files(
         try:
             source = parse_url(src)
         except InvalidInputError as e:
-            raise InvalidInputError(f"{where}: {e}") from None
+            raise type(e)(f"{where}: {e}") from None
         if source.is_s3:
             raise InvalidInputError(
                 f"{where}: write_files sends local files, "

@@ -14,7 +14,7 @@ import ray.data
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from file_dataset._errors import InvalidInputError
+from file_dataset._errors import InvalidInputError, InvalidTypeError
 from file_dataset._frame import (
     ID_COLUMN,
     check_cells,
@@ -33,11 +33,9 @@ _OFFSET_BYTES = 4
 
 
 def _check_batch_size(batch_size: Any) -> int:
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, numbers.Integral)
-        or batch_size < 1
-    ):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise InvalidTypeError(f"batch_size must be a positive int, got {batch_size!r}")
+    if batch_size < 1:
         raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
     return int(batch_size)
 
