@@ -783,6 +783,9 @@ def test_only_a_4xx_head_is_asked_again_and_only_a_4xx_get_replaces_it(transport
     error = _size_through(Unavailable, transport)
     assert (type(error), error.status) == (file_dataset.TransferError, 503)
     assert set(Unavailable.seen) == {"HEAD"}
+    # as boto3 says it (obstore's own line was "Generic S3 error: Error performing HEAD
+    # http://... - Server returned non-2xx status code: 503")
+    assert str(error).endswith("(row id 'p01', column 'img.mha'): 503: Service Unavailable")
 
     class BadThenBroken(_RefusingHandler):
         get = (500, "InternalError")

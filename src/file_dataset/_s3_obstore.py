@@ -18,6 +18,7 @@ import contextlib
 import datetime as dt
 import errno
 import html
+import http
 import logging
 import os
 import re
@@ -182,6 +183,13 @@ def _translate(
     status_code = status.group(1) if status else ""
     first_line = text.strip().splitlines()[0][:300] if text.strip() else type(error).__name__
     reason = f"{code}: {message}" if code and message else (code or first_line)
+    if not code and status_code:  # an answer without S3's error body (a HEAD's, say)
+        # said as boto3 says it, "503: Service Unavailable", not as obstore's long line
+        with contextlib.suppress(ValueError):
+            reason = f"{status_code}: {http.HTTPStatus(int(status_code)).phrase}"
+        sent = re.search(r"performing (\w+) \S+(?:.*?(after \d+ retries))?", first_line)
+        if sent and sent.group(2):
+            reason += f" ({sent.group(2)})"
     unreachable = False
     if isinstance(error, PreconditionError) or code == "PreconditionFailed":  # If-Match
         raise TransferError(url, CHANGED, operation=operation) from cause
