@@ -571,20 +571,24 @@ def obstore_async(spec: dict[str, Any], pairs: list, checker: Checker) -> Prepar
                 client_options={"allow_http": True},
             )
 
-    async def main() -> dict[str, Any]:
+    async def main(out: dict[str, Any]) -> None:
         sem = asyncio.Semaphore(64)
 
-        async def one(name: str, url: str) -> tuple[str, Any]:
+        async def one(name: str, url: str) -> None:
             bucket, key = _split(url)
             async with sem:
                 res = await obstore.get_async(stores[bucket], key)
-                return name, await res.bytes_async()
+                out[name] = await res.bytes_async()
 
-        got = await asyncio.gather(*(one(f"{rid}/{c}", url) for rid, c, url in pairs))
-        return dict(got)
+        await asyncio.gather(*(one(f"{rid}/{c}", url) for rid, c, url in pairs))
 
     def run() -> Callable[[], None]:
-        out = asyncio.run(main())
+        # The bytes go into a dict this function owns, and main() returns None: on
+        # Python 3.11, asyncio.run() ends (Runner.run's finally -> signal.getsignal ->
+        # enum's ValueError message) by formatting a repr of the main task, result
+        # included, and that renders every byte (4 x 64 MiB: 17.8 s instead of 0.3 s).
+        out: dict[str, Any] = {}
+        asyncio.run(main(out))
         return lambda: [checker.blob(n, d) for n, d in out.items()] and None
 
     return run
