@@ -3,8 +3,9 @@
 The parent (run.py) writes a spec, this process sets up (imports, Ray start, ...)
 outside the measured region, runs the contender once inside it, then checks every
 object's bytes and writes a result JSON next to the spec. Measured: wall time, CPU
-seconds of this process and all its descendants (Ray workers, curl, s5cmd), peak RSS
-of the process tree (sampled every 20 ms), and the server's request count.
+seconds of this process and all its descendants (Ray workers, curl, s5cmd; including
+those that exit during the run, see CpuTracker), peak RSS of the process tree (sampled
+every 20 ms), and the server's request count.
 """
 
 from __future__ import annotations
@@ -51,15 +52,120 @@ def _tree() -> list[psutil.Process]:
         return [me]
 
 
-def _tree_cpu() -> float:
-    total = 0.0
-    for p in _tree():
+class _Seen:
+    """One process seen in the tree: its CPU at the start (0 if born later) and when
+    last read, as user+system of its own (``own``) and of its waited-for children
+    (``kids``: the kernel's children_user+children_system), and its last parent."""
+
+    __slots__ = ("gone", "handle", "kids", "kids0", "own", "own0", "ppid")
+
+    def __init__(self, handle: psutil.Process) -> None:
+        self.handle = handle
+        self.own = self.kids = self.own0 = self.kids0 = 0.0
+        self.ppid = -1
+        self.gone = False
+
+
+class CpuTracker:
+    """CPU seconds used by a process tree over a region, including processes that exit
+    during it (whoever reaps them, even a process outside the tree).
+
+    Every process seen in the tree (listed at the start, then by the sampler) is read
+    until it is gone; it adds (its last own CPU - its own CPU at the start, 0 if it was
+    not there at the start). A figure can never be negative this way: CPU read for one
+    process only grows.
+
+    children_user/children_system (``kids``) are needed for processes that live and
+    are reaped between two listings of the tree (a short subprocess). But when a
+    tracked parent P reaps a tracked child C, the kernel adds C's *final* own+kids to
+    P's kids, and C's own CPU is already counted from C's own reads: adding P's kids
+    as they are would count C twice. So P adds
+        (P's last kids - P's kids at the start) - sum over tracked C gone whose last
+        parent was P of (C's last own + C's last kids),
+    clamped at 0. If P did reap C, P's kids hold C's final figures, which are at least
+    C's last ones, so what remains is C's tail after its last read (the CPU it used
+    before exiting, not counted elsewhere) plus the children P reaped unseen: nothing
+    counted twice. For this to hold, every C reaped before P's last read must be known
+    gone when the sum is made: ``finish`` reads every process and only then checks
+    which are gone, so that check comes after every parent's last read. If C was
+    reaped by some other process (it was reparented), the subtraction is too much and
+    only makes P's share smaller (clamped at 0): an undercount, never a double count.
+    What can still be missed: a process both born and reaped (by a process outside the
+    tree) between two listings, and the tail of a tracked process reaped outside the
+    tree (at most one sampling interval of its CPU).
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[int, float], _Seen] = {}
+
+    @staticmethod
+    def _key(p: psutil.Process) -> tuple[int, float] | None:
         try:
-            t = p.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
+            return (p.pid, p.create_time())  # create_time: a reused pid is another process
         except psutil.Error:
-            pass
-    return total
+            return None
+
+    @staticmethod
+    def _read(e: _Seen) -> bool:
+        try:
+            with e.handle.oneshot():
+                t = e.handle.cpu_times()
+                ppid = e.handle.ppid()
+        except psutil.ZombieProcess:
+            return True  # exited, not reaped yet: its last read figures stand
+        except psutil.NoSuchProcess:
+            e.gone = True
+            return False
+        except psutil.Error:
+            return False
+        e.own = t.user + t.system
+        e.kids = t.children_user + t.children_system
+        e.ppid = ppid
+        return True
+
+    def add(self, procs: Iterable[psutil.Process], at_start: bool = False) -> None:
+        """Starts tracking the listed processes not tracked yet."""
+        for p in procs:
+            key = self._key(p)
+            if key is None or key in self.seen:
+                continue
+            e = _Seen(p)
+            if self._read(e) and at_start:
+                e.own0, e.kids0 = e.own, e.kids
+            self.seen[key] = e
+
+    def sample(self) -> None:
+        for e in self.seen.values():
+            if not e.gone:
+                self._read(e)
+
+    def finish(self, procs: Iterable[psutil.Process]) -> float:
+        """Last reads (after adding ``procs``), then the total CPU seconds."""
+        self.add(procs)
+        self.sample()
+        for e in self.seen.values():  # after every last read (see the class docstring)
+            if not e.gone and not e.handle.is_running():
+                e.gone = True
+        by_pid: dict[int, list[tuple[float, _Seen]]] = {}
+        for (pid, created), e in self.seen.items():
+            by_pid.setdefault(pid, []).append((created, e))
+        reaped: dict[int, float] = {}  # id(parent entry) -> CPU of its gone children
+        for (_, created), c in self.seen.items():
+            if not c.gone:
+                continue
+            # the parent: the process with that pid created before this child
+            parents = [(pc, pe) for pc, pe in by_pid.get(c.ppid, []) if pc <= created]
+            if parents:
+                parent = max(parents, key=lambda pair: pair[0])[1]
+                reaped[id(parent)] = reaped.get(id(parent), 0.0) + c.own + c.kids
+        total = 0.0
+        for e in self.seen.values():
+            total += max(0.0, e.own - e.own0)
+            total += max(0.0, e.kids - e.kids0 - reaped.get(id(e), 0.0))
+        if total < 0:  # cannot happen (every term is >= 0); kept as a guard
+            print(f"warning: negative CPU figure {total:.3f} s clamped to 0", file=sys.stderr)
+            total = 0.0
+        return total
 
 
 def _tree_rss(procs: list[psutil.Process] | None = None) -> int:
@@ -75,37 +181,47 @@ class Meter:
         self.log = log
         self.peak = 0
         self._stop = threading.Event()
+        self._cpu = CpuTracker()
 
     def _offset(self) -> int:
         return os.path.getsize(self.log) if self.log and os.path.exists(self.log) else 0
 
     def _sample(self) -> None:
         # Listing the process tree scans all of /proc (~5 ms for Ray's ~18 processes):
-        # do it every 0.5 s, and read only the known processes' RSS every 20 ms.
+        # do it every 0.5 s, read only the known processes' RSS every 20 ms, and the CPU
+        # of every process seen so far (until it is gone; see CpuTracker) every 0.1 s
+        # (~50 us a process).
         procs = _tree()
+        self._cpu.add(procs)
         listed = time.perf_counter()
+        tick = 0
         while not self._stop.wait(0.02):
+            tick += 1
             if time.perf_counter() - listed > 0.5:
                 procs, listed = _tree(), time.perf_counter()
+                self._cpu.add(procs)
             self.peak = max(self.peak, _tree_rss(procs))
+            if tick % 5 == 0:
+                self._cpu.sample()
 
     def __enter__(self) -> Meter:
         self.log_start = self._offset()
         self.base_rss = _tree_rss()
         self.peak = self.base_rss
+        self._cpu.add(_tree(), at_start=True)
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
-        self.cpu0 = _tree_cpu()
         self.t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self.t0
-        self.cpu = _tree_cpu() - self.cpu0
         self._stop.set()
         self._thread.join()
+        procs = _tree()
+        self.cpu = self._cpu.finish(procs)
         self.peak = max(
-            self.peak, _tree_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self.peak, _tree_rss(procs), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         )
         self.requests: int | None = None
         if self.log:
