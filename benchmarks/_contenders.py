@@ -624,7 +624,12 @@ def _daft(spec: dict[str, Any], pairs: list, checker: Checker, on_ray: bool) -> 
     def run() -> Callable[[], None]:
         d = daft.from_pandas(df)
         for c in cols:
-            d = d.with_column(f"{c}:bytes", daft.functions.download(daft.col(c), io_config=io))
+            # download() defaults to max_connections=32 (and overrides S3Config's with
+            # it); file_dataset keeps 64 transfers in flight by default
+            d = d.with_column(
+                f"{c}:bytes",
+                daft.functions.download(daft.col(c), max_connections=64, io_config=io),
+            )
         table = d.to_arrow()
         return lambda: checker.table(table, [(c, f"{c}:bytes") for c in cols])
 
