@@ -1038,7 +1038,8 @@ def main(spec_path: str) -> None:
             result.update(status="SKIPPED", reason=str(e))
             return
         # --repeat: measure several times in this process (after the same warm-up) and
-        # report the run with the median wall time; only the last run's bytes are kept
+        # report the run with the median wall time (for an even count, the slower of the
+        # two middle runs); only the last run's bytes are kept
         # and checked, so a repeat never holds more than one run's output.
         meters: list[Meter] = []
         error = None
@@ -1053,10 +1054,12 @@ def main(spec_path: str) -> None:
             meters.append(meter)
             if error is not None:
                 break
-        meter = sorted(meters, key=lambda m: m.wall)[(len(meters) - 1) // 2]
+        # the median; for an even count, the slower of the two middle runs (conservative)
+        meter = sorted(meters, key=lambda m: m.wall)[len(meters) // 2]
         if len(meters) > 1:
             walls = ", ".join(f"{m.wall:.2f}" for m in meters)
-            note = f"median of {len(meters)} runs ({walls} s)"
+            which = "" if len(meters) % 2 else ", the slower middle one"
+            note = f"median of {len(meters)} runs ({walls} s{which})"
             spec["_note"] = "; ".join(filter(None, [spec.get("_note"), note]))
         result.update(
             wall=meter.wall,

@@ -17,7 +17,8 @@ merges the figures into ``benchmarks/results.json`` and rewrites
 ``--repeat N`` measures each read or write contender N times in its process, after the same
 warm-up, and reports the run with the median wall time (steadier figures, and Ray's
 first-execution costs are then paid once, as in a long job); for P it runs N (identity
-``fn``, sleeping ``fn``) pairs and reports the pair whose ratio is the median.
+``fn``, sleeping ``fn``) pairs and reports the pair whose ratio is the median. For an
+even N there are two middle runs: the slower one (the higher ratio) is reported.
 
 Exit status: 1 if any contender returned wrong or missing bytes (FAILED), else 0.
 """
@@ -580,12 +581,12 @@ class Suite:
             if not pairs:
                 continue
             ratios = [sleep["pipeline_ratio"] for _, sleep in pairs]
-            io, sleep = sorted(pairs, key=lambda pair: pair[1]["pipeline_ratio"])[
-                (len(pairs) - 1) // 2
-            ]
+            # the median; for an even count, the higher (worse) of the two middle ratios
+            io, sleep = sorted(pairs, key=lambda pair: pair[1]["pipeline_ratio"])[len(pairs) // 2]
             if rounds > 1:
                 listed = ", ".join(f"{r:.2f}" for r in ratios)
-                sleep["note"] += f"; median of {len(pairs)} pairs ({listed})"
+                which = "" if len(pairs) % 2 else ", the higher middle one"
+                sleep["note"] += f"; median of {len(pairs)} pairs ({listed}{which})"
                 print(f"    {sleep_name}: median ratio of {len(pairs)} pairs: {sleep['note']}")
             self._record([io, sleep])
         self._clear_out_bucket()
@@ -690,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="reads and writes: measure each contender N times in its process, report "
         "the median run; P: run N (identity, sleep) pairs, report the pair with the "
-        "median ratio",
+        "median ratio; for an even N, the slower middle run (higher middle ratio)",
     )
     parser.add_argument(
         "--moto-reads", action="store_true", help="serve reads from moto even if nginx exists"
