@@ -19,6 +19,10 @@ warm-up, and reports the run with the median wall time (steadier figures, and Ra
 first-execution costs are then paid once, as in a long job); for P it runs N (identity
 ``fn``, sleeping ``fn``) pairs and reports the pair whose ratio is the median. For an
 even N there are two middle runs: the slower one (the higher ratio) is reported.
+Contenders run in a fixed order (the list below, file_dataset first) and their repeats
+back to back, so a load that starts part-way falls on the later ones; ``--rounds K``
+runs the whole list K times, forward then reverse then forward..., and reports for each
+contender its median round (reads and writes; not P).
 
 Exit status: 1 if any contender returned wrong or missing bytes (FAILED), else 0.
 """
@@ -511,9 +515,54 @@ class Suite:
             print(
                 f"-- {workload.name} on {self.servers.endpoints[server].name} ({self.servers.endpoints[server].url})"
             )
-            for contender in self._contenders(READ_CONTENDERS):
-                spec = self._base_spec(server, mpath, fpath, workload)
-                self.run_one(workload, server, contender, spec)
+            self._run_contenders(
+                workload,
+                server,
+                self._contenders(READ_CONTENDERS),
+                lambda _, s=server: self._base_spec(s, mpath, fpath, workload),
+            )
+
+    def _run_contenders(
+        self,
+        workload: Workload,
+        server: str,
+        contenders: list[str],
+        make_spec: Callable[[str], dict[str, Any]],
+    ) -> None:
+        """Runs the contenders in list order; with ``--rounds K`` (K > 1), runs the whole
+        list K times, forward then reverse then forward..., so that a load that starts
+        part-way does not always fall on the same (last) contenders, and keeps for each
+        the round with the median wall time (for an even K, the slower middle one)."""
+        rounds = max(1, self.args.rounds)
+        if rounds == 1:
+            for contender in contenders:
+                self.run_one(workload, server, contender, make_spec(contender))
+            return
+        got: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
+        for n in range(rounds):
+            order = contenders if n % 2 == 0 else contenders[::-1]
+            print(f"   round {n + 1} of {rounds}" + (" (reverse order)" if n % 2 else ""))
+            for contender in order:
+                got[contender].append(
+                    self.run_one(workload, server, contender, make_spec(contender), record=False)
+                )
+        chosen = []
+        for contender, runs in got.items():
+            bad = [r for r in runs if r["status"] != "OK" or "wall" not in r]
+            if bad:  # a failure or skip in any round is what is reported
+                chosen.append(bad[0])
+                continue
+            walls = [r["wall"] for r in runs]
+            r = sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
+            which = "" if len(runs) % 2 else ", the slower middle one"
+            listed = ", ".join(f"{w:.2f}" for w in walls)
+            r["note"] = "; ".join(
+                filter(None, [r.get("note"), f"median of {len(runs)} rounds ({listed} s{which})"])
+            )
+            r["round_walls"] = walls
+            chosen.append(r)
+            print(f"  {contender:<24}median of {len(runs)} rounds: {r['wall']:.2f} s ({listed})")
+        self._record(chosen)
 
     def _run_write(self, workload: Workload) -> None:
         room = self._room_for(workload)
@@ -530,9 +579,12 @@ class Suite:
         from file_dataset import Options
 
         multipart_threshold = Options().multipart_threshold  # the library's default
-        for n, contender in enumerate(self._contenders(WRITE_CONTENDERS)):
+        contenders = self._contenders(WRITE_CONTENDERS)
+
+        def make_spec(contender: str) -> dict[str, Any]:
             self._clear_out_bucket()
             spec = self._base_spec("moto", mpath, fpath, workload, local=True)
+            n = contenders.index(contender)
             spec.update(out_bucket=OUT_BUCKET, out_prefix=f"w{n}", write_endpoint=spec["endpoint"])
             if workload.size > multipart_threshold:
                 # Warm up on the workload itself: a multipart upload's first use of boto3
@@ -540,7 +592,9 @@ class Suite:
                 # thread), which the small warm-up set never reaches; contenders that hold
                 # one client made in their setup would not pay it.
                 spec.update(warm_frame=str(fpath), warm_manifest=str(mpath))
-            self.run_one(workload, "moto", contender, spec)
+            return spec
+
+        self._run_contenders(workload, "moto", contenders, make_spec)
         self._clear_out_bucket()
 
     def _run_pipeline(self, workload: Workload) -> None:
@@ -692,6 +746,14 @@ def main(argv: list[str] | None = None) -> int:
         help="reads and writes: measure each contender N times in its process, report "
         "the median run; P: run N (identity, sleep) pairs, report the pair with the "
         "median ratio; for an even N, the slower middle run (higher middle ratio)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="reads and writes: run the whole contender list K times, alternating its "
+        "order (forward, reverse, ...), and report each contender's median round (for "
+        "an even K, the slower middle one); not used by P",
     )
     parser.add_argument(
         "--moto-reads", action="store_true", help="serve reads from moto even if nginx exists"
