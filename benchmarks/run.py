@@ -126,7 +126,7 @@ DESCRIPTIONS = {
     "fd_ray": "file_dataset.ray.read_file_dataset, fully materialised to the driver",
     "fd_ray_local": "read_file_dataset over the same objects as local paths: Ray's own cost, no network",
     "fd_pipeline": "file_dataset Pipeline, fn hard-links its inputs aside, no outputs",
-    "fd_blob[c64]": "into_blob_table with Options(max_concurrency=64)",
+    "fd_blob[c64]": "into_blob_table with Options(max_concurrency=64): the defaults, a noise control",
     "fd_blob[c128]": "into_blob_table with Options(max_concurrency=128)",
     "fd_blob[boto3]": "into_blob_table, boto3 transport (FILE_DATASET_TRANSPORT=boto3)",
     "fd_blob_cold[boto3]": "fd_blob_cold, boto3 transport",
