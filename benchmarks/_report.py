@@ -361,8 +361,9 @@ def render(
         + f"; {info['nginx']}; {info['curl'].split(' (')[0]}",
         "- Servers on 127.0.0.1: nginx (1 worker) serving files to path-style S3 GET/HEAD/Range; "
         "the 10 ms server adds `echo_sleep 0.01` before every response; writes go to moto behind an nginx proxy (for request counts).",
-        "- Each contender runs once, in its own process, after its setup (imports, `ray.init` and a warm-up job are not measured). "
-        "CPU = user+system seconds of the process and all its descendants (Ray workers, curl, s5cmd) during the measured region; "
+        "- Each contender runs in its own process, after its setup (imports, `ray.init` and a warm-up job are not measured); "
+        "with `--repeat N` or `--rounds K` the median run or round is shown (the slower middle one for an even count; see the notes column). "
+        "CPU = user+system seconds of every process seen in its tree (Ray workers, curl, s5cmd), also those that exit, during the measured region; "
         "peak RSS = largest sum of RSS over that process tree (sampled every 20 ms; Ray's shared object store pages are counted in every process that maps them). "
         "req/obj from the server's access log. `vs fd` = objects/s relative to `fd_blob` (blob contenders) or `fd_tempdir` (contenders that write files), "
         "`fd_write_files` for writes. Every object's size and CRC-32 are checked after the measurement; nulls, missing or wrong bytes mark a contender FAILED.",
