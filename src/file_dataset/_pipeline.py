@@ -971,13 +971,15 @@ def _where(paths: Iterable[Path], input_dir: Path, output_dir: Path) -> tuple[bo
     Returns:
         Whether any output is in ``input_dir`` (an input passed through, by its path
         or a link), and whether every output is in ``input_dir`` or ``output_dir``
-        both ways and is not a hard link (so that no later ``fn`` call can rewrite it:
-        a hard link's other name may be a scratch file outside, and nothing tells
-        where it is).
+        both ways and has no name outside them (so that no later ``fn`` call can
+        rewrite it: a hard link's other name may be a scratch file outside; one whose
+        every name is in the row's folders, such as a hard link to an input, is the
+        row's own).
     """
     folders = (input_dir, output_dir)
     real_input, real_output = (folder.resolve() for folder in folders)
     uses_input, only_own = False, True
+    names: list[collections.Counter[tuple[int, int]]] = []  # names per inode, once asked
     for path in paths:
         written, real = Path(os.path.abspath(path)), path.resolve()
         uses_input = (
@@ -986,17 +988,35 @@ def _where(paths: Iterable[Path], input_dir: Path, output_dir: Path) -> tuple[bo
         only_own = only_own and (
             any(written.is_relative_to(folder) for folder in folders)
             and (real.is_relative_to(real_input) or real.is_relative_to(real_output))
-            and _one_name(real)
+            and _no_name_outside(real, (real_input, real_output), names)
         )
     return uses_input, only_own
 
 
-def _one_name(path: Path) -> bool:
-    """Whether a file has no other (hard-linked) name; ``False`` if it is gone."""
+def _no_name_outside(
+    path: Path, folders: tuple[Path, Path], names: list[collections.Counter[tuple[int, int]]]
+) -> bool:
+    """Whether every (hard-linked) name of a file is in ``folders``; ``False`` if gone.
+
+    ``names`` caches the count of names per inode in ``folders`` (made on the first
+    file that has more than one name).
+    """
     try:
-        return path.stat().st_nlink == 1
+        stat = path.stat()
     except OSError:  # removed since it was checked (by a thread fn left running, say)
         return False
+    if stat.st_nlink == 1:
+        return True
+    if not names:
+        found: collections.Counter[tuple[int, int]] = collections.Counter()
+        for folder in folders:
+            for root, _, files in os.walk(folder):
+                for name in files:
+                    with contextlib.suppress(OSError):
+                        seen = os.lstat(os.path.join(root, name))
+                        found[(seen.st_dev, seen.st_ino)] += 1
+        names.append(found)
+    return names[0][(stat.st_dev, stat.st_ino)] >= stat.st_nlink
 
 
 # How far _let_typeddicts_travel looks from fn: links followed, objects visited, and
