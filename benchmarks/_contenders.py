@@ -162,10 +162,7 @@ class CpuTracker:
         for e in self.seen.values():
             total += max(0.0, e.own - e.own0)
             total += max(0.0, e.kids - e.kids0 - reaped.get(id(e), 0.0))
-        if total < 0:  # cannot happen (every term is >= 0); kept as a guard
-            print(f"warning: negative CPU figure {total:.3f} s clamped to 0", file=sys.stderr)
-            total = 0.0
-        return total
+        return total  # every term is >= 0
 
 
 def _tree_rss(procs: list[psutil.Process] | None = None) -> int:

@@ -2963,12 +2963,7 @@ def test_a_connection_reset_after_connecting_is_not_an_unreachable_endpoint(
     connect to the endpoint" and ``unreachable``, which ends a Pipeline call: a
     helper's call over a frame whose first object was reset raised, while with boto3
     the row was dropped and the others written."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ResettingHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        options = _endpoint_options(
-            f"http://127.0.0.1:{server.server_address[1]}", transport, max_attempts=2
-        )
+    with _fake_s3(_ResettingHandler, transport, max_attempts=2) as options:
         with pytest.raises(file_dataset.TransferError) as info:
             file_dataset.reader({"f": "s3://bucket/reset"}, options).into_blob_table()
         assert info.value.unreachable is False
@@ -2984,9 +2979,6 @@ def test_a_connection_reset_after_connecting_is_not_an_unreachable_endpoint(
         assert pipeline(frame)["id"].tolist() == ["2"]
         assert [(f.id, f.stage) for f in pipeline.last_failures] == [("1", "read")]
         assert (tmp_path / "out" / "2" / "g").read_bytes() == b"/bucket/ok"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_obstores_waits_between_attempts_grow_as_boto3s_do() -> None:

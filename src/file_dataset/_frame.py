@@ -341,5 +341,5 @@ def _row_label(value: Any) -> str | None:
         return None
     try:
         return check_id(value)
-    except (InvalidInputError, TypeError, ValueError):
+    except (TypeError, ValueError):  # InvalidInputError is a ValueError
         return None

@@ -183,11 +183,12 @@ def _translate(
     status_code = status.group(1) if status else ""
     first_line = text.strip().splitlines()[0][:300] if text.strip() else type(error).__name__
     reason = f"{code}: {message}" if code and message else (code or first_line)
+    # the request ("GET http://...") and its retries, as obstore's first line says them
+    sent = re.search(r"performing (\w+ \S+)(?:.*?(after \d+ retries))?", first_line)
     if not code and status_code:  # an answer without S3's error body (a HEAD's, say)
         # said as boto3 says it, "503: Service Unavailable", not as obstore's long line
         with contextlib.suppress(ValueError):
             reason = f"{status_code}: {http.HTTPStatus(int(status_code)).phrase}"
-        sent = re.search(r"performing (\w+) \S+(?:.*?(after \d+ retries))?", first_line)
         if sent and sent.group(2):
             reason += f" ({sent.group(2)})"
     unreachable = False
@@ -213,7 +214,6 @@ def _translate(
             failure = TransferError(url, shortage, operation=operation)
             failure.errno = errno.EMFILE
             raise failure from cause
-        sent = re.search(r"performing (\w+ \S+)(?:.*?(after \d+ retries))?", first_line)
         where = ", ".join(filter(None, sent.groups())) + "; " if sent else ""
         if _closed_after_connecting(text):
             # The endpoint was reached: a proxy or server that drops this request (a
