@@ -128,12 +128,14 @@ def test_into_temp_dir_in_a_missing_or_file_dir_says_so(
     reader = file_dataset.reader({"f": url}, options)
     missing = tmp_path / "no such folder"
     with pytest.raises(
-        FileNotFoundError, match=r"into_temp_dir\(dir=\.\.\.\): .*no such folder.* does not exist"
-    ):
+        FileNotFoundError, match=r"into_temp_dir\(dir=\.\.\.\) does not exist.*no such folder"
+    ) as missing_info:
         reader.into_temp_dir(dir=missing)
+    assert missing_info.value.filename == str(missing)  # as the built-in errors name it
     (tmp_path / "a file").write_bytes(b"")
-    with pytest.raises(NotADirectoryError, match=r"a file.* is not a directory"):
+    with pytest.raises(NotADirectoryError, match=r"is not a directory.*a file") as file_info:
         reader.into_temp_dir(dir=tmp_path / "a file")
+    assert file_info.value.filename == str(tmp_path / "a file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a file"]
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "scratch").mkdir()
@@ -1619,3 +1621,24 @@ def test_a_failed_copy_of_an_object_in_several_cells_names_its_own_cell(
     assert files.items() <= {"a/f.bin": b"twice", "c/f.bin": b"twice"}.items()
     assert "a/f.bin" in files  # the download itself, which did not fail
     assert [p.name for p in (root / "b").iterdir()] == ["f.bin"]  # no temporary file left
+
+
+def test_a_refused_cell_names_its_row_and_column_as_attributes(options: Options) -> None:
+    """An InvalidInputError about one cell had its row id and column in its text only."""
+    cases = [
+        (pd.DataFrame({"id": ["a", "b"], "f": ["s3://bkt/k", "ftp://host/x"]}), "b", "f"),
+        (pd.DataFrame({"id": ["a", "b"], "label": [None, 3.5]}), "b", "label"),
+        (pd.DataFrame({"id": ["a", "b"], "f": [None, b"bytes"]}), "b", "f"),
+        (pd.DataFrame({"id": ["a", "b"], "f": [None, [1, 2]]}), "b", "f"),
+        ({"id": 7, "bad.mha": "ftp://host/x"}, "7", "bad.mha"),
+        ({"bad.mha": "ftp://host/x"}, None, "bad.mha"),
+    ]
+    for source, row_id, column in cases:
+        with pytest.raises(file_dataset.InvalidInputError) as info:
+            file_dataset.reader(source, options).into_size_table()
+        assert (info.value.row_id, info.value.column) == (row_id, column), source
+        copy = cloudpickle.loads(cloudpickle.dumps(info.value))  # as Ray ships it
+        assert (copy.row_id, copy.column, str(copy)) == (row_id, column, str(info.value))
+    with pytest.raises(file_dataset.InvalidInputError) as info:
+        file_dataset.reader(pd.DataFrame({"f": ["s3://bkt/k"]}), options)
+    assert (info.value.row_id, info.value.column) == (None, None)  # not about one cell

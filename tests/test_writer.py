@@ -873,3 +873,40 @@ def test_a_pipe_or_device_to_write_is_named_for_what_it_is(tmp_path: Path) -> No
     assert not (tmp_path / "out").exists()
     with pytest.raises(file_dataset.ObjectNotFoundError, match=r"does not exist$"):
         file_dataset.write_files({"f.bin": tmp_path / "gone"}, tmp_path / "out", "r1")
+
+
+def test_write_files_takes_a_series_of_paths(
+    options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    """A row of a frame of outputs (a Series) was refused as "not a mapping"."""
+    files = make_files(tmp_path / "src", {"a.bin": b"A", "b.bin": b"BB"})
+    row = pd.Series({"a.bin": files["a.bin"], "b.bin": str(files["b.bin"]), "c.bin": None})
+    written = file_dataset.write_files(row, f"s3://{bucket}/out", id="r1", options=options)
+    assert written == {
+        "a.bin": f"s3://{bucket}/out/r1/a.bin",
+        "b.bin": f"s3://{bucket}/out/r1/b.bin",
+    }
+    assert keys(s3_client, bucket) == ["out/r1/a.bin", "out/r1/b.bin"]
+    got = s3_client.get_object(Bucket=bucket, Key="out/r1/b.bin")["Body"].read()
+    assert got == b"BB"
+    twice = pd.Series([files["a.bin"], files["b.bin"]], index=["a.bin", "a.bin"])
+    with pytest.raises(file_dataset.InvalidInputError, match=r"a\.bin"):
+        file_dataset.write_files(twice, tmp_path / "local", id="r2", options=options)
+    assert not (tmp_path / "local").exists()
+
+
+def test_write_files_errors_about_one_file_name_its_row_and_column(
+    options: Options, bucket: str, tmp_path: Path
+) -> None:
+    files = make_files(tmp_path / "src", {"a.bin": b"A"})
+    cases = [
+        ({"a.bin": files["a.bin"], "x.bin": 5}, "x.bin"),
+        ({"a.bin": files["a.bin"], "x.bin": f"s3://{bucket}/k"}, "x.bin"),
+        ({"a.bin": files["a.bin"], "sub/x.bin": files["a.bin"]}, "sub/x.bin"),
+        ({"a.bin": files["a.bin"], "id": files["a.bin"]}, "id"),
+        ({"a.bin": files["a.bin"], "x" * 1100: files["a.bin"]}, "x" * 1100),
+    ]
+    for mapping, column in cases:
+        with pytest.raises(file_dataset.InvalidInputError) as info:
+            file_dataset.write_files(mapping, f"s3://{bucket}/out", id=4, options=options)
+        assert (info.value.row_id, info.value.column) == ("4", column)

@@ -51,7 +51,23 @@ class InvalidInputError(FileDatasetError, ValueError):
 
     A URL, file name, row id, file DataFrame or setting (of ``Options``, ``reader``,
     ``read_file_dataset``), or a ``TempDir`` used after its removal.
+
+    Attributes:
+        row_id: The id of the row whose cell is refused, when the error is about one
+            cell of a file DataFrame or row (else ``None``).
+        column: The file column (file name) of that cell, or of a column refused as a
+            whole, else ``None``.
     """
+
+    row_id: str | None
+    column: str | None
+
+    def __init__(self, *args: object, row_id: str | None = None, column: str | None = None):
+        super().__init__(*args)
+        # kept by pickling (Ray ships errors between processes): BaseException's
+        # __reduce__ carries the instance's __dict__
+        self.row_id = row_id
+        self.column = column
 
 
 class InvalidTypeError(InvalidInputError, TypeError):

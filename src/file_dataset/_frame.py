@@ -62,7 +62,9 @@ def _cell(value: Any, row_id: str | None, column: str) -> Location | None:
         return parse_url(value)
     except InvalidInputError as e:
         where = f"row id {quoted(row_id)}, " if row_id is not None else ""
-        raise type(e)(f"{where}column {quoted(column)}: {e}") from None
+        raise type(e)(
+            f"{where}column {quoted(column)}: {e}", row_id=row_id, column=column
+        ) from None
 
 
 def parse_cells(columns: list[str], values: list[Any], row_id: str | None) -> list[Location | None]:
@@ -163,7 +165,9 @@ def _check_column_type(values: pd.Series, column: str, ids: list[str]) -> None:
         f"column {column!r} holds {shown} values (row id {quoted(ids[first])}: "
         f"{quoted(value)}), not file URLs or paths: every column of a file DataFrame "
         f"except {ID_COLUMN!r} is a file column, so drop the others first "
-        f"(frame.drop(columns=[{column!r}]))"
+        f"(frame.drop(columns=[{column!r}]))",
+        row_id=ids[first],
+        column=column,
     )
 
 
@@ -196,7 +200,9 @@ def _check_cells(values: pd.Series, column: str, ids: list[str]) -> None:
         raise InvalidInputError(
             f"column {column!r} holds bytes (row id {quoted(ids[row])}: {quoted(value)}), "
             "not file URLs or paths: a file DataFrame's cells name files, while a blob "
-            "table (what into_blob_table() and read_file_dataset give) holds their contents"
+            "table (what into_blob_table() and read_file_dataset give) holds their contents",
+            row_id=ids[row],
+            column=column,
         )
     if not nested and (
         isinstance(value, str | os.PathLike)  # the usual case: no scan
@@ -207,7 +213,9 @@ def _check_cells(values: pd.Series, column: str, ids: list[str]) -> None:
         f"column {column!r} holds {type(value).__name__} values (row id "
         f"{quoted(ids[row])}: {quoted(value)}), not file URLs or paths: every column "
         f"of a file DataFrame except {ID_COLUMN!r} is a file column, one file per "
-        f"cell, so drop the others first (frame.drop(columns=[{column!r}]))"
+        f"cell, so drop the others first (frame.drop(columns=[{column!r}]))",
+        row_id=ids[row],
+        column=column,
     )
 
 

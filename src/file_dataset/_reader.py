@@ -189,12 +189,13 @@ def _parent_dir(dir: str | os.PathLike[str] | None) -> str | None:
     path = os.path.abspath(local_folder(dir, "into_temp_dir(dir=...)"))
     if os.path.isdir(path):
         return path
+    # the folder as the error's filename, as the built-in errors name it ("...: '/x'")
     hint = "; give an existing folder, or None for the system's temporary folder"
     if os.path.exists(path):
         raise NotADirectoryError(
-            errno.ENOTDIR, f"into_temp_dir(dir=...): {path!r} is not a directory{hint}"
+            errno.ENOTDIR, f"into_temp_dir(dir=...) is not a directory{hint}", path
         )
-    raise FileNotFoundError(errno.ENOENT, f"into_temp_dir(dir=...): {path!r} does not exist{hint}")
+    raise FileNotFoundError(errno.ENOENT, f"into_temp_dir(dir=...) does not exist{hint}", path)
 
 
 def _counted(count: int, noun: str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from file_dataset._errors import (
     InvalidInputError,
@@ -20,7 +21,7 @@ from file_dataset._errors import (
     quoted_masked,
     translate_os_error,
 )
-from file_dataset._frame import ID_COLUMN
+from file_dataset._frame import ID_COLUMN, series_row
 from file_dataset._local import not_a_file
 from file_dataset._options import Options, resolve_options
 from file_dataset._transfer import Context, Job, run_jobs, upload_job
@@ -40,7 +41,7 @@ __all__ = ["write_files"]
 def write_files(
     # the second form takes a TypedDict (fn's outputs, as in the design notes), which
     # type checkers do not count as a Mapping of paths; values are checked at the call
-    files: Mapping[str, str | os.PathLike[str] | None] | Mapping[str, Any],
+    files: Mapping[str, str | os.PathLike[str] | None] | Mapping[str, Any] | pd.Series,
     into_path: str | os.PathLike[str],
     id: str | int | np.integer[Any] | uuid.UUID,
     options: Options | None = None,
@@ -54,8 +55,9 @@ def write_files(
     be written; none is left half-written.
 
     Args:
-        files: File name (the name it will have at the destination) to local path.
-            ``None`` values are skipped.
+        files: File name (the name it will have at the destination) to local path, as
+            a mapping or a ``pd.Series`` (a row of a frame of outputs, without its
+            ``id``). ``None`` values are skipped.
         into_path: ``s3://bucket/prefix`` or a local folder; a trailing slash makes no
             difference.
         id: The row id, the folder under ``into_path``: a str or an int (a NumPy int
@@ -71,7 +73,7 @@ def write_files(
             1,024 bytes (S3's limit), a name is ``"id"``, the id is null, a source is an
             ``s3://`` URL rather than a local path, or ``into_path`` is not a supported
             URL. All of these are checked before any file is sent.
-        TypeError: ``files`` is not a mapping, or ``options`` is not an
+        TypeError: ``files`` is not a mapping or Series, or ``options`` is not an
             :class:`Options` (a dict of settings, say).
         FileNotFoundError: A source file does not exist.
         OSError: A write failed (the message names the destination).
@@ -82,6 +84,8 @@ def write_files(
         {'out.mha': 's3://bucket/results/7/out.mha'}
     """
     options = resolve_options(options, "write_files(options=...)")
+    if isinstance(files, pd.Series):  # a row of names to paths (labels checked)
+        files = series_row(files)
     if not isinstance(files, Mapping):
         raise TypeError(
             "write_files takes a mapping of file name to local path, such as "
@@ -104,29 +108,36 @@ def write_files(
             if not into.is_s3:
                 check_local_name(name, "file name")
         except InvalidInputError as e:
-            raise type(e)(f"row id {quoted(row_id)}: {e}") from None
+            column = name if isinstance(name, str) else None
+            raise type(e)(f"row id {quoted(row_id)}: {e}", row_id=row_id, column=column) from None
         if name == ID_COLUMN:
             raise InvalidInputError(
                 f"row id {quoted(row_id)}: a file cannot be named {ID_COLUMN!r}, which is the "
                 "row id column of a file DataFrame (and a row): it could not be read back "
-                "as a file; rename it"
+                "as a file; rename it",
+                row_id=row_id,
+                column=name,
             )
         if src is None or is_null(src):
             continue
         where = f"row id {quoted(row_id)}, file {quoted(name)}"
         if not isinstance(src, (str, os.PathLike)):
             raise InvalidInputError(
-                f"{where}: expected a local path (str or os.PathLike), got {type(src).__name__}"
+                f"{where}: expected a local path (str or os.PathLike), got {type(src).__name__}",
+                row_id=row_id,
+                column=name,
             )
         try:
             source = parse_url(src)
         except InvalidInputError as e:
-            raise type(e)(f"{where}: {e}") from None
+            raise type(e)(f"{where}: {e}", row_id=row_id, column=name) from None
         if source.is_s3:
             raise InvalidInputError(
                 f"{where}: write_files sends local files, "
                 f"and {quoted_masked(str(source))} is an S3 URL (read it to a local folder "
-                "first, e.g. with reader(...).into_temp_dir())"
+                "first, e.g. with reader(...).into_temp_dir())",
+                row_id=row_id,
+                column=name,
             )
         path = source.path
         try:
@@ -169,7 +180,9 @@ def write_files(
             raise InvalidInputError(
                 f"row id {quoted(row_id)}, file {quoted(name)}: the key of "
                 f"{quoted(str(dest))} is {size} bytes long; S3 keys can have at most "
-                f"{KEY_MAX} (shorten into_path, the id or the file name)"
+                f"{KEY_MAX} (shorten into_path, the id or the file name)",
+                row_id=row_id,
+                column=name,
             )
         jobs.append(upload_job(path, dest, options))
         contexts.append((row_id, name))
