@@ -49,6 +49,10 @@ def upper(input_dir: Path, output_dir: Path) -> dict[str, Path]:
     return {"output.mha": out}
 
 
+# How the log line of a row dropped by upper() ends: where it raised.
+RAISED_IN_UPPER = f" (raised at {__file__}:{upper.__code__.co_firstlineno + 3} in upper)"
+
+
 def reverse(input_dir: Path, output_dir: Path) -> dict[str, Path]:
     out = output_dir / "final.bin"
     out.write_bytes((input_dir / "output.mha").read_bytes()[::-1])
@@ -463,6 +467,42 @@ def test_progress_bar_counts_every_row_and_the_dropped_ones(
     assert capsys.readouterr().err == ""  # no bar unless asked for
 
 
+def test_progress_bar_counts_a_row_when_its_upload_is_done(
+    options: Options, bucket: str, terminal: None, put: Put, read_object: ReadObject
+) -> None:
+    """Before: a row was counted when collected, up to three fn calls after its upload
+    was done; with a slow fn the bar read 0 for minutes while rows were written."""
+    import tqdm
+
+    frame = pd.DataFrame(
+        {"id": [f"r{i}" for i in range(6)], "f": [put(str(i), b"x") for i in range(6)]}
+    )
+    seen: list[int] = []
+
+    def wait_for_the_bar(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        index = len(seen)
+        bars = [b for b in tqdm.tqdm._instances if b.desc == "file_dataset.Pipeline"]
+        # every earlier row has been handed to its upload: wait (10 s at most) until
+        # the bar counts them, as their uploads end
+        deadline = threading.Event()
+        timer = threading.Timer(10, deadline.set)
+        timer.start()
+        try:
+            while bars[0].n < index and not deadline.wait(0.005):
+                pass
+        finally:
+            timer.cancel()
+        seen.append(bars[0].n)
+        return upper(input_dir, output_dir)
+
+    pipeline = Pipeline(
+        wait_for_the_bar, {"into_path": f"s3://{bucket}/out"}, options, progress=True
+    )
+    result = pipeline(frame)
+    assert seen == [0, 1, 2, 3, 4, 5]
+    assert outputs(result, read_object, "output.mha") == {f"r{i}": b"X" for i in range(6)}
+
+
 def test_a_raising_pipeline_bar_does_not_count_a_dropped_row(
     options: Options, bucket: str, capsys: pytest.CaptureFixture[str], terminal: None, put: Put
 ) -> None:
@@ -592,7 +632,7 @@ def test_failing_fn_row_dropped_and_logged(
     assert record.levelno == logging.WARNING
     assert record.getMessage() == (
         "file_dataset.Pipeline dropped row id 'bad-2' (fn failed): "
-        "RuntimeError: this row is poisoned"
+        "RuntimeError: this row is poisoned" + RAISED_IN_UPPER
     )
     assert summary.levelno == logging.WARNING
     assert summary.getMessage() == (
@@ -612,6 +652,8 @@ def test_a_multi_line_failure_is_one_log_line(
     def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
         raise ValueError("first line\nsecond line")
 
+    raised_at = f" (raised at {__file__}:{fn.__code__.co_firstlineno + 1} in fn)"
+
     frame = pd.DataFrame({"id": ["r1"], "f": [put("multi-line", b"x")]})
     pipeline = Pipeline(fn, {"into_path": f"s3://{bucket}/out"}, options)
     with caplog.at_level(logging.WARNING, logger="file_dataset"):
@@ -619,7 +661,7 @@ def test_a_multi_line_failure_is_one_log_line(
     record, _summary = caplog.records
     assert record.getMessage() == (
         "file_dataset.Pipeline dropped row id 'r1' (fn failed): "
-        "ValueError: first line\\nsecond line"
+        "ValueError: first line\\nsecond line" + raised_at
     )
     assert str(pipeline.last_failures[0].error) == "first line\nsecond line"
 
@@ -650,6 +692,7 @@ def test_a_signed_url_returned_by_fn_is_masked_in_the_log(
     record, _summary = caplog.records
     assert record.getMessage().endswith(
         "OSError: could not fetch https://b.s3.amazonaws.com/k?AWSAccessKeyId=***&Signature=***"
+        f" (raised at {__file__}:{fetching_fn.__code__.co_firstlineno + 1} in fetching_fn)"
     )
 
 
@@ -957,10 +1000,11 @@ def test_an_unreachable_endpoint_ends_the_call_instead_of_dropping_every_row(
     split = Pipeline(count, {"into_path": f"s3://{bucket}/out", "options": options}, unreachable)
     with pytest.raises(file_dataset.TransferError) as raised:
         split(frame)
-    assert raised.value.__notes__[-1] == (
+    assert raised.value.__notes__[-2:] == [
         "file_dataset.Pipeline: downloads use Pipeline(options=...), not "
-        "write_options['options'] (options left out mean Options() from the environment)"
-    )
+        "write_options['options'] (options left out mean Options() from the environment)",
+        "file_dataset.Pipeline stopped after writing 0 of 3 rows: the rows written stay written",
+    ]
     # Writes: refused before any row, by the check of the destination bucket.
     to_s3 = Pipeline(count, {"into_path": f"s3://{bucket}/out", "options": unreachable}, options)
     with pytest.raises(file_dataset.TransferError) as raised:
@@ -1200,7 +1244,7 @@ def test_no_bar_where_it_cannot_be_redrawn_and_one_summary_line_per_call(
         (
             "WARNING",
             "file_dataset.Pipeline dropped row id 'bad-2' (fn failed): RuntimeError: "
-            "this row is poisoned",
+            "this row is poisoned" + RAISED_IN_UPPER,
         ),
         (
             "WARNING",
@@ -1308,7 +1352,10 @@ def test_on_error_raise_reraises_fn_error(
     pipeline = Pipeline(upper, {"into_path": f"s3://{bucket}/out"}, options, on_error="raise")
     with pytest.raises(RuntimeError, match="this row is poisoned") as info:
         pipeline(frame)
-    assert info.value.__notes__ == ["file_dataset.Pipeline: fn failed on row id '1'"]
+    assert info.value.__notes__ == [
+        "file_dataset.Pipeline: fn failed on row id '1'",
+        "file_dataset.Pipeline stopped after writing 0 of 2 rows: the rows written stay written",
+    ]
     # raised as fn raised it: not "during handling of" the Pipeline's own bookkeeping
     assert info.value.__context__ is None
     assert info.value.__cause__ is None
@@ -1885,9 +1932,13 @@ def test_an_fn_error_without_a_message_is_logged_by_its_type(
     with caplog.at_level(logging.WARNING, logger="file_dataset"):
         result = Pipeline(check, {"into_path": tmp_path / "out"}, options)(frame)
     assert len(result) == 0
+    line = check.__code__.co_firstlineno
     assert [r.getMessage() for r in caplog.records] == [
-        "file_dataset.Pipeline dropped row id '1' (fn failed): KeyError: 'a'",
-        "file_dataset.Pipeline dropped row id '2' (fn failed): AssertionError",
+        # where it was raised, as under Ray this line is all the driver sees of it
+        "file_dataset.Pipeline dropped row id '1' (fn failed): KeyError: 'a' "
+        f"(raised at {__file__}:{line + 2} in check)",
+        "file_dataset.Pipeline dropped row id '2' (fn failed): AssertionError "
+        f"(raised at {__file__}:{line + 3} in check)",
         "file_dataset.Pipeline wrote 0 of 2 rows and dropped 2 (fn: 2); their ids and errors "
         "are on Pipeline.last_failures",
     ]
@@ -2368,3 +2419,36 @@ def test_credentials_that_fail_to_load_end_the_call(
     assert "the credentials failed" in "".join(raised.value.__notes__)
     assert [failure.id for failure in pipeline.last_failures] == ["r0"]
     assert not list(tmp_path.glob("out/*"))
+
+
+def test_a_call_that_stops_says_how_many_rows_it_wrote(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: a raising call said nothing of the rows it had written (up to three of
+    them were still uploading when fn raised)."""
+    for i in range(6):
+        (tmp_path / f"in{i}").write_bytes(b"ok" if i != 4 else b"fail")
+    frame = pd.DataFrame(
+        {"id": [f"r{i}" for i in range(6)], "f": [tmp_path / f"in{i}" for i in range(6)]}
+    )
+    frame.loc[1, "f"] = tmp_path / "missing"  # dropped at its download
+    into = tmp_path / "out"
+    pipeline = Pipeline(upper, {"into_path": into}, Options(), on_error="raise")
+    with pytest.raises(file_dataset.ObjectNotFoundError) as first:
+        pipeline(frame)
+    assert first.value.__notes__[-1] == (
+        "file_dataset.Pipeline stopped after writing 1 of 6 rows: the rows written stay written"
+    )
+    frame = frame.drop(index=1)
+    caplog.clear()
+    with (
+        caplog.at_level(logging.WARNING, logger="file_dataset"),
+        pytest.raises(RuntimeError) as raised,
+    ):
+        pipeline(frame)
+    text = "file_dataset.Pipeline stopped after writing 3 of 5 rows: the rows written stay written"
+    assert raised.value.__notes__ == ["file_dataset.Pipeline: fn failed on row id 'r4'", text]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{text} (RuntimeError: this row is poisoned)"
+    ]
+    assert sorted(p.name for p in into.iterdir()) == ["r0", "r2", "r3"]

@@ -2997,3 +2997,39 @@ def test_obstores_waits_between_attempts_grow_as_boto3s_do() -> None:
         wait = min(cap, (init + _BACKOFF["base"] * wait) / 2)  # the mean of the next draw
     assert 20 <= sum(waits) <= 45
     assert cap == 20
+
+
+class _ProxyErrorPageHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every request as a proxy does when the upstream fails: 502 with a
+    224 KB HTML page."""
+
+    page = ("<html><body>" + "<p>upstream connect error or disconnect</p>" * 5000).encode()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _answer(self) -> None:
+        self.send_response(502)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(self.page)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(self.page)
+
+    do_GET = do_HEAD = do_PUT = _answer
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_an_error_page_is_not_carried_whole_into_tracebacks(transport: str) -> None:
+    """Before: obstore's error (the page, quoted twice: 448,776 characters) was chained
+    as it is, so every traceback and logged exception held it."""
+    with (
+        _fake_s3(_ProxyErrorPageHandler, transport) as options,
+        pytest.raises(file_dataset.TransferError) as raised,
+    ):
+        file_dataset.reader({"img.mha": "s3://bkt/img.mha"}, options).into_blob_table()
+    assert raised.value.status == 502
+    assert str(raised.value).startswith("cannot read s3://bkt/img.mha (column 'img.mha'): ")
+    shown = "".join(traceback.format_exception(raised.value))
+    assert len(shown) < 12_000, len(shown)
+    assert "upstream connect error" in shown or transport == "boto3"  # boto3 keeps no body

@@ -229,6 +229,12 @@ def masked_cut(text: str, limit: int) -> str:
     return f"{head}... ({len(text)} characters)"
 
 
+# The longest transport error chained whole: obstore quotes the server's answer in
+# its message (twice), and a proxy's HTML error page would put hundreds of KB into
+# every traceback and log line of the error chained to it.
+_CAUSE_LIMIT = 4000
+
+
 def masked_cause(error: BaseException) -> BaseException:
     """``error``, or a copy of it with credentials masked, to chain an error to.
 
@@ -236,14 +242,18 @@ def masked_cause(error: BaseException) -> BaseException:
     in ``endpoint_url`` would reach the traceback of an error chained to theirs; obstore
     also quotes S3's error body, which for a bad signature holds the access key id and
     session token. When one is anywhere in the chain, the copy (message masked, without
-    the chain below it) is chained instead.
+    the chain below it) is chained instead; so is one when a message in the chain is
+    longer than :data:`_CAUSE_LIMIT` characters (a proxy's HTML error page, which
+    obstore quotes twice), cut to that length.
     """
     chain: list[BaseException] = []
     link: BaseException | None = error
     while link is not None and link not in chain:  # the messages a traceback would show
         chain.append(link)
         link = link.__cause__ or link.__context__
-    clean = all(mask_secrets(str(link)) == str(link) for link in chain)
+    clean = all(
+        len(text := str(link)) <= _CAUSE_LIMIT and mask_secrets(text) == text for link in chain
+    )
     response = getattr(error, "response", None)
     if isinstance(response, dict) and isinstance(response.get("Error"), dict):
         # botocore's ClientError keeps S3's parsed error body, which for a bad signature
@@ -256,7 +266,7 @@ def masked_cause(error: BaseException) -> BaseException:
             return type(error)(masked, getattr(error, "operation_name", "") or "")
     elif clean:
         return error
-    text = mask_secrets(str(error))
+    text = masked_cut(str(error), _CAUSE_LIMIT)
     try:
         return type(error)(text)
     except Exception:  # an exception type that takes other arguments

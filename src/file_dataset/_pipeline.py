@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import traceback
 import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -134,6 +135,15 @@ class _Call:
     unclaimed: dict[int, tuple[Path, Path]] = field(default_factory=dict)
     abandoned: bool = False
     written: int = 0  # rows whose outputs were all written
+
+    def count_written(self, upload: concurrent.futures.Future[Any]) -> None:
+        """Counts a row on the progress bar once its upload has succeeded.
+
+        Called on the upload's thread; a bar closed by then (the call ended) ignores it.
+        """
+        if not upload.cancelled() and upload.exception() is None:
+            with self.lock:
+                self.bar.update(1)
 
     def downloaded(self, index: int, folders: tuple[Path, Path]) -> None:
         """Keeps a row's folders until fn takes them, or removes them if too late."""
@@ -596,7 +606,12 @@ class Pipeline:
                 # This row's upload starts at once; the oldest is collected only when
                 # more than _UPLOADS_IN_FLIGHT are under way, so one slow upload
                 # does not hold up the next fn call (outputs on disk stay bounded).
-                uploads.append((index, stages.submit(self._upload, row_id, outputs, folders)))
+                upload = stages.submit(self._upload, row_id, outputs, folders)
+                if call.bar is not None:
+                    # counted as soon as it is written, not when collected (up to
+                    # _UPLOADS_IN_FLIGHT rows later, after that many fn calls)
+                    upload.add_done_callback(call.count_written)
+                uploads.append((index, upload))
                 in_hand = None
                 if not only_own:
                     # A file outside the row's own folders (a fixed scratch file, say)
@@ -623,12 +638,15 @@ class Pipeline:
             for unused in call.abandon():
                 stages.submit(_remove, unused)
             stages.shutdown(wait=isinstance(e, Exception))
+            if isinstance(e, Exception):
+                _log_stop(call, e, len(ids), uploads)
             raise
         else:
             stages.shutdown(wait=True)  # the last rows' folder removals
         finally:
             if call.bar is not None:
-                call.bar.close()
+                with call.lock:  # not while an upload's thread updates it
+                    call.bar.close()
         # Asked for progress and drawn no bar (no terminal): the summary line is shown
         # even where logging would not show a clean call's line (no logging set up).
         _log_summary(call, len(ids), echo=call.bar is not None and bool(call.bar.disable))
@@ -652,8 +670,6 @@ class Pipeline:
             self._fail(call, failed)
             return
         call.written += 1
-        if call.bar is not None:
-            call.bar.update(1)
 
     def _fail(self, call: _Call, row_error: _RowError) -> None:
         failure = row_error.failure
@@ -683,8 +699,9 @@ class Pipeline:
         else:
             ends_call = False
         if call.bar is not None and self.on_error == "drop" and not ends_call:
-            call.bar.set_postfix(dropped=len(call.failures), refresh=False)
-            call.bar.update(1)  # else the call ends here
+            with call.lock:  # uploads' threads update the bar too
+                call.bar.set_postfix(dropped=len(call.failures), refresh=False)
+                call.bar.update(1)  # else the call ends here
         if self.on_error == "raise" or ends_call:
             if failure.stage == "fn":  # neither fn nor a check of its result names the row
                 failure.error.add_note(
@@ -721,6 +738,36 @@ def _redrawn_in_place(stream: Any) -> bool:
         if stream.isatty():
             return True
     return "ipykernel" in sys.modules
+
+
+def _log_stop(
+    call: _Call,
+    error: Exception,
+    rows: int,
+    uploads: collections.deque[tuple[int, concurrent.futures.Future[dict[str, str]]]],
+) -> None:
+    """Says, in a note on ``error`` and a WARNING line, how much a raising call wrote.
+
+    The uploads still in flight when it raised have ended (the pool was waited for):
+    those that succeeded count as written, as their outputs are.
+    """
+    done = call.written + sum(
+        1 for _, upload in uploads if not upload.cancelled() and upload.exception() is None
+    )
+    others = sum(1 for failure in call.failures if failure.error is not error)
+    dropped = f" and dropping {others}" if others else ""
+    text = (
+        f"file_dataset.Pipeline stopped after writing {done} of {rows} rows{dropped}: "
+        "the rows written stay written"
+    )
+    error.add_note(text)
+    logger.warning("%s (%s: %s)", text, type(error).__name__, _first_line(error))
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message, masked and cut, for a log line."""
+    lines = str(error).splitlines()
+    return printable(masked_cut(lines[0] if lines else "", 500))
 
 
 def _log_summary(call: _Call, rows: int, *, echo: bool = False) -> None:
@@ -803,9 +850,19 @@ def _describe(row_error: _RowError) -> str:
     """
     error = row_error.failure.error
     text = str(error)
-    if not text:  # a bare MemoryError from a transfer, say
-        return type(error).__name__
-    return f"{type(error).__name__}: {text}" if row_error.raised_by_fn else text
+    if row_error.raised_by_fn:
+        # where it was raised: under Ray, this line is all the driver sees of it
+        return f"{type(error).__name__}{f': {text}' if text else ''}{_raised_at(error)}"
+    return text or type(error).__name__  # a bare MemoryError from a transfer, say
+
+
+def _raised_at(error: BaseException) -> str:
+    """`` (raised at file.py:12 in name)`` for the innermost frame of ``error``."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f" (raised at {last.filename}:{last.lineno} in {last.name})"
 
 
 def _checked(
