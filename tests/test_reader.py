@@ -10,6 +10,7 @@ import gc
 import http.server
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -317,6 +318,28 @@ def test_into_temp_dir_copies_at_the_call_and_is_path_like(
     file_dataset.reader({"image.mha": put("k", b"k")}, options).into_temp_dir()
     gc.collect()  # dropped without a with block or cleanup(): removed when collected
     assert list(system_tmp.iterdir()) == []
+
+
+def test_a_temp_dir_refuses_to_be_pickled_or_copied(tmp_path: Path) -> None:
+    """Before: a pickled TempDir came back dead ("already removed" while its folder was
+    there), and one returned by a pool's worker left its folder behind for ever."""
+    import copy
+
+    (tmp_path / "a.bin").write_bytes(b"sample")
+    temp = file_dataset.reader({"a.bin": str(tmp_path / "a.bin")}).into_temp_dir(dir=tmp_path)
+    message = (
+        f"a TempDir cannot be pickled or copied: it is the folder {str(temp.path)!r} of "
+        "this process, removed when it is closed; pass its path (tmp.path), and make the "
+        "TempDir where its files are used"
+    )
+    for copier in (pickle.dumps, cloudpickle.dumps, copy.copy, copy.deepcopy):
+        with pytest.raises(TypeError) as info:
+            copier(temp)  # type: ignore[operator]
+        assert str(info.value) == message
+    assert pickle.loads(pickle.dumps(temp.path)) == temp.path
+    with temp as path:
+        assert (path / "a.bin").read_bytes() == b"sample"
+    assert not temp.path.exists()
 
 
 def test_a_forked_child_never_removes_the_parents_temp_dir(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ import pickle
 import re
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -371,6 +373,17 @@ def test_a_child_forked_after_obstore_was_used_goes_through_boto3(
             file_dataset.reader(row, forced).into_blob_table()
         except RuntimeError as e:
             got["forced"] = str(e)
+            got["forced_notes"] = getattr(e, "__notes__", [])
+        # every row would fail the same way: the call ends (it dropped every row)
+        frame = pd.DataFrame({"id": ["r1", "r2"], "f.bin": [url, url]})
+        pipeline = file_dataset.Pipeline(
+            lambda i, o: {"g.bin": i / "f.bin"}, {"into_path": f"s3://{bucket}/p"}, forced
+        )
+        try:
+            got["pipeline"] = pipeline(frame).to_dict("list")
+        except RuntimeError as e:
+            got["pipeline"] = str(e)
+        got["pipeline_failures"] = [(f.id, f.stage) for f in pipeline.last_failures]
         send.send(got)
 
     process = context.Process(target=child)
@@ -387,6 +400,9 @@ def test_a_child_forked_after_obstore_was_used_goes_through_boto3(
     assert got["read"] == [{"f.bin": b"read in a forked child"}]
     assert got["written"] == f"s3://{bucket}/from-child/1/f.bin"
     assert "forked from one that had already used obstore" in got["forced"]
+    assert got["forced_notes"] == []  # not one object's failure ("raised by the transfer")
+    assert "forked from one that had already used obstore" in got["pipeline"]
+    assert got["pipeline_failures"] == [("r1", "read")]
     assert file_dataset.reader({"w": got["written"]}, options).into_blob_table().to_pylist() == [
         {"w": Path(__file__).read_bytes()}
     ]
@@ -426,6 +442,69 @@ def test_a_child_forked_while_another_thread_holds_a_lock_of_ours_works(
         process.join()
     assert answered, "the forked child waited for ever on a lock held at the fork"
     assert receive.recv() == [{"f": b"read while a lock was held"}]
+
+
+_FORK_DURING_IMPORT = r'''
+import importlib, importlib.abc, importlib.machinery, os, signal, sys, threading
+
+import file_dataset  # noqa: F401  (its fork hook is registered here)
+
+NAME = sys.argv[1]
+started, release = threading.Event(), threading.Event()
+
+
+class Slow(importlib.abc.MetaPathFinder):
+    """Holds the import of NAME half-way until `release` (a thread importing it at
+    the moment of a fork)."""
+
+    def find_spec(self, name, path, target=None):
+        if name != NAME:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        real = spec.loader
+
+        class Loader(importlib.abc.Loader):
+            def create_module(self, spec):
+                return real.create_module(spec)
+
+            def exec_module(self, module):
+                started.set()
+                release.wait(60)
+                real.exec_module(module)
+
+        spec.loader = Loader()
+        return spec
+
+
+sys.meta_path.insert(0, Slow())
+threading.Thread(target=importlib.import_module, args=(NAME,), daemon=True).start()
+assert started.wait(60)
+os.register_at_fork(before=release.set)  # runs before the hooks registered earlier
+pid = os.fork()
+if pid == 0:
+    signal.alarm(20)  # a child waiting for ever on the import's lock is killed
+    importlib.import_module(NAME)
+    os._exit(0)
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+'''
+
+
+@pytest.mark.parametrize("module", ["file_dataset._s3", "file_dataset._s3_obstore"])
+def test_a_fork_while_a_thread_imports_a_transport_leaves_the_child_able_to_use_it(
+    module: str, tmp_path: Path
+) -> None:
+    """A transport's module is imported on the first transfer, by the thread making it;
+    a fork() during that import left the child a module lock held for ever, so the
+    child's first transfer hung (helper-93: 2 of 2 pools forked during the parent's
+    first transfers). The script holds the import half-way at the fork, in a fresh
+    process (this one has imported both already)."""
+    script = tmp_path / "fork_during_import.py"
+    script.write_text(_FORK_DURING_IMPORT)
+    done = subprocess.run(
+        [sys.executable, str(script), module], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"  # the child's exit code: it imported the module
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])

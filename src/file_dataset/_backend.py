@@ -7,6 +7,8 @@ different transport (another S3 client library, another cloud) is one new class.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import re
 import time
@@ -451,6 +453,37 @@ def backend_for(loc: Location, options: Options) -> Backend:
     return backend
 
 
+class ObstoreMissingError(ImportError):
+    """``Options(transport="obstore")`` without the obstore package."""
+
+
+class ObstoreUnusableError(RuntimeError):
+    """``Options(transport="obstore")`` in a child forked after obstore was used."""
+
+
+# Failures of the options themselves, the same for every object: a Pipeline ends its
+# call on one rather than drop every row, and they are not said to be one object's.
+SETUP_FAILURES = (ObstoreMissingError, ObstoreUnusableError)
+
+
+# The transports' modules are imported on the first transfer, by whichever thread makes
+# it. A fork() while that import is under way would leave the child a module lock held
+# by a thread it does not have: its first transfer would wait for ever. So before any
+# fork the forking thread imports them itself, which waits for an import under way.
+_TRANSPORT_MODULES = ("file_dataset._s3", "file_dataset._s3_obstore", "file_dataset._local")
+
+
+def _import_transports_before_fork() -> None:
+    for name in _TRANSPORT_MODULES:
+        # obstore not installed, say: the child says so if it needs it
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_import_transports_before_fork)
+
+
 def _new_backend(kind: str, options: Options) -> Backend:
     if kind != "local":
         transport = transport_of(options)
@@ -464,7 +497,7 @@ def _new_backend(kind: str, options: Options) -> Backend:
                 )
             except ImportError as e:
                 if transport == "obstore":
-                    raise ImportError(
+                    raise ObstoreMissingError(
                         "Options(transport='obstore') needs the obstore package "
                         "(pip install obstore)"
                     ) from e
@@ -474,7 +507,7 @@ def _new_backend(kind: str, options: Options) -> Backend:
                     # this child, which would wait for them for ever, and its I/O
                     # driver is shared with the parent, which it could crash.
                     if transport == "obstore":
-                        raise RuntimeError(
+                        raise ObstoreUnusableError(
                             "Options(transport='obstore') cannot be used in a process "
                             "forked from one that had already used obstore (its runtime "
                             "does not survive fork); use the 'spawn' or 'forkserver' "

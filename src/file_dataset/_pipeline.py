@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 from botocore.exceptions import NoCredentialsError
 
-from file_dataset._backend import remember
+from file_dataset._backend import SETUP_FAILURES, remember
 from file_dataset._errors import (
     InvalidInputError,
     InvalidTypeError,
@@ -696,6 +696,8 @@ class Pipeline:
         elif transfer and getattr(failure.error, "credentials_failed", False):
             missing = isinstance(failure.error.__cause__, NoCredentialsError)
             failure.error.add_note(_NO_CREDENTIALS_NOTE if missing else _CREDENTIALS_NOTE)
+        elif transfer and isinstance(failure.error, SETUP_FAILURES):
+            pass  # the options cannot be used here at all: every row would fail so
         else:
             ends_call = False
         if call.bar is not None and self.on_error == "drop" and not ends_call:

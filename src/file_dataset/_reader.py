@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import pandas as pd
 import pyarrow as pa
@@ -128,6 +128,15 @@ class TempDir(os.PathLike[str]):
 
     def __fspath__(self) -> str:
         return str(self.path)
+
+    def __reduce__(self) -> NoReturn:
+        # A copy would not own the folder (its removal is this object's), and one made
+        # in another process (a pool's worker returning it) would leave it for ever.
+        raise TypeError(
+            f"a TempDir cannot be pickled or copied: it is the folder {str(self.path)!r} "
+            "of this process, removed when it is closed; pass its path (tmp.path), and "
+            "make the TempDir where its files are used"
+        )
 
     def __truediv__(self, name: str | os.PathLike[str]) -> Path:
         """``tmp / "image.mha"``: a path inside the directory."""
