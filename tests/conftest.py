@@ -8,6 +8,7 @@ endpoint reach the code only through ``file_dataset.Options``.
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +34,12 @@ def _seal_environment() -> None:
 
 
 _seal_environment()
+
+# A suite started with SIGINT ignored (a background job of a non-interactive shell)
+# would not turn a SIGINT into KeyboardInterrupt, which the interrupt tests send; child
+# processes then start with Python's own handler too.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
