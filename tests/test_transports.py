@@ -3141,3 +3141,27 @@ def test_later_parts_are_asked_for_with_if_match(
     etag = s3_client.head_object(Bucket=bucket, Key="big")["ETag"]
     assert seen, "the object was read in parts"
     assert all(tag is not None and tag.strip('"') == etag.strip('"') for _, tag in seen), seen
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_server_failure_given_up_on_says_its_status_and_retries(transport: str) -> None:
+    """Before: "SlowDown: Please reduce your request rate." on both transports, with
+    nothing to say that it was a 503, retried."""
+
+    class Throttling(_RefusingHandler):
+        head = (503, "SlowDown")
+        get = (503, "SlowDown")
+        message = "Please reduce your request rate."
+
+    Throttling.seen = []
+    with (
+        _fake_s3(Throttling, transport, max_attempts=2) as options,
+        pytest.raises(file_dataset.TransferError) as raised,
+    ):
+        file_dataset.reader({"img.mha": "s3://bkt/img.mha"}, options).into_blob_table()
+    assert Throttling.seen == ["GET", "GET"]
+    assert str(raised.value) == (
+        "cannot read s3://bkt/img.mha (column 'img.mha'): SlowDown: Please reduce your "
+        "request rate. (503 after 1 retries)"
+    )
+    assert raised.value.status == 503

@@ -158,6 +158,12 @@ def _translate(error: Exception, url: str, operation: str) -> NoReturn:
             raise ObjectAccessDeniedError(
                 url, denied_reason(code or status, message), operation=operation
             ) from cause
+        if isinstance(status, int) and status >= 500:
+            # a server's failure, retried: its status and the retries, as obstore says them
+            retries = error.response.get("ResponseMetadata", {}).get("RetryAttempts") or 0
+            said = [] if code == str(status) else [str(status)]  # a bodyless "503" says it
+            said += [f"after {retries} retries"] if retries else []
+            reason += f" ({' '.join(said)})" if said else ""
         raise TransferError(url, reason, operation=operation) from cause
     if isinstance(error, FlexibleChecksumError):
         raise TransferError(

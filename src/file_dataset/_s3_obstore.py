@@ -256,6 +256,10 @@ def _translate(
     ):
         reason = denied_reason(code or status_code or "forbidden", message)
         raise ObjectAccessDeniedError(url, reason, operation=operation) from cause
+    if code and status_code.startswith("5"):
+        # a server's failure, retried: its status and the retries, as boto3's says them
+        retries = f" {sent.group(2)}" if sent and sent.group(2) else ""
+        reason += f" ({status_code}{retries})"
     failure = TransferError(url, reason, operation=operation)
     failure.unreachable = unreachable  # no connection, or no answer in time
     raise failure from cause

@@ -404,8 +404,10 @@ def run_jobs(
                 raise error  # a step that named its own cell (a reader's copies)
             row_id, column = contexts[index]
             raise error.with_context(row_id, column) from (error.__cause__ or error)
-        if contexts is not None and isinstance(error, Exception) and not isinstance(
-            error, SETUP_FAILURES
+        if (
+            contexts is not None
+            and isinstance(error, Exception)
+            and not isinstance(error, SETUP_FAILURES)
         ):
             # MemoryError (an object larger than the memory left), RuntimeError (no
             # thread could be started): the type is kept, and the object is named.
