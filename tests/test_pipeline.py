@@ -2452,3 +2452,73 @@ def test_a_call_that_stops_says_how_many_rows_it_wrote(
         f"{text} (RuntimeError: this row is poisoned)"
     ]
     assert sorted(p.name for p in into.iterdir()) == ["r0", "r2", "r3"]
+
+
+_SHARED_ERROR = RuntimeError("one object for every call")
+
+
+def test_the_raised_at_suffix_names_fns_own_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: a built-in fn (os.link) was said to raise in the Pipeline's own code,
+    and a library's failure (json.loads) named the library's line, not fn's."""
+    import json
+
+    (tmp_path / "in").write_bytes(b"not json")
+    frame = pd.DataFrame({"id": ["r1"], "f": [tmp_path / "in"]})
+
+    def parse(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        json.loads((input_dir / "f").read_text())
+        return {}
+
+    with caplog.at_level(logging.WARNING, logger="file_dataset"):
+        Pipeline(os.link, {"into_path": tmp_path / "out"})(frame)  # folders: EPERM, EEXIST
+        Pipeline(parse, {"into_path": tmp_path / "out"})(frame)
+    mkdir_line, _, parse_line, _ = caplog.messages
+    assert mkdir_line.startswith(
+        "file_dataset.Pipeline dropped row id 'r1' (fn failed): FileExistsError"
+    )
+    assert "raised at" not in mkdir_line
+    assert parse_line.startswith(
+        "file_dataset.Pipeline dropped row id 'r1' (fn failed): JSONDecodeError"
+    )
+    assert parse_line.endswith(
+        f" (raised at {__file__}:{parse.__code__.co_firstlineno + 1} in parse)"
+    )
+
+
+def test_notes_of_one_exception_raised_in_every_call_do_not_pile_up(tmp_path: Path) -> None:
+    """An fn raising one module-level exception object got two more notes per call."""
+    (tmp_path / "in").write_bytes(b"x")
+    frame = pd.DataFrame({"id": ["r1"], "f": [tmp_path / "in"]})
+
+    def fail(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        raise _SHARED_ERROR
+
+    pipeline = Pipeline(fail, {"into_path": tmp_path / "out"}, on_error="raise")
+    for row_id in ("r1", "r2", "r3"):
+        with pytest.raises(RuntimeError):
+            pipeline(frame.assign(id=[row_id]))
+    assert _SHARED_ERROR.__notes__ == [
+        "file_dataset.Pipeline: fn failed on row id 'r3'",
+        "file_dataset.Pipeline stopped after writing 0 of 1 rows: the rows written stay written",
+    ]
+
+
+def test_a_stop_at_an_upload_says_the_row_may_be_written_in_part(tmp_path: Path) -> None:
+    (tmp_path / "in").write_bytes(b"x")
+    frame = pd.DataFrame({"id": ["r1"], "f": [tmp_path / "in"]})
+
+    def two(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        for name in ("a.txt", "b.txt"):
+            (output_dir / name).write_bytes(name.encode())
+        return {"a.txt": output_dir / "a.txt", "b.txt": output_dir / "b.txt"}
+
+    (tmp_path / "out" / "r1" / "b.txt").mkdir(parents=True)  # b.txt cannot be written
+    with pytest.raises(file_dataset.TransferError) as raised:
+        Pipeline(two, {"into_path": tmp_path / "out"}, on_error="raise")(frame)
+    assert raised.value.__notes__[-1] == (
+        "file_dataset.Pipeline stopped after writing 0 of 1 rows: the rows written stay "
+        "written (a row that failed at its upload may have some of its outputs written)"
+    )
+    assert (tmp_path / "out" / "r1" / "a.txt").read_bytes() == b"a.txt"

@@ -507,6 +507,37 @@ def test_a_fork_while_a_thread_imports_a_transport_leaves_the_child_able_to_use_
     assert done.stdout.strip() == "0"  # the child's exit code: it imported the module
 
 
+_FIRST_TRANSFER_IMPORTS = r"""
+import pickle, sys
+import file_dataset
+from file_dataset import _backend
+options, url = pickle.loads(open(sys.argv[1], "rb").read())
+_backend._import_transports_before_fork()  # what every fork runs first
+before = set(sys.modules)
+assert file_dataset.reader({"f": url}, options).into_blob_table().to_pylist() == [{"f": b"x"}]
+print(sorted(set(sys.modules) - before))
+"""
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_first_transfer_imports_nothing_that_a_fork_has_not(
+    transport: str, s3_server: LocalS3Server, put: Callable[[str, bytes], str], tmp_path: Path
+) -> None:
+    """A fork during any import a first transfer makes on its thread (ours, or boto3's
+    own lazy ``boto3.s3.inject`` as its first client is made: helper-96) left the child
+    that module's lock held for ever. So the imports made before each fork must be all
+    that a first transfer imports, in a fresh process."""
+    given = tmp_path / "given.pickle"
+    given.write_bytes(pickle.dumps((s3_server.options(transport=transport), put("lazy", b"x"))))
+    script = tmp_path / "first_transfer.py"
+    script.write_text(_FIRST_TRANSFER_IMPORTS)
+    done = subprocess.run(
+        [sys.executable, str(script), str(given)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
 def test_refreshable_credentials_of_an_assumed_role_read(
     transport: str,

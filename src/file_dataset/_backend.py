@@ -7,7 +7,6 @@ different transport (another S3 client library, another cloud) is one new class.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import re
@@ -466,18 +465,33 @@ class ObstoreUnusableError(RuntimeError):
 SETUP_FAILURES = (ObstoreMissingError, ObstoreUnusableError)
 
 
-# The transports' modules are imported on the first transfer, by whichever thread makes
-# it. A fork() while that import is under way would leave the child a module lock held
-# by a thread it does not have: its first transfer would wait for ever. So before any
-# fork the forking thread imports them itself, which waits for an import under way.
-_TRANSPORT_MODULES = ("file_dataset._s3", "file_dataset._s3_obstore", "file_dataset._local")
+# The transports' modules, and those the libraries under them import lazily, are
+# imported on the first transfer, by whichever thread makes it. A fork() while one of
+# those imports is under way would leave the child a module lock held by a thread it
+# does not have: its first transfer would wait for ever. So before any fork the forking
+# thread imports them itself, which waits for an import under way. (The list is what a
+# first transfer imports, both transports, measured with boto3 1.43 and obstore 0.12.)
+_LAZY_MODULES = (
+    "file_dataset._local",
+    "file_dataset._s3",
+    "file_dataset._s3_obstore",
+    "boto3.s3.inject",
+    "boto3.s3.transfer",
+    "s3transfer.subscribers",
+    "encodings.idna",
+    "pyarrow.pandas_compat",
+    "pyarrow.vendored.version",
+)
+_NOT_IMPORTABLE: set[str] = set()  # tried once (obstore not installed, say)
 
 
 def _import_transports_before_fork() -> None:
-    for name in _TRANSPORT_MODULES:
-        # obstore not installed, say: the child says so if it needs it
-        with contextlib.suppress(Exception):
-            importlib.import_module(name)
+    for name in _LAZY_MODULES:
+        if name not in _NOT_IMPORTABLE:
+            try:
+                importlib.import_module(name)
+            except Exception:  # the child says so if it needs the module
+                _NOT_IMPORTABLE.add(name)
 
 
 if hasattr(os, "register_at_fork"):

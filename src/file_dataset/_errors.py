@@ -55,8 +55,9 @@ class InvalidInputError(FileDatasetError, ValueError):
     Attributes:
         row_id: The id of the row whose cell is refused, when the error is about one
             cell of a file DataFrame or row (else ``None``).
-        column: The file column (file name) of that cell, or of a column refused as a
-            whole, else ``None``.
+        column: The file column (file name) of that cell, or of a column of numbers,
+            dates or bytes refused as a whole (``row_id`` is then its first such cell's
+            row), else ``None`` (a bad column name is not one cell's).
     """
 
     row_id: str | None

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import sys
+import sysconfig
 import tempfile
 import threading
 import traceback
@@ -706,8 +707,10 @@ class Pipeline:
                 call.bar.update(1)  # else the call ends here
         if self.on_error == "raise" or ends_call:
             if failure.stage == "fn":  # neither fn nor a check of its result names the row
-                failure.error.add_note(
-                    f"file_dataset.Pipeline: fn failed on row id {quoted(failure.id)}"
+                _renote(
+                    failure.error,
+                    "file_dataset.Pipeline: fn failed on row id ",
+                    quoted(failure.id),
                 )
             raise failure.error
         # A bar on the terminal is cleared while the warning is written and then drawn
@@ -758,12 +761,26 @@ def _log_stop(
     )
     others = sum(1 for failure in call.failures if failure.error is not error)
     dropped = f" and dropping {others}" if others else ""
-    text = (
-        f"file_dataset.Pipeline stopped after writing {done} of {rows} rows{dropped}: "
-        "the rows written stay written"
-    )
-    error.add_note(text)
+    text = f"{_STOPPED} {done} of {rows} rows{dropped}: the rows written stay written"
+    if any(failure.stage == "write" for failure in call.failures):
+        text += " (a row that failed at its upload may have some of its outputs written)"
+    _renote(error, _STOPPED, text.removeprefix(_STOPPED))
     logger.warning("%s (%s: %s)", text, type(error).__name__, _first_line(error))
+
+
+_STOPPED = "file_dataset.Pipeline stopped after writing"
+
+
+def _renote(error: BaseException, prefix: str, rest: str) -> None:
+    """Adds the note ``prefix + rest``, replacing one of an earlier call with ``prefix``.
+
+    An fn that raises one exception object (a module-level one) in every call would
+    otherwise collect a note per call.
+    """
+    notes = getattr(error, "__notes__", None)
+    if isinstance(notes, list):
+        notes[:] = [n for n in notes if not (isinstance(n, str) and n.startswith(prefix))]
+    error.add_note(prefix + rest)
 
 
 def _first_line(error: BaseException) -> str:
@@ -853,17 +870,38 @@ def _describe(row_error: _RowError) -> str:
     error = row_error.failure.error
     text = str(error)
     if row_error.raised_by_fn:
-        # where it was raised: under Ray, this line is all the driver sees of it
-        return f"{type(error).__name__}{f': {text}' if text else ''}{_raised_at(error)}"
+        # where it was raised: under Ray, this line is all the driver sees of it (the
+        # message is cut first, so that a long one keeps it)
+        shown = f": {masked_cut(text, 1500)}" if text else ""
+        return f"{type(error).__name__}{shown}{_raised_at(error)}"
     return text or type(error).__name__  # a bare MemoryError from a transfer, say
 
 
+# Where Python's own modules and installed packages live: a frame there is a library's.
+_LIBRARY_PATHS = tuple(
+    sorted(
+        {
+            os.path.join(path, "")
+            for key in ("stdlib", "platstdlib", "purelib", "platlib")
+            if (path := sysconfig.get_paths().get(key))
+        }
+    )
+)
+
+
 def _raised_at(error: BaseException) -> str:
-    """`` (raised at file.py:12 in name)`` for the innermost frame of ``error``."""
-    frames = traceback.extract_tb(error.__traceback__)
-    if not frames:
+    """`` (raised at file.py:12 in name)``: the innermost frame of fn's own code.
+
+    The first frame is the Pipeline's call of fn, left out (a built-in fn such as
+    ``os.link`` raises with no frame of its own: no suffix). A frame in the standard
+    library or an installed package (``json.loads`` failing, say) is passed over for
+    the line of fn's code that called it, when there is one.
+    """
+    frames = traceback.extract_tb(error.__traceback__)[1:]
+    own = [f for f in frames if not os.path.abspath(f.filename).startswith(_LIBRARY_PATHS)]
+    if not (own or frames):
         return ""
-    last = frames[-1]
+    last = (own or frames)[-1]
     return f" (raised at {last.filename}:{last.lineno} in {last.name})"
 
 
