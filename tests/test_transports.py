@@ -3196,3 +3196,28 @@ def test_a_server_failure_given_up_on_says_its_status_and_retries(transport: str
         "request rate. (503 after 1 retries)"
     )
     assert raised.value.status == 503
+
+
+def test_a_cause_copied_to_be_masked_or_cut_keeps_its_type() -> None:
+    """A chain that had to be cut (or masked) was chained as a RuntimeError copy when
+    the error's type takes no text (botocore's), so a handler testing for
+    NoCredentialsError missed it; a ClientError's own long S3 message was not cut."""
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    from file_dataset._errors import masked_cause
+
+    try:
+        raise NoCredentialsError() from ValueError("x" * 5000)
+    except NoCredentialsError as error:
+        copy = masked_cause(error)
+    assert type(copy) is NoCredentialsError
+    assert str(copy) == "Unable to locate credentials"
+    assert copy.__cause__ is None  # the long chain is left out
+    long = ClientError(
+        {"Error": {"Code": "SlowDown", "Message": "m" * 10_000}, "ResponseMetadata": {}},
+        "GetObject",
+    )
+    cut = masked_cause(long)
+    assert isinstance(cut, ClientError)
+    assert len(str(cut)) < 4_200
+    assert cut.response["Error"]["Message"].endswith("... (10000 characters)")

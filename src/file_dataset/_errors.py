@@ -268,10 +268,16 @@ def masked_cause(error: BaseException) -> BaseException:
     elif clean:
         return error
     text = masked_cut(str(error), _CAUSE_LIMIT)
-    try:
+    with contextlib.suppress(Exception):  # else a type that takes other arguments
         return type(error)(text)
-    except Exception:  # an exception type that takes other arguments
-        return RuntimeError(f"{type(error).__name__}: {text}")
+    with contextlib.suppress(Exception):
+        # still of its type (botocore's take keywords only), for handlers that test
+        # it: NoCredentialsError, say
+        copy = type(error).__new__(type(error))
+        BaseException.__init__(copy, text)
+        if str(copy) == text:
+            return copy
+    return RuntimeError(f"{type(error).__name__}: {text}")
 
 
 def forget_unmasked(failure: BaseException, error: BaseException) -> None:
@@ -307,7 +313,7 @@ def _masked_response(response: dict[str, Any]) -> dict[str, Any]:
     error = {
         key: "***"
         if key in _SECRET_ERROR_FIELDS or key.startswith("Token-")
-        else (mask_secrets(value) if isinstance(value, str) else value)
+        else (masked_cut(value, _CAUSE_LIMIT) if isinstance(value, str) else value)
         for key, value in response["Error"].items()
     }
     return {**response, "Error": error}
