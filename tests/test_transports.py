@@ -3213,6 +3213,13 @@ def test_a_cause_copied_to_be_masked_or_cut_keeps_its_type() -> None:
     assert type(copy) is NoCredentialsError
     assert str(copy) == "Unable to locate credentials"
     assert copy.__cause__ is None  # the long chain is left out
+    from botocore.exceptions import EndpointConnectionError
+
+    secret = EndpointConnectionError(endpoint_url="http://user:pa55word@host:9000/b")
+    masked = masked_cause(secret)
+    for shown in (masked, pickle.loads(pickle.dumps(masked))):  # rebuilt from its kwargs
+        assert type(shown) is EndpointConnectionError
+        assert str(shown) == 'Could not connect to the endpoint URL: "http://***@host:9000/b"'
     long = ClientError(
         {"Error": {"Code": "SlowDown", "Message": "m" * 10_000}, "ResponseMetadata": {}},
         "GetObject",

@@ -275,6 +275,9 @@ def masked_cause(error: BaseException) -> BaseException:
         # it: NoCredentialsError, say
         copy = type(error).__new__(type(error))
         BaseException.__init__(copy, text)
+        kwargs = getattr(error, "kwargs", None)
+        if isinstance(kwargs, dict):  # botocore's: what pickling rebuilds them from
+            vars(copy)["kwargs"] = {k: masked_cut(str(v), _CAUSE_LIMIT) for k, v in kwargs.items()}
         if str(copy) == text:
             return copy
     return RuntimeError(f"{type(error).__name__}: {text}")
