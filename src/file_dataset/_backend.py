@@ -110,6 +110,17 @@ def credentials_failed(error: BaseException, code: str) -> bool:
     return code in CREDENTIALS_REFUSED or isinstance(error, CREDENTIALS_MISSING)
 
 
+def answered_after(status: str | None, retries: int) -> str:
+    """What a failed answer's reason adds, on both transports: `` (503 after 7 retries)``.
+
+    ``status`` is left out (``None``) where the reason already says it (an answer
+    without S3's error body reads "503: Service Unavailable"); no retries, no words.
+    """
+    said = [status] if status else []
+    said += [f"after {retries} retries"] if retries else []
+    return f" ({' '.join(said)})" if said else ""
+
+
 # What a HEAD of a missing object reports: its 404 has no body naming the error.
 HEAD_NOT_FOUND = "not found (404: no such key, or no such bucket)"
 

@@ -1076,7 +1076,8 @@ def _where(paths: Iterable[Path], input_dir: Path, output_dir: Path) -> tuple[bo
     folders = (input_dir, output_dir)
     real_input, real_output = (folder.resolve() for folder in folders)
     uses_input, only_own = False, True
-    names: list[collections.Counter[tuple[int, int]]] = []  # names per inode, once asked
+    # names per inode in the row's folders: counted once, if a file has several names
+    names = functools.cache(functools.partial(_names_per_inode, (real_input, real_output)))
     for path in paths:
         written, real = Path(os.path.abspath(path)), path.resolve()
         uses_input = (
@@ -1085,35 +1086,34 @@ def _where(paths: Iterable[Path], input_dir: Path, output_dir: Path) -> tuple[bo
         only_own = only_own and (
             any(written.is_relative_to(folder) for folder in folders)
             and (real.is_relative_to(real_input) or real.is_relative_to(real_output))
-            and _no_name_outside(real, (real_input, real_output), names)
+            and _no_name_outside(real, names)
         )
     return uses_input, only_own
 
 
-def _no_name_outside(
-    path: Path, folders: tuple[Path, Path], names: list[collections.Counter[tuple[int, int]]]
-) -> bool:
-    """Whether every (hard-linked) name of a file is in ``folders``; ``False`` if gone.
+def _no_name_outside(path: Path, names: Callable[[], collections.Counter[tuple[int, int]]]) -> bool:
+    """Whether every (hard-linked) name of a file is among ``names()``; ``False`` if gone.
 
-    ``names`` caches the count of names per inode in ``folders`` (made on the first
-    file that has more than one name).
+    ``names()`` counts the names per inode in the row's folders (asked only for a file
+    that has more than one name).
     """
     try:
         stat = path.stat()
     except OSError:  # removed since it was checked (by a thread fn left running, say)
         return False
-    if stat.st_nlink == 1:
-        return True
-    if not names:
-        found: collections.Counter[tuple[int, int]] = collections.Counter()
-        for folder in folders:
-            for root, _, files in os.walk(folder):
-                for name in files:
-                    with contextlib.suppress(OSError):
-                        seen = os.lstat(os.path.join(root, name))
-                        found[(seen.st_dev, seen.st_ino)] += 1
-        names.append(found)
-    return names[0][(stat.st_dev, stat.st_ino)] >= stat.st_nlink
+    return stat.st_nlink == 1 or names()[(stat.st_dev, stat.st_ino)] >= stat.st_nlink
+
+
+def _names_per_inode(folders: tuple[Path, Path]) -> collections.Counter[tuple[int, int]]:
+    """How many names each file (by device and inode) has in ``folders``."""
+    found: collections.Counter[tuple[int, int]] = collections.Counter()
+    for folder in folders:
+        for root, _, files in os.walk(folder):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    seen = os.lstat(os.path.join(root, name))
+                    found[(seen.st_dev, seen.st_ino)] += 1
+    return found
 
 
 # How far _let_typeddicts_travel looks from fn: links followed, objects visited, and

@@ -33,6 +33,7 @@ from file_dataset._backend import (
     STREAM_BYTES,
     Blob,
     Sink,
+    answered_after,
     backoff,
     check_same_version,
     credentials_failed,
@@ -158,12 +159,10 @@ def _translate(error: Exception, url: str, operation: str) -> NoReturn:
             raise ObjectAccessDeniedError(
                 url, denied_reason(code or status, message), operation=operation
             ) from cause
-        if isinstance(status, int) and status >= 500:
-            # a server's failure, retried: its status and the retries, as obstore says them
+        if isinstance(status, int) and status >= 500:  # a server's failure, retried
             retries = error.response.get("ResponseMetadata", {}).get("RetryAttempts") or 0
-            said = [] if code == str(status) else [str(status)]  # a bodyless "503" says it
-            said += [f"after {retries} retries"] if retries else []
-            reason += f" ({' '.join(said)})" if said else ""
+            # a bodyless answer's code is its status ("503: Service Unavailable")
+            reason += answered_after(None if code == str(status) else str(status), retries)
         raise TransferError(url, reason, operation=operation) from cause
     if isinstance(error, FlexibleChecksumError):
         raise TransferError(

@@ -49,6 +49,7 @@ from file_dataset._backend import (
     STREAM_BYTES,
     Blob,
     Sink,
+    answered_after,
     check_same_version,
     copy_into,
     credentials_failed,
@@ -184,13 +185,13 @@ def _translate(
     first_line = text.strip().splitlines()[0][:300] if text.strip() else type(error).__name__
     reason = f"{code}: {message}" if code and message else (code or first_line)
     # the request ("GET http://...") and its retries, as obstore's first line says them
-    sent = re.search(r"performing (\w+ \S+)(?:.*?(after \d+ retries))?", first_line)
+    sent = re.search(r"performing (\w+ \S+)(?:.*?after (\d+) retries)?", first_line)
+    retries = int(sent.group(2)) if sent and sent.group(2) else 0
     if not code and status_code:  # an answer without S3's error body (a HEAD's, say)
         # said as boto3 says it, "503: Service Unavailable", not as obstore's long line
         with contextlib.suppress(ValueError):
             reason = f"{status_code}: {http.HTTPStatus(int(status_code)).phrase}"
-        if sent and sent.group(2):
-            reason += f" ({sent.group(2)})"
+        reason += answered_after(None, retries)
     unreachable = False
     if isinstance(error, PreconditionError) or code == "PreconditionFailed":  # If-Match
         raise TransferError(url, CHANGED, operation=operation) from cause
@@ -214,7 +215,8 @@ def _translate(
             failure = TransferError(url, shortage, operation=operation)
             failure.errno = errno.EMFILE
             raise failure from cause
-        where = ", ".join(filter(None, sent.groups())) + "; " if sent else ""
+        retried = f", after {retries} retries" if retries else ""
+        where = f"{sent.group(1)}{retried}; " if sent else ""
         if _closed_after_connecting(text):
             # The endpoint was reached: a proxy or server that drops this request (a
             # reset) is not a wrong endpoint, and a Pipeline drops the row, as it does
@@ -256,10 +258,8 @@ def _translate(
     ):
         reason = denied_reason(code or status_code or "forbidden", message)
         raise ObjectAccessDeniedError(url, reason, operation=operation) from cause
-    if code and status_code.startswith("5"):
-        # a server's failure, retried: its status and the retries, as boto3's says them
-        retries = f" {sent.group(2)}" if sent and sent.group(2) else ""
-        reason += f" ({status_code}{retries})"
+    if code and status_code.startswith("5"):  # a server's failure, retried
+        reason += answered_after(status_code, retries)
     failure = TransferError(url, reason, operation=operation)
     failure.unreachable = unreachable  # no connection, or no answer in time
     raise failure from cause
