@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -110,3 +112,16 @@ def test_an_argument_of_the_wrong_type_is_both_a_type_and_a_value_error(tmp_path
     with pytest.raises(ValueError, match="must be a positive int") as info:
         read_file_dataset(frame, 0)
     assert not isinstance(info.value, TypeError)  # a wrong value is a ValueError only
+
+
+def test_import_on_a_system_without_posix_says_so() -> None:
+    """Windows lacks os.register_at_fork, os.pwrite and O_NOFOLLOW: before, importing the
+    package there failed with "module 'os' has no attribute 'register_at_fork'"."""
+    script = "import os; os.name = 'nt'\nimport file_dataset"
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: file_dataset runs on POSIX systems (Linux, macOS)")
+    assert "use it under WSL2" in last

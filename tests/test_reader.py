@@ -634,6 +634,30 @@ def test_null_cells(null: object, options: Options, put: Put) -> None:
         assert files_under(tmp) == {"g": b"f"}
 
 
+def test_arrow_scalars_in_an_object_column_are_read_as_their_values(
+    options: Options, put: Put, tmp_path: Path
+) -> None:
+    """A column built of a pyarrow column's items (``list(table["f"])``) holds Arrow
+    scalars; ids of that kind were taken, file cells refused ("got StringScalar")."""
+    local = tmp_path / "local.bin"
+    local.write_bytes(b"local")
+    urls = pa.array([put("f", b"from s3"), str(local), None], pa.string())
+    frame = pd.DataFrame({"id": list(pa.array([1, 2, 3])), "f": list(urls)}, dtype=object)
+    assert isinstance(frame["f"][0], pa.StringScalar)
+    table = file_dataset.reader(frame, options).into_blob_table()
+    assert table.to_pylist() == [
+        {"id": "1", "f": b"from s3"},
+        {"id": "2", "f": b"local"},
+        {"id": "3", "f": None},
+    ]
+    with file_dataset.reader(frame.iloc[0], options).into_temp_dir() as tmp:
+        assert files_under(tmp) == {"f": b"from s3"}
+    refused = r"column .f.: expected .* got int 5"
+    with pytest.raises(file_dataset.InvalidInputError, match=refused) as e:
+        file_dataset.reader({"id": 1, "f": pa.scalar(5)}, options).into_blob_table()
+    assert (e.value.row_id, e.value.column) == ("1", "f")
+
+
 def test_empty_dataframe(options: Options) -> None:
     frame = pd.DataFrame({"id": pd.Series([], dtype=str), "f": pd.Series([], dtype=object)})
     table = file_dataset.reader(frame, options).into_blob_table()

@@ -8,6 +8,15 @@ Ray Data integration lives in ``file_dataset.ray``, which ``import file_dataset`
 makes available as an attribute without importing Ray itself (Ray loads on first use).
 """
 
+import os as _os
+
+if _os.name != "posix":  # before any module that needs it fails with an AttributeError
+    raise ImportError(
+        "file_dataset runs on POSIX systems (Linux, macOS), not on "
+        f"{_os.name!r}: it relies on os.register_at_fork, os.pwrite and O_NOFOLLOW, "
+        "which Windows lacks; on Windows, use it under WSL2"
+    )
+
 # ``file_dataset.ray`` resolves its names lazily, so binding it here is cheap and lets
 # ``import file_dataset; file_dataset.ray.read_file_dataset(...)`` work as written.
 from file_dataset import ray as ray

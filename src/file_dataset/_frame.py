@@ -171,6 +171,10 @@ def _check_column_type(values: pd.Series, column: str, ids: list[str]) -> None:
     )
 
 
+# what can name a file: Arrow strings too (a column built of a pyarrow column's items)
+_NAMES = (str, os.PathLike, pa.StringScalar, pa.LargeStringScalar, pa.StringViewScalar)
+
+
 def _check_cells(values: pd.Series, column: str, ids: list[str]) -> None:
     """Refuses, from its dtype or its cells, a column that cannot hold file names.
 
@@ -205,8 +209,8 @@ def _check_cells(values: pd.Series, column: str, ids: list[str]) -> None:
             column=column,
         )
     if not nested and (
-        isinstance(value, str | os.PathLike)  # the usual case: no scan
-        or any(isinstance(v, str | os.PathLike) for v in values[present].tolist())
+        isinstance(value, _NAMES)  # the usual case: no scan
+        or any(isinstance(v, _NAMES) for v in values[present].tolist())
     ):
         return
     raise InvalidInputError(

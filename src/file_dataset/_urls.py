@@ -160,6 +160,8 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
     known = _checked_s3_parts(value)  # the common case, without the checks below
     if known is not None:
         return Location("s3", *known)
+    if isinstance(value, pa.Scalar):  # an Arrow string in an object column, as for ids
+        return parse_url(value.as_py(), prefix=prefix)
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if isinstance(value, bytes) or not isinstance(value, str):
