@@ -965,6 +965,30 @@ def test_upload_failure_row_dropped(
     assert list(system_tmp.iterdir()) == []
 
 
+def _one_output_unreadable(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+    (output_dir / "ok.mha").write_bytes(b"ok")
+    return {"ok.mha": output_dir / "ok.mha", "bad.mha": Path("/proc/self/mem")}  # EIO
+
+
+def test_a_row_dropped_at_its_upload_says_where_its_other_outputs_may_be(
+    options: Options, bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, the log line named the failed output only, though the row's other
+    outputs could be written already (the only place a Ray job's driver sees it)."""
+    pipeline = Pipeline(_one_output_unreadable, {"into_path": f"s3://{bucket}/out"}, options)
+    with caplog.at_level(logging.WARNING, logger="file_dataset"):
+        result = pipeline(pd.DataFrame({"id": [7], "f": [None]}))
+    assert len(result) == 0
+    assert [(f.id, f.stage) for f in pipeline.last_failures] == [("7", "write")]
+    [line] = [r.getMessage() for r in caplog.records if "dropped row id" in r.getMessage()]
+    assert line == (
+        "file_dataset.Pipeline dropped row id '7' (write failed): cannot read "
+        "/proc/self/mem (row id '7', column 'bad.mha'): Input/output error; 1 other "
+        f"file(s) of row id '7' may be written already under s3://{bucket}/out/7/ (each "
+        "whole, none half-written: a rerun of the row overwrites them)"
+    )
+
+
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
 def test_an_unreachable_endpoint_ends_the_call_instead_of_dropping_every_row(
     nothing_reached: None,

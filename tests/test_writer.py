@@ -818,6 +818,31 @@ def test_a_local_write_that_fails_leaves_no_empty_row_folder(tmp_path: Path) -> 
     assert os.listdir(tmp_path / "out") == ["r2"]
 
 
+def test_a_call_that_fails_in_part_says_where_its_other_files_may_be(
+    options: Options, bucket: str, tmp_path: Path
+) -> None:
+    """Before, the error named the failed file only: the files of the same call already
+    written (each whole) were left without a word."""
+    (tmp_path / "a").write_bytes(b"a")
+    files = {"a.bin": tmp_path / "a", "m.bin": "/proc/self/mem"}  # EIO when read
+    (tmp_path / "out" / "r1").mkdir(parents=True)  # there before: a.bin may stay in it
+    for into, row in ((f"s3://{bucket}/p", f"s3://{bucket}/p/r1/"), (tmp_path / "out", None)):
+        with pytest.raises(file_dataset.TransferError) as info:
+            file_dataset.write_files(files, into, "r1", options)
+        assert info.value.errno == errno.EIO
+        where = row or f"{tmp_path / 'out' / 'r1'}/"
+        assert info.value.__notes__ == [
+            f"file_dataset.write_files: 1 other file(s) of row id 'r1' may be written "
+            f"already under {where} (each whole, none half-written: a rerun of the row "
+            "overwrites them)"
+        ]
+    # One file: nothing else to say.
+    with pytest.raises(file_dataset.TransferError) as info:
+        file_dataset.write_files({"m.bin": "/proc/self/mem"}, tmp_path / "out", "r2")
+    assert getattr(info.value, "__notes__", None) is None
+    assert sorted(os.listdir(tmp_path / "out")) == ["r1"]
+
+
 def test_a_source_that_fails_while_read_for_s3_says_so_as_for_a_local_folder(
     options: Options, bucket: str, s3_client: Any
 ) -> None:

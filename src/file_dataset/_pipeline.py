@@ -61,7 +61,7 @@ from file_dataset._urls import (
     is_null,
     parse_url,
 )
-from file_dataset._writer import write_files
+from file_dataset._writer import OTHERS_NOTE, write_files
 
 __all__ = ["Pipeline", "RowFailure"]
 
@@ -874,7 +874,14 @@ def _describe(row_error: _RowError) -> str:
         # message is cut first, so that a long one keeps it)
         shown = f": {masked_cut(text, 1500)}" if text else ""
         return f"{type(error).__name__}{shown}{_raised_at(error)}"
-    return text or type(error).__name__  # a bare MemoryError from a transfer, say
+    text = text or type(error).__name__  # a bare MemoryError from a transfer, say
+    # an upload that failed in part says what may be left of the row
+    others = [
+        note.removeprefix(OTHERS_NOTE)
+        for note in getattr(error, "__notes__", ())
+        if isinstance(note, str) and note.startswith(OTHERS_NOTE)
+    ]
+    return "; ".join([text, *others])
 
 
 # Where Python's own modules and installed packages live: a frame there is a library's.

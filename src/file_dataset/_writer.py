@@ -52,7 +52,7 @@ def write_files(
     S3 objects above ``options.multipart_threshold`` are written with multipart uploads;
     local destinations are written through a temporary name and renamed, so a partial
     file is never visible. When one file fails the others of the same call may already
-    be written; none is left half-written.
+    be written (a note on the error says where); none is left half-written.
 
     Args:
         files: File name (the name it will have at the destination) to local path, as
@@ -194,9 +194,19 @@ def write_files(
     made = None if folder is None or os.path.lexists(folder) else folder
     try:
         run_jobs(jobs, options, contexts)
-    except BaseException:
+    except BaseException as e:
         if made is not None:
             with contextlib.suppress(OSError):  # not empty: other files were written
                 made.rmdir()
+        if len(jobs) > 1 and isinstance(e, Exception) and (made is None or made.exists()):
+            row = into.child(row_id)
+            e.add_note(
+                f"{OTHERS_NOTE}{len(jobs) - 1} other file(s) of row id {quoted(row_id)} may "
+                f"be written already under {row}{'/' if row.is_s3 else os.sep} (each "
+                "whole, none half-written: a rerun of the row overwrites them)"
+            )
         raise
     return results
+
+
+OTHERS_NOTE = "file_dataset.write_files: "  # begins the note on a call that failed in part
