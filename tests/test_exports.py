@@ -95,6 +95,10 @@ def test_an_argument_of_the_wrong_type_is_both_a_type_and_a_value_error(tmp_path
         "download_to(None)": lambda: file_dataset.reader(frame).download_to(None),  # type: ignore[arg-type]
         "batch_size='4'": lambda: read_file_dataset(frame, "4"),  # type: ignore[arg-type]
         "read_file_dataset(dict)": lambda: read_file_dataset({"id": ["1"]}, 4),  # type: ignore[arg-type]
+        # write_files: a TypeError only, a ValueError only, a ValueError only (before)
+        "write_files([...])": lambda: file_dataset.write_files(["a"], tmp_path, "1"),  # type: ignore[arg-type]
+        "write_files({5: ...})": lambda: file_dataset.write_files({5: "/a"}, tmp_path, "1"),
+        "write_files({'a': 5})": lambda: file_dataset.write_files({"a": 5}, tmp_path, "1"),
     }
     for name, call in calls.items():
         try:

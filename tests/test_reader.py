@@ -1327,6 +1327,32 @@ def test_blob_column_built_while_objects_arrive_out_of_order(
         assert len(chunk.buffers()[2] or b"") <= 25
 
 
+@pytest.mark.parametrize(
+    ("order", "early", "cap"),
+    [("in order", 10, 100), ("last first", 100, 16)],
+    ids=["early-chunk", "chunk-cap"],
+)
+def test_blob_chunks_are_cut_at_the_early_size_and_at_the_cap(
+    monkeypatch: pytest.MonkeyPatch, order: str, early: int, cap: int
+) -> None:
+    """Objects arriving in order are cut into a chunk once _EARLY_CHUNK_BYTES wait;
+    objects completing a long prefix at once (the first arriving last) are cut before a
+    chunk would pass _CHUNK_BYTES. Neither cut was reached by any test (helper-98)."""
+    from file_dataset import _reader
+
+    monkeypatch.setattr(_reader, "_EARLY_CHUNK_BYTES", early)
+    monkeypatch.setattr(_reader, "_CHUNK_BYTES", cap)
+    values = [bytes([65 + i]) * 6 for i in range(5)]
+    builder = _reader._ColumnBuilder(len(values))
+    for i in range(len(values)):
+        builder.expect(i)
+    for i in range(len(values)) if order == "in order" else reversed(range(len(values))):
+        builder.put(i, memoryview(values[i]))
+    column = builder.finish()
+    assert column.to_pylist() == values
+    assert [len(chunk.buffers()[2]) for chunk in column.chunks] == [12, 12, 6]
+
+
 def test_the_columns_of_a_wide_frame_are_cut_into_chunks_as_their_objects_arrive(
     tmp_path: Path,
 ) -> None:

@@ -1761,6 +1761,30 @@ def test_transport_is_chosen_once_per_options_object_and_override(
     assert backend_for(loc, options) is first
 
 
+def test_the_transport_override_takes_any_case_and_says_when_it_is_ignored(
+    s3_server: LocalS3Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, FILE_DATASET_TRANSPORT=BOTO3 (or a misspelt value) was ignored without a
+    word: obstore carried the transfers of a run meant to measure boto3."""
+    from file_dataset._backend import backend_for
+    from file_dataset._s3 import S3Backend
+    from file_dataset._s3_obstore import ObstoreS3Backend
+    from file_dataset._urls import parse_url
+
+    options = s3_server.options()
+    loc = parse_url("s3://bucket/key")
+    monkeypatch.setenv("FILE_DATASET_TRANSPORT", " BOTO3 ")
+    with caplog.at_level(logging.WARNING, logger="file_dataset"):
+        assert type(backend_for(loc, options)) is S3Backend
+        monkeypatch.setenv("FILE_DATASET_TRANSPORT", "boto-3")
+        assert type(backend_for(loc, options)) is ObstoreS3Backend  # the options' "auto"
+        assert type(backend_for(loc, s3_server.options())) is ObstoreS3Backend
+    assert [r.getMessage() for r in caplog.records] == [
+        "FILE_DATASET_TRANSPORT='boto-3' is not one of auto, obstore, boto3: ignored, so "
+        "the options' transport applies"
+    ]
+
+
 def test_equal_options_objects_share_one_store_and_identity_caches_stay_bounded(
     s3_server: LocalS3Server,
     put: Callable[[str, bytes], str],

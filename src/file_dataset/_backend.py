@@ -8,6 +8,7 @@ different transport (another S3 client library, another cloud) is one new class.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import re
 import time
@@ -379,18 +380,32 @@ def explain_head(backend: Backend, loc: Location, translate: Callable[[], NoRetu
 def transport_of(options: Options) -> str:
     """The transport asked for: ``FILE_DATASET_TRANSPORT`` if set, else ``options.transport``.
 
-    The environment variable (``auto``, ``obstore`` or ``boto3``) overrides every
-    ``Options`` of the process, and of Ray workers that inherit it; the benchmark suite
-    uses it to measure both transports.
+    The environment variable (``auto``, ``obstore`` or ``boto3``, in any case)
+    overrides every ``Options`` of the process, and of Ray workers that inherit it; the
+    benchmark suite uses it to measure both transports. Another value is logged once,
+    at WARNING, and ignored.
     """
     forced = os.environ.get("FILE_DATASET_TRANSPORT")
-    if forced in _TRANSPORTS:
-        return forced
+    if forced:
+        value = forced.strip().lower()
+        if value in _TRANSPORTS:
+            return value
+        if forced not in _IGNORED_TRANSPORTS:
+            _IGNORED_TRANSPORTS.add(forced)
+            logging.getLogger("file_dataset").warning(
+                "FILE_DATASET_TRANSPORT=%r is not one of %s: ignored, so the options' "
+                "transport applies",
+                forced,
+                ", ".join(_TRANSPORTS),
+            )
     return str(getattr(options, "transport", "auto"))
 
 
-# Caches keyed by an Options object's identity (backend_for here, and the store and
-# can_serve lookups of _s3_obstore) keep that object alive, and a Ray worker unpickles a
+_IGNORED_TRANSPORTS: set[str] = set()  # values of FILE_DATASET_TRANSPORT logged once
+
+
+# Caches keyed by an Options object's identity (backend_for here, and the can_serve
+# lookups of _s3_obstore) keep that object alive, and a Ray worker unpickles a
 # new, equal Options for every task: such a cache is emptied when it reaches this size.
 _MAX_BY_IDENTITY = 256
 
@@ -505,8 +520,7 @@ def _import_transports_before_fork() -> None:
                 _NOT_IMPORTABLE.add(name)
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_import_transports_before_fork)
+os.register_at_fork(before=_import_transports_before_fork)
 
 
 def _new_backend(kind: str, options: Options) -> Backend:

@@ -849,8 +849,11 @@ class Options:
             also how many responses one body may take when a connection drops
             part-way (each resumes where the last stopped).
         transport: What carries the bytes of S3 requests. ``"auto"`` (default):
-            obstore (Rust, a fraction of boto3's CPU per request) when it is installed,
-            else boto3. ``"obstore"`` or ``"boto3"`` force one. Either way the
+            obstore (Rust, a fraction of boto3's CPU per request) when it is installed
+            and can honour every setting of these options (README, "transport", lists
+            those that make it boto3), else boto3. ``"obstore"`` or ``"boto3"`` force
+            one. The ``FILE_DATASET_TRANSPORT`` environment variable overrides it in
+            every ``Options`` of the process. Either way the
             endpoint, region, credentials and retry budget are the ones these options
             resolve through boto3; multipart uploads always go through boto3.
         request_payer: Whether every request says that the caller pays for it
@@ -993,7 +996,7 @@ class Options:
 
     @classmethod
     def default(cls, *, freeze_credentials: bool = True, **kwargs: Unpack[OptionsArgs]) -> Options:
-        """The recommended options: adaptive retries and frozen default credentials.
+        """Options with the default credentials frozen in (and adaptive retries, as always).
 
         The credentials that the default boto3 session resolves here (environment,
         profile, instance role, …) are frozen into ``session_kwargs``, together with
@@ -1031,7 +1034,6 @@ class Options:
                 e.kwargs.get("profile"), "Options.default() uses the profile (AWS_PROFILE?) "
             )
             raise
-        arguments.setdefault("retry_mode", "adaptive")
         return cls(session_kwargs=session_kwargs, **arguments)
 
     @staticmethod

@@ -376,7 +376,7 @@ class FileReader:
         try:
             run_jobs(jobs, self._options, contexts, on_result=on_result)
             del jobs
-            return self._assemble([b.finish() for b in builders], pa.binary())
+            return self._assemble([b.finish() for b in builders])
         finally:
             # A failure's traceback keeps this frame, and with it the objects read.
             for builder in builders:
@@ -398,7 +398,7 @@ class FileReader:
         """
         columns = self._run_per_object(lambda loc: size_job(loc, self._options))
         arrays = [pa.chunked_array([pa.array(values, pa.int64())]) for values in columns]
-        return self._assemble(arrays, pa.int64())
+        return self._assemble(arrays)
 
     def _jobs_per_object(
         self, make_job: Callable[[Location, list[tuple[int, int]]], Job[T]]
@@ -434,7 +434,7 @@ class FileReader:
                 columns[j][i] = value
         return columns
 
-    def _assemble(self, arrays: list[pa.ChunkedArray[Any]], value_type: pa.DataType) -> pa.Table:
+    def _assemble(self, arrays: list[pa.ChunkedArray[Any]]) -> pa.Table:
         table = self._table
         fields = [pa.field(name, arr.type) for name, arr in zip(table.columns, arrays, strict=True)]
         if table.ids is not None:

@@ -9,7 +9,8 @@ because obstore exposes no part-level API with ETags. Keys that obstore's ``Path
 would change or refuse never reach this module (see
 :func:`file_dataset._backend.obstore_addresses`).
 
-Selected with ``FILE_DATASET_TRANSPORT=obstore`` (see :func:`file_dataset._backend.backend_for`).
+Used by ``transport="auto"`` (the default) when obstore is installed and can serve the
+options, and by ``transport="obstore"`` (see :func:`file_dataset._backend.backend_for`).
 """
 
 from __future__ import annotations
@@ -99,13 +100,6 @@ _WRONG_REGION_WORDS = (
     "PermanentRedirect",
     "AuthorizationHeaderMalformed",
     "IllegalLocationConstraintException",
-)
-_DENIED_WORDS = (
-    "AccessDenied",
-    "Forbidden",
-    "403",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
 )
 
 

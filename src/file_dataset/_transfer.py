@@ -290,8 +290,8 @@ def run_jobs(
 
     On the first failure no new job is started; jobs already under way are stopped
     at their next step (their clean-up runs: temporary files removed, multipart
-    uploads aborted) and the failure of the earliest failing job is raised, naming
-    its row id and column from ``contexts``.
+    uploads aborted) and the failure of the first of the failed jobs in the order of
+    ``jobs`` (not in time) is raised, naming its row id and column from ``contexts``.
 
     Args:
         jobs: The jobs (fresh generators).

@@ -15,6 +15,7 @@ import pandas as pd
 
 from file_dataset._errors import (
     InvalidInputError,
+    InvalidTypeError,
     ObjectNotFoundError,
     TransferError,
     quoted,
@@ -73,8 +74,10 @@ def write_files(
             1,024 bytes (S3's limit), a name is ``"id"``, the id is null, a source is an
             ``s3://`` URL rather than a local path, or ``into_path`` is not a supported
             URL. All of these are checked before any file is sent.
-        TypeError: ``files`` is not a mapping or Series, or ``options`` is not an
-            :class:`Options` (a dict of settings, say).
+        TypeError: ``files`` is not a mapping or Series, a name is not a string, a
+            source is not a str or path, or ``options`` is not an :class:`Options` (a
+            dict of settings, say). Except for ``options``, these are
+            :class:`InvalidInputError` too (a ``ValueError``), as in the reader.
         FileNotFoundError: A source file does not exist.
         OSError: A write failed (the message names the destination).
 
@@ -87,7 +90,7 @@ def write_files(
     if isinstance(files, pd.Series):  # a row of names to paths (labels checked)
         files = series_row(files)
     if not isinstance(files, Mapping):
-        raise TypeError(
+        raise InvalidTypeError(
             "write_files takes a mapping of file name to local path, such as "
             f"{{'out.mha': Path('out.mha')}}, got {type(files).__name__}"
         )
@@ -103,7 +106,7 @@ def write_files(
     for name, src in files.items():
         try:
             if not isinstance(name, str):
-                raise InvalidInputError(f"file names must be strings, got {quoted(name)}")
+                raise InvalidTypeError(f"file names must be strings, got {quoted(name)}")
             check_component(name, "file name")  # one flat folder per id: no "sub/name"
             if not into.is_s3:
                 check_local_name(name, "file name")
@@ -118,11 +121,11 @@ def write_files(
                 row_id=row_id,
                 column=name,
             )
-        if src is None or is_null(src):
+        if is_null(src):
             continue
         where = f"row id {quoted(row_id)}, file {quoted(name)}"
         if not isinstance(src, (str, os.PathLike)):
-            raise InvalidInputError(
+            raise InvalidTypeError(
                 f"{where}: expected a local path (str or os.PathLike), got {type(src).__name__}",
                 row_id=row_id,
                 column=name,

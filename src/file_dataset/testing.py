@@ -81,7 +81,6 @@ class LocalS3Server:
         self.port: int | None = None
         self._process: subprocess.Popen[str] | None = None
         self._thread_server: Any = None
-        self._lock = threading.Lock()
 
     @property
     def endpoint_url(self) -> str:
