@@ -362,12 +362,18 @@ def test_a_child_forked_after_obstore_was_used_goes_through_boto3(
         from file_dataset._backend import backend_for
         from file_dataset._urls import parse_url
 
+        said: list[str] = []
+        handler = logging.Handler(logging.INFO)
+        handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+        logging.getLogger("file_dataset").addHandler(handler)
+        logging.getLogger("file_dataset").setLevel(logging.INFO)
         got: dict[str, Any] = {"backend": type(backend_for(parse_url(url), options)).__name__}
         got["read"] = file_dataset.reader(row, options).into_blob_table().to_pylist()
         written = file_dataset.write_files(
             {"f.bin": Path(__file__)}, f"s3://{bucket}/from-child", "1", options
         )
         got["written"] = written["f.bin"]
+        got["said"] = [line for line in said if "fork" in line]
         forced = s3_server.options(transport="obstore")
         try:
             file_dataset.reader(row, forced).into_blob_table()
@@ -397,6 +403,12 @@ def test_a_child_forked_after_obstore_was_used_goes_through_boto3(
             process.kill()
     assert process.exitcode == 0
     assert got["backend"] == "S3Backend"
+    # said once (at INFO: it is correct, only slower), not per transfer or options
+    assert got["said"] == [
+        "file_dataset: this process was forked from one that had used obstore, whose "
+        "runtime does not survive fork(): its S3 requests go through boto3 (more CPU per "
+        "request); start it with 'spawn' or 'forkserver' to keep obstore"
+    ]
     assert got["read"] == [{"f.bin": b"read in a forked child"}]
     assert got["written"] == f"s3://{bucket}/from-child/1/f.bin"
     assert "forked from one that had already used obstore" in got["forced"]

@@ -424,6 +424,7 @@ def remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
 _BACKENDS: dict[tuple[int, str, str | None], tuple[Options, Backend]] = {}
 # A forked child decides again (its parent's obstore backends are unusable there).
 os.register_at_fork(after_in_child=_BACKENDS.clear)
+os.register_at_fork(after_in_child=lambda: _FALLBACK_SAID.clear())
 # object_store's Path refuses ASCII control characters in a key (and "", "." and ".."
 # segments, and strips a leading or trailing "/"), although S3 allows all of them.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -523,6 +524,24 @@ def _import_transports_before_fork() -> None:
 os.register_at_fork(before=_import_transports_before_fork)
 
 
+_FALLBACK_SAID: list[bool] = []  # whether this process said it uses boto3 after a fork
+
+
+def _say_forked_fallback() -> None:
+    """Says once per process, at INFO, that a forked child uses boto3 instead of obstore.
+
+    It is correct but slower for small objects (boto3 costs several times obstore's
+    CPU per request), which a process pool made with ``fork`` would never learn.
+    """
+    if not _FALLBACK_SAID:
+        _FALLBACK_SAID.append(True)
+        logging.getLogger("file_dataset").info(
+            "file_dataset: this process was forked from one that had used obstore, whose "
+            "runtime does not survive fork(): its S3 requests go through boto3 (more CPU "
+            "per request); start it with 'spawn' or 'forkserver' to keep obstore"
+        )
+
+
 def _new_backend(kind: str, options: Options) -> Backend:
     if kind != "local":
         transport = transport_of(options)
@@ -552,6 +571,7 @@ def _new_backend(kind: str, options: Options) -> Backend:
                             "does not survive fork); use the 'spawn' or 'forkserver' "
                             "start method, or transport='auto' or 'boto3'"
                         )
+                    _say_forked_fallback()
                 elif transport == "obstore" or can_serve(options):
                     return ObstoreS3Backend(options)
         from file_dataset._s3 import S3Backend
