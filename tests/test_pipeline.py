@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import datetime
 import errno
 import functools
 import http.server
@@ -778,7 +779,11 @@ def test_an_interrupt_while_a_download_is_awaited_ends_the_call_and_leaves_nothi
 
 @pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
 def test_an_interrupt_in_fn_ends_the_call_and_leaves_nothing(
-    interrupt: type[BaseException], options: Options, tmp_path: Path, system_tmp: Path
+    interrupt: type[BaseException],
+    options: Options,
+    tmp_path: Path,
+    system_tmp: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     (tmp_path / "a").write_bytes(b"a")
     frame = pd.DataFrame({"id": ["r1", "r2", "r3"], "f": [tmp_path / "a"] * 3})
@@ -792,7 +797,7 @@ def test_an_interrupt_in_fn_ends_the_call_and_leaves_nothing(
             raise interrupt()
         return upper(input_dir, output_dir)
 
-    with pytest.raises(interrupt):
+    with pytest.raises(interrupt), caplog.at_level(logging.WARNING, logger="file_dataset"):
         Pipeline(fn, {"into_path": tmp_path / "out"}, options)(frame)
     # the interrupted row's folders are gone when the call ends (a pool thread removed
     # them a moment later for KeyboardInterrupt)
@@ -801,6 +806,16 @@ def test_an_interrupt_in_fn_ends_the_call_and_leaves_nothing(
     assert seen == ["a", "a"]
     assert list(system_tmp.iterdir()) == []
     assert os.listdir(tmp_path / "out") == ["r1"]  # the upload already under way ends
+    # Before, an interrupted call logged nothing (a batch system's SIGTERM, say).
+    [line] = [record.getMessage() for record in caplog.records]
+    said = re.fullmatch(
+        rf"file_dataset.Pipeline interrupted by {interrupt.__name__} after writing (\d) of "
+        r"3 rows: the rows written stay written(?:, and (\d) more row\(s\) being uploaded "
+        r"complete on their own)?",
+        line,
+    )
+    assert said is not None, line
+    assert int(said.group(1)) + int(said.group(2) or 0) == 1  # r1, written or on its way
 
 
 def test_an_interrupt_right_after_fn_returns_leaves_nothing(
@@ -2258,17 +2273,62 @@ def test_exports_row_failure() -> None:
     assert file_dataset.RowFailure("1", "fn", ValueError("x")).stage == "fn"
 
 
-def _done_ids(options: Options, into_path: str, names: list[str]) -> set[str]:
+def _done_ids(
+    options: Options, into_path: str | Path, names: list[str], since: Any = None
+) -> set[str]:
     """The README's recipe ("Resuming a long job"), as written there."""
+    found: dict[str, set[str]] = collections.defaultdict(set)
+    if not str(into_path).startswith("s3://"):
+        with os.scandir(into_path) as rows:
+            for row in rows:
+                if row.is_dir():
+                    for entry in os.scandir(row.path):
+                        if since is None or entry.stat().st_mtime >= since.timestamp():
+                            found[row.name].add(entry.name)
+        return {row_id for row_id, have in found.items() if set(names) <= have}
+    assert isinstance(into_path, str)
     bucket, _, prefix = into_path.removeprefix("s3://").partition("/")
     prefix = prefix.rstrip("/") + "/" if prefix.rstrip("/") else ""
-    found: dict[str, set[str]] = collections.defaultdict(set)
     pages = options.s3_client().get_paginator("list_objects_v2")
     for page in pages.paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
-            row_id, _, name = item["Key"][len(prefix) :].partition("/")
-            found[row_id].add(name)
+            if since is None or item["LastModified"] >= since:
+                row_id, _, name = item["Key"][len(prefix) :].partition("/")
+                found[row_id].add(name)
     return {row_id for row_id, have in found.items() if set(names) <= have}
+
+
+def test_the_readme_resume_recipe_counts_only_outputs_written_since_the_job_began(
+    options: Options, bucket: str, tmp_path: Path
+) -> None:
+    """A rerun of a changed fn into the same into_path, killed part-way, left a row with
+    one output of each version, which the recipe without ``since`` counted as done
+    (helper-99)."""
+    frame = pd.DataFrame({"id": [1, 2], "f": [None, None]})
+
+    def version(tag: bytes) -> Callable[[Path, Path], dict[str, Path]]:
+        def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+            for name in ("a", "b"):
+                (output_dir / name).write_bytes(tag)
+            return {"a": output_dir / "a", "b": output_dir / "b"}
+
+        return fn
+
+    began = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=1)
+    for into in (f"s3://{bucket}/since/out", tmp_path / "out"):
+        assert len(Pipeline(version(b"v1"), {"into_path": into}, options)(frame)) == 2
+        # a job that began after these were written counts none of them
+        rerun = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=1)
+        assert _done_ids(options, into, ["a", "b"]) == {"1", "2"}
+        assert _done_ids(options, into, ["a", "b"], began) == {"1", "2"}
+        assert _done_ids(options, into, ["a", "b"], rerun) == set()
+    # row 2 as if that rerun had been killed after its first output (local mtimes)
+    later = rerun.timestamp() + 1
+    for row_id, names in (("1", ("a", "b")), ("2", ("a",))):
+        for name in names:
+            os.utime(tmp_path / "out" / row_id / name, (later, later))
+    assert _done_ids(options, tmp_path / "out", ["a", "b"]) == {"1", "2"}
+    assert _done_ids(options, tmp_path / "out", ["a", "b"], rerun) == {"1"}
 
 
 def test_the_readme_resume_recipe_reruns_only_rows_not_done(

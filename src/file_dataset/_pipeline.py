@@ -641,6 +641,8 @@ class Pipeline:
             stages.shutdown(wait=isinstance(e, Exception))
             if isinstance(e, Exception):
                 _log_stop(call, e, len(ids), uploads)
+            else:
+                _log_interrupt(call, e, len(ids), uploads)
             raise
         else:
             stages.shutdown(wait=True)  # the last rows' folder removals
@@ -769,6 +771,35 @@ def _log_stop(
 
 
 _STOPPED = "file_dataset.Pipeline stopped after writing"
+
+
+def _log_interrupt(
+    call: _Call,
+    interrupt: BaseException,
+    rows: int,
+    uploads: collections.deque[tuple[int, concurrent.futures.Future[dict[str, str]]]],
+) -> None:
+    """Says, at WARNING, how far a call ended by an interrupt got.
+
+    Its uploads under way are not waited for (they complete on their own), so they are
+    counted apart: a batch system's log otherwise shows nothing of a job it stopped.
+    """
+    done = [upload for _, upload in uploads if upload.done()]
+    written = call.written + sum(
+        1 for upload in done if not upload.cancelled() and upload.exception() is None
+    )
+    under_way = len(uploads) - len(done)
+    rest = (
+        f", and {under_way} more row(s) being uploaded complete on their own" if under_way else ""
+    )
+    logger.warning(
+        "file_dataset.Pipeline interrupted by %s after writing %d of %d rows: the rows "
+        "written stay written%s",
+        type(interrupt).__name__,
+        written,
+        rows,
+        rest,
+    )
 
 
 def _renote(error: BaseException, prefix: str, rest: str) -> None:
