@@ -9,6 +9,7 @@ import datetime
 import errno
 import functools
 import http.server
+import inspect
 import logging
 import os
 import pickle
@@ -1607,6 +1608,29 @@ def test_fn_that_cannot_take_input_and_output_dirs_is_refused_when_built(
         f"fn {shown} cannot be called as fn(input_dir, output_dir): the Pipeline calls it "
         "with two positional arguments, the row's input folder and an empty output folder"
     )
+
+
+class _UnreadableSignature:
+    """As an fn of Python 3.14 whose annotations name what is imported only under
+    TYPE_CHECKING: reading its signature evaluates them, and raises NameError."""
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        raise NameError("name 'Path' is not defined")
+
+    def __call__(self, input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        (output_dir / "o.bin").write_bytes((input_dir / "f").read_bytes())
+        return {"o.bin": output_dir / "o.bin"}
+
+
+def test_an_fn_whose_signature_cannot_be_read_is_taken_unchecked(tmp_path: Path) -> None:
+    """Pipeline(fn) raised the NameError on Python 3.14 (helper-97), though calling fn
+    works: 3.14 evaluates annotations only when they are read."""
+    (tmp_path / "in").write_bytes(b"data")
+    pipeline = Pipeline(_UnreadableSignature(), {"into_path": tmp_path / "out"})
+    result = pipeline(pd.DataFrame({"id": ["r1"], "f": [tmp_path / "in"]}))
+    assert result["o.bin"].tolist() == [str(tmp_path / "out" / "r1" / "o.bin")]
+    assert (tmp_path / "out" / "r1" / "o.bin").read_bytes() == b"data"
 
 
 async def _async_fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:

@@ -158,7 +158,7 @@ def _check_column_type(values: pd.Series, column: str, ids: list[str]) -> None:
         present = present & ~np.isnan(values.to_numpy(dtype="float64", na_value=np.nan))
     if not present.any():
         return
-    first = int(present.argmax())
+    first = int(np.flatnonzero(present)[0])
     value = values.iloc[[first]].tolist()[0]  # a Python value: 3, not np.int64(3)
     shown = str(dtype) if held is dtype else f"category ({held})"
     raise InvalidInputError(
@@ -198,7 +198,7 @@ def _check_cells(values: pd.Series, column: str, ids: list[str]) -> None:
     present = values.notna().to_numpy()
     if not present.any():
         return
-    row = int(present.argmax())
+    row = int(np.flatnonzero(present)[0])
     value = values.iloc[row]
     if binary or isinstance(value, bytes | bytearray | memoryview):
         raise InvalidInputError(

@@ -996,7 +996,8 @@ def _check_signature(fn: Callable[..., Any]) -> None:
     """Refuses an ``fn`` that cannot be called as ``fn(input_dir, output_dir)``.
 
     Without this, every row would fail at the "fn" stage and be dropped. A callable
-    whose signature cannot be read (some builtins) is not checked. An ``async def``
+    whose signature cannot be read (some builtins, annotations that fail) is not
+    checked. An ``async def``
     function is refused too: calling it returns a coroutine, not its outputs.
     """
     call = getattr(fn, "__call__", None)  # noqa: B004 (a callable object's method)
@@ -1011,8 +1012,15 @@ def _check_signature(fn: Callable[..., Any]) -> None:
             "example lambda i, o: asyncio.run(fn(i, o)))"
         )
     try:
-        signature = inspect.signature(fn)
-    except (ValueError, TypeError):
+        if sys.version_info >= (3, 14):
+            import annotationlib
+
+            # Python 3.14 evaluates annotations lazily: one naming what is imported
+            # only for type checkers is fine until read, and arity is all we need.
+            signature = inspect.signature(fn, annotation_format=annotationlib.Format.FORWARDREF)
+        else:
+            signature = inspect.signature(fn)
+    except Exception:  # one that cannot be read is not checked
         return
     try:
         signature.bind(None, None)

@@ -104,7 +104,9 @@ class Resampler:
         self.kind = ViaAttribute
 
     def __call__(self, input_dir: Path, output_dir: Path, *, extra: Any = None) -> Any:
-        assert KINDS["output"].__annotations__ == {"output.mha": Path}
+        # rebuilt in the worker (on Python 3.14 cloudpickle 3.1 rebuilds it without
+        # its __annotations__, which PEP 649 computes: its keys stay)
+        assert KINDS["output"].__required_keys__ == frozenset({"output.mha"})
         return write_output(output_dir, (input_dir / "image.bin").read_bytes()[::-1])
 
 
