@@ -251,6 +251,20 @@ def _size_says_nothing(stat: os.stat_result) -> bool:
     return stat.st_size == 0 or stat.st_dev == _sysfs_device()
 
 
+@contextlib.contextmanager
+def _os_errors(loc: Location, operation: str) -> Iterator[None]:
+    """Raises an ``OSError`` of the block as the file_dataset error for ``loc``.
+
+    A :class:`TransferError` (an ``OSError`` too: our own checks) is raised as it is.
+    """
+    try:
+        yield
+    except TransferError:
+        raise
+    except OSError as e:
+        raise translate_os_error(e, str(loc), operation) from e
+
+
 class LocalBackend:
     """Reads and writes files on the local file system."""
 
@@ -259,21 +273,16 @@ class LocalBackend:
     def read_first(
         self, loc: Location, length: int, sink: Sink | None = None
     ) -> tuple[Blob | None, int, str | None]:
-        try:
-            with _open_regular(loc) as f:
-                stat = os.fstat(f.fileno())
-                total = stat.st_size
-                if _size_says_nothing(stat):
-                    data = f.read()
-                    return data, len(data), None
-                if total > length:
-                    return f.read(length), total, file_version(stat)
-                buf = new_buffer(total)
-                got = f.readinto(buf)
-        except OSError as e:
-            if isinstance(e, TransferError):
-                raise
-            raise translate_os_error(e, str(loc), "read") from e
+        with _os_errors(loc, "read"), _open_regular(loc) as f:
+            stat = os.fstat(f.fileno())
+            total = stat.st_size
+            if _size_says_nothing(stat):
+                data = f.read()
+                return data, len(data), None
+            if total > length:
+                return f.read(length), total, file_version(stat)
+            buf = new_buffer(total)
+            got = f.readinto(buf)
         if got != total:  # the buffer is not zero-filled: never hand out its tail
             raise TransferError(str(loc), f"file shrank while being read ({got} of {total} bytes)")
         return buf, total, None
@@ -281,20 +290,15 @@ class LocalBackend:
     def read_into(
         self, loc: Location, start: int, view: memoryview, tag: str | None = None
     ) -> None:
-        try:
-            with open(loc.path, "rb", buffering=0) as f:
-                f.seek(start)
-                done = 0
-                while done < len(view):
-                    n = f.readinto(view[done:])
-                    if not n:
-                        raise TransferError(str(loc), "file shrank while being read")
-                    done += n
-                _check_version(f, loc, tag)
-        except OSError as e:
-            if isinstance(e, TransferError):
-                raise
-            raise translate_os_error(e, str(loc), "read") from e
+        with _os_errors(loc, "read"), open(loc.path, "rb", buffering=0) as f:
+            f.seek(start)
+            done = 0
+            while done < len(view):
+                n = f.readinto(view[done:])
+                if not n:
+                    raise TransferError(str(loc), "file shrank while being read")
+                done += n
+            _check_version(f, loc, tag)
 
     def read_chunks(
         self, loc: Location, start: int, length: int, tag: str | None = None
@@ -302,15 +306,10 @@ class LocalBackend:
         def shrank(done: int) -> TransferError:
             return TransferError(str(loc), "file shrank while being read")
 
-        try:
-            with open(loc.path, "rb", buffering=0) as f:
-                f.seek(start)
-                yield from readinto_chunks(f.readinto, length, shrank)
-                _check_version(f, loc, tag)
-        except OSError as e:
-            if isinstance(e, TransferError):
-                raise
-            raise translate_os_error(e, str(loc), "read") from e
+        with _os_errors(loc, "read"), open(loc.path, "rb", buffering=0) as f:
+            f.seek(start)
+            yield from readinto_chunks(f.readinto, length, shrank)
+            _check_version(f, loc, tag)
 
     def size(self, loc: Location) -> int:
         try:
@@ -323,22 +322,13 @@ class LocalBackend:
             denied = PermissionError(errno.EACCES, "Permission denied", str(loc.path))
             raise translate_os_error(denied, str(loc), "head")
         if _size_says_nothing(stat):  # its size is what it holds: read to its end
-            try:
-                with _open_regular(loc) as f:
-                    return sum(map(len, iter(lambda: f.read(1 << 20), b"")))
-            except OSError as e:  # not the stat's 0, which says nothing
-                if isinstance(e, TransferError):
-                    raise
-                raise translate_os_error(e, str(loc), "head") from e
+            with _os_errors(loc, "head"), _open_regular(loc) as f:  # not the stat's 0
+                return sum(map(len, iter(lambda: f.read(1 << 20), b"")))
         return stat.st_size
 
     def write(self, src: Path, loc: Location) -> None:
-        try:
+        with _os_errors(loc, "write"):
             atomic_copy(src, loc.path)
-        except OSError as e:
-            if isinstance(e, TransferError):
-                raise
-            raise translate_os_error(e, str(loc), "write") from e
 
     def multipart_start(self, loc: Location) -> str:
         raise NotImplementedError
