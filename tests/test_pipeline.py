@@ -819,6 +819,45 @@ def test_an_interrupt_in_fn_ends_the_call_and_leaves_nothing(
     assert int(said.group(1)) + int(said.group(2) or 0) == 1  # r1, written or on its way
 
 
+def test_an_interrupt_while_an_upload_is_awaited_counts_that_upload_as_under_way(
+    options: Options, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The upload being awaited was taken off the list of uploads before the wait, so
+    the line said "0 of 1 rows" and nothing under way, and then the row landed
+    (helper-100: Ctrl-C usually lands there once uploads are slower than fn)."""
+    (tmp_path / "a").write_bytes(b"a")
+    pipeline = Pipeline(upper, {"into_path": tmp_path / "out"}, options)
+    gate = threading.Event()
+    collecting = threading.Event()
+    timed_out: list[bool] = []
+    upload, collect = pipeline._upload, pipeline._collect
+
+    def held(row_id: str, outputs: dict[str, Path], folders: list[Path]) -> dict[str, str]:
+        # interrupt the calling thread once it collects this upload, then upload later
+        timed_out.append(not collecting.wait(60))  # safety nets, not synchronisation
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        timed_out.append(not gate.wait(60))
+        return upload(row_id, outputs, folders)
+
+    def collecting_then(*args: Any) -> None:
+        collecting.set()
+        collect(*args)
+
+    pipeline._upload = held  # type: ignore[method-assign]
+    pipeline._collect = collecting_then  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt), caplog.at_level(logging.WARNING, "file_dataset"):
+        pipeline(pd.DataFrame({"id": ["r1"], "f": [tmp_path / "a"]}))
+    gate.set()  # the call has ended while r1's upload was held
+    _join_pipeline_threads()
+    assert timed_out == [False, False]
+    assert [record.getMessage() for record in caplog.records] == [
+        "file_dataset.Pipeline interrupted by KeyboardInterrupt after writing 0 of 1 rows: "
+        "the rows written stay written, and 1 more row(s) being uploaded complete on "
+        "their own"
+    ]
+    assert (tmp_path / "out" / "r1" / "output.mha").read_bytes() == b"A"
+
+
 def test_an_interrupt_right_after_fn_returns_leaves_nothing(
     options: Options, tmp_path: Path, system_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -2303,7 +2342,10 @@ def _done_ids(
     """The README's recipe ("Resuming a long job"), as written there."""
     found: dict[str, set[str]] = collections.defaultdict(set)
     if not str(into_path).startswith("s3://"):
-        with os.scandir(into_path) as rows:
+        folder = os.path.expanduser(str(into_path).removeprefix("file://"))
+        if not os.path.isdir(folder):  # nothing written yet
+            return set()
+        with os.scandir(folder) as rows:
             for row in rows:
                 if row.is_dir():
                     for entry in os.scandir(row.path):
@@ -2353,6 +2395,9 @@ def test_the_readme_resume_recipe_counts_only_outputs_written_since_the_job_bega
             os.utime(tmp_path / "out" / row_id / name, (later, later))
     assert _done_ids(options, tmp_path / "out", ["a", "b"]) == {"1", "2"}
     assert _done_ids(options, tmp_path / "out", ["a", "b"], rerun) == {"1"}
+    assert _done_ids(options, f"file://{tmp_path}/out/", ["a", "b"], rerun) == {"1"}
+    # a first run: nothing there yet (it raised FileNotFoundError; helper-100)
+    assert _done_ids(options, tmp_path / "never-written", ["a"]) == set()
 
 
 def test_the_readme_resume_recipe_reruns_only_rows_not_done(

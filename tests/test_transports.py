@@ -2910,6 +2910,8 @@ class _QuirkyRangeHandler(http.server.BaseHTTPRequestHandler):
             if self.mode != "no-content-range":
                 self.send_header("Content-Range", f"bytes {start}-{end}/{len(self.data)}")
         self.send_header("ETag", '"v1"')
+        if self.mode == "old-date":  # RFC 850, which HTTP/1.1 readers must still take
+            self.send_header("Last-Modified", "Friday, 04-Dec-26 03:21:46 GMT")
         if self.mode == "chunked":
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
@@ -2960,6 +2962,24 @@ def test_a_server_that_ignores_range_or_answers_chunked_is_read_whole_with_boto3
         "(obstore refuses such an answer, which some S3-compatible servers and proxies "
         'give; Options(transport="boto3") reads from them)'
     )
+
+
+def test_a_last_modified_in_an_older_date_format_points_obstore_users_to_boto3() -> None:
+    """obstore refuses it ("Invalid last modified ..."), and its error did not say that
+    boto3 reads from such a server, as for the other answers it refuses (helper-101)."""
+    _QuirkyRangeHandler.data = b"dated the old way"
+    _QuirkyRangeHandler.mode = "old-date"
+    frame = pd.DataFrame({"id": ["r1"], "obj.bin": ["s3://bkt/obj.bin"]})
+    with _fake_s3(_QuirkyRangeHandler, "boto3") as options:
+        table = file_dataset.reader(frame, options).into_blob_table()
+    assert table.column("obj.bin").to_pylist() == [b"dated the old way"]
+    with (
+        _fake_s3(_QuirkyRangeHandler, "obstore") as options,
+        pytest.raises(file_dataset.TransferError) as raised,
+    ):
+        file_dataset.reader(frame, options).into_blob_table()
+    assert "Invalid last modified 'Friday, 04-Dec-26 03:21:46 GMT'" in raised.value.reason
+    assert raised.value.reason.endswith('Options(transport="boto3") reads from them)')
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])

@@ -841,6 +841,16 @@ def test_a_call_that_fails_in_part_says_where_its_other_files_may_be(
         file_dataset.write_files({"m.bin": "/proc/self/mem"}, tmp_path / "out", "r2")
     assert getattr(info.value, "__notes__", None) is None
     assert sorted(os.listdir(tmp_path / "out")) == ["r1"]
+    # Nothing could be written (helper-100: the note said files "may be written under"
+    # a file in the way, or in a bucket that does not exist).
+    (tmp_path / "out" / "r3").write_bytes(b"in the way")
+    with pytest.raises(file_dataset.TransferError, match="is in the way") as blocked:
+        file_dataset.write_files(files, tmp_path / "out", "r3")
+    assert getattr(blocked.value, "__notes__", None) is None
+    two = {"a.bin": tmp_path / "a", "b.bin": tmp_path / "a"}
+    with pytest.raises(file_dataset.ObjectNotFoundError) as no_bucket:
+        file_dataset.write_files(two, f"s3://{bucket}-missing/p", "r1", options)
+    assert getattr(no_bucket.value, "__notes__", None) is None
 
 
 def test_a_source_that_fails_while_read_for_s3_says_so_as_for_a_local_folder(

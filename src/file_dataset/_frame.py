@@ -171,8 +171,15 @@ def _check_column_type(values: pd.Series, column: str, ids: list[str]) -> None:
     )
 
 
-# what can name a file: Arrow strings too (a column built of a pyarrow column's items)
-_NAMES = (str, os.PathLike, pa.StringScalar, pa.LargeStringScalar, pa.StringViewScalar)
+def _names_a_file(value: Any) -> bool:
+    """Whether a cell can name a file: a str or path, or an Arrow scalar of a string.
+
+    Arrow scalars come in a column built of a pyarrow column's items (dictionary-encoded
+    ones too).
+    """
+    if isinstance(value, pa.Scalar):
+        value = value.as_py()
+    return isinstance(value, str | os.PathLike)
 
 
 def _check_cells(values: pd.Series, column: str, ids: list[str]) -> None:
@@ -209,8 +216,8 @@ def _check_cells(values: pd.Series, column: str, ids: list[str]) -> None:
             column=column,
         )
     if not nested and (
-        isinstance(value, _NAMES)  # the usual case: no scan
-        or any(isinstance(v, _NAMES) for v in values[present].tolist())
+        _names_a_file(value)  # the usual case: no scan
+        or any(_names_a_file(v) for v in values[present].tolist())
     ):
         return
     raise InvalidInputError(

@@ -618,11 +618,11 @@ class Pipeline:
                     # A file outside the row's own folders (a fixed scratch file, say)
                     # may be rewritten by the next fn call: it is sent before that call.
                     while uploads:
-                        self._collect(call, *uploads.popleft(), written)
+                        self._collect_oldest(call, uploads, written)
                 elif len(uploads) > _UPLOADS_IN_FLIGHT:
-                    self._collect(call, *uploads.popleft(), written)
+                    self._collect_oldest(call, uploads, written)
             while uploads:
-                self._collect(call, *uploads.popleft(), written)
+                self._collect_oldest(call, uploads, written)
         except BaseException as e:
             # Queued downloads are cancelled; those under way remove their folders when
             # they end, and those done but not used yet are removed here. An Exception
@@ -656,6 +656,20 @@ class Pipeline:
         return _output_frame(
             file_dataframe[ID_COLUMN], written, _id_last(list(file_dataframe.columns))
         )
+
+    def _collect_oldest(
+        self,
+        call: _Call,
+        uploads: collections.deque[tuple[int, concurrent.futures.Future[dict[str, str]]]],
+        written: dict[int, dict[str, str]],
+    ) -> None:
+        """Collects the oldest upload, which stays in ``uploads`` while it is awaited.
+
+        An interrupt during the wait then still finds it there, under way or written,
+        when the call says how far it got.
+        """
+        self._collect(call, *uploads[0], written)
+        uploads.popleft()
 
     def _collect(
         self,

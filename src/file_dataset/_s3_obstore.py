@@ -140,8 +140,13 @@ def _xml_text(tag: str, text: str) -> str:
 
 
 # obstore's words for answers that boto3 reads and it refuses: a body sent chunked or
-# ended by closing the connection, a Range answered with the whole object.
-_NEEDS_BOTO3 = ("Content-Length Header missing", "non-partial response when range requested")
+# ended by closing the connection, a Range answered with the whole object, a
+# Last-Modified in an older HTTP date format (RFC 850, asctime).
+_NEEDS_BOTO3 = (
+    "Content-Length Header missing",
+    "non-partial response when range requested",
+    "Invalid last modified",
+)
 
 # How obstore names an error raised by the credential provider (_Credentials).
 _PROVIDER_FAILED = "External AWS credential provider: "

@@ -201,7 +201,7 @@ def write_files(
         if made is not None:
             with contextlib.suppress(OSError):  # not empty: other files were written
                 made.rmdir()
-        if len(jobs) > 1 and isinstance(e, Exception) and (made is None or made.exists()):
+        if len(jobs) > 1 and _may_have_written(e, folder):
             row = into.child(row_id)
             e.add_note(
                 f"{OTHERS_NOTE}{len(jobs) - 1} other file(s) of row id {quoted(row_id)} may "
@@ -213,3 +213,20 @@ def write_files(
 
 
 OTHERS_NOTE = "file_dataset.write_files: "  # begins the note on a call that failed in part
+
+
+def _may_have_written(error: BaseException, folder: Path | None) -> bool:
+    """Whether other files of a call that raised ``error`` may have been written.
+
+    Not when the row folder (local) is not there as a folder (this call made it and
+    removed it again, empty; or a file is in its way), nor when the error is one that
+    every request of the call meets: a missing bucket, credentials that failed, an
+    endpoint that gives no answer.
+    """
+    if not isinstance(error, Exception):
+        return False
+    if folder is not None and not folder.is_dir():
+        return False
+    if isinstance(error, ObjectNotFoundError) and error.operation == "write":
+        return False  # the bucket (a source gone meanwhile is a "read")
+    return not (getattr(error, "credentials_failed", False) or getattr(error, "unreachable", False))
