@@ -652,6 +652,10 @@ def test_arrow_scalars_in_an_object_column_are_read_as_their_values(
     ]
     with file_dataset.reader(frame.iloc[0], options).into_temp_dir() as tmp:
         assert files_under(tmp) == {"f": b"from s3"}
+    # dictionary-encoded ones too (they were refused when the column held only them)
+    encoded = frame.assign(f=list(urls.dictionary_encode()))
+    assert isinstance(encoded["f"][0], pa.DictionaryScalar)
+    assert file_dataset.reader(encoded, options).into_blob_table().equals(table)
     refused = r"column .f.: expected .* got int 5"
     with pytest.raises(file_dataset.InvalidInputError, match=refused) as e:
         file_dataset.reader({"id": 1, "f": pa.scalar(5)}, options).into_blob_table()
