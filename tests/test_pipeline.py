@@ -820,7 +820,10 @@ def test_an_interrupt_in_fn_ends_the_call_and_leaves_nothing(
 
 
 def test_an_interrupt_while_an_upload_is_awaited_counts_that_upload_as_under_way(
-    options: Options, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    options: Options,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The upload being awaited was taken off the list of uploads before the wait, so
     the line said "0 of 1 rows" and nothing under way, and then the row landed
@@ -828,28 +831,32 @@ def test_an_interrupt_while_an_upload_is_awaited_counts_that_upload_as_under_way
     (tmp_path / "a").write_bytes(b"a")
     pipeline = Pipeline(upper, {"into_path": tmp_path / "out"}, options)
     gate = threading.Event()
-    collecting = threading.Event()
     timed_out: list[bool] = []
-    upload, collect = pipeline._upload, pipeline._collect
+    upload = pipeline._upload
 
     def held(row_id: str, outputs: dict[str, Path], folders: list[Path]) -> dict[str, str]:
-        # interrupt the calling thread once it collects this upload, then upload later
-        timed_out.append(not collecting.wait(60))  # safety nets, not synchronisation
-        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
-        timed_out.append(not gate.wait(60))
+        timed_out.append(not gate.wait(60))  # a safety net, not a synchronisation
         return upload(row_id, outputs, folders)
 
-    def collecting_then(*args: Any) -> None:
-        collecting.set()
-        collect(*args)
+    # Ctrl-C landing in the calling thread's wait for the upload, as a signal does
+    # there (a real SIGINT sent just before the wait begins is seen only after it).
+    wait = concurrent.futures.Future.exception
+    armed = [True]
 
+    def interrupted(future: concurrent.futures.Future[Any], timeout: Any = None) -> Any:
+        if armed and not future.done() and threading.current_thread() is threading.main_thread():
+            armed.clear()
+            raise KeyboardInterrupt
+        return wait(future, timeout)
+
+    monkeypatch.setattr(concurrent.futures.Future, "exception", interrupted)
     pipeline._upload = held  # type: ignore[method-assign]
-    pipeline._collect = collecting_then  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt), caplog.at_level(logging.WARNING, "file_dataset"):
         pipeline(pd.DataFrame({"id": ["r1"], "f": [tmp_path / "a"]}))
     gate.set()  # the call has ended while r1's upload was held
     _join_pipeline_threads()
-    assert timed_out == [False, False]
+    assert armed == []
+    assert timed_out == [False]
     assert [record.getMessage() for record in caplog.records] == [
         "file_dataset.Pipeline interrupted by KeyboardInterrupt after writing 0 of 1 rows: "
         "the rows written stay written, and 1 more row(s) being uploaded complete on "

@@ -666,10 +666,13 @@ class Pipeline:
         """Collects the oldest upload, which stays in ``uploads`` while it is awaited.
 
         An interrupt during the wait then still finds it there, under way or written,
-        when the call says how far it got.
+        when the call says how far it got; once it has ended it leaves the list before
+        it is counted, so it is never counted twice.
         """
-        self._collect(call, *uploads[0], written)
+        index, upload = uploads[0]
+        upload.exception()  # waits for it to end, raising nothing of its own
         uploads.popleft()
+        self._collect(call, index, upload, written)
 
     def _collect(
         self,
