@@ -424,7 +424,8 @@ def remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
 _BACKENDS: dict[tuple[int, str, str | None], tuple[Options, Backend]] = {}
 # A forked child decides again (its parent's obstore backends are unusable there).
 os.register_at_fork(after_in_child=_BACKENDS.clear)
-os.register_at_fork(after_in_child=lambda: _FALLBACK_SAID.clear())
+_FALLBACK_SAID: list[bool] = []  # whether this process said it uses boto3 after a fork
+os.register_at_fork(after_in_child=_FALLBACK_SAID.clear)
 # object_store's Path refuses ASCII control characters in a key (and "", "." and ".."
 # segments, and strips a leading or trailing "/"), although S3 allows all of them.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -522,9 +523,6 @@ def _import_transports_before_fork() -> None:
 
 
 os.register_at_fork(before=_import_transports_before_fork)
-
-
-_FALLBACK_SAID: list[bool] = []  # whether this process said it uses boto3 after a fork
 
 
 def _say_forked_fallback() -> None:

@@ -764,6 +764,19 @@ def _redrawn_in_place(stream: Any) -> bool:
     return "ipykernel" in sys.modules
 
 
+def _rows_written(
+    call: _Call,
+    uploads: collections.deque[tuple[int, concurrent.futures.Future[dict[str, str]]]],
+) -> tuple[int, int]:
+    """The rows a call has written, and those whose uploads are still under way.
+
+    Written: those collected, and the uploads not yet collected that ended well.
+    """
+    ended = [upload for _, upload in uploads if upload.done()]
+    written = sum(1 for upload in ended if not upload.cancelled() and upload.exception() is None)
+    return call.written + written, len(uploads) - len(ended)
+
+
 def _log_stop(
     call: _Call,
     error: Exception,
@@ -775,9 +788,7 @@ def _log_stop(
     The uploads still in flight when it raised have ended (the pool was waited for):
     those that succeeded count as written, as their outputs are.
     """
-    done = call.written + sum(
-        1 for _, upload in uploads if not upload.cancelled() and upload.exception() is None
-    )
+    done, _ = _rows_written(call, uploads)
     others = sum(1 for failure in call.failures if failure.error is not error)
     dropped = f" and dropping {others}" if others else ""
     text = f"{_STOPPED} {done} of {rows} rows{dropped}: the rows written stay written"
@@ -801,11 +812,7 @@ def _log_interrupt(
     Its uploads under way are not waited for (they complete on their own), so they are
     counted apart: a batch system's log otherwise shows nothing of a job it stopped.
     """
-    done = [upload for _, upload in uploads if upload.done()]
-    written = call.written + sum(
-        1 for upload in done if not upload.cancelled() and upload.exception() is None
-    )
-    under_way = len(uploads) - len(done)
+    written, under_way = _rows_written(call, uploads)
     rest = (
         f", and {under_way} more row(s) being uploaded complete on their own" if under_way else ""
     )
@@ -1014,8 +1021,8 @@ def _check_signature(fn: Callable[..., Any]) -> None:
 
     Without this, every row would fail at the "fn" stage and be dropped. A callable
     whose signature cannot be read (some builtins, annotations that fail) is not
-    checked. An ``async def``
-    function is refused too: calling it returns a coroutine, not its outputs.
+    checked. An ``async def`` function is refused too: calling it returns a coroutine,
+    not its outputs.
     """
     call = getattr(fn, "__call__", None)  # noqa: B004 (a callable object's method)
     if inspect.iscoroutinefunction(fn) or (
