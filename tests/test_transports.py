@@ -812,7 +812,7 @@ def test_an_access_denied_error_keeps_what_s3_said(transport: str, tmp_path: Pat
     )
 
     class Denied(_RefusingHandler):
-        get = (403, "AccessDenied")
+        head = get = (403, "AccessDenied")  # a HEAD's answer has no body: a bare 403
         message = kms
 
     local = tmp_path / "x.bin"
@@ -825,6 +825,10 @@ def test_an_access_denied_error_keeps_what_s3_said(transport: str, tmp_path: Pat
         Denied.message = "Access Denied"  # what S3 says when it says nothing more
         with pytest.raises(file_dataset.ObjectAccessDeniedError) as bare:
             file_dataset.reader({"img.mha": "s3://bkt/img.mha"}, options).into_blob_table()
+        with pytest.raises(file_dataset.ObjectAccessDeniedError) as sized:
+            file_dataset.reader({"img.mha": "s3://bkt/img.mha"}, options).into_size_table()
+        with pytest.raises(file_dataset.ObjectAccessDeniedError) as bare_write:
+            file_dataset.write_files({"x.bin": local}, "s3://bkt/out", "r1", options)
     assert str(read.value) == (
         f"cannot read s3://bkt/img.mha (column 'img.mha'): access denied (AccessDenied: "
         f"{kms}); {hint}"
@@ -835,9 +839,19 @@ def test_an_access_denied_error_keeps_what_s3_said(transport: str, tmp_path: Pat
         f"cannot write s3://bkt/out/r1/x.bin (row id 'r1', column 'x.bin'): access denied "
         f"(AccessDenied: {kms}); {hint}"
     )
-    assert str(bare.value) == (
-        f"cannot read s3://bkt/img.mha (column 'img.mha'): access denied (AccessDenied); {hint}"
+    # A bare denial of a read may be a missing key (no s3:ListBucket): said for reads
+    # and HEADs (whose answer has no body), not for writes nor a policy's denial above.
+    missing = (
+        ", or whether the object exists: to credentials that may not list the bucket "
+        "(s3:ListBucket), S3 answers 403, not 404, for a missing key"
     )
+    assert str(bare.value) == (
+        f"cannot read s3://bkt/img.mha (column 'img.mha'): access denied (AccessDenied); "
+        f"{hint}{missing}"
+    )
+    assert str(sized.value).endswith(f"{hint}{missing}")
+    assert str(sized.value).startswith("cannot head s3://bkt/img.mha (column 'img.mha'): ")
+    assert str(bare_write.value).endswith(f"(AccessDenied); {hint}")
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])

@@ -77,14 +77,17 @@ _DENIED = frozenset(
 _EXPIRED = frozenset({"ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired"})
 
 
-def denied_reason(code: object, message: str = "") -> str:
+def denied_reason(code: object, message: str = "", operation: str = "") -> str:
     """The reason of an access-denied error: S3's code and message, and what to check.
 
     S3's message is kept unless it only repeats the code: a denial by a bucket policy
-    or a KMS key names the action and the resource there, and only there.
+    or a KMS key names the action and the resource there, and only there. A bare
+    denial of a read or HEAD may also be a missing object: S3 answers 403, not 404,
+    for a key that does not exist when the credentials may not list the bucket.
     """
     said = " ".join(message.split())
-    told = f"{code}: {masked_cut(said, 500)}" if said.rstrip(".").lower() not in _BARE else code
+    bare = said.rstrip(".").lower() in _BARE
+    told = code if bare else f"{code}: {masked_cut(said, 500)}"
     if code in _EXPIRED:
         hint = (
             "the temporary credentials have expired (those that Options.default() "
@@ -104,6 +107,11 @@ def denied_reason(code: object, message: str = "") -> str:
             "policy, the KMS key of an encrypted object, request_payer=True for a "
             "requester-pays bucket)"
         )
+        if bare and operation in ("read", "head"):
+            hint += (
+                ", or whether the object exists: to credentials that may not list the "
+                "bucket (s3:ListBucket), S3 answers 403, not 404, for a missing key"
+            )
     return f"access denied ({told}); {hint}"
 
 
@@ -157,7 +165,7 @@ def _translate(error: Exception, url: str, operation: str) -> NoReturn:
             raise TransferError(url, f"{ARCHIVED} ({reason})", operation=operation) from cause
         if code in _DENIED or status == 403:
             raise ObjectAccessDeniedError(
-                url, denied_reason(code or status, message), operation=operation
+                url, denied_reason(code or status, message, operation), operation=operation
             ) from cause
         if isinstance(status, int) and status >= 500:  # a server's failure, retried
             retries = error.response.get("ResponseMetadata", {}).get("RetryAttempts") or 0

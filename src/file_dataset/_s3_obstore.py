@@ -255,7 +255,7 @@ def _translate(
         or code in _DENIED
         or status_code == "403"
     ):
-        reason = denied_reason(code or status_code or "forbidden", message)
+        reason = denied_reason(code or status_code or "forbidden", message, operation)
         raise ObjectAccessDeniedError(url, reason, operation=operation) from cause
     if code and status_code.startswith("5"):  # a server's failure, retried
         reason += answered_after(status_code, retries)
