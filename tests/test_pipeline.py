@@ -1369,8 +1369,20 @@ def test_a_missing_destination_bucket_is_refused_before_any_row(
     assert len(pipeline(pd.DataFrame({"id": [], "f": []}))) == 0  # no rows: nothing asked
     (tmp_path / "a file").write_bytes(b"")
     local = Pipeline(count, {"into_path": tmp_path / "a file"}, options, on_error=on_error)
-    with pytest.raises(NotADirectoryError, match=r"into_path .*a file.* is not a folder"):
+    with pytest.raises(file_dataset.TransferError) as not_a_folder:
         local(pd.DataFrame({"id": ["1"], "f": [tmp_path / "in"]}))
+    assert str(not_a_folder.value) == (
+        f"cannot write {tmp_path / 'a file'}: the Pipeline's into_path is not a folder: "
+        "it is a file"
+    )
+    # Before: the built-in NotADirectoryError only, which `except FileDatasetError`
+    # missed (write_files raises a TransferError for the same path); now both.
+    assert isinstance(not_a_folder.value, NotADirectoryError)
+    assert not_a_folder.value.errno == errno.ENOTDIR
+    assert (not_a_folder.value.url, not_a_folder.value.operation) == (
+        str(tmp_path / "a file"),
+        "write",
+    )
     assert calls == []
 
 
@@ -1418,9 +1430,9 @@ def test_a_local_destination_no_row_folder_can_be_made_in_is_refused_before_any_
     ]:
         with pytest.raises(NotADirectoryError) as info:
             Pipeline(fn, {"into_path": tmp_path / into}, options)(frame)
+        assert isinstance(info.value, file_dataset.TransferError)
         assert str(info.value) == (
-            f"[Errno 20] the Pipeline's into_path {str(tmp_path / into)!r} is not a folder: "
-            + message
+            f"cannot write {tmp_path / into}: the Pipeline's into_path is not a folder: " + message
         )
     assert calls == []
     linked = tmp_path / "linked"

@@ -797,6 +797,7 @@ def test_download_to_names_the_row_whose_folder_a_file_stands_in_the_way_of(
         f"{tmp_path / 'root' / 'r2'} is in the way: not a folder"
     )
     assert info.value.row_id == "r2"
+    assert isinstance(info.value, NotADirectoryError)
     assert (tmp_path / "root" / "r2").read_bytes() == b"a file of yours"
     assert not (tmp_path / "root" / "r1" / "a.txt").exists()
 

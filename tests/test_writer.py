@@ -799,6 +799,7 @@ def test_a_file_where_a_folder_must_be_is_named(blocker: str, tmp_path: Path) ->
         f"{in_the_way} is in the way: not a folder"
     )
     assert info.value.errno == errno.ENOTDIR
+    assert isinstance(info.value, NotADirectoryError)  # as the Pipeline's check raises
     assert source.read_bytes() == b"output"
 
 

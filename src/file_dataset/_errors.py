@@ -491,6 +491,16 @@ class ObjectAccessDeniedError(TransferError, PermissionError):
     _ERRNO = errno.EACCES
 
 
+class NotAFolderError(TransferError, NotADirectoryError):
+    """A local destination, or a part of its path, is a file rather than a folder.
+
+    Not exported: caught as :class:`TransferError` or as the built-in
+    ``NotADirectoryError``.
+    """
+
+    _ERRNO = errno.ENOTDIR
+
+
 # How obstore's error text (its debug source) shows EMFILE; its message also quotes the
 # request's key and the server's answer, which may hold the same words.
 _OBSTORE_EMFILE = re.compile(
@@ -545,6 +555,8 @@ def translate_os_error(error: OSError, url: str, operation: str) -> TransferErro
         return ObjectNotFoundError(url, reason, operation=operation)
     if isinstance(error, PermissionError):
         return ObjectAccessDeniedError(url, "permission denied", operation=operation)
+    if isinstance(error, NotADirectoryError):
+        return NotAFolderError(url, reason, operation=operation)
     if error.errno == errno.EMFILE:
         reason = emfile_reason()
     failure = TransferError(url, reason, operation=operation)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
-import errno
 import functools
 import inspect
 import itertools
@@ -32,6 +31,7 @@ from file_dataset._backend import SETUP_FAILURES, remember
 from file_dataset._errors import (
     InvalidInputError,
     InvalidTypeError,
+    NotAFolderError,
     ObjectAccessDeniedError,
     ObjectNotFoundError,
     TransferError,
@@ -1098,11 +1098,11 @@ def _check_local_destination(path: Path) -> None:
     download and run ``fn``, to be dropped at its upload.
 
     Raises:
-        NotADirectoryError: The path, or the part of it that exists, is not a folder.
+        NotAFolderError: The path, or the part of it that exists, is not a folder (a
+            ``TransferError`` and a ``NotADirectoryError``, as in ``write_files``).
         ObjectAccessDeniedError: That folder cannot be written in (a
             ``PermissionError``, as in ``write_files``).
     """
-    shown = repr(str(path))
     # not abspath: it would take "link/.." lexically, where the kernel follows the link
     existing = os.path.join(os.getcwd(), path).rstrip("/") or "/"
     given = existing
@@ -1111,8 +1111,10 @@ def _check_local_destination(path: Path) -> None:
     if not os.path.isdir(existing):
         what = "a link to nothing or a loop of links" if os.path.islink(existing) else "a file"
         subject = "it" if existing == given else repr(existing)
-        raise NotADirectoryError(
-            errno.ENOTDIR, f"the Pipeline's into_path {shown} is not a folder: {subject} is {what}"
+        raise NotAFolderError(
+            str(path),
+            f"the Pipeline's into_path is not a folder: {subject} is {what}",
+            operation="write",
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ObjectAccessDeniedError(
