@@ -482,7 +482,7 @@ class Pipeline:
             FileNotFoundError: ``into_path`` is in a bucket that does not exist
                 (:class:`ObjectNotFoundError`, checked before any row).
             NotADirectoryError: A local ``into_path`` is a file, a link to nothing, or
-                under a file (checked before any row).
+                under a file (a :class:`TransferError` too; checked before any row).
             PermissionError: A local ``into_path`` is in a folder this process cannot
                 write in (checked before any row).
             Exception: The first row's failure, when ``on_error="raise"``.
