@@ -2852,6 +2852,69 @@ def test_fips_or_dual_stack_requests_go_by_boto3(
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_put_that_s3_stopped_waiting_for_is_made_again(transport: str, tmp_path: Path) -> None:
+    """S3 answers 400 RequestTimeout when a PUT's body stalls; botocore retries it.
+    Before, with obstore (which does not), the write failed at once and a Pipeline
+    dropped the row (helper-102)."""
+
+    class Stalled(_RefusingHandler):
+        bodies: ClassVar[list[bytes]] = []
+
+        def do_PUT(self) -> None:
+            self.seen.append(self.command)
+            self.bodies.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            if len(self.seen) == 1:
+                body = (
+                    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>RequestTimeout"
+                    b"</Code><Message>Your socket connection to the server was not read "
+                    b"from or written to within the timeout period.</Message></Error>"
+                )
+                self.send_response(400)
+                self.send_header("Content-Type", "application/xml")
+            else:
+                body = b""
+                self.send_response(200)
+                self.send_header("ETag", '"e"')
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    Stalled.seen = []
+    source = tmp_path / "out.bin"
+    source.write_bytes(b"row one's output")
+    with _fake_s3(Stalled, transport, max_attempts=3) as options:
+        written = file_dataset.write_files({"out.bin": source}, "s3://bkt/res", "r1", options)
+    assert written == {"out.bin": "s3://bkt/res/r1/out.bin"}
+    assert Stalled.seen == ["PUT", "PUT"]
+    assert Stalled.bodies[-1].endswith(b"row one's output")  # boto3 may frame it
+
+
+@pytest.mark.parametrize("transport", ["auto", "obstore"])
+def test_s3_express_directory_buckets_go_by_boto3(transport: str) -> None:
+    """Before: obstore served them, addressing the region's general endpoint with a
+    plain signature, where boto3 resolves the bucket's zonal endpoint
+    (<bucket>.s3express-<zone>.<region>.amazonaws.com) and its session signature
+    (helper-102). No request is sent here."""
+    from file_dataset._backend import backend_for
+    from file_dataset._s3 import S3Backend
+    from file_dataset._s3_obstore import ObstoreS3Backend
+    from file_dataset._urls import parse_url
+
+    options = Options(
+        {
+            "aws_access_key_id": "AKIDEXAMPLE",
+            "aws_secret_access_key": "s",
+            "region_name": "us-east-1",
+        },
+        transport=transport,
+    )
+    express = parse_url("s3://training--use1-az4--x-s3/shard/0001.tar")
+    assert type(backend_for(express, options)) is S3Backend
+    general = parse_url("s3://training/shard/0001.tar")
+    assert type(backend_for(general, options)) is ObstoreS3Backend
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
 @pytest.mark.parametrize(
     "message",
     [

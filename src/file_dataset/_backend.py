@@ -451,6 +451,16 @@ def obstore_addresses(key: str) -> bool:
     )
 
 
+def is_directory_bucket(bucket: str) -> bool:
+    """Whether ``bucket`` is named as an S3 Express One Zone directory bucket.
+
+    Such buckets (``<name>--<zone id>--x-s3``) are served by zonal endpoints with a
+    session-based signature, which boto3's endpoint rules resolve and obstore does not
+    (it would send their requests to the region's general endpoint): they go by boto3.
+    """
+    return bucket.endswith("--x-s3")
+
+
 def backend_for(loc: Location, options: Options) -> Backend:
     """The backend that serves ``loc``.
 
@@ -458,7 +468,8 @@ def backend_for(loc: Location, options: Options) -> Backend:
     transport (see :func:`transport_of`) is ``"obstore"``, or ``"auto"`` with
     :data:`AUTO_PREFERS_OBSTORE` set and obstore installed and able to honour every
     setting of ``options`` (``_s3_obstore.can_serve``), and the key is one obstore
-    addresses verbatim (:func:`obstore_addresses`); otherwise through boto3.
+    addresses verbatim (:func:`obstore_addresses`) in a bucket that is no directory
+    bucket (:func:`is_directory_bucket`); otherwise through boto3.
 
     Args:
         loc: A parsed location.
@@ -470,7 +481,11 @@ def backend_for(loc: Location, options: Options) -> Backend:
     Raises:
         ImportError: ``transport="obstore"`` but obstore is not installed.
     """
-    kind = ("s3" if obstore_addresses(loc.key) else "s3-odd-key") if loc.is_s3 else "local"
+    if loc.is_s3:
+        by_obstore = obstore_addresses(loc.key) and not is_directory_bucket(loc.bucket)
+        kind = "s3" if by_obstore else "s3-by-boto3"
+    else:
+        kind = "local"
     key = (id(options), kind, os.environ.get("FILE_DATASET_TRANSPORT"))
     known = _BACKENDS.get(key)
     if known is not None and known[0] is options:

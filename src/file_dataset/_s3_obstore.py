@@ -804,6 +804,12 @@ class ObstoreS3Backend:
             )
             return
         except (BaseError, OSError) as e:
+            if _s3_code(str(e), str(loc))[0] == "RequestTimeout":
+                # S3 stopped waiting for the body (400 RequestTimeout): botocore retries
+                # that answer and obstore does not, so boto3 makes the PUT again, with
+                # its own retries.
+                self._boto3.write(src, loc)
+                return
             if not _wants_checksum(e):
                 translate_error(e, str(loc), "write")
         # A bucket with Object Lock takes a PUT only with a checksum (or Content-MD5),
