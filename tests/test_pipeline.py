@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import contextlib
 import datetime
@@ -2358,37 +2357,16 @@ def test_exports_row_failure() -> None:
 def _done_ids(
     options: Options, into_path: str | Path, names: list[str], since: Any = None
 ) -> set[str]:
-    """The README's recipe ("Resuming a long job"), as written there."""
-    found: dict[str, set[str]] = collections.defaultdict(set)
-    if not str(into_path).startswith("s3://"):
-        folder = os.path.expanduser(str(into_path).removeprefix("file://"))
-        if not os.path.isdir(folder):  # nothing written yet
-            return set()
-        with os.scandir(folder) as rows:
-            for row in rows:
-                if row.is_dir():
-                    for entry in os.scandir(row.path):
-                        if since is None or entry.stat().st_mtime >= since.timestamp():
-                            found[row.name].add(entry.name)
-        return {row_id for row_id, have in found.items() if set(names) <= have}
-    assert isinstance(into_path, str)
-    bucket, _, prefix = into_path.removeprefix("s3://").partition("/")
-    prefix = prefix.rstrip("/") + "/" if prefix.rstrip("/") else ""
-    pages = options.s3_client().get_paginator("list_objects_v2")
-    for page in pages.paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            if since is None or item["LastModified"] >= since:
-                row_id, _, name = item["Key"][len(prefix) :].partition("/")
-                found[row_id].add(name)
-    return {row_id for row_id, have in found.items() if set(names) <= have}
+    """The README's way ("Resuming a long job")."""
+    return file_dataset.written_ids(into_path, names, options, since=since)
 
 
-def test_the_readme_resume_recipe_counts_only_outputs_written_since_the_job_began(
+def test_resuming_counts_only_outputs_written_since_the_job_began(
     options: Options, bucket: str, tmp_path: Path
 ) -> None:
     """A rerun of a changed fn into the same into_path, killed part-way, left a row with
-    one output of each version, which the recipe without ``since`` counted as done
-    (helper-99)."""
+    one output of each version, which the README's recipe without ``since`` counted
+    as done (helper-99)."""
     frame = pd.DataFrame({"id": [1, 2], "f": [None, None]})
 
     def version(tag: bytes) -> Callable[[Path, Path], dict[str, Path]]:
@@ -2419,7 +2397,7 @@ def test_the_readme_resume_recipe_counts_only_outputs_written_since_the_job_bega
     assert _done_ids(options, tmp_path / "never-written", ["a"]) == set()
 
 
-def test_the_readme_resume_recipe_reruns_only_rows_not_done(
+def test_resuming_reruns_only_rows_not_done(
     options: Options, bucket: str, put: Callable[[str, bytes], str], tmp_path: Path
 ) -> None:
     frame = pd.DataFrame(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import decimal
 import errno
 import itertools
 import os
+import re
 import stat
 import tempfile
 import uuid
@@ -946,3 +948,109 @@ def test_write_files_errors_about_one_file_name_its_row_and_column(
         with pytest.raises(file_dataset.InvalidInputError) as info:
             file_dataset.write_files(mapping, f"s3://{bucket}/out", id=4, options=options)
         assert (info.value.row_id, info.value.column) == ("4", column)
+
+
+# --- written_ids: the rows already written, for resuming a job -----------------------
+
+
+def _write_rows(into: str | Path, options: Options, tmp_path: Path) -> None:
+    """r1 and r3 get both outputs, r2 only a.txt; one object lies outside any row."""
+    (tmp_path / "a.txt").write_bytes(b"a")
+    (tmp_path / "b.txt").write_bytes(b"b")
+    both = {"a.txt": tmp_path / "a.txt", "b.txt": tmp_path / "b.txt"}
+    file_dataset.write_files(both, into, "r1", options)
+    file_dataset.write_files({"a.txt": tmp_path / "a.txt"}, into, "r2", options)
+    file_dataset.write_files(both, into, 3, options)
+
+
+def test_written_ids_lists_the_rows_whose_outputs_are_all_in_s3(
+    options: Options, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    """Before, the README's resume recipe (user code) found nothing for an into_path
+    spelt S3://, s3a:// or with doubled slashes, which write_files accepts, so a
+    "resumed" job ran every row again (helper-104)."""
+    _write_rows(f"s3://{bucket}/out", options, tmp_path)
+    # a file beside the rows, a deeper one, and another prefix that starts alike
+    s3_client.put_object(Bucket=bucket, Key="out/a.txt", Body=b"x")
+    s3_client.put_object(Bucket=bucket, Key="out/r2/sub/b.txt", Body=b"x")
+    s3_client.put_object(Bucket=bucket, Key="outer/r4/a.txt", Body=b"x")
+    s3_client.put_object(Bucket=bucket, Key="outer/r4/b.txt", Body=b"x")
+    for into in (f"s3://{bucket}/out", f"S3://{bucket}/out/", f"s3a://{bucket}/out//"):
+        assert file_dataset.written_ids(into, ["a.txt", "b.txt"], options) == {"r1", "3"}
+    assert file_dataset.written_ids(f"s3://{bucket}/out", ["a.txt"], options) == {
+        "r1",
+        "r2",
+        "3",
+    }
+    assert file_dataset.written_ids(f"s3://{bucket}/out", ("b.txt",), options) == {"r1", "3"}
+    assert file_dataset.written_ids(f"s3://{bucket}/none", ["a.txt"], options) == set()
+    # the bucket's root as into_path: its rows are the first segment of every key
+    assert file_dataset.written_ids(f"s3://{bucket}", ["a.txt", "b.txt"], options) == set()
+    assert file_dataset.written_ids(f"s3://{bucket}/outer", ["a.txt", "b.txt"], options) == {"r4"}
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    future = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    assert file_dataset.written_ids(f"s3://{bucket}/out", ["a.txt"], options, since=past) == {
+        "r1",
+        "r2",
+        "3",
+    }
+    assert file_dataset.written_ids(f"s3://{bucket}/out", ["a.txt"], options, since=future) == (
+        set()
+    )
+
+
+def test_written_ids_pages_through_more_than_1000_objects(
+    options: Options, bucket: str, s3_client: Any
+) -> None:
+    for row in range(1003):
+        s3_client.put_object(Bucket=bucket, Key=f"o/{row}/out.bin", Body=b"")
+    found = file_dataset.written_ids(f"s3://{bucket}/o", ["out.bin"], options)
+    assert found == {str(row) for row in range(1003)}
+
+
+def test_written_ids_of_a_missing_bucket_is_an_error(options: Options) -> None:
+    with pytest.raises(file_dataset.ObjectNotFoundError) as info:
+        file_dataset.written_ids("s3://no-such-bucket-listed/out", ["a.txt"], options)
+    assert (
+        str(info.value) == "cannot list s3://no-such-bucket-listed/out/: the bucket does not exist"
+    )
+    assert info.value.status == 404
+
+
+def test_written_ids_of_a_local_folder(tmp_path: Path) -> None:
+    into = tmp_path / "local out"  # a space: file:// URLs quote it as %20
+    _write_rows(into, Options(), tmp_path)
+    (into / "r2" / ".b.txt.x1y2.part").write_bytes(b"half")  # a killed write's leftover
+    (into / "b.txt").write_bytes(b"beside the rows")
+    (into / "r5").mkdir()
+    (into / "r5" / "a.txt").mkdir()  # a folder named like an output is no output
+    (into / "r5" / "b.txt").write_bytes(b"b")
+    for spelt in (into, str(into), into.as_uri(), f"file:{into}", f"{into}//"):
+        assert file_dataset.written_ids(spelt, ["a.txt", "b.txt"]) == {"r1", "3"}
+    os.utime(into / "r1" / "b.txt", (0, 0))  # written long before the job began
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    assert file_dataset.written_ids(into, ["a.txt", "b.txt"], since=since) == {"3"}
+    assert file_dataset.written_ids(tmp_path / "not yet", ["a.txt"]) == set()
+    with pytest.raises(NotADirectoryError) as info:
+        file_dataset.written_ids(tmp_path / "a.txt", ["a.txt"])
+    assert isinstance(info.value, file_dataset.TransferError)
+    assert str(info.value) == f"cannot list {tmp_path / 'a.txt'}: not a folder"
+
+
+@pytest.mark.parametrize(
+    ("names", "since", "error", "message"),
+    [
+        ("a.txt", None, TypeError, "takes a list of file names, such as ['output.mha'], got str"),
+        ([], None, ValueError, "needs at least one file name"),
+        (["a.txt", 7], None, TypeError, "file names must be strings, got 7"),
+        (["sub/a.txt"], None, ValueError, "cannot be used as a path component"),
+        (["a.txt"], "2026-01-01", TypeError, "since must be a datetime, got str"),
+        (["a.txt"], dt.datetime(2026, 1, 1), ValueError, "since must be timezone-aware"),
+    ],
+)
+def test_written_ids_refuses_bad_arguments(
+    names: Any, since: Any, error: type[Exception], message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(error, match=re.escape(message)) as info:
+        file_dataset.written_ids(tmp_path, names, since=since)
+    assert isinstance(info.value, file_dataset.InvalidInputError)

@@ -30,7 +30,7 @@ from file_dataset._errors import (
 from file_dataset._options import Options
 from file_dataset._pipeline import Pipeline, RowFailure
 from file_dataset._reader import FileReader, TempDir, reader
-from file_dataset._writer import write_files
+from file_dataset._writer import write_files, written_ids
 
 __version__ = "0.1.0"
 
@@ -48,4 +48,5 @@ __all__ = [
     "__version__",
     "reader",
     "write_files",
+    "written_ids",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import http.client
 import io
@@ -577,6 +578,21 @@ class S3Backend:
                 str(loc), "the server's answer to a HEAD gave no Content-Length", operation="head"
             )
         return int(resp["ContentLength"])
+
+    def list_objects(self, loc: Location) -> Iterator[tuple[str, dt.datetime]]:
+        """The key and last-modified time of every object whose key starts with ``loc.key``.
+
+        ListObjectsV2, 1,000 keys per request (botocore decodes the keys it asks S3 to
+        URL-encode, so any key comes back as it is).
+        """
+        try:
+            paginator = self._options.s3_client().get_paginator("list_objects_v2")
+            pages = paginator.paginate(Bucket=loc.bucket, Prefix=loc.key, **self._args("list"))
+            for page in pages:
+                for item in page.get("Contents", ()):
+                    yield item["Key"], item["LastModified"]
+        except (ClientError, BotoCoreError) as e:
+            translate_error(e, str(loc), "list")
 
     def write(self, src: Path, loc: Location) -> None:
         # Read whole first (at most multipart_threshold bytes), checked to be one version

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import datetime as dt
 import os
 import stat
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pandas as pd
 from file_dataset._errors import (
     InvalidInputError,
     InvalidTypeError,
+    NotAFolderError,
     ObjectNotFoundError,
     TransferError,
     quoted,
@@ -25,6 +28,7 @@ from file_dataset._errors import (
 from file_dataset._frame import ID_COLUMN, series_row
 from file_dataset._local import not_a_file
 from file_dataset._options import Options, resolve_options
+from file_dataset._s3 import S3Backend
 from file_dataset._transfer import Context, Job, run_jobs, upload_job
 from file_dataset._urls import (
     KEY_MAX,
@@ -36,7 +40,7 @@ from file_dataset._urls import (
     parse_url,
 )
 
-__all__ = ["write_files"]
+__all__ = ["write_files", "written_ids"]
 
 
 def write_files(
@@ -230,3 +234,118 @@ def _may_have_written(error: BaseException, folder: Path | None) -> bool:
     if isinstance(error, ObjectNotFoundError) and error.operation == "write":
         return False  # the bucket (a source gone meanwhile is a "read")
     return not (getattr(error, "credentials_failed", False) or getattr(error, "unreachable", False))
+
+
+def written_ids(
+    into_path: str | os.PathLike[str],
+    names: Iterable[str],
+    options: Options | None = None,
+    *,
+    since: dt.datetime | None = None,
+) -> set[str]:
+    """The ids of the rows that have every one of ``names`` under ``into_path``.
+
+    It reads the layout :func:`write_files` and a :class:`Pipeline` write,
+    ``<into_path>/<id>/<name>``, with one listing: for S3, ListObjectsV2 of the prefix
+    (one request per 1,000 objects under it); for a local folder, its row folders. Each
+    file is written whole (one PUT, a multipart upload completed after its last part,
+    or a temporary file renamed), so a row whose folder holds every name is done; one
+    that failed part-way through its upload is not, and a rerun overwrites what it left.
+    ``into_path`` is read as ``write_files`` reads it (``S3://``, ``s3a://``,
+    ``file://`` URLs, ``~``, trailing slashes), so the same value finds what it wrote.
+
+    Args:
+        into_path: ``s3://bucket/prefix`` or a local folder, as given to ``write_files``
+            or in a Pipeline's ``write_options``.
+        names: The file names a finished row has (the outputs your ``fn`` makes).
+        options: S3 settings; ``Options()`` when omitted. With ``request_payer=True``
+            the listing is paid by the requester too.
+        since: When given (a timezone-aware ``datetime``), only files written at or
+            after it count: a rerun into an ``into_path`` that holds an earlier run's
+            outputs then does not take a row holding some of them for done. S3's
+            ``LastModified`` is the server's clock, in whole seconds: take the time a
+            little early.
+
+    Returns:
+        The row ids (folder names: ``str(id)``, as a Pipeline's ``last_failures`` gives
+        them). A folder that does not exist yet, or an empty prefix, gives an empty set.
+
+    Raises:
+        ValueError: ``names`` is empty, or holds a name that is no safe file name;
+            ``since`` has no time zone; ``into_path`` is not a supported URL.
+        TypeError: ``names`` is a single string or holds a non-string, or ``since`` is
+            not a ``datetime`` (these are :class:`InvalidInputError` too).
+        FileNotFoundError: The bucket does not exist (:class:`ObjectNotFoundError`).
+        OSError: The listing failed (a :class:`TransferError`; a local ``into_path``
+            that is a file is also a ``NotADirectoryError``).
+
+    Examples:
+        >>> done = written_ids("s3://bucket/results/", ["output.mha"])  # doctest: +SKIP
+        >>> todo = frame[~frame["id"].astype(str).isin(done)]  # doctest: +SKIP
+    """
+    options = resolve_options(options, "written_ids(options=...)")
+    if isinstance(names, str | bytes) or not isinstance(names, Iterable):
+        raise InvalidTypeError(
+            "written_ids takes a list of file names, such as ['output.mha'], got "
+            f"{type(names).__name__} {quoted(names)}"
+        )
+    wanted: set[str] = set()
+    for name in names:
+        if not isinstance(name, str):
+            raise InvalidTypeError(f"file names must be strings, got {quoted(name)}")
+        wanted.add(check_component(name, "file name"))
+    if not wanted:
+        raise InvalidInputError(
+            "written_ids needs at least one file name: a row is done when its folder "
+            "holds every one of them"
+        )
+    if since is not None and not isinstance(since, dt.datetime):
+        raise InvalidTypeError(f"since must be a datetime, got {type(since).__name__}")
+    if since is not None and since.utcoffset() is None:
+        raise InvalidInputError(
+            f"since must be timezone-aware, such as datetime.now(timezone.utc), got {since!r}: "
+            "S3's times are in UTC"
+        )
+    into = parse_url(into_path, prefix=True)
+    found: dict[str, set[str]] = collections.defaultdict(set)
+    if into.is_s3:
+        rows = into.child("")  # "<prefix>/", or the bucket's root, as write_files lays out
+        for key, modified in S3Backend(options).list_objects(rows):
+            row_id, slash, name = key[len(rows.key) :].partition("/")
+            if slash and name in wanted and (since is None or modified >= since):
+                found[row_id].add(name)
+    else:
+        _find_local(into.key, wanted, since, found)
+    return {row_id for row_id, have in found.items() if len(have) == len(wanted)}
+
+
+def _find_local(
+    folder: str, wanted: set[str], since: dt.datetime | None, found: dict[str, set[str]]
+) -> None:
+    """Adds the wanted files of each row folder under ``folder`` to ``found``."""
+    after = None if since is None else since.timestamp()
+    try:
+        rows = os.scandir(folder)
+    except FileNotFoundError:
+        return  # nothing written yet
+    except NotADirectoryError:
+        raise NotAFolderError(folder, "not a folder", operation="list") from None
+    except OSError as e:
+        raise translate_os_error(e, folder, "list") from e
+    with rows:
+        for row in rows:
+            try:
+                if not row.is_dir():
+                    continue
+                with os.scandir(row.path) as entries:
+                    for entry in entries:
+                        if (
+                            entry.name in wanted
+                            and entry.is_file()
+                            and (after is None or entry.stat().st_mtime >= after)
+                        ):
+                            found[row.name].add(entry.name)
+            except FileNotFoundError:
+                continue  # removed while listed
+            except OSError as e:
+                raise translate_os_error(e, row.path, "list") from e
