@@ -802,6 +802,23 @@ def test_download_to_names_the_row_whose_folder_a_file_stands_in_the_way_of(
     assert not (tmp_path / "root" / "r1" / "a.txt").exists()
 
 
+def test_download_to_a_file_of_a_row_without_id_is_a_not_a_directory_error(
+    tmp_path: Path,
+) -> None:
+    """Before: a plain TransferError (errno ENOTDIR), where the same root with ids, and
+    write_files, raise one that is also a NotADirectoryError (helper-105)."""
+    source = tmp_path / "a.txt"
+    source.write_bytes(b"alpha")
+    with pytest.raises(NotADirectoryError) as info:
+        file_dataset.reader({"a.txt": str(source)}).download_to(source)
+    assert isinstance(info.value, file_dataset.TransferError)
+    assert str(info.value) == (
+        f"cannot read {source} (column 'a.txt'): could not write {source / 'a.txt'}: "
+        f"{source} is in the way: not a folder"
+    )
+    assert source.read_bytes() == b"alpha"
+
+
 def test_blob_table_over_2_gib_from_sparse_local_files(tmp_path: Path) -> None:
     size = 800 * MiB
     marks = {0: b"first", 123_456_789: b"middle", size - 5: b"last!"}

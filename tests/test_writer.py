@@ -997,6 +997,14 @@ def test_written_ids_lists_the_rows_whose_outputs_are_all_in_s3(
     assert file_dataset.written_ids(f"s3://{bucket}/out", ["a.txt"], options, since=future) == (
         set()
     )
+    # S3 keeps whole seconds: a file written later in since's second counts (before,
+    # a job's start time taken just before its first write missed that write)
+    stored = s3_client.head_object(Bucket=bucket, Key="out/r1/a.txt")["LastModified"]
+    within = stored + dt.timedelta(milliseconds=999)
+    assert "r1" in file_dataset.written_ids(f"s3://{bucket}/out", ["a.txt"], options, since=within)
+    assert "r1" not in file_dataset.written_ids(
+        f"s3://{bucket}/out", ["a.txt"], options, since=stored + dt.timedelta(seconds=1)
+    )
 
 
 def test_written_ids_pages_through_more_than_1000_objects(
@@ -1044,6 +1052,7 @@ def test_written_ids_of_a_local_folder(tmp_path: Path) -> None:
         ([], None, ValueError, "needs at least one file name"),
         (["a.txt", 7], None, TypeError, "file names must be strings, got 7"),
         (["sub/a.txt"], None, ValueError, "cannot be used as a path component"),
+        (["a.txt", "id"], None, ValueError, "no file is named 'id'"),
         (["a.txt"], "2026-01-01", TypeError, "since must be a datetime, got str"),
         (["a.txt"], dt.datetime(2026, 1, 1), ValueError, "since must be timezone-aware"),
     ],

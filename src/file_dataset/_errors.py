@@ -8,7 +8,9 @@ Every exception also inherits the built-in exception that means the same thing, 
     │   └── (a wrong type is also a TypeError)
     └── TransferError (OSError)             a read or write of one object failed
         ├── ObjectNotFoundError (FileNotFoundError)
-        └── ObjectAccessDeniedError (PermissionError)
+        ├── ObjectAccessDeniedError (PermissionError)
+        └── NotAFolderError (NotADirectoryError)   not exported: a local file stands
+                                                   where a folder must be
 
 Transfer errors carry the ``url``, and where known the ``row_id`` and ``column`` of the
 object, as attributes and in their message. Messages never contain credentials. The
@@ -359,7 +361,8 @@ class TransferError(FileDatasetError, OSError):
         url: The object's URL or local path.
         row_id: The id of the row the object belongs to, when known.
         column: The file column (file name) of the object, when known.
-        operation: What was being done: ``"read"``, ``"head"`` or ``"write"``.
+        operation: What was being done: ``"read"``, ``"head"``, ``"write"`` or
+            ``"list"`` (:func:`written_ids`).
         reason: A short description of the cause.
         errno: ``errno.ENOENT`` for :class:`ObjectNotFoundError`, ``errno.EACCES`` for
             :class:`ObjectAccessDeniedError`, a local failure's errno (``ENOSPC``, say),
@@ -492,7 +495,9 @@ class ObjectAccessDeniedError(TransferError, PermissionError):
 
 
 class NotAFolderError(TransferError, NotADirectoryError):
-    """A local destination, or a part of its path, is a file rather than a folder.
+    """A local file stands where a folder must be (``ENOTDIR``).
+
+    That is in the path of a destination, or of a file read.
 
     Not exported: caught as :class:`TransferError` or as the built-in
     ``NotADirectoryError``.

@@ -34,6 +34,7 @@ from file_dataset._backend import (
     write_chunks,
 )
 from file_dataset._errors import (
+    NotAFolderError,
     ObjectAccessDeniedError,
     ObjectNotFoundError,
     TransferError,
@@ -211,7 +212,9 @@ def local_failure(error: OSError, loc: Location, dest: Path) -> TransferError:
         )
     else:
         reason = emfile_reason() if error.errno == errno.EMFILE else error.strerror or str(error)
-        failure = TransferError(str(loc), f"could not write {dest}: {reason}")
+        # a file where a folder must be: also a NotADirectoryError, as in write_files
+        kind = NotAFolderError if isinstance(error, NotADirectoryError) else TransferError
+        failure = kind(str(loc), f"could not write {dest}: {reason}")
     failure.errno = error.errno
     return failure
 

@@ -28,7 +28,6 @@ from file_dataset._errors import (
 from file_dataset._frame import ID_COLUMN, series_row
 from file_dataset._local import not_a_file
 from file_dataset._options import Options, resolve_options
-from file_dataset._s3 import S3Backend
 from file_dataset._transfer import Context, Job, run_jobs, upload_job
 from file_dataset._urls import (
     KEY_MAX,
@@ -260,18 +259,21 @@ def written_ids(
         names: The file names a finished row has (the outputs your ``fn`` makes).
         options: S3 settings; ``Options()`` when omitted. With ``request_payer=True``
             the listing is paid by the requester too.
-        since: When given (a timezone-aware ``datetime``), only files written at or
-            after it count: a rerun into an ``into_path`` that holds an earlier run's
-            outputs then does not take a row holding some of them for done. S3's
-            ``LastModified`` is the server's clock, in whole seconds: take the time a
-            little early.
+        since: When given (a timezone-aware ``datetime``), only files written in its
+            second or later count: a rerun into an ``into_path`` that holds an earlier
+            run's outputs then does not take a row holding some of them for done. S3's
+            ``LastModified`` is the server's clock, in whole seconds (so ``since`` is
+            taken to its whole second): take the time a little early.
 
     Returns:
         The row ids (folder names: ``str(id)``, as a Pipeline's ``last_failures`` gives
-        them). A folder that does not exist yet, or an empty prefix, gives an empty set.
+        them; compare with ``frame["id"].map(str)``, which ``astype(str)`` is not for
+        datetime ids). A folder that does not exist yet, or an empty prefix, gives an
+        empty set.
 
     Raises:
-        ValueError: ``names`` is empty, or holds a name that is no safe file name;
+        ValueError: ``names`` is empty, or holds a name that is no safe file name (or
+            ``"id"``);
             ``since`` has no time zone; ``into_path`` is not a supported URL.
         TypeError: ``names`` is a single string or holds a non-string, or ``since`` is
             not a ``datetime`` (these are :class:`InvalidInputError` too).
@@ -281,7 +283,7 @@ def written_ids(
 
     Examples:
         >>> done = written_ids("s3://bucket/results/", ["output.mha"])  # doctest: +SKIP
-        >>> todo = frame[~frame["id"].astype(str).isin(done)]  # doctest: +SKIP
+        >>> todo = frame[~frame["id"].map(str).isin(done)]  # doctest: +SKIP
     """
     options = resolve_options(options, "written_ids(options=...)")
     if isinstance(names, str | bytes) or not isinstance(names, Iterable):
@@ -293,7 +295,11 @@ def written_ids(
     for name in names:
         if not isinstance(name, str):
             raise InvalidTypeError(f"file names must be strings, got {quoted(name)}")
-        wanted.add(check_component(name, "file name"))
+        if check_component(name, "file name") == ID_COLUMN:
+            raise InvalidInputError(
+                f"no file is named {ID_COLUMN!r}: write_files and a Pipeline refuse that name"
+            )
+        wanted.add(name)
     if not wanted:
         raise InvalidInputError(
             "written_ids needs at least one file name: a row is done when its folder "
@@ -306,9 +312,16 @@ def written_ids(
             f"since must be timezone-aware, such as datetime.now(timezone.utc), got {since!r}: "
             "S3's times are in UTC"
         )
+    if since is not None:
+        # S3 keeps LastModified in whole seconds: a file written in the second that
+        # since falls in counts (a local file's time is finer; the same rule holds)
+        since = since.replace(microsecond=0)
     into = parse_url(into_path, prefix=True)
     found: dict[str, set[str]] = collections.defaultdict(set)
     if into.is_s3:
+        # imported on first use, as the transports are (import file_dataset stays light)
+        from file_dataset._s3 import S3Backend
+
         rows = into.child("")  # "<prefix>/", or the bucket's root, as write_files lays out
         for key, modified in S3Backend(options).list_objects(rows):
             row_id, slash, name = key[len(rows.key) :].partition("/")
