@@ -798,6 +798,29 @@ def test_a_head_refused_without_a_reason_names_the_reason_s3_gives_a_get(transpo
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_head_refused_with_a_bare_403_names_the_reason_s3_gives_a_get(transport: str) -> None:
+    """A HEAD's 403 has no body: into_size_table said "access denied (403)", and
+    credentials_failed stayed False for an unknown access key, which a read names
+    (helper-102). The one-byte GET that asks again for other 4xx answers asks for a
+    403 too."""
+
+    class Unknown(_RefusingHandler):
+        head = get = (403, "InvalidAccessKeyId")
+        message = "The AWS Access Key Id you provided does not exist in our records."
+
+    error = _size_through(Unknown, transport)
+    assert isinstance(error, file_dataset.ObjectAccessDeniedError)
+    assert (error.operation, error.status, error.row_id) == ("head", 403, "p01")
+    assert str(error) == (
+        "cannot head s3://bkt/img.mha (row id 'p01', column 'img.mha'): access denied "
+        "(InvalidAccessKeyId: The AWS Access Key Id you provided does not exist in our "
+        "records.); check the credentials in Options"
+    )
+    assert error.credentials_failed
+    assert Unknown.seen[:2] == ["HEAD", "GET"]
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
 def test_an_access_denied_error_keeps_what_s3_said(transport: str, tmp_path: Path) -> None:
     """Before: "access denied (AccessDenied); check the credentials in Options" for a
     bucket policy's or a KMS key's denial too; S3's message, which names the action and

@@ -21,7 +21,7 @@ import botocore.exceptions
 import numpy as np
 import pyarrow as pa
 
-from file_dataset._errors import TransferError, translate_os_error
+from file_dataset._errors import ObjectAccessDeniedError, TransferError, translate_os_error
 from file_dataset._options import Options
 from file_dataset._urls import KEY_MAX, Location
 
@@ -346,12 +346,14 @@ def _client_error(error: TransferError) -> bool:
 def explain_head(backend: Backend, loc: Location, translate: Callable[[], NoReturn]) -> int:
     """The size of an object whose HEAD failed, or the HEAD's error, made clearer.
 
-    A HEAD's answer has no body, so a 4xx other than "not found" or "forbidden" (an
-    invalid or expired session token, a missing SSE-C key: 400 Bad Request; a gateway
-    that refuses HEAD: 405) shows only its status. A one-byte GET of the object then
-    asks again: when it is refused with a 4xx, its error (with S3's code and message)
-    is raised instead, as the HEAD's; when it is answered, the size it gives is
-    returned (other failures of the GET leave the HEAD's error as it was).
+    A HEAD's answer has no body, so a 4xx other than "not found" (an invalid or
+    expired session token, a missing SSE-C key: 400 Bad Request; a gateway that
+    refuses HEAD: 405; a 403, which may be an unknown access key, a KMS key's or a
+    policy's denial, or a missing key to credentials without ``s3:ListBucket``) shows
+    only its status. A one-byte GET of the object then asks again: when it is refused
+    with a 4xx, its error (with S3's code and message) is raised instead, as the
+    HEAD's; when it is answered, the size it gives is returned (other failures of the
+    GET leave the HEAD's error as it was).
 
     Args:
         backend: The backend whose HEAD failed.
@@ -364,7 +366,8 @@ def explain_head(backend: Backend, loc: Location, translate: Callable[[], NoRetu
     try:
         translate()
     except TransferError as failed:
-        if type(failed) is not TransferError or not _client_error(failed):
+        bare_denial = type(failed) is ObjectAccessDeniedError and failed.status == 403
+        if not (type(failed) is TransferError or bare_denial) or not _client_error(failed):
             raise
         try:
             _, total, _ = backend.read_first(loc, 1)
