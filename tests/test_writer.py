@@ -139,6 +139,40 @@ def test_40_mib_file_is_uploaded_in_parts(
     assert read_object(result["big.bin"]) == data
 
 
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_multipart_upload_carries_the_checksums_boto3s_upload_file_sends(
+    s3_server: LocalS3Server, transport: str, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    """Before: CreateMultipartUpload declared no checksum while botocore sent a CRC32
+    with every part, and CompleteMultipartUpload listed none, a shape that AWS S3 has
+    refused ("Checksum Type mismatch") and boto3's upload_file avoids (helper-102). The
+    object now has upload_file's composite CRC32; the README's Config for servers that
+    refuse checksum headers still sends none (test_transports)."""
+    from boto3.s3.transfer import TransferConfig
+
+    data = os.urandom(12 * MiB)
+    source = make_files(tmp_path, {"big.bin": data})["big.bin"]
+    s3_client.upload_file(
+        str(source),
+        bucket,
+        "reference",
+        Config=TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB),
+    )
+    options = s3_server.options(transport=transport, part_size=5 * MiB, multipart_threshold=5 * MiB)
+    file_dataset.write_files({"big.bin": source}, f"s3://{bucket}/out", "r1", options)
+    ours = s3_client.get_object_attributes(
+        Bucket=bucket, Key="out/r1/big.bin", ObjectAttributes=["Checksum", "ETag"]
+    )
+    theirs = s3_client.get_object_attributes(
+        Bucket=bucket, Key="reference", ObjectAttributes=["Checksum", "ETag"]
+    )
+    assert ours["Checksum"] == theirs["Checksum"]
+    assert ours["Checksum"]["ChecksumType"] == "COMPOSITE"
+    assert ours["Checksum"]["ChecksumCRC32"]
+    assert ours["ETag"] == theirs["ETag"]
+    assert ours["ETag"].endswith("-3")
+
+
 def test_an_interrupt_as_a_multipart_upload_starts_aborts_it(
     s3_server: LocalS3Server,
     bucket: str,

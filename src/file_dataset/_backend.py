@@ -25,6 +25,9 @@ from file_dataset._errors import ObjectAccessDeniedError, TransferError, transla
 from file_dataset._options import Options
 from file_dataset._urls import KEY_MAX, Location
 
+# A part of a multipart upload as CompleteMultipartUpload takes it (without its number):
+# {"ETag": ..., "ChecksumCRC32": ...}.
+Part = dict[str, str]
 # Object bytes as a backend hands them over: any contiguous buffer, never copied only to
 # change its type (Arrow and os.pwrite both take a memoryview).
 Blob = bytes | bytearray | memoryview
@@ -290,12 +293,16 @@ class Backend(Protocol):
 
     def multipart_part(
         self, loc: Location, upload_id: str, number: int, src: Path, start: int, length: int
-    ) -> str:
-        """Writes part ``number`` (from 1) from a byte range of ``src``; returns its ETag."""
+    ) -> Part:
+        """Writes part ``number`` (from 1) from a byte range of ``src``.
+
+        Returns the part as CompleteMultipartUpload names it: its ``ETag``, and the
+        checksum it was sent with (``ChecksumCRC32``), if any.
+        """
         ...
 
-    def multipart_complete(self, loc: Location, upload_id: str, etags: list[str]) -> None:
-        """Completes a multipart write from its parts' ETags, in part order."""
+    def multipart_complete(self, loc: Location, upload_id: str, parts: list[Part]) -> None:
+        """Completes a multipart write from its parts, in part order."""
         ...
 
     def multipart_abort(self, loc: Location, upload_id: str) -> None:

@@ -21,6 +21,7 @@ from file_dataset._backend import (
     CHANGED,
     SOURCE_CHANGED,
     Blob,
+    Part,
     Sink,
     file_version,
     new_buffer,
@@ -335,10 +336,10 @@ class LocalBackend:
 
     def multipart_part(
         self, loc: Location, upload_id: str, number: int, src: Path, start: int, length: int
-    ) -> str:
+    ) -> Part:
         raise NotImplementedError
 
-    def multipart_complete(self, loc: Location, upload_id: str, etags: list[str]) -> None:
+    def multipart_complete(self, loc: Location, upload_id: str, parts: list[Part]) -> None:
         raise NotImplementedError
 
     def multipart_abort(self, loc: Location, upload_id: str) -> None:

@@ -33,6 +33,7 @@ from file_dataset._backend import (
     SOURCE_CHANGED,
     STREAM_BYTES,
     Blob,
+    Part,
     Sink,
     answered_after,
     backoff,
@@ -367,6 +368,10 @@ class S3Backend:
         if self._options.request_payer:
             args["RequestPayer"] = "requester"
         upload = dict(self._options.upload_args)
+        if request in ("create", "part") and self._sends_checksums():
+            # as boto3's upload_file: an upload declared CRC32 when it starts, its parts
+            # sent with theirs (botocore's default), and those listed when it completes
+            args["ChecksumAlgorithm"] = "CRC32"
         if upload and request in ("put", "create", "part", "complete"):
             task = UploadSubmissionTask
             if request == "put":
@@ -379,6 +384,15 @@ class S3Backend:
                 chosen = get_filtered_dict(upload, task.COMPLETE_MULTIPART_ARGS)
             args.update(chosen)
         return args
+
+    def _sends_checksums(self) -> bool:
+        """Whether botocore adds checksums to requests that take one (its default).
+
+        Not when the options' ``Config`` (or the environment, or the profile) sets
+        ``request_checksum_calculation="when_required"``, for a server that refuses them.
+        """
+        config = self._options.s3_client().meta.config
+        return getattr(config, "request_checksum_calculation", None) == "when_supported"
 
     def read_first(
         self, loc: Location, length: int, sink: Sink | None = None
@@ -627,7 +641,7 @@ class S3Backend:
 
     def multipart_part(
         self, loc: Location, upload_id: str, number: int, src: Path, start: int, length: int
-    ) -> str:
+    ) -> Part:
         if os.stat(src).st_size < start + length:
             raise TransferError(str(src), SOURCE_CHANGED, operation="read")
         # The part is streamed from the file (s3transfer's ReadFileChunk, as boto3's own
@@ -656,16 +670,19 @@ class S3Backend:
             raise TransferError(
                 str(loc), f"the server's answer to part {number} gave no ETag", operation="write"
             )
-        return str(resp["ETag"])
+        part = {"ETag": str(resp["ETag"])}
+        if resp.get("ChecksumCRC32"):
+            part["ChecksumCRC32"] = str(resp["ChecksumCRC32"])
+        return part
 
-    def multipart_complete(self, loc: Location, upload_id: str, etags: list[str]) -> None:
-        parts = [{"ETag": etag, "PartNumber": i} for i, etag in enumerate(etags, start=1)]
+    def multipart_complete(self, loc: Location, upload_id: str, parts: list[Part]) -> None:
+        numbered = [{**part, "PartNumber": i} for i, part in enumerate(parts, start=1)]
         try:
             self._options.s3_client().complete_multipart_upload(
                 Bucket=loc.bucket,
                 Key=loc.key,
                 UploadId=upload_id,
-                MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                MultipartUpload={"Parts": numbered},  # type: ignore[typeddict-item]
                 **self._args("complete"),
             )
         except (ClientError, BotoCoreError) as e:

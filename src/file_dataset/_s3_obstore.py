@@ -49,6 +49,7 @@ from file_dataset._backend import (
     CHANGED,
     STREAM_BYTES,
     Blob,
+    Part,
     Sink,
     answered_after,
     check_same_version,
@@ -828,11 +829,11 @@ class ObstoreS3Backend:
         src: Path,
         start: int,
         length: int,
-    ) -> str:
+    ) -> Part:
         return self._boto3.multipart_part(loc, upload_id, number, src, start, length)
 
-    def multipart_complete(self, loc: Location, upload_id: str, etags: list[str]) -> None:
-        self._boto3.multipart_complete(loc, upload_id, etags)
+    def multipart_complete(self, loc: Location, upload_id: str, parts: list[Part]) -> None:
+        self._boto3.multipart_complete(loc, upload_id, parts)
 
     def multipart_abort(self, loc: Location, upload_id: str) -> None:
         self._boto3.multipart_abort(loc, upload_id)

@@ -254,7 +254,7 @@ def upload_job(src: Path, loc: Location, options: Options) -> Job[Location]:
 
     try:
         [upload_id] = yield [start]
-        etags = yield [
+        parts = yield [
             partial(backend.multipart_part, loc, upload_id, number, src, s, e - s)
             for number, (s, e) in enumerate(_ranges(0, size, part_size), start=1)
         ]
@@ -264,7 +264,7 @@ def upload_job(src: Path, loc: Location, options: Options) -> Job[Location]:
             unchanged = False
         if not unchanged:
             raise TransferError(str(src), SOURCE_CHANGED, operation="read")
-        yield [partial(backend.multipart_complete, loc, upload_id, etags)]
+        yield [partial(backend.multipart_complete, loc, upload_id, parts)]
     except BaseException:
         if started:
             with contextlib.suppress(Exception):
