@@ -2050,6 +2050,60 @@ def test_a_server_refusing_checksum_headers_works_with_the_readme_config(
             assert raised.value.status == 501
 
 
+def test_an_upload_that_declared_no_checksum_lists_none_at_completion(tmp_path: Path) -> None:
+    """With request_checksum_calculation="when_required" the upload declares no
+    checksum; a server that answers each part with a CRC32 unasked had it listed at
+    completion all the same, the mismatched shape (helper-106)."""
+
+    class Echoing(_RefusingHandler):
+        completions: ClassVar[list[bytes]] = []
+        seen: ClassVar[list[str]] = []
+
+        def _answer(self, status: int, body: bytes, **headers: str) -> None:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if "uploads" in self.path.partition("?")[2].split("&"):
+                self._answer(
+                    200,
+                    b"<InitiateMultipartUploadResult><Bucket>bkt</Bucket><Key>k</Key>"
+                    b"<UploadId>u1</UploadId></InitiateMultipartUploadResult>",
+                )
+                return
+            self.completions.append(body)
+            self._answer(
+                200,
+                b'<CompleteMultipartUploadResult><ETag>"e-2"</ETag>'
+                b"</CompleteMultipartUploadResult>",
+            )
+
+        def do_PUT(self) -> None:
+            self.seen.append(self.command)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            number = self.path.partition("partNumber=")[2].partition("&")[0]
+            self._answer(200, b"", ETag=f'"p{number}"', **{"x-amz-checksum-crc32": "AAAAAA=="})
+
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(11 * MiB))
+    with _fake_s3(Echoing, "boto3", part_size=5 * MiB, multipart_threshold=5 * MiB) as given:
+        quiet = Config(request_checksum_calculation="when_required")
+        options = given.replace(s3_client_kwargs={**given.s3_client_kwargs, "config": quiet})
+        written = file_dataset.write_files({"big.bin": source}, "s3://bkt/out", "r1", options)
+    assert written == {"big.bin": "s3://bkt/out/r1/big.bin"}
+    (completion,) = Echoing.completions
+    assert Echoing.seen == ["PUT"] * 3  # 5 + 5 + 1 MiB
+    for n in (1, 2, 3):
+        part = f'<Part><ETag>"p{n}"</ETag><PartNumber>{n}</PartNumber></Part>'
+        assert part.encode() in completion
+    assert b"Checksum" not in completion
+
+
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
 @pytest.mark.parametrize("if_match", ["honoured", "ignored"])
 def test_an_object_replaced_during_its_read_is_an_error_never_a_mix(

@@ -671,7 +671,9 @@ class S3Backend:
                 str(loc), f"the server's answer to part {number} gave no ETag", operation="write"
             )
         part = {"ETag": str(resp["ETag"])}
-        if resp.get("ChecksumCRC32"):
+        # Listed at completion only for an upload that declared CRC32 when it started
+        # (a server may send one unasked, which S3 would take for a mismatch there).
+        if resp.get("ChecksumCRC32") and self._sends_checksums():
             part["ChecksumCRC32"] = str(resp["ChecksumCRC32"])
         return part
 
