@@ -305,14 +305,14 @@ def written_ids(
             "written_ids needs at least one file name: a row is done when its folder "
             "holds every one of them"
         )
-    if since is not None and not isinstance(since, dt.datetime):
-        raise InvalidTypeError(f"since must be a datetime, got {type(since).__name__}")
-    if since is not None and since.utcoffset() is None:
-        raise InvalidInputError(
-            f"since must be timezone-aware, such as datetime.now(timezone.utc), got {since!r}: "
-            "S3's times are in UTC"
-        )
     if since is not None:
+        if not isinstance(since, dt.datetime):
+            raise InvalidTypeError(f"since must be a datetime, got {type(since).__name__}")
+        if since.utcoffset() is None:
+            raise InvalidInputError(
+                f"since must be timezone-aware, such as datetime.now(timezone.utc), got "
+                f"{since!r}: S3's times are in UTC"
+            )
         # S3 keeps LastModified in whole seconds: a file written in the second that
         # since falls in counts (a local file's time is finer; the same rule holds)
         since = since.replace(microsecond=0)
