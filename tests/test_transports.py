@@ -2966,6 +2966,41 @@ def test_a_put_that_s3_stopped_waiting_for_is_made_again(transport: str, tmp_pat
     assert Stalled.bodies[-1].endswith(b"row one's output")  # boto3 may frame it
 
 
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_put_that_s3_stopped_waiting_for_is_not_made_again_with_one_attempt(
+    transport: str, tmp_path: Path
+) -> None:
+    """``max_attempts=1`` asks for no second request; the obstore transport made one
+    through boto3 all the same."""
+
+    class Stalled(_RefusingHandler):
+        seen: ClassVar[list[str]] = []
+
+        def do_PUT(self) -> None:
+            self.seen.append(self.command)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = (
+                b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>RequestTimeout"
+                b"</Code><Message>Your socket connection to the server was not read "
+                b"from or written to within the timeout period.</Message></Error>"
+            )
+            self.send_response(400)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    source = tmp_path / "out.bin"
+    source.write_bytes(b"row one's output")
+    with (
+        _fake_s3(Stalled, transport, max_attempts=1) as options,
+        pytest.raises(file_dataset.TransferError, match="RequestTimeout") as caught,
+    ):
+        file_dataset.write_files({"out.bin": source}, "s3://bkt/res", "r1", options)
+    assert "s3://bkt/res/r1/out.bin" in str(caught.value)
+    assert Stalled.seen == ["PUT"]
+
+
 @pytest.mark.parametrize("transport", ["auto", "obstore"])
 def test_s3_express_directory_buckets_go_by_boto3(transport: str) -> None:
     """Before: obstore served them, addressing the region's general endpoint with a

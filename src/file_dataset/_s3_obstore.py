@@ -805,10 +805,10 @@ class ObstoreS3Backend:
             )
             return
         except (BaseError, OSError) as e:
-            if _s3_code(str(e), str(loc))[0] == "RequestTimeout":
+            if _s3_code(str(e), str(loc))[0] == "RequestTimeout" and self._options.max_attempts > 1:
                 # S3 stopped waiting for the body (400 RequestTimeout): botocore retries
                 # that answer and obstore does not, so boto3 makes the PUT again, with
-                # its own retries.
+                # its own retries (not when the caller asked for one attempt).
                 self._boto3.write(src, loc)
                 return
             if not _wants_checksum(e):
