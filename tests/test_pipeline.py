@@ -131,7 +131,8 @@ def test_pipeline_over_arrow_and_numpy_batches(
     # Ray's map_batches hands these over unless batch_format="pandas" is given.
     pipeline = Pipeline(upper, {"into_path": f"s3://{bucket}/batches"}, options)
     numpy_batch = {name: images[name].to_numpy() for name in images.columns}
-    for batch in (pa.Table.from_pandas(images), numpy_batch):
+    arrow = pa.Table.from_pandas(images)
+    for batch in (arrow, arrow.to_batches()[0], numpy_batch):  # RecordBatch: helper-109
         result = pipeline(batch)
         assert isinstance(result, pd.DataFrame)
         assert result["id"].tolist() == ["1", "2", "3"]

@@ -1171,6 +1171,43 @@ def test_a_pyarrow_table_is_read_as_its_pandas_frame(options: Options, put: Put)
     ]
 
 
+def test_a_record_batch_and_a_batch_of_numpy_columns_are_read_as_frames(
+    options: Options, put: Put
+) -> None:
+    """A Pipeline took both (Ray's batch formats); reader() refused a RecordBatch
+    ("got RecordBatch") and took a dict of NumPy columns for one row (helper-109)."""
+    url = put("batches/a.bin", b"batch a")
+    frame = pd.DataFrame({"id": ["r1", "r2"], "a.bin": [url, None]})
+    expected = [{"id": "r1", "a.bin": b"batch a"}, {"id": "r2", "a.bin": None}]
+    record_batch = pa.RecordBatch.from_pandas(frame, preserve_index=False)
+    numpy_batch = {name: frame[name].to_numpy() for name in frame.columns}
+    for batch in (record_batch, numpy_batch):
+        assert file_dataset.reader(batch, options).into_blob_table().to_pylist() == expected
+
+
+def test_a_dict_of_lists_is_refused_with_a_hint_to_make_a_frame(options: Options) -> None:
+    columns = {"id": ["r1", "r2"], "a.bin": ["s3://bkt/k1", "s3://bkt/k2"]}
+    with pytest.raises(
+        TypeError, match=r"column 'a.bin': .* got list .*pass pd.DataFrame\(\.\.\.\)"
+    ):
+        file_dataset.reader(columns, options)
+
+
+@pytest.mark.parametrize("cell", [[None], np.array([np.nan]), (None,)], ids=repr)
+def test_a_collection_holding_a_null_is_not_a_null_cell(cell: object, options: Options) -> None:
+    """pd.isna([None]) is [True]: a cell [None] was taken for "no file" and the row
+    read as having none (helper-109)."""
+    cells = np.empty(2, dtype=object)
+    cells[0], cells[1] = "s3://bkt/k1", cell
+    frame = pd.DataFrame({"id": ["r1", "r2"], "a.bin": cells})
+    with pytest.raises(
+        TypeError, match=r"row id 'r2', column 'a.bin': expected an s3:// URL or a local path, got "
+    ):
+        file_dataset.reader(frame, options)
+    with pytest.raises(TypeError, match=r"row id 'r2', column 'a.bin': expected an s3:// URL"):
+        file_dataset.reader({"id": "r2", "a.bin": cell}, options)
+
+
 def test_a_url_with_a_space_at_an_end_is_quoted_in_the_error(options: Options, put: Put) -> None:
     """Before: "cannot read s3://.../k.bin  (row id ...": only a double space showed it."""
     url = put("spaced/k.bin", b"k") + " "

@@ -321,6 +321,13 @@ def series_row(row: pd.Series) -> dict[str, Any]:
     return {str(label): value for label, value in row.items()}
 
 
+def is_numpy_batch(batch: Mapping[str, Any]) -> bool:
+    """Whether a mapping is a batch of columns (Ray's NumPy format), not a single row."""
+    return bool(batch) and all(
+        isinstance(column, np.ndarray) and column.ndim == 1 for column in batch.values()
+    )
+
+
 def parse_row(row: Mapping[str, Any] | pd.Series) -> FileTable:
     """Validates a single row: a mapping of file name to URL.
 
@@ -349,7 +356,13 @@ def parse_row(row: Mapping[str, Any] | pd.Series) -> FileTable:
         if not isinstance(name, str):
             raise InvalidInputError(f"file names must be strings, got {name!r}")
         columns.append(check_component(name, "file name"))
-        cells.append(_cell(value, label, name))
+        try:
+            cells.append(_cell(value, label, name))
+        except InvalidTypeError as e:
+            if not isinstance(value, Mapping | list | tuple | np.ndarray | pd.Series | pd.Index):
+                raise
+            hint = "a dict of columns is one row: pass pd.DataFrame(...) for several"
+            raise InvalidTypeError(f"{e} ({hint})", row_id=e.row_id, column=e.column) from None
     return FileTable(None, columns, [cells], label=label)
 
 

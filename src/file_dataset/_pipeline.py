@@ -46,6 +46,7 @@ from file_dataset._frame import (
     FileTable,
     check_frame,
     frame_rows,
+    is_numpy_batch,
     parse_cells,
     series_row,
     take,
@@ -437,7 +438,9 @@ class Pipeline:
     # --- driver -------------------------------------------------------------------
 
     @overload
-    def __call__(self, file_dataframe: pd.DataFrame | pa.Table) -> pd.DataFrame: ...
+    def __call__(
+        self, file_dataframe: pd.DataFrame | pa.Table | pa.RecordBatch
+    ) -> pd.DataFrame: ...
 
     @overload
     def __call__(self, file_dataframe: pd.Series) -> dict[str, Any] | None: ...
@@ -451,7 +454,8 @@ class Pipeline:
     def __call__(self, file_dataframe: Mapping[str, Any]) -> dict[str, Any] | None: ...
 
     def __call__(
-        self, file_dataframe: pd.DataFrame | pa.Table | Mapping[str, Any] | pd.Series
+        self,
+        file_dataframe: pd.DataFrame | pa.Table | pa.RecordBatch | Mapping[str, Any] | pd.Series,
     ) -> pd.DataFrame | dict[str, Any] | None:
         """Processes every row and returns the written outputs.
 
@@ -459,8 +463,8 @@ class Pipeline:
             file_dataframe: A file DataFrame: a unique, non-null ``id`` column plus one
                 column per input file name. Every column except ``id`` is a file column.
                 Ray Data's other batch formats (a ``pyarrow.Table``, or a dict of NumPy
-                columns) are taken as DataFrames; a single row (a mapping or a
-                ``pd.Series`` with an ``id``) works too.
+                columns) and a ``pyarrow.RecordBatch`` are taken as DataFrames; a single
+                row (a mapping or a ``pd.Series`` with an ``id``) works too.
 
         Returns:
             For a DataFrame (or a batch), a DataFrame with ``id`` (the input's id values, in the
@@ -491,9 +495,9 @@ class Pipeline:
             return self._process(file_dataframe)
         # Ray Data's other batch formats (map_batches without batch_format="pandas"):
         # a pyarrow Table, or a dict of equal-length NumPy columns ("default"/"numpy").
-        if isinstance(file_dataframe, pa.Table):
+        if isinstance(file_dataframe, pa.Table | pa.RecordBatch):
             return self._process(file_dataframe.to_pandas())
-        if isinstance(file_dataframe, Mapping) and _is_numpy_batch(file_dataframe):
+        if isinstance(file_dataframe, Mapping) and is_numpy_batch(file_dataframe):
             return self._process(pd.DataFrame(dict(file_dataframe)))
         if isinstance(file_dataframe, Mapping | pd.Series):
             # checked as a one-row file DataFrame
@@ -1080,13 +1084,6 @@ def _local_output(name: str, path: Any) -> Path:
             "writes to into_path"
         )
     return Path(text)
-
-
-def _is_numpy_batch(batch: Mapping[str, Any]) -> bool:
-    """Whether a mapping is a batch of columns (Ray's NumPy format), not a single row."""
-    return bool(batch) and all(
-        isinstance(column, np.ndarray) and column.ndim == 1 for column in batch.values()
-    )
 
 
 def _check_local_destination(path: Path) -> None:

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from file_dataset._backend import Blob, copy_into, new_buffer
 from file_dataset._errors import InvalidInputError, translate_os_error
-from file_dataset._frame import ID_COLUMN, FileTable, parse_frame, parse_row
+from file_dataset._frame import ID_COLUMN, FileTable, is_numpy_batch, parse_frame, parse_row
 from file_dataset._local import atomic_copy, not_a_folder, remove_tree
 from file_dataset._options import Options, resolve_options
 from file_dataset._transfer import (
@@ -49,10 +49,10 @@ _INT32_MAX = 2**31 - 1
 
 
 def reader(
-    source: Mapping[str, Any] | pd.Series | pd.DataFrame | pa.Table | None = None,
+    source: Mapping[str, Any] | pd.Series | pd.DataFrame | pa.Table | pa.RecordBatch | None = None,
     options: Options | None = None,
     *,
-    row: Mapping[str, Any] | pd.Series | pd.DataFrame | pa.Table | None = None,
+    row: Mapping[str, Any] | pd.Series | pd.DataFrame | pa.Table | pa.RecordBatch | None = None,
 ) -> FileReader:
     """Prepares an eager read of the files of one row or of a file DataFrame.
 
@@ -63,7 +63,9 @@ def reader(
         source: A row (mapping, or ``pd.Series`` such as ``frame.iloc[0]``, of file
             name to ``s3://`` URL or local path; an ``id`` in it is ignored) or a file
             DataFrame (an ``id`` column plus one column per file name), also as a
-            ``pyarrow.Table`` (read as its ``to_pandas()``, as a Pipeline reads one).
+            ``pyarrow.Table`` or ``RecordBatch`` (read as its ``to_pandas()``, as a
+            Pipeline reads one) or a dict of 1-D NumPy arrays (a batch in Ray Data's
+            NumPy format).
         options: S3 settings; ``Options()`` (boto3's default credential chain) when
             omitted.
         row: The same as ``source``, for ``reader(row=...)``.
@@ -84,6 +86,10 @@ def reader(
     if (source is None) == (row is None):
         raise InvalidInputError("pass exactly one of source (a row or a DataFrame) and row=")
     data = source if source is not None else row
+    if isinstance(data, pa.RecordBatch):
+        data = pa.Table.from_batches([data])
+    if isinstance(data, Mapping) and is_numpy_batch(data):  # a Ray batch of NumPy columns
+        data = pd.DataFrame(dict(data))
     if isinstance(data, pa.Table):
         data = data.to_pandas()
     table = parse_frame(data) if isinstance(data, pd.DataFrame) else parse_row(data)  # type: ignore[arg-type]

@@ -99,6 +99,8 @@ def is_null(value: Any) -> bool:
         return math.isnan(value)
     if isinstance(value, pa.Scalar):  # an Arrow value in an object column
         return not value.is_valid
+    if not pd.api.types.is_scalar(value):  # [None] or an array of NaN: not "no file"
+        return False
     try:
         return bool(pd.isna(value))
     except (TypeError, ValueError):
