@@ -2468,7 +2468,9 @@ def test_no_credentials_at_all_ends_the_call_instead_of_dropping_every_row(
         pipeline(frame)
     assert "NoCredentialsError: Unable to locate credentials" in str(raised.value)
     assert raised.value.row_id == "r0"
-    assert any("no credentials were found" in note for note in raised.value.__notes__)
+    notes = "".join(raised.value.__notes__)
+    assert "no credentials were found" in notes
+    assert "options=Options.default() carries the driver's credentials" in notes  # h-108
     assert [failure.id for failure in pipeline.last_failures] == ["r0"]
     assert not list(tmp_path.glob("out/*"))
 

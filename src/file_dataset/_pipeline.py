@@ -882,7 +882,8 @@ def _log_summary(call: _Call, rows: int, *, echo: bool = False) -> None:
 _NO_CREDENTIALS_NOTE = (
     "file_dataset.Pipeline: no credentials were found for these options, which fails "
     "every row, so the call stops instead of dropping them all (give the session "
-    "credentials, or Config(signature_version=UNSIGNED) to read public buckets)"
+    "credentials, or Config(signature_version=UNSIGNED) to read public buckets; on "
+    "Ray workers, options=Options.default() carries the driver's credentials)"
 )
 _CREDENTIALS_NOTE = (
     "file_dataset.Pipeline: the credentials failed (S3 refused them as expired or "
