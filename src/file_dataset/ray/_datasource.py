@@ -101,7 +101,7 @@ class FileDataFrameAsBlobDatasource(Datasource):
     Args:
         file_dataframe: A file DataFrame: a unique, non-null ``id`` column plus one
             column per file name whose cells are ``s3://`` URLs or local paths (a
-            ``pyarrow.Table`` is read as its ``to_pandas()``).
+            ``pyarrow.Table`` or ``RecordBatch`` is read as its ``to_pandas()``).
         batch_size: How many rows one read task reads. A task holds the contents of
             all files of its rows at once, so this is the knob that bounds the memory of
             a read task. (Ray may split a task's output into several blocks when it is
@@ -123,7 +123,7 @@ class FileDataFrameAsBlobDatasource(Datasource):
 
     def __init__(
         self,
-        file_dataframe: pd.DataFrame | pa.Table,
+        file_dataframe: pd.DataFrame | pa.Table | pa.RecordBatch,
         batch_size: int,
         options: Options | None = None,
     ) -> None:
@@ -132,7 +132,7 @@ class FileDataFrameAsBlobDatasource(Datasource):
             options, "FileDataFrameAsBlobDatasource(options=...)", default=Options.default
         )
         self._batch_size = _check_batch_size(batch_size)
-        if isinstance(file_dataframe, pa.Table):  # read as reader() and Pipeline read one
+        if isinstance(file_dataframe, pa.Table | pa.RecordBatch):  # as reader() reads one
             file_dataframe = file_dataframe.to_pandas()
         self._ids = check_frame(file_dataframe)
         # pandas copy-on-write: a shallow copy is cheap and unaffected by later edits.
@@ -359,7 +359,7 @@ def _check_ray_kwargs(ray_kwargs: dict[str, Any]) -> None:
 
 
 def read_file_dataset(
-    file_dataframe: pd.DataFrame | pa.Table,
+    file_dataframe: pd.DataFrame | pa.Table | pa.RecordBatch,
     batch_size: int,
     options: Options | None = None,
     *,
@@ -393,7 +393,7 @@ def read_file_dataset(
     Args:
         file_dataframe: A file DataFrame: a unique, non-null ``id`` column plus one
             column per file name whose cells are ``s3://`` URLs or local paths (a
-            ``pyarrow.Table`` is read as its ``to_pandas()``).
+            ``pyarrow.Table`` or ``RecordBatch`` is read as its ``to_pandas()``).
         batch_size: Rows per read task; bounds the memory of each task, which holds
             every file of its ``batch_size`` rows at once.
         options: S3 settings for the workers; ``Options.default()`` when omitted.
