@@ -785,3 +785,26 @@ def test_the_environment_key_survives_another_thread_changing_the_environment(
     monkeypatch.setattr(os, "environ", Changing(os.environ))
     assert _options._environment_key() == expected
     assert Changing.walks == 2
+
+
+@pytest.mark.parametrize(
+    "name", ["aws_access_key_id", "aws_secret_access_key", "aws_session_token"]
+)
+@pytest.mark.parametrize("where", ["session", "client"])
+def test_a_credential_with_a_line_break_is_refused_without_showing_it(
+    name: str, where: str
+) -> None:
+    """A token read with open(f).read(): the request failed with botocore's "Invalid
+    header value b'<the token>\\n'", the token in clear (helper-111)."""
+    credentials = {
+        "aws_access_key_id": "AKIDEXAMPLEKEYID",
+        "aws_secret_access_key": "secretEXAMPLEsecret",
+        "aws_session_token": "IQoJtokenEXAMPLE",
+    }
+    credentials[name] += "\n"
+    kwargs = (
+        {"session_kwargs": credentials} if where == "session" else {"s3_client_kwargs": credentials}
+    )
+    with pytest.raises(ValueError, match="white space or a control character") as raised:
+        Options(**kwargs)
+    assert credentials[name].strip() not in str(raised.value)

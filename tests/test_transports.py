@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import pandas as pd
 import pytest
 from botocore.config import Config
+from botocore.exceptions import CredentialRetrievalError
 
 import file_dataset
 from file_dataset import Options
@@ -1190,6 +1191,66 @@ def test_credentials_that_fail_to_load_are_a_transfer_error(
         "cannot read s3://bkt/k (column 'f'): CredentialRetrievalError: "
     )
     assert raised.value.credentials_failed
+
+
+@pytest.mark.parametrize("transport", ["auto", "boto3"])
+def test_a_credential_process_that_prints_no_json_is_failed_credentials(
+    transport: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that prints a banner and exits 0: botocore's json.loads raised a bare
+    JSONDecodeError, not a FileDatasetError, naming no URL, and a Pipeline dropped
+    every row with it (helper-111)."""
+    script = tmp_path / "login.sh"
+    script.write_text("#!/bin/sh\necho 'Token expired, run: corp-login'\n")
+    script.chmod(0o755)
+    config = tmp_path / "config"
+    config.write_text(f"[profile banner]\nregion = us-east-1\ncredential_process = {script}\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    options = Options(
+        {"profile_name": "banner"},
+        {"endpoint_url": "http://127.0.0.1:9"},
+        transport=transport,
+        max_attempts=1,
+    )
+    with pytest.raises(file_dataset.TransferError) as raised:
+        file_dataset.reader({"f": "s3://bkt/k"}, options).into_blob_table()
+    assert str(raised.value) == (
+        "cannot read s3://bkt/k (column 'f'): CredentialRetrievalError: Error when "
+        "retrieving credentials from custom-process: its output is not the JSON of "
+        "credentials (JSONDecodeError: Expecting value: line 1 column 1 (char 0))"
+    )
+    assert raised.value.credentials_failed
+    monkeypatch.setenv("AWS_PROFILE", "banner")
+    with pytest.raises(CredentialRetrievalError, match="its output is not the JSON"):
+        Options.default()
+
+
+def test_a_credential_process_that_prints_its_secret_is_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its stderr, quoted by botocore, showed "SecretAccessKey: <secret>" (YAML) in
+    the error, and Options.default() raised it unmasked (helper-111)."""
+    script = tmp_path / "login.sh"
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    script.write_text(
+        f"#!/bin/sh\necho 'failed; had:' >&2\necho 'SecretAccessKey: {secret}' >&2\nexit 1\n"
+    )
+    script.chmod(0o755)
+    config = tmp_path / "config"
+    config.write_text(f"[profile said]\nregion = us-east-1\ncredential_process = {script}\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    options = Options({"profile_name": "said"}, {"endpoint_url": "http://127.0.0.1:9"})
+    with pytest.raises(file_dataset.TransferError) as raised:
+        file_dataset.reader({"f": "s3://bkt/k"}, options).into_blob_table()
+    assert "SecretAccessKey: ***" in str(raised.value)
+    assert secret not in "".join(traceback.format_exception(raised.value))
+    monkeypatch.setenv("AWS_PROFILE", "said")
+    with pytest.raises(CredentialRetrievalError) as default_raised:
+        Options.default()
+    assert "SecretAccessKey: ***" in str(default_raised.value)
+    assert secret not in "".join(traceback.format_exception(default_raised.value))
 
 
 def test_credentials_that_fail_to_refresh_inside_obstore_are_said_as_boto3_says_them(
@@ -3438,7 +3499,7 @@ def test_a_server_failure_given_up_on_says_its_status_and_retries(transport: str
     assert Throttling.seen == ["GET", "GET"]
     assert str(raised.value) == (
         "cannot read s3://bkt/img.mha (column 'img.mha'): SlowDown: Please reduce your "
-        "request rate. (503 after 1 retries)"
+        "request rate. (503 after 1 retry)"
     )
     assert raised.value.status == 503
 

@@ -477,6 +477,20 @@ def test_a_column_of_bytes_is_refused_before_any_row(column: object) -> None:
             "got SecretAccessKey=*** and SessionToken=***;AWS_SECRET_ACCESS_KEY=***",
         ),
         ("column session_token_file.txt", "column session_token_file.txt"),
+        # ... as YAML and INI (~/.aws/credentials) show them (helper-111)
+        (
+            "current values:\nSecretAccessKey: wJal/K7+x\naws_session_token = IQoJ+t\nx: 1",
+            "current values:\nSecretAccessKey: ***\naws_session_token = ***\nx: 1",
+        ),
+        # a signed URL's query percent-encoded in a key, as obstore quotes it (helper-111)
+        (
+            "GET http://h/b/k.mha%3FX-Amz-Algorithm%3DAWS4-HMAC-SHA256%26X-Amz-Credential%3D"
+            "AKIAQ%252F20250101%252Fus-east-1%26X-Amz-Security-Token%3DIQoJ%252Bt%26"
+            "X-Amz-Signature%3Ddeadbeef not found",
+            "GET http://h/b/k.mha%3FX-Amz-Algorithm%3DAWS4-HMAC-SHA256%26X-Amz-Credential%3D"
+            "***%26X-Amz-Security-Token%3D***%26X-Amz-Signature%3D*** not found",
+        ),
+        ("s3://b/k%3Dv%26signature.bin", "s3://b/k%3Dv%26signature.bin"),
         # ... but not in a key, nor a message naming the field (a regression hunt's)
         (
             "s3://bkt/exports/session_token=2024-01/part-0.bin",
@@ -530,3 +544,13 @@ def test_an_s3_url_with_a_lone_surrogate_is_refused_before_any_transfer(tmp_path
         file_dataset.write_files({"a": tmp_path}, "s3://bkt/out\udcff", "r1")
     assert parse_url("s3://bkt/ünï/画像.mha").key == "ünï/画像.mha"
     assert parse_url(str(tmp_path / "x\udcff")).key == str(tmp_path / "x\udcff")  # local: fine
+
+
+def test_a_remembered_secret_is_masked_as_a_repr_shows_it_too() -> None:
+    """A token read from a file with its line break: botocore's error quotes the header
+    as bytes, b'...\\n', which the plain secret did not match (helper-111)."""
+    from file_dataset._errors import mask_secrets, remember_secrets
+
+    remember_secrets("IQoJb3JpZ2luX2VjEXAMPLEremembered\n")
+    shown = mask_secrets("Invalid header value b'IQoJb3JpZ2luX2VjEXAMPLEremembered\\n'")
+    assert shown == "Invalid header value b'***'"

@@ -121,7 +121,7 @@ def answered_after(status: str | None, retries: int) -> str:
     without S3's error body reads "503: Service Unavailable"); no retries, no words.
     """
     said = [status] if status else []
-    said += [f"after {retries} retries"] if retries else []
+    said += [f"after {retries} {'retry' if retries == 1 else 'retries'}"] if retries else []
     return f" ({' '.join(said)})" if said else ""
 
 

@@ -153,11 +153,13 @@ _CREDENTIAL_FIELDS = (
     # Key=value (a credential_process that prints what it got, a shell's env dump):
     # only at the start or after a space, "?", "&", ";" or ",", so that a key such as
     # "exports/session_token=2024-01/part-0.bin" is quoted as it is.
+    # Also "SecretAccessKey: ..." (YAML) and "aws_secret_access_key = ..." (INI, as in
+    # ~/.aws/credentials).
     (
-        ("secretaccesskey=", "sessiontoken=", "secret_access_key=", "session_token="),
+        ("secretaccesskey", "sessiontoken", "secret_access_key", "session_token"),
         re.compile(
-            r"(?i)((?:(?<=[?&;,\s])|^)(?:aws_)?(?:secret_?access_?key|session_?token)=)"
-            r"([^\s,;'\"&<>]+)"
+            r"((?:(?<=[?&;,\s])|^)(?:(?i:(?:aws_)?(?:secret_?access_?key|session_?token))"
+            r"[ \t]*=[ \t]*|(?:SecretAccessKey|SessionToken):[ \t]*))([^\s,;'\"&<>]+)"
         ),
     ),
     # Headers and query parameters: only where a header or a query puts them (after a
@@ -168,6 +170,16 @@ _CREDENTIAL_FIELDS = (
         # the rest of the scope says nothing secret and helps to read the request.
         ("credential=",),
         re.compile(r"(?i)(?<=[?&;,\s])((?:x-amz-|x-goog-)?credential=)([^/<&\s\"',;()]+)"),
+    ),
+    # The same in a URL's percent-encoded form (obstore quotes a key holding a signed
+    # URL's query so: "...%26X-Amz-Signature%3D<signature>%26...").
+    (
+        ("%3d",),
+        re.compile(
+            r"(?i)((?:%3F|%26)(?:x-amz-signature|x-goog-signature|x-amz-credential"
+            r"|x-goog-credential|x-amz-security-token|signature|awsaccesskeyid|sig)%3D)"
+            r"((?:[^%<&\s\"',;()]|%(?!26)[0-9a-f]{2})+)"
+        ),
     ),
     (
         ("signature=", "sig=", "keyid=", "security-token"),
@@ -189,6 +201,9 @@ def remember_secrets(*secrets: str | None) -> bool:
     """
     global _known_secrets
     new = {s for s in secrets if s and len(s) >= 8}
+    # as a repr or bytes shows one holding a line break: b'...\\n' (a token read from a
+    # file and not stripped, from the environment: botocore's error quotes the header)
+    new |= {repr(s)[1:-1] for s in new if repr(s)[1:-1] != s}
     if not new <= _known_secrets:
         _known_secrets = _known_secrets | new
     return bool(_known_secrets)

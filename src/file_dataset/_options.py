@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import copy
 import functools
 import itertools
@@ -13,7 +14,8 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+import traceback
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict, Unpack, get_args
 
@@ -24,6 +26,7 @@ from file_dataset._errors import (
     InvalidInputError,
     mask_secrets,
     mask_userinfo,
+    masked_cause,
     quoted,
     remember_secrets,
 )
@@ -496,6 +499,39 @@ def _put_object_shape() -> Any:
     return ServiceModel(data, "s3").operation_model("PutObject").input_shape
 
 
+@contextlib.contextmanager
+def _credential_loading() -> Iterator[None]:
+    """Makes a non-botocore error of botocore's credential loading a botocore one.
+
+    botocore parses a ``credential_process``'s output with ``json.loads`` unguarded: a
+    process that prints a banner ("Token expired, run: corp-login") and exits 0 raised
+    a bare ``JSONDecodeError``, which named no URL and was not taken for failed
+    credentials (a Pipeline dropped every row instead of stopping).
+    """
+    from botocore.exceptions import BotoCoreError, CredentialRetrievalError
+
+    try:
+        yield
+    except BotoCoreError as e:  # a process's output may quote what it got
+        if mask_secrets(str(e)) == str(e):
+            raise
+        raise masked_cause(e) from None
+    except (ValueError, TypeError, KeyError) as e:
+        frames = traceback.extract_tb(e.__traceback__)
+        if not any(frame.filename.endswith(_CREDENTIALS_MODULE) for frame in frames):
+            raise
+        said = f"{type(e).__name__}: {mask_secrets(str(e))}"
+        if any(frame.name == "_retrieve_credentials_using" for frame in frames):
+            provider = "custom-process"  # botocore's name for credential_process
+            reason = f"its output is not the JSON of credentials ({said})"
+        else:
+            provider, reason = "botocore", f"{said} (not the credentials expected)"
+        raise CredentialRetrievalError(provider=provider, error_msg=reason) from None
+
+
+_CREDENTIALS_MODULE = os.path.join("botocore", "credentials.py")
+
+
 def _new_session(session_kwargs: Mapping[str, Any]) -> boto3.Session:
     """A boto3 session; the caller holds ``_CREATE_LOCK``.
 
@@ -648,6 +684,13 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
             continue
         if not isinstance(value, str):  # (the value is a secret: not shown)
             raise TypeError(f"{argument}[{name!r}] must be a str, got {type(value).__name__}")
+        if value.strip() and any(c.isspace() or not c.isprintable() for c in value):
+            # a line break read from a file, say: an HTTP header cannot carry it, and the
+            # error that says so would quote the value
+            raise InvalidInputError(
+                f"{argument}[{name!r}] holds white space or a control character (a line "
+                "break read from a file?): credentials have none; strip it"
+            )
         if not value.strip() and name != "aws_session_token":  # (an empty token is none)
             # boto3 would take an empty key for none, and sign as whoever the
             # environment, a profile or the machine's role says.
@@ -1028,7 +1071,8 @@ class Options:
         arguments: dict[str, Any] = dict(kwargs)
         session_kwargs = dict(arguments.pop("session_kwargs", None) or {})
         try:
-            cls._resolve_defaults(session_kwargs, arguments, freeze_credentials)
+            with _credential_loading():
+                cls._resolve_defaults(session_kwargs, arguments, freeze_credentials)
         except ProfileNotFound as e:  # a profile named by AWS_PROFILE, say
             _check_profile(
                 e.kwargs.get("profile"), "Options.default() uses the profile (AWS_PROFILE?) "
@@ -1121,11 +1165,12 @@ class Options:
         user_config = client_kwargs.pop("config", None)
         if user_config is not None:
             config = config.merge(_over_our_retries(user_config, retries))
-        with _CREATE_LOCK:
+        with _CREATE_LOCK, _credential_loading():
             session = _new_session(self.session_kwargs)
             client = session.client("s3", config=config, **client_kwargs)
         self._live().ca_bundle = _private_ca_bundle(session)
-        credentials = session.get_credentials()
+        with _credential_loading():
+            credentials = session.get_credentials()
         if credentials is not None:
             frozen = credentials.get_frozen_credentials()
             _REDACTOR.add(frozen.access_key, frozen.secret_key, frozen.token)
