@@ -2574,6 +2574,29 @@ def test_credentials_that_fail_to_load_end_the_call(
     assert not list(tmp_path.glob("out/*"))
 
 
+@pytest.mark.parametrize("transport", ["auto", "boto3"])
+def test_a_profile_named_by_the_environment_that_is_not_there_ends_the_call(
+    s3_server: LocalS3Server,
+    put: Callable[[str, bytes], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    transport: str,
+) -> None:
+    """AWS_PROFILE naming no profile, with options built by hand (checked only at the
+    first transfer): every row was dropped with ProfileNotFound (helper-111)."""
+    cells = [put(f"ghost/{i}", b"x") for i in range(3)]
+    options = Options(
+        s3_client_kwargs={"endpoint_url": s3_server.endpoint_url}, transport=transport
+    )
+    monkeypatch.setenv("AWS_PROFILE", "ghost")
+    pipeline = Pipeline(upper, {"into_path": tmp_path / "out"}, options)
+    with pytest.raises(file_dataset.TransferError) as raised:
+        pipeline(pd.DataFrame({"id": ["r0", "r1", "r2"], "f": cells}))
+    assert "ProfileNotFound: The config profile (ghost) could not be found" in str(raised.value)
+    assert (raised.value.row_id, raised.value.credentials_failed) == ("r0", True)
+    assert [failure.id for failure in pipeline.last_failures] == ["r0"]
+
+
 def test_a_call_that_stops_says_how_many_rows_it_wrote(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

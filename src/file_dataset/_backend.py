@@ -95,8 +95,11 @@ CREDENTIALS_REFUSED = frozenset(
         "RequestTimeTooSkewed",
     }
 )
-# botocore's errors for credentials it could not find, load or refresh (no request sent).
+# botocore's errors for credentials it could not find, load or refresh (no request sent),
+# and for the profile or config file they come from (AWS_PROFILE naming none, say).
 CREDENTIALS_MISSING: tuple[type[Exception], ...] = (
+    botocore.exceptions.ProfileNotFound,
+    botocore.exceptions.ConfigParseError,
     botocore.exceptions.NoCredentialsError,
     botocore.exceptions.PartialCredentialsError,
     botocore.exceptions.CredentialRetrievalError,
