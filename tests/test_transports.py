@@ -3534,3 +3534,39 @@ def test_a_cause_copied_to_be_masked_or_cut_keeps_its_type() -> None:
     assert isinstance(cut, ClientError)
     assert len(str(cut)) < 4_200
     assert cut.response["Error"]["Message"].endswith("... (10000 characters)")
+
+
+def test_a_multipart_upload_that_could_not_be_aborted_says_so(tmp_path: Path) -> None:
+    """A part failed and so did the abort: the error said only the part's failure,
+    nothing of an upload whose parts stay stored, and billed (helper-111 D2)."""
+
+    class Failing(_RefusingHandler):
+        get = (500, "InternalError")
+        seen: ClassVar[list[str]] = []
+
+        def do_POST(self) -> None:
+            self.seen.append(self.command)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = (
+                b"<InitiateMultipartUploadResult><Bucket>bkt</Bucket><Key>k</Key>"
+                b"<UploadId>up-7</UploadId></InitiateMultipartUploadResult>"
+            )
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_DELETE = _RefusingHandler._refuse
+
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(6 * MiB))
+    with (
+        _fake_s3(Failing, "boto3", part_size=5 * MiB, multipart_threshold=5 * MiB) as options,
+        pytest.raises(file_dataset.TransferError, match="InternalError") as raised,
+    ):
+        file_dataset.write_files({"big.bin": source}, "s3://bkt/out", "r1", options)
+    assert "DELETE" in Failing.seen
+    assert (
+        "file_dataset: the multipart upload 'up-7' of s3://bkt/out/r1/big.bin could not be "
+        "aborted either (" in "".join(raised.value.__notes__)
+    )

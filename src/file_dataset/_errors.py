@@ -466,6 +466,8 @@ class TransferError(FileDatasetError, OSError):
             self.url, self.reason, operation=self.operation, row_id=row_id, column=column
         )
         copy._take_findings(self)
+        for note in getattr(self, "__notes__", ()):  # an upload that could not be aborted
+            copy.add_note(note)
         return copy
 
     def _take_findings(self, other: TransferError) -> None:

@@ -39,6 +39,7 @@ from file_dataset._errors import (
     ObjectNotFoundError,
     TransferError,
     emfile_reason,
+    masked_cut,
     quoted,
 )
 from file_dataset._local import temp_file_in_place
@@ -265,10 +266,17 @@ def upload_job(src: Path, loc: Location, options: Options) -> Job[Location]:
         if not unchanged:
             raise TransferError(str(src), SOURCE_CHANGED, operation="read")
         yield [partial(backend.multipart_complete, loc, upload_id, parts)]
-    except BaseException:
+    except BaseException as failure:
         if started:
-            with contextlib.suppress(Exception):
+            try:
                 backend.multipart_abort(loc, started[0])
+            except Exception as e:  # the parts sent stay stored (and billed) until removed
+                failure.add_note(
+                    f"file_dataset: the multipart upload {started[0]!r} of {loc} could not "
+                    f"be aborted either ({masked_cut(str(e), 300)}): its parts stay "
+                    "stored until it is aborted (a lifecycle rule's "
+                    "AbortIncompleteMultipartUpload does that)"
+                )
         raise
     return loc
 
