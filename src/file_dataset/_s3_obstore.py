@@ -71,6 +71,7 @@ from file_dataset._errors import (
     forget_unmasked,
     mask_secrets,
     masked_cause,
+    masked_cut,
     no_descriptor_left,
     remember_secrets,
 )
@@ -176,6 +177,21 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
         raise
 
 
+def _connect_detail(text: str) -> str:
+    """What obstore's debug text says of a failed connection, as boto3 says it.
+
+    Its first line says only "error sending request"; the cause (a name that does not
+    resolve, a refused connection, TLS spoken to a plain-HTTP port) is deep in its
+    debug text: ``ConnectError("dns error", Custom { error: "failed to lookup ..." })``.
+    """
+    kind = re.search(r'ConnectError\(\s*"([^"]*)"', text)
+    said = re.findall(r'(?:error|message): "([^"]*)"', text)
+    detail = ": ".join(part for part in (kind and kind.group(1), said and said[-1]) if part)
+    return (
+        f"error sending request: {masked_cut(detail, 300)}" if detail else "error sending request"
+    )
+
+
 def _translate(
     error: Exception, text: str, url: str, operation: str, code: str, message: str
 ) -> NoReturn:
@@ -240,7 +256,7 @@ def _translate(
                 'verify, which transport "auto" then serves through boto3)'
             )
         else:
-            reason = f"could not connect to the endpoint ({where}error sending request)"
+            reason = f"could not connect to the endpoint ({where}{_connect_detail(text)})"
     if isinstance(error, NotFoundError | FileNotFoundError) or code in _NOT_FOUND:
         reason = not_found_reason(url, code, reason, bare_head=operation == "head" and not code)
         raise ObjectNotFoundError(url, reason, operation=operation) from cause
