@@ -1171,6 +1171,26 @@ def test_a_pyarrow_table_is_read_as_its_pandas_frame(options: Options, put: Put)
     ]
 
 
+def test_a_temp_dir_parent_without_write_permission_is_named(
+    options: Options, put: Put, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error named the random folder mkdtemp would have made, never the folder
+    given (helper-111). This suite runs as root, which any folder lets write, so the
+    operating system's refusal is played by mkdtemp itself."""
+    url = put("perm/k", b"x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+
+    def refused(prefix: str = "", dir: str | None = None, **kwargs: object) -> str:
+        raise PermissionError(errno.EACCES, "Permission denied", f"{dir}/{prefix}q1w2e3")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refused)
+    with pytest.raises(PermissionError, match="cannot make its folder there") as raised:
+        file_dataset.reader({"f": url}, options).into_temp_dir(dir=locked)
+    assert raised.value.filename == str(locked)
+    assert raised.value.errno == errno.EACCES
+
+
 def test_a_record_batch_and_a_batch_of_numpy_columns_are_read_as_frames(
     options: Options, put: Put
 ) -> None:

@@ -268,7 +268,17 @@ class FileReader:
                 (a folder that cannot be removed, for want of file descriptors say,
                 is named in a WARNING and removed when the interpreter exits).
         """
-        root = Path(tempfile.mkdtemp(prefix="file_dataset-", dir=_parent_dir(dir)))
+        parent = _parent_dir(dir)
+        try:
+            root = Path(tempfile.mkdtemp(prefix="file_dataset-", dir=parent))
+        except PermissionError as e:  # it named the random folder it would have made
+            where = parent if parent is not None else tempfile.gettempdir()
+            raise PermissionError(
+                errno.EACCES,
+                "into_temp_dir() cannot make its folder there (no write permission); "
+                "give dir= a folder this process may write in",
+                where,
+            ) from e
         try:
             self.download_to(root)
         except BaseException:
