@@ -262,6 +262,14 @@ def test_a_missing_folder_key_or_versioned_url_says_why(
     assert str(info.value).endswith(
         "; '?versionId=' is read as part of the key (only latest versions are read)"
     )
+    signed = put("s.mha", b"s") + "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=ab12"
+    with pytest.raises(FileNotFoundError) as info:  # helper-111
+        file_dataset.reader({"s.mha": signed}, transport_options).into_blob_table()
+    assert str(info.value).endswith(
+        "; a signed URL's query is read as part of the key: an s3:// URL names the key "
+        "alone, and the Options' credentials sign the request"
+    )
+    assert "ab12" not in str(info.value)
     with pytest.raises(FileNotFoundError) as info:  # no hint: the bucket is what is missing
         file_dataset.reader({"d": "s3://no-such-bucket-24/d/"}, transport_options).into_blob_table()
     assert str(info.value).endswith(": the bucket does not exist")

@@ -148,6 +148,11 @@ def not_found_reason(url: str, code: str, reason: str, *, bare_head: bool) -> st
         )
     elif "?versionid=" in url.lower():
         hint = "'?versionId=' is read as part of the key (only latest versions are read)"
+    elif re.search(r"(?i)[?&](?:x-amz-signature|x-amz-credential|awsaccesskeyid)=", url):
+        hint = (
+            "a signed URL's query is read as part of the key: an s3:// URL names the key "
+            "alone, and the Options' credentials sign the request"
+        )
     else:
         return reason
     return f"{reason.rstrip('.')}; {hint}"
