@@ -1234,6 +1234,36 @@ def test_a_credential_process_that_prints_no_json_is_failed_credentials(
         Options.default()
 
 
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_token_with_a_line_break_from_the_environment_is_failed_credentials(
+    transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AWS_SESSION_TOKEN=$(cat token.txt) keeps the file's line break: obstore panicked
+    (InvalidHeaderValue, suggesting transport="boto3"), boto3's error quoted the token
+    (helper-111). Refused before any request, without the value."""
+    token = "IQoJtokenFROMaFILE0123"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLEENVKEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secretEXAMPLEfromENV")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", token + "\n")
+    options = Options(
+        s3_client_kwargs={"endpoint_url": "http://127.0.0.1:9"}, transport=transport, max_attempts=1
+    )
+    with pytest.raises(file_dataset.TransferError) as raised:
+        file_dataset.reader({"f": "s3://bkt/k"}, options).into_blob_table()
+    assert str(raised.value) == (
+        "cannot read s3://bkt/k (column 'f'): CredentialRetrievalError: Error when retrieving "
+        "credentials from env: the credentials found hold white space or a control character "
+        "(a line break read from a file into AWS_SESSION_TOKEN, say): credentials have none; "
+        "strip it"
+    )
+    assert raised.value.credentials_failed
+    with pytest.raises(
+        ValueError, match=r"^Options.default\(\): the credentials found hold"
+    ) as info:
+        Options.default()
+    assert token not in str(info.value)
+
+
 def test_a_credential_process_that_prints_its_secret_is_masked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -499,6 +499,21 @@ def _put_object_shape() -> Any:
     return ServiceModel(data, "s3").operation_model("PutObject").input_shape
 
 
+def _not_a_credential(value: str | None) -> bool:
+    """Whether a key id, secret key or token holds white space or a control character.
+
+    A line break read from a file, say: no credential has one, and no HTTP header may
+    carry it.
+    """
+    return bool(value) and any(c.isspace() or not c.isprintable() for c in value or "")
+
+
+_SPACED_CREDENTIALS = (
+    "the credentials found hold white space or a control character (a line break read "
+    "from a file into AWS_SESSION_TOKEN, say): credentials have none; strip it"
+)
+
+
 @contextlib.contextmanager
 def _credential_loading() -> Iterator[None]:
     """Makes a non-botocore error of botocore's credential loading a botocore one.
@@ -684,7 +699,7 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
             continue
         if not isinstance(value, str):  # (the value is a secret: not shown)
             raise TypeError(f"{argument}[{name!r}] must be a str, got {type(value).__name__}")
-        if value.strip() and any(c.isspace() or not c.isprintable() for c in value):
+        if value.strip() and _not_a_credential(value):
             # a line break read from a file, say: an HTTP header cannot carry it, and the
             # error that says so would quote the value
             raise InvalidInputError(
@@ -1102,6 +1117,11 @@ class Options:
         if freeze_credentials:
             credentials = session.get_credentials()
             frozen = None if credentials is None else credentials.get_frozen_credentials()
+            if frozen is not None and any(map(_not_a_credential, frozen)):
+                raise InvalidInputError(
+                    f"Options.default(): {_SPACED_CREDENTIALS} (they came from "
+                    f"{credentials.method})"  # type: ignore[union-attr]
+                )
             if frozen is not None and frozen.access_key and frozen.secret_key:
                 session_kwargs.update(
                     aws_access_key_id=frozen.access_key,
@@ -1174,6 +1194,12 @@ class Options:
         if credentials is not None:
             frozen = credentials.get_frozen_credentials()
             _REDACTOR.add(frozen.access_key, frozen.secret_key, frozen.token)
+            if any(map(_not_a_credential, frozen)):  # the request's error would quote it
+                from botocore.exceptions import CredentialRetrievalError
+
+                raise CredentialRetrievalError(
+                    provider=credentials.method, error_msg=_SPACED_CREDENTIALS
+                )
         # Keys given to the client itself, and a password in the endpoint URL.
         _REDACTOR.add(
             client_kwargs.get("aws_access_key_id"),
