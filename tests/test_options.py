@@ -808,3 +808,12 @@ def test_a_credential_with_a_line_break_is_refused_without_showing_it(
     with pytest.raises(ValueError, match="white space or a control character") as raised:
         Options(**kwargs)
     assert credentials[name].strip() not in str(raised.value)
+
+
+@pytest.mark.parametrize("token", ["\n", "   "])
+def test_a_token_of_white_space_alone_is_refused(token: str) -> None:
+    """It passed, to fail at the first transfer (helper-112); "" is no token."""
+    keys = {"aws_access_key_id": "AKIDEXAMPLEKEYID", "aws_secret_access_key": "secretEXAMPLE"}
+    with pytest.raises(ValueError, match="white space or a control character"):
+        Options({**keys, "aws_session_token": token})
+    assert Options({**keys, "aws_session_token": ""}).session_kwargs["aws_session_token"] == ""

@@ -1203,6 +1203,9 @@ def test_a_record_batch_and_a_batch_of_numpy_columns_are_read_as_frames(
     numpy_batch = {name: frame[name].to_numpy() for name in frame.columns}
     for batch in (record_batch, numpy_batch):
         assert file_dataset.reader(batch, options).into_blob_table().to_pylist() == expected
+    uneven = {"id": np.array(["r1", "r2"]), "a.bin": np.array([url])}  # helper-110
+    with pytest.raises(file_dataset.InvalidInputError, match="columns of one length"):
+        file_dataset.reader(uneven, options)
 
 
 def test_a_dict_of_lists_is_refused_with_a_hint_to_make_a_frame(options: Options) -> None:

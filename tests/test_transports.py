@@ -1201,6 +1201,17 @@ def test_credentials_that_fail_to_load_are_a_transfer_error(
     assert raised.value.credentials_failed
 
 
+def _prints_no_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, said: str) -> None:
+    """Profile "banner": a credential_process that prints ``said`` and exits 0."""
+    script = tmp_path / "login.sh"
+    script.write_text(f"#!/bin/sh\necho '{said}'\n")
+    script.chmod(0o755)
+    config = tmp_path / "config"
+    config.write_text(f"[profile banner]\nregion = us-east-1\ncredential_process = {script}\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+
+
 @pytest.mark.parametrize("transport", ["auto", "boto3"])
 def test_a_credential_process_that_prints_no_json_is_failed_credentials(
     transport: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -1208,13 +1219,14 @@ def test_a_credential_process_that_prints_no_json_is_failed_credentials(
     """A process that prints a banner and exits 0: botocore's json.loads raised a bare
     JSONDecodeError, not a FileDatasetError, naming no URL, and a Pipeline dropped
     every row with it (helper-111)."""
-    script = tmp_path / "login.sh"
-    script.write_text("#!/bin/sh\necho 'Token expired, run: corp-login'\n")
-    script.chmod(0o755)
-    config = tmp_path / "config"
-    config.write_text(f"[profile banner]\nregion = us-east-1\ncredential_process = {script}\n")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    _prints_no_credentials(tmp_path, monkeypatch, "null")  # AttributeError (helper-112)
+    null_options = Options(
+        {"profile_name": "banner"}, {"endpoint_url": "http://127.0.0.1:9"}, transport=transport
+    )
+    with pytest.raises(file_dataset.TransferError, match="its output is not the JSON") as null:
+        file_dataset.reader({"f": "s3://bkt/k"}, null_options).into_size_table()
+    assert null.value.credentials_failed
+    _prints_no_credentials(tmp_path, monkeypatch, "Token expired, run: corp-login")
     options = Options(
         {"profile_name": "banner"},
         {"endpoint_url": "http://127.0.0.1:9"},
@@ -3067,9 +3079,10 @@ def test_a_put_that_s3_stopped_waiting_for_is_made_again(transport: str, tmp_pat
     assert Stalled.bodies[-1].endswith(b"row one's output")  # boto3 may frame it
 
 
+@pytest.mark.parametrize("budget", ["max_attempts", "Config"])
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
 def test_a_put_that_s3_stopped_waiting_for_is_not_made_again_with_one_attempt(
-    transport: str, tmp_path: Path
+    transport: str, budget: str, tmp_path: Path
 ) -> None:
     """``max_attempts=1`` asks for no second request; the obstore transport made one
     through boto3 all the same."""
@@ -3093,11 +3106,13 @@ def test_a_put_that_s3_stopped_waiting_for_is_not_made_again_with_one_attempt(
 
     source = tmp_path / "out.bin"
     source.write_bytes(b"row one's output")
-    with (
-        _fake_s3(Stalled, transport, max_attempts=1) as options,
-        pytest.raises(file_dataset.TransferError, match="RequestTimeout") as caught,
-    ):
-        file_dataset.write_files({"out.bin": source}, "s3://bkt/res", "r1", options)
+    with _fake_s3(Stalled, transport, max_attempts=1 if budget == "max_attempts" else 8) as given:
+        options = given
+        if budget == "Config":  # the budget the client resolves (helper-110)
+            one = Config(retries={"total_max_attempts": 1})
+            options = given.replace(s3_client_kwargs={**given.s3_client_kwargs, "config": one})
+        with pytest.raises(file_dataset.TransferError, match="RequestTimeout") as caught:
+            file_dataset.write_files({"out.bin": source}, "s3://bkt/res", "r1", options)
     assert "s3://bkt/res/r1/out.bin" in str(caught.value)
     assert Stalled.seen == ["PUT"]
 

@@ -491,6 +491,9 @@ def test_a_column_of_bytes_is_refused_before_any_row(column: object) -> None:
             "***%26X-Amz-Security-Token%3D***%26X-Amz-Signature%3D*** not found",
         ),
         ("s3://b/k%3Dv%26signature.bin", "s3://b/k%3Dv%26signature.bin"),
+        # ... but not a key's own "%26name%3D" (helper-112)
+        ("s3://b/runs%26signature%3Dv2/scan.mha", "s3://b/runs%26signature%3Dv2/scan.mha"),
+        ("web/page%3Fid%3D5%26sig%3Dabc/index.html", "web/page%3Fid%3D5%26sig%3Dabc/index.html"),
         # ... but not in a key, nor a message naming the field (a regression hunt's)
         (
             "s3://bkt/exports/session_token=2024-01/part-0.bin",

@@ -177,8 +177,8 @@ _CREDENTIAL_FIELDS = (
         ("%3d",),
         re.compile(
             r"(?i)((?:%3F|%26)(?:x-amz-signature|x-goog-signature|x-amz-credential"
-            r"|x-goog-credential|x-amz-security-token|signature|awsaccesskeyid|sig)%3D)"
-            r"((?:[^%<&\s\"',;()]|%(?!26)[0-9a-f]{2})+)"
+            r"|x-goog-credential|x-amz-security-token)%3D)"
+            r"((?:[^%<&/\s\"',;()]|%(?!26)[0-9a-f]{2})+)"
         ),
     ),
     (

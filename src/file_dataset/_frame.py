@@ -328,6 +328,20 @@ def is_numpy_batch(batch: Mapping[str, Any]) -> bool:
     )
 
 
+def numpy_batch_frame(batch: Mapping[str, Any]) -> pd.DataFrame:
+    """The DataFrame of a batch of NumPy columns (see :func:`is_numpy_batch`).
+
+    Raises:
+        InvalidInputError: The columns are not all of one length.
+    """
+    lengths = {str(name): len(column) for name, column in batch.items()}
+    if len(set(lengths.values())) > 1:
+        raise InvalidInputError(
+            f"a batch of NumPy columns needs columns of one length, got {lengths}"
+        )
+    return pd.DataFrame(dict(batch))
+
+
 def parse_row(row: Mapping[str, Any] | pd.Series) -> FileTable:
     """Validates a single row: a mapping of file name to URL.
 

@@ -505,7 +505,7 @@ def _not_a_credential(value: str | None) -> bool:
     A line break read from a file, say: no credential has one, and no HTTP header may
     carry it.
     """
-    return bool(value) and any(c.isspace() or not c.isprintable() for c in value or "")
+    return isinstance(value, str) and any(c.isspace() or not c.isprintable() for c in value)
 
 
 _SPACED_CREDENTIALS = (
@@ -531,7 +531,7 @@ def _credential_loading() -> Iterator[None]:
         if mask_secrets(str(e)) == str(e):
             raise
         raise masked_cause(e) from None
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
         frames = traceback.extract_tb(e.__traceback__)
         if not any(frame.filename.endswith(_CREDENTIALS_MODULE) for frame in frames):
             raise
@@ -699,7 +699,7 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
             continue
         if not isinstance(value, str):  # (the value is a secret: not shown)
             raise TypeError(f"{argument}[{name!r}] must be a str, got {type(value).__name__}")
-        if value.strip() and _not_a_credential(value):
+        if (value.strip() or name == "aws_session_token") and _not_a_credential(value):
             # a line break read from a file, say: an HTTP header cannot carry it, and the
             # error that says so would quote the value
             raise InvalidInputError(

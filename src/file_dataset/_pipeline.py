@@ -47,6 +47,7 @@ from file_dataset._frame import (
     check_frame,
     frame_rows,
     is_numpy_batch,
+    numpy_batch_frame,
     parse_cells,
     series_row,
     take,
@@ -498,7 +499,7 @@ class Pipeline:
         if isinstance(file_dataframe, pa.Table | pa.RecordBatch):
             return self._process(file_dataframe.to_pandas())
         if isinstance(file_dataframe, Mapping) and is_numpy_batch(file_dataframe):
-            return self._process(pd.DataFrame(dict(file_dataframe)))
+            return self._process(numpy_batch_frame(file_dataframe))
         if isinstance(file_dataframe, Mapping | pd.Series):
             # checked as a one-row file DataFrame
             row = (

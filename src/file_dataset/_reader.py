@@ -18,7 +18,14 @@ import pyarrow as pa
 
 from file_dataset._backend import Blob, copy_into, new_buffer
 from file_dataset._errors import InvalidInputError, translate_os_error
-from file_dataset._frame import ID_COLUMN, FileTable, is_numpy_batch, parse_frame, parse_row
+from file_dataset._frame import (
+    ID_COLUMN,
+    FileTable,
+    is_numpy_batch,
+    numpy_batch_frame,
+    parse_frame,
+    parse_row,
+)
 from file_dataset._local import atomic_copy, not_a_folder, remove_tree
 from file_dataset._options import Options, resolve_options
 from file_dataset._transfer import (
@@ -89,7 +96,7 @@ def reader(
     if isinstance(data, pa.RecordBatch):
         data = pa.Table.from_batches([data])
     if isinstance(data, Mapping) and is_numpy_batch(data):  # a Ray batch of NumPy columns
-        data = pd.DataFrame(dict(data))
+        data = numpy_batch_frame(data)
     if isinstance(data, pa.Table):
         data = data.to_pandas()
     table = parse_frame(data) if isinstance(data, pd.DataFrame) else parse_row(data)  # type: ignore[arg-type]

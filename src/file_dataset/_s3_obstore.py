@@ -821,7 +821,7 @@ class ObstoreS3Backend:
             )
             return
         except (BaseError, OSError) as e:
-            if _s3_code(str(e), str(loc))[0] == "RequestTimeout" and self._options.max_attempts > 1:
+            if _s3_code(str(e), str(loc))[0] == "RequestTimeout" and self._retried():
                 # S3 stopped waiting for the body (400 RequestTimeout): botocore retries
                 # that answer and obstore does not, so boto3 makes the PUT again, with
                 # its own retries (not when the caller asked for one attempt).
@@ -833,6 +833,14 @@ class ObstoreS3Backend:
         # which obstore does not send and boto3 does: this bucket's writes go by boto3.
         _CHECKSUM_BUCKETS.add(where)
         self._boto3.write(src, loc)
+
+    def _retried(self) -> bool:
+        """Whether these options allow a request more than one attempt.
+
+        That is their Config's ``retries`` over ``max_attempts``, as the client resolves
+        them.
+        """
+        return _attempts(self._options.s3_client().meta.config, self._options) > 1
 
     def multipart_start(self, loc: Location) -> str:
         return self._boto3.multipart_start(loc)
