@@ -203,7 +203,7 @@ def remember_secrets(*secrets: str | None) -> bool:
     new = {s for s in secrets if s and len(s) >= 8}
     # as a repr or bytes shows one holding a line break: b'...\\n' (a token read from a
     # file and not stripped, from the environment: botocore's error quotes the header)
-    new |= {repr(s)[1:-1] for s in new if repr(s)[1:-1] != s}
+    new |= {shown for s in new if (shown := repr(s)[1:-1]) != s}
     if not new <= _known_secrets:
         _known_secrets = _known_secrets | new
     return bool(_known_secrets)

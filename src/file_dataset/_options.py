@@ -528,9 +528,10 @@ def _credential_loading() -> Iterator[None]:
     try:
         yield
     except BotoCoreError as e:  # a process's output may quote what it got
-        if mask_secrets(str(e)) == str(e):
+        masked = masked_cause(e)
+        if masked is e:
             raise
-        raise masked_cause(e) from None
+        raise masked from None
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         frames = traceback.extract_tb(e.__traceback__)
         if not any(frame.filename.endswith(_CREDENTIALS_MODULE) for frame in frames):

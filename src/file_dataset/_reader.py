@@ -93,12 +93,10 @@ def reader(
     if (source is None) == (row is None):
         raise InvalidInputError("pass exactly one of source (a row or a DataFrame) and row=")
     data = source if source is not None else row
-    if isinstance(data, pa.RecordBatch):
-        data = pa.Table.from_batches([data])
-    if isinstance(data, Mapping) and is_numpy_batch(data):  # a Ray batch of NumPy columns
-        data = numpy_batch_frame(data)
-    if isinstance(data, pa.Table):
+    if isinstance(data, pa.Table | pa.RecordBatch):
         data = data.to_pandas()
+    elif isinstance(data, Mapping) and is_numpy_batch(data):  # a Ray batch of NumPy columns
+        data = numpy_batch_frame(data)
     table = parse_frame(data) if isinstance(data, pd.DataFrame) else parse_row(data)  # type: ignore[arg-type]
     return FileReader(table, resolved)
 
