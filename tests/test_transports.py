@@ -3616,3 +3616,112 @@ def test_a_multipart_upload_that_could_not_be_aborted_says_so(tmp_path: Path) ->
         "file_dataset: the multipart upload 'up-7' of s3://bkt/out/r1/big.bin could not be "
         "aborted either (" in "".join(raised.value.__notes__)
     )
+
+
+def _expiring_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, later: str) -> None:
+    """Profile "expiring": a credential_process whose first answer ends in 5 minutes (so
+    botocore runs it again before each use) and whose later runs print ``later``:
+    ``"banner"`` (a login banner), or ``"stale"`` (credentials that ended an hour ago)."""
+    count = tmp_path / "count"
+    count.write_text("0")
+    answer = (
+        'echo \'{"Version": 1, "AccessKeyId": "AKIDPROCESS", '
+        '"SecretAccessKey": "processSecretValue", '
+        '"Expiration": "\'$(date -u -d "WHEN" +%Y-%m-%dT%H:%M:%SZ)\'"}\'\n'
+    )
+    script = tmp_path / "login.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"n=$(cat {count}); echo $((n + 1)) > {count}\n"
+        'if [ "$n" -ge 1 ]; then\n'
+        + (answer.replace("WHEN", "-1 hour") if later == "stale" else "echo 'Token expired'\n")
+        + "exit 0; fi\n"
+        + answer.replace("WHEN", "+5 min")
+    )
+    script.chmod(0o755)
+    config = tmp_path / "config"
+    config.write_text(f"[profile expiring]\nregion = us-east-1\ncredential_process = {script}\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+@pytest.mark.parametrize(
+    ("later", "reason"),
+    [
+        (
+            "banner",
+            "custom-process: its output is not the JSON of credentials (JSONDecodeError: "
+            "Expecting value: line 1 column 1 (char 0))",
+        ),
+        (
+            "stale",
+            "botocore: RuntimeError: Credentials were refreshed, but the refreshed "
+            "credentials are still expired.",
+        ),
+    ],
+    ids=["banner", "stale"],
+)
+def test_a_credential_process_that_fails_on_a_refresh_is_failed_credentials(
+    transport: str,
+    later: str,
+    reason: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    s3_server: LocalS3Server,
+) -> None:
+    """Its first run gives credentials that expire, a later run fails: the refresh,
+    inside a request's signing or obstore's provider, raised a bare JSONDecodeError
+    (helper-112) or RuntimeError, which a Pipeline took for one row's failure."""
+    bucket = s3_server.create_bucket()
+    for i in range(3):
+        s3_server.client().put_object(Bucket=bucket, Key=f"k{i}", Body=b"x")
+    _expiring_process(tmp_path, monkeypatch, later)
+    options = Options(
+        {"profile_name": "expiring"},
+        {"endpoint_url": s3_server.endpoint_url},
+        transport=transport,
+        max_attempts=1,
+    )
+    frame = pd.DataFrame({"id": ["r0", "r1", "r2"], "f": [f"s3://{bucket}/k{i}" for i in range(3)]})
+    pipeline = file_dataset.Pipeline(lambda i, o: {}, {"into_path": tmp_path / "out"}, options)
+    with pytest.raises(file_dataset.TransferError) as raised:
+        pipeline(frame)
+    row = str(raised.value.row_id)  # the first row read after the refresh: r0 or r1
+    assert str(raised.value) == (
+        f"cannot read s3://{bucket}/k{row[1]} (row id '{row}', column 'f'): "
+        f"CredentialRetrievalError: Error when retrieving credentials from {reason}"
+    )
+    assert raised.value.credentials_failed
+    assert [failure.id for failure in pipeline.last_failures] == [row]
+    assert int((tmp_path / "count").read_text()) >= 2  # loaded, then refreshed
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_credential_process_that_cannot_be_run_is_failed_credentials(
+    transport: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A program that is not there: boto3 raised a bare FileNotFoundError, and obstore's
+    error said the object was not found."""
+    config = tmp_path / "config"
+    config.write_text(
+        "[profile gone]\nregion = us-east-1\ncredential_process = /opt/corp/bin/aws-login\n"
+    )
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    options = Options(
+        {"profile_name": "gone"}, {"endpoint_url": "http://127.0.0.1:9"}, transport=transport
+    )
+    with pytest.raises(file_dataset.TransferError) as raised:
+        file_dataset.reader({"f": "s3://bkt/k"}, options).into_blob_table()
+    assert str(raised.value) == (
+        "cannot read s3://bkt/k (column 'f'): CredentialRetrievalError: Error when "
+        "retrieving credentials from custom-process: its command cannot be run "
+        "(FileNotFoundError: [Errno 2] No such file or directory: '/opt/corp/bin/aws-login')"
+    )
+    assert raised.value.credentials_failed
+    monkeypatch.setenv("AWS_PROFILE", "gone")
+    with pytest.raises(CredentialRetrievalError, match="its command cannot be run"):
+        Options.default()

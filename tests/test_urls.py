@@ -500,6 +500,11 @@ def test_a_column_of_bytes_is_refused_before_any_row(column: object) -> None:
             "s3://bkt/exports/session_token=2024-01/part-0.bin",
         ),
         ("KeyError: session_token: missing", "KeyError: session_token: missing"),
+        # YAML's other spellings, and its flow form (helper-112)
+        (
+            "aws_secret_access_key: wJal/K7+x\nAWS_SESSION_TOKEN: IQoJ+t\n{SessionToken: IQ+o}",
+            "aws_secret_access_key: ***\nAWS_SESSION_TOKEN: ***\n{SessionToken: ***}",
+        ),
         # a column named token keeps its neighbours
         ("['id', 'token', 'image.mha']", "['id', 'token', 'image.mha']"),
         # names that only look like fields: a relative path, a Hive-style key

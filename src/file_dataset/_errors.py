@@ -153,13 +153,15 @@ _CREDENTIAL_FIELDS = (
     # Key=value (a credential_process that prints what it got, a shell's env dump):
     # only at the start or after a space, "?", "&", ";" or ",", so that a key such as
     # "exports/session_token=2024-01/part-0.bin" is quoted as it is.
-    # Also "SecretAccessKey: ..." (YAML) and "aws_secret_access_key = ..." (INI, as in
-    # ~/.aws/credentials).
+    # Also "SecretAccessKey: ..." and "AWS_SECRET_ACCESS_KEY: ..." (YAML, after a "{" in
+    # its flow form; not a bare "session_token:", which messages naming the field use)
+    # and "aws_secret_access_key = ..." (INI, as in ~/.aws/credentials).
     (
         ("secretaccesskey", "sessiontoken", "secret_access_key", "session_token"),
         re.compile(
-            r"((?:(?<=[?&;,\s])|^)(?:(?i:(?:aws_)?(?:secret_?access_?key|session_?token))"
-            r"[ \t]*=[ \t]*|(?:SecretAccessKey|SessionToken):[ \t]*))([^\s,;'\"&<>]+)"
+            r"((?:(?<=[?&;,\s{])|^)(?:(?i:(?:aws_)?(?:secret_?access_?key|session_?token))"
+            r"[ \t]*=[ \t]*|(?:SecretAccessKey|SessionToken"
+            r"|(?i:aws_(?:secret_access_key|session_token))):[ \t]*))([^\s,;'\"&<>{}]+)"
         ),
     ),
     # Headers and query parameters: only where a header or a query puts them (after a

@@ -532,17 +532,49 @@ def _credential_loading() -> Iterator[None]:
         if masked is e:
             raise
         raise masked from None
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, OSError) as e:
         frames = traceback.extract_tb(e.__traceback__)
         if not any(frame.filename.endswith(_CREDENTIALS_MODULE) for frame in frames):
             raise
         said = f"{type(e).__name__}: {mask_secrets(str(e))}"
         if any(frame.name == "_retrieve_credentials_using" for frame in frames):
             provider = "custom-process"  # botocore's name for credential_process
-            reason = f"its output is not the JSON of credentials ({said})"
+            if isinstance(e, OSError):  # its program is missing or may not be run
+                reason = f"its command cannot be run ({said})"
+            else:
+                reason = f"its output is not the JSON of credentials ({said})"
+        elif isinstance(e, RuntimeError):  # "the refreshed credentials are still expired"
+            provider, reason = "botocore", said
         else:
             provider, reason = "botocore", f"{said} (not the credentials expected)"
         raise CredentialRetrievalError(provider=provider, error_msg=reason) from None
+
+
+def _guard_refreshes(credentials: Any) -> None:
+    """Makes botocore's refreshes of temporary ``credentials`` fail as credentials do.
+
+    A ``credential_process`` (or a role) whose credentials expire is run again when
+    they come within minutes of their end, inside the signing of a request or
+    obstore's credential provider: its banner, missing program or stale answer raised
+    a bare ``JSONDecodeError``, ``FileNotFoundError`` or ``RuntimeError`` part-way
+    through a job, which a Pipeline took for a row's failure and obstore for a missing
+    object. The refreshed secrets are remembered for masking too.
+    """
+    refresh = getattr(credentials, "_protected_refresh", None)
+    if refresh is None or getattr(refresh, "file_dataset_guarded", False):
+        return
+
+    def guarded(is_mandatory: bool) -> None:
+        with _credential_loading():
+            refresh(is_mandatory)
+        _REDACTOR.add(
+            getattr(credentials, "_access_key", None),
+            getattr(credentials, "_secret_key", None),
+            getattr(credentials, "_token", None),
+        )
+
+    guarded.file_dataset_guarded = True  # type: ignore[attr-defined]
+    credentials._protected_refresh = guarded
 
 
 _CREDENTIALS_MODULE = os.path.join("botocore", "credentials.py")
@@ -1192,8 +1224,10 @@ class Options:
         self._live().ca_bundle = _private_ca_bundle(session)
         with _credential_loading():
             credentials = session.get_credentials()
+            if credentials is not None:
+                _guard_refreshes(credentials)
+                frozen = credentials.get_frozen_credentials()
         if credentials is not None:
-            frozen = credentials.get_frozen_credentials()
             _REDACTOR.add(frozen.access_key, frozen.secret_key, frozen.token)
             if any(map(_not_a_credential, frozen)):  # the request's error would quote it
                 from botocore.exceptions import CredentialRetrievalError
