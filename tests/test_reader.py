@@ -1214,6 +1214,11 @@ def test_a_dict_of_lists_is_refused_with_a_hint_to_make_a_frame(options: Options
         TypeError, match=r"column 'a.bin': .* got list .*pass pd.DataFrame\(\.\.\.\)"
     ):
         file_dataset.reader(columns, options)
+    # not for cells that could not be a column (helper-110)
+    for cell in ([], {"nested": "s3://bkt/k"}, np.array("s3://bkt/k")):
+        with pytest.raises(TypeError) as raised:
+            file_dataset.reader({"a.bin": cell}, options)
+        assert "pd.DataFrame" not in str(raised.value)
 
 
 @pytest.mark.parametrize("cell", [[None], np.array([np.nan]), (None,)], ids=repr)

@@ -373,11 +373,21 @@ def parse_row(row: Mapping[str, Any] | pd.Series) -> FileTable:
         try:
             cells.append(_cell(value, label, name))
         except InvalidTypeError as e:
-            if not isinstance(value, Mapping | list | tuple | np.ndarray | pd.Series | pd.Index):
+            if not _looks_like_a_column(value):
                 raise
             hint = "a dict of columns is one row: pass pd.DataFrame(...) for several"
             raise InvalidTypeError(f"{e} ({hint})", row_id=e.row_id, column=e.column) from None
     return FileTable(None, columns, [cells], label=label)
+
+
+def _looks_like_a_column(value: Any) -> bool:
+    """Whether a row's cell could be a whole column (a dict of lists given as one row).
+
+    Not an empty list, a nested dict or a 0-d array, where that hint would mislead.
+    """
+    if isinstance(value, np.ndarray):
+        return value.ndim == 1 and value.size > 0
+    return isinstance(value, list | tuple | pd.Series | pd.Index) and len(value) > 0
 
 
 def _row_label(value: Any) -> str | None:
