@@ -228,6 +228,21 @@ def test_the_default_threshold_follows_a_larger_part_size() -> None:
             {"s3_client_kwargs": {"endpoint_url": "https://h/?X-Amz-Security-Token=TOKENQ"}},
             r"^endpoint_url 'https://h/\?X-Amz-Security-Token=\*\*\*' has a query",
         ),
+        # urllib3 refused these with a plain ValueError at the first transfer, and a
+        # Pipeline dropped every row with it (helper-113)
+        (
+            {"s3_client_kwargs": {"config": botocore.config.Config(connect_timeout=-1)}},
+            r"^s3_client_kwargs\['config'\].connect_timeout must be a number of seconds "
+            r"above 0 \(or None for none\), got -1$",
+        ),
+        (
+            {"s3_client_kwargs": {"config": botocore.config.Config(read_timeout=0)}},
+            r"read_timeout must be a number of seconds above 0 .*, got 0$",
+        ),
+        (
+            {"s3_client_kwargs": {"config": botocore.config.Config(read_timeout=float("inf"))}},
+            r"read_timeout must be a number of seconds above 0 .*, got inf$",
+        ),
     ],
 )
 def test_invalid_arguments(kwargs: dict[str, Any], match: str) -> None:
@@ -248,6 +263,11 @@ def test_invalid_arguments(kwargs: dict[str, Any], match: str) -> None:
             {"s3_client_kwargs": {"config": {"connect_timeout": 1}}},
             "s3_client_kwargs['config'] must be a botocore.config.Config, got dict "
             "(write Config(connect_timeout=5, ...))",
+        ),
+        (  # urllib3 raised a plain ValueError at the first transfer (helper-113)
+            {"s3_client_kwargs": {"config": botocore.config.Config(read_timeout="5")}},
+            "s3_client_kwargs['config'].read_timeout must be a number of seconds (or None "
+            "for none), got str",
         ),
         (  # the value (a secret) is not shown
             {"session_kwargs": {"aws_access_key_id": 123, "aws_secret_access_key": "x"}},
@@ -293,6 +313,10 @@ def test_an_endpoint_whose_password_holds_a_slash_is_refused_masked() -> None:
             "(percent-encode a '/', '@' or ':' in a user name or password)"
         )
         assert info.value.__context__ is None  # urllib's error quoted the secret
+    for endpoint in ("http://", "https://", "http:///x", "http://:9000"):  # helper-113
+        with pytest.raises(file_dataset.InvalidInputError) as info:
+            Options(s3_client_kwargs={"endpoint_url": endpoint})
+        assert str(info.value) == f"endpoint_url {endpoint!r} has no valid host and port"
     ipv6 = Options(s3_client_kwargs={"endpoint_url": "http://[::1]:9000"})
     assert ipv6.s3_client_kwargs["endpoint_url"] == "http://[::1]:9000"
 

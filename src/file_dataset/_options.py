@@ -8,6 +8,7 @@ import copy
 import functools
 import itertools
 import logging
+import math
 import operator
 import os
 import queue
@@ -24,6 +25,7 @@ import numpy as np
 from file_dataset._errors import (
     USERINFO,
     InvalidInputError,
+    InvalidTypeError,
     mask_secrets,
     mask_userinfo,
     masked_cause,
@@ -780,6 +782,8 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
                 f"s3_client_kwargs['config'] must be a botocore.config.Config, got "
                 f"{type(config).__name__} (write Config(connect_timeout=5, ...))"
             )
+        for name in ("connect_timeout", "read_timeout"):
+            _check_timeout(name, getattr(config, name, None))
     profile = kwargs.get("profile_name")
     if what == "session" and profile is not None:
         _check_profile(profile)
@@ -803,12 +807,34 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
         # "http://user:pass/word@host": an unencoded "/" ends the host part early (an
         # "@" after it is then in the path), and obstore panicked on the "port" it saw
         valid = "@" not in endpoint.partition("://")[2].replace(parts.netloc, "", 1)
+        valid = valid and bool(parts.hostname)  # "http://", "http://:9000": no host
     except ValueError:
         valid = False
     if not valid:  # raised outside the except: urllib's error quotes the password
+        hint = " (percent-encode a '/', '@' or ':' in a user name or password)"
         raise InvalidInputError(
-            f"endpoint_url {_endpoint_shown(endpoint)!r} has no valid host and port "
-            "(percent-encode a '/', '@' or ':' in a user name or password)"
+            f"endpoint_url {_endpoint_shown(endpoint)!r} has no valid host and port"
+            + (hint if "@" in endpoint else "")
+        )
+
+
+def _check_timeout(name: str, value: Any) -> None:
+    """Refuses a ``Config`` timeout that urllib3 or obstore would refuse.
+
+    They refused it at the first transfer, with a plain ``ValueError`` that a Pipeline
+    took for each row's failure.
+    """
+    if value is None:  # no timeout
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidTypeError(
+            f"s3_client_kwargs['config'].{name} must be a number of seconds (or None for "
+            f"none), got {type(value).__name__}"
+        )
+    if not 0 < value < math.inf:
+        raise InvalidInputError(
+            f"s3_client_kwargs['config'].{name} must be a number of seconds above 0 (or "
+            f"None for none), got {value!r}"
         )
 
 
