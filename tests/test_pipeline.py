@@ -2698,3 +2698,14 @@ def test_a_stop_at_an_upload_says_the_row_may_be_written_in_part(tmp_path: Path)
         "written (a row that failed at its upload may have some of its outputs written)"
     )
     assert (tmp_path / "out" / "r1" / "a.txt").read_bytes() == b"a.txt"
+    # a row of one output cannot be written in part: not said (helper-113)
+    (tmp_path / "one" / "r1" / "a.txt").mkdir(parents=True)
+    with pytest.raises(file_dataset.TransferError) as raised:
+        Pipeline(
+            lambda i, o: two(i, o) and {"a.txt": o / "a.txt"},
+            {"into_path": tmp_path / "one"},
+            on_error="raise",
+        )(frame)
+    assert raised.value.__notes__[-1] == (
+        "file_dataset.Pipeline stopped after writing 0 of 1 rows: the rows written stay written"
+    )

@@ -1208,6 +1208,17 @@ def test_a_record_batch_and_a_batch_of_numpy_columns_are_read_as_frames(
         file_dataset.reader(uneven, options)
 
 
+def test_a_file_name_that_is_not_a_string_is_a_type_error(tmp_path: Path) -> None:
+    """As write_files says it; the reader's was an InvalidInputError alone (helper-113)."""
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"a")
+    with pytest.raises(TypeError, match=r"^file names must be strings, got 5$"):
+        file_dataset.reader({5: str(source)})
+    frame = pd.DataFrame([["r1", str(source)]])  # no column names: 0 and 1
+    with pytest.raises(TypeError, match=r"^file column names must be strings, got 0$"):
+        file_dataset.reader(frame.rename(columns={1: "id"}))
+
+
 def test_a_dict_of_lists_is_refused_with_a_hint_to_make_a_frame(options: Options) -> None:
     columns = {"id": ["r1", "r2"], "a.bin": ["s3://bkt/k1", "s3://bkt/k2"]}
     with pytest.raises(
@@ -1512,7 +1523,7 @@ def test_a_series_row_with_a_repeated_or_non_string_name_is_refused(tmp_path: Pa
     assert str(info.value) == "the row's file names must be unique; repeated: ['f.bin']"
     assert not (tmp_path / "out").exists()
     numbered = pd.Series([str(first)], index=[0])
-    with pytest.raises(file_dataset.InvalidInputError) as info:
+    with pytest.raises(file_dataset.InvalidTypeError) as info:
         file_dataset.reader(numbered)
     assert str(info.value) == (
         "the row's file names must be strings, got 0: a Series is one row, its index the "

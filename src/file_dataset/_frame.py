@@ -128,7 +128,7 @@ def check_frame(frame: pd.DataFrame) -> list[str]:
     for column in frame.columns:
         if column != ID_COLUMN:
             if not isinstance(column, str):
-                raise InvalidInputError(f"file column names must be strings, got {column!r}")
+                raise InvalidTypeError(f"file column names must be strings, got {column!r}")
             check_component(column, "file name")
     ids = check_ids(frame[ID_COLUMN].tolist())
     for column in frame.columns:
@@ -305,14 +305,15 @@ def series_row(row: pd.Series) -> dict[str, Any]:
     keeps only the last; a label that is not a string would pass as its ``str()``.
 
     Raises:
-        InvalidInputError: A label is repeated or is not a string.
+        InvalidInputError: A label is repeated, or is not a string (an
+            :class:`InvalidTypeError` then).
     """
     if not row.index.is_unique:
         repeated = sorted({str(label) for label in row.index[row.index.duplicated()]})
         raise InvalidInputError(f"the row's file names must be unique; repeated: {repeated}")
     for label in row.index:
         if not isinstance(label, str):
-            raise InvalidInputError(
+            raise InvalidTypeError(
                 f"the row's file names must be strings, got {quoted(label)}: a Series is "
                 "one row, its index the file names and its values their URLs "
                 "(frame.iloc[0], say); for a column of URLs, pass a DataFrame with an 'id' "
@@ -368,7 +369,7 @@ def parse_row(row: Mapping[str, Any] | pd.Series) -> FileTable:
         if name == ID_COLUMN:
             continue
         if not isinstance(name, str):
-            raise InvalidInputError(f"file names must be strings, got {name!r}")
+            raise InvalidTypeError(f"file names must be strings, got {name!r}")
         columns.append(check_component(name, "file name"))
         try:
             cells.append(_cell(value, label, name))

@@ -797,10 +797,18 @@ def _log_stop(
     others = sum(1 for failure in call.failures if failure.error is not error)
     dropped = f" and dropping {others}" if others else ""
     text = f"{_STOPPED} {done} of {rows} rows{dropped}: the rows written stay written"
-    if any(failure.stage == "write" for failure in call.failures):
+    # only where write_files said so: not for a row of one output, nor for credentials
+    # or a destination that failed before anything could be written
+    if any(_written_in_part(failure.error) for failure in call.failures):
         text += " (a row that failed at its upload may have some of its outputs written)"
     _renote(error, _STOPPED, text.removeprefix(_STOPPED))
     logger.warning("%s (%s: %s)", text, type(error).__name__, _first_line(error))
+
+
+def _written_in_part(error: BaseException) -> bool:
+    """Whether ``error`` carries write_files' note that some files may be written."""
+    notes = getattr(error, "__notes__", ())
+    return any(isinstance(note, str) and note.startswith(OTHERS_NOTE) for note in notes)
 
 
 _STOPPED = "file_dataset.Pipeline stopped after writing"
