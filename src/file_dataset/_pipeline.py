@@ -805,10 +805,13 @@ def _log_stop(
     logger.warning("%s (%s: %s)", text, type(error).__name__, _first_line(error))
 
 
-def _written_in_part(error: BaseException) -> bool:
-    """Whether ``error`` carries write_files' note that some files may be written."""
-    notes = getattr(error, "__notes__", ())
-    return any(isinstance(note, str) and note.startswith(OTHERS_NOTE) for note in notes)
+def _written_in_part(error: BaseException) -> list[str]:
+    """What write_files' notes on ``error`` say may be written of its row, if anything."""
+    return [
+        note.removeprefix(OTHERS_NOTE)
+        for note in getattr(error, "__notes__", ())
+        if isinstance(note, str) and note.startswith(OTHERS_NOTE)
+    ]
 
 
 _STOPPED = "file_dataset.Pipeline stopped after writing"
@@ -945,12 +948,7 @@ def _describe(row_error: _RowError) -> str:
         return f"{type(error).__name__}{shown}{_raised_at(error)}"
     text = text or type(error).__name__  # a bare MemoryError from a transfer, say
     # an upload that failed in part says what may be left of the row
-    others = [
-        note.removeprefix(OTHERS_NOTE)
-        for note in getattr(error, "__notes__", ())
-        if isinstance(note, str) and note.startswith(OTHERS_NOTE)
-    ]
-    return "; ".join([text, *others])
+    return "; ".join([text, *_written_in_part(error)])
 
 
 # Where Python's own modules and installed packages live: a frame there is a library's.
