@@ -68,7 +68,8 @@ def reader(
 
     Args:
         source: A row (mapping, or ``pd.Series`` such as ``frame.iloc[0]``, of file
-            name to ``s3://`` URL or local path; an ``id`` in it is ignored) or a file
+            name to ``s3://`` URL or local path; an ``id`` in it is not a file, and names
+            the row in errors) or a file
             DataFrame (an ``id`` column plus one column per file name), also as a
             ``pyarrow.Table`` or ``RecordBatch`` (read as its ``to_pandas()``, as a
             Pipeline reads one) or a dict of 1-D NumPy arrays (a batch in Ray Data's
@@ -405,6 +406,9 @@ class FileReader:
 
     def into_size_table(self) -> pa.Table:
         """Reads every object's size (a HEAD request each; no content is downloaded).
+
+        A HEAD answered with a bodiless 4xx other than 404 is asked again with a
+        one-byte GET, whose answer names the reason (an expired token, say).
 
         Same shape as :meth:`into_blob_table`, with ``int64`` sizes in bytes (the
         design notes say ``int32``, which cannot hold objects of 2 GiB or more).
