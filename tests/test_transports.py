@@ -797,9 +797,9 @@ def test_a_head_refused_without_a_reason_names_the_reason_s3_gives_a_get(transpo
     assert (error.errno, error.status) == (errno.EACCES, 400)
     assert str(error) == (
         "cannot head s3://bkt/img.mha (row id 'p01', column 'img.mha'): access denied "
-        "(ExpiredToken: Refused.); the temporary credentials have expired (those that "
-        "Options.default() freezes are not refreshed: Options.default(freeze_credentials="
-        "False) lets each process refresh its own)"
+        "(ExpiredToken: Refused.); the temporary credentials have expired (credentials "
+        "given in the Options, as Options.default() freezes them, are not refreshed: "
+        "Options.default(freeze_credentials=False) lets each process refresh its own)"
     )
     assert error.credentials_failed
     assert Expired.seen[0] == "HEAD"
@@ -3725,3 +3725,96 @@ def test_a_credential_process_that_cannot_be_run_is_failed_credentials(
     monkeypatch.setenv("AWS_PROFILE", "gone")
     with pytest.raises(CredentialRetrievalError, match="its command cannot be run"):
         Options.default()
+
+
+class _StsRefusing(http.server.BaseHTTPRequestHandler):
+    """An STS endpoint that refuses every AssumeRole, as when the role's trust changed."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = (
+            b"<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>"
+            b"User: arn:aws:iam::123456789012:user/base is not authorized to perform: "
+            b"sts:AssumeRole</Message></Error><RequestId>r1</RequestId></ErrorResponse>"
+        )
+        self.send_response(403)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _role_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, role: str) -> None:
+    """The default profile assumes a role, by the lines ``role``; no other credentials."""
+    config = tmp_path / "config"
+    config.write_text(
+        "[default]\nregion = us-east-1\nrole_arn = arn:aws:iam::123456789012:role/r\n"
+        f"{role}\n[profile base]\naws_access_key_id = AKIDBASE\n"
+        "aws_secret_access_key = baseSecretValue\n"
+    )
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+@pytest.mark.parametrize(
+    ("role", "reason"),
+    [
+        (  # InvalidConfigError, which a Pipeline took for each row's failure
+            "source_profile = nosuch",
+            'The source_profile "nosuch" referenced in the profile "default" does not exist.',
+        ),
+        (  # a bare FileNotFoundError (boto3; into_temp_dir blamed its own temp file) or
+            # ObjectNotFoundError (obstore), each row dropped
+            "web_identity_token_file = /var/run/secrets/eks/token",
+            "CredentialRetrievalError: Error when retrieving credentials from botocore: "
+            "FileNotFoundError: [Errno 2] No such file or directory: "
+            "'/var/run/secrets/eks/token'",
+        ),
+        (  # STS's 403: an ObjectAccessDeniedError blaming the bucket's policy (boto3), or
+            # a bare ClientError naming no URL (obstore), each row dropped
+            "source_profile = base",
+            "CredentialRetrievalError: Error when retrieving credentials from AssumeRole: "
+            "An error occurred (AccessDenied) when calling the AssumeRole operation: User: "
+            "arn:aws:iam::123456789012:user/base is not authorized to perform: sts:AssumeRole",
+        ),
+    ],
+    ids=["source_profile", "web_identity", "sts_refuses"],
+)
+def test_a_role_whose_credentials_cannot_be_had_ends_a_pipeline(
+    transport: str,
+    role: str,
+    reason: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    s3_server: LocalS3Server,
+) -> None:
+    """helper-114: each of these dropped every row of a Pipeline, which returned."""
+    bucket = s3_server.create_bucket()
+    s3_server.client().put_object(Bucket=bucket, Key="k", Body=b"x")
+    _role_profile(tmp_path, monkeypatch, role)
+    sts = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StsRefusing)
+    threading.Thread(target=sts.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", f"http://127.0.0.1:{sts.server_address[1]}")
+    try:
+        options = Options(
+            s3_client_kwargs={"endpoint_url": s3_server.endpoint_url},
+            transport=transport,
+            max_attempts=1,
+        )
+        frame = pd.DataFrame({"id": ["r0", "r1"], "f": [f"s3://{bucket}/k"] * 2})
+        pipeline = file_dataset.Pipeline(lambda i, o: {}, {"into_path": tmp_path / "o"}, options)
+        with pytest.raises(file_dataset.TransferError) as raised:
+            pipeline(frame)
+    finally:
+        sts.shutdown()
+        sts.server_close()
+    assert str(raised.value).startswith(f"cannot read s3://{bucket}/k (row id 'r0', column 'f'): ")
+    assert str(raised.value).endswith(reason)
+    assert raised.value.credentials_failed
+    assert [failure.id for failure in pipeline.last_failures] == ["r0"]

@@ -500,6 +500,18 @@ def test_a_column_of_bytes_is_refused_before_any_row(column: object) -> None:
             "s3://bkt/exports/session_token=2024-01/part-0.bin",
         ),
         ("KeyError: session_token: missing", "KeyError: session_token: missing"),
+        # a shell's quoted values, and in parentheses (helper-114)
+        (
+            "declare -x AWS_SECRET_ACCESS_KEY=\"wJal/K7+x\"\nexport AWS_SESSION_TOKEN='IQ+t' "
+            "(aws_session_token=IQ+u) AWS_SESSION_TOKEN:IQ+v",
+            "declare -x AWS_SECRET_ACCESS_KEY=\"***\"\nexport AWS_SESSION_TOKEN='***' "
+            "(aws_session_token=***) AWS_SESSION_TOKEN:***",
+        ),
+        # the token S3's ExpiredToken answer quotes (helper-114)
+        (
+            "<Code>ExpiredToken</Code><Token-0>IQoJ+tok</Token-0>",
+            "<Code>ExpiredToken</Code><Token-0>***</Token-0>",
+        ),
         # YAML's other spellings, and its flow form (helper-112)
         (
             "aws_secret_access_key: wJal/K7+x\nAWS_SESSION_TOKEN: IQoJ+t\n{SessionToken: IQ+o}",

@@ -136,10 +136,10 @@ _CREDENTIAL_FIELDS = (
     # Each pattern with what any text holding its field contains (lowercased), so that
     # texts without one skip its search (botocore's DEBUG records pass through here).
     (
-        ("keyid>", "provided>", "bytes>", "accesskey>", "token>"),
+        ("keyid>", "provided>", "bytes>", "accesskey>", "token>", "token-"),
         re.compile(
             r"(?i)(<(?:AWSAccessKeyId|SignatureProvided|CanonicalRequestBytes|StringToSignBytes"
-            r"|AccessKeyId|SecretAccessKey|SessionToken)>)([^<]*)"
+            r"|AccessKeyId|SecretAccessKey|SessionToken|Token-\d+)>)([^<]*)"
         ),
     ),
     # JSON, and the header dict that botocore's DEBUG log prints (values as bytes).
@@ -154,14 +154,16 @@ _CREDENTIAL_FIELDS = (
     # only at the start or after a space, "?", "&", ";" or ",", so that a key such as
     # "exports/session_token=2024-01/part-0.bin" is quoted as it is.
     # Also "SecretAccessKey: ..." and "AWS_SECRET_ACCESS_KEY: ..." (YAML, after a "{" in
-    # its flow form; not a bare "session_token:", which messages naming the field use)
-    # and "aws_secret_access_key = ..." (INI, as in ~/.aws/credentials).
+    # its flow form; not a bare "session_token:", which messages naming the field use),
+    # "aws_secret_access_key = ..." (INI, as in ~/.aws/credentials), and a shell's
+    # quoted value (declare -x AWS_SECRET_ACCESS_KEY="...").
     (
         ("secretaccesskey", "sessiontoken", "secret_access_key", "session_token"),
         re.compile(
-            r"((?:(?<=[?&;,\s{])|^)(?:(?i:(?:aws_)?(?:secret_?access_?key|session_?token))"
+            r"((?:(?<=[?&;,\s{(])|^)(?:(?i:(?:aws_)?(?:secret_?access_?key|session_?token))"
             r"[ \t]*=[ \t]*|(?:SecretAccessKey|SessionToken"
-            r"|(?i:aws_(?:secret_access_key|session_token))):[ \t]*))([^\s,;'\"&<>{}]+)"
+            r"|(?i:aws_(?:secret_access_key|session_token))):[ \t]*)[\"']?)"
+            r"([^\s,;'\"&<>{}()]+)"
         ),
     ),
     # Headers and query parameters: only where a header or a query puts them (after a

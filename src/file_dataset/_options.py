@@ -518,14 +518,14 @@ _SPACED_CREDENTIALS = (
 
 @contextlib.contextmanager
 def _credential_loading() -> Iterator[None]:
-    """Makes a non-botocore error of botocore's credential loading a botocore one.
+    """Makes an error of botocore's credential loading its ``CredentialRetrievalError``.
 
     botocore parses a ``credential_process``'s output with ``json.loads`` unguarded: a
     process that prints a banner ("Token expired, run: corp-login") and exits 0 raised
     a bare ``JSONDecodeError``, which named no URL and was not taken for failed
     credentials (a Pipeline dropped every row instead of stopping).
     """
-    from botocore.exceptions import BotoCoreError, CredentialRetrievalError
+    from botocore.exceptions import BotoCoreError, ClientError, CredentialRetrievalError
 
     try:
         yield
@@ -534,9 +534,14 @@ def _credential_loading() -> Iterator[None]:
         if masked is e:
             raise
         raise masked from None
+    except ClientError as e:  # STS or SSO refusing to give credentials (AssumeRole, say)
+        if not _raised_in_credentials(e):
+            raise
+        provider = e.operation_name or "botocore"
+        raise CredentialRetrievalError(provider=provider, error_msg=mask_secrets(str(e))) from None
     except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, OSError) as e:
-        frames = traceback.extract_tb(e.__traceback__)
-        if not any(frame.filename.endswith(_CREDENTIALS_MODULE) for frame in frames):
+        frames = _raised_in_credentials(e)
+        if not frames:
             raise
         said = f"{type(e).__name__}: {mask_secrets(str(e))}"
         if any(frame.name == "_retrieve_credentials_using" for frame in frames):
@@ -545,7 +550,9 @@ def _credential_loading() -> Iterator[None]:
                 reason = f"its command cannot be run ({said})"
             else:
                 reason = f"its output is not the JSON of credentials ({said})"
-        elif isinstance(e, RuntimeError):  # "the refreshed credentials are still expired"
+        elif isinstance(e, RuntimeError | OSError):
+            # "the refreshed credentials are still expired"; a web identity token file
+            # (EKS) that is not there
             provider, reason = "botocore", said
         else:
             provider, reason = "botocore", f"{said} (not the credentials expected)"
@@ -580,6 +587,17 @@ def _guard_refreshes(credentials: Any) -> None:
 
 
 _CREDENTIALS_MODULE = os.path.join("botocore", "credentials.py")
+
+
+def _raised_in_credentials(error: BaseException) -> list[traceback.FrameSummary]:
+    """The frames of ``error``'s traceback if it passed through botocore's providers.
+
+    None otherwise: then it is not an error of loading credentials.
+    """
+    frames = traceback.extract_tb(error.__traceback__)
+    if any(frame.filename.endswith(_CREDENTIALS_MODULE) for frame in frames):
+        return list(frames)
+    return []
 
 
 def _new_session(session_kwargs: Mapping[str, Any]) -> boto3.Session:

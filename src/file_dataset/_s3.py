@@ -92,9 +92,9 @@ def denied_reason(code: object, message: str = "", operation: str = "") -> str:
     told = code if bare else f"{code}: {masked_cut(said, 500)}"
     if code in _EXPIRED:
         hint = (
-            "the temporary credentials have expired (those that Options.default() "
-            "freezes are not refreshed: Options.default(freeze_credentials=False) lets "
-            "each process refresh its own)"
+            "the temporary credentials have expired (credentials given in the Options, "
+            "as Options.default() freezes them, are not refreshed: "
+            "Options.default(freeze_credentials=False) lets each process refresh its own)"
         )
     elif code == "RequestTimeTooSkewed":
         hint = (
