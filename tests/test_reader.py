@@ -1523,8 +1523,9 @@ def test_a_series_row_with_a_repeated_or_non_string_name_is_refused(tmp_path: Pa
     assert str(info.value) == "the row's file names must be unique; repeated: ['f.bin']"
     assert not (tmp_path / "out").exists()
     numbered = pd.Series([str(first)], index=[0])
-    with pytest.raises(file_dataset.InvalidTypeError) as info:
+    with pytest.raises(TypeError) as info:
         file_dataset.reader(numbered)
+    assert isinstance(info.value, file_dataset.InvalidInputError)
     assert str(info.value) == (
         "the row's file names must be strings, got 0: a Series is one row, its index the "
         "file names and its values their URLs (frame.iloc[0], say); for a column of URLs, "
