@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import decimal
 import logging
 import pickle
 import traceback
@@ -243,6 +244,10 @@ def test_the_default_threshold_follows_a_larger_part_size() -> None:
             {"s3_client_kwargs": {"config": botocore.config.Config(read_timeout=float("inf"))}},
             r"read_timeout must be a number of seconds above 0 .*, got inf$",
         ),
+        (
+            {"s3_client_kwargs": {"config": botocore.config.Config(read_timeout=np.float64(-2))}},
+            r"read_timeout must be a number of seconds above 0 .*, got np.float64\(-2.0\)$",
+        ),
     ],
 )
 def test_invalid_arguments(kwargs: dict[str, Any], match: str) -> None:
@@ -318,6 +323,9 @@ def test_an_endpoint_whose_password_holds_a_slash_is_refused_masked() -> None:
             Options(s3_client_kwargs={"endpoint_url": endpoint})
         assert str(info.value) == f"endpoint_url {endpoint!r} has no valid host and port"
     ipv6 = Options(s3_client_kwargs={"endpoint_url": "http://[::1]:9000"})
+    for timeout in (np.int64(30), np.float32(2.5), decimal.Decimal("5"), None):  # helper-116
+        config = botocore.config.Config(connect_timeout=timeout, read_timeout=timeout)
+        Options(s3_client_kwargs={"config": config})
     assert ipv6.s3_client_kwargs["endpoint_url"] == "http://[::1]:9000"
 
 

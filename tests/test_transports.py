@@ -3748,11 +3748,13 @@ class _StsRefusing(http.server.BaseHTTPRequestHandler):
 
 
 def _role_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, role: str) -> None:
-    """The default profile assumes a role, by the lines ``role``; no other credentials."""
+    """The default profile assumes a role, by the lines ``role`` (with a role_arn unless
+    they give one); no other credentials."""
     config = tmp_path / "config"
+    if not role.startswith("role_arn"):
+        role = f"role_arn = arn:aws:iam::123456789012:role/r\n{role}"
     config.write_text(
-        "[default]\nregion = us-east-1\nrole_arn = arn:aws:iam::123456789012:role/r\n"
-        f"{role}\n[profile base]\naws_access_key_id = AKIDBASE\n"
+        f"[default]\nregion = us-east-1\n{role}\n[profile base]\naws_access_key_id = AKIDBASE\n"
         "aws_secret_access_key = baseSecretValue\n"
     )
     monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
@@ -3783,8 +3785,13 @@ def _role_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, role: str) ->
             "An error occurred (AccessDenied) when calling the AssumeRole operation: User: "
             "arn:aws:iam::123456789012:user/base is not authorized to perform: sts:AssumeRole",
         ),
+        (  # a ParamValidationError, each row dropped (helper-116)
+            "role_arn = not-an-arn\nsource_profile = base",
+            "ParamValidationError: Parameter validation failed:\nInvalid length for "
+            "parameter RoleArn, value: 10, valid min length: 20",
+        ),
     ],
-    ids=["source_profile", "web_identity", "sts_refuses"],
+    ids=["source_profile", "web_identity", "sts_refuses", "role_arn"],
 )
 def test_a_role_whose_credentials_cannot_be_had_ends_a_pipeline(
     transport: str,
@@ -3818,3 +3825,64 @@ def test_a_role_whose_credentials_cannot_be_had_ends_a_pipeline(
     assert str(raised.value).endswith(reason)
     assert raised.value.credentials_failed
     assert [failure.id for failure in pipeline.last_failures] == ["r0"]
+
+
+class _SecondPutRefused(_RefusingHandler):
+    """Takes a PUT of a key ending in ``o1.bin``; refuses others as InvalidAccessKeyId."""
+
+    get = (403, "InvalidAccessKeyId")
+    seen: ClassVar[list[str]] = []
+
+    def do_PUT(self) -> None:
+        if not self.path.split("?")[0].endswith("o1.bin"):
+            self._refuse()
+            return
+        self.seen.append("PUT o1")
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("ETag", '"0123456789abcdef0123456789abcdef"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_credentials_refused_after_a_file_of_the_row_was_written_say_so(
+    transport: str, tmp_path: Path
+) -> None:
+    """Credentials that fail part-way (refused, or a refresh that fails) left out the
+    note that other files of the row are written (helper-116)."""
+    sources = {}
+    for name in ("o1.bin", "o2.bin"):
+        sources[name] = tmp_path / name
+        sources[name].write_bytes(name.encode())
+    _SecondPutRefused.seen = []
+    with (
+        _fake_s3(_SecondPutRefused, transport, max_concurrency=1) as options,
+        pytest.raises(file_dataset.TransferError) as raised,
+    ):
+        file_dataset.write_files(sources, "s3://bkt/out", "r1", options)
+    assert raised.value.credentials_failed
+    assert _SecondPutRefused.seen[0] == "PUT o1"
+    assert raised.value.__notes__[-1] == (
+        "file_dataset.write_files: 1 other file(s) of row id 'r1' may be written already "
+        "under s3://bkt/out/r1/ (each whole, none half-written: a rerun of the row "
+        "overwrites them)"
+    )
+
+
+def test_a_setting_botocore_refuses_is_not_failed_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """InvalidConfigError is failed credentials only from a role's profile (helper-116)."""
+    monkeypatch.setenv("AWS_REQUEST_MIN_COMPRESSION_SIZE_BYTES", "abc")
+    options = Options(
+        {"aws_access_key_id": "AKIDEXAMPLE", "aws_secret_access_key": "secretEXAMPLE"},
+        {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1"},
+    )
+    with pytest.raises(file_dataset.TransferError) as raised:
+        file_dataset.reader({"f": "s3://bkt/k"}, options).into_blob_table()
+    assert str(raised.value).startswith(
+        "cannot read s3://bkt/k (column 'f'): InvalidConfigError: Invalid value \"abc\" for "
+        "request_min_compression_size_bytes"
+    )
+    assert not raised.value.credentials_failed

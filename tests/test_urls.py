@@ -500,22 +500,27 @@ def test_a_column_of_bytes_is_refused_before_any_row(column: object) -> None:
             "s3://bkt/exports/session_token=2024-01/part-0.bin",
         ),
         ("KeyError: session_token: missing", "KeyError: session_token: missing"),
-        # a shell's quoted values, and in parentheses (helper-114)
+        # a shell's quoted values (helper-114)
         (
             "declare -x AWS_SECRET_ACCESS_KEY=\"wJal/K7+x\"\nexport AWS_SESSION_TOKEN='IQ+t' "
-            "(aws_session_token=IQ+u) AWS_SESSION_TOKEN:IQ+v",
+            "AWS_SESSION_TOKEN:IQ+v",
             "declare -x AWS_SECRET_ACCESS_KEY=\"***\"\nexport AWS_SESSION_TOKEN='***' "
-            "(aws_session_token=***) AWS_SESSION_TOKEN:***",
+            "AWS_SESSION_TOKEN:***",
+        ),
+        # ... but not in a key's parentheses or braces (helper-116)
+        (
+            "s3://b/data/(session_token=abc)/x.bin cfg/{SessionToken: v2}/y.bin",
+            "s3://b/data/(session_token=abc)/x.bin cfg/{SessionToken: v2}/y.bin",
         ),
         # the token S3's ExpiredToken answer quotes (helper-114)
         (
             "<Code>ExpiredToken</Code><Token-0>IQoJ+tok</Token-0>",
             "<Code>ExpiredToken</Code><Token-0>***</Token-0>",
         ),
-        # YAML's other spellings, and its flow form (helper-112)
+        # YAML's other spellings (helper-112)
         (
-            "aws_secret_access_key: wJal/K7+x\nAWS_SESSION_TOKEN: IQoJ+t\n{SessionToken: IQ+o}",
-            "aws_secret_access_key: ***\nAWS_SESSION_TOKEN: ***\n{SessionToken: ***}",
+            "aws_secret_access_key: wJal/K7+x\nAWS_SESSION_TOKEN: IQoJ+t",
+            "aws_secret_access_key: ***\nAWS_SESSION_TOKEN: ***",
         ),
         # a column named token keeps its neighbours
         ("['id', 'token', 'image.mha']", "['id', 'token', 'image.mha']"),
@@ -574,3 +579,18 @@ def test_a_remembered_secret_is_masked_as_a_repr_shows_it_too() -> None:
     remember_secrets("IQoJb3JpZ2luX2VjEXAMPLEremembered\n")
     shown = mask_secrets("Invalid header value b'IQoJb3JpZ2luX2VjEXAMPLEremembered\\n'")
     assert shown == "Invalid header value b'***'"
+
+
+def test_refreshed_secrets_are_remembered_up_to_a_bound() -> None:
+    """A role of short sessions renews its credentials at every request: each was kept
+    for good (60,000 strings, 22 MB, in a helper's job; helper-116)."""
+    from file_dataset import _errors
+
+    _errors.remember_secrets("kept-static-secret-0001")
+    for i in range(1000):
+        _errors.remember_secrets(f"refreshed-secret-{i:06d}", refreshed=True)
+    assert "kept-static-secret-0001" in _errors._known_secrets
+    assert "refreshed-secret-000999" in _errors._known_secrets
+    assert "refreshed-secret-000000" not in _errors._known_secrets
+    assert len(_errors._refreshed_secrets) == _errors._REFRESHED_KEPT
+    assert _errors.mask_secrets("x refreshed-secret-000999 y") == "x *** y"

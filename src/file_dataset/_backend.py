@@ -100,7 +100,6 @@ CREDENTIALS_REFUSED = frozenset(
 CREDENTIALS_MISSING: tuple[type[Exception], ...] = (
     botocore.exceptions.ProfileNotFound,
     botocore.exceptions.ConfigParseError,
-    botocore.exceptions.InvalidConfigError,  # a role's source_profile not there, say
     botocore.exceptions.NoCredentialsError,
     botocore.exceptions.PartialCredentialsError,
     botocore.exceptions.CredentialRetrievalError,

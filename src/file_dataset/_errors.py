@@ -23,6 +23,7 @@ import contextlib
 import errno
 import os
 import re
+import threading
 from typing import Any
 
 __all__ = [
@@ -153,14 +154,15 @@ _CREDENTIAL_FIELDS = (
     # Key=value (a credential_process that prints what it got, a shell's env dump):
     # only at the start or after a space, "?", "&", ";" or ",", so that a key such as
     # "exports/session_token=2024-01/part-0.bin" is quoted as it is.
-    # Also "SecretAccessKey: ..." and "AWS_SECRET_ACCESS_KEY: ..." (YAML, after a "{" in
-    # its flow form; not a bare "session_token:", which messages naming the field use),
+    # Also "SecretAccessKey: ..." and "AWS_SECRET_ACCESS_KEY: ..." (YAML; not a bare
+    # "session_token:", which messages naming the field use, nor after a "(" or "{",
+    # which keys such as "data/(session_token=abc)/x.bin" hold),
     # "aws_secret_access_key = ..." (INI, as in ~/.aws/credentials), and a shell's
     # quoted value (declare -x AWS_SECRET_ACCESS_KEY="...").
     (
         ("secretaccesskey", "sessiontoken", "secret_access_key", "session_token"),
         re.compile(
-            r"((?:(?<=[?&;,\s{(])|^)(?:(?i:(?:aws_)?(?:secret_?access_?key|session_?token))"
+            r"((?:(?<=[?&;,\s])|^)(?:(?i:(?:aws_)?(?:secret_?access_?key|session_?token))"
             r"[ \t]*=[ \t]*|(?:SecretAccessKey|SessionToken"
             r"|(?i:aws_(?:secret_access_key|session_token))):[ \t]*)[\"']?)"
             r"([^\s,;'\"&<>{}()]+)"
@@ -193,12 +195,24 @@ _CREDENTIAL_FIELDS = (
         ),
     ),
 )
-# The credentials this process has used (added as clients and obstore stores get them).
+# The credentials this process has used (added as clients and obstore stores get them):
+# those of clients, kept, and the latest of refreshed ones, which a role of short
+# sessions renews at every request (a helper's job remembered 60,000 before the bound).
 _known_secrets: frozenset[str] = frozenset()
+_kept_secrets: set[str] = set()
+_refreshed_secrets: dict[str, None] = {}  # oldest first
+_REFRESHED_KEPT = 96
+_SECRETS_LOCK = threading.Lock()
 
 
-def remember_secrets(*secrets: str | None) -> bool:
+def remember_secrets(*secrets: str | None, refreshed: bool = False) -> bool:
     """Adds credentials to those :func:`mask_secrets` hides wherever they appear.
+
+    Args:
+        *secrets: Key ids, secret keys, session tokens (``None`` and short ones are
+            left out).
+        refreshed: They replace earlier ones of the same credentials: only the latest
+            ``_REFRESHED_KEPT`` of such are kept.
 
     Returns:
         Whether any credential is known (these or earlier ones).
@@ -208,9 +222,19 @@ def remember_secrets(*secrets: str | None) -> bool:
     # as a repr or bytes shows one holding a line break: b'...\\n' (a token read from a
     # file and not stripped, from the environment: botocore's error quotes the header)
     new |= {shown for s in new if (shown := repr(s)[1:-1]) != s}
-    if not new <= _known_secrets:
-        _known_secrets = _known_secrets | new
-    return bool(_known_secrets)
+    if new <= _known_secrets:
+        return bool(_known_secrets)
+    with _SECRETS_LOCK:
+        if refreshed:
+            for secret in new:
+                _refreshed_secrets.pop(secret, None)
+                _refreshed_secrets[secret] = None
+            while len(_refreshed_secrets) > _REFRESHED_KEPT:
+                del _refreshed_secrets[next(iter(_refreshed_secrets))]
+        else:
+            _kept_secrets.update(new)
+        _known_secrets = frozenset(_kept_secrets.union(_refreshed_secrets))
+    return True
 
 
 def mask_secrets(value: str) -> str:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import copy
+import decimal
 import functools
 import itertools
 import logging
 import math
+import numbers
 import operator
 import os
 import queue
@@ -64,9 +66,9 @@ class _RedactSecrets(logging.Filter):
         super().__init__("file_dataset")
         self._filtered: set[str] = set()
 
-    def add(self, *secrets: str | None) -> None:
+    def add(self, *secrets: str | None, refreshed: bool = False) -> None:
         # Kept where errors are masked too (obstore quotes S3's bodies).
-        if remember_secrets(*secrets):
+        if remember_secrets(*secrets, refreshed=refreshed):
             self._install()
 
     def _install(self) -> None:
@@ -530,6 +532,14 @@ def _credential_loading() -> Iterator[None]:
     try:
         yield
     except BotoCoreError as e:  # a process's output may quote what it got
+        from file_dataset._backend import CREDENTIALS_MISSING  # (imports this module)
+
+        if not isinstance(e, CREDENTIALS_MISSING) and _raised_in_credentials(e):
+            # a role's config botocore refuses (a source_profile not there:
+            # InvalidConfigError; a malformed role_arn: ParamValidationError), STS not
+            # reached: not what every other botocore error of that type means
+            said = f"{type(e).__name__}: {mask_secrets(str(e))}"
+            raise CredentialRetrievalError(provider="botocore", error_msg=said) from None
         masked = masked_cause(e)
         if masked is e:
             raise
@@ -580,6 +590,7 @@ def _guard_refreshes(credentials: Any) -> None:
             getattr(credentials, "_access_key", None),
             getattr(credentials, "_secret_key", None),
             getattr(credentials, "_token", None),
+            refreshed=True,
         )
 
     guarded.file_dataset_guarded = True  # type: ignore[attr-defined]
@@ -844,12 +855,12 @@ def _check_timeout(name: str, value: Any) -> None:
     """
     if value is None:  # no timeout
         return
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real | decimal.Decimal):
         raise InvalidTypeError(
             f"s3_client_kwargs['config'].{name} must be a number of seconds (or None for "
             f"none), got {type(value).__name__}"
         )
-    if not 0 < value < math.inf:
+    if not 0 < float(value) < math.inf:  # NumPy's numbers, Decimal, Fraction too
         raise InvalidInputError(
             f"s3_client_kwargs['config'].{name} must be a number of seconds above 0 (or "
             f"None for none), got {value!r}"

@@ -198,13 +198,15 @@ def write_files(
     # a row written.
     folder = None if into.is_s3 else Path(into.child(row_id).path)
     made = None if folder is None or os.path.lexists(folder) else folder
+    finished: list[int] = []  # the files written before a failure
     try:
-        run_jobs(jobs, options, contexts)
+        run_jobs(jobs, options, contexts, on_result=lambda index, _: finished.append(index))
     except BaseException as e:
         if made is not None:
             with contextlib.suppress(OSError):  # not empty: other files were written
                 made.rmdir()
-        if len(jobs) > 1 and _may_have_written(e, folder):
+        # (credentials that fail on a refresh, or an endpoint gone, part-way through)
+        if len(jobs) > 1 and (finished or _may_have_written(e, folder)):
             row = into.child(row_id)
             e.add_note(
                 f"{OTHERS_NOTE}{len(jobs) - 1} other file(s) of row id {quoted(row_id)} may "
