@@ -3871,9 +3871,10 @@ def test_credentials_refused_after_a_file_of_the_row_was_written_say_so(
 
 
 def test_a_setting_botocore_refuses_is_not_failed_credentials(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """InvalidConfigError is failed credentials only from a role's profile (helper-116)."""
+    """InvalidConfigError is failed credentials only from a role's profile (helper-116);
+    from a setting, it ends a Pipeline's call too."""
     monkeypatch.setenv("AWS_REQUEST_MIN_COMPRESSION_SIZE_BYTES", "abc")
     options = Options(
         {"aws_access_key_id": "AKIDEXAMPLE", "aws_secret_access_key": "secretEXAMPLE"},
@@ -3886,3 +3887,11 @@ def test_a_setting_botocore_refuses_is_not_failed_credentials(
         "request_min_compression_size_bytes"
     )
     assert not raised.value.credentials_failed
+    # a Pipeline stops at its first row (before, it dropped each)
+    pipeline = file_dataset.Pipeline(lambda i, o: {}, {"into_path": tmp_path}, options)
+    frame = pd.DataFrame({"id": ["r0", "r1"], "f": ["s3://bkt/k0", "s3://bkt/k1"]})
+    with pytest.raises(file_dataset.TransferError) as stopped:
+        pipeline(frame)
+    assert stopped.value.row_id == "r0"
+    assert "botocore refuses a setting of these options" in stopped.value.__notes__[0]
+    assert [failure.id for failure in pipeline.last_failures] == ["r0"]

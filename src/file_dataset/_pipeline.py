@@ -25,7 +25,7 @@ from typing import Any, Literal, TypedDict, get_args, is_typeddict, overload
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from botocore.exceptions import NoCredentialsError
+from botocore.exceptions import InvalidConfigError, NoCredentialsError
 
 from file_dataset._backend import SETUP_FAILURES, remember
 from file_dataset._errors import (
@@ -723,6 +723,8 @@ class Pipeline:
             failure.error.add_note(_NO_CREDENTIALS_NOTE if missing else _CREDENTIALS_NOTE)
         elif transfer and isinstance(failure.error, SETUP_FAILURES):
             pass  # the options cannot be used here at all: every row would fail so
+        elif transfer and isinstance(failure.error.__cause__, InvalidConfigError):
+            failure.error.add_note(_SETTING_NOTE)  # a client cannot be made of them
         else:
             ends_call = False
         if call.bar is not None and self.on_error == "drop" and not ends_call:
@@ -902,6 +904,11 @@ _CREDENTIALS_NOTE = (
     "unknown, or they could not be loaded or refreshed), which fails every later row "
     "that uses them, so the call stops instead of dropping them all (rows written "
     "before stay written)"
+)
+_SETTING_NOTE = (
+    "file_dataset.Pipeline: botocore refuses a setting of these options or of the "
+    "environment (AWS_* variables, the profile), which fails every row, so the call "
+    "stops instead of dropping them all"
 )
 _READS_NOTE = (
     "file_dataset.Pipeline: downloads use Pipeline(options=...), not "
