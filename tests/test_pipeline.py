@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import threading
 import warnings
@@ -2709,3 +2710,67 @@ def test_a_stop_at_an_upload_says_the_row_may_be_written_in_part(tmp_path: Path)
     assert raised.value.__notes__[-1] == (
         "file_dataset.Pipeline stopped after writing 0 of 1 rows: the rows written stay written"
     )
+
+
+def test_a_call_of_the_same_pipeline_inside_fn_keeps_the_outer_failures(tmp_path: Path) -> None:
+    """last_failures showed the inner call's failures after the outer call returned
+    (helper-118)."""
+    for name in ("a", "b", "c"):
+        (tmp_path / name).write_text(name)
+
+    def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        value = (input_dir / "x").read_text()
+        if value == "a":  # an inner call with a row that fails
+            pipeline(pd.DataFrame({"id": ["inner"], "x": [str(tmp_path / "missing")]}))
+        if value == "b":
+            raise RuntimeError("row b fails")
+        (output_dir / "y").write_text(value)
+        return {"y": output_dir / "y"}
+
+    pipeline = Pipeline(fn, {"into_path": tmp_path / "out"})
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "x": [str(tmp_path / n) for n in "abc"]})
+    assert list(pipeline(frame)["id"]) == ["a", "c"]
+    assert [failure.id for failure in pipeline.last_failures] == ["b"]
+
+
+_EXITING_CHILD = """
+import sys, threading
+exiting = threading.Event()
+# registered before concurrent.futures is imported: called after its exit hook has ended
+# every thread pool, before the interpreter waits for the thread below
+threading._register_atexit(exiting.set)
+import pandas as pd
+import file_dataset
+
+folder = sys.argv[1]
+def fn(input_dir, output_dir):
+    if (input_dir / "x").read_text() == "x0":
+        exiting.wait()  # the main thread has ended and the interpreter is exiting
+    (output_dir / "y").write_text((input_dir / "x").read_text())
+    return {"y": output_dir / "y"}
+frame = pd.DataFrame({"id": [f"r{i}" for i in range(4)], "x": [f"{folder}/x{i}" for i in range(4)]})
+pipeline = file_dataset.Pipeline(fn, {"into_path": f"{folder}/out"})
+threading.Thread(target=lambda: print(len(pipeline(frame)), "rows written")).start()
+"""
+
+
+def test_a_pipeline_in_a_thread_left_running_at_exit_finishes(tmp_path: Path) -> None:
+    """Python ends every thread pool before it waits for the threads left running: the
+    Pipeline's next stage raised "cannot schedule new futures after shutdown", it
+    wrote nothing more and left its row folders in TMPDIR (helper-118)."""
+    for i in range(4):
+        (tmp_path / f"x{i}").write_text(f"x{i}")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", _EXITING_CHILD, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    assert (done.returncode, done.stdout) == (0, "4 rows written\n"), done.stderr
+    assert [(tmp_path / "out" / f"r{i}" / "y").read_text() for i in range(4)] == [
+        f"x{i}" for i in range(4)
+    ]
+    assert list(scratch.iterdir()) == []

@@ -20,7 +20,7 @@ import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypedDict, get_args, is_typeddict, overload
+from typing import Any, Literal, TypedDict, TypeVar, get_args, is_typeddict, overload
 
 import numpy as np
 import pandas as pd
@@ -560,7 +560,7 @@ class Pipeline:
         # Threads: this row's and the next row's downloads (each also makes the row's
         # output folder), up to _UPLOADS_IN_FLIGHT + 1 uploads (the newest is submitted
         # before the oldest is collected), and the removal of folders.
-        stages = concurrent.futures.ThreadPoolExecutor(
+        stages = _Stages(
             max_workers=_UPLOADS_IN_FLIGHT + 4, thread_name_prefix="file_dataset-pipeline"
         )
         # Each row's (input folder, output folder), one row ahead of fn.
@@ -652,6 +652,8 @@ class Pipeline:
         else:
             stages.shutdown(wait=True)  # the last rows' folder removals
         finally:
+            # this call's, also after a call of this Pipeline made by fn on this thread
+            self._per_thread.failures = call.failures
             if call.bar is not None:
                 with call.lock:  # not while an upload's thread updates it
                     call.bar.close()
@@ -805,6 +807,32 @@ def _log_stop(
         text += " (a row that failed at its upload may have some of its outputs written)"
     _renote(error, _STOPPED, text.removeprefix(_STOPPED))
     logger.warning("%s (%s: %s)", text, type(error).__name__, _first_line(error))
+
+
+_T = TypeVar("_T")
+
+
+class _Stages(concurrent.futures.ThreadPoolExecutor):
+    """A call's pool of stages, which runs a stage on the calling thread once it cannot.
+
+    When the interpreter exits, Python ends every such pool before it waits for the
+    threads a program left running: a Pipeline in one of those refused its next
+    download, upload or folder removal ("cannot schedule new futures after shutdown"),
+    wrote nothing more, logged no stop line and left its row folders behind.
+    """
+
+    def submit(
+        self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[_T]:
+        try:
+            return super().submit(fn, *args, **kwargs)
+        except RuntimeError:  # (this module never submits after its own shutdown)
+            done: concurrent.futures.Future[_T] = concurrent.futures.Future()
+            try:
+                done.set_result(fn(*args, **kwargs))
+            except Exception as e:
+                done.set_exception(e)
+            return done
 
 
 def _written_in_part(error: BaseException) -> list[str]:
