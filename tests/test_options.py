@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import decimal
+import fractions
 import logging
 import pickle
 import traceback
@@ -234,7 +235,7 @@ def test_the_default_threshold_follows_a_larger_part_size() -> None:
         (
             {"s3_client_kwargs": {"config": botocore.config.Config(connect_timeout=-1)}},
             r"^s3_client_kwargs\['config'\].connect_timeout must be a number of seconds "
-            r"above 0 \(or None for none\), got -1$",
+            r"above 0 and at most 1,000,000,000 \(or None for none\), got -1$",
         ),
         (
             {"s3_client_kwargs": {"config": botocore.config.Config(read_timeout=0)}},
@@ -271,8 +272,8 @@ def test_invalid_arguments(kwargs: dict[str, Any], match: str) -> None:
         ),
         (  # urllib3 raised a plain ValueError at the first transfer (helper-113)
             {"s3_client_kwargs": {"config": botocore.config.Config(read_timeout="5")}},
-            "s3_client_kwargs['config'].read_timeout must be a number of seconds (or None "
-            "for none), got str",
+            "s3_client_kwargs['config'].read_timeout must be an int or a float of seconds (or "
+            "None for none), got str (pass float(...))",
         ),
         (  # the value (a secret) is not shown
             {"session_kwargs": {"aws_access_key_id": 123, "aws_secret_access_key": "x"}},
@@ -323,9 +324,16 @@ def test_an_endpoint_whose_password_holds_a_slash_is_refused_masked() -> None:
             Options(s3_client_kwargs={"endpoint_url": endpoint})
         assert str(info.value) == f"endpoint_url {endpoint!r} has no valid host and port"
     ipv6 = Options(s3_client_kwargs={"endpoint_url": "http://[::1]:9000"})
-    for timeout in (np.int64(30), np.float32(2.5), decimal.Decimal("5"), None):  # helper-116
+    for timeout in (np.int64(30), np.float64(2.5), 30, 2.5, None):  # helper-116
         config = botocore.config.Config(connect_timeout=timeout, read_timeout=timeout)
         Options(s3_client_kwargs={"config": config})
+    # what socket.settimeout refuses (helper-117), and what overflows a time
+    for timeout in (np.float32(2.5), decimal.Decimal("5"), fractions.Fraction(61, 2)):
+        with pytest.raises(TypeError, match="must be an int or a float of seconds"):
+            Options(s3_client_kwargs={"config": botocore.config.Config(read_timeout=timeout)})
+    for timeout in (1e12, 10**400):
+        with pytest.raises(file_dataset.InvalidInputError, match="at most 1,000,000,000"):
+            Options(s3_client_kwargs={"config": botocore.config.Config(read_timeout=timeout)})
     assert ipv6.s3_client_kwargs["endpoint_url"] == "http://[::1]:9000"
 
 

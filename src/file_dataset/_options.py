@@ -5,12 +5,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import copy
-import decimal
 import functools
 import itertools
 import logging
-import math
-import numbers
 import operator
 import os
 import queue
@@ -848,23 +845,28 @@ def _check_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
 
 
 def _check_timeout(name: str, value: Any) -> None:
-    """Refuses a ``Config`` timeout that urllib3 or obstore would refuse.
+    """Refuses a ``Config`` timeout that a socket or obstore would refuse.
 
-    They refused it at the first transfer, with a plain ``ValueError`` that a Pipeline
-    took for each row's failure.
+    They refused it at the first transfer, with an error that a Pipeline took for
+    each row's failure: ``socket.settimeout`` takes an int or a float only (not a
+    ``Decimal`` or ``np.float32``), neither takes 0 or less, and past about 10**9
+    seconds the system's time or obstore's duration overflows.
     """
     if value is None:  # no timeout
         return
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real | decimal.Decimal):
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer):
         raise InvalidTypeError(
-            f"s3_client_kwargs['config'].{name} must be a number of seconds (or None for "
-            f"none), got {type(value).__name__}"
+            f"s3_client_kwargs['config'].{name} must be an int or a float of seconds (or "
+            f"None for none), got {type(value).__name__} (pass float(...))"
         )
-    if not 0 < float(value) < math.inf:  # NumPy's numbers, Decimal, Fraction too
+    if not 0 < value <= _TIMEOUT_MAX:  # (NaN compares false)
         raise InvalidInputError(
-            f"s3_client_kwargs['config'].{name} must be a number of seconds above 0 (or "
-            f"None for none), got {value!r}"
+            f"s3_client_kwargs['config'].{name} must be a number of seconds above 0 and "
+            f"at most {_TIMEOUT_MAX:,} (or None for none), got {value!r}"
         )
+
+
+_TIMEOUT_MAX = 10**9  # 31 years
 
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
