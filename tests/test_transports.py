@@ -3828,17 +3828,29 @@ def test_a_role_whose_credentials_cannot_be_had_ends_a_pipeline(
 
 
 class _SecondPutRefused(_RefusingHandler):
-    """Takes a PUT of a key ending in ``o1.bin``; refuses others as InvalidAccessKeyId."""
+    """Takes a PUT of a key ending in ``o1.bin``; refuses others as InvalidAccessKeyId.
+
+    With ``late`` set, the PUT of ``o1.bin`` is answered only after a refusal was sent.
+    """
 
     get = (403, "InvalidAccessKeyId")
     seen: ClassVar[list[str]] = []
+    late: ClassVar[bool] = False
+    refused: ClassVar[threading.Event] = threading.Event()
+
+    def _refuse(self) -> None:
+        super()._refuse()
+        self.wfile.flush()
+        self.refused.set()
 
     def do_PUT(self) -> None:
         if not self.path.split("?")[0].endswith("o1.bin"):
             self._refuse()
             return
-        self.seen.append("PUT o1")
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.late:
+            self.refused.wait(timeout=30)
+        self.seen.append("PUT o1")
         self.send_response(200)
         self.send_header("ETag", '"0123456789abcdef0123456789abcdef"')
         self.send_header("Content-Length", "0")
@@ -3846,23 +3858,27 @@ class _SecondPutRefused(_RefusingHandler):
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
+@pytest.mark.parametrize("late", [False, True], ids=["before", "after"])
 def test_credentials_refused_after_a_file_of_the_row_was_written_say_so(
-    transport: str, tmp_path: Path
+    transport: str, late: bool, tmp_path: Path
 ) -> None:
     """Credentials that fail part-way (refused, or a refresh that fails) left out the
-    note that other files of the row are written (helper-116)."""
+    note that other files of the row are written (helper-116), also for a file whose
+    answer came after the failure (helper-117)."""
     sources = {}
     for name in ("o1.bin", "o2.bin"):
         sources[name] = tmp_path / name
         sources[name].write_bytes(name.encode())
     _SecondPutRefused.seen = []
+    _SecondPutRefused.late = late
+    _SecondPutRefused.refused = threading.Event()
     with (
-        _fake_s3(_SecondPutRefused, transport, max_concurrency=1) as options,
+        _fake_s3(_SecondPutRefused, transport, max_concurrency=1 + late) as options,
         pytest.raises(file_dataset.TransferError) as raised,
     ):
         file_dataset.write_files(sources, "s3://bkt/out", "r1", options)
     assert raised.value.credentials_failed
-    assert _SecondPutRefused.seen[0] == "PUT o1"
+    assert "PUT o1" in _SecondPutRefused.seen
     assert raised.value.__notes__[-1] == (
         "file_dataset.write_files: 1 other file(s) of row id 'r1' may be written already "
         "under s3://bkt/out/r1/ (each whole, none half-written: a rerun of the row "

@@ -583,14 +583,20 @@ def test_a_remembered_secret_is_masked_as_a_repr_shows_it_too() -> None:
 
 def test_refreshed_secrets_are_remembered_up_to_a_bound() -> None:
     """A role of short sessions renews its credentials at every request: each was kept
-    for good (60,000 strings, 22 MB, in a helper's job; helper-116)."""
+    for good (60,000 strings, 22 MB, in a helper's job; helper-116); a bound shared by
+    all credentials forgot those of one refreshed once and still in use (helper-117)."""
     from file_dataset import _errors
 
     _errors.remember_secrets("kept-static-secret-0001")
+    _errors.remember_secrets("role-session-secret-01", source=1)  # refreshed once
     for i in range(1000):
-        _errors.remember_secrets(f"refreshed-secret-{i:06d}", refreshed=True)
-    assert "kept-static-secret-0001" in _errors._known_secrets
-    assert "refreshed-secret-000999" in _errors._known_secrets
-    assert "refreshed-secret-000000" not in _errors._known_secrets
-    assert len(_errors._refreshed_secrets) == _errors._REFRESHED_KEPT
+        _errors.remember_secrets(f"refreshed-secret-{i:06d}", source=2)
+    known = _errors._known_secrets
+    assert {"kept-static-secret-0001", "role-session-secret-01"} <= known
+    assert {"refreshed-secret-000999", "refreshed-secret-000998"} <= known  # latest two
+    assert "refreshed-secret-000997" not in known
     assert _errors.mask_secrets("x refreshed-secret-000999 y") == "x *** y"
+    for source in range(3, 3 + _errors._SOURCES_KEPT):  # sources are bounded too
+        _errors.remember_secrets(f"other-source-secret-{source}", source=source)
+    assert "role-session-secret-01" not in _errors._known_secrets
+    assert "kept-static-secret-0001" in _errors._known_secrets

@@ -196,23 +196,25 @@ _CREDENTIAL_FIELDS = (
     ),
 )
 # The credentials this process has used (added as clients and obstore stores get them):
-# those of clients, kept, and the latest of refreshed ones, which a role of short
-# sessions renews at every request (a helper's job remembered 60,000 before the bound).
+# those given or found when a client is made, all kept, and of credentials that are
+# refreshed, the latest two sets of each (a role of short sessions renews them at every
+# request: a helper's job remembered 60,000 strings before this bound).
 _known_secrets: frozenset[str] = frozenset()
 _kept_secrets: set[str] = set()
-_refreshed_secrets: dict[str, None] = {}  # oldest first
-_REFRESHED_KEPT = 96
+_refreshed_secrets: dict[int, tuple[frozenset[str], frozenset[str]]] = {}  # by source
+_SOURCES_KEPT = 256  # credentials objects followed, the least recently refreshed let go
 _SECRETS_LOCK = threading.Lock()
 
 
-def remember_secrets(*secrets: str | None, refreshed: bool = False) -> bool:
+def remember_secrets(*secrets: str | None, source: int | None = None) -> bool:
     """Adds credentials to those :func:`mask_secrets` hides wherever they appear.
 
     Args:
         *secrets: Key ids, secret keys, session tokens (``None`` and short ones are
             left out).
-        refreshed: They replace earlier ones of the same credentials: only the latest
-            ``_REFRESHED_KEPT`` of such are kept.
+        source: For refreshed credentials, what they are the latest of (the ``id`` of
+            botocore's credentials object): of each source only the latest two sets are
+            kept (the one before may still be in a request under way).
 
     Returns:
         Whether any credential is known (these or earlier ones).
@@ -222,19 +224,23 @@ def remember_secrets(*secrets: str | None, refreshed: bool = False) -> bool:
     # as a repr or bytes shows one holding a line break: b'...\\n' (a token read from a
     # file and not stripped, from the environment: botocore's error quotes the header)
     new |= {shown for s in new if (shown := repr(s)[1:-1]) != s}
-    if new <= _known_secrets:
-        return bool(_known_secrets)
     with _SECRETS_LOCK:
-        if refreshed:
-            for secret in new:
-                _refreshed_secrets.pop(secret, None)
-                _refreshed_secrets[secret] = None
-            while len(_refreshed_secrets) > _REFRESHED_KEPT:
-                del _refreshed_secrets[next(iter(_refreshed_secrets))]
-        else:
+        if source is None:
+            if new <= _kept_secrets:
+                return bool(_known_secrets)
             _kept_secrets.update(new)
-        _known_secrets = frozenset(_kept_secrets.union(_refreshed_secrets))
-    return True
+        else:
+            latest = frozenset(new)
+            before = _refreshed_secrets.pop(source, (frozenset(), frozenset()))
+            _refreshed_secrets[source] = before if latest == before[1] else (before[1], latest)
+            if len(_refreshed_secrets) > _SOURCES_KEPT:
+                del _refreshed_secrets[next(iter(_refreshed_secrets))]
+            if latest == before[1]:
+                return bool(_known_secrets)
+        _known_secrets = frozenset(
+            _kept_secrets.union(*(a | b for a, b in _refreshed_secrets.values()))
+        )
+    return bool(_known_secrets)
 
 
 def mask_secrets(value: str) -> str:

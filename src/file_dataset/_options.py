@@ -63,9 +63,9 @@ class _RedactSecrets(logging.Filter):
         super().__init__("file_dataset")
         self._filtered: set[str] = set()
 
-    def add(self, *secrets: str | None, refreshed: bool = False) -> None:
+    def add(self, *secrets: str | None, source: int | None = None) -> None:
         # Kept where errors are masked too (obstore quotes S3's bodies).
-        if remember_secrets(*secrets, refreshed=refreshed):
+        if remember_secrets(*secrets, source=source):
             self._install()
 
     def _install(self) -> None:
@@ -587,7 +587,7 @@ def _guard_refreshes(credentials: Any) -> None:
             getattr(credentials, "_access_key", None),
             getattr(credentials, "_secret_key", None),
             getattr(credentials, "_token", None),
-            refreshed=True,
+            source=id(credentials),
         )
 
     guarded.file_dataset_guarded = True  # type: ignore[attr-defined]

@@ -309,7 +309,9 @@ class _Credentials:
 
     def __call__(self) -> dict[str, Any]:
         frozen = self._credentials.get_frozen_credentials()
-        remember_secrets(frozen.access_key, frozen.secret_key, frozen.token, refreshed=True)
+        remember_secrets(
+            frozen.access_key, frozen.secret_key, frozen.token, source=id(self._credentials)
+        )
         expiry = getattr(self._credentials, "_expiry_time", None)
         if isinstance(expiry, dt.datetime):
             # obstore takes only datetime.timezone.utc; botocore gives tzlocal() (or tzutc(),

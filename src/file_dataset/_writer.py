@@ -176,6 +176,7 @@ def write_files(
             column=name,
         )
     jobs: list[Job[Location]] = []
+    outcomes: dict[int, str] = {}  # by job: "started", "failed", "done" or "stopped"
     contexts: list[Context] = []
     results: dict[str, str | Path] = {}
     for name, path in sources.items():
@@ -190,7 +191,7 @@ def write_files(
                 row_id=row_id,
                 column=name,
             )
-        jobs.append(upload_job(path, dest, options))
+        jobs.append(_outcome_kept(upload_job(path, dest, options), outcomes, len(jobs)))
         contexts.append((row_id, name))
         results[name] = str(dest) if dest.is_s3 else dest.path
     # A local row folder this call creates is removed again if nothing could be written
@@ -198,15 +199,16 @@ def write_files(
     # a row written.
     folder = None if into.is_s3 else Path(into.child(row_id).path)
     made = None if folder is None or os.path.lexists(folder) else folder
-    finished: list[int] = []  # the files written before a failure
     try:
-        run_jobs(jobs, options, contexts, on_result=lambda index, _: finished.append(index))
+        run_jobs(jobs, options, contexts)
     except BaseException as e:
         if made is not None:
             with contextlib.suppress(OSError):  # not empty: other files were written
                 made.rmdir()
-        # (credentials that fail on a refresh, or an endpoint gone, part-way through)
-        if len(jobs) > 1 and (finished or _may_have_written(e, folder)):
+        # A file written, or stopped after its last request was sent: credentials that
+        # fail on a refresh, or an endpoint gone, part-way through a row.
+        written = any(outcome in ("done", "stopped") for outcome in outcomes.values())
+        if len(jobs) > 1 and (written or _may_have_written(e, folder)):
             row = into.child(row_id)
             e.add_note(
                 f"{OTHERS_NOTE}{len(jobs) - 1} other file(s) of row id {quoted(row_id)} may "
@@ -218,6 +220,25 @@ def write_files(
 
 
 OTHERS_NOTE = "file_dataset.write_files: "  # begins the note on a call that failed in part
+
+
+def _outcome_kept(job: Job[Location], outcomes: dict[int, str], index: int) -> Job[Location]:
+    """``job``, noting in ``outcomes[index]`` how it went.
+
+    "failed" (its own error: nothing of it written), "done", or "stopped" (closed by
+    the call's failure elsewhere, maybe after its last request succeeded).
+    """
+    outcomes[index] = "started"
+    try:
+        result = yield from job
+    except GeneratorExit:
+        outcomes[index] = "stopped"
+        raise
+    except BaseException:
+        outcomes[index] = "failed"
+        raise
+    outcomes[index] = "done"
+    return result
 
 
 def _may_have_written(error: BaseException, folder: Path | None) -> bool:
