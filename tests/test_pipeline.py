@@ -19,6 +19,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable
@@ -2773,4 +2774,42 @@ def test_a_pipeline_in_a_thread_left_running_at_exit_finishes(tmp_path: Path) ->
     assert [(tmp_path / "out" / f"r{i}" / "y").read_text() for i in range(4)] == [
         f"x{i}" for i in range(4)
     ]
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_stage_whose_thread_cannot_start_is_not_run_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "can't start new thread" (a thread or pid limit) is raised with the stage queued
+    already: running it on the calling thread too downloaded a row twice and left its
+    second folders in TMPDIR (helper-119). The call stops, as before."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    for i in range(4):
+        (tmp_path / f"x{i}").write_text(f"x{i}")
+    starts = []
+    start = threading.Thread.start
+
+    def refusing_start(thread: threading.Thread) -> None:
+        if thread.name.startswith("file_dataset-pipeline"):
+            starts.append(thread.name)
+            if len(starts) == 2:
+                raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refusing_start)
+    calls: list[str] = []
+
+    def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        calls.append((input_dir / "x").read_text())
+        (output_dir / "y").write_text(calls[-1])
+        return {"y": output_dir / "y"}
+
+    frame = pd.DataFrame(
+        {"id": [f"r{i}" for i in range(4)], "x": [str(tmp_path / f"x{i}") for i in range(4)]}
+    )
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        Pipeline(fn, {"into_path": tmp_path / "out"})(frame)
+    assert len(calls) == len(set(calls))
     assert list(scratch.iterdir()) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import concurrent.futures.thread
 import contextlib
 import functools
 import inspect
@@ -826,7 +827,11 @@ class _Stages(concurrent.futures.ThreadPoolExecutor):
     ) -> concurrent.futures.Future[_T]:
         try:
             return super().submit(fn, *args, **kwargs)
-        except RuntimeError:  # (this module never submits after its own shutdown)
+        except RuntimeError:
+            # Only after the exit hook: "can't start new thread" is raised once the
+            # stage is queued, and a thread of the pool may still run it.
+            if not concurrent.futures.thread._shutdown:
+                raise
             done: concurrent.futures.Future[_T] = concurrent.futures.Future()
             try:
                 done.set_result(fn(*args, **kwargs))
