@@ -1233,17 +1233,31 @@ def test_a_credential_process_that_prints_no_json_is_failed_credentials(
         transport=transport,
         max_attempts=1,
     )
+    _fails_as_credentials(
+        options,
+        "custom-process: its output is not the JSON of credentials (JSONDecodeError: "
+        "Expecting value: line 1 column 1 (char 0))",
+        "banner",
+        monkeypatch,
+    )
+
+
+def _fails_as_credentials(
+    options: Options, reason: str, profile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read with ``options`` fails as credentials for ``reason``, and so does
+    Options.default() with AWS_PROFILE=``profile``."""
     with pytest.raises(file_dataset.TransferError) as raised:
         file_dataset.reader({"f": "s3://bkt/k"}, options).into_blob_table()
     assert str(raised.value) == (
         "cannot read s3://bkt/k (column 'f'): CredentialRetrievalError: Error when "
-        "retrieving credentials from custom-process: its output is not the JSON of "
-        "credentials (JSONDecodeError: Expecting value: line 1 column 1 (char 0))"
+        f"retrieving credentials from {reason}"
     )
     assert raised.value.credentials_failed
-    monkeypatch.setenv("AWS_PROFILE", "banner")
-    with pytest.raises(CredentialRetrievalError, match="its output is not the JSON"):
+    monkeypatch.setenv("AWS_PROFILE", profile)
+    with pytest.raises(CredentialRetrievalError) as default:
         Options.default()
+    assert str(default.value) == f"Error when retrieving credentials from {reason}"
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
@@ -3714,17 +3728,13 @@ def test_a_credential_process_that_cannot_be_run_is_failed_credentials(
     options = Options(
         {"profile_name": "gone"}, {"endpoint_url": "http://127.0.0.1:9"}, transport=transport
     )
-    with pytest.raises(file_dataset.TransferError) as raised:
-        file_dataset.reader({"f": "s3://bkt/k"}, options).into_blob_table()
-    assert str(raised.value) == (
-        "cannot read s3://bkt/k (column 'f'): CredentialRetrievalError: Error when "
-        "retrieving credentials from custom-process: its command cannot be run "
-        "(FileNotFoundError: [Errno 2] No such file or directory: '/opt/corp/bin/aws-login')"
+    _fails_as_credentials(
+        options,
+        "custom-process: its command cannot be run (FileNotFoundError: [Errno 2] No such "
+        "file or directory: '/opt/corp/bin/aws-login')",
+        "gone",
+        monkeypatch,
     )
-    assert raised.value.credentials_failed
-    monkeypatch.setenv("AWS_PROFILE", "gone")
-    with pytest.raises(CredentialRetrievalError, match="its command cannot be run"):
-        Options.default()
 
 
 class _StsRefusing(http.server.BaseHTTPRequestHandler):
