@@ -247,7 +247,7 @@ def test_the_default_threshold_follows_a_larger_part_size() -> None:
         ),
         (
             {"s3_client_kwargs": {"config": botocore.config.Config(read_timeout=np.float64(-2))}},
-            r"read_timeout must be a number of seconds above 0 .*, got np.float64\(-2.0\)$",
+            r"read_timeout must be a number of seconds above 0 .*, got -2.0$",  # any NumPy
         ),
     ],
 )

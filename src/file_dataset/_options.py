@@ -862,7 +862,7 @@ def _check_timeout(name: str, value: Any) -> None:
     if not 0 < value <= _TIMEOUT_MAX:  # (NaN compares false)
         raise InvalidInputError(
             f"s3_client_kwargs['config'].{name} must be a number of seconds above 0 and "
-            f"at most {_TIMEOUT_MAX:,} (or None for none), got {value!r}"
+            f"at most {_TIMEOUT_MAX:,} (or None for none), got {value}"
         )
 
 
