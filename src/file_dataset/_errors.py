@@ -232,11 +232,12 @@ def remember_secrets(*secrets: str | None, source: int | None = None) -> bool:
         else:
             latest = frozenset(new)
             before = _refreshed_secrets.pop(source, (frozenset(), frozenset()))
-            _refreshed_secrets[source] = before if latest == before[1] else (before[1], latest)
+            if latest == before[1]:  # unchanged: only moved to the newest end
+                _refreshed_secrets[source] = before
+                return bool(_known_secrets)
+            _refreshed_secrets[source] = (before[1], latest)
             if len(_refreshed_secrets) > _SOURCES_KEPT:
                 del _refreshed_secrets[next(iter(_refreshed_secrets))]
-            if latest == before[1]:
-                return bool(_known_secrets)
         _known_secrets = frozenset(
             _kept_secrets.union(*(a | b for a, b in _refreshed_secrets.values()))
         )
