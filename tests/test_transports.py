@@ -3672,7 +3672,7 @@ def _expiring_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, later: st
         ),
         (
             "stale",
-            "botocore: RuntimeError: Credentials were refreshed, but the refreshed "
+            "custom-process: RuntimeError: Credentials were refreshed, but the refreshed "
             "credentials are still expired.",
         ),
     ],
@@ -3784,9 +3784,9 @@ def _role_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, role: str) ->
         (  # a bare FileNotFoundError (boto3; into_temp_dir blamed its own temp file) or
             # ObjectNotFoundError (obstore), each row dropped
             "web_identity_token_file = /var/run/secrets/eks/token",
-            "CredentialRetrievalError: Error when retrieving credentials from botocore: "
-            "FileNotFoundError: [Errno 2] No such file or directory: "
-            "'/var/run/secrets/eks/token'",
+            "CredentialRetrievalError: Error when retrieving credentials from "
+            "assume-role-with-web-identity: FileNotFoundError: [Errno 2] No such file or "
+            "directory: '/var/run/secrets/eks/token'",
         ),
         (  # STS's 403: an ObjectAccessDeniedError blaming the bucket's policy (boto3), or
             # a bare ClientError naming no URL (obstore), each row dropped
@@ -3797,6 +3797,7 @@ def _role_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, role: str) ->
         ),
         (  # a ParamValidationError, each row dropped (helper-116)
             "role_arn = not-an-arn\nsource_profile = base",
+            "CredentialRetrievalError: Error when retrieving credentials from assume-role: "
             "ParamValidationError: Parameter validation failed:\nInvalid length for "
             "parameter RoleArn, value: 10, valid min length: 20",
         ),

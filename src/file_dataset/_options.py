@@ -536,7 +536,7 @@ def _credential_loading() -> Iterator[None]:
             # InvalidConfigError; a malformed role_arn: ParamValidationError), STS not
             # reached: not what every other botocore error of that type means
             said = f"{type(e).__name__}: {mask_secrets(str(e))}"
-            raise CredentialRetrievalError(provider="botocore", error_msg=said) from None
+            raise CredentialRetrievalError(provider=_provider_of(e), error_msg=said) from None
         masked = masked_cause(e)
         if masked is e:
             raise
@@ -560,9 +560,9 @@ def _credential_loading() -> Iterator[None]:
         elif isinstance(e, RuntimeError | OSError):
             # "the refreshed credentials are still expired"; a web identity token file
             # (EKS) that is not there
-            provider, reason = "botocore", said
+            provider, reason = _provider_of(e), said
         else:
-            provider, reason = "botocore", f"{said} (not the credentials expected)"
+            provider, reason = _provider_of(e), f"{said} (not the credentials expected)"
         raise CredentialRetrievalError(provider=provider, error_msg=reason) from None
 
 
@@ -606,6 +606,24 @@ def _raised_in_credentials(error: BaseException) -> list[traceback.FrameSummary]
     if any(frame.filename.endswith(_CREDENTIALS_MODULE) for frame in frames):
         return list(frames)
     return []
+
+
+def _provider_of(error: BaseException) -> str:
+    """The name botocore gives the provider whose loading raised ``error``.
+
+    The innermost provider (its ``METHOD``, such as ``assume-role``) or refreshable
+    credentials (their ``method``) the traceback passed through in botocore's
+    ``credentials.py``; ``"botocore"`` when none is found.
+    """
+    name = "botocore"
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        if not frame.f_code.co_filename.endswith(_CREDENTIALS_MODULE):
+            continue
+        owner = frame.f_locals.get("self")
+        method = getattr(owner, "METHOD", None) or getattr(owner, "method", None)
+        if isinstance(method, str) and method:
+            name = method
+    return name
 
 
 def _new_session(session_kwargs: Mapping[str, Any]) -> boto3.Session:
