@@ -2813,3 +2813,82 @@ def test_a_stage_whose_thread_cannot_start_is_not_run_twice(
         Pipeline(fn, {"into_path": tmp_path / "out"})(frame)
     assert len(calls) == len(set(calls))
     assert list(scratch.iterdir()) == []
+
+
+def _refuse_folders(
+    monkeypatch: pytest.MonkeyPatch, refused: Callable[[str], OSError | None]
+) -> None:
+    """mkdtemp raises ``refused(prefix)`` where it is not None, as the system would."""
+    made = tempfile.mkdtemp
+
+    def mkdtemp(suffix: str | None = None, prefix: str | None = None, dir: Any = None) -> str:
+        error = refused(prefix or "")
+        if error is not None:
+            raise error
+        return made(suffix, prefix, dir)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+
+
+def test_a_row_whose_input_folder_cannot_be_made_is_dropped(
+    options: Options,
+    put: Put,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """helper-122: the input folder was made outside the row's error handling, so one
+    refusal (no inodes left, a folder made immutable for a moment) ended the whole
+    call with a bare PermissionError naming no row, and the later rows were not run."""
+    ids = [f"r{i}" for i in range(4)]
+    frame = pd.DataFrame({"id": ids, "a.bin": [put(f"in/{i}", b"r%d" % i) for i in range(4)]})
+    lock = threading.Lock()
+    inputs: list[str] = []
+
+    def refused(prefix: str) -> OSError | None:
+        with lock:  # downloads run on the pool's threads
+            inputs.append(prefix)
+            second = [p for p in inputs if p == "file_dataset-in."] == [prefix] * 2
+        if prefix == "file_dataset-in." and second:
+            return PermissionError(errno.EPERM, "Operation not permitted", "/tmp/x/q1w2e3")
+        return None
+
+    _refuse_folders(monkeypatch, refused)
+    pipeline = Pipeline(upper, {"into_path": tmp_path / "out"}, options)
+    with caplog.at_level(logging.WARNING, logger="file_dataset"):
+        result = pipeline(frame)
+    [failure] = pipeline.last_failures
+    assert failure.stage == "read"
+    dropped = failure.id
+    assert list(result["id"]) == [i for i in ids if i != dropped]
+    for row_id in result["id"]:
+        assert (tmp_path / "out" / row_id / "output.mha").read_bytes() == row_id.upper().encode()
+    assert not (tmp_path / "out" / dropped).exists()
+    assert isinstance(failure.error, PermissionError)
+    assert failure.error.filename == tempfile.gettempdir()  # not the folder never made
+    assert str(failure.error).startswith(
+        f"[Errno {errno.EPERM}] file_dataset.Pipeline, for row id '{dropped}', cannot make "
+        "its folder there (no write permission); set TMPDIR to a folder this process may "
+        "write in, with room"
+    )
+    assert f"dropped row id '{dropped}' (read failed)" in caplog.text
+
+
+def test_a_temporary_folder_that_is_gone_stops_a_pipeline(
+    options: Options, put: Put, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tmp cleaner removed TMPDIR: every row would fail, so the call stops at the
+    first, saying why (it raised a bare FileNotFoundError naming a folder never made)."""
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "a.bin": [put(f"gone/{i}", b"x") for i in "abc"]})
+    gone = tmp_path / "tmp"
+    monkeypatch.setattr(tempfile, "tempdir", str(gone))  # what gettempdir() had cached
+    pipeline = Pipeline(upper, {"into_path": tmp_path / "out"}, options)
+    with pytest.raises(FileNotFoundError) as raised:
+        pipeline(frame)
+    assert raised.value.filename == str(gone)
+    assert "file_dataset.Pipeline, for row id 'a', cannot make its folder there" in str(
+        raised.value
+    )
+    assert "the temporary folder is not there" in "\n".join(raised.value.__notes__)
+    assert [(f.id, f.stage) for f in pipeline.last_failures] == [("a", "read")]
+    assert not (tmp_path / "out").exists()

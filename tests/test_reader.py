@@ -1171,8 +1171,21 @@ def test_a_pyarrow_table_is_read_as_its_pandas_frame(options: Options, put: Put)
     ]
 
 
-def test_a_temp_dir_parent_without_write_permission_is_named(
-    options: Options, put: Put, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (errno.EACCES, "no write permission"),
+        (errno.EROFS, "Read-only file system"),  # helper-122: these two named the
+        (errno.ENOSPC, "No space left on device"),  # random folder too
+    ],
+)
+def test_a_temp_dir_parent_that_refuses_a_folder_is_named(
+    code: int,
+    reason: str,
+    options: Options,
+    put: Put,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The error named the random folder mkdtemp would have made, never the folder
     given (helper-111). This suite runs as root, which any folder lets write, so the
@@ -1182,13 +1195,19 @@ def test_a_temp_dir_parent_without_write_permission_is_named(
     locked.mkdir()
 
     def refused(prefix: str = "", dir: str | None = None, **kwargs: object) -> str:
-        raise PermissionError(errno.EACCES, "Permission denied", f"{dir}/{prefix}q1w2e3")
+        raise OSError(code, os.strerror(code), f"{dir}/{prefix}q1w2e3")
 
     monkeypatch.setattr(tempfile, "mkdtemp", refused)
-    with pytest.raises(PermissionError, match="cannot make its folder there") as raised:
+    with pytest.raises(OSError) as raised:
         file_dataset.reader({"f": url}, options).into_temp_dir(dir=locked)
+    assert str(raised.value) == (
+        f"[Errno {code}] into_temp_dir() cannot make its folder there ({reason}); give "
+        f"dir= a folder this process may write in, with room: '{locked}'"
+    )
     assert raised.value.filename == str(locked)
-    assert raised.value.errno == errno.EACCES
+    assert raised.value.errno == code
+    assert type(raised.value) is type(OSError(code, ""))  # PermissionError for EACCES
+    assert list(locked.iterdir()) == []
 
 
 def test_a_record_batch_and_a_batch_of_numpy_columns_are_read_as_frames(

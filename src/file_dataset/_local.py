@@ -13,6 +13,7 @@ import secrets
 import shutil
 import stat as stat_module
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,28 @@ def _remove_left_folders() -> None:
 
 
 atexit.register(_remove_left_folders)
+
+
+def make_temp_folder(prefix: str, parent: str | None, who: str, advice: str) -> Path:
+    """A new folder in ``parent`` (the system's temporary folder when None).
+
+    mkdtemp's own error names the random folder it would have made, which does not
+    exist: this one names ``parent``, the reason and what to do (``advice``), and is
+    the ``OSError`` subclass of the same errno.
+    """
+    try:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    except OSError as e:
+        where = parent
+        if where is None:
+            try:
+                where = tempfile.gettempdir()
+            except OSError:  # no usable temporary folder at all
+                where = "the system's temporary folder"
+        reason = "no write permission" if isinstance(e, PermissionError) else e.strerror
+        raise OSError(
+            e.errno, f"{who} cannot make its folder there ({reason or e}); {advice}", where
+        ) from e
 
 
 def remove_tree(path: Path, hint: str = "") -> bool:

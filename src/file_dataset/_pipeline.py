@@ -14,7 +14,6 @@ import os
 import shutil
 import sys
 import sysconfig
-import tempfile
 import threading
 import traceback
 import types
@@ -53,7 +52,7 @@ from file_dataset._frame import (
     series_row,
     take,
 )
-from file_dataset._local import remove_tree
+from file_dataset._local import make_temp_folder, remove_tree
 from file_dataset._options import Options, resolve_options
 from file_dataset._reader import FileReader
 from file_dataset._urls import (
@@ -343,15 +342,17 @@ class Pipeline:
         do not hold the row id: anyone may list the shared temporary folder, and ids
         are often patient or customer ids.
         """
-        input_dir = Path(tempfile.mkdtemp(prefix="file_dataset-in."))
+        input_dir: Path | None = None
         try:
+            input_dir = _row_folder("in", row_id)
             cells = parse_cells(columns, values, row_id)
             FileReader(FileTable(None, columns, [cells]), self.options).download_to(input_dir)
             if any(cell is not None and cell.is_s3 for cell in cells):
                 remember(_REACHED, _reached(self.options), True)
-            output_dir = Path(tempfile.mkdtemp(prefix="file_dataset-out."))
+            output_dir = _row_folder("out", row_id)
         except BaseException as e:
-            shutil.rmtree(input_dir, ignore_errors=True)
+            if input_dir is not None:
+                shutil.rmtree(input_dir, ignore_errors=True)
             error = e
             if isinstance(e, TransferError) and e.row_id is None:
                 error = e.with_context(row_id, e.column)  # the single-row read knows no id
@@ -728,6 +729,8 @@ class Pipeline:
             pass  # the options cannot be used here at all: every row would fail so
         elif transfer and isinstance(failure.error.__cause__, InvalidConfigError):
             failure.error.add_note(_SETTING_NOTE)  # a client cannot be made of them
+        elif _NO_TEMP_FOLDER_NOTE in getattr(failure.error, "__notes__", ()):
+            pass  # TMPDIR is gone: no row can be downloaded
         else:
             ends_call = False
         if call.bar is not None and self.on_error == "drop" and not ends_call:
@@ -924,6 +927,32 @@ def _log_summary(call: _Call, rows: int, *, echo: bool = False) -> None:
         len(call.failures),
         where,
     )
+
+
+def _row_folder(kind: str, row_id: str) -> Path:
+    """A new temporary folder for a row's inputs (``kind`` "in") or outputs ("out").
+
+    Its error names the row and the temporary folder; when that folder is gone (a tmp
+    cleaner removed it, or TMPDIR names a file), every later row would fail alike, and
+    the error says the call stops (see :meth:`Pipeline._fail`).
+    """
+    try:
+        return make_temp_folder(
+            f"file_dataset-{kind}.",
+            None,
+            f"file_dataset.Pipeline, for row id {quoted(row_id)},",
+            "set TMPDIR to a folder this process may write in, with room",
+        )
+    except OSError as e:
+        if isinstance(e, FileNotFoundError | NotADirectoryError):
+            e.add_note(_NO_TEMP_FOLDER_NOTE)
+        raise
+
+
+_NO_TEMP_FOLDER_NOTE = (
+    "file_dataset.Pipeline: the temporary folder is not there, which fails every later "
+    "row, so the call stops instead of dropping them all"
+)
 
 
 _NO_CREDENTIALS_NOTE = (

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import tempfile
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
@@ -26,7 +25,7 @@ from file_dataset._frame import (
     parse_frame,
     parse_row,
 )
-from file_dataset._local import atomic_copy, not_a_folder, remove_tree
+from file_dataset._local import atomic_copy, make_temp_folder, not_a_folder, remove_tree
 from file_dataset._options import Options, resolve_options
 from file_dataset._transfer import (
     Context,
@@ -274,17 +273,12 @@ class FileReader:
                 (a folder that cannot be removed, for want of file descriptors say,
                 is named in a WARNING and removed when the interpreter exits).
         """
-        parent = _parent_dir(dir)
-        try:
-            root = Path(tempfile.mkdtemp(prefix="file_dataset-", dir=parent))
-        except PermissionError as e:  # it named the random folder it would have made
-            where = parent if parent is not None else tempfile.gettempdir()
-            raise PermissionError(
-                errno.EACCES,
-                "into_temp_dir() cannot make its folder there (no write permission); "
-                "give dir= a folder this process may write in",
-                where,
-            ) from e
+        root = make_temp_folder(
+            "file_dataset-",
+            _parent_dir(dir),
+            "into_temp_dir()",
+            "give dir= a folder this process may write in, with room",
+        )
         try:
             self.download_to(root)
         except BaseException:
