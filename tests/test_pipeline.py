@@ -2892,3 +2892,60 @@ def test_a_temporary_folder_that_is_gone_stops_a_pipeline(
     assert "the temporary folder is not there" in "\n".join(raised.value.__notes__)
     assert [(f.id, f.stage) for f in pipeline.last_failures] == [("a", "read")]
     assert not (tmp_path / "out").exists()
+
+
+_STEPS_MODULE = """
+from pathlib import Path
+
+TAG = b"+steps"
+
+
+def _tagged(data):
+    return data + TAG
+
+
+def step(input_dir: Path, output_dir: Path) -> dict:
+    out = output_dir / "y"
+    out.write_bytes(_tagged((input_dir / "x").read_bytes()))
+    return {"y": out}
+"""
+
+_UNPICKLING_CHILD = """
+import pickle, sys
+from pathlib import Path
+
+pipeline = pickle.loads(sys.stdin.buffer.read())
+source = Path(sys.argv[1])
+print(pipeline.fn(source, source).get("y").read_bytes().decode())
+"""
+
+
+def test_a_function_of_a_module_found_only_here_is_pickled_by_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ray worker imports a function pickled by reference; one of a module that pytest
+    or the user put on sys.path at run time was not found there (helper-120: a test
+    file's function failed in every worker). Such a function goes by value; one of an
+    installed module still goes by reference."""
+    import importlib
+
+    (tmp_path / "steps_r5k.py").write_text(_STEPS_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    steps = importlib.import_module("steps_r5k")
+    pipeline = Pipeline(steps.step, {"into_path": tmp_path / "out"})
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x").write_bytes(b"row")
+    done = subprocess.run(  # a process whose sys.path does not have tmp_path
+        [sys.executable, "-c", _UNPICKLING_CHILD, str(data)],
+        input=pickle.dumps(pipeline),
+        capture_output=True,
+        timeout=120,
+        cwd=Path(file_dataset.__file__).parent,
+    )
+    assert (done.returncode, done.stdout) == (0, b"row+steps\n"), done.stderr.decode()
+    assert pickle.loads(pickle.dumps(pipeline)).fn(data, data) == {"y": data / "y"}
+
+    installed = Pipeline(functools.partial(shutil.copy), {"into_path": tmp_path / "out"})
+    assert b"shutil" in pickle.dumps(installed)  # a reference: the module's name
+    assert b"cloudpickle" not in pickle.dumps(installed)

@@ -55,6 +55,7 @@ from file_dataset._frame import (
 from file_dataset._local import make_temp_folder, remove_tree
 from file_dataset._options import Options, resolve_options
 from file_dataset._reader import FileReader
+from file_dataset._travel import arrived, travelling
 from file_dataset._urls import (
     URL_SCHEME,
     check_component,
@@ -266,12 +267,14 @@ class Pipeline:
         _let_typeddicts_travel(self.fn)  # pickling is where it matters (Ray's cloudpickle)
         state = dict(self.__dict__)
         state.pop("_per_thread", None)  # a thread-local: not picklable, not meant to travel
+        state["fn"] = travelling(self.fn)  # by value if workers could not import its module
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Older pickles lack "progress" and carry "last_failures" and "_bar".
         state = {k: v for k, v in state.items() if k not in ("last_failures", "_bar")}
         self.__dict__.update({"progress": False, **state})
+        self.fn = arrived(self.fn)
         self._per_thread = threading.local()
 
     def __repr__(self) -> str:

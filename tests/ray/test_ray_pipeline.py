@@ -180,3 +180,45 @@ def test_pipeline_in_map_batches_with_other_batch_formats(
         mask = blob_dataset.expected(row_id, "mask.bin") or b""
         body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
         assert body == blob_dataset.expected(row_id, "image.bin")[::-1] + mask
+
+
+_USER_MODULE = """
+from pathlib import Path
+
+SUFFIX = b"-from-a-test-module"
+
+
+def _tag(data):
+    return data[::-1] + SUFFIX
+
+
+def resample(input_dir: Path, output_dir: Path) -> dict:
+    out = output_dir / "output.mha"
+    out.write_bytes(_tag((input_dir / "image.bin").read_bytes()))
+    return {"output.mha": out}
+"""
+
+
+def test_a_function_of_a_module_the_workers_cannot_import_runs_in_map_batches(
+    ray_local: None,
+    blob_dataset: Any,
+    s3_client: Any,
+    options: Options,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """helper-120: a function defined at the top of a test file (pytest puts the file's
+    folder on sys.path; Ray's workers do not have it) failed in every worker with
+    "ModuleNotFoundError: No module named 'test_...'"."""
+    import importlib
+
+    (tmp_path / "user_steps_q7.py").write_text(_USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("user_steps_q7")
+    frame = blob_dataset.frame.iloc[320:323]
+    got = _outputs_in_map_batches(
+        module.resample, frame, "unimportable", blob_dataset, s3_client, options
+    )
+    expected = {i: blob_dataset.expected(i, "image.bin")[::-1] for i in frame["id"]}
+    assert got == {i: data + b"-from-a-test-module" for i, data in expected.items()}
+    assert "user_steps_q7" not in ray.cloudpickle.list_registry_pickle_by_value()  # as it was
