@@ -47,7 +47,11 @@ def run(frame: pd.DataFrame, options: Options) -> None:
             print(one["output.mha"].upper(), [name.upper() for name in one])
     batch = {"id": np.array([7]), "image.mha": np.array(["s3://b/k"])}
     print(pipeline(batch).columns)
+    import file_dataset.ray
+
+    file_dataset.ray.read_file_datset(frame, 4)  # helper-121: taken for Any
 """
+MISSPELT_LINE = "    file_dataset.ray.read_file_datset(frame, 4)  # helper-121: taken for Any"
 
 
 def test_user_code_type_checks_and_misspelt_settings_are_caught(tmp_path: Path) -> None:
@@ -60,6 +64,8 @@ def test_user_code_type_checks_and_misspelt_settings_are_caught(tmp_path: Path) 
     # the project's own cache (.mypy_cache, warm after `mypy src`) saves ~10 s of stubs
     out, err, _ = api.run(["--strict", "--no-error-summary", str(source)])
     errors = sorted(line.split(": error: ")[0] for line in out.splitlines() if ": error: " in line)
-    assert errors == [f"{source}:25", f"{source}:26"], out + err
+    misspelt = source.read_text().splitlines().index(MISSPELT_LINE) + 1
+    assert errors == sorted([f"{source}:25", f"{source}:26", f"{source}:{misspelt}"]), out + err
+    assert 'Module has no attribute "read_file_datset"' in out
     assert 'Unexpected keyword argument "max_concurency" for "replace"' in out
     assert 'Argument "transport" to "Options" has incompatible type "Literal[\'obstor\']"' in out

@@ -31,22 +31,23 @@ if TYPE_CHECKING:
 __all__ = ["FileDataFrameAsBlobDatasource", "blob_reader", "read_file_dataset"]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in __all__:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    try:
-        module = importlib.import_module("file_dataset.ray._datasource")
-    except ImportError as e:
-        if e.name is not None and e.name.split(".")[0] == "ray":
-            raise ImportError(
-                "file_dataset.ray needs Ray Data: pip install 'ray[data]' (or this package's "
-                "'ray' extra)"
-            ) from e
-        raise
-    value = getattr(module, name)
-    globals()[name] = value
-    return value
+if not TYPE_CHECKING:  # else a type checker took any misspelt name here for Any
 
+    def __getattr__(name: str) -> Any:
+        if name not in __all__:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        try:
+            module = importlib.import_module("file_dataset.ray._datasource")
+        except ImportError as e:
+            if e.name is not None and e.name.split(".")[0] == "ray":
+                raise ImportError(
+                    "file_dataset.ray needs Ray Data: pip install 'ray[data]' (or this package's "
+                    "'ray' extra)"
+                ) from e
+            raise
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
 
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})
