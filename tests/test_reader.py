@@ -1833,3 +1833,33 @@ def test_a_refused_cell_names_its_row_and_column_as_attributes(options: Options)
     with pytest.raises(file_dataset.InvalidInputError) as info:
         file_dataset.reader(pd.DataFrame({"f": ["s3://bkt/k"]}), options)
     assert (info.value.row_id, info.value.column) == (None, None)  # not about one cell
+
+
+def test_messages_about_many_columns_name_the_first_ten(options: Options) -> None:
+    """helper-123: a frame of 10,000 columns made messages of 64,000 to 160,000
+    characters (every column listed), which Ray repeats in each task's error."""
+    names = [f"c{i}.bin" for i in range(10_000)]
+    shown = ", ".join(repr(name) for name in names[:10])
+    no_id = pd.DataFrame([["s3://b/k"] * len(names)], columns=names)
+    with pytest.raises(file_dataset.InvalidInputError) as raised:
+        file_dataset.reader(no_id, options)
+    assert str(raised.value) == (
+        "a file DataFrame needs an 'id' column (unique, non-null); columns are "
+        f"[{shown}] and 9990 more"
+    )
+    twice = pd.DataFrame([["r1", *["s3://b/k"] * 20_000]], columns=["id", *names, *names])
+    with pytest.raises(file_dataset.InvalidInputError) as raised:
+        file_dataset.reader(twice, options)
+    repeated = sorted(names)
+    assert str(raised.value) == (
+        "file column names must be unique; repeated: "
+        f"[{', '.join(repr(n) for n in repeated[:10])}] and 9990 more"
+    )
+    ragged = {name: np.array(["s3://b/k"] * (1 + i % 2)) for i, name in enumerate(names)}
+    with pytest.raises(file_dataset.InvalidInputError) as raised:
+        file_dataset.reader({"id": np.array(["r1", "r2"]), **ragged}, options)
+    assert str(raised.value) == (
+        "a batch of NumPy columns needs columns of one length, got {'id': 2, 'c0.bin': 1, "
+        "'c1.bin': 2, 'c2.bin': 1, 'c3.bin': 2, 'c4.bin': 1, 'c5.bin': 2, 'c6.bin': 1, "
+        "'c7.bin': 2, 'c8.bin': 1} and 9991 more"
+    )

@@ -105,6 +105,18 @@ def quoted(value: Any) -> str:
     return text
 
 
+def listed(items: Any, limit: int = 10) -> str:
+    """The first ``limit`` of ``items``, each :func:`quoted`, and how many more.
+
+    ``['a', 'b'] and 3 more``: a frame of 10,000 columns gave messages of 130,000
+    characters, which Ray repeats in every task's error.
+    """
+    items = list(items)
+    shown = ", ".join(quoted(item) for item in items[:limit])
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return f"[{shown}]{more}"
+
+
 def cut(text: str, limit: int = 1200) -> str:
     """``text`` itself, or its first ``limit`` characters and its length when longer.
 

@@ -17,7 +17,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from file_dataset._errors import InvalidInputError, InvalidTypeError, quoted, quoted_masked
+from file_dataset._errors import (
+    InvalidInputError,
+    InvalidTypeError,
+    listed,
+    quoted,
+    quoted_masked,
+)
 from file_dataset._urls import (
     Location,
     check_component,
@@ -90,9 +96,7 @@ def check_ids(values: Any) -> list[str]:
     ids = [check_id(value) for value in values]
     if len(set(ids)) != len(ids):
         repeated = sorted(i for i, count in Counter(ids).items() if count > 1)
-        shown = ", ".join(quoted(i) for i in repeated[:10])
-        more = f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
-        raise InvalidInputError(f"the 'id' column must be unique; repeated ids: [{shown}]{more}")
+        raise InvalidInputError(f"the 'id' column must be unique; repeated ids: {listed(repeated)}")
     return ids
 
 
@@ -118,13 +122,13 @@ def check_frame(frame: pd.DataFrame) -> list[str]:
         )
         raise InvalidInputError(
             "a file DataFrame needs an 'id' column (unique, non-null); "
-            f"columns are {list(frame.columns)}{hint}"
+            f"columns are {listed(frame.columns)}{hint}"
         )
     if list(frame.columns).count(ID_COLUMN) > 1:
         raise InvalidInputError("a file DataFrame must have exactly one 'id' column")
     if not frame.columns.is_unique:
         repeated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
-        raise InvalidInputError(f"file column names must be unique; repeated: {repeated}")
+        raise InvalidInputError(f"file column names must be unique; repeated: {listed(repeated)}")
     for column in frame.columns:
         if column != ID_COLUMN:
             if not isinstance(column, str):
@@ -310,7 +314,9 @@ def series_row(row: pd.Series) -> dict[str, Any]:
     """
     if not row.index.is_unique:
         repeated = sorted({str(label) for label in row.index[row.index.duplicated()]})
-        raise InvalidInputError(f"the row's file names must be unique; repeated: {repeated}")
+        raise InvalidInputError(
+            f"the row's file names must be unique; repeated: {listed(repeated)}"
+        )
     for label in row.index:
         if not isinstance(label, str):
             raise InvalidTypeError(
@@ -337,8 +343,10 @@ def numpy_batch_frame(batch: Mapping[str, Any]) -> pd.DataFrame:
     """
     lengths = {str(name): len(column) for name, column in batch.items()}
     if len(set(lengths.values())) > 1:
+        got = ", ".join(f"{quoted(name)}: {n}" for name, n in list(lengths.items())[:10])
+        more = f" and {len(lengths) - 10} more" if len(lengths) > 10 else ""
         raise InvalidInputError(
-            f"a batch of NumPy columns needs columns of one length, got {lengths}"
+            f"a batch of NumPy columns needs columns of one length, got {{{got}}}{more}"
         )
     return pd.DataFrame(dict(batch))
 

@@ -25,6 +25,7 @@ from file_dataset._errors import (
     USERINFO,
     InvalidInputError,
     InvalidTypeError,
+    listed,
     mask_secrets,
     mask_userinfo,
     masked_cause,
@@ -955,7 +956,7 @@ def _check_profile(profile: Any, what: str = "session_kwargs has profile_name=")
         files = [core.get_config_variable(name) for name in ("config_file", "credentials_file")]
         raise InvalidInputError(
             f"{what}{profile!r}, which is not in the AWS config "
-            f"files {files}; they have {sorted(profiles)}"
+            f"files {files}; they have {listed(sorted(profiles), 20)}"
         )
 
 

@@ -35,6 +35,7 @@ from file_dataset._errors import (
     ObjectAccessDeniedError,
     ObjectNotFoundError,
     TransferError,
+    listed,
     mask_secrets,
     masked_cut,
     printable,
@@ -515,7 +516,8 @@ class Pipeline:
             if ID_COLUMN not in row:
                 raise InvalidInputError(
                     f"a row given to a Pipeline needs an {ID_COLUMN!r}: its outputs are "
-                    f"written under <into_path>/<id>/ (the row has {sorted(map(str, row))})"
+                    f"written under <into_path>/<id>/ (the row has "
+                    f"{listed(sorted(map(str, row)))})"
                 )
             result = self._process(pd.DataFrame([row], columns=list(row), dtype=object))
             if result.empty:
