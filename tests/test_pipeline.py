@@ -2896,19 +2896,34 @@ def test_a_temporary_folder_that_is_gone_stops_a_pipeline(
 
 
 _STEPS_MODULE = """
+import threading
 from pathlib import Path
 
-TAG = b"+steps"
+from steps_helpers_r5k import tagged
 
+import file_dataset
 
-def _tagged(data):
-    return data + TAG
+LOCK = threading.Lock()  # cannot be pickled by value: step goes by reference then
+CALLS = []
 
 
 def step(input_dir: Path, output_dir: Path) -> dict:
+    CALLS.append(input_dir.name)
     out = output_dir / "y"
-    out.write_bytes(_tagged((input_dir / "x").read_bytes()))
+    out.write_bytes(tagged((input_dir / "x").read_bytes()))
     return {"y": out}
+
+
+def locked_step(input_dir: Path, output_dir: Path) -> dict:
+    with LOCK:
+        return step(input_dir, output_dir)
+
+
+INNER = file_dataset.Pipeline(step, {"into_path": "s3://bucket/inner"})
+
+
+def outer_step(input_dir: Path, output_dir: Path) -> dict:
+    return INNER.fn(input_dir, output_dir)
 """
 
 _UNPICKLING_CHILD = """
@@ -2921,35 +2936,63 @@ print(pipeline.fn(source, source).get("y").read_bytes().decode())
 """
 
 
-def test_a_function_of_a_module_found_only_here_is_pickled_by_value(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A Ray worker imports a function pickled by reference; one of a module that pytest
-    or the user put on sys.path at run time was not found there (helper-120: a test
-    file's function failed in every worker). Such a function goes by value; one of an
-    installed module still goes by reference."""
-    import importlib
-
-    (tmp_path / "steps_r5k.py").write_text(_STEPS_MODULE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    steps = importlib.import_module("steps_r5k")
-    pipeline = Pipeline(steps.step, {"into_path": tmp_path / "out"})
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "x").write_bytes(b"row")
-    done = subprocess.run(  # a process whose sys.path does not have tmp_path
+def _unpickled_elsewhere(pipeline: Pipeline, data: Path) -> subprocess.CompletedProcess[bytes]:
+    """Unpickles ``pipeline`` in a process whose sys.path lacks the test's folder, and
+    calls its fn on ``data``."""
+    return subprocess.run(
         [sys.executable, "-c", _UNPICKLING_CHILD, str(data)],
         input=pickle.dumps(pipeline),
         capture_output=True,
         timeout=120,
         cwd=Path(file_dataset.__file__).parent,
     )
-    assert (done.returncode, done.stdout) == (0, b"row+steps\n"), done.stderr.decode()
-    assert pickle.loads(pickle.dumps(pipeline)).fn(data, data) == {"y": data / "y"}
 
-    installed = Pipeline(functools.partial(shutil.copy), {"into_path": tmp_path / "out"})
-    assert b"shutil" in pickle.dumps(installed)  # a reference: the module's name
-    assert b"cloudpickle" not in pickle.dumps(installed)
+
+def test_a_function_of_a_module_found_only_here_is_pickled_by_value_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ray worker imports a function pickled by reference; one of a module that pytest
+    or the user put on sys.path at run time was not found there (helper-120: a test
+    file's function failed in every worker). Such a function now travels both ways: by
+    reference where its module imports (a copy is the same function, helper-124), by
+    value where not, with the helper modules of the same folder."""
+    import copy
+    import importlib
+
+    (tmp_path / "steps_r5k.py").write_text(_STEPS_MODULE)
+    (tmp_path / "steps_helpers_r5k.py").write_text("def tagged(data):\n    return data + b'+t'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    steps = importlib.import_module("steps_r5k")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x").write_bytes(b"row")
+    pipeline = Pipeline(steps.step, {"into_path": tmp_path / "out"})
+    done = _unpickled_elsewhere(pipeline, data)
+    assert (done.returncode, done.stdout) == (0, b"row+t\n"), done.stderr.decode()
+    assert pickle.loads(pickle.dumps(pipeline)).fn is steps.step
+    assert copy.deepcopy(pipeline).fn is steps.step
+
+    # a Pipeline that a global of fn holds (helper-124: pickling waited forever)
+    outer = Pipeline(steps.outer_step, {"into_path": tmp_path / "out"})
+    outcome: list[bytes] = []
+    pickling = threading.Thread(target=lambda: outcome.append(pickle.dumps(outer)), daemon=True)
+    pickling.start()
+    pickling.join(timeout=60)
+    assert len(outcome) == 1
+    done = _unpickled_elsewhere(outer, data)
+    assert (done.returncode, done.stdout) == (0, b"row+t\n"), done.stderr.decode()
+
+    # a module-level lock cannot go by value: by reference, as before (helper-124)
+    locked = Pipeline(steps.locked_step, {"into_path": tmp_path / "out"})
+    assert pickle.loads(pickle.dumps(locked)).fn is steps.locked_step
+    assert b"No module named 'steps_r5k'" in _unpickled_elsewhere(locked, data).stderr
+
+
+def test_a_function_of_an_installed_module_is_pickled_by_reference(tmp_path: Path) -> None:
+    pipeline = Pipeline(functools.partial(shutil.copy), {"into_path": tmp_path / "out"})
+    pickled = pickle.dumps(pipeline)
+    assert b"shutil" in pickled  # a reference: the module's name
+    assert b"cloudpickle" not in pickled
 
 
 class _Decoded:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.machinery
 import os
 import site
 import sys
@@ -23,22 +24,33 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-_REGISTERING = threading.Lock()
+# Reentrant: pickling fn by value may pickle another Pipeline (a global fn uses).
+_REGISTERING = threading.RLock()
+# The meta path finders of the standard library and pytest (whose assertion rewriting
+# finds test modules on the paths pytest added): any other finds modules in every
+# process of this environment (an editable install's finder, set up by a .pth file).
+_LOCAL_FINDERS = ("_frozen_importlib", "_frozen_importlib_external", "_pytest")
 
 
 class FnByValue:
-    """A function pickled by value with cloudpickle; :func:`arrived` unpickles it."""
+    """``fn`` pickled twice: as the pickler would (by reference), and by value.
 
-    __slots__ = ("data",)
+    :func:`arrived` takes the reference where it can be imported (a copy, a process
+    pool of this machine: the same function, the same module globals) and the value
+    where it cannot (a Ray worker).
+    """
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+    __slots__ = ("reference", "value")
+
+    def __init__(self, reference: bytes, value: bytes) -> None:
+        self.reference = reference
+        self.value = value
 
 
 def travelling(fn: Callable[..., Any]) -> Any:
     """``fn``, or a :class:`FnByValue` of it when workers could not import its module."""
-    module = _unreachable_module(fn)
-    if module is None:
+    modules = _unreachable_modules(fn)
+    if not modules:
         return fn
     pickler: Any = sys.modules.get("ray.cloudpickle")
     if pickler is None:
@@ -47,13 +59,23 @@ def travelling(fn: Callable[..., Any]) -> Any:
         except ImportError:  # no cloudpickle here: no Ray either, pickle as before
             return fn
     with _REGISTERING:  # the registration is global: two pickles at once must not mix
-        if _registered(pickler, module):
-            return fn  # the user's own registration does it
-        pickler.register_pickle_by_value(module)
+        if _registered(pickler, modules[0]):
+            return fn  # the user's registration, or an outer travelling(), does it
         try:
-            return FnByValue(pickler.dumps(fn))
+            reference = pickler.dumps(fn)
+        except Exception:  # the Pipeline's own pickling then says why, as it did
+            return fn
+        registered = [m for m in modules if not _registered(pickler, m)]
+        for module in registered:
+            pickler.register_pickle_by_value(module)
+        try:
+            value = pickler.dumps(fn)
+        except Exception:  # a module-level lock or open file fn uses: by reference only
+            return fn
         finally:
-            pickler.unregister_pickle_by_value(module)
+            for module in registered:
+                pickler.unregister_pickle_by_value(module)
+    return FnByValue(reference, value)
 
 
 def _registered(pickler: Any, module: types.ModuleType) -> bool:
@@ -67,33 +89,81 @@ def _registered(pickler: Any, module: types.ModuleType) -> bool:
 
 def arrived(fn: Any) -> Any:
     """The function :func:`travelling` gave, unpickled where it arrives."""
-    if isinstance(fn, FnByValue):
-        import pickle
+    if not isinstance(fn, FnByValue):
+        return fn
+    import pickle
 
-        # the bytes come from this library's own __getstate__, inside the Pipeline's
-        # pickle: unpickling that pickle already trusts its source
-        return pickle.loads(fn.data)  # noqa: S301
-    return fn
+    # The bytes come from this library's own __getstate__, inside the Pipeline's
+    # pickle: unpickling that pickle already trusts its source.
+    try:
+        return pickle.loads(fn.reference)  # noqa: S301
+    except ImportError:  # its module is not found here (a Ray worker)
+        return pickle.loads(fn.value)  # noqa: S301
 
 
-def _unreachable_module(fn: Callable[..., Any]) -> types.ModuleType | None:
-    """The module defining ``fn`` if a Ray worker could not import it, else None."""
+def _unreachable_modules(fn: Callable[..., Any]) -> list[types.ModuleType]:
+    """The module defining ``fn`` and those beside it, if a Ray worker cannot import it.
+
+    Beside it: the other modules imported from the same ``sys.path`` folder (a helper
+    module the test file imports), which a worker cannot import either. Empty when
+    fn's module is found.
+    """
     while isinstance(fn, functools.partial):
         fn = fn.func
     name = getattr(fn, "__module__", None)
     if not isinstance(name, str):
         name = type(fn).__module__
-    if name in ("__main__", "builtins") or name.startswith("file_dataset"):
-        return None  # cloudpickle sends __main__'s functions by value already
+    if name in ("__main__", "builtins") or name.partition(".")[0] == "file_dataset":
+        return []  # cloudpickle sends __main__'s functions by value already
     module = sys.modules.get(name)
+    root = _root_of(name)
+    if module is None or root is None:
+        return []  # a namespace package or a built-in module: leave it as it is
+    if _on_workers_path(root) or _found_by_an_installed_finder(name.partition(".")[0]):
+        return []
+    beside = [
+        other
+        for other_name, other in list(sys.modules.items())
+        if other is not module and "." not in other_name and _root_of(other_name) == root
+    ]
+    return [module, *beside]  # (a package registered covers its modules)
+
+
+def _root_of(name: str) -> str | None:
+    """The ``sys.path`` folder the module ``name`` was imported from.
+
+    For a package's module, its top package's; None for a built-in module or a
+    namespace package.
+    """
     top = sys.modules.get(name.partition(".")[0])
     top_file = getattr(top, "__file__", None)
-    if module is None or not isinstance(top_file, str):
-        return None  # a namespace package or a built-in module: leave it as it is
+    if not isinstance(top_file, str):
+        return None
     root = os.path.dirname(os.path.realpath(top_file))
     if hasattr(top, "__path__"):  # a package: its folder is inside the root
         root = os.path.dirname(root)
-    return None if _on_workers_path(root) else module
+    return root
+
+
+def _found_by_an_installed_finder(name: str) -> bool:
+    """Whether a meta path finder of the environment finds the module ``name``.
+
+    Not Python's, not pytest's: another (an editable install's) is set up in every
+    process of the environment, so workers find the module too.
+    """
+    for finder in sys.meta_path:
+        if type(finder).__module__.partition(".")[0] in _LOCAL_FINDERS or finder in (
+            importlib.machinery.PathFinder,
+            importlib.machinery.BuiltinImporter,
+            importlib.machinery.FrozenImporter,
+        ):
+            continue
+        try:
+            if finder.find_spec(name, None) is not None:
+                return True
+        except Exception:  # noqa: S112 (a finder that fails is not one that finds it)
+            continue
+    return False
 
 
 def _on_workers_path(folder: str) -> bool:
