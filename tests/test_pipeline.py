@@ -2851,7 +2851,7 @@ def test_a_row_whose_input_folder_cannot_be_made_is_dropped(
             inputs.append(prefix)
             second = [p for p in inputs if p == "file_dataset-in."] == [prefix] * 2
         if prefix == "file_dataset-in." and second:
-            return PermissionError(errno.EPERM, "Operation not permitted", "/tmp/x/q1w2e3")
+            return OSError(errno.ENOSPC, "No space left on device", "/tmp/x/q1w2e3")
         return None
 
     _refuse_folders(monkeypatch, refused)
@@ -2865,32 +2865,37 @@ def test_a_row_whose_input_folder_cannot_be_made_is_dropped(
     for row_id in result["id"]:
         assert (tmp_path / "out" / row_id / "output.mha").read_bytes() == row_id.upper().encode()
     assert not (tmp_path / "out" / dropped).exists()
-    assert isinstance(failure.error, PermissionError)
+    assert failure.error.errno == errno.ENOSPC
     assert failure.error.filename == tempfile.gettempdir()  # not the folder never made
     assert str(failure.error).startswith(
-        f"[Errno {errno.EPERM}] file_dataset.Pipeline, for row id '{dropped}', cannot make "
-        "its folder there (no write permission); set TMPDIR to a folder this process may "
-        "write in, with room"
+        f"[Errno {errno.ENOSPC}] file_dataset.Pipeline, for row id '{dropped}', cannot make "
+        "its folder there (No space left on device); set TMPDIR to a folder this process "
+        "may write in, with room"
     )
     assert f"dropped row id '{dropped}' (read failed)" in caplog.text
 
 
-def test_a_temporary_folder_that_is_gone_stops_a_pipeline(
-    options: Options, put: Put, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("code", [errno.ENOENT, errno.EACCES, errno.EROFS])
+def test_a_temporary_folder_that_is_gone_or_read_only_stops_a_pipeline(
+    code: int, options: Options, put: Put, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A tmp cleaner removed TMPDIR: every row would fail, so the call stops at the
-    first, saying why (it raised a bare FileNotFoundError naming a folder never made)."""
+    """A tmp cleaner removed TMPDIR, or it may not be written in: every row would fail,
+    so the call stops at the first, saying why (it raised a bare OSError naming a
+    folder never made; helper-124 found the first fix dropped every row instead)."""
     frame = pd.DataFrame({"id": ["a", "b", "c"], "a.bin": [put(f"gone/{i}", b"x") for i in "abc"]})
     gone = tmp_path / "tmp"
     monkeypatch.setattr(tempfile, "tempdir", str(gone))  # what gettempdir() had cached
+    if code != errno.ENOENT:  # (as root, the system refuses nothing: mkdtemp plays it)
+        _refuse_folders(monkeypatch, lambda prefix: OSError(code, os.strerror(code), "/x"))
     pipeline = Pipeline(upper, {"into_path": tmp_path / "out"}, options)
-    with pytest.raises(FileNotFoundError) as raised:
+    with pytest.raises(OSError) as raised:
         pipeline(frame)
+    assert raised.value.errno == code
     assert raised.value.filename == str(gone)
     assert "file_dataset.Pipeline, for row id 'a', cannot make its folder there" in str(
         raised.value
     )
-    assert "the temporary folder is not there" in "\n".join(raised.value.__notes__)
+    assert "is not there or may not be written in" in "\n".join(raised.value.__notes__)
     assert [(f.id, f.stage) for f in pipeline.last_failures] == [("a", "read")]
     assert not (tmp_path / "out").exists()
 

@@ -6,6 +6,7 @@ import collections
 import concurrent.futures
 import concurrent.futures.thread
 import contextlib
+import errno
 import functools
 import inspect
 import itertools
@@ -956,9 +957,11 @@ def _log_summary(call: _Call, rows: int, *, echo: bool = False) -> None:
 def _row_folder(kind: str, row_id: str) -> Path:
     """A new temporary folder for a row's inputs (``kind`` "in") or outputs ("out").
 
-    Its error names the row and the temporary folder; when that folder is gone (a tmp
-    cleaner removed it, or TMPDIR names a file), every later row would fail alike, and
-    the error says the call stops (see :meth:`Pipeline._fail`).
+    Its error names the row and the temporary folder. When that folder is gone (a tmp
+    cleaner removed it, or TMPDIR names a file) or may not be written in (permissions,
+    a read-only file system), every later row would fail alike, and the error says the
+    call stops (see :meth:`Pipeline._fail`); no space or inodes left may pass, as
+    other rows' folders are removed: that row is dropped.
     """
     try:
         return make_temp_folder(
@@ -968,14 +971,15 @@ def _row_folder(kind: str, row_id: str) -> Path:
             "set TMPDIR to a folder this process may write in, with room",
         )
     except OSError as e:
-        if isinstance(e, FileNotFoundError | NotADirectoryError):
+        if e.errno in _TEMP_FOLDER_UNUSABLE:
             e.add_note(_NO_TEMP_FOLDER_NOTE)
         raise
 
 
+_TEMP_FOLDER_UNUSABLE = (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EROFS)
 _NO_TEMP_FOLDER_NOTE = (
-    "file_dataset.Pipeline: the temporary folder is not there, which fails every later "
-    "row, so the call stops instead of dropping them all"
+    "file_dataset.Pipeline: the temporary folder is not there or may not be written "
+    "in, which fails every later row, so the call stops instead of dropping them all"
 )
 
 
