@@ -3029,3 +3029,34 @@ def test_a_dropped_row_does_not_keep_the_locals_of_fn(
     text = "".join(traceback.format_exception(pipeline.last_failures[0].error))
     assert "in decode_then_fail\n    raise ValueError(" in text
     assert text.endswith("ValueError: cannot resample ['x.bin']\n")
+
+
+def test_local_paths_that_are_not_utf8_are_logged_and_returned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """helper-126: a path holding os.fsdecode's surrogates (a name that is not UTF-8)
+    made the dropped row's line unwritable to a UTF-8 log (the handler dropped it), and
+    such an into_path made the Pipeline raise after writing every row (pandas 3's Arrow
+    strings cannot hold the surrogates)."""
+    missing = os.fsdecode(os.fsencode(tmp_path) + b"/gone\xff.mha")
+    source = tmp_path / "s.bin"
+    source.write_bytes(b"S")
+    into = os.fsdecode(os.fsencode(tmp_path) + b"/out\xe9")
+    frame = pd.DataFrame(
+        {"id": ["r1", "r2"], "image.mha": pd.Series([missing, None], dtype=object)}
+    )
+    log = tmp_path / "log.txt"
+    handler = logging.FileHandler(log, encoding="utf-8")
+    logger = logging.getLogger("file_dataset")
+    logger.addHandler(handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="file_dataset"):
+            result = Pipeline(lambda i, o: {"x.bin": source}, {"into_path": into})(frame)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert list(result["id"]) == ["r2"]
+    assert list(result["x.bin"]) == [f"{into}/r2/x.bin"]
+    assert Path(into, "r2", "x.bin").read_bytes() == b"S"
+    text = log.read_text(encoding="utf-8")
+    assert f"dropped row id 'r1' (read failed): cannot read {tmp_path}/gone\\udcff.mha" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -600,3 +601,13 @@ def test_refreshed_secrets_are_remembered_up_to_a_bound() -> None:
         _errors.remember_secrets(f"other-source-secret-{source}", source=source)
     assert "role-session-secret-01" not in _errors._known_secrets
     assert "kept-static-secret-0001" in _errors._known_secrets
+
+
+def test_a_file_url_of_a_name_that_is_not_utf8_reads_that_file(tmp_path: Path) -> None:
+    """Path.as_uri() percent-encodes the name's bytes; the URL was decoded as UTF-8 with
+    replacement characters, so another (missing) file was read (helper-126)."""
+    name = os.fsdecode(os.fsencode(tmp_path) + b"/scan\xe9.mha")
+    Path(name).write_bytes(b"DATA")
+    url = Path(name).as_uri()
+    assert url.endswith("/scan%E9.mha")
+    assert file_dataset.reader({"f": url}).into_blob_table().to_pylist() == [{"f": b"DATA"}]

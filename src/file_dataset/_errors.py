@@ -397,10 +397,17 @@ _UNPRINTABLE = {
 def printable(text: str) -> str:
     r"""``text`` with control characters written as escapes (``\n``, ``\x1b``).
 
-    Everything else (spaces, quotes, any other Unicode) is left as it is, so a URL or
-    path reads as given.
+    So are lone surrogates (``\udcff``: a local path that is not UTF-8, as
+    ``os.fsdecode`` gives it), which no UTF-8 log file or terminal can take: a
+    logging handler dropped the whole line. Everything else (spaces, quotes, any other
+    Unicode) is left as it is, so a URL or path reads as given.
     """
-    return text.translate(_UNPRINTABLE)
+    text = text.translate(_UNPRINTABLE)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _describe(operation: str, url: str, row_id: str | None, column: str | None) -> str:

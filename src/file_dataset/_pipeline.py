@@ -1405,13 +1405,18 @@ def _output_frame(
     # The dtype pandas gives a column of strings: pandas 3's "str" (missing cells NaN),
     # else object with None where a row has no such output (Arrow, and so Ray Data and
     # Parquet, reads both as strings and nulls; an object column with NaN it would not).
-    frame = pd.DataFrame(
-        {name: [row.get(name) for row in rows] for name in names},
-        index=range(len(rows)),
-        columns=list(names),
-        # asked each call: pandas' "future.infer_string" option may change at any time
-        dtype=pd.Series(["s"]).dtype,
-    )
+    columns = {name: [row.get(name) for row in rows] for name in names}
+    try:
+        frame = pd.DataFrame(
+            columns,
+            index=range(len(rows)),
+            columns=list(names),
+            # asked each call: pandas' "future.infer_string" option may change at any time
+            dtype=pd.Series(["s"]).dtype,
+        )
+    except UnicodeEncodeError:  # a local into_path that is not UTF-8: Arrow strings
+        # cannot hold its surrogates (helper-126: every row written, then this raised)
+        frame = pd.DataFrame(columns, index=range(len(rows)), columns=list(names), dtype=object)
     position = len(frame.columns) if id_last else 0
     frame.insert(position, ID_COLUMN, take(ids, list(written)).reset_index(drop=True))
     return frame

@@ -203,7 +203,14 @@ def parse_url(value: Any, *, prefix: bool = False) -> Location:
             raise InvalidInputError(
                 f"file URL {quoted_masked(value)} names no path (expected file:///absolute/path)"
             )
-        return Location("file", "", _no_nul(urllib.request.url2pathname(parsed.path)))
+        # Path.as_uri() percent-encodes a name's bytes, UTF-8 or not: decoded back with
+        # surrogateescape (url2pathname's "replace" read another, missing file)
+        path = (
+            urllib.parse.unquote(parsed.path, errors="surrogateescape")
+            if os.name == "posix"
+            else urllib.request.url2pathname(parsed.path)
+        )
+        return Location("file", "", _no_nul(path))
     if scheme not in ("s3", "s3a"):
         raise InvalidInputError(
             f"unsupported URL scheme {quoted(scheme)} in {quoted_masked(value)}: "

@@ -693,3 +693,18 @@ def test_ray_module_exports() -> None:
         assert name in dir(module)
     with pytest.raises(AttributeError):
         module.no_such_name  # noqa: B018
+
+
+def test_a_local_path_that_is_not_utf8_is_read_as_by_into_blob_table(
+    ray_local: None, options: Options, tmp_path: Any
+) -> None:
+    """helper-126: pandas 3's Arrow strings cannot hold os.fsdecode's surrogates, so the
+    size estimate raised a bare UnicodeEncodeError where into_blob_table read the file."""
+    name = os.fsdecode(os.fsencode(str(tmp_path)) + b"/scan\xe9.mha")
+    with open(name, "wb") as f:
+        f.write(b"DATA")
+    frame = pd.DataFrame({"id": ["r1", "r2"], "f.mha": pd.Series([name, None], dtype=object)})
+    expected = [{"id": "r1", "f.mha": b"DATA"}, {"id": "r2", "f.mha": None}]
+    assert file_dataset.reader(frame, options).into_blob_table().to_pylist() == expected
+    rows = read_file_dataset(frame, 1, options).take_all()
+    assert [{"id": row["id"], "f.mha": row["f.mha"]} for row in rows] == expected

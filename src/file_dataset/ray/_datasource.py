@@ -67,7 +67,9 @@ def _make_read_fn(chunk: dict[str, Any], options: Options) -> Callable[[], list[
     """
 
     def read_file_dataframe_blobs() -> list[pa.Table]:
-        frame = pd.DataFrame(chunk, columns=list(chunk))
+        # object columns: pandas 3's strings (Arrow) cannot hold a local path that is
+        # not UTF-8 (os.fsdecode's surrogates), which reader() takes
+        frame = pd.DataFrame(chunk, columns=list(chunk), dtype=object)
         return [reader(frame, options).into_blob_table()]
 
     return read_file_dataframe_blobs
@@ -199,7 +201,8 @@ class FileDataFrameAsBlobDatasource(Datasource):
                     values[column] = [
                         cell if keep else None for cell, keep in zip(cells, sized, strict=True)
                     ]
-                sizes = reader(pd.DataFrame(values), self._options).into_size_table()
+                sample = pd.DataFrame(values, dtype=object)  # (as in the read tasks)
+                sizes = reader(sample, self._options).into_size_table()
                 for column, picked in chosen.items():
                     if len(picked):
                         total = pc.sum(sizes.column(column)).as_py() or 0
