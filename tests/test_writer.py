@@ -1039,6 +1039,9 @@ def test_written_ids_lists_the_rows_whose_outputs_are_all_in_s3(
     assert "r1" not in file_dataset.written_ids(
         f"s3://{bucket}/out", ["a.txt"], options, since=stored + dt.timedelta(seconds=1)
     )
+    # pandas' Timestamp kept its nanoseconds, and missed the file (helper-125)
+    nanos = pd.Timestamp(stored) + pd.Timedelta(nanoseconds=1)
+    assert "r1" in file_dataset.written_ids(f"s3://{bucket}/out", ["a.txt"], options, since=nanos)
 
 
 def test_written_ids_pages_through_more_than_1000_objects(

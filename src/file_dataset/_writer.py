@@ -338,7 +338,11 @@ def written_ids(
             )
         # S3 keeps LastModified in whole seconds: a file written in the second that
         # since falls in counts (a local file's time is finer; the same rule holds)
-        since = since.replace(microsecond=0)
+        # (a datetime of its own: pandas' Timestamp keeps its nanoseconds through
+        # replace(microsecond=0), and then missed the files of its second on S3)
+        since = dt.datetime(
+            *since.timetuple()[:6], tzinfo=since.tzinfo, fold=getattr(since, "fold", 0)
+        )
     into = parse_url(into_path, prefix=True)
     found: dict[str, set[str]] = collections.defaultdict(set)
     if into.is_s3:
