@@ -1623,6 +1623,13 @@ def test_download_to_and_temp_dir_folders_are_read_as_into_path_is(
         ("", "download_to(root): expected a local folder, got an empty string"),
         ("file://", "download_to(root): file URL 'file://' names no path"),
         ("s3://bkt/out", "download_to(root) must be a local folder, got the S3 URL"),
+        # helper-121: "invalid S3 bucket name", and "use s3://bucket/key or a local path"
+        ("s3://b/out", "download_to(root) must be a local folder, got the S3 URL 's3://b/out'"),
+        (
+            "ftp://host/out",
+            "download_to(root): expected a local folder (a path or a file:// URL), got "
+            "'ftp://host/out'",
+        ),
     ]:
         with pytest.raises(file_dataset.InvalidInputError) as info:
             file_dataset.reader({"a.bin": source}).download_to(bad)

@@ -19,8 +19,10 @@ def test_local_s3_server_round_trip(mode: str, tmp_path: Path) -> None:
     server = LocalS3Server(mode=mode)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="not started"):
         server.endpoint_url  # noqa: B018
+    assert repr(server) == f"LocalS3Server(mode={mode!r}, not running)"
     with server:
         assert server.endpoint_url == f"http://127.0.0.1:{server.port}"
+        assert repr(server) == f"LocalS3Server(mode={mode!r}, {server.endpoint_url})"
         bucket = server.create_bucket()
         assert server.create_bucket() != bucket
         options = server.options(max_concurrency=2)
@@ -40,6 +42,7 @@ def test_local_s3_server_round_trip(mode: str, tmp_path: Path) -> None:
         endpoint = server.endpoint_url
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=5)
+    assert repr(server) == f"LocalS3Server(mode={mode!r}, not running)"
 
 
 def test_session_server_is_a_child_process(s3_server: LocalS3Server) -> None:

@@ -90,6 +90,8 @@ def make_temp_folder(prefix: str, parent: str | None, who: str, advice: str) -> 
             except OSError:  # no usable temporary folder at all
                 where = "the system's temporary folder"
         reason = "no write permission" if isinstance(e, PermissionError) else e.strerror
+        if e.errno is None:  # (OSError(None, ...) would say "[Errno None]")
+            raise OSError(f"{who} cannot make its folder in {where!r} ({e}); {advice}") from e
         raise OSError(
             e.errno, f"{who} cannot make its folder there ({reason or e}); {advice}", where
         ) from e

@@ -256,6 +256,16 @@ def local_folder(value: Any, what: str) -> str:
             f"{what}: expected a local folder (a path or a file:// URL), got "
             f"{type(value).__name__} {quoted(value)}"
         )
+    scheme = URL_SCHEME.match(os.fspath(value))
+    if scheme is not None and scheme.group(1).lower() not in ("file", "s3", "s3a"):
+        raise InvalidInputError(
+            f"{what}: expected a local folder (a path or a file:// URL), got "
+            f"{quoted_masked(os.fspath(value))}"
+        )
+    if scheme is not None and scheme.group(1).lower() != "file":
+        raise InvalidInputError(
+            f"{what} must be a local folder, got the S3 URL {quoted_masked(str(value))}"
+        )
     try:
         loc = parse_url(value, prefix=True)
     except InvalidInputError as e:

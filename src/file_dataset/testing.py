@@ -156,6 +156,11 @@ class LocalS3Server:
                     pipe.close()
             self._process = None
 
+    def __repr__(self) -> str:
+        running = self._process is not None or self._thread_server is not None
+        where = f"http://{self.host}:{self.port}" if running else "not running"
+        return f"LocalS3Server(mode={self.mode!r}, {where})"
+
     def __enter__(self) -> LocalS3Server:
         return self.start()
 
