@@ -2900,97 +2900,26 @@ def test_a_temporary_folder_that_is_gone_or_read_only_stops_a_pipeline(
     assert not (tmp_path / "out").exists()
 
 
-_STEPS_MODULE = """
-import threading
-from pathlib import Path
-
-from steps_helpers_r5k import tagged
-
-import file_dataset
-
-LOCK = threading.Lock()  # cannot be pickled by value: step goes by reference then
-CALLS = []
-
-
-def step(input_dir: Path, output_dir: Path) -> dict:
-    CALLS.append(input_dir.name)
-    out = output_dir / "y"
-    out.write_bytes(tagged((input_dir / "x").read_bytes()))
-    return {"y": out}
-
-
-def locked_step(input_dir: Path, output_dir: Path) -> dict:
-    with LOCK:
-        return step(input_dir, output_dir)
-
-
-INNER = file_dataset.Pipeline(step, {"into_path": "s3://bucket/inner"})
-
-
-def outer_step(input_dir: Path, output_dir: Path) -> dict:
-    return INNER.fn(input_dir, output_dir)
-"""
-
-_UNPICKLING_CHILD = """
-import pickle, sys
-from pathlib import Path
-
-pipeline = pickle.loads(sys.stdin.buffer.read())
-source = Path(sys.argv[1])
-print(pipeline.fn(source, source).get("y").read_bytes().decode())
-"""
-
-
-def _unpickled_elsewhere(pipeline: Pipeline, data: Path) -> subprocess.CompletedProcess[bytes]:
-    """Unpickles ``pipeline`` in a process whose sys.path lacks the test's folder, and
-    calls its fn on ``data``."""
-    return subprocess.run(
-        [sys.executable, "-c", _UNPICKLING_CHILD, str(data)],
-        input=pickle.dumps(pipeline),
-        capture_output=True,
-        timeout=120,
-        cwd=Path(file_dataset.__file__).parent,
-    )
-
-
-def test_a_function_of_a_module_found_only_here_is_pickled_by_value_too(
+def test_a_function_of_a_module_found_only_here_pickles_as_before_outside_ray(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A Ray worker imports a function pickled by reference; one of a module that pytest
-    or the user put on sys.path at run time was not found there (helper-120: a test
-    file's function failed in every worker). Such a function now travels both ways: by
-    reference where its module imports (a copy is the same function, helper-124), by
-    value where not, with the helper modules of the same folder."""
+    """fn goes by value only when Ray pickles the Pipeline (see the Ray tests): a copy,
+    or a process pool here, gets the same function and module globals (helper-124: a
+    module-level lock made every pickle fail, a big global made it big)."""
     import copy
     import importlib
 
-    (tmp_path / "steps_r5k.py").write_text(_STEPS_MODULE)
-    (tmp_path / "steps_helpers_r5k.py").write_text("def tagged(data):\n    return data + b'+t'\n")
+    (tmp_path / "steps_r6k.py").write_text(
+        "import threading\nLOCK = threading.Lock()\nBIG = bytes(1 << 20)\n\n\n"
+        "def step(input_dir, output_dir):\n    with LOCK:\n        return {'n': len(BIG)}\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    steps = importlib.import_module("steps_r5k")
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "x").write_bytes(b"row")
+    steps = importlib.import_module("steps_r6k")
     pipeline = Pipeline(steps.step, {"into_path": tmp_path / "out"})
-    done = _unpickled_elsewhere(pipeline, data)
-    assert (done.returncode, done.stdout) == (0, b"row+t\n"), done.stderr.decode()
-    assert pickle.loads(pickle.dumps(pipeline)).fn is steps.step
+    pickled = pickle.dumps(pipeline)
+    assert len(pickled) < 2000
+    assert pickle.loads(pickled).fn is steps.step
     assert copy.deepcopy(pipeline).fn is steps.step
-
-    # a Pipeline that a global of fn holds (helper-124: pickling waited forever)
-    outer = Pipeline(steps.outer_step, {"into_path": tmp_path / "out"})
-    outcome: list[bytes] = []
-    pickling = threading.Thread(target=lambda: outcome.append(pickle.dumps(outer)), daemon=True)
-    pickling.start()
-    pickling.join(timeout=60)
-    assert len(outcome) == 1
-    done = _unpickled_elsewhere(outer, data)
-    assert (done.returncode, done.stdout) == (0, b"row+t\n"), done.stderr.decode()
-
-    # a module-level lock cannot go by value: by reference, as before (helper-124)
-    locked = Pipeline(steps.locked_step, {"into_path": tmp_path / "out"})
-    assert pickle.loads(pickle.dumps(locked)).fn is steps.locked_step
-    assert b"No module named 'steps_r5k'" in _unpickled_elsewhere(locked, data).stderr
 
 
 def test_a_function_of_an_installed_module_is_pickled_by_reference(tmp_path: Path) -> None:
@@ -3060,3 +2989,60 @@ def test_local_paths_that_are_not_utf8_are_logged_and_returned(
     assert Path(into, "r2", "x.bin").read_bytes() == b"S"
     text = log.read_text(encoding="utf-8")
     assert f"dropped row id 'r1' (read failed): cannot read {tmp_path}/gone\\udcff.mha" in text
+
+
+def test_clearing_a_dropped_rows_locals_leaves_fns_generators_running(
+    options: Options, put: Put, tmp_path: Path
+) -> None:
+    """helper-127: clearing the frames closed a suspended generator that fn's error had
+    passed through (a long-lived worker handing fn the error it caught), on Python 3.11
+    and 3.12, and every later row failed. A sub-exception of an exception group (an
+    asyncio.TaskGroup in fn) kept its locals."""
+    import gc
+    import weakref
+
+    def worker() -> Any:
+        result: Any = None
+        while True:
+            data = yield result
+            try:
+                if data == b"bad":
+                    raise ValueError("bad content")
+                result = data.upper()
+            except ValueError as e:
+                result = e  # handed back to fn
+
+    running = worker()
+    next(running)
+    alive: list[weakref.ref[_Decoded]] = []
+
+    def decode() -> None:
+        image = _Decoded()
+        alive.append(weakref.ref(image))
+        raise KeyError("in a task")
+
+    def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        data = (input_dir / "x.bin").read_bytes()
+        if data == b"group":
+            caught: list[Exception] = []
+            try:
+                decode()
+            except KeyError as e:
+                caught.append(e)
+            raise ExceptionGroup("tasks failed", caught)  # (no __context__)
+        result = running.send(data)
+        if isinstance(result, Exception):
+            raise result
+        (output_dir / "y.bin").write_bytes(result)
+        return {"y.bin": output_dir / "y.bin"}
+
+    cells = [b"bad", b"good", b"group", b"fine"]
+    frame = pd.DataFrame(
+        {"id": ["a", "b", "c", "d"], "x.bin": [put(f"gen/{i}", c) for i, c in enumerate(cells)]}
+    )
+    result = Pipeline(fn, {"into_path": tmp_path / "out"}, options)(frame)
+    assert list(result["id"]) == ["b", "d"]
+    assert (tmp_path / "out" / "d" / "y.bin").read_bytes() == b"FINE"
+    assert running.gi_frame is not None  # still suspended, not closed
+    gc.collect()
+    assert [ref() for ref in alive] == [None]

@@ -775,6 +775,10 @@ def _forget_locals(error: BaseException) -> None:
     Each traceback kept every frame alive, with its locals: a thousand rows whose
     ``fn`` decoded a 20 MiB image and then raised held 20 GB until the thread's next
     call (helper-123). Files, lines and function names stay for the traceback's text.
+    The frame of a generator or coroutine is left alone: before Python 3.13, clearing
+    a suspended one closes it (helper-127: a worker generator that handed ``fn`` the
+    error it caught was closed, and every later row failed). Causes, contexts and the
+    exceptions of an exception group are cleared too.
     """
     seen: set[int] = set()
     pending: list[BaseException | None] = [error]
@@ -783,8 +787,23 @@ def _forget_locals(error: BaseException) -> None:
         if current is None or id(current) in seen or len(seen) >= 64:
             continue
         seen.add(id(current))
-        traceback.clear_frames(current.__traceback__)
+        tb = current.__traceback__
+        while tb is not None:
+            if not tb.tb_frame.f_code.co_flags & _SUSPENDABLE:
+                with contextlib.suppress(RuntimeError):  # a frame still running
+                    tb.tb_frame.clear()
+            tb = tb.tb_next
         pending += [current.__cause__, current.__context__]
+        if isinstance(current, BaseExceptionGroup):
+            pending += current.exceptions
+
+
+_SUSPENDABLE = (
+    inspect.CO_GENERATOR
+    | inspect.CO_COROUTINE
+    | inspect.CO_ASYNC_GENERATOR
+    | inspect.CO_ITERABLE_COROUTINE
+)
 
 
 def _redrawn_in_place(stream: Any) -> bool:

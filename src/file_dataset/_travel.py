@@ -5,9 +5,11 @@ module is importable here, and the worker imports that module. A worker's ``sys.
 is its own (the installed packages, ``PYTHONPATH``) plus the driver's working folder
 and script folder, which Ray adds. A module found on a path that pytest or the user
 put on ``sys.path`` at run time (a test file in ``tests/``, say) is not found there:
-every batch failed with ``ModuleNotFoundError: No module named 'test_...'``. Such a
-``fn`` is pickled by value instead, with the functions and classes of its module that
-it uses; modules the workers do import stay references.
+every batch failed with ``ModuleNotFoundError: No module named 'test_...'``. When Ray
+pickles a Pipeline, such a ``fn`` is pickled by value instead, with what it uses of its
+module and of the modules imported from the same folder; modules the workers do
+import stay references. Other pickling (a copy, a process pool on this machine, whose
+processes share this ``sys.path``) is left as it was.
 """
 
 from __future__ import annotations
@@ -30,52 +32,53 @@ _REGISTERING = threading.RLock()
 # finds test modules on the paths pytest added): any other finds modules in every
 # process of this environment (an editable install's finder, set up by a .pth file).
 _LOCAL_FINDERS = ("_frozen_importlib", "_frozen_importlib_external", "_pytest")
+# Where Ray's pickler is: a Pipeline pickled from inside it is going to Ray.
+_RAY_PICKLER = os.path.join("ray", "cloudpickle", "")
 
 
 class FnByValue:
-    """``fn`` pickled twice: as the pickler would (by reference), and by value.
+    """``fn`` pickled by value with Ray's cloudpickle; :func:`arrived` unpickles it."""
 
-    :func:`arrived` takes the reference where it can be imported (a copy, a process
-    pool of this machine: the same function, the same module globals) and the value
-    where it cannot (a Ray worker).
-    """
+    __slots__ = ("value",)
 
-    __slots__ = ("reference", "value")
-
-    def __init__(self, reference: bytes, value: bytes) -> None:
-        self.reference = reference
+    def __init__(self, value: bytes) -> None:
         self.value = value
 
 
 def travelling(fn: Callable[..., Any]) -> Any:
-    """``fn``, or a :class:`FnByValue` of it when workers could not import its module."""
+    """``fn``, or a :class:`FnByValue` of it when Ray's workers could not import it."""
+    pickler: Any = sys.modules.get("ray.cloudpickle")
+    if pickler is None or not _pickled_by_ray():
+        return fn
     modules = _unreachable_modules(fn)
     if not modules:
         return fn
-    pickler: Any = sys.modules.get("ray.cloudpickle")
-    if pickler is None:
-        try:
-            pickler = importlib.import_module("cloudpickle")
-        except ImportError:  # no cloudpickle here: no Ray either, pickle as before
-            return fn
     with _REGISTERING:  # the registration is global: two pickles at once must not mix
         if _registered(pickler, modules[0]):
             return fn  # the user's registration, or an outer travelling(), does it
+        registered: list[types.ModuleType] = []
         try:
-            reference = pickler.dumps(fn)
-        except Exception:  # the Pipeline's own pickling then says why, as it did
-            return fn
-        registered = [m for m in modules if not _registered(pickler, m)]
-        for module in registered:
-            pickler.register_pickle_by_value(module)
-        try:
+            for module in modules:
+                if not _registered(pickler, module):
+                    pickler.register_pickle_by_value(module)
+                    registered.append(module)
             value = pickler.dumps(fn)
-        except Exception:  # a module-level lock or open file fn uses: by reference only
-            return fn
+        except Exception:  # a module-level lock or open file fn uses: by reference, as
+            return fn  # before (the worker then says which module it cannot import)
         finally:
             for module in registered:
                 pickler.unregister_pickle_by_value(module)
-    return FnByValue(reference, value)
+    return FnByValue(value)
+
+
+def _pickled_by_ray() -> bool:
+    """Whether Ray's cloudpickle is pickling the object being pickled now."""
+    frame: types.FrameType | None = sys._getframe(2)
+    while frame is not None:
+        if _RAY_PICKLER in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _registered(pickler: Any, module: types.ModuleType) -> bool:
@@ -95,10 +98,7 @@ def arrived(fn: Any) -> Any:
 
     # The bytes come from this library's own __getstate__, inside the Pipeline's
     # pickle: unpickling that pickle already trusts its source.
-    try:
-        return pickle.loads(fn.reference)  # noqa: S301
-    except ImportError:  # its module is not found here (a Ray worker)
-        return pickle.loads(fn.value)  # noqa: S301
+    return pickle.loads(fn.value)  # noqa: S301
 
 
 def _unreachable_modules(fn: Callable[..., Any]) -> list[types.ModuleType]:
@@ -124,7 +124,10 @@ def _unreachable_modules(fn: Callable[..., Any]) -> list[types.ModuleType]:
     beside = [
         other
         for other_name, other in list(sys.modules.items())
-        if other is not module and "." not in other_name and _root_of(other_name) == root
+        if other is not module
+        and isinstance(other, types.ModuleType)  # (some modules replace themselves)
+        and "." not in other_name
+        and _root_of(other_name) == root
     ]
     return [module, *beside]  # (a package registered covers its modules)
 
@@ -180,8 +183,12 @@ def _worker_folders() -> set[str]:
     The working and script folders (Ray adds them), ``PYTHONPATH``, and the paths of
     ``.pth`` files (editable installs).
     """
-    folders = [os.getcwd(), os.path.dirname(os.path.realpath(sys.argv[0] or "."))]
-    folders += os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    folders = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    with contextlib.suppress(OSError):  # a working folder removed meanwhile
+        folders.append(os.getcwd())
+    argv = getattr(sys, "argv", None)  # (an embedded interpreter may have none)
+    if argv and isinstance(argv[0], str) and argv[0]:
+        folders.append(os.path.dirname(os.path.realpath(argv[0])))
     return {os.path.realpath(f) for f in folders if f} | _pth_folders()
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -222,3 +224,87 @@ def test_a_function_of_a_module_the_workers_cannot_import_runs_in_map_batches(
     expected = {i: blob_dataset.expected(i, "image.bin")[::-1] for i in frame["id"]}
     assert got == {i: data + b"-from-a-test-module" for i, data in expected.items()}
     assert "user_steps_q7" not in ray.cloudpickle.list_registry_pickle_by_value()  # as it was
+
+
+_STEPS_MODULE = """
+import threading
+from pathlib import Path
+
+from steps_helpers_r5k import tagged
+
+import file_dataset
+
+LOCK = threading.Lock()  # cannot be pickled by value: locked_step goes by reference
+
+
+def step(input_dir: Path, output_dir: Path) -> dict:
+    out = output_dir / "y"
+    out.write_bytes(tagged((input_dir / "x").read_bytes()))
+    return {"y": out}
+
+
+def locked_step(input_dir: Path, output_dir: Path) -> dict:
+    with LOCK:
+        return step(input_dir, output_dir)
+
+
+INNER = file_dataset.Pipeline(step, {"into_path": "s3://bucket/inner"})
+
+
+def outer_step(input_dir: Path, output_dir: Path) -> dict:
+    return INNER.fn(input_dir, output_dir)
+"""
+
+_UNPICKLING_CHILD = """
+import pickle, sys
+from pathlib import Path
+
+pipeline = pickle.loads(sys.stdin.buffer.read())
+source = Path(sys.argv[1])
+print(pipeline.fn(source, source).get("y").read_bytes().decode())
+"""
+
+
+def _unpickled_elsewhere(pickled: bytes, data: Path) -> subprocess.CompletedProcess[bytes]:
+    """Unpickles a Pipeline in a process whose sys.path lacks the test's folder (as a
+    Ray worker's), and calls its fn on ``data``."""
+    return subprocess.run(
+        [sys.executable, "-c", _UNPICKLING_CHILD, str(data)],
+        input=pickled,
+        capture_output=True,
+        timeout=120,
+        cwd=data,  # (a folder holding no module)
+    )
+
+
+def test_ray_pickles_a_function_of_a_module_found_only_here_by_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the helper modules of the same folder; a Pipeline that a global of fn holds
+    (helper-124: pickling it waited forever on a lock); a module-level lock, which
+    cannot go by value, by reference as before; cloudpickle's registry left as it was."""
+    import importlib
+
+    (tmp_path / "steps_r5k.py").write_text(_STEPS_MODULE)
+    (tmp_path / "steps_helpers_r5k.py").write_text("def tagged(data):\n    return data + b'+t'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    steps = importlib.import_module("steps_r5k")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x").write_bytes(b"row")
+    before = ray.cloudpickle.list_registry_pickle_by_value()
+    for fn in (steps.step, steps.outer_step):
+        outcome: list[bytes] = []
+        pipeline = Pipeline(fn, {"into_path": tmp_path / "out"})
+        pickling = threading.Thread(
+            target=lambda p=pipeline, out=outcome: out.append(ray.cloudpickle.dumps(p)),
+            daemon=True,
+        )
+        pickling.start()
+        pickling.join(timeout=60)
+        assert len(outcome) == 1, fn
+        done = _unpickled_elsewhere(outcome[0], data)
+        assert (done.returncode, done.stdout) == (0, b"row+t\n"), done.stderr.decode()
+    locked = ray.cloudpickle.dumps(Pipeline(steps.locked_step, {"into_path": tmp_path / "o"}))
+    assert b"No module named 'steps_r5k'" in _unpickled_elsewhere(locked, data).stderr
+    assert ray.cloudpickle.list_registry_pickle_by_value() == before
