@@ -3922,3 +3922,33 @@ def test_a_setting_botocore_refuses_is_not_failed_credentials(
     assert stopped.value.row_id == "r0"
     assert "botocore refuses a setting of these options" in stopped.value.__notes__[0]
     assert [failure.id for failure in pipeline.last_failures] == ["r0"]
+
+
+class _QuotingHandler(_RefusingHandler):
+    """Answers 503 SlowDown, 404 NoSuchKey or 400 InvalidRequest, quoting the request's
+    session token and credential scope in the message, as some gateways do."""
+
+    seen: ClassVar[list[str]] = []
+    message = (
+        "slow; token fake-tokenfake-tokenfake-tokenfake-token, "
+        "Credential=AKIAFAKES30000000000/20260101/us-east-1/s3/aws4_request"
+    )
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+@pytest.mark.parametrize("answer", [(503, "SlowDown"), (404, "NoSuchKey"), (400, "InvalidRequest")])
+def test_a_servers_message_quoting_the_credentials_is_masked(
+    transport: str, answer: tuple[int, str]
+) -> None:
+    """helper-128: the boto3 transport put S3's message in the error as it came (obstore
+    masked it): a token or key id a gateway echoed reached messages and tracebacks."""
+    _QuotingHandler.get = _QuotingHandler.head = answer
+    with (
+        _fake_s3(_QuotingHandler, transport) as options,
+        pytest.raises(file_dataset.TransferError) as raised,
+    ):
+        file_dataset.reader({"a.bin": "s3://bkt/a.bin"}, options).into_blob_table()
+    text = "".join(traceback.format_exception(raised.value))
+    assert "fake-token" not in text
+    assert "AKIAFAKES30000000000" not in text
+    assert "s3://bkt/a.bin" in str(raised.value)

@@ -155,7 +155,8 @@ def _translate(error: Exception, url: str, operation: str) -> NoReturn:
         info = error.response.get("Error", {})
         code = str(info.get("Code", "")).strip()  # indented XML: line breaks around
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        message = str(info.get("Message") or "").strip()
+        # a gateway's message may quote the request's headers: its token, say
+        message = masked_cut(str(info.get("Message") or "").strip(), 1000)
         reason = f"{code or status}{': ' + message if message else ''}"
         if code in _NOT_FOUND or status == 404:
             bare_head = operation == "head" and code in ("404", "NotFound", "")
