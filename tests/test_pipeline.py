@@ -3046,3 +3046,23 @@ def test_clearing_a_dropped_rows_locals_leaves_fns_generators_running(
     assert running.gi_frame is not None  # still suspended, not closed
     gc.collect()
     assert [ref() for ref in alive] == [None]
+
+
+def test_an_interrupt_while_the_destination_is_checked_is_logged(
+    options: Options, bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """helper-125: a SIGTERM turned into SystemExit while the first client was made (the
+    check of into_path's bucket, before any row) left no line in the job's log."""
+    frame = pd.DataFrame({"id": ["r1", "r2"], "f": [None, None]})
+    pipeline = Pipeline(upper, {"into_path": f"s3://{bucket}/out"}, options)
+
+    def terminated() -> None:
+        raise SystemExit(1)
+
+    pipeline._check_destination = terminated  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="file_dataset"), pytest.raises(SystemExit):
+        pipeline(frame)
+    assert (
+        "file_dataset.Pipeline interrupted by SystemExit after writing 0 of 2 rows: the rows "
+        "written stay written"
+    ) in caplog.text

@@ -539,7 +539,12 @@ class Pipeline:
         ids = check_frame(file_dataframe)
         columns = [str(c) for c in file_dataframe.columns if c != ID_COLUMN]
         if ids:
-            self._check_destination()
+            try:
+                self._check_destination()
+            except (KeyboardInterrupt, SystemExit) as interrupt:
+                # (a batch system's SIGTERM while the first client is made: helper-125)
+                _log_interrupt(_Call(), interrupt, len(ids), collections.deque())
+                raise
             # Names that cannot be local files or folders would fail every row (inputs
             # are files of input_dir) or every write; refused before any row, as
             # reader().into_temp_dir() and write_files do.
