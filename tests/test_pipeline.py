@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import datetime
@@ -3038,14 +3039,43 @@ def test_clearing_a_dropped_rows_locals_leaves_fns_generators_running(
 
     cells = [b"bad", b"good", b"group", b"fine"]
     frame = pd.DataFrame(
-        {"id": ["a", "b", "c", "d"], "x.bin": [put(f"gen/{i}", c) for i, c in enumerate(cells)]}
+        {"id": list("abcd"), "x.bin": [put(f"gen/{i}", c) for i, c in enumerate(cells)]}
     )
-    result = Pipeline(fn, {"into_path": tmp_path / "out"}, options)(frame)
+    pipeline = Pipeline(fn, {"into_path": tmp_path / "out"}, options)
+    result = pipeline(frame)
     assert list(result["id"]) == ["b", "d"]
     assert (tmp_path / "out" / "d" / "y.bin").read_bytes() == b"FINE"
     assert running.gi_frame is not None  # still suspended, not closed
     gc.collect()
     assert [ref() for ref in alive] == [None]
+    assert [failure.id for failure in pipeline.last_failures] == ["a", "c"]
+
+
+def test_a_dropped_row_of_an_async_fn_does_not_keep_its_locals(
+    options: Options, put: Put, tmp_path: Path
+) -> None:
+    """helper-129: the frames of finished coroutines were left uncleared with those of
+    suspended ones, so an async fn run as the README shows kept each dropped row's
+    image (5 of 5 rows)."""
+    import gc
+    import weakref
+
+    alive: list[weakref.ref[_Decoded]] = []
+
+    async def load_and_fail(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        image = _Decoded()
+        alive.append(weakref.ref(image))
+        raise ValueError("bad image")
+
+    def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        return asyncio.run(load_and_fail(input_dir, output_dir))
+
+    frame = pd.DataFrame({"id": ["a", "b"], "x.bin": [put(f"co/{i}", b"x") for i in "ab"]})
+    pipeline = Pipeline(fn, {"into_path": tmp_path / "out"}, options)
+    assert pipeline(frame).empty
+    gc.collect()
+    assert [ref() for ref in alive] == [None, None]
+    assert [str(failure.error) for failure in pipeline.last_failures] == ["bad image"] * 2
 
 
 def test_an_interrupt_while_the_destination_is_checked_is_logged(

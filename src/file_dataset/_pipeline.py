@@ -8,6 +8,7 @@ import concurrent.futures.thread
 import contextlib
 import errno
 import functools
+import gc
 import inspect
 import itertools
 import logging
@@ -780,9 +781,10 @@ def _forget_locals(error: BaseException) -> None:
     Each traceback kept every frame alive, with its locals: a thousand rows whose
     ``fn`` decoded a 20 MiB image and then raised held 20 GB until the thread's next
     call (helper-123). Files, lines and function names stay for the traceback's text.
-    The frame of a generator or coroutine is left alone: before Python 3.13, clearing
-    a suspended one closes it (helper-127: a worker generator that handed ``fn`` the
-    error it caught was closed, and every later row failed). Causes, contexts and the
+    The frame of a suspended generator or coroutine is left alone: before Python 3.13,
+    clearing it closes it (helper-127: a worker generator that handed ``fn`` the error
+    it caught was closed, and every later row failed); a finished one's is cleared (an
+    ``async def`` run by ``asyncio.run``, helper-129). Causes, contexts and the
     exceptions of an exception group are cleared too.
     """
     seen: set[int] = set()
@@ -794,13 +796,27 @@ def _forget_locals(error: BaseException) -> None:
         seen.add(id(current))
         tb = current.__traceback__
         while tb is not None:
-            if not tb.tb_frame.f_code.co_flags & _SUSPENDABLE:
+            frame = tb.tb_frame
+            if not (frame.f_code.co_flags & _SUSPENDABLE and _suspended(frame)):
                 with contextlib.suppress(RuntimeError):  # a frame still running
-                    tb.tb_frame.clear()
+                    frame.clear()
             tb = tb.tb_next
         pending += [current.__cause__, current.__context__]
         if isinstance(current, BaseExceptionGroup):
             pending += current.exceptions
+
+
+def _suspended(frame: types.FrameType) -> bool:
+    """Whether ``frame`` is that of a generator or coroutine that may still resume.
+
+    Such a frame is its generator's; a finished generator has let go of it. Asked only
+    for generator and coroutine frames (the search goes through every object).
+    """
+    for owner in gc.get_referrers(frame):
+        for name in ("gi_frame", "cr_frame", "ag_frame"):
+            if getattr(owner, name, None) is frame:
+                return True
+    return False
 
 
 _SUSPENDABLE = (

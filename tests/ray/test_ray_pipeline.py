@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
 import sys
 import threading
@@ -278,7 +280,7 @@ def _unpickled_elsewhere(pickled: bytes, data: Path) -> subprocess.CompletedProc
 
 
 def test_ray_pickles_a_function_of_a_module_found_only_here_by_value(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With the helper modules of the same folder; a Pipeline that a global of fn holds
     (helper-124: pickling it waited forever on a lock); a module-level lock, which
@@ -305,6 +307,12 @@ def test_ray_pickles_a_function_of_a_module_found_only_here_by_value(
         assert len(outcome) == 1, fn
         done = _unpickled_elsewhere(outcome[0], data)
         assert (done.returncode, done.stdout) == (0, b"row+t\n"), done.stderr.decode()
-    locked = ray.cloudpickle.dumps(Pipeline(steps.locked_step, {"into_path": tmp_path / "o"}))
+    with caplog.at_level(logging.WARNING, logger="file_dataset"):
+        locked = ray.cloudpickle.dumps(Pipeline(steps.locked_step, {"into_path": tmp_path}))
     assert b"No module named 'steps_r5k'" in _unpickled_elsewhere(locked, data).stderr
+    assert (  # said on the driver (helper-129: the workers' error names no cause)
+        "fn's module 'steps_r5k' is not found where Ray's workers look (it was imported "
+        f"from {os.path.realpath(tmp_path)}) and fn cannot be pickled by value (TypeError: "
+        "cannot pickle '_thread.lock' object)"
+    ) in caplog.text
     assert ray.cloudpickle.list_registry_pickle_by_value() == before
