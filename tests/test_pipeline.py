@@ -3096,3 +3096,47 @@ def test_an_interrupt_while_the_destination_is_checked_is_logged(
         "file_dataset.Pipeline interrupted by SystemExit after writing 0 of 2 rows: the rows "
         "written stay written"
     ) in caplog.text
+
+
+def test_a_generator_made_before_gc_freeze_is_not_closed_by_a_dropped_row(
+    options: Options, tmp_path: Path
+) -> None:
+    """helper-131: gc.get_referrers does not see objects frozen by gc.freeze() (Ray
+    Serve freezes them at start), so the suspended worker generator was taken for a
+    finished one, closed, and every later row failed."""
+    import gc
+
+    def worker() -> Any:
+        result: Any = None
+        while True:
+            job = yield result
+            try:
+                if job == "bad":
+                    raise ValueError("bad job")
+                result = job
+            except ValueError as e:
+                result = e
+
+    running = worker()
+    next(running)
+    gc.freeze()
+    try:
+
+        def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+            result = running.send((input_dir / "x.txt").read_text())
+            if isinstance(result, Exception):
+                raise result
+            (output_dir / "y.txt").write_text(result)
+            return {"y.txt": output_dir / "y.txt"}
+
+        for name in ("bad", "ok1", "ok2"):
+            (tmp_path / name).write_text(name)
+        frame = pd.DataFrame(
+            {"id": ["a", "b", "c"], "x.txt": [str(tmp_path / n) for n in ("bad", "ok1", "ok2")]}
+        )
+        result = Pipeline(fn, {"into_path": tmp_path / "out"}, options)(frame)
+    finally:
+        gc.unfreeze()
+    assert list(result["id"]) == ["b", "c"]
+    assert (tmp_path / "out" / "c" / "y.txt").read_text() == "ok2"
+    assert running.gi_frame is not None

@@ -54,7 +54,10 @@ def travelling(fn: Callable[..., Any]) -> Any:
     pickler: Any = sys.modules.get("ray.cloudpickle")
     if pickler is None or not _pickled_by_ray():
         return fn
-    modules = _unreachable_modules(fn)
+    shipped = _shipped_by_ray()
+    if shipped is None:
+        return fn  # the job ships modules of its own (py_modules): the user's choice
+    modules = _unreachable_modules(fn, shipped)
     if not modules:
         return fn
     with _REGISTERING:  # the registration is global: two pickles at once must not mix
@@ -84,6 +87,26 @@ def travelling(fn: Callable[..., Any]) -> Any:
             for module in registered:
                 pickler.unregister_pickle_by_value(module)
     return FnByValue(value)
+
+
+def _shipped_by_ray() -> set[str] | None:
+    """The folders the Ray job's ``runtime_env`` puts on its workers' ``PYTHONPATH``.
+
+    None when it ships ``py_modules``: which modules those hold cannot be told from
+    their uploaded packages, and a module the workers import must not be replaced by
+    the driver's copy (helper-131: its import-time state came from the driver).
+    """
+    ray = sys.modules.get("ray")
+    try:
+        if ray is None or not ray.is_initialized():
+            return set()
+        env = ray.get_runtime_context().runtime_env
+        if env.get("py_modules"):
+            return None
+        path = (env.get("env_vars") or {}).get("PYTHONPATH") or ""
+    except Exception:  # a Ray whose runtime context cannot be read: as without one
+        return set()
+    return {os.path.realpath(folder) for folder in str(path).split(os.pathsep) if folder}
 
 
 def _pickled_by_ray() -> bool:
@@ -116,7 +139,7 @@ def arrived(fn: Any) -> Any:
     return pickle.loads(fn.value)  # noqa: S301
 
 
-def _unreachable_modules(fn: Callable[..., Any]) -> list[types.ModuleType]:
+def _unreachable_modules(fn: Callable[..., Any], shipped: set[str]) -> list[types.ModuleType]:
     """The module defining ``fn`` and those beside it, if a Ray worker cannot import it.
 
     Beside it: the other modules imported from the same ``sys.path`` folder (a helper
@@ -134,7 +157,11 @@ def _unreachable_modules(fn: Callable[..., Any]) -> list[types.ModuleType]:
     root = _root_of(name)
     if module is None or root is None:
         return []  # a namespace package or a built-in module: leave it as it is
-    if _on_workers_path(root) or _found_by_an_installed_finder(name.partition(".")[0]):
+    if (
+        root in shipped
+        or _on_workers_path(root)
+        or _found_by_an_installed_finder(name.partition(".")[0])
+    ):
         return []
     beside = [
         other

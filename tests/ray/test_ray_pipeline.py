@@ -316,3 +316,33 @@ def test_ray_pickles_a_function_of_a_module_found_only_here_by_value(
         "cannot pickle '_thread.lock' object)"
     ) in caplog.text
     assert ray.cloudpickle.list_registry_pickle_by_value() == before
+
+
+def test_a_job_shipping_py_modules_keeps_fn_by_reference(
+    ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """helper-131: with runtime_env={"py_modules": [...]}, Ray ships the modules itself;
+    sending fn by value replaced the workers' import of its module by the driver's
+    copy (its import-time state, its classes). A PYTHONPATH the job sets counts as a
+    folder the workers import from."""
+    import importlib
+
+    (tmp_path / "shipped_q9.py").write_text("def step(input_dir, output_dir):\n    return {}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    shipped = importlib.import_module("shipped_q9")
+    pipeline = Pipeline(shipped.step, {"into_path": tmp_path / "out"})
+    assert b"FnByValue" in ray.cloudpickle.dumps(pipeline)  # the session's job ships none
+
+    class Context:
+        def __init__(self) -> None:
+            self.runtime_env: dict[str, Any] = {}
+
+    context = Context()
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: context)
+    shipping = [
+        {"py_modules": ["gcs://_ray_pkg_0.zip"]},
+        {"env_vars": {"PYTHONPATH": str(tmp_path)}},
+    ]
+    for env in shipping:
+        context.runtime_env = env
+        assert b"FnByValue" not in ray.cloudpickle.dumps(pipeline), env
