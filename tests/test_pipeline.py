@@ -3140,3 +3140,39 @@ def test_a_generator_made_before_gc_freeze_is_not_closed_by_a_dropped_row(
     assert list(result["id"]) == ["b", "c"]
     assert (tmp_path / "out" / "c" / "y.txt").read_text() == "ok2"
     assert running.gi_frame is not None
+
+
+class _Record:
+    """Holds a value; any other attribute is a KeyError, as record classes do."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __getattr__(self, name: str) -> Any:
+        raise KeyError(name)
+
+
+def test_a_dropped_rows_frame_held_by_an_object_with_getattr_is_dropped_cleanly(
+    options: Options, tmp_path: Path
+) -> None:
+    """helper-132: looking for the generators that hold a row's frames read gi_frame of
+    every object that refers to them; a __getattr__ raising KeyError ended the call."""
+    import sys
+
+    kept: list[_Record] = []
+
+    async def go() -> None:
+        kept.append(_Record(sys._getframe()))
+        raise ValueError("bad row")
+
+    def fn(input_dir: Path, output_dir: Path) -> dict[str, Path]:
+        return asyncio.run(go())  # type: ignore[func-returns-value]
+
+    (tmp_path / "x").write_text("x")
+    frame = pd.DataFrame({"id": ["a", "b"], "x": [str(tmp_path / "x")] * 2})
+    pipeline = Pipeline(fn, {"into_path": tmp_path / "out"}, options)
+    assert pipeline(frame).empty
+    assert [(f.id, str(f.error)) for f in pipeline.last_failures] == [
+        ("a", "bad row"),
+        ("b", "bad row"),
+    ]

@@ -825,10 +825,17 @@ def _suspended(frames: list[types.FrameType]) -> set[int]:
     ids = {id(frame) for frame in frames}
     found: set[int] = set()
     for owner in gc.get_referrers(*frames):
-        for name in ("gi_frame", "cr_frame", "ag_frame"):
-            frame = getattr(owner, name, None)
-            if id(frame) in ids:
-                found.add(id(frame))
+        # (only these: another referrer's __getattr__ may raise anything; helper-132)
+        if isinstance(owner, types.GeneratorType):
+            frame = owner.gi_frame
+        elif isinstance(owner, types.CoroutineType):
+            frame = owner.cr_frame
+        elif isinstance(owner, types.AsyncGeneratorType):
+            frame = owner.ag_frame
+        else:
+            continue
+        if id(frame) in ids:
+            found.add(id(frame))
     return found
 
 

@@ -54,10 +54,7 @@ def travelling(fn: Callable[..., Any]) -> Any:
     pickler: Any = sys.modules.get("ray.cloudpickle")
     if pickler is None or not _pickled_by_ray():
         return fn
-    shipped = _shipped_by_ray()
-    if shipped is None:
-        return fn  # the job ships modules of its own (py_modules): the user's choice
-    modules = _unreachable_modules(fn, shipped)
+    modules = _unreachable_modules(fn, _shipped_by_ray())
     if not modules:
         return fn
     with _REGISTERING:  # the registration is global: two pickles at once must not mix
@@ -89,20 +86,18 @@ def travelling(fn: Callable[..., Any]) -> Any:
     return FnByValue(value)
 
 
-def _shipped_by_ray() -> set[str] | None:
+def _shipped_by_ray() -> set[str]:
     """The folders the Ray job's ``runtime_env`` puts on its workers' ``PYTHONPATH``.
 
-    None when it ships ``py_modules``: which modules those hold cannot be told from
-    their uploaded packages, and a module the workers import must not be replaced by
-    the driver's copy (helper-131: its import-time state came from the driver).
+    (Its ``py_modules`` cannot count: their uploaded packages do not say which modules
+    they hold, and a ``fn`` of a test file must still go by value when the job ships
+    the library under test; helper-132.)
     """
     ray = sys.modules.get("ray")
     try:
         if ray is None or not ray.is_initialized():
             return set()
         env = ray.get_runtime_context().runtime_env
-        if env.get("py_modules"):
-            return None
         path = (env.get("env_vars") or {}).get("PYTHONPATH") or ""
     except Exception:  # a Ray whose runtime context cannot be read: as without one
         return set()

@@ -318,13 +318,13 @@ def test_ray_pickles_a_function_of_a_module_found_only_here_by_value(
     assert ray.cloudpickle.list_registry_pickle_by_value() == before
 
 
-def test_a_job_shipping_py_modules_keeps_fn_by_reference(
+def test_a_pythonpath_the_job_sets_counts_as_a_folder_workers_import_from(
     ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """helper-131: with runtime_env={"py_modules": [...]}, Ray ships the modules itself;
-    sending fn by value replaced the workers' import of its module by the driver's
-    copy (its import-time state, its classes). A PYTHONPATH the job sets counts as a
-    folder the workers import from."""
+    """runtime_env={"env_vars": {"PYTHONPATH": ...}} puts that folder on the workers'
+    path: fn of a module there goes by reference, as Ray would import it (helper-131).
+    py_modules do not count (helper-132: a test file's fn failed in every worker when
+    the job shipped the library under test)."""
     import importlib
 
     (tmp_path / "shipped_q9.py").write_text("def step(input_dir, output_dir):\n    return {}\n")
@@ -339,10 +339,7 @@ def test_a_job_shipping_py_modules_keeps_fn_by_reference(
 
     context = Context()
     monkeypatch.setattr(ray, "get_runtime_context", lambda: context)
-    shipping = [
-        {"py_modules": ["gcs://_ray_pkg_0.zip"]},
-        {"env_vars": {"PYTHONPATH": str(tmp_path)}},
-    ]
-    for env in shipping:
-        context.runtime_env = env
-        assert b"FnByValue" not in ray.cloudpickle.dumps(pipeline), env
+    context.runtime_env = {"py_modules": ["gcs://_ray_pkg_0.zip"]}
+    assert b"FnByValue" in ray.cloudpickle.dumps(pipeline)
+    context.runtime_env = {"env_vars": {"PYTHONPATH": str(tmp_path)}}
+    assert b"FnByValue" not in ray.cloudpickle.dumps(pipeline)
