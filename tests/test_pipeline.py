@@ -1716,6 +1716,30 @@ def test_an_async_fn_is_refused_when_built(fn: Callable[..., Any], tmp_path: Pat
         Pipeline(fn, {"into_path": tmp_path})
 
 
+def _generator_fn(input_dir: Path, output_dir: Path) -> Any:
+    yield {}
+
+
+async def _async_generator_fn(input_dir: Path, output_dir: Path) -> Any:
+    yield {}
+
+
+class _GeneratorCallable:
+    def __call__(self, input_dir: Path, output_dir: Path) -> Any:
+        yield {}
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [_generator_fn, _async_generator_fn, _GeneratorCallable(), functools.partial(_generator_fn)],
+    ids=["generator", "async-generator", "generator-callable", "partial"],
+)
+def test_a_generator_fn_is_refused_when_built(fn: Callable[..., Any], tmp_path: Path) -> None:
+    """helper-129: it was accepted, and every row was dropped ("got generator")."""
+    with pytest.raises(TypeError, match=r"is a generator function \(it yields\): calling it"):
+        Pipeline(fn, {"into_path": tmp_path})
+
+
 def test_an_async_fn_behind_a_wrapper_is_named(
     tmp_path: Path,
 ) -> None:

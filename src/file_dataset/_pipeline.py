@@ -1191,7 +1191,7 @@ def _check_signature(fn: Callable[..., Any]) -> None:
     Without this, every row would fail at the "fn" stage and be dropped. A callable
     whose signature cannot be read (some builtins, annotations that fail) is not
     checked. An ``async def`` function is refused too: calling it returns a coroutine,
-    not its outputs.
+    not its outputs; so is a generator function.
     """
     call = getattr(fn, "__call__", None)  # noqa: B004 (a callable object's method)
     if inspect.iscoroutinefunction(fn) or (
@@ -1203,6 +1203,21 @@ def _check_signature(fn: Callable[..., Any]) -> None:
             f"fn {name} is an async function: the Pipeline calls fn(input_dir, output_dir) "
             "on a thread and uses what it returns, so give it a plain function (for "
             "example lambda i, o: asyncio.run(fn(i, o)))"
+        )
+    if (
+        inspect.isgeneratorfunction(fn)
+        or inspect.isasyncgenfunction(fn)
+        or (
+            not inspect.isroutine(fn)
+            and not isinstance(fn, type)
+            and (inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call))
+        )
+    ):  # (helper-129: every row was dropped, "got generator")
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        raise TypeError(
+            f"fn {name} is a generator function (it yields): calling it returns a "
+            "generator, not its outputs; the Pipeline needs fn(input_dir, output_dir) to "
+            "return a mapping of output file name to local path"
         )
     try:
         if sys.version_info >= (3, 14):
