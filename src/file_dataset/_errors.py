@@ -24,6 +24,7 @@ import errno
 import os
 import re
 import threading
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
@@ -105,16 +106,18 @@ def quoted(value: Any) -> str:
     return text
 
 
-def listed(items: Any, limit: int = 10) -> str:
-    """The first ``limit`` of ``items``, each :func:`quoted`, and how many more.
+def listed(
+    items: Any, limit: int = 10, show: Callable[[Any], str] = quoted, brackets: str = "[]"
+) -> str:
+    """The first ``limit`` of ``items``, each as ``show`` gives it, and how many more.
 
     ``['a', 'b'] and 3 more``: a frame of 10,000 columns gave messages of 130,000
     characters, which Ray repeats in every task's error.
     """
     items = list(items)
-    shown = ", ".join(quoted(item) for item in items[:limit])
+    shown = ", ".join(show(item) for item in items[:limit])
     more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    return f"[{shown}]{more}"
+    return f"{brackets[0]}{shown}{brackets[1]}{more}"
 
 
 def cut(text: str, limit: int = 1200) -> str:

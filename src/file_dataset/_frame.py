@@ -343,11 +343,10 @@ def numpy_batch_frame(batch: Mapping[str, Any]) -> pd.DataFrame:
     """
     lengths = {str(name): len(column) for name, column in batch.items()}
     if len(set(lengths.values())) > 1:
-        got = ", ".join(f"{quoted(name)}: {n}" for name, n in list(lengths.items())[:10])
-        more = f" and {len(lengths) - 10} more" if len(lengths) > 10 else ""
-        raise InvalidInputError(
-            f"a batch of NumPy columns needs columns of one length, got {{{got}}}{more}"
+        got = listed(
+            lengths.items(), show=lambda item: f"{quoted(item[0])}: {item[1]}", brackets="{}"
         )
+        raise InvalidInputError(f"a batch of NumPy columns needs columns of one length, got {got}")
     return pd.DataFrame(dict(batch))
 
 

@@ -818,11 +818,9 @@ def _suspended(frames: list[types.FrameType]) -> set[int]:
     ``gc.freeze()`` (Ray Serve freezes them at start) are not searched: then every
     such frame is taken for a suspended one.
     """
-    if not frames:
-        return set()
-    if gc.get_freeze_count():
-        return {id(frame) for frame in frames}
     ids = {id(frame) for frame in frames}
+    if not ids or gc.get_freeze_count():
+        return ids
     found: set[int] = set()
     for owner in gc.get_referrers(*frames):
         # (only these: another referrer's __getattr__ may raise anything; helper-132)

@@ -106,7 +106,7 @@ def _shipped_by_ray() -> set[str]:
 
 def _pickled_by_ray() -> bool:
     """Whether Ray's cloudpickle is pickling the object being pickled now."""
-    frame: types.FrameType | None = sys._getframe(2)
+    frame: types.FrameType | None = sys._getframe(1)
     while frame is not None:
         if _RAY_PICKLER in frame.f_code.co_filename:
             return True

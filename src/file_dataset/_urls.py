@@ -256,25 +256,23 @@ def local_folder(value: Any, what: str) -> str:
             f"{what}: expected a local folder (a path or a file:// URL), got "
             f"{type(value).__name__} {quoted(value)}"
         )
-    scheme = URL_SCHEME.match(os.fspath(value))
-    if scheme is not None and scheme.group(1).lower() not in ("file", "s3", "s3a"):
+    # Told by its scheme before it is parsed: parse_url would judge an S3 URL's bucket
+    # name, or name s3:// as the scheme to use.
+    text = os.fspath(value)
+    match = URL_SCHEME.match(text)
+    scheme = match.group(1).lower() if match else "file"
+    if scheme in ("s3", "s3a"):
         raise InvalidInputError(
-            f"{what}: expected a local folder (a path or a file:// URL), got "
-            f"{quoted_masked(os.fspath(value))}"
+            f"{what} must be a local folder, got the S3 URL {quoted_masked(text)}"
         )
-    if scheme is not None and scheme.group(1).lower() != "file":
+    if scheme != "file":
         raise InvalidInputError(
-            f"{what} must be a local folder, got the S3 URL {quoted_masked(str(value))}"
+            f"{what}: expected a local folder (a path or a file:// URL), got {quoted_masked(text)}"
         )
     try:
-        loc = parse_url(value, prefix=True)
+        return os.fspath(parse_url(value, prefix=True).path)
     except InvalidInputError as e:
         raise type(e)(f"{what}: {e}") from None
-    if loc.is_s3:
-        raise InvalidInputError(
-            f"{what} must be a local folder, got the S3 URL {quoted_masked(str(value))}"
-        )
-    return os.fspath(loc.path)
 
 
 def _no_nul(path: str) -> str:
