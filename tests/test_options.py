@@ -675,6 +675,29 @@ def test_idle_transfer_threads_end_and_are_started_again_on_demand() -> None:
         assert workers.running_threads() == []
 
 
+
+def test_idle_transfer_threads_end_even_when_they_wake_late() -> None:
+    """Idle workers once waited on one shared queue.SimpleQueue with a timeout. On
+    Python 3.11, a worker woken by a put whose item another worker then took, and
+    that got the GIL back only after its deadline, waited until the next put: its
+    remaining time came out negative, which the lock takes as no timeout. Hundreds of
+    short-lived pools with a tiny linger made that happen a few times in a thousand."""
+    import queue
+
+    from file_dataset._options import RunState, _Workers
+
+    for trial in range(1500):
+        workers = _Workers(4, linger=0.001)
+        replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        run = RunState()
+        for n in range(12):
+            workers.submit(lambda n=n: n + trial, replies, n, run)
+        got = sorted(replies.get(timeout=60) for _ in range(12))
+        assert got == [(n, n + trial, None) for n in range(12)], trial
+        for thread in workers.running_threads():
+            thread.join(timeout=60)
+        assert workers.running_threads() == [], trial
+
 # --- canary secrets in errors and logs ------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import copy
@@ -313,30 +314,50 @@ def current_run() -> RunState | None:
     return getattr(_CARRYING, "run", None)
 
 
+class _Parked:
+    """An idle worker of :class:`_Workers`: its own lock, and the call handed to it."""
+
+    __slots__ = ("item", "wake")
+
+    def __init__(self) -> None:
+        self.wake = threading.Lock()
+        self.wake.acquire()  # released by the submitter that hands it a call
+        self.item: _Call | None = None
+
+
+# A call for _Workers: the callable, the queue its reply goes to, its tag and its run.
+_Call = tuple[Callable[[], Any], "queue.SimpleQueue[Reply]", Any, RunState]
+
+
 class _Workers:
     """The threads that carry the transfer engine's I/O calls.
 
-    A bare queue of calls and up to ``size`` daemon threads, started only when no
-    worker is idle (as ``ThreadPoolExecutor`` does): per call it costs two
-    queue operations, where ``ThreadPoolExecutor`` also makes a future, locks it,
-    and runs its callbacks; at thousands of small objects per second that shows.
+    Up to ``size`` daemon threads, started only when no worker is idle (as
+    ``ThreadPoolExecutor`` does). A call goes straight to the worker that went idle
+    last, which waits on a lock of its own; with no idle worker it waits in a queue
+    that busy workers empty before they go idle. Per call that is a few lock
+    operations, where ``ThreadPoolExecutor`` also makes a future, locks it and runs its
+    callbacks; at thousands of small objects per second that shows.
+
     Each call comes with the queue its reply goes to and its run's :class:`RunState`:
     a call of an abandoned run is not run (its reply says it was cancelled), and a call
     under way can see its run through :func:`current_run`. A thread that has waited
-    ``linger`` seconds for a call ends; new calls start new threads.
+    ``linger`` seconds for a call ends; new calls start new threads. The last worker to
+    go idle is the first to get work, so under a light load the others end.
+
+    Idle workers do not wait on one shared ``queue.SimpleQueue`` with a timeout: on
+    Python 3.11 (at least) such a wait can last until the next ``put`` when another
+    thread takes the item that woke it after its deadline has passed (the remaining
+    time comes out negative, which the lock takes as "no timeout").
     """
 
     def __init__(self, size: int, linger: float = _LINGER_SECONDS) -> None:
-        self._calls: queue.SimpleQueue[
-            tuple[Callable[[], Any], queue.SimpleQueue[Reply], Any, RunState]
-        ] = queue.SimpleQueue()
+        self._queued: collections.deque[_Call] = collections.deque()
+        self._parked: list[_Parked] = []  # idle workers, the last to go idle at the end
         self._size = size
         self._linger = linger
         self._threads = 0
         self._name = f"file_dataset-io{next(_POOL_NUMBERS)}-"
-        # Released by a worker each time it waits for a call: a new thread (and with
-        # it a new S3 client and connections) is started only when none is idle.
-        self._idle = threading.Semaphore(0)
         self._lock = threading.Lock()
 
     def submit(
@@ -347,18 +368,23 @@ class _Workers:
         run: RunState,
     ) -> None:
         """Runs ``call`` on a worker; ``(tag, result, error)`` is put on ``reply``."""
-        self._calls.put((call, reply, tag, run))
-        # With a token, some worker is idle, unless the last one has just ended (a
-        # worker that ends counts itself out first, then looks at the queue again).
-        if self._idle.acquire(blocking=False) and self._threads > 0:
-            return
-        if self._threads < self._size:
+        with self._lock:
+            if self._parked:
+                worker = self._parked.pop()
+                worker.item = (call, reply, tag, run)
+                worker.wake.release()
+                return
+            self._queued.append((call, reply, tag, run))
+            if self._threads >= self._size:
+                return  # a busy worker takes it when its call ends
+            self._threads += 1
+            name = f"{self._name}{self._threads}"
+        try:
+            threading.Thread(target=self._work, name=name, daemon=True).start()
+        except BaseException:  # no thread could be started: the call stays queued
             with self._lock:
-                if self._threads < self._size:
-                    self._threads += 1
-                    threading.Thread(
-                        target=self._work, name=f"{self._name}{self._threads}", daemon=True
-                    ).start()
+                self._threads -= 1
+            raise
 
     def running_threads(self) -> list[threading.Thread]:
         """This pool's threads that are alive."""
@@ -368,33 +394,37 @@ class _Workers:
         """Makes the workers end after a short wait for work instead of a long one."""
         self._linger = _RETIRED_LINGER_SECONDS
 
-    def _end(self, counted_idle: bool) -> bool:
-        """Called by a worker that found no call: whether it may end."""
+    def _next_call(self, me: _Parked) -> _Call | None:
+        """The next call for the worker ``me``; ``None`` once it has lingered enough."""
         with self._lock:
-            self._threads -= 1
-        if self._calls.empty():  # a call put before this saw the count, or none
-            if counted_idle:  # take back this worker's token (unless a call took it)
-                self._idle.acquire(blocking=False)
-            return True
-        with self._lock:
-            self._threads += 1
-        return False
-
-    def _work(self) -> None:
-        calls = self._calls
-        carrying = _CARRYING
-        # A new thread's first call is the one that started it, so its first wait
-        # does not count it as idle; every later wait does, once.
-        counted_idle = False
+            if self._queued:
+                return self._queued.popleft()
+            self._parked.append(me)
         waiting_since = time.monotonic()
         while True:
-            try:
-                # Wakes now and then: the linger may shorten meanwhile (retire).
-                item = calls.get(timeout=min(self._linger, _WAKE_SECONDS))
-            except queue.Empty:
-                if time.monotonic() - waiting_since >= self._linger and self._end(counted_idle):
-                    return
+            # Wakes now and then: the linger may shorten meanwhile (retire).
+            if me.wake.acquire(timeout=min(self._linger, _WAKE_SECONDS)):
+                break
+            if time.monotonic() - waiting_since < self._linger:
                 continue
+            with self._lock:
+                if me in self._parked:
+                    self._parked.remove(me)
+                    self._threads -= 1
+                    return None
+            # A submitter took this worker off the list and has released its lock.
+            me.wake.acquire()
+            break
+        item, me.item = me.item, None
+        return item
+
+    def _work(self) -> None:
+        carrying = _CARRYING
+        me = _Parked()
+        while True:
+            item = self._next_call(me)
+            if item is None:
+                return
             call, reply, tag, run = item
             if not run.start_call():
                 reply.put((tag, None, concurrent.futures.CancelledError()))
@@ -410,9 +440,6 @@ class _Workers:
                     run.end_call()
             # Drop the references now: an idle worker must not keep buffers alive.
             item = call = reply = tag = run = None  # type: ignore[assignment]
-            self._idle.release()
-            counted_idle = True
-            waiting_since = time.monotonic()
 
 
 def _freeze(value: Any) -> Any:
