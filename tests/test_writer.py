@@ -839,6 +839,31 @@ def test_a_file_where_a_folder_must_be_is_named(blocker: str, tmp_path: Path) ->
     assert source.read_bytes() == b"output"
 
 
+
+def test_a_local_into_path_that_is_a_broken_link_is_named_as_one(tmp_path: Path) -> None:
+    """A link to a folder that is gone (an unmounted volume, say): write_files said the
+    link was "in the way: not a folder", and written_ids said no row was written, so a
+    resumed job would have redone every row before failing at its first write."""
+    source = tmp_path / "o.txt"
+    source.write_bytes(b"output")
+    into = tmp_path / "out"
+    into.symlink_to(tmp_path / "unmounted")
+    with pytest.raises(file_dataset.TransferError) as info:
+        file_dataset.write_files({"o.txt": source}, into, "r7")
+    assert str(info.value) == (
+        f"cannot write {into / 'r7' / 'o.txt'} (row id 'r7', column 'o.txt'): "
+        f"{into} is a link to {tmp_path / 'unmounted'}, which does not exist"
+    )
+    assert isinstance(info.value, NotADirectoryError)
+    with pytest.raises(file_dataset.TransferError) as listed:
+        file_dataset.written_ids(into, ["o.txt"])
+    assert str(listed.value) == (
+        f"cannot list {into}: a link to {tmp_path / 'unmounted'}, which does not exist"
+    )
+    assert isinstance(listed.value, NotADirectoryError)
+    assert not (tmp_path / "unmounted").exists()
+    assert source.read_bytes() == b"output"
+
 def test_a_local_write_that_fails_leaves_no_empty_row_folder(tmp_path: Path) -> None:
     # /proc/self/mem is a regular file that fails with EIO when read at offset 0: the
     # source fails mid-copy, after the row folder was made. The folder was left, empty,

@@ -175,6 +175,11 @@ def not_a_folder(folder: Path) -> OSError | None:
         if os.path.lexists(path):
             if os.path.isdir(path):
                 return None
+            if os.path.islink(path):
+                return NotADirectoryError(
+                    errno.ENOTDIR,
+                    f"{path} is a link to {os.readlink(path)}, which does not exist",
+                )
             return NotADirectoryError(errno.ENOTDIR, f"{path} is in the way: not a folder")
     return None
 

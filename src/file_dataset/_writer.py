@@ -367,6 +367,10 @@ def _find_local(
     try:
         rows = os.scandir(folder)
     except FileNotFoundError:
+        if os.path.islink(folder):  # say so, rather than "nothing written yet"
+            raise NotAFolderError(
+                folder, f"a link to {os.readlink(folder)}, which does not exist", operation="list"
+            ) from None
         return  # nothing written yet
     except NotADirectoryError:
         raise NotAFolderError(folder, "not a folder", operation="list") from None
