@@ -675,7 +675,6 @@ def test_idle_transfer_threads_end_and_are_started_again_on_demand() -> None:
         assert workers.running_threads() == []
 
 
-
 def test_idle_transfer_threads_end_even_when_they_wake_late() -> None:
     """Idle workers once waited on one shared queue.SimpleQueue with a timeout. On
     Python 3.11, a worker woken by a put whose item another worker then took, and
@@ -691,12 +690,13 @@ def test_idle_transfer_threads_end_even_when_they_wake_late() -> None:
         replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
         run = RunState()
         for n in range(12):
-            workers.submit(lambda n=n: n + trial, replies, n, run)
+            workers.submit(lambda n=n, trial=trial: n + trial, replies, n, run)
         got = sorted(replies.get(timeout=60) for _ in range(12))
         assert got == [(n, n + trial, None) for n in range(12)], trial
         for thread in workers.running_threads():
             thread.join(timeout=60)
         assert workers.running_threads() == [], trial
+
 
 # --- canary secrets in errors and logs ------------------------------------------------
 

@@ -187,6 +187,31 @@ def not_a_folder(folder: Path) -> OSError | None:
 _COPY_CHUNK = 8 * 1024 * 1024
 
 
+def _copy_in_kernel(src_fd: int, dest_fd: int) -> None:
+    """Copies the rest of ``src_fd`` to ``dest_fd`` inside the kernel, as far as it can.
+
+    ``copy_file_range(2)`` moves the bytes without bringing them into this process;
+    XFS and btrfs may share the file's extents instead, and NFS 4.2 copies on the
+    server. Where it cannot (an old kernel, file systems it does not pair, any
+    failure) it stops quietly with both offsets where it left them: the caller's
+    read/write loop copies the rest, and names a failure as the source's or the
+    destination's.
+    """
+    copy = getattr(os, "copy_file_range", None)  # Linux only
+    if copy is None:
+        return
+    while True:
+        try:
+            if not copy(src_fd, dest_fd, _KERNEL_COPY_CHUNK):
+                return  # the end of the file (or nothing the kernel will copy)
+        except OSError:
+            return
+
+
+# At most this much per copy_file_range call: a Ctrl-C is seen between calls.
+_KERNEL_COPY_CHUNK = 64 * 1024 * 1024
+
+
 def atomic_copy(src: Path, dest: Path) -> None:
     """Copies ``src`` to ``dest`` through a temporary name in the same folder.
 
@@ -204,8 +229,11 @@ def atomic_copy(src: Path, dest: Path) -> None:
         fd, tmp = temp_file_in_place(dest)
         try:
             with os.fdopen(fd, "wb") as out:
-                before = file_version(os.fstat(inp.fileno()))
-                while True:
+                stat = os.fstat(inp.fileno())
+                before = file_version(stat)
+                if not _size_says_nothing(stat):
+                    _copy_in_kernel(inp.fileno(), fd)
+                while True:  # what the kernel did not copy (or all of it)
                     try:
                         chunk = inp.read(_COPY_CHUNK)
                     except OSError as e:  # the source's failure, not the destination's
