@@ -136,16 +136,21 @@ def test_download_to_leaves_no_temporary_file_when_a_read_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = tmp_path / "big.bin"
-    src.write_bytes(b"x" * (20 * MiB))  # above the threshold: parts follow the first GET
+    src.write_bytes(b"x" * (20 * MiB))
+    written: list[int] = []
 
-    def broken(*args: Any, **kwargs: Any) -> Any:
-        raise TransferError(str(src), "part failed")
-        yield  # a generator, as read_chunks is
+    def broken(fd: int, data: bytes) -> None:
+        if written:
+            raise TransferError(str(src), "part failed")
+        written.append(os.write(fd, data))
 
-    monkeypatch.setattr(_local.LocalBackend, "read_chunks", broken)
+    # the kernel copies nothing: the read/write loop fails after its first chunk
+    monkeypatch.setattr(_local, "_copy_in_kernel", lambda *args: 0)
+    monkeypatch.setattr(_local, "_write_all", broken)
     root = tmp_path / "root"
     with pytest.raises(TransferError, match="part failed"):
         file_dataset.reader({"big.bin": str(src)}).download_to(root)
+    assert written == [8 * MiB]
     assert [p.name for p in root.rglob("*")] == []
 
 

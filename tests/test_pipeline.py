@@ -1305,7 +1305,7 @@ def test_a_failure_without_a_message_is_logged_by_its_type(
         raise MemoryError  # as an allocation that fails
 
     (tmp_path / "in").write_bytes(b"x")
-    monkeypatch.setattr(_local.LocalBackend, "read_first", no_memory)
+    monkeypatch.setattr(_local.LocalBackend, "copy_into", no_memory)
     with caplog.at_level(logging.WARNING, logger="file_dataset"):
         Pipeline(upper, {"into_path": tmp_path / "out"})(
             pd.DataFrame({"id": ["1"], "f": [tmp_path / "in"]})

@@ -1870,3 +1870,55 @@ def test_messages_about_many_columns_name_the_first_ten(options: Options) -> Non
         "'c1.bin': 2, 'c2.bin': 1, 'c3.bin': 2, 'c4.bin': 1, 'c5.bin': 2, 'c6.bin': 1, "
         "'c7.bin': 2, 'c8.bin': 1} and 9991 more"
     )
+
+
+@pytest.mark.parametrize(
+    "kernel", ["copies", "refuses", "fails part-way", "sees a change", "shrinks"]
+)
+def test_local_cells_are_copied_into_a_temp_dir_through_the_kernel(
+    kernel: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local cell was read into this process and written out again (in 8 MiB parts
+    on other threads); copy_file_range keeps the bytes in the kernel. Where the kernel
+    cannot, the rest is read and written here; a file that changes or shrinks during
+    the copy is an error and leaves nothing behind."""
+    source = tmp_path / "big.bin"
+    payload = os.urandom(3 * 1024 * 1024 + 123)
+    source.write_bytes(payload)
+    real = os.copy_file_range
+    calls: list[int] = []
+
+    def copy_file_range(src: int, dst: int, count: int) -> int:
+        calls.append(count)
+        if kernel == "refuses":
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        if kernel in ("fails part-way", "shrinks") and len(calls) > 1:
+            raise OSError(errno.EIO, "Input/output error")
+        copied = real(src, dst, count if kernel in ("copies", "sees a change") else 1000)
+        if kernel == "sees a change":
+            os.utime(source, ns=(0, 0))  # rewritten in place: same size, another mtime
+        if kernel == "shrinks":
+            os.truncate(source, 2000)
+        return copied
+
+    monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+    rows = pd.DataFrame({"id": ["r1"], "big.bin": [str(source)]})
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    if kernel in ("sees a change", "shrinks"):
+        reason = (
+            "changed while it was being read"
+            if kernel == "sees a change"
+            else (f"file shrank while being read (2000 of {len(payload)} bytes)")
+        )
+        with pytest.raises(file_dataset.TransferError) as info:
+            file_dataset.reader(rows).into_temp_dir(dir=scratch)
+        assert reason in str(info.value)
+        assert str(source) in str(info.value)
+        assert "row id 'r1', column 'big.bin'" in str(info.value)
+        assert list(scratch.rglob("*")) == []
+    else:
+        with file_dataset.reader(rows).into_temp_dir(dir=scratch) as root:
+            assert (Path(root) / "r1" / "big.bin").read_bytes() == payload
+            assert [p.name for p in (Path(root) / "r1").iterdir()] == ["big.bin"]
+    assert calls  # the kernel was asked

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
 import errno
 import functools
@@ -14,7 +15,7 @@ import shutil
 import stat as stat_module
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +188,7 @@ def not_a_folder(folder: Path) -> OSError | None:
 _COPY_CHUNK = 8 * 1024 * 1024
 
 
-def _copy_in_kernel(src_fd: int, dest_fd: int) -> None:
+def _copy_in_kernel(src_fd: int, dest_fd: int, stop: Callable[[], bool] | None = None) -> int:
     """Copies the rest of ``src_fd`` to ``dest_fd`` inside the kernel, as far as it can.
 
     ``copy_file_range(2)`` moves the bytes without bringing them into this process;
@@ -195,21 +196,34 @@ def _copy_in_kernel(src_fd: int, dest_fd: int) -> None:
     server. Where it cannot (an old kernel, file systems it does not pair, any
     failure) it stops quietly with both offsets where it left them: the caller's
     read/write loop copies the rest, and names a failure as the source's or the
-    destination's.
+    destination's. ``stop`` is asked between chunks.
+
+    Returns:
+        The bytes copied.
     """
     copy = getattr(os, "copy_file_range", None)  # Linux only
+    done = 0
     if copy is None:
-        return
-    while True:
+        return done
+    while stop is None or not stop():
         try:
-            if not copy(src_fd, dest_fd, _KERNEL_COPY_CHUNK):
-                return  # the end of the file (or nothing the kernel will copy)
+            n = copy(src_fd, dest_fd, _KERNEL_COPY_CHUNK)
         except OSError:
-            return
+            return done
+        if not n:
+            return done  # the end of the file (or nothing the kernel will copy)
+        done += n
+    return done
 
 
 # At most this much per copy_file_range call: a Ctrl-C is seen between calls.
 _KERNEL_COPY_CHUNK = 64 * 1024 * 1024
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def atomic_copy(src: Path, dest: Path) -> None:
@@ -388,6 +402,45 @@ class LocalBackend:
     def write(self, src: Path, loc: Location) -> None:
         with _os_errors(loc, "write"):
             atomic_copy(src, loc.path)
+
+    def copy_into(
+        self, loc: Location, open_dest: Callable[[int], int], stop: Callable[[], bool]
+    ) -> int:
+        """Copies the whole file at ``loc`` into the file that ``open_dest(size)`` opens.
+
+        Through the kernel where it can (see :func:`_copy_in_kernel`), so the bytes do
+        not pass through this process. Failures of the source are raised as its read's
+        (:class:`TransferError`); those of ``open_dest`` and of the writes as they come,
+        for the caller to name as the destination's. ``stop()`` is asked between chunks
+        (a ``CancelledError`` when it says yes).
+
+        Returns:
+            The bytes copied.
+        """
+        with _os_errors(loc, "read"):
+            f = _open_regular(loc)
+        with f:
+            stat = os.fstat(f.fileno())
+            unsized = _size_says_nothing(stat)
+            fd = open_dest(0 if unsized else stat.st_size)
+            done = 0 if unsized else _copy_in_kernel(f.fileno(), fd, stop)
+            while True:  # what the kernel did not copy (or all of it)
+                if stop():
+                    raise concurrent.futures.CancelledError()
+                with _os_errors(loc, "read"):
+                    chunk = f.read(_COPY_CHUNK)
+                if not chunk:
+                    break
+                _write_all(fd, chunk)
+                done += len(chunk)
+            if not unsized:
+                if done < stat.st_size:  # the file's tail would be zeros: never hand it out
+                    raise TransferError(
+                        str(loc), f"file shrank while being read ({done} of {stat.st_size} bytes)"
+                    )
+                if file_version(os.fstat(f.fileno())) != file_version(stat):
+                    raise TransferError(str(loc), CHANGED)
+        return done
 
     def multipart_start(self, loc: Location) -> str:
         raise NotImplementedError

@@ -42,8 +42,8 @@ from file_dataset._errors import (
     masked_cut,
     quoted,
 )
-from file_dataset._local import temp_file_in_place
-from file_dataset._options import Options, Reply, RunState
+from file_dataset._local import LocalBackend, temp_file_in_place
+from file_dataset._options import Options, Reply, RunState, current_run
 from file_dataset._urls import Location
 
 T = TypeVar("T")
@@ -179,8 +179,24 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
             finish()
         return stored, total, tag
 
+    def local_copy() -> tuple[int, int, str | None]:
+        # A local file is copied whole, through the kernel where it can (one call: a
+        # copy that stays in the kernel gains nothing from parts on other threads).
+        assert isinstance(backend, LocalBackend)
+        run = current_run()
+        total = backend.copy_into(loc, checked_open, lambda: run is not None and run.abandoned)
+        finish()
+        return total, total, None
+
+    def checked_open(total: int) -> int:
+        try:
+            return open_temp(total)
+        except OSError as e:
+            raise local_failure(e, loc, dest) from e
+
+    local = isinstance(backend, LocalBackend)
     try:
-        [(start, total, tag)] = yield [first_response]
+        [(start, total, tag)] = yield [local_copy if local else first_response]
         if total > start:
             yield [
                 partial(_read_part_to_file, backend.read_chunks, loc, tag, fd, s, e)
