@@ -5,8 +5,12 @@ from __future__ import annotations
 import concurrent.futures
 import decimal
 import fractions
+import itertools
 import logging
 import pickle
+import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -696,6 +700,117 @@ def test_idle_transfer_threads_end_even_when_they_wake_late() -> None:
         for thread in workers.running_threads():
             thread.join(timeout=60)
         assert workers.running_threads() == [], trial
+
+
+def _parked_or_none(workers: Any, want_parked: bool) -> None:
+    """Waits (polling, up to 60 s) until a worker of ``workers`` is idle, if wanted."""
+    deadline = time.monotonic() + 60
+    while want_parked and not workers._parked:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+
+
+def _assert_pool_recovers(workers: Any) -> None:
+    """The next call is answered, and then every thread ends and is counted out."""
+    import queue
+
+    from file_dataset._options import RunState
+
+    replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    workers.submit(lambda: "next", replies, "tag", RunState())
+    assert replies.get(timeout=60) == ("tag", "next", None)
+    for thread in workers.running_threads():
+        thread.join(timeout=60)
+    assert workers.running_threads() == []
+    assert (workers._threads, workers._parked, list(workers._queued)) == (0, [], [])
+
+
+@pytest.mark.parametrize("worker", ["idle", "none yet"])
+def test_an_interrupt_anywhere_in_submit_leaves_the_pool_usable(worker: str) -> None:
+    """A KeyboardInterrupt (a signal handler's) can surface after any call in submit.
+    After list.pop() took an idle worker, before its call was handed over, that worker
+    waited for ever while counted, and a pool of one never ran a call again; between
+    the count and the thread's start, the count kept a thread that never ran
+    (helper-133). Here the interrupt is raised after each call in turn."""
+    import dis
+    import queue
+
+    from file_dataset._options import RunState, _Workers
+
+    code = _Workers.submit.__code__
+    instructions = list(dis.get_instructions(code))
+    after_calls = [b.offset for a, b in itertools.pairwise(instructions) if a.opname == "CALL"]
+    assert len(after_calls) >= 8
+    hits = 0
+    for offset in after_calls:
+        workers = _Workers(1, linger=0.02)
+        replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        run = RunState()
+        if worker == "idle":
+            workers.submit(int, replies, "warm", run)
+            assert replies.get(timeout=60) == ("warm", 0, None)
+        _parked_or_none(workers, worker == "idle")
+        hit: list[int] = []
+
+        def trace(frame: Any, event: str, arg: Any, offset: int = offset, hit: Any = hit) -> Any:
+            if event == "opcode" and frame.f_lasti == offset and not hit:
+                hit.append(offset)
+                raise KeyboardInterrupt
+            return trace
+
+        def start(frame: Any, event: str, arg: Any, trace: Any = trace) -> Any:
+            if frame.f_code is code:
+                frame.f_trace_opcodes = True
+                return trace
+            return None
+
+        sys.settrace(start)
+        try:
+            workers.submit(lambda: "x", replies, "x", run)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.settrace(None)
+        hits += len(hit)
+        _assert_pool_recovers(workers)
+    assert hits >= 3  # the interrupt did land in submit
+
+
+def test_an_interrupt_while_a_worker_starts_keeps_the_pool_within_its_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Thread.start() waits for the new thread; an interrupt in that wait counted out a
+    thread that ran: the count went negative and a pool of one ran 10 threads."""
+    import queue
+
+    from file_dataset._options import RunState, _Workers
+
+    real_start = threading.Thread.start
+
+    def interrupted_start(self: threading.Thread) -> None:
+        real_start(self)
+        raise KeyboardInterrupt  # as a signal in its wait for the thread to begin
+
+    workers = _Workers(1, linger=0.02)
+    run = RunState()
+    replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    for n in range(5):  # each time the pool has no thread: the submit starts one
+        monkeypatch.setattr(threading.Thread, "start", interrupted_start)
+        with pytest.raises(KeyboardInterrupt):
+            workers.submit(lambda n=n: n, replies, n, run)
+        monkeypatch.undo()
+        assert replies.get(timeout=60) == (n, n, None)  # the call queued was run
+        for thread in workers.running_threads():
+            thread.join(timeout=60)
+        assert (workers._threads, workers.running_threads()) == (0, [])
+    # a burst of calls that wait: still one thread at most
+    release = threading.Event()
+    for n in range(4):
+        workers.submit(lambda n=n: release.wait(60) and n, replies, n, run)
+    assert len(workers.running_threads()) == 1
+    release.set()
+    assert sorted(replies.get(timeout=60) for _ in range(4)) == [(n, n, None) for n in range(4)]
+    _assert_pool_recovers(workers)
 
 
 # --- canary secrets in errors and logs ------------------------------------------------

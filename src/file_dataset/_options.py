@@ -368,6 +368,9 @@ class _Workers:
         run: RunState,
     ) -> None:
         """Runs ``call`` on a worker; ``(tag, result, error)`` is put on ``reply``."""
+        # All under the lock, the thread's start too (it does not need the lock to
+        # start): a KeyboardInterrupt between two steps (a signal handler runs between
+        # any two) must not leave the count of threads wrong.
         with self._lock:
             if self._parked:
                 worker = self._parked.pop()
@@ -377,14 +380,20 @@ class _Workers:
             self._queued.append((call, reply, tag, run))
             if self._threads >= self._size:
                 return  # a busy worker takes it when its call ends
+            began = threading.Lock()  # taken by the thread as it begins, or by us if not
+            thread = threading.Thread(
+                target=self._work, args=(began,), name=f"{self._name}{self._threads + 1}"
+            )
+            thread.daemon = True
             self._threads += 1
-            name = f"{self._name}{self._threads}"
-        try:
-            threading.Thread(target=self._work, name=name, daemon=True).start()
-        except BaseException:  # no thread could be started: the call stays queued
-            with self._lock:
-                self._threads -= 1
-            raise
+            try:
+                thread.start()
+            except BaseException:
+                # Interrupted while it started (or it could not): count it out unless it
+                # began; if it begins later it ends at once. The call stays queued.
+                if began.acquire(blocking=False):
+                    self._threads -= 1
+                raise
 
     def running_threads(self) -> list[threading.Thread]:
         """This pool's threads that are alive."""
@@ -396,29 +405,37 @@ class _Workers:
 
     def _next_call(self, me: _Parked) -> _Call | None:
         """The next call for the worker ``me``; ``None`` once it has lingered enough."""
-        with self._lock:
-            if self._queued:
-                return self._queued.popleft()
-            self._parked.append(me)
         waiting_since = time.monotonic()
         while True:
-            # Wakes now and then: the linger may shorten meanwhile (retire).
-            if me.wake.acquire(timeout=min(self._linger, _WAKE_SECONDS)):
-                break
-            if time.monotonic() - waiting_since < self._linger:
-                continue
             with self._lock:
-                if me in self._parked:
-                    self._parked.remove(me)
-                    self._threads -= 1
-                    return None
-            # A submitter took this worker off the list and has released its lock.
-            me.wake.acquire()
-            break
-        item, me.item = me.item, None
-        return item
+                if self._queued:
+                    return self._queued.popleft()
+                self._parked.append(me)
+            while True:
+                # Wakes now and then: the linger may shorten meanwhile (retire).
+                if me.wake.acquire(timeout=min(self._linger, _WAKE_SECONDS)):
+                    item, me.item = me.item, None
+                    if item is None:  # (never: a submitter sets it before it releases)
+                        break
+                    return item
+                if time.monotonic() - waiting_since < self._linger:
+                    continue
+                with self._lock:
+                    if me in self._parked:
+                        self._parked.remove(me)
+                        self._threads -= 1
+                        return None
+                    # A submitter took this worker off the list: it handed it a call
+                    # and released its lock (both under self._lock), unless it was
+                    # interrupted in between. Then this worker looks for work again.
+                    if me.wake.acquire(blocking=False):
+                        item, me.item = me.item, None
+                        return item
+                break
 
-    def _work(self) -> None:
+    def _work(self, began: threading.Lock) -> None:
+        if not began.acquire(blocking=False):
+            return  # its submitter was interrupted and counted it out (see submit)
         carrying = _CARRYING
         me = _Parked()
         while True:
