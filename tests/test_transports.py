@@ -2027,6 +2027,39 @@ def test_options_values_the_process_forgets_let_go_of_their_stores(
     ]
 
 
+def test_options_in_use_keep_the_stores_of_the_buckets_used_last(
+    s3_server: LocalS3Server, put: Callable[[str, bytes], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: one shared Options kept an obstore store (~100 KB, and an idle
+    connection) for every bucket name it was asked about, missing ones included, for
+    as long as it was used: a service reading URLs its users name grew without bound
+    (helper-134: 2,000 bucket names, +210 MB)."""
+    from file_dataset import _s3_obstore
+
+    monkeypatch.delenv("FILE_DATASET_TRANSPORT", raising=False)
+    monkeypatch.setattr(_s3_obstore, "_STORES_KEPT", 4, raising=False)
+    url = put("kept.bin", b"the bucket in use")
+    bucket = url.split("/")[2]
+    options = s3_server.options(transport="obstore")
+    row = {"kept.bin": url}
+    assert file_dataset.reader(row, options).into_blob_table().to_pylist() == [
+        {"kept.bin": b"the bucket in use"}
+    ]
+    store = _s3_obstore.store_for(options, bucket)
+    for n in range(12):
+        missing = f"s3://no-such-bucket-{n}-{os.getpid()}/x.bin"
+        with pytest.raises(FileNotFoundError) as info:
+            file_dataset.reader({"x.bin": missing}, options).into_blob_table()
+        assert missing in str(info.value)
+        # the bucket in use between them keeps its store
+        assert file_dataset.reader(row, options).into_blob_table().to_pylist() == [
+            {"kept.bin": b"the bucket in use"}
+        ]
+        assert len(options._live().stores) <= 4
+    assert _s3_obstore.store_for(options, bucket) is store
+    assert list(options._live().stores)[-1] == bucket
+
+
 class _ReplacingProxy(http.server.BaseHTTPRequestHandler):
     """Forwards every request to moto. When moto has answered the request that
     :meth:`triggers` picks (by default the first part of ``key``), it runs ``replace``

@@ -211,11 +211,14 @@ _CREDENTIAL_FIELDS = (
     ),
 )
 # The credentials this process has used (added as clients and obstore stores get them):
-# those given or found when a client is made, all kept, and of credentials that are
+# those given or found when a client is made, the latest _SECRETS_KEPT strings (a
+# service that made Options with new credentials per request kept every one: masking
+# an error then cost 10 ms at 100,000, helper-134), and of credentials that are
 # refreshed, the latest two sets of each (a role of short sessions renews them at every
 # request: a helper's job remembered 60,000 strings before this bound).
 _known_secrets: frozenset[str] = frozenset()
-_kept_secrets: set[str] = set()
+_kept_secrets: dict[str, None] = {}  # the most recently remembered last
+_SECRETS_KEPT = 4096
 _refreshed_secrets: dict[int, tuple[frozenset[str], frozenset[str]]] = {}  # by source
 _SOURCES_KEPT = 256  # credentials objects followed, the least recently refreshed let go
 _SECRETS_LOCK = threading.Lock()
@@ -241,9 +244,14 @@ def remember_secrets(*secrets: str | None, source: int | None = None) -> bool:
     new |= {shown for s in new if (shown := repr(s)[1:-1]) != s}
     with _SECRETS_LOCK:
         if source is None:
-            if new <= _kept_secrets:
+            fresh = not new <= _kept_secrets.keys()
+            for secret in new:  # to the newest end, whether known or not
+                _kept_secrets.pop(secret, None)
+                _kept_secrets[secret] = None
+            if not fresh:
                 return bool(_known_secrets)
-            _kept_secrets.update(new)
+            while len(_kept_secrets) > _SECRETS_KEPT:
+                del _kept_secrets[next(iter(_kept_secrets))]
         else:
             latest = frozenset(new)
             before = _refreshed_secrets.pop(source, (frozenset(), frozenset()))
@@ -253,8 +261,8 @@ def remember_secrets(*secrets: str | None, source: int | None = None) -> bool:
             _refreshed_secrets[source] = (before[1], latest)
             if len(_refreshed_secrets) > _SOURCES_KEPT:
                 del _refreshed_secrets[next(iter(_refreshed_secrets))]
-        _known_secrets = frozenset(
-            _kept_secrets.union(*(a | b for a, b in _refreshed_secrets.values()))
+        _known_secrets = frozenset(_kept_secrets).union(
+            *(a | b for a, b in _refreshed_secrets.values())
         )
     return bool(_known_secrets)
 

@@ -89,6 +89,7 @@ from file_dataset._urls import Location
 _STREAM_CHUNK_BYTES = 256 * 1024
 T = TypeVar("T")
 _STORES_LOCK = threading.Lock()
+_STORES_KEPT = 64  # per options' runtime: the buckets used last
 # Buckets that S3 said live in another region than their options' client, by
 # (pid, options value, bucket): the region their stores are made for (see _relocate).
 _REGIONS: dict[tuple[Any, ...], str] = {}
@@ -567,15 +568,20 @@ def store_for(options: Options, bucket: str) -> S3Store:
     and a runtime that the process forgets (it keeps the most recently used few) lets
     go of its stores, and so of their connections (kept by options value instead, up
     to 256 values' pools of connections stayed open: a service that made new options
-    as credentials rotated ran out of file descriptors).
+    as credentials rotated ran out of file descriptors). A runtime keeps the stores of
+    the :data:`_STORES_KEPT` buckets it used last (a service reading URLs of any bucket
+    its users name kept one store, ~100 KB and an idle connection, per bucket name,
+    missing ones included); a transfer under way keeps its own store.
     """
     stores = options._live().stores
-    store = stores.get(bucket)
-    if store is None:
-        with _STORES_LOCK:
-            store = stores.get(bucket)
-            if store is None:
-                store = stores[bucket] = _new_store(options, bucket)
+    with _STORES_LOCK:
+        # the most recently used last: a runtime keeps _STORES_KEPT buckets' stores
+        store = stores.pop(bucket, None)
+        if store is None:
+            store = _new_store(options, bucket)
+            while len(stores) >= _STORES_KEPT:
+                del stores[next(iter(stores))]  # its connections close once unused
+        stores[bucket] = store
     return cast(S3Store, store)
 
 
