@@ -7,6 +7,7 @@ endpoint reach the code only through ``file_dataset.Options``.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import tempfile
@@ -104,6 +105,37 @@ def system_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(path))
     return path
+
+
+@pytest.fixture
+def kernel_copy(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, Path], list[int]]:
+    """Makes ``os.copy_file_range`` behave as ``kind`` says while it copies ``source``:
+    ``copies`` (as it is), ``refuses`` (EXDEV at once), ``fails part-way`` (1,000
+    bytes, then EIO), ``sees a change`` (the source's mtime changes after a chunk) or
+    ``shrinks`` (1,000 bytes, the source cut to 2,000, then EIO). Returns the counts
+    it was asked for, one per call."""
+    real = os.copy_file_range
+
+    def install(kind: str, source: Path) -> list[int]:
+        calls: list[int] = []
+
+        def copy_file_range(src: int, dst: int, count: int) -> int:
+            calls.append(count)
+            if kind == "refuses":
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            if kind in ("fails part-way", "shrinks") and len(calls) > 1:
+                raise OSError(errno.EIO, "Input/output error")
+            copied = real(src, dst, count if kind in ("copies", "sees a change") else 1000)
+            if kind == "sees a change":
+                os.utime(source, ns=(0, 0))  # rewritten in place: same size, another mtime
+            if kind == "shrinks":
+                os.truncate(source, 2000)
+            return copied
+
+        monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+        return calls
+
+    return install
 
 
 @pytest.fixture

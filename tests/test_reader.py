@@ -1876,7 +1876,7 @@ def test_messages_about_many_columns_name_the_first_ten(options: Options) -> Non
     "kernel", ["copies", "refuses", "fails part-way", "sees a change", "shrinks"]
 )
 def test_local_cells_are_copied_into_a_temp_dir_through_the_kernel(
-    kernel: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kernel: str, tmp_path: Path, kernel_copy: Callable[[str, Path], list[int]]
 ) -> None:
     """A local cell was read into this process and written out again (in 8 MiB parts
     on other threads); copy_file_range keeps the bytes in the kernel. Where the kernel
@@ -1885,23 +1885,7 @@ def test_local_cells_are_copied_into_a_temp_dir_through_the_kernel(
     source = tmp_path / "big.bin"
     payload = os.urandom(3 * 1024 * 1024 + 123)
     source.write_bytes(payload)
-    real = os.copy_file_range
-    calls: list[int] = []
-
-    def copy_file_range(src: int, dst: int, count: int) -> int:
-        calls.append(count)
-        if kernel == "refuses":
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        if kernel in ("fails part-way", "shrinks") and len(calls) > 1:
-            raise OSError(errno.EIO, "Input/output error")
-        copied = real(src, dst, count if kernel in ("copies", "sees a change") else 1000)
-        if kernel == "sees a change":
-            os.utime(source, ns=(0, 0))  # rewritten in place: same size, another mtime
-        if kernel == "shrinks":
-            os.truncate(source, 2000)
-        return copied
-
-    monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+    calls = kernel_copy(kernel, source)
     rows = pd.DataFrame({"id": ["r1"], "big.bin": [str(source)]})
     scratch = tmp_path / "scratch"
     scratch.mkdir()

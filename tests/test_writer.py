@@ -644,7 +644,7 @@ def test_local_outputs_get_the_mode_of_any_new_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kernel", ["copies", "refuses", "fails part-way", "sees a change"])
 def test_local_copies_go_through_the_kernel_and_fall_back_when_it_cannot(
-    kernel: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kernel: str, tmp_path: Path, kernel_copy: Callable[[str, Path], list[int]]
 ) -> None:
     """write_files to a local folder copied every byte through this process (read, then
     write); copy_file_range keeps them in the kernel (10x less CPU on ext4, shared
@@ -653,21 +653,7 @@ def test_local_copies_go_through_the_kernel_and_fall_back_when_it_cannot(
     source = tmp_path / "big.bin"
     payload = os.urandom(3 * 1024 * 1024 + 123)
     source.write_bytes(payload)
-    real = os.copy_file_range
-    calls: list[int] = []
-
-    def copy_file_range(src: int, dst: int, count: int) -> int:
-        calls.append(count)
-        if kernel == "refuses":
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        if kernel == "fails part-way" and len(calls) > 1:
-            raise OSError(errno.EIO, "Input/output error")
-        copied = real(src, dst, 1000 if kernel == "fails part-way" else count)
-        if kernel == "sees a change":
-            os.utime(source, ns=(0, 0))  # rewritten in place: same size, another mtime
-        return copied
-
-    monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+    calls = kernel_copy(kernel, source)
     into = tmp_path / "out"
     if kernel == "sees a change":
         with pytest.raises(file_dataset.TransferError, match="changed while it was being upl"):
