@@ -430,7 +430,8 @@ class _Workers:
                     # interrupted in between. Then this worker looks for work again.
                     if me.wake.acquire(blocking=False):
                         item, me.item = me.item, None
-                        return item
+                        if item is not None:
+                            return item
                 break
 
     def _work(self, began: threading.Lock) -> None:
