@@ -626,6 +626,38 @@ def test_given_secrets_are_remembered_up_to_a_bound(monkeypatch: pytest.MonkeyPa
     assert _errors.mask_secrets("tenant-secret-000000") == "tenant-secret-000000"
 
 
+def test_secrets_of_options_in_use_stay_masked_beyond_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client held (a long transfer) while thousands of other credentials were used:
+    its secret fell out of the bound and was shown in clear (helper-135). Secrets of
+    an owner still alive (an options' runtime) are kept; once it is gone, the bound
+    applies to them again."""
+    import gc
+
+    from file_dataset import _errors
+
+    class Runtime:  # stands for an options' runtime, which holds the clients
+        pass
+
+    monkeypatch.setattr(_errors, "_SECRETS_KEPT", 8)
+    monkeypatch.setattr(_errors, "_kept_secrets", {})
+    monkeypatch.setattr(_errors, "_owned_secrets", _errors.weakref.WeakKeyDictionary())
+    monkeypatch.setattr(_errors, "_known_secrets", _errors._known_secrets)
+    in_use = Runtime()
+    _errors.remember_secrets("secret-of-a-client-in-use", owner=in_use)
+    for i in range(50):
+        _errors.remember_secrets(f"other-tenant-secret-{i:06d}", owner=Runtime())
+    gc.collect()
+    shown = _errors.mask_secrets("quoting secret-of-a-client-in-use")
+    assert shown == "quoting ***"
+    assert "other-tenant-secret-000001" not in _errors._known_secrets  # owner gone
+    del in_use
+    gc.collect()
+    _errors.remember_secrets("one-more-tenant-secret")
+    assert "secret-of-a-client-in-use" not in _errors._known_secrets
+
+
 def test_a_file_url_of_a_name_that_is_not_utf8_reads_that_file(tmp_path: Path) -> None:
     """Path.as_uri() percent-encodes the name's bytes; the URL was decoded as UTF-8 with
     replacement characters, so another (missing) file was read (helper-126)."""

@@ -24,6 +24,7 @@ import errno
 import os
 import re
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -219,12 +220,16 @@ _CREDENTIAL_FIELDS = (
 _known_secrets: frozenset[str] = frozenset()
 _kept_secrets: dict[str, None] = {}  # the most recently remembered last
 _SECRETS_KEPT = 4096
+# The secrets of the owners (options' runtimes, whose clients may be in use) still
+# alive: kept whatever the bound (helper-135: a client held while 2,100 other
+# credentials were used came out unmasked).
+_owned_secrets: weakref.WeakKeyDictionary[Any, frozenset[str]] = weakref.WeakKeyDictionary()
 _refreshed_secrets: dict[int, tuple[frozenset[str], frozenset[str]]] = {}  # by source
 _SOURCES_KEPT = 256  # credentials objects followed, the least recently refreshed let go
 _SECRETS_LOCK = threading.Lock()
 
 
-def remember_secrets(*secrets: str | None, source: int | None = None) -> bool:
+def remember_secrets(*secrets: str | None, source: int | None = None, owner: Any = None) -> bool:
     """Adds credentials to those :func:`mask_secrets` hides wherever they appear.
 
     Args:
@@ -233,6 +238,8 @@ def remember_secrets(*secrets: str | None, source: int | None = None) -> bool:
         source: For refreshed credentials, what they are the latest of (the ``id`` of
             botocore's credentials object): of each source only the latest two sets are
             kept (the one before may still be in a request under way).
+        owner: For given credentials, what uses them (an options' runtime): they are
+            kept, beyond the bound, for as long as it lives.
 
     Returns:
         Whether any credential is known (these or earlier ones).
@@ -244,6 +251,10 @@ def remember_secrets(*secrets: str | None, source: int | None = None) -> bool:
     new |= {shown for s in new if (shown := repr(s)[1:-1]) != s}
     with _SECRETS_LOCK:
         if source is None:
+            if owner is not None:
+                owned = _owned_secrets.get(owner, frozenset())
+                if not new <= owned:
+                    _owned_secrets[owner] = owned | new
             fresh = not new <= _kept_secrets.keys()
             for secret in new:  # to the newest end, whether known or not
                 _kept_secrets.pop(secret, None)
@@ -262,7 +273,7 @@ def remember_secrets(*secrets: str | None, source: int | None = None) -> bool:
             if len(_refreshed_secrets) > _SOURCES_KEPT:
                 del _refreshed_secrets[next(iter(_refreshed_secrets))]
         _known_secrets = frozenset(_kept_secrets).union(
-            *(a | b for a, b in _refreshed_secrets.values())
+            *(a | b for a, b in _refreshed_secrets.values()), *_owned_secrets.values()
         )
     return bool(_known_secrets)
 

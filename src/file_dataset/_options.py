@@ -65,9 +65,9 @@ class _RedactSecrets(logging.Filter):
         super().__init__("file_dataset")
         self._filtered: set[str] = set()
 
-    def add(self, *secrets: str | None, source: int | None = None) -> None:
+    def add(self, *secrets: str | None, source: int | None = None, owner: Any = None) -> None:
         # Kept where errors are masked too (obstore quotes S3's bodies).
-        if remember_secrets(*secrets, source=source):
+        if remember_secrets(*secrets, source=source, owner=owner):
             self._install()
 
     def _install(self) -> None:
@@ -1349,7 +1349,7 @@ class Options:
                 _guard_refreshes(credentials)
                 frozen = credentials.get_frozen_credentials()
         if credentials is not None:
-            _REDACTOR.add(frozen.access_key, frozen.secret_key, frozen.token)
+            _REDACTOR.add(frozen.access_key, frozen.secret_key, frozen.token, owner=self._live())
             if any(map(_not_a_credential, frozen)):  # the request's error would quote it
                 from botocore.exceptions import CredentialRetrievalError
 
@@ -1362,6 +1362,7 @@ class Options:
             client_kwargs.get("aws_secret_access_key"),
             client_kwargs.get("aws_session_token"),
             *USERINFO.findall(str(client_kwargs.get("endpoint_url") or "")),
+            owner=self._live(),
         )
         return client
 

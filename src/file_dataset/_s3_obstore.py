@@ -89,7 +89,7 @@ from file_dataset._urls import Location
 _STREAM_CHUNK_BYTES = 256 * 1024
 T = TypeVar("T")
 _STORES_LOCK = threading.Lock()
-_STORES_KEPT = 64  # per options' runtime: the buckets used last
+_STORES_KEPT = 256  # per options' runtime: the buckets used last
 # Buckets that S3 said live in another region than their options' client, by
 # (pid, options value, bucket): the region their stores are made for (see _relocate).
 _REGIONS: dict[tuple[Any, ...], str] = {}
@@ -571,18 +571,32 @@ def store_for(options: Options, bucket: str) -> S3Store:
     as credentials rotated ran out of file descriptors). A runtime keeps the stores of
     the :data:`_STORES_KEPT` buckets it used last (a service reading URLs of any bucket
     its users name kept one store, ~100 KB and an idle connection, per bucket name,
-    missing ones included); a transfer under way keeps its own store.
+    missing ones included); a transfer under way keeps its own store. A store found
+    takes no lock (a lock on every request, and 64 kept, made a job that cycled through
+    70 buckets build a store per request and stall every other options' requests).
     """
     stores = options._live().stores
-    with _STORES_LOCK:
-        # the most recently used last: a runtime keeps _STORES_KEPT buckets' stores
-        store = stores.pop(bucket, None)
-        if store is None:
-            store = _new_store(options, bucket)
-            while len(stores) >= _STORES_KEPT:
-                del stores[next(iter(stores))]  # its connections close once unused
-        stores[bucket] = store
-    return cast(S3Store, store)
+    kept = stores.get(bucket)
+    if kept is None:
+        with _STORES_LOCK:
+            kept = stores.get(bucket)
+            if kept is None:
+                if len(stores) >= _STORES_KEPT:  # the least recently used goes
+                    oldest = min(stores, key=lambda name: stores[name].used)
+                    del stores[oldest]  # its connections close once unused
+                kept = stores[bucket] = _KeptStore(_new_store(options, bucket))
+    kept.used = time.monotonic()  # no lock: a plain attribute, set by the last user
+    return kept.store
+
+
+class _KeptStore:
+    """A bucket's store in its runtime, and when it was last asked for."""
+
+    __slots__ = ("store", "used")
+
+    def __init__(self, store: S3Store) -> None:
+        self.store = store
+        self.used = time.monotonic()
 
 
 def _bucket_region(options: Options, bucket: str) -> str | None:
@@ -625,7 +639,8 @@ def _relocate(options: Options, bucket: str, failed: S3Store) -> bool:
             _REGIONS[key] = region
         with _STORES_LOCK:
             stores = options._live().stores
-            if stores.get(bucket) is failed:
+            kept = stores.get(bucket)
+            if kept is not None and kept.store is failed:
                 del stores[bucket]
         return True
 
