@@ -10,7 +10,6 @@ import logging
 import pickle
 import sys
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -702,12 +701,16 @@ def test_idle_transfer_threads_end_even_when_they_wake_late() -> None:
         assert workers.running_threads() == [], trial
 
 
-def _parked_or_none(workers: Any, want_parked: bool) -> None:
-    """Waits (polling, up to 60 s) until a worker of ``workers`` is idle, if wanted."""
-    deadline = time.monotonic() + 60
-    while want_parked and not workers._parked:
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+class _WatchedParking(list[Any]):
+    """A pool's list of idle workers that tells when a worker goes idle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parked = threading.Event()
+
+    def append(self, worker: Any) -> None:
+        super().append(worker)
+        self.parked.set()
 
 
 def _assert_pool_recovers(workers: Any) -> None:
@@ -747,9 +750,11 @@ def test_an_interrupt_anywhere_in_submit_leaves_the_pool_usable(worker: str) -> 
         replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
         run = RunState()
         if worker == "idle":
+            workers._parked = parking = _WatchedParking()
             workers.submit(int, replies, "warm", run)
             assert replies.get(timeout=60) == ("warm", 0, None)
-        _parked_or_none(workers, worker == "idle")
+            assert parking.parked.wait(60)  # the worker waits for a call
+            assert len(parking) == 1
         hit: list[int] = []
 
         def trace(frame: Any, event: str, arg: Any, offset: int = offset, hit: Any = hit) -> Any:

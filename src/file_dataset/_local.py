@@ -188,24 +188,21 @@ def not_a_folder(folder: Path) -> OSError | None:
 _COPY_CHUNK = 8 * 1024 * 1024
 
 
-def _copy_in_kernel(src_fd: int, dest_fd: int, stop: Callable[[], bool] | None = None) -> int:
+def _copy_in_kernel(src_fd: int, dest_fd: int, stop: Callable[[], bool]) -> int:
     """Copies the rest of ``src_fd`` to ``dest_fd`` inside the kernel, as far as it can.
 
     ``copy_file_range(2)`` moves the bytes without bringing them into this process;
     XFS and btrfs may share the file's extents instead, and NFS 4.2 copies on the
     server. Where it cannot (an old kernel, file systems it does not pair, any
-    failure) it stops quietly with both offsets where it left them: the caller's
-    read/write loop copies the rest, and names a failure as the source's or the
-    destination's. ``stop`` is asked between chunks.
+    failure) it stops quietly with both offsets where it left them, for
+    :func:`_copy_contents` to copy the rest. ``stop`` is asked between chunks.
 
     Returns:
         The bytes copied.
     """
     copy = getattr(os, "copy_file_range", None)  # Linux only
     done = 0
-    if copy is None:
-        return done
-    while stop is None or not stop():
+    while copy is not None and not stop():
         try:
             n = copy(src_fd, dest_fd, _KERNEL_COPY_CHUNK)
         except OSError:
@@ -226,6 +223,42 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def _never() -> bool:
+    return False
+
+
+def _copy_contents(
+    src: io.BufferedReader,
+    stat: os.stat_result,
+    dest_fd: int,
+    name: str,
+    stop: Callable[[], bool] = _never,
+) -> int:
+    """Copies the rest of ``src`` to ``dest_fd``, in the kernel as far as it can.
+
+    The rest is read and written here (all of it for a file whose size says nothing,
+    see :func:`_size_says_nothing`; ``stat`` is the source's). A read's failure is
+    raised as the failure of ``name`` (a :class:`TransferError`), a write's as it
+    comes, for the caller to name as the destination's. ``stop()`` is asked between
+    chunks (a ``CancelledError`` when it says yes).
+
+    Returns:
+        The bytes copied.
+    """
+    done = 0 if _size_says_nothing(stat) else _copy_in_kernel(src.fileno(), dest_fd, stop)
+    while True:  # what the kernel did not copy (or all of it)
+        if stop():
+            raise concurrent.futures.CancelledError()
+        try:
+            chunk = src.read(_COPY_CHUNK)
+        except OSError as e:  # the source's failure, not the destination's
+            raise translate_os_error(e, name, "read") from e
+        if not chunk:
+            return done
+        _write_all(dest_fd, chunk)
+        done += len(chunk)
+
+
 def atomic_copy(src: Path, dest: Path) -> None:
     """Copies ``src`` to ``dest`` through a temporary name in the same folder.
 
@@ -242,21 +275,13 @@ def atomic_copy(src: Path, dest: Path) -> None:
     with inp:
         fd, tmp = temp_file_in_place(dest)
         try:
-            with os.fdopen(fd, "wb") as out:
+            try:
                 stat = os.fstat(inp.fileno())
-                before = file_version(stat)
-                if not _size_says_nothing(stat):
-                    _copy_in_kernel(inp.fileno(), fd)
-                while True:  # what the kernel did not copy (or all of it)
-                    try:
-                        chunk = inp.read(_COPY_CHUNK)
-                    except OSError as e:  # the source's failure, not the destination's
-                        raise translate_os_error(e, str(src), "read") from e
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                if file_version(os.fstat(inp.fileno())) != before:
-                    raise TransferError(str(src), SOURCE_CHANGED, operation="read")
+                _copy_contents(inp, stat, fd, str(src))
+            finally:
+                os.close(fd)
+            if file_version(os.fstat(inp.fileno())) != file_version(stat):
+                raise TransferError(str(src), SOURCE_CHANGED, operation="read")
             os.replace(tmp, dest)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -423,16 +448,7 @@ class LocalBackend:
             stat = os.fstat(f.fileno())
             unsized = _size_says_nothing(stat)
             fd = open_dest(0 if unsized else stat.st_size)
-            done = 0 if unsized else _copy_in_kernel(f.fileno(), fd, stop)
-            while True:  # what the kernel did not copy (or all of it)
-                if stop():
-                    raise concurrent.futures.CancelledError()
-                with _os_errors(loc, "read"):
-                    chunk = f.read(_COPY_CHUNK)
-                if not chunk:
-                    break
-                _write_all(fd, chunk)
-                done += len(chunk)
+            done = _copy_contents(f, stat, fd, str(loc), stop)
             if not unsized:
                 if done < stat.st_size:  # the file's tail would be zeros: never hand it out
                     raise TransferError(

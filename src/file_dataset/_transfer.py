@@ -140,14 +140,18 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
             os.ftruncate(fd, total)
         return fd
 
+    def checked_open(total: int) -> int:
+        # (a full disk, say: named as the download of loc to dest)
+        try:
+            return open_temp(total)
+        except OSError as e:
+            raise local_failure(e, loc, dest) from e
+
     def sink(total: int) -> Callable[[int, Blob], None]:
         # Runs on a pool thread once the response has begun: the file is made there.
         # Its failures are told apart from the transport's here, as the transport's
         # own error handling would take them for its own.
-        try:
-            write = partial(_pwrite_all, open_temp(total))
-        except OSError as e:
-            raise local_failure(e, loc, dest) from e
+        write = partial(_pwrite_all, checked_open(total))
 
         def write_checked(offset: int, data: Blob) -> None:
             try:
@@ -187,12 +191,6 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
         total = backend.copy_into(loc, checked_open, lambda: run is not None and run.abandoned)
         finish()
         return total, total, None
-
-    def checked_open(total: int) -> int:
-        try:
-            return open_temp(total)
-        except OSError as e:
-            raise local_failure(e, loc, dest) from e
 
     local = isinstance(backend, LocalBackend)
     try:
