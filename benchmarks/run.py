@@ -70,7 +70,8 @@ OUT_BUCKET = "bench-out"
 
 # Plain fd_* names use the library's default transport (Options.transport="auto":
 # obstore); [boto3] or [obstore] force one through FILE_DATASET_TRANSPORT, and [c64] sets
-# Options(max_concurrency=64), [p16] Options(part_size=16 MiB), and [noreserve] turns Ray Data's per-operator resource
+# Options(max_concurrency=64), [p16] Options(part_size=16 MiB), [huge] and [nohuge] set
+# FILE_DATASET_HUGE_PAGES=1 and 0, and [noreserve] turns Ray Data's per-operator resource
 # reservation off (DataContext.op_resource_reservation_enabled = False), [cpu0.5] has each
 # read task of fd_ray ask for 0.5 CPU; tokens combine with "+", and any combination can
 # be asked for with --contenders.
@@ -87,6 +88,7 @@ READ_CONTENDERS = [
     "fd_tempdir[boto3]",
     "fd_blob[p16]",
     "fd_tempdir[p16]",
+    "fd_blob[huge]",
     "fd_ray[boto3]",
     "fd_pipeline[boto3]",
     "fd_ray[noreserve]",
@@ -133,6 +135,7 @@ DESCRIPTIONS = {
     "fd_tempdir[boto3]": "into_temp_dir, boto3 transport",
     "fd_blob[p16]": "into_blob_table with Options(part_size=16 MiB)",
     "fd_tempdir[p16]": "into_temp_dir with Options(part_size=16 MiB)",
+    "fd_blob[huge]": "into_blob_table with large buffers in huge pages (FILE_DATASET_HUGE_PAGES=1)",
     "fd_ray[boto3]": "read_file_dataset, boto3 transport (variable inherited by Ray workers)",
     "fd_pipeline[boto3]": "fd_pipeline, boto3 transport",
     "fd_ray[noreserve]": "fd_ray with DataContext.op_resource_reservation_enabled = False",
@@ -236,6 +239,10 @@ class Suite:
         for transport in ("boto3", "obstore"):
             if transport in tokens:
                 env["FILE_DATASET_TRANSPORT"] = transport
+        env.pop("FILE_DATASET_HUGE_PAGES", None)
+        for token, value in (("huge", "1"), ("nohuge", "0")):
+            if token in tokens:  # FILE_DATASET_HUGE_PAGES: see src/file_dataset/_memory.py
+                env["FILE_DATASET_HUGE_PAGES"] = value
         if contender.partition("[")[0] == "ray_download":
             # Ray enables plain http for obstore only for http:// URIs; for s3:// URIs on
             # an http endpoint it would silently return null rows without this.

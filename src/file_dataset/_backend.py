@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from file_dataset._errors import ObjectAccessDeniedError, TransferError, translate_os_error
+from file_dataset._memory import huge_buffer, huge_page_bytes
 from file_dataset._options import Options
 from file_dataset._urls import KEY_MAX, Location
 
@@ -194,8 +195,20 @@ def new_buffer(size: int) -> memoryview:
     the system allocator leaves the memory untouched, so its pages are first touched by
     the copies into it, which run without the GIL. (Arrow's default pool reuses freed
     memory faster but was 2-4x slower to touch the first time, and keeps what it took.)
+    A buffer of a huge page or more may be a mapping of its own in huge pages (see
+    :mod:`file_dataset._memory`).
     """
+    if size >= _SMALLEST_HUGE_PAGE:
+        huge = huge_page_bytes()
+        if huge and size >= huge:
+            try:
+                return huge_buffer(size, huge)
+            except OSError:  # no mapping to be had: Arrow's allocation says why, if it fails
+                pass
     return memoryview(pa.allocate_buffer(size, memory_pool=pa.system_memory_pool())).cast("B")
+
+
+_SMALLEST_HUGE_PAGE = 2 * 1024 * 1024  # x86-64 and arm64 with 4 KiB pages
 
 
 def copy_into(view: memoryview, offset: int, data: Blob) -> None:

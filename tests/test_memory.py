@@ -1,0 +1,147 @@
+"""Large object buffers in transparent huge pages (``file_dataset._memory``)."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+import file_dataset
+from file_dataset import Options
+from file_dataset._backend import new_buffer
+from file_dataset._memory import (
+    VARIABLE,
+    huge_buffer,
+    huge_page_bytes,
+    kernel_huge_page_bytes,
+)
+
+MiB = 1024 * 1024
+HUGE = 2 * MiB
+
+
+def _vma_flags(address: int) -> list[str]:
+    """The ``VmFlags`` of this process's mapping that holds ``address``."""
+    found = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split(" ", 1)[0]
+        if "-" in head and ":" not in head:
+            start, end = (int(part, 16) for part in head.split("-"))
+            found = start <= address < end
+        elif found and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def _fake_sys(root: Path, enabled: str, reporting: str | None) -> Path:
+    """A /sys tree with a THP setting and, if given, a balloon's feature bits."""
+    thp = root / "kernel" / "mm" / "transparent_hugepage"
+    thp.mkdir(parents=True)
+    (thp / "enabled").write_text(enabled + "\n")
+    (thp / "hpage_pmd_size").write_text(f"{HUGE}\n")
+    if reporting is not None:
+        device = root / "bus" / "virtio" / "drivers" / "virtio_balloon" / "virtio0"
+        device.mkdir(parents=True)
+        (device / "features").write_text(reporting + "0" * 58 + "\n")
+    return root
+
+
+def _is_mapping(view: memoryview) -> bool:
+    return isinstance(view.obj, mmap.mmap)
+
+
+def test_huge_buffer_asks_for_huge_pages_only_within_its_bytes() -> None:
+    size = 3 * HUGE + 12345
+    view = huge_buffer(size, HUGE)
+    assert len(view) == size
+    assert not view.readonly
+    view[:] = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    assert bytes(view[-3:]) == bytes(range(size % 256))[-3:]
+    assert bytes(view[HUGE - 2 : HUGE + 2]) == bytes([254, 255, 0, 1])
+    address = pa.py_buffer(view).address
+    first = address + (-address % HUGE)
+    wanted = kernel_huge_page_bytes(Path("/sys")) == HUGE
+    # the huge pages inside the bytes are asked for, the partial one at the end is not
+    assert ("hg" in _vma_flags(first)) is wanted
+    assert "hg" not in _vma_flags(address + size - 1)
+
+
+def test_new_buffer_follows_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    offered = kernel_huge_page_bytes(Path("/sys"))
+    monkeypatch.setenv(VARIABLE, "1")
+    assert huge_page_bytes() == offered
+    assert _is_mapping(new_buffer(4 * MiB)) is (0 < offered <= 4 * MiB)
+    assert not _is_mapping(new_buffer(HUGE - 1))  # under a huge page: Arrow's memory
+    monkeypatch.setenv(VARIABLE, "0")
+    assert huge_page_bytes() == 0
+    assert not _is_mapping(new_buffer(4 * MiB))
+
+
+@pytest.mark.parametrize(
+    ("enabled", "reporting", "variable", "expected"),
+    [
+        ("always [madvise] never", None, None, HUGE),
+        ("[always] madvise never", "0" * 6, None, HUGE),
+        # a VM that hands free memory back to its host: only if asked for
+        ("always [madvise] never", "011001", None, 0),
+        ("always [madvise] never", "011001", "1", HUGE),
+        ("always [madvise] never", None, "0", 0),
+        ("always madvise [never]", None, "1", 0),  # the kernel has none to give
+    ],
+)
+def test_huge_pages_are_used_where_they_pay(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    enabled: str,
+    reporting: str | None,
+    variable: str | None,
+    expected: int,
+) -> None:
+    if not hasattr(mmap, "MADV_HUGEPAGE"):  # not Linux: never
+        expected = 0
+    monkeypatch.setattr("file_dataset._memory._SYS", _fake_sys(tmp_path, enabled, reporting))
+    if variable is None:
+        monkeypatch.delenv(VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(VARIABLE, variable)
+    assert huge_page_bytes() == expected
+
+
+@pytest.mark.parametrize("transport", ["auto", "boto3"])
+def test_objects_read_into_huge_pages_keep_their_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    options: Options,
+    put: Callable[[str, bytes], str],
+    transport: str,
+) -> None:
+    monkeypatch.setenv(VARIABLE, "1")
+    options = options.replace(transport=transport, part_size=5 * MiB, multipart_threshold=5 * MiB)
+    big = os.urandom(11 * MiB + 7)  # three ranged parts, a partial huge page at the end
+    small = [os.urandom(100_000 + i) for i in range(40)]  # chunked together: 3.8 MiB
+    local = tmp_path / "big.bin"
+    local.write_bytes(big[::-1])
+    frame = pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(40)],
+            "big.bin": [put("big.bin", big)] + [None] * 39,
+            "local.bin": [str(local)] + [None] * 39,
+            "small.bin": [put(f"s{i}", data) for i, data in enumerate(small)],
+        }
+    )
+    table = file_dataset.reader(frame, options).into_blob_table()
+    assert table.column("big.bin").to_pylist() == [big] + [None] * 39
+    assert table.column("local.bin").to_pylist() == [big[::-1]] + [None] * 39
+    assert table.column("small.bin").to_pylist() == small
+    assert table.column("id").to_pylist() == [f"r{i}" for i in range(40)]
+    offered = kernel_huge_page_bytes(Path("/sys")) == HUGE
+    for name in ("big.bin", "local.bin", "small.bin"):  # each in a mapping of its own
+        data = table.column(name).chunk(0).buffers()[2]
+        first = data.address + (-data.address % HUGE)
+        assert data.address + data.size >= first + HUGE  # a whole huge page in it
+        assert ("hg" in _vma_flags(first)) is offered, name
