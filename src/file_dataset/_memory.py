@@ -79,11 +79,12 @@ def hands_free_memory_back(sys_root: Path) -> bool:
 def huge_buffer(size: int, huge: int) -> memoryview:
     """A writable buffer of ``size`` bytes in a private mapping of its own, in huge pages.
 
-    Only the huge pages that lie wholly inside the ``size`` bytes are asked for, so the
-    buffer never holds more memory than its bytes. The mapping's length is a multiple of
-    the huge page size, which Linux (6.7 on) places at an aligned address, so every huge
-    page of the buffer qualifies; elsewhere the pages at either end stay small. The
-    mapping goes when the last view of it (an Arrow buffer, say) is let go.
+    Only the huge pages that lie wholly inside the ``size`` bytes are asked for, and the
+    rest of the mapping is marked to stay in small pages, so the buffer never holds
+    more memory than its bytes. The mapping's length is a multiple of the huge page
+    size, which Linux (6.7 on) places at an aligned address, so every huge page of the
+    buffer qualifies; elsewhere the pages at either end stay small. The mapping goes
+    when the last view of it (an Arrow buffer, say) is let go.
 
     Raises:
         OSError: no mapping could be made.
@@ -93,8 +94,14 @@ def huge_buffer(size: int, huge: int) -> memoryview:
     address = pa.py_buffer(block).address
     first = -address % huge
     end = (address + size) // huge * huge - address
-    if end > first:
-        # a kernel without them after all: small pages, as elsewhere
-        with contextlib.suppress(OSError):
+    if end <= first:
+        first = end = 0
+    # a kernel without them after all: small pages, as elsewhere
+    with contextlib.suppress(OSError):
+        if end:
             block.madvise(mmap.MADV_HUGEPAGE, first, end - first)
+        if end < length:
+            # the last, partial one stays small where the kernel makes them unasked
+            # (``always``): a 2 MiB + 1 byte buffer would hold 4 MiB
+            block.madvise(mmap.MADV_NOHUGEPAGE, end, length - end)
     return memoryview(block)[:size]
