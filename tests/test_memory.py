@@ -15,10 +15,12 @@ import file_dataset
 from file_dataset import Options
 from file_dataset._backend import new_buffer
 from file_dataset._memory import (
+    PREFAULT_BYTES,
     VARIABLE,
     huge_buffer,
     huge_page_bytes,
     kernel_huge_page_bytes,
+    prefault,
 )
 
 MiB = 1024 * 1024
@@ -149,3 +151,63 @@ def test_objects_read_into_huge_pages_keep_their_bytes(
         first = data.address + (-data.address % HUGE)
         assert data.address + data.size >= first + HUGE  # a whole huge page in it
         assert ("hg" in _vma_flags(first)) is offered, name
+
+
+def _rss_kib(address: int) -> int:
+    """The ``Rss`` of this process's mapping that holds ``address``, in KiB."""
+    found = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split(" ", 1)[0]
+        if "-" in head and ":" not in head:
+            start, end = (int(part, 16) for part in head.split("-"))
+            found = start <= address < end
+        elif found and line.startswith("Rss:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def _populate_write_known() -> bool:
+    """Whether this kernel knows MADV_POPULATE_WRITE (Linux 5.14 on)."""
+    major, minor = (int(part) for part in os.uname().release.split(".")[:2])
+    return (major, minor) >= (5, 14)
+
+
+@pytest.mark.parametrize("size", [PREFAULT_BYTES - 4096, PREFAULT_BYTES, 8 * MiB + 123])
+def test_prefault_fills_in_the_pages_of_a_fresh_buffer(size: int) -> None:
+    block = mmap.mmap(-1, 16 * MiB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    view = memoryview(block)
+    block.madvise(mmap.MADV_NOHUGEPAGE)  # 4 KiB pages, counted exactly
+    address = pa.py_buffer(view).address
+    assert _rss_kib(address) == 0
+    prefault(view[4096 : 4096 + size])
+    expected = size // 4096 * 4 if size >= PREFAULT_BYTES and _populate_write_known() else 0
+    assert _rss_kib(address) == expected
+    assert bytes(view[4096 : 4096 + size]) == bytes(size)  # nothing written
+    view.release()
+    block.close()
+
+
+@pytest.mark.parametrize("transport", ["auto", "boto3"])
+@pytest.mark.parametrize("part", [5 * MiB, 8 * MiB])  # 8 MiB: the first part is streamed
+def test_each_part_of_a_large_object_is_prefaulted_by_its_reader(
+    monkeypatch: pytest.MonkeyPatch,
+    options: Options,
+    put: Callable[[str, bytes], str],
+    transport: str,
+    part: int,
+) -> None:
+    seen: list[int] = []
+
+    def recording(view: memoryview) -> None:
+        seen.append(len(view))
+        prefault(view)
+
+    monkeypatch.setattr("file_dataset._transfer.prefault", recording)
+    options = options.replace(transport=transport, part_size=part, multipart_threshold=part)
+    data = os.urandom(2 * part + MiB + 7)
+    frame = pd.DataFrame({"id": ["r1"], "big.bin": [put("big.bin", data)]})
+    table = file_dataset.reader(frame, options).into_blob_table()
+    assert table.column("big.bin").to_pylist() == [data]
+    # the first part where the object's buffer is made, then each ranged part
+    assert seen[0] == part
+    assert sorted(seen[1:]) == [MiB + 7, part]

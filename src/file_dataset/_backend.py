@@ -7,6 +7,7 @@ different transport (another S3 client library, another cloud) is one new class.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -22,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from file_dataset._errors import ObjectAccessDeniedError, TransferError, translate_os_error
-from file_dataset._memory import huge_buffer, huge_page_bytes
+from file_dataset._memory import huge_buffer, huge_page_bytes, prefault
 from file_dataset._options import Options
 from file_dataset._urls import KEY_MAX, Location
 
@@ -187,7 +188,7 @@ def read_source(src: Path) -> bytes:
 _GIL_FREE_COPY_BYTES = 64 * 1024
 
 
-def new_buffer(size: int) -> memoryview:
+def new_buffer(size: int, *, populate: bool = True) -> memoryview:
     """A writable buffer of ``size`` bytes for an object's contents, not zero-filled.
 
     ``bytearray(size)`` zero-fills fresh pages while holding the GIL (34 ms per 64 MiB
@@ -195,17 +196,22 @@ def new_buffer(size: int) -> memoryview:
     the system allocator leaves the memory untouched, so its pages are first touched by
     the copies into it, which run without the GIL. (Arrow's default pool reuses freed
     memory faster but was 2-4x slower to touch the first time, and keeps what it took.)
-    A buffer of a huge page or more may be a mapping of its own in huge pages (see
-    :mod:`file_dataset._memory`).
+    A buffer of a huge page or more may be a mapping of its own in huge pages, and its
+    pages are faulted in at once unless ``populate`` is false (the caller then faults
+    in each part as it reads it, with ``prefault``); see :mod:`file_dataset._memory`.
     """
+    view = None
     if size >= _SMALLEST_HUGE_PAGE:
         huge = huge_page_bytes()
         if huge and size >= huge:
-            try:
-                return huge_buffer(size, huge)
-            except OSError:  # no mapping to be had: Arrow's allocation says why, if it fails
-                pass
-    return memoryview(pa.allocate_buffer(size, memory_pool=pa.system_memory_pool())).cast("B")
+            # no mapping to be had: Arrow's allocation says why, if it fails
+            with contextlib.suppress(OSError):
+                view = huge_buffer(size, huge)
+    if view is None:
+        view = memoryview(pa.allocate_buffer(size, memory_pool=pa.system_memory_pool())).cast("B")
+    if populate:
+        prefault(view)
+    return view
 
 
 _SMALLEST_HUGE_PAGE = 2 * 1024 * 1024  # x86-64 and arm64 with 4 KiB pages

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from file_dataset._backend import (
     SETUP_FAILURES,
     SOURCE_CHANGED,
+    Backend,
     Blob,
     backend_for,
     copy_into,
@@ -43,6 +44,7 @@ from file_dataset._errors import (
     quoted,
 )
 from file_dataset._local import LocalBackend, temp_file_in_place
+from file_dataset._memory import prefault
 from file_dataset._options import Options, Reply, RunState, current_run
 from file_dataset._urls import Location
 
@@ -78,9 +80,11 @@ def read_job(loc: Location, options: Options) -> Job[Blob]:
     backend = backend_for(loc, options)
     view = memoryview(b"")  # the object's buffer, once its size is known
 
+    # Each part's pages are faulted in by the thread that reads it (see prefault).
     def sink(total: int) -> memoryview:
         nonlocal view
-        view = new_buffer(total)
+        view = new_buffer(total, populate=False)
+        prefault(view[: options.multipart_threshold])
         return view
 
     first_call = partial(backend.read_first, loc, options.multipart_threshold, sink)
@@ -90,15 +94,23 @@ def read_job(loc: Location, options: Options) -> Job[Blob]:
     else:
         if total <= len(first):
             return first  # type: ignore[no-any-return]
-        view = new_buffer(total)
+        view = new_buffer(total, populate=False)
+        prefault(view[: len(first)])
         copy_into(view, 0, first)
         start = len(first)
         del first
     yield [
-        partial(backend.read_into, loc, s, view[s:e], tag)
+        partial(_read_part, backend, loc, s, view[s:e], tag)
         for s, e in _ranges(start, total, options.part_size)
     ]
     return view
+
+
+def _read_part(
+    backend: Backend, loc: Location, start: int, view: memoryview, tag: str | None
+) -> None:
+    prefault(view)
+    backend.read_into(loc, start, view, tag)
 
 
 def _read_part_to_file(
