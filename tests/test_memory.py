@@ -27,17 +27,21 @@ MiB = 1024 * 1024
 HUGE = 2 * MiB
 
 
-def _vma_flags(address: int) -> list[str]:
-    """The ``VmFlags`` of this process's mapping that holds ``address``."""
+def _smaps_field(address: int, field: str) -> list[str]:
+    """A field (``VmFlags``, ``Rss``) of this process's mapping that holds ``address``."""
     found = False
     for line in Path("/proc/self/smaps").read_text().splitlines():
         head = line.split(" ", 1)[0]
         if "-" in head and ":" not in head:
             start, end = (int(part, 16) for part in head.split("-"))
             found = start <= address < end
-        elif found and line.startswith("VmFlags:"):
+        elif found and line.startswith(f"{field}:"):
             return line.split()[1:]
     raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def _vma_flags(address: int) -> list[str]:
+    return _smaps_field(address, "VmFlags")
 
 
 def _fake_sys(root: Path, enabled: str, reporting: str | None) -> Path:
@@ -154,16 +158,7 @@ def test_objects_read_into_huge_pages_keep_their_bytes(
 
 
 def _rss_kib(address: int) -> int:
-    """The ``Rss`` of this process's mapping that holds ``address``, in KiB."""
-    found = False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split(" ", 1)[0]
-        if "-" in head and ":" not in head:
-            start, end = (int(part, 16) for part in head.split("-"))
-            found = start <= address < end
-        elif found and line.startswith("Rss:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no mapping holds {address:#x}")
+    return int(_smaps_field(address, "Rss")[0])
 
 
 def _populate_write_known() -> bool:
