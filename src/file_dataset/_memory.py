@@ -19,8 +19,9 @@ free memory back.
 
 Whatever the page size, :func:`prefault` has the kernel fill in a buffer's pages in one
 call (``MADV_POPULATE_WRITE``, Linux 5.14 on) before the bytes arrive, instead of one
-fault per page as they are copied in by several threads at once: 76 against 57 ms of
-CPU per 64 MiB object read into blobs on the project's machine, with small pages.
+fault per page as they are copied in by several threads at once: 60-67 against
+76-78 ms of CPU per 64 MiB object read into blobs on the project's machine, with small
+pages.
 """
 
 from __future__ import annotations
