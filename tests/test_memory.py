@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import mmap
 import os
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -206,3 +208,75 @@ def test_each_part_of_a_large_object_is_prefaulted_by_its_reader(
     # the first part where the object's buffer is made, then each ranged part
     assert seen[0] == part
     assert sorted(seen[1:]) == [MiB + 7, part]
+
+
+def _cycles_holding_reads() -> list[str]:
+    """What of a read the garbage collector alone would free: our frames, big buffers."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        found = []
+        for thing in gc.garbage:
+            if isinstance(thing, types.FrameType) and "file_dataset" in thing.f_code.co_filename:
+                found.append(thing.f_code.co_name)
+            if isinstance(thing, memoryview) and thing.nbytes >= MiB:
+                found.append("a buffer")
+        return found
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
+@pytest.mark.parametrize("where", ["local", "s3", "s3-boto3"])
+def test_a_failed_read_lets_go_of_what_it_read_without_the_garbage_collector(
+    tmp_path: Path, options: Options, put: Callable[[str, bytes], str], where: str
+) -> None:
+    """Before, the failure's traceback and the engine's state held each other (and
+    with them the jobs' frames and every object read so far) until a collection."""
+    data = os.urandom(3 * MiB)
+    if where == "local":
+        (tmp_path / "big.bin").write_bytes(data)
+        cells = [str(tmp_path / "big.bin"), str(tmp_path / "missing.bin")]
+    else:
+        options = options.replace(transport="boto3" if where == "s3-boto3" else "auto")
+        url = put("big.bin", data)
+        cells = [url, url.replace("big.bin", "missing.bin")]
+    frame = pd.DataFrame({"id": ["a", "b"], "x.bin": cells})
+    gc.collect()
+    gc.disable()
+    try:
+        with pytest.raises(FileNotFoundError) as failure:
+            file_dataset.reader(frame, options).into_blob_table()
+        assert "missing.bin" in str(failure.value)
+        assert "'b'" in str(failure.value)
+        del failure
+        assert _cycles_holding_reads() == []
+    finally:
+        gc.enable()
+
+
+def test_an_interrupted_read_lets_go_of_what_it_read_without_the_garbage_collector(
+    tmp_path: Path, options: Options, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("a.bin", "b.bin"):
+        (tmp_path / name).write_bytes(os.urandom(11 * MiB))
+    options = options.replace(part_size=5 * MiB, multipart_threshold=5 * MiB)
+    frame = pd.DataFrame(
+        {"id": ["a", "b"], "x.bin": [str(tmp_path / "a.bin"), str(tmp_path / "b.bin")]}
+    )
+
+    def interrupted(view: memoryview) -> None:
+        raise KeyboardInterrupt  # as a Ctrl-C on the thread that runs the jobs
+
+    # the first part of a local file is copied on that thread, after this call
+    monkeypatch.setattr("file_dataset._transfer.prefault", interrupted)
+    gc.collect()
+    gc.disable()
+    try:
+        with pytest.raises(KeyboardInterrupt) as failure:
+            file_dataset.reader(frame, options).into_blob_table()
+        assert any(entry.name == "read_job" for entry in failure.traceback)
+        del failure
+        assert _cycles_holding_reads() == []
+    finally:
+        gc.enable()

@@ -21,7 +21,7 @@ import queue
 from collections.abc import Callable, Generator, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from file_dataset._backend import (
     SETUP_FAILURES,
@@ -356,6 +356,7 @@ def run_jobs(
     run = RunState()  # abandoned: calls not yet started are skipped
     outstanding = 0
     next_job = 0
+    done: list[Reply] = []  # the replies taken at once
 
     def step(index: int, job: _Running, value: list[Any] | None = None) -> None:
         """Advances one job until it yields calls to run, or ends."""
@@ -364,7 +365,10 @@ def run_jobs(
             try:
                 if job.error is not None:
                     error, job.error = job.error, None
-                    calls = job.gen.throw(error)
+                    try:
+                        calls = job.gen.throw(error)
+                    finally:
+                        del error  # this frame is in the traceback: no cycle (below)
                 elif errors:
                     job.gen.close()
                     running.pop(index, None)
@@ -428,14 +432,36 @@ def run_jobs(
         run.wait_idle()
         for job in running.values():
             job.gen.close()
+        errors.clear()  # see below
+        running.clear()
         raise
     finally:
         for gen in jobs:
             gen.close()
 
-    if errors:
-        index = min(errors)
-        error = errors[index]
+    if not errors:
+        return results
+    index = min(errors)
+    error = errors[index]
+    # The failure's traceback holds this frame and ``step``'s, whose ``errors``,
+    # ``running`` and ``done`` reach the failure again: a cycle that kept every object
+    # read so far (and the jobs' frames) until the garbage collector ran, which for
+    # long-lived objects can be long after; 64 MiB per large object. The failure is
+    # let go of by this frame too, for the same reason.
+    errors.clear()
+    running.clear()
+    done.clear()
+    try:
+        _raise_failure(error, index, contexts)
+    finally:
+        del error
+
+
+def _raise_failure(
+    error: BaseException, index: int, contexts: Sequence[Context] | None
+) -> NoReturn:
+    """Raises a job's failure, naming its row id and column from ``contexts``."""
+    try:
         if contexts is not None and isinstance(error, TransferError):
             if error.row_id is not None or error.column is not None:
                 raise error  # a step that named its own cell (a reader's copies)
@@ -454,4 +480,5 @@ def run_jobs(
             if where:
                 error.add_note(f"file_dataset: raised by the transfer of {', '.join(where)}")
         raise error
-    return results
+    finally:
+        del error
