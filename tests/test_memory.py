@@ -280,3 +280,21 @@ def test_an_interrupted_read_lets_go_of_what_it_read_without_the_garbage_collect
         assert _cycles_holding_reads() == []
     finally:
         gc.enable()
+
+
+def test_a_failure_after_an_object_arrived_does_not_carry_its_buffer(
+    tmp_path: Path, options: Options, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, an error raised while an arrived object was being stored (a full chunk
+    budget, an interrupt) had the job's StopIteration, holding the object's buffer, as
+    its ``__context__``: kept, and printed, for as long as the caller kept the error."""
+    (tmp_path / "a.bin").write_bytes(os.urandom(3 * MiB))
+    frame = pd.DataFrame({"id": ["a"], "x.bin": [str(tmp_path / "a.bin")]})
+
+    def put(self: object, index: int, blob: memoryview) -> None:
+        raise RuntimeError(f"cannot store {len(blob)} bytes")
+
+    monkeypatch.setattr("file_dataset._reader._ColumnBuilder.put", put)
+    with pytest.raises(RuntimeError, match=f"cannot store {3 * MiB} bytes") as failure:
+        file_dataset.reader(frame, options).into_blob_table()
+    assert failure.value.__context__ is None

@@ -378,15 +378,8 @@ def run_jobs(
                 else:
                     calls = job.gen.send(value)
             except StopIteration as stop:
-                running.pop(index, None)
-                if on_result is None:
-                    results[index] = stop.value
-                    return
-                try:
-                    on_result(index, stop.value)
-                except BaseException as e:
-                    errors[index] = e
-                return
+                result = stop.value
+                break
             except BaseException as e:
                 errors[index] = e
                 running.pop(index, None)
@@ -399,6 +392,17 @@ def run_jobs(
                 outstanding += len(calls)
                 return
             value = []
+        # The job's result, outside the ``except`` above: a failure of ``on_result``
+        # would otherwise carry the StopIteration, and with it the object's buffer, as
+        # its ``__context__`` for as long as the caller keeps it.
+        running.pop(index, None)
+        if on_result is None:
+            results[index] = result
+            return
+        try:
+            on_result(index, result)
+        except BaseException as e:
+            errors[index] = e
 
     try:
         while True:
