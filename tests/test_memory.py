@@ -6,7 +6,7 @@ import gc
 import mmap
 import os
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -210,6 +210,17 @@ def test_each_part_of_a_large_object_is_prefaulted_by_its_reader(
     assert sorted(seen[1:]) == [MiB + 7, part]
 
 
+@pytest.fixture
+def no_automatic_gc() -> Iterator[None]:
+    """The garbage collector runs only when a test calls it."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def _cycles_holding_reads() -> list[str]:
     """What of a read the garbage collector alone would free: our frames, big buffers."""
     gc.set_debug(gc.DEBUG_SAVEALL)
@@ -228,6 +239,7 @@ def _cycles_holding_reads() -> list[str]:
 
 
 @pytest.mark.parametrize("where", ["local", "s3", "s3-boto3"])
+@pytest.mark.usefixtures("no_automatic_gc")
 def test_a_failed_read_lets_go_of_what_it_read_without_the_garbage_collector(
     tmp_path: Path, options: Options, put: Callable[[str, bytes], str], where: str
 ) -> None:
@@ -242,19 +254,15 @@ def test_a_failed_read_lets_go_of_what_it_read_without_the_garbage_collector(
         url = put("big.bin", data)
         cells = [url, url.replace("big.bin", "missing.bin")]
     frame = pd.DataFrame({"id": ["a", "b"], "x.bin": cells})
-    gc.collect()
-    gc.disable()
-    try:
-        with pytest.raises(FileNotFoundError) as failure:
-            file_dataset.reader(frame, options).into_blob_table()
-        assert "missing.bin" in str(failure.value)
-        assert "'b'" in str(failure.value)
-        del failure
-        assert _cycles_holding_reads() == []
-    finally:
-        gc.enable()
+    with pytest.raises(FileNotFoundError) as failure:
+        file_dataset.reader(frame, options).into_blob_table()
+    assert "missing.bin" in str(failure.value)
+    assert "'b'" in str(failure.value)
+    del failure
+    assert _cycles_holding_reads() == []
 
 
+@pytest.mark.usefixtures("no_automatic_gc")
 def test_an_interrupted_read_lets_go_of_what_it_read_without_the_garbage_collector(
     tmp_path: Path, options: Options, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -270,16 +278,11 @@ def test_an_interrupted_read_lets_go_of_what_it_read_without_the_garbage_collect
 
     # the first part of a local file is copied on that thread, after this call
     monkeypatch.setattr("file_dataset._transfer.prefault", interrupted)
-    gc.collect()
-    gc.disable()
-    try:
-        with pytest.raises(KeyboardInterrupt) as failure:
-            file_dataset.reader(frame, options).into_blob_table()
-        assert any(entry.name == "read_job" for entry in failure.traceback)
-        del failure
-        assert _cycles_holding_reads() == []
-    finally:
-        gc.enable()
+    with pytest.raises(KeyboardInterrupt) as failure:
+        file_dataset.reader(frame, options).into_blob_table()
+    assert any(entry.name == "read_job" for entry in failure.traceback)
+    del failure
+    assert _cycles_holding_reads() == []
 
 
 def test_a_failure_after_an_object_arrived_does_not_carry_its_buffer(
