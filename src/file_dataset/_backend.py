@@ -7,7 +7,6 @@ different transport (another S3 client library, another cloud) is one new class.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import os
@@ -23,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from file_dataset._errors import ObjectAccessDeniedError, TransferError, translate_os_error
-from file_dataset._memory import huge_buffer, huge_page_bytes, prefault
+from file_dataset._memory import huge_page_buffer, prefault
 from file_dataset._options import Options
 from file_dataset._urls import KEY_MAX, Location
 
@@ -200,21 +199,12 @@ def new_buffer(size: int, *, populate: bool = True) -> memoryview:
     pages are faulted in at once unless ``populate`` is false (the caller then faults
     in each part as it reads it, with ``prefault``); see :mod:`file_dataset._memory`.
     """
-    view = None
-    if size >= _SMALLEST_HUGE_PAGE:
-        huge = huge_page_bytes()
-        if huge and size >= huge:
-            # no mapping to be had: Arrow's allocation says why, if it fails
-            with contextlib.suppress(OSError):
-                view = huge_buffer(size, huge)
+    view = huge_page_buffer(size)
     if view is None:
         view = memoryview(pa.allocate_buffer(size, memory_pool=pa.system_memory_pool())).cast("B")
     if populate:
         prefault(view)
     return view
-
-
-_SMALLEST_HUGE_PAGE = 2 * 1024 * 1024  # x86-64 and arm64 with 4 KiB pages
 
 
 def copy_into(view: memoryview, offset: int, data: Blob) -> None:

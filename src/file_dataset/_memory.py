@@ -91,6 +91,29 @@ def hands_free_memory_back(sys_root: Path) -> bool:
     return False
 
 
+# No huge page is smaller (x86-64, and arm64 with 4 KiB pages): smaller buffers need
+# not look further.
+_SMALLEST_HUGE_PAGE = 2 * 1024 * 1024
+
+
+def huge_page_buffer(size: int) -> memoryview | None:
+    """A buffer of ``size`` bytes in huge pages, or None where they are not to be used.
+
+    None for a buffer smaller than a huge page, where :func:`huge_page_bytes` says no,
+    and when no mapping could be made (the caller's own allocation then says why, if
+    it fails too).
+    """
+    if size < _SMALLEST_HUGE_PAGE:
+        return None
+    huge = huge_page_bytes()
+    if not huge or size < huge:
+        return None
+    try:
+        return huge_buffer(size, huge)
+    except OSError:
+        return None
+
+
 def huge_buffer(size: int, huge: int) -> memoryview:
     """A writable buffer of ``size`` bytes in a private mapping of its own, in huge pages.
 

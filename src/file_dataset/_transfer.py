@@ -94,8 +94,7 @@ def read_job(loc: Location, options: Options) -> Job[Blob]:
     else:
         if total <= len(first):
             return first  # type: ignore[no-any-return]
-        view = new_buffer(total, populate=False)
-        prefault(view[: len(first)])
+        view = sink(total)  # (its first part prefaulted, as when streamed)
         copy_into(view, 0, first)
         start = len(first)
         del first
