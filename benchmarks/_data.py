@@ -53,8 +53,9 @@ READ_WORKLOADS = {
     "A": Workload("A", 2000, 64 * KiB),
     "A'": Workload("A'", 20000, 16 * KiB),
     "B": Workload("B", 200, MiB),
-    "C": Workload("C", 8, 64 * MiB, ("plain",)),
-    "D": Workload("D", 2, GiB, ("plain",)),
+    # "s3": 10 ms first byte and S3's per-connection throughput (see _servers.py)
+    "C": Workload("C", 8, 64 * MiB, ("plain", "s3")),
+    "D": Workload("D", 2, GiB, ("plain", "s3")),
 }
 WRITE_WORKLOADS = {
     "W1": Workload("W1", 200, MiB, ("moto",), "write"),
@@ -62,7 +63,7 @@ WRITE_WORKLOADS = {
 }
 QUICK_READ = {
     "A": Workload("A", 200, 16 * KiB, ("plain",)),
-    "C": Workload("C", 2, 17 * MiB, ("plain",)),  # just above the 16 MiB threshold
+    "C": Workload("C", 2, 17 * MiB, ("plain", "s3")),  # above the 8 MiB threshold: 3 parts
 }
 QUICK_WRITE = {"W1": Workload("W1", 20, 256 * KiB, ("moto",), "write")}
 ALIASES = {"AP": "A'", "A2": "A'", "A_": "A'"}

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 WORKLOAD_ORDER = ["A", "A'", "B", "C", "D", "W1", "W64", "P"]
-SERVER_ORDER = ["plain", "delay", "moto"]
+SERVER_ORDER = ["plain", "delay", "s3", "moto"]
 SERVER_NAMES = {
     "plain": "nginx, no added latency",
     "delay": "nginx, 10 ms first-byte latency",
+    "s3": "nginx, 10 ms first-byte latency and 85 MiB/s per connection (S3-like)",
     "moto": "moto (writes)",
 }
 # Contenders that produce files (compared with into_temp_dir), by name without [tokens];
@@ -301,6 +302,18 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
                     f"- {w}: `{mine}` peak RSS <= 1.3x bytes held: {verdict(x <= 1.3)} "
                     f"({x:.2f}x total process; {d:.2f}x above the pre-read baseline of {r['base_rss'] / 2**20:.0f} MiB)"
                 )
+        for server in ("plain", "s3"):
+            rows = [r for r in results if r["workload"] == w and r["server"] == server]
+            peers = [p for p in rows if p["contender"] in PEERS and _ok(p)]
+            for mine in ("fd_blob", "fd_tempdir"):
+                r = _find(results, w, server, mine)
+                if _ok(r) and peers:
+                    best = max(peers, key=_rate)
+                    out.append(
+                        f"- {w} {server}: `{mine}` ahead of every peer: {verdict(_rate(r) > _rate(best))} "
+                        f"({r['bytes'] / r['wall'] / 1e6:,.0f} MB/s vs best peer "
+                        f"`{best['contender']}` {best['bytes'] / best['wall'] / 1e6:,.0f} MB/s)"
+                    )
         r = _find(results, w, "plain", "fd_tempdir")
         if _ok(r) and r.get("requests") is not None:
             out.append(

@@ -1,9 +1,14 @@
-"""The servers of the benchmark: nginx (plain and with 10 ms first-byte delay) and moto.
+"""The servers of the benchmark: nginx (plain, with 10 ms first-byte delay, and "S3-like")
+and moto.
 
 nginx serves ``<root>/<bucket>/<key>`` to path-style S3 GET/HEAD/Range requests (it
 ignores signatures). A second nginx ``server`` adds ``echo_sleep`` before serving, like
-S3's first-byte latency. A third one proxies to moto, only to log (count) requests.
-Every server listens on 127.0.0.1 only and is stopped by :meth:`Servers.stop`.
+S3's first-byte latency. A third adds the same delay and caps each response at
+``s3_rate_mib`` MiB/s (``limit_rate``), like the per-connection throughput of S3 (AWS's
+performance guidelines plan on 85-90 MB/s per request): over loopback one connection is
+never the bottleneck, on S3 it is, and that is what ranged parts are for. A fourth one
+proxies to moto, only to log (count) requests. Every server listens on 127.0.0.1 only
+and is stopped by :meth:`Servers.stop`.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ class Servers:
     workdir: Path
     data_root: Path
     delay_ms: int = 10
+    s3_rate_mib: int = 85
     want_moto: bool = True
     force_moto_reads: bool = False
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
@@ -109,7 +115,7 @@ class Servers:
         (prefix / "logs").mkdir(parents=True, exist_ok=True)
         (prefix / "tmp").mkdir(parents=True, exist_ok=True)
         echo = echo_module()
-        ports = {"plain": free_port(), "delay": free_port(), "moto": free_port()}
+        ports = {name: free_port() for name in ("plain", "delay", "s3", "moto")}
         logs = {name: prefix / "logs" / f"{name}.log" for name in ports}
         root = self.data_root
         os.chmod(self.workdir, 0o755)
@@ -152,9 +158,17 @@ class Servers:
                 f"    location / {{ echo_sleep {sleep}; echo_exec @file; }}",
                 "    location @file { }",
                 "  }",
+                "  server {",
+                f"    listen 127.0.0.1:{ports['s3']};",
+                f"    access_log {logs['s3']} short;",
+                f"    root {root};",
+                f"    limit_rate {self.s3_rate_mib}m;",  # bytes/s per response
+                f"    location / {{ echo_sleep {sleep}; echo_exec @file; }}",
+                "    location @file { }",
+                "  }",
             ]
         else:
-            self.notes.append("nginx echo module missing: no 10 ms latency server")
+            self.notes.append("nginx echo module missing: no 10 ms latency or S3-like server")
         if moto_url:
             lines += [
                 "  server {",
@@ -185,12 +199,17 @@ class Servers:
             self.endpoints["delay"] = Endpoint(
                 f"nginx+{self.delay_ms}ms", f"http://127.0.0.1:{ports['delay']}", logs["delay"]
             )
+            self.endpoints["s3"] = Endpoint(
+                f"nginx+{self.delay_ms}ms, {self.s3_rate_mib} MiB/s per connection",
+                f"http://127.0.0.1:{ports['s3']}",
+                logs["s3"],
+            )
         if moto_url:
             self.endpoints["moto"] = Endpoint(
                 "moto (via nginx log)", f"http://127.0.0.1:{ports['moto']}", logs["moto"]
             )
         deadline = time.monotonic() + 15
-        for name in ("plain", "delay", "moto"):
+        for name in ("plain", "delay", "s3", "moto"):
             if name not in self.endpoints:
                 continue
             while True:

@@ -7,7 +7,8 @@ Usage (from the repository root)::
     uv run --all-groups python benchmarks/run.py --contenders fd_blob,boto3_pool,curl
     uv run python benchmarks/run.py --quick                  # CI smoke, < 60 s
 
-It starts nginx (plain, and with a 10 ms first-byte delay through the echo module)
+It starts nginx (plain; with a 10 ms first-byte delay through the echo module; and
+"S3-like": that delay plus 85 MiB/s per connection, for the large objects C and D)
 serving ``<workdir>/data/<bucket>/<key>`` to path-style S3 requests, and moto
 (``file_dataset.testing.LocalS3Server``, behind an nginx proxy that logs requests) for
 writes; generates the data; runs each contender in its own process (so CPU and peak
@@ -741,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workloads", help="comma-separated: A,Ap (A'),B,C,D,W1,W64,P")
     parser.add_argument("--contenders", help="comma-separated names (see --list)")
-    parser.add_argument("--latency", help="comma-separated servers for reads: plain,delay")
+    parser.add_argument("--latency", help="comma-separated servers for reads: plain,delay,s3")
     parser.add_argument(
         "--workdir", default=os.path.join(tempfile.gettempdir(), "file_dataset-bench")
     )
