@@ -16,6 +16,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,7 +29,8 @@ import file_dataset
 from file_dataset import Options
 from file_dataset.testing import LocalS3Server
 
-MiB = 1024 * 1024
+KiB = 1024
+MiB = 1024 * KiB
 
 
 def _endpoint_options(endpoint: str, transport: str, **kwargs: Any) -> Options:
@@ -281,8 +283,8 @@ def test_large_first_response_streams_into_place(
     transport: str,
     put: Callable[[str, bytes], str],
 ) -> None:
-    """Default thresholds: the first 16 MiB come in one response, streamed in 1 MiB chunks
-    straight into the object's buffer or file, then one ranged part."""
+    """Default thresholds: the first 8 MiB come in one response, streamed in chunks
+    straight into the object's buffer or file, then ranged parts."""
     options = s3_server.options(transport=transport)
     data = bytes(range(251)) * (19 * MiB // 251)  # not a multiple of the chunk size
     row = {"big.bin": put("streamed", data)}
@@ -2575,7 +2577,10 @@ def test_a_connection_dropped_mid_body_is_resumed_where_it_stopped(
     had arrived, even the headers, so then the read resumes anywhere up to the half.)"""
 
     def resumed_at(seen: list[str]) -> int:
-        return int(seen[1].removeprefix("bytes=").partition("-")[0])
+        # the later parts (from 5 MiB on) may be asked for before the resume
+        starts = [int(r.removeprefix("bytes=").partition("-")[0]) for r in seen[1:]]
+        [again] = [start for start in starts if start < 5 * MiB]
+        return again
 
     def expected_resume(sent: int) -> range:
         return range(sent, sent + 1) if how == "fin" else range(sent + 1)
@@ -2612,7 +2617,7 @@ def test_a_connection_dropped_mid_body_is_resumed_where_it_stopped(
 def test_a_dropped_streamed_first_response_is_resumed_into_place(
     s3_server: LocalS3Server, transport: str, put: Callable[[str, bytes], str]
 ) -> None:
-    """Default thresholds: the first 16 MiB stream straight into the object's buffer or
+    """Default thresholds: the first 8 MiB stream straight into the object's buffer or
     file. That response stops half-way; the rest of it is asked for from there, and
     the object comes out whole both ways."""
     data = bytes(range(251)) * (17 * MiB // 251)
@@ -2661,8 +2666,8 @@ def test_bytes_that_do_not_match_the_servers_checksum_are_an_error(
                 return data
             return bytes([data[0] ^ 1]) + data[1:]
 
-    defaults = Options()
-    kwargs = {"part_size": defaults.part_size, "multipart_threshold": defaults.multipart_threshold}
+    # 9 MiB: one GET, streamed into place (S3 sends no checksum with a ranged part)
+    kwargs = {"part_size": 8 * MiB, "multipart_threshold": 16 * MiB}
     with _proxy(Handler, s3_server, "boto3", **kwargs) as proxied:
         error = re.escape(row["obj.bin"]) + ".*do not match the checksum the server sent"
         with pytest.raises(file_dataset.TransferError, match=error):
@@ -3985,3 +3990,153 @@ def test_a_servers_message_quoting_the_credentials_is_masked(
     assert "fake-token" not in text
     assert "AKIAFAKES30000000000" not in text
     assert "s3://bkt/a.bin" in str(raised.value)
+
+
+class _RangesHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``data`` to ranged GETs (keep-alive); subclasses answer them."""
+
+    protocol_version = "HTTP/1.1"
+    data = b""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def asked(self) -> tuple[int, int, int]:
+        """The range asked for, (first byte, last byte, object size)."""
+        total = len(self.data)
+        first, _, last = self.headers["Range"].removeprefix("bytes=").partition("-")
+        return int(first), min(int(last), total - 1), total
+
+
+class _HoldingFirstBodyHandler(_RangesHandler):
+    """Serves ``data`` (ranged GETs, one ETag), but holds the body of a response from
+    byte 0 after its first 64 KiB until a later part has been asked for (or 20 s have
+    passed), like a first response that is still arriving on a slow S3 connection.
+    ``held`` records, per first response, whether a later part came while it waited."""
+
+    later_asked = threading.Event()
+    held: ClassVar[list[bool]] = []
+    starts: ClassVar[list[int]] = []
+
+    def do_GET(self) -> None:
+        start, end, total = self.asked()
+        self.starts.append(start)
+        if start:
+            self.later_asked.set()
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("ETag", '"held-body-1"')
+        self.send_header("Last-Modified", "Wed, 02 Dec 2026 12:00:00 GMT")
+        self.end_headers()
+        body = memoryview(self.data)[start : end + 1]
+        if start == 0:
+            self.wfile.write(body[: 64 * KiB])
+            self.wfile.flush()
+            self.held.append(self.later_asked.wait(20))
+            body = body[64 * KiB :]
+        self.wfile.write(body)
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+@pytest.mark.parametrize("into", ["blobs", "temp dir"])
+@pytest.mark.parametrize(
+    ("part", "starts"),
+    [(8 * MiB, [0, 8 * MiB, 16 * MiB]), (5 * MiB, [0, 5 * MiB, 10 * MiB, 15 * MiB])],
+)
+def test_a_large_objects_later_parts_are_asked_for_while_its_first_body_arrives(
+    transport: str, into: str, part: int, starts: list[int]
+) -> None:
+    """The later ranged GETs of a large object go out once the first response's headers
+    have told its size, not after its body was read: on S3 (about 90 MB/s per
+    connection) waiting for a 16 MiB first body before asking for the rest made a lone
+    64 MiB object take 0.28-0.30 s instead of 0.18-0.19 s (benchmark's S3-like server).
+    Before, this server waited 20 s for a later request that never came."""
+    data = os.urandom(20 * MiB + 12345)  # the tail goes with the last part
+    _HoldingFirstBodyHandler.data = data
+    _HoldingFirstBodyHandler.later_asked = threading.Event()
+    _HoldingFirstBodyHandler.held = []
+    _HoldingFirstBodyHandler.starts = []
+    settings = {"part_size": part, "multipart_threshold": part}
+    with _fake_s3(_HoldingFirstBodyHandler, transport, **settings) as options:
+        row = {"f.bin": "s3://bkt/big.bin"}
+        if into == "blobs":
+            got = file_dataset.reader(row, options).into_blob_table()["f.bin"][0].as_py()
+        else:
+            with file_dataset.reader(row, options).into_temp_dir() as folder:
+                got = (folder / "f.bin").read_bytes()
+    assert got == data
+    assert _HoldingFirstBodyHandler.held == [True]
+    assert sorted(_HoldingFirstBodyHandler.starts) == starts
+
+
+class _ShortFirstRangeHandler(_RangesHandler):
+    """Answers a range from byte 0 with only its first half, under a Content-Range that
+    says so (consistent, but not what was asked for); other ranges as asked."""
+
+    def do_GET(self) -> None:
+        start, end, total = self.asked()
+        if start == 0:
+            end = end // 2
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("ETag", '"short-1"')
+        self.end_headers()
+        self.wfile.write(self.data[start : end + 1])
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_first_answer_shorter_than_the_range_asked_for_is_an_error(transport: str) -> None:
+    """helper-139: boto3 took such an answer and went on from the end of the range it
+    had asked for, so the bytes between were never read (no error; a hole of whatever
+    the buffer held). obstore refused it already."""
+    _ShortFirstRangeHandler.data = os.urandom(20 * MiB)
+    with (
+        _fake_s3(_ShortFirstRangeHandler, transport) as options,
+        pytest.raises(file_dataset.TransferError, match=re.escape("s3://bkt/big.bin")),
+    ):
+        file_dataset.reader({"big.bin": "s3://bkt/big.bin"}, options).into_blob_table()
+
+
+class _CutFirstBodyHandler(_RangesHandler):
+    """Sends the first 64 KiB of a response from byte 0, then hangs up; serves other
+    ranges whole. ``starts`` records every range's first byte."""
+
+    starts: ClassVar[list[int]] = []
+
+    def do_GET(self) -> None:
+        start, end, total = self.asked()
+        self.starts.append(start)
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("ETag", '"cut-1"')
+        self.end_headers()
+        if start == 0:
+            self.wfile.write(self.data[: 64 * KiB])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(self.data[start : end + 1])
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+@pytest.mark.parametrize("into", ["blobs", "temp dir"])
+def test_a_failed_first_body_skips_the_parts_not_yet_started(
+    transport: str, into: str, tmp_path: Path
+) -> None:
+    """helper-140: once the parts went out with the first response, a first body that
+    failed for good no longer stopped them: the rest of the object (392 MiB of 400 MiB)
+    was read before the error came. With one connection the parts wait for the first
+    GET, so none of them is made now."""
+    _CutFirstBodyHandler.data = os.urandom(20 * MiB)
+    _CutFirstBodyHandler.starts = []
+    settings = {"part_size": 5 * MiB, "multipart_threshold": 5 * MiB, "max_concurrency": 1}
+    with _fake_s3(_CutFirstBodyHandler, transport, **settings) as options:
+        reader = file_dataset.reader({"big.bin": "s3://bkt/big.bin"}, options)
+        read = reader.into_blob_table if into == "blobs" else partial(reader.download_to, tmp_path)
+        with pytest.raises(file_dataset.TransferError, match=re.escape("s3://bkt/big.bin")):
+            read()
+    assert _CutFirstBodyHandler.starts == [0]
+    assert [path for path in tmp_path.rglob("*") if not path.is_dir()] == []

@@ -38,11 +38,12 @@ CHUNK_BYTES = 1024 * 1024
 # A first response at least this large is streamed into a sink (when one is given)
 # instead of being returned as one buffer.
 STREAM_BYTES = 8 * 1024 * 1024
-# Where a streamed first response goes: called once with the object's total size, it
-# returns the object's buffer (filled in place) or a function that stores ``data`` at
-# byte ``offset`` of the object (a file's).
+# Where a streamed first response goes: called once with the object's total size and
+# version tag, as soon as the response's headers are in (on the thread that then reads
+# its body), it returns the object's buffer (filled in place) or a function that stores
+# ``data`` at byte ``offset`` of the object (a file's).
 Store = memoryview | Callable[[int, Blob], None]
-Sink = Callable[[int], Store]
+Sink = Callable[[int, str | None], Store]
 # What a read of a later part reports when the object is no longer the one whose first
 # part was read (a ranged GET's If-Match failed, or a local file was rewritten).
 CHANGED = (
@@ -260,10 +261,12 @@ class Backend(Protocol):
             loc: The object.
             length: The most bytes to read.
             sink: Optional; a backend may stream a large response (at least
-                :data:`STREAM_BYTES`) into what ``sink(total)`` returns (the object's
-                buffer, or a function storing bytes at an offset) as it arrives, so
-                that it is never held twice in memory, and then return ``None`` for
-                the bytes.
+                :data:`STREAM_BYTES`) into what ``sink(total, tag)`` returns (the
+                object's buffer, or a function storing bytes at an offset) as it
+                arrives, so that it is never held twice in memory, and then return
+                ``None`` for the bytes. It must when the object is larger than
+                ``length`` (then more parts follow, and ``sink``, called as soon as
+                the headers are in, asks for them before the body is read).
 
         Returns:
             The bytes read (``None`` when they went to the sink), the object's total

@@ -244,8 +244,8 @@ os.register_at_fork(after_in_child=_fresh_locks_after_fork)
 
 
 def _default_threshold(part_size: int) -> int:
-    """``multipart_threshold`` when none is given: 16 MiB, or ``part_size`` if larger."""
-    return max(16 * _MiB, part_size)
+    """``multipart_threshold`` when none is given: 8 MiB, or ``part_size`` if larger."""
+    return max(8 * _MiB, part_size)
 
 
 class RunState:
@@ -312,6 +312,31 @@ def current_run() -> RunState | None:
     instead of being sent to the end.
     """
     return getattr(_CARRYING, "run", None)
+
+
+class MoreCalls:
+    """A reply that is not a call's result: calls to add to the caller's job's batch."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self, calls: list[Callable[[], Any]]) -> None:
+        self.calls = calls
+
+
+def add_calls(calls: list[Callable[[], Any]]) -> bool:
+    """Adds ``calls`` to the batch of the job whose call the calling thread carries.
+
+    The calls run on the pool alongside the one that adds them, and the job receives
+    their results (after that call's) once every call of its batch is done: a large
+    object's first GET asks for its later parts as soon as its headers are in, then
+    reads its own body on its own thread, connection and concurrency slot. Returns
+    ``False`` (nothing added) outside a worker's call.
+    """
+    reply = getattr(_CARRYING, "reply", None)
+    if reply is None:
+        return False
+    reply.put((_CARRYING.tag, MoreCalls(calls), None))
+    return True
 
 
 class _Parked:
@@ -447,14 +472,15 @@ class _Workers:
             if not run.start_call():
                 reply.put((tag, None, concurrent.futures.CancelledError()))
             else:
-                # One attribute set and reset per call (no lock): what current_run gives.
-                carrying.run = run
+                # Attributes set and reset per call (no lock): what current_run gives,
+                # and where add_calls sends.
+                carrying.run, carrying.reply, carrying.tag = run, reply, tag
                 try:
                     reply.put((tag, call(), None))
                 except BaseException as e:
                     reply.put((tag, None, e))
                 finally:
-                    carrying.run = None
+                    carrying.run = carrying.reply = carrying.tag = None
                     run.end_call()
             # Drop the references now: an idle worker must not keep buffers alive.
             item = call = reply = tag = run = None  # type: ignore[assignment]
@@ -1054,7 +1080,7 @@ class Options:
             GETs and written with multipart uploads; smaller ones take one request
             (an empty object's read takes two).
             At least ``part_size`` and at most 5 GiB (S3's largest single PUT); by
-            default 16 MiB, or ``part_size`` if larger.
+            default 8 MiB (as s3transfer's), or ``part_size`` if larger.
         retry_mode: botocore retry mode: ``"adaptive"`` (default), ``"standard"`` or
             ``"legacy"``.
         max_attempts: botocore's total attempts per request, including the first;

@@ -420,9 +420,12 @@ class S3Backend:
                     f"object) with a body of {size} bytes but no Content-Range",
                 )
             total = _total(content_range, size, url)
-            if content_range and not str(content_range).startswith(f"bytes 0-{size - 1}/"):
-                # The later parts start where the range ends: a body shorter than its
-                # range would leave a hole in the object that nothing fills.
+            if (
+                content_range and not str(content_range).startswith(f"bytes 0-{size - 1}/")
+            ) or size < min(total, length):
+                # The later parts start where the range asked for ends: a body shorter
+                # than its range, or a range shorter than asked for, would leave a hole
+                # in the object that nothing fills.
                 resp["Body"].close()
                 raise TransferError(
                     url,
@@ -432,9 +435,9 @@ class S3Backend:
             tag = resp.get("ETag")
             # A server that ignores Range sends the whole object: it is all taken from
             # this answer, in one buffer (the caller then asks for no more of it).
-            if sink is not None and STREAM_BYTES <= size <= length:
+            if sink is not None and size <= length and (size >= STREAM_BYTES or total > size):
                 # Straight into the object's buffer, or through a small one to its file.
-                store = sink(total)
+                store = sink(total, tag)
                 if isinstance(store, memoryview):
                     self._fill_range(loc, 0, store[:size], tag, resp["Body"])
                 else:

@@ -752,8 +752,9 @@ class ObstoreS3Backend:
             total = int(result.meta["size"])
             tag = result.meta.get("e_tag")
             expected = min(total, length)
-            if sink is not None and expected >= STREAM_BYTES:
-                write_chunks(store_writer(sink(total)), 0, self._chunks(result, url, expected))
+            if sink is not None and (expected >= STREAM_BYTES or total > length):
+                store = store_writer(sink(total, tag))
+                write_chunks(store, 0, self._chunks(result, url, expected))
                 return None, total, tag
             data = result.bytes()
         except (BaseError, OSError) as e:
