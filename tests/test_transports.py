@@ -4007,6 +4007,15 @@ class _RangesHandler(http.server.BaseHTTPRequestHandler):
         first, _, last = self.headers["Range"].removeprefix("bytes=").partition("-")
         return int(first), min(int(last), total - 1), total
 
+    def answer(self, start: int, end: int, total: int, etag: str) -> None:
+        """Sends the headers of a 206 answer of bytes ``start``-``end``."""
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("ETag", etag)
+        self.send_header("Last-Modified", "Wed, 02 Dec 2026 12:00:00 GMT")
+        self.end_headers()
+
 
 class _HoldingFirstBodyHandler(_RangesHandler):
     """Serves ``data`` (ranged GETs, one ETag), but holds the body of a response from
@@ -4023,12 +4032,7 @@ class _HoldingFirstBodyHandler(_RangesHandler):
         self.starts.append(start)
         if start:
             self.later_asked.set()
-        self.send_response(206)
-        self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
-        self.send_header("Content-Length", str(end - start + 1))
-        self.send_header("ETag", '"held-body-1"')
-        self.send_header("Last-Modified", "Wed, 02 Dec 2026 12:00:00 GMT")
-        self.end_headers()
+        self.answer(start, end, total, '"held-body-1"')
         body = memoryview(self.data)[start : end + 1]
         if start == 0:
             self.wfile.write(body[: 64 * KiB])
@@ -4078,11 +4082,7 @@ class _ShortFirstRangeHandler(_RangesHandler):
         start, end, total = self.asked()
         if start == 0:
             end = end // 2
-        self.send_response(206)
-        self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
-        self.send_header("Content-Length", str(end - start + 1))
-        self.send_header("ETag", '"short-1"')
-        self.end_headers()
+        self.answer(start, end, total, '"short-1"')
         self.wfile.write(self.data[start : end + 1])
 
 
@@ -4108,11 +4108,7 @@ class _CutFirstBodyHandler(_RangesHandler):
     def do_GET(self) -> None:
         start, end, total = self.asked()
         self.starts.append(start)
-        self.send_response(206)
-        self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
-        self.send_header("Content-Length", str(end - start + 1))
-        self.send_header("ETag", '"cut-1"')
-        self.end_headers()
+        self.answer(start, end, total, '"cut-1"')
         if start == 0:
             self.wfile.write(self.data[: 64 * KiB])
             self.wfile.flush()

@@ -85,6 +85,12 @@ def read_job(loc: Location, options: Options) -> Job[Blob]:
     asked = False  # whether the later parts went out with the first response
     failed = [False]  # whether a call of this object failed (its parts then skipped)
 
+    def parts(start: int, total: int, tag: str | None) -> list[Call]:
+        return [
+            partial(_unless_failed, failed, partial(_read_part, backend, loc, s, view[s:e], tag))
+            for s, e in _ranges(start, total, options.part_size)
+        ]
+
     # Runs on the thread of the first GET once its headers are in, before its body
     # is read: the later parts are asked for now, not after the body (on S3, with
     # about 90 MB/s per connection, a lone 64 MiB object took its first response's
@@ -93,14 +99,7 @@ def read_job(loc: Location, options: Options) -> Job[Blob]:
     def sink(total: int, tag: str | None) -> memoryview:
         nonlocal view, asked
         view = new_buffer(total, populate=False)
-        asked = total > threshold and add_calls(
-            [
-                partial(
-                    _unless_failed, failed, partial(_read_part, backend, loc, s, view[s:e], tag)
-                )
-                for s, e in _ranges(threshold, total, options.part_size)
-            ]
-        )
+        asked = total > threshold and add_calls(parts(threshold, total, tag))
         prefault(view[:threshold])
         return view
 
@@ -118,10 +117,7 @@ def read_job(loc: Location, options: Options) -> Job[Blob]:
         copy_into(view, 0, first)
         start = len(first)
         del first
-    yield [
-        partial(_unless_failed, failed, partial(_read_part, backend, loc, s, view[s:e], tag))
-        for s, e in _ranges(start, total, options.part_size)
-    ]
+    yield parts(start, total, tag)
     return view
 
 
@@ -207,18 +203,9 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
         # Its failures are told apart from the transport's here, as the transport's
         # own error handling would take them for its own.
         nonlocal asked
-        opened = checked_open(total)
-        asked = total > options.multipart_threshold and add_calls(
-            [
-                partial(
-                    _unless_failed,
-                    failed,
-                    partial(_read_part_to_file, backend.read_chunks, loc, tag, opened, s, e),
-                )
-                for s, e in _ranges(options.multipart_threshold, total, options.part_size)
-            ]
-        )
-        write = partial(_pwrite_all, opened)
+        write = partial(_pwrite_all, checked_open(total))
+        threshold = options.multipart_threshold
+        asked = total > threshold and add_calls(parts(threshold, total, tag))
 
         def write_checked(offset: int, data: Blob) -> None:
             try:
@@ -227,6 +214,17 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
                 raise local_failure(e, loc, dest) from e
 
         return write_checked
+
+    def parts(start: int, total: int, tag: str | None) -> list[Call]:
+        # (into the temporary file, once made)
+        return [
+            partial(
+                _unless_failed,
+                failed,
+                partial(_read_part_to_file, backend.read_chunks, loc, tag, fd, s, e),
+            )
+            for s, e in _ranges(start, total, options.part_size)
+        ]
 
     def finish() -> None:
         nonlocal fd, tmp
@@ -268,14 +266,7 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
         if asked:  # the later parts came in the same batch as the first response
             finish()
         elif total > start:
-            yield [
-                partial(
-                    _unless_failed,
-                    failed,
-                    partial(_read_part_to_file, backend.read_chunks, loc, tag, fd, s, e),
-                )
-                for s, e in _ranges(start, total, options.part_size)
-            ]
+            yield parts(start, total, tag)
             finish()
     except BaseException as e:
         if fd >= 0:
