@@ -8,9 +8,11 @@ endpoint reach the code only through ``file_dataset.Options``.
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import signal
 import tempfile
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -170,3 +172,36 @@ def broken_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     return "broken"
+
+
+@pytest.fixture
+def held_by_cycles() -> Iterator[Callable[[], list[str]]]:
+    """Turns off the automatic garbage collector for the test, and gives a function
+    that says what of a read only the collector would free: the names of this
+    library's frames, and "a buffer" for each memoryview of 1 MiB or more, held by
+    reference cycles (kept until a collection, which may come much later)."""
+
+    def held() -> list[str]:
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            gc.collect()
+            found = []
+            for thing in gc.garbage:
+                if (
+                    isinstance(thing, types.FrameType)
+                    and "file_dataset" in thing.f_code.co_filename
+                ):
+                    found.append(thing.f_code.co_name)
+                if isinstance(thing, memoryview) and thing.nbytes >= 2**20:
+                    found.append("a buffer")
+            return found
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+
+    gc.collect()
+    gc.disable()
+    try:
+        yield held
+    finally:
+        gc.enable()

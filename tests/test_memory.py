@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import gc
 import mmap
 import os
-import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -210,38 +208,13 @@ def test_each_part_of_a_large_object_is_prefaulted_by_its_reader(
     assert sorted(seen[1:]) == [MiB + 7, part]
 
 
-@pytest.fixture
-def no_automatic_gc() -> Iterator[None]:
-    """The garbage collector runs only when a test calls it."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-def _cycles_holding_reads() -> list[str]:
-    """What of a read the garbage collector alone would free: our frames, big buffers."""
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        gc.collect()
-        found = []
-        for thing in gc.garbage:
-            if isinstance(thing, types.FrameType) and "file_dataset" in thing.f_code.co_filename:
-                found.append(thing.f_code.co_name)
-            if isinstance(thing, memoryview) and thing.nbytes >= MiB:
-                found.append("a buffer")
-        return found
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-
-
 @pytest.mark.parametrize("where", ["local", "s3", "s3-boto3"])
-@pytest.mark.usefixtures("no_automatic_gc")
 def test_a_failed_read_lets_go_of_what_it_read_without_the_garbage_collector(
-    tmp_path: Path, options: Options, put: Callable[[str, bytes], str], where: str
+    tmp_path: Path,
+    options: Options,
+    put: Callable[[str, bytes], str],
+    where: str,
+    held_by_cycles: Callable[[], list[str]],
 ) -> None:
     """Before, the failure's traceback and the engine's state held each other (and
     with them the jobs' frames and every object read so far) until a collection."""
@@ -259,12 +232,14 @@ def test_a_failed_read_lets_go_of_what_it_read_without_the_garbage_collector(
     assert "missing.bin" in str(failure.value)
     assert "'b'" in str(failure.value)
     del failure
-    assert _cycles_holding_reads() == []
+    assert held_by_cycles() == []
 
 
-@pytest.mark.usefixtures("no_automatic_gc")
 def test_an_interrupted_read_lets_go_of_what_it_read_without_the_garbage_collector(
-    tmp_path: Path, options: Options, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    options: Options,
+    monkeypatch: pytest.MonkeyPatch,
+    held_by_cycles: Callable[[], list[str]],
 ) -> None:
     for name in ("a.bin", "b.bin"):
         (tmp_path / name).write_bytes(os.urandom(11 * MiB))
@@ -282,7 +257,7 @@ def test_an_interrupted_read_lets_go_of_what_it_read_without_the_garbage_collect
         file_dataset.reader(frame, options).into_blob_table()
     assert any(entry.name == "read_job" for entry in failure.traceback)
     del failure
-    assert _cycles_holding_reads() == []
+    assert held_by_cycles() == []
 
 
 def test_a_failure_after_an_object_arrived_does_not_carry_its_buffer(

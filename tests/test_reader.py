@@ -210,12 +210,16 @@ except {caught}:
 def test_a_second_interrupt_during_clean_up_leaves_nothing_at_exit(tmp_path: Path) -> None:
     """A second Ctrl-C while into_temp_dir removed what a failed call had downloaded
     (a minute for 200,000 folders on a slow disk) left the half-removed folder behind
-    for good. What is left is now removed when the interpreter exits."""
+    for good. What is left is now removed when the interpreter exits. (One Ctrl-C in
+    the removal lets it finish first: here a third comes as that begins.)"""
     patch = """
 real = shutil.rmtree
+calls = []
 
-def interrupted(path, **kwargs):  # the second Ctrl-C, as removal begins
-    shutil.rmtree = real
+def interrupted(path, **kwargs):  # a Ctrl-C as each of two removals begins
+    calls.append(path)
+    if len(calls) == 2:
+        shutil.rmtree = real
     raise KeyboardInterrupt
 
 shutil.rmtree = interrupted
@@ -429,6 +433,31 @@ def test_temp_dir_removed_when_download_fails(
     row = {"ok": put("ok", b"ok"), "missing": f"s3://{bucket}/missing"}
     with pytest.raises(FileNotFoundError), file_dataset.reader(row, options).into_temp_dir():
         pytest.fail("the body must not run")
+    assert list(system_tmp.iterdir()) == []
+
+
+def test_an_interrupt_while_a_temp_dir_is_removed_still_removes_it(
+    options: Options, system_tmp: Path, put: Put, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """helper-140: once in 30 random Ctrl-Cs a temporary folder of finished files
+    stayed (until the interpreter's exit): the interrupt came while the end of the
+    with block was removing it."""
+    row = {name: put(name, name.encode() * 1000) for name in ("a.bin", "b.bin", "c.bin")}
+    unlink = os.unlink
+    interrupted: list[str] = []
+
+    def interrupting_once(path: str, *args: Any, **kwargs: Any) -> None:
+        if not interrupted:
+            interrupted.append(path)
+            raise KeyboardInterrupt  # as a Ctrl-C on the thread removing the folder
+        unlink(path, *args, **kwargs)
+
+    reader = file_dataset.reader(row, options)
+    with pytest.raises(KeyboardInterrupt), reader.into_temp_dir() as tmp:  # noqa: PT012
+        assert sorted(path.name for path in tmp.iterdir()) == sorted(row)
+        monkeypatch.setattr(os, "unlink", interrupting_once)
+    assert len(interrupted) == 1
+    assert not tmp.exists()
     assert list(system_tmp.iterdir()) == []
 
 

@@ -4136,3 +4136,56 @@ def test_a_failed_first_body_skips_the_parts_not_yet_started(
             read()
     assert _CutFirstBodyHandler.starts == [0]
     assert [path for path in tmp_path.rglob("*") if not path.is_dir()] == []
+
+
+class _FailingPartsHandler(_RangesHandler):
+    """Serves a range from byte 0 of ``data``; answers every later range with an S3
+    error of status ``status`` (a server's failure, 500, unless set otherwise)."""
+
+    status = 500
+
+    def do_GET(self) -> None:
+        start, end, total = self.asked()
+        if start == 0:
+            self.answer(start, end, total, '"failing-parts-1"')
+            self.wfile.write(self.data[start : end + 1])
+            return
+        body = b"<Error><Code>InternalError</Code><Message>Internal error.</Message></Error>"
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+@pytest.mark.parametrize("into", ["blobs", "temp dir"])
+@pytest.mark.parametrize("failure", ["a part's 500", "no server"])
+def test_a_failed_transfer_lets_go_of_its_frames_without_the_garbage_collector(
+    transport: str,
+    into: str,
+    failure: str,
+    tmp_path: Path,
+    held_by_cycles: Callable[[], list[str]],
+) -> None:
+    """A transport's error that kept itself in a local of the frame that raised it was
+    a reference cycle through its traceback: with it every frame the error passed
+    through, a large object's buffer among their locals, stayed until a garbage
+    collection (obstore's failures with no S3 code of their own: a 500, no answer)."""
+    _FailingPartsHandler.data = os.urandom(11 * MiB)
+    settings = {"part_size": 5 * MiB, "multipart_threshold": 5 * MiB}
+    with _fake_s3(_FailingPartsHandler, transport, **settings) as options:
+        if failure == "no server":
+            with socket.socket() as unused:  # a port nothing listens on
+                unused.bind(("127.0.0.1", 0))
+                port = unused.getsockname()[1]
+            endpoint = {"endpoint_url": f"http://127.0.0.1:{port}"}
+            options = options.replace(s3_client_kwargs=endpoint)
+        reader = file_dataset.reader({"big.bin": "s3://bkt/big.bin"}, options)
+        read = reader.into_blob_table if into == "blobs" else partial(reader.download_to, tmp_path)
+        with pytest.raises(file_dataset.TransferError, match=re.escape("s3://bkt/big.bin")) as info:
+            read()
+        assert info.value.unreachable is (failure == "no server")
+        del info, reader, read
+    assert held_by_cycles() == []
+    assert [path for path in tmp_path.rglob("*") if not path.is_dir()] == []

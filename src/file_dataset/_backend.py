@@ -403,7 +403,10 @@ def explain_head(backend: Backend, loc: Location, translate: Callable[[], NoRetu
                 raise failed from failed.__cause__
             clearer = type(told)(str(loc), told.reason, operation="head")
             clearer._take_findings(told)
-            raise clearer from failed
+            try:
+                raise clearer from failed
+            finally:
+                del clearer  # (kept in this frame, which its traceback holds: a cycle)
         return total
 
 

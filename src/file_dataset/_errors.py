@@ -26,7 +26,7 @@ import re
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "FileDatasetError",
@@ -367,6 +367,46 @@ def masked_cause(error: BaseException) -> BaseException:
         if str(copy) == text:
             return copy
     return RuntimeError(f"{type(error).__name__}: {text}")
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def found(failure: E, **findings: Any) -> E:
+    """``failure``, with ``findings`` (``errno``, ``unreachable``, ...) set on it.
+
+    For raising an error in one expression, ``raise found(TransferError(...),
+    errno=...) from cause``, instead of from a local variable: a raised error's
+    traceback holds the frame that raised it, so a frame that also holds the error in
+    a variable makes a reference cycle, and every frame the error passes through (a
+    large object's buffer among their locals) stays until a garbage collection.
+    """
+    for name, value in findings.items():
+        setattr(failure, name, value)
+    return failure
+
+
+def drop_tracebacks(error: BaseException) -> None:
+    """Drops the tracebacks of ``error`` and of the errors it was raised from.
+
+    urllib3 and botocore keep an error they raise in a variable of a frame it passed
+    through (urllib3's ``urlopen`` its ``new_e``, botocore's ``_get_response`` its
+    ``(None, error)`` reply): a reference cycle through the error's traceback, which
+    also holds every frame above it, this library's among them with the buffer of the
+    part being read in their variables. All of it stayed until a garbage collection.
+    Without the tracebacks nothing holds those frames. The errors keep their types
+    and messages (the file_dataset error raised from them has its own traceback), as
+    the masked copy of an error that quoted a secret already did.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = None
+        pending += [current.__cause__, current.__context__]
 
 
 def forget_unmasked(failure: BaseException, error: BaseException) -> None:

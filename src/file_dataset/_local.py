@@ -123,10 +123,19 @@ def remove_tree(path: Path, hint: str = "") -> bool:
         if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
             with contextlib.suppress(OSError):
                 os.unlink(path)
-        if sys.version_info >= (3, 12):
-            shutil.rmtree(path, onexc=keep)
-        else:
-            shutil.rmtree(path, onerror=keep)
+        try:
+            if sys.version_info >= (3, 12):
+                shutil.rmtree(path, onexc=keep)
+            else:
+                shutil.rmtree(path, onerror=keep)
+        except BaseException:
+            # An interrupt (Ctrl-C at the end of a with block, say) in the middle: the
+            # rest is removed before it goes on, not left until the interpreter exits
+            # (helper-140 saw a folder of finished files stay, once in 30 interrupts).
+            shutil.rmtree(path, ignore_errors=True)
+            if not os.path.lexists(path):
+                _REMOVING.discard(path)
+            raise
         if not os.path.lexists(path):
             _REMOVING.discard(path)
             return True
@@ -162,7 +171,10 @@ def temp_file_in_place(dest: Path) -> tuple[int, str]:
             attempts -= 1
             blocker = not_a_folder(dest.parent)
             if blocker is not None:
-                raise blocker from e
+                try:
+                    raise blocker from e
+                finally:
+                    del blocker  # (kept in this frame, which its traceback holds: a cycle)
             if not attempts:
                 raise
 

@@ -612,7 +612,10 @@ def _credential_loading() -> Iterator[None]:
         masked = masked_cause(e)
         if masked is e:
             raise
-        raise masked from None
+        try:
+            raise masked from None
+        finally:
+            del masked  # (kept in this frame, which its traceback holds: a cycle)
     except ClientError as e:  # STS or SSO refusing to give credentials (AssumeRole, say)
         if not _raised_in_credentials(e):
             raise

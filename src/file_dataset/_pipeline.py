@@ -37,6 +37,7 @@ from file_dataset._errors import (
     ObjectAccessDeniedError,
     ObjectNotFoundError,
     TransferError,
+    found,
     listed,
     mask_secrets,
     masked_cut,
@@ -318,11 +319,12 @@ class Pipeline:
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             code = e.response.get("Error", {}).get("Code")
             if status == 404 or code == "NoSuchBucket":
-                missing = ObjectNotFoundError(
-                    mask_secrets(str(into_path)), "the bucket does not exist", operation="write"
-                )
-                missing.status = 404  # as write_files' error for the same bucket
-                raise missing from None
+                raise found(  # status: as write_files' error for the same bucket
+                    ObjectNotFoundError(
+                        mask_secrets(str(into_path)), "the bucket does not exist", operation="write"
+                    ),
+                    status=404,
+                ) from None
             remember(_REACHED, _reached(options), True)  # it answered
             return
         except Exception as e:

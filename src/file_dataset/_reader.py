@@ -279,12 +279,15 @@ class FileReader:
             "into_temp_dir()",
             "give dir= a folder this process may write in, with room",
         )
+        # Owned before the download: an interrupt between its end and the return
+        # would otherwise leave the folder behind.
+        folder = TempDir._own(root)
         try:
             self.download_to(root)
         except BaseException:
-            remove_tree(root)
+            folder.cleanup()
             raise
-        return TempDir._own(root)
+        return folder
 
     def download_to(self, root: str | os.PathLike[str]) -> dict[str, Path]:
         """Downloads every file under ``root`` (same layout as :meth:`into_temp_dir`).

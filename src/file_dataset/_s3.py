@@ -52,7 +52,9 @@ from file_dataset._errors import (
     ObjectAccessDeniedError,
     ObjectNotFoundError,
     TransferError,
+    drop_tracebacks,
     forget_unmasked,
+    found,
     mask_secrets,
     masked_cause,
     masked_cut,
@@ -137,6 +139,7 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
     """
     if isinstance(error, TransferError):
         raise error
+    drop_tracebacks(error)
     try:
         _translate(error, url, operation)
     except TransferError as failure:
@@ -184,15 +187,14 @@ def _translate(error: Exception, url: str, operation: str) -> NoReturn:
         ) from cause
     shortage = no_descriptor_left(error)
     if shortage is not None:
-        failure = TransferError(url, shortage, operation=operation)
-        failure.errno = errno.EMFILE
-        raise failure from cause
+        raise found(
+            TransferError(url, shortage, operation=operation), errno=errno.EMFILE
+        ) from cause
     reason = f"{type(error).__name__}: {mask_secrets(str(error))}"
-    failure = TransferError(url, reason, operation=operation)
     # No connection could be made (refused, no route, TLS, a proxy), or no answer came
     # in time.
-    failure.unreachable = isinstance(error, BotoConnectionError | ReadTimeoutError)
-    raise failure from cause
+    unreachable = isinstance(error, BotoConnectionError | ReadTimeoutError)
+    raise found(TransferError(url, reason, operation=operation), unreachable=unreachable) from cause
 
 
 # What reading a response body raises when the connection drops part-way (botocore

@@ -69,6 +69,7 @@ from file_dataset._errors import (
     ObjectNotFoundError,
     TransferError,
     forget_unmasked,
+    found,
     mask_secrets,
     masked_cause,
     masked_cut,
@@ -229,9 +230,9 @@ def _translate(
         unreachable = True
         shortage = no_descriptor_left(error, text)
         if shortage is not None:  # no socket could be made for the request
-            failure = TransferError(url, shortage, operation=operation)
-            failure.errno = errno.EMFILE
-            raise failure from cause
+            raise found(
+                TransferError(url, shortage, operation=operation), errno=errno.EMFILE
+            ) from cause
         retried = f", after {retries} retries" if retries else ""
         where = f"{sent.group(1)}{retried}; " if sent else ""
         if _closed_after_connecting(text):
@@ -277,9 +278,8 @@ def _translate(
         raise ObjectAccessDeniedError(url, reason, operation=operation) from cause
     if code and status_code.startswith("5"):  # a server's failure, retried
         reason += answered_after(status_code, retries)
-    failure = TransferError(url, reason, operation=operation)
-    failure.unreachable = unreachable  # no connection, or no answer in time
-    raise failure from cause
+    # unreachable: no connection, or no answer in time
+    raise found(TransferError(url, reason, operation=operation), unreachable=unreachable) from cause
 
 
 def _closed_after_connecting(text: str) -> bool:
@@ -704,14 +704,14 @@ def _unpanicked(call: Callable[[S3Store], T], store: S3Store, loc: Location, ope
         if type(e).__name__ != "PanicException":
             raise
         shortage = no_descriptor_left(e, str(e))  # no runtime or socket could be made
-        failure = TransferError(
-            str(loc),
-            shortage or f"obstore failed inside ({e}); transport='boto3' may read it",
-            operation=operation,
-        )
-        if shortage is not None:
-            failure.errno = errno.EMFILE
-        raise failure from e
+        raise found(
+            TransferError(
+                str(loc),
+                shortage or f"obstore failed inside ({e}); transport='boto3' may read it",
+                operation=operation,
+            ),
+            errno=errno.EMFILE if shortage else None,
+        ) from e
 
 
 class ObstoreS3Backend:
