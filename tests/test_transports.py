@@ -4139,19 +4139,21 @@ def test_a_failed_first_body_skips_the_parts_not_yet_started(
 
 
 class _FailingPartsHandler(_RangesHandler):
-    """Serves a range from byte 0 of ``data``; answers every later range with an S3
-    error of status ``status`` (a server's failure, 500, unless set otherwise)."""
+    """Serves a range from byte 0 of ``data``; answers every later range with a 500
+    (an S3 error), or with ``cut`` set, sends half its body and hangs up."""
 
-    status = 500
+    cut = False
 
     def do_GET(self) -> None:
         start, end, total = self.asked()
-        if start == 0:
+        if start == 0 or self.cut:
             self.answer(start, end, total, '"failing-parts-1"')
-            self.wfile.write(self.data[start : end + 1])
+            body = self.data[start : end + 1]
+            self.wfile.write(body if start == 0 else body[: len(body) // 2])
+            self.close_connection = start != 0
             return
         body = b"<Error><Code>InternalError</Code><Message>Internal error.</Message></Error>"
-        self.send_response(self.status)
+        self.send_response(500)
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -4160,7 +4162,7 @@ class _FailingPartsHandler(_RangesHandler):
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
 @pytest.mark.parametrize("into", ["blobs", "temp dir"])
-@pytest.mark.parametrize("failure", ["a part's 500", "no server"])
+@pytest.mark.parametrize("failure", ["a part's 500", "a part cut short", "no server"])
 def test_a_failed_transfer_lets_go_of_its_frames_without_the_garbage_collector(
     transport: str,
     into: str,
@@ -4168,11 +4170,13 @@ def test_a_failed_transfer_lets_go_of_its_frames_without_the_garbage_collector(
     tmp_path: Path,
     held_by_cycles: Callable[[], list[str]],
 ) -> None:
-    """A transport's error that kept itself in a local of the frame that raised it was
-    a reference cycle through its traceback: with it every frame the error passed
-    through, a large object's buffer among their locals, stayed until a garbage
-    collection (obstore's failures with no S3 code of their own: a 500, no answer)."""
+    """An error kept in a variable of a frame its traceback holds was a reference
+    cycle: with it every frame the error passed through, a large object's buffer among
+    their variables, stayed until a garbage collection. Ours (obstore's failures with
+    no S3 code of their own: a 500, no answer), and urllib3's and botocore's (a cut
+    body, no answer), which keep the errors they raise."""
     _FailingPartsHandler.data = os.urandom(11 * MiB)
+    _FailingPartsHandler.cut = failure == "a part cut short"
     settings = {"part_size": 5 * MiB, "multipart_threshold": 5 * MiB}
     with _fake_s3(_FailingPartsHandler, transport, **settings) as options:
         if failure == "no server":
@@ -4186,6 +4190,14 @@ def test_a_failed_transfer_lets_go_of_its_frames_without_the_garbage_collector(
         with pytest.raises(file_dataset.TransferError, match=re.escape("s3://bkt/big.bin")) as info:
             read()
         assert info.value.unreachable is (failure == "no server")
+        if transport == "boto3" and failure == "no server":
+            # botocore's error keeps the library's frames in its traceback, no others'
+            cause = info.value.__cause__
+            assert type(cause).__name__ == "EndpointConnectionError"
+            frames = traceback.extract_tb(cause.__traceback__)
+            assert frames[0].name == "read_first"
+            assert {Path(frame.filename).parent.name for frame in frames} == {"file_dataset"}
+            del cause
         del info, reader, read
     assert held_by_cycles() == []
     assert [path for path in tmp_path.rglob("*") if not path.is_dir()] == []

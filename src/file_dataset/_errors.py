@@ -386,20 +386,31 @@ def found(failure: E, **findings: Any) -> E:
     return failure
 
 
-def drop_tracebacks(error: BaseException) -> None:
-    """Drops the tracebacks of ``error`` and of the errors it was raised from.
+# This package's folder: frames of its modules are kept in a trimmed traceback.
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def drop_foreign_frames(error: BaseException) -> None:
+    """Cuts the frames of other libraries from ``error``'s traceback and its causes'.
 
     urllib3 and botocore keep an error they raise in a variable of a frame it passed
     through (urllib3's ``urlopen`` its ``new_e``, botocore's ``_get_response`` its
     ``(None, error)`` reply): a reference cycle through the error's traceback, which
-    also holds every frame above it, this library's among them with the buffer of the
-    part being read in their variables. All of it stayed until a garbage collection.
-    Without the tracebacks nothing holds those frames. The errors keep their types
-    and messages (the file_dataset error raised from them has its own traceback), as
-    the masked copy of an error that quoted a secret already did.
+    (through each frame's caller) also holds this library's frames above it, with the
+    buffer of the part being read among their variables. All of it stayed until a
+    garbage collection. ``error``'s traceback keeps this library's frames, down to the
+    first frame of another library; the errors it was raised from (all inside those
+    libraries) keep no traceback. Types and messages stay as they were.
     """
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [error]
+    last, tb = None, error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE):
+        last, tb = tb, tb.tb_next
+    if last is None:
+        error.__traceback__ = None
+    else:
+        last.tb_next = None
+    seen = {id(error)}
+    pending = [error.__cause__, error.__context__]
     while pending:
         current = pending.pop()
         if current is None or id(current) in seen:

@@ -365,7 +365,10 @@ class Pipeline:
             if isinstance(e, TransferError) and e.row_id is None:
                 error = e.with_context(row_id, e.column)  # the single-row read knows no id
                 error.__cause__ = e.__cause__ or e
-            raise _RowError(row_id, "read", error) from error
+            try:
+                raise _RowError(row_id, "read", error) from error
+            finally:
+                del error  # (its traceback's frames lead back to this one: a cycle)
         return input_dir, output_dir
 
     def _download_for(

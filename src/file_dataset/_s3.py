@@ -52,7 +52,7 @@ from file_dataset._errors import (
     ObjectAccessDeniedError,
     ObjectNotFoundError,
     TransferError,
-    drop_tracebacks,
+    drop_foreign_frames,
     forget_unmasked,
     found,
     mask_secrets,
@@ -138,8 +138,11 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
     raised as it is. The error's ``status`` is that of S3's answer, if any.
     """
     if isinstance(error, TransferError):
-        raise error
-    drop_tracebacks(error)
+        try:
+            raise error
+        finally:
+            del error  # (kept in this frame, which its traceback holds: a cycle)
+    drop_foreign_frames(error)
     try:
         _translate(error, url, operation)
     except TransferError as failure:
@@ -255,12 +258,12 @@ def _check_end(body: Any) -> None:
         body.readinto(bytearray(1))  # type: ignore[arg-type]
 
 
-def _fill_some(body: Any, view: memoryview) -> tuple[int, Exception | None]:
+def _fill_some(body: Any, view: memoryview) -> tuple[int, bool]:
     """Reads a response body straight into ``view`` (see :func:`_readinto`).
 
     Returns:
         How many bytes arrived (fewer than ``len(view)`` if the connection closed or
-        dropped first), and the error that ended the body early, if any.
+        dropped first), and whether the body stalled (see :func:`_stalled`).
     """
     readinto = _readinto(body)
     done = 0
@@ -275,17 +278,26 @@ def _fill_some(body: Any, view: memoryview) -> tuple[int, Exception | None]:
     except FlexibleChecksumError:
         raise
     except _DROPPED as e:
-        return done, e
+        return done, _stalled(e)
     finally:
         body.close()
-    return done, None
+    return done, False
 
 
-def _cut_short(done: int, length: int, error: Exception | None) -> str:
+def _stalled(error: Exception) -> bool:
+    """Whether a body was cut short by a stall (no bytes in ``read_timeout``).
+
+    The error itself is not kept: urllib3 keeps it in a variable of a frame it went
+    through, a reference cycle that holds the reading frames, and the buffer in them,
+    until a garbage collection (see :func:`drop_foreign_frames`, which cuts it).
+    """
+    drop_foreign_frames(error)
+    return isinstance(error, TimeoutError | ReadTimeoutError | Urllib3ReadTimeoutError)
+
+
+def _cut_short(done: int, length: int, stalled: bool) -> str:
     """Why a body stayed short after every attempt: a stall, or a connection closed."""
-    if isinstance(error, TimeoutError | ReadTimeoutError | Urllib3ReadTimeoutError):
-        return BODY_STALLED
-    return f"connection closed after {done} of {length} bytes"
+    return BODY_STALLED if stalled else f"connection closed after {done} of {length} bytes"
 
 
 class _BytesBody(io.BytesIO):
@@ -516,7 +528,7 @@ class S3Backend:
         """
         url = str(loc)
         done = 0
-        error: Exception | None = None  # what cut the last response short
+        stalled = False  # whether the last response was cut short by a stall
         for attempt in range(max(1, self._options.max_attempts)):
             if attempt:
                 time.sleep(backoff(attempt))
@@ -528,14 +540,14 @@ class S3Backend:
                 tag = tag or resp.get("ETag")
                 body = resp["Body"]
             try:
-                got, error = _fill_some(body, view[done:])
+                got, stalled = _fill_some(body, view[done:])
             except FlexibleChecksumError as e:
                 translate_error(e, url, "read")
             done += got
             body = None
             if done == len(view):
                 return
-        raise TransferError(url, _cut_short(done, len(view), error))
+        raise TransferError(url, _cut_short(done, len(view), stalled))
 
     def read_into(
         self, loc: Location, start: int, view: memoryview, tag: str | None = None
@@ -555,7 +567,7 @@ class S3Backend:
             return
         url = str(loc)
         done = 0  # bytes handed over; a dropped connection resumes after them
-        error: Exception | None = None
+        stalled = False  # whether the last response was cut short by a stall
 
         def closed(got: int) -> Exception:
             return http.client.IncompleteRead(b"")  # a short body: resumed below
@@ -578,13 +590,13 @@ class S3Backend:
             except FlexibleChecksumError as e:
                 translate_error(e, url, "read")
             except _DROPPED as e:
-                error = e
+                stalled = _stalled(e)
                 continue
             finally:
                 body.close()
                 body = None
             return
-        raise TransferError(url, _cut_short(done, length, error))
+        raise TransferError(url, _cut_short(done, length, stalled))
 
     def size(self, loc: Location) -> int:
         try:

@@ -163,7 +163,10 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
     raised as it is.
     """
     if isinstance(error, TransferError):
-        raise error
+        try:
+            raise error
+        finally:
+            del error  # (kept in this frame, which its traceback holds: a cycle)
     text = mask_secrets(str(error))  # obstore quotes the endpoint (password and all), bodies
     code, message = _s3_code(text, url)
     try:
