@@ -1092,7 +1092,7 @@ def test_an_unreachable_endpoint_ends_the_call_instead_of_dropping_every_row(
         split(frame)
     assert raised.value.__notes__[-2:] == [
         "file_dataset.Pipeline: downloads use Pipeline(options=...), not "
-        "write_options['options'] (options left out mean Options() from the environment)",
+        "write_options['options'] (those serve the downloads only when options= is left out)",
         "file_dataset.Pipeline stopped after writing 0 of 3 rows: the rows written stay written",
     ]
     # Writes: refused before any row, by the check of the destination bucket.
@@ -1832,6 +1832,27 @@ def test_default_options_are_kept(options: Options) -> None:
     assert Pipeline(upper, {"into_path": "s3://bkt/o"}).options == Options()
     pipeline = Pipeline(upper, {"into_path": "s3://bkt/o", "options": options})
     assert pipeline.write_options["options"] is options
+    other = Options(max_concurrency=3)
+    both = Pipeline(upper, {"into_path": "s3://bkt/o", "options": options}, other)
+    assert (both.options, both.write_options["options"]) == (other, options)
+
+
+def test_options_given_for_the_writes_only_serve_the_downloads_too(
+    options: Options, bucket: str, put: Put
+) -> None:
+    """helper-142, writing from the design notes, gave its Options in write_options
+    only: the downloads then took Options() from the environment (no endpoint, no
+    credentials in this sealed one) and the call stopped on the first row."""
+    frame = pd.DataFrame({"id": ["1", "2"], "f.txt": [put("in/1", b"ab"), put("in/2", b"cd")]})
+    pipeline = Pipeline(upper, {"into_path": f"s3://{bucket}/out/", "options": options})
+    assert pipeline.options is options
+    out = pipeline(frame)
+    assert out["id"].tolist() == ["1", "2"]
+    urls = out["output.mha"].tolist()
+    assert urls == [f"s3://{bucket}/out/{i}/output.mha" for i in ("1", "2")]
+    assert pipeline.last_failures == []
+    blobs = file_dataset.reader(pd.DataFrame({"id": ["1", "2"], "o": urls}), options)
+    assert blobs.into_blob_table()["o"].to_pylist() == [b"AB", b"CD"]
 
 
 def test_default_options_carry_an_endpoint_configured_in_the_environment(

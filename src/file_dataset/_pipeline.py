@@ -218,10 +218,10 @@ class Pipeline:
         write_options: ``{"into_path": "s3://bucket/prefix"}`` (or a local folder);
             may also hold ``"options"``, the :class:`Options` used for writing.
         options: S3 settings for reading (and writing, unless ``write_options`` has
-            its own); when omitted, ``Options()`` with the S3 endpoint configured in
-            this process (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL`` or the
-            profile's), if any, so that the Pipeline's copies on Ray workers reach the
-            same server.
+            its own); when omitted, ``write_options["options"]`` if given, else
+            ``Options()`` with the S3 endpoint configured in this process
+            (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL`` or the profile's), if any,
+            so that the Pipeline's copies on Ray workers reach the same server.
         on_error: ``"drop"`` (default) to drop failed rows, ``"raise"`` to re-raise.
         progress: Whether to show a tqdm progress bar over each call's rows (a row
             counts when its upload is done or it is dropped). It is drawn only on a
@@ -1065,7 +1065,7 @@ _SETTING_NOTE = (
 )
 _READS_NOTE = (
     "file_dataset.Pipeline: downloads use Pipeline(options=...), not "
-    "write_options['options'] (options left out mean Options() from the environment)"
+    "write_options['options'] (those serve the downloads only when options= is left out)"
 )
 _UNREACHABLE_NOTE = (
     "file_dataset.Pipeline: the endpoint gave no answer, and no Pipeline of this process "
@@ -1182,7 +1182,14 @@ def _checked(
     return (
         fn,
         dict(write_options),
-        resolve_options(options, "Pipeline(options=...)", default=_default_options),
+        # Options given for the writes only serve the reads too: one set of settings
+        # for the Pipeline's S3 is the usual case (helper-142, as a new user, put them
+        # there and every download went to the environment's endpoint instead).
+        resolve_options(
+            options if options is not None else write_options.get("options"),
+            "Pipeline(options=...)",
+            default=_default_options,
+        ),
         on_error,
         bool(progress),
     )
