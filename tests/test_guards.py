@@ -65,6 +65,51 @@ def test_the_earliest_failing_job_is_the_one_raised() -> None:
         _transfer.run_jobs([first(), second()], file_dataset.Options(), [("r0", "f"), ("r1", "f")])
 
 
+def test_a_job_stopped_by_an_earlier_failure_is_never_sent_its_cut_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """helper-143: when the reply of a call stopped by an earlier job's failure came
+    before that failure's own reply (the failing thread paused between stopping the
+    jobs and replying), the stopped job was sent its batch's results with None for the
+    stopped call: a read raised TypeError instead of the failure, and a download
+    renamed a file with holes into place. Here the failing thread waits, after
+    stopping the jobs, until the stopped job has been stopped or advanced."""
+    from file_dataset._options import RunState, stop_if_stopped
+
+    stopped = threading.Event()  # the failure has stopped the later jobs
+    ended = threading.Event()  # the later job was stopped, or advanced
+    advanced: list[Any] = []
+    stop_from = RunState.stop_from
+
+    def stop_from_then_wait(run: RunState, job: int) -> None:
+        stop_from(run, job)
+        stopped.set()
+        ended.wait(10)  # a safety net: the stopped job ends at once
+
+    monkeypatch.setattr(RunState, "stop_from", stop_from_then_wait)
+
+    def fail() -> None:
+        raise TransferError("s3://b/first", "first failed")
+
+    def stopped_part_way() -> None:
+        stopped.wait(10)
+        stop_if_stopped()  # as a body being read does between its chunks
+
+    def first():  # type: ignore[no-untyped-def]
+        yield [fail]
+
+    def second():  # type: ignore[no-untyped-def]
+        try:
+            advanced.append((yield [stopped_part_way]))
+        finally:
+            ended.set()
+
+    options = file_dataset.Options(max_concurrency=2)
+    with pytest.raises(TransferError, match="first failed"):
+        _transfer.run_jobs([first(), second()], options, [("r0", "f"), ("r1", "f")])
+    assert advanced == []
+
+
 def test_a_file_of_more_parts_than_s3_allows_gets_larger_parts(
     s3_server: LocalS3Server,
     bucket: str,

@@ -673,9 +673,9 @@ def test_idle_transfer_threads_end_and_are_started_again_on_demand() -> None:
         replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
         run = RunState()
         for n in range(12):
-            workers.submit(lambda n=n: n * n, replies, n, run)
+            workers.submit(lambda n=n: n * n, replies, (n, 0), run)
         got = sorted(replies.get(timeout=60) for _ in range(12))
-        assert got == [(n, n * n, None) for n in range(12)], round_
+        assert got == [((n, 0), n * n, None) for n in range(12)], round_
         for thread in workers.running_threads():
             thread.join(timeout=60)
         assert workers.running_threads() == []
@@ -696,9 +696,9 @@ def test_idle_transfer_threads_end_even_when_they_wake_late() -> None:
         replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
         run = RunState()
         for n in range(12):
-            workers.submit(lambda n=n, trial=trial: n + trial, replies, n, run)
+            workers.submit(lambda n=n, trial=trial: n + trial, replies, (n, 0), run)
         got = sorted(replies.get(timeout=60) for _ in range(12))
-        assert got == [(n, n + trial, None) for n in range(12)], trial
+        assert got == [((n, 0), n + trial, None) for n in range(12)], trial
         for thread in workers.running_threads():
             thread.join(timeout=60)
         assert workers.running_threads() == [], trial
@@ -723,8 +723,8 @@ def _assert_pool_recovers(workers: Any) -> None:
     from file_dataset._options import RunState
 
     replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    workers.submit(lambda: "next", replies, "tag", RunState())
-    assert replies.get(timeout=60) == ("tag", "next", None)
+    workers.submit(lambda: "next", replies, (7, 0), RunState())
+    assert replies.get(timeout=60) == ((7, 0), "next", None)
     for thread in workers.running_threads():
         thread.join(timeout=60)
     assert workers.running_threads() == []
@@ -754,8 +754,8 @@ def test_an_interrupt_anywhere_in_submit_leaves_the_pool_usable(worker: str) -> 
         run = RunState()
         if worker == "idle":
             workers._parked = parking = _WatchedParking()
-            workers.submit(int, replies, "warm", run)
-            assert replies.get(timeout=60) == ("warm", 0, None)
+            workers.submit(int, replies, (0, 0), run)
+            assert replies.get(timeout=60) == ((0, 0), 0, None)
             assert parking.parked.wait(60)  # the worker waits for a call
             assert len(parking) == 1
         hit: list[int] = []
@@ -774,7 +774,7 @@ def test_an_interrupt_anywhere_in_submit_leaves_the_pool_usable(worker: str) -> 
 
         sys.settrace(start)
         try:
-            workers.submit(lambda: "x", replies, "x", run)
+            workers.submit(lambda: "x", replies, (1, 0), run)
         except KeyboardInterrupt:
             pass
         finally:
@@ -805,19 +805,20 @@ def test_an_interrupt_while_a_worker_starts_keeps_the_pool_within_its_size(
     for n in range(5):  # each time the pool has no thread: the submit starts one
         monkeypatch.setattr(threading.Thread, "start", interrupted_start)
         with pytest.raises(KeyboardInterrupt):
-            workers.submit(lambda n=n: n, replies, n, run)
+            workers.submit(lambda n=n: n, replies, (n, 0), run)
         monkeypatch.undo()
-        assert replies.get(timeout=60) == (n, n, None)  # the call queued was run
+        assert replies.get(timeout=60) == ((n, 0), n, None)  # the call queued was run
         for thread in workers.running_threads():
             thread.join(timeout=60)
         assert (workers._threads, workers.running_threads()) == (0, [])
     # a burst of calls that wait: still one thread at most
     release = threading.Event()
     for n in range(4):
-        workers.submit(lambda n=n: release.wait(60) and n, replies, n, run)
+        workers.submit(lambda n=n: release.wait(60) and n, replies, (n, 0), run)
     assert len(workers.running_threads()) == 1
     release.set()
-    assert sorted(replies.get(timeout=60) for _ in range(4)) == [(n, n, None) for n in range(4)]
+    expected = [((n, 0), n, None) for n in range(4)]
+    assert sorted(replies.get(timeout=60) for _ in range(4)) == expected
     _assert_pool_recovers(workers)
 
 

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, Protocol, TypeVar
@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from file_dataset._errors import ObjectAccessDeniedError, TransferError, translate_os_error
 from file_dataset._memory import huge_page_buffer, prefault
-from file_dataset._options import Options
+from file_dataset._options import CallStopped, Options, call_stopped
 from file_dataset._urls import KEY_MAX, Location
 
 # A part of a multipart upload as CompleteMultipartUpload takes it (without its number):
@@ -224,9 +224,19 @@ def store_writer(store: Store) -> Callable[[int, Blob], None]:
     return store
 
 
-def write_chunks(write: Callable[[int, Blob], None], offset: int, chunks: Iterable[Blob]) -> None:
-    """Stores a stream of buffers with ``write`` at consecutive offsets from ``offset``."""
+def write_chunks(write: Callable[[int, Blob], None], offset: int, chunks: Iterator[Blob]) -> None:
+    """Stores a stream of buffers with ``write`` at consecutive offsets from ``offset``.
+
+    On a transfer thread, it stops between buffers once the call is stopped (a
+    failure, or an interrupt: see ``_options.RunState``): the stream is closed (its
+    connection with it) and :class:`CallStopped` raised.
+    """
     for chunk in chunks:
+        if call_stopped():
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+            raise CallStopped
         write(offset, chunk)
         offset += len(chunk)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
 import contextlib
 import errno
 import functools
@@ -35,6 +34,7 @@ from file_dataset._errors import (
     printable,
     translate_os_error,
 )
+from file_dataset._options import CallStopped
 from file_dataset._urls import Location, temp_prefix
 
 
@@ -252,7 +252,7 @@ def _copy_contents(
     see :func:`_size_says_nothing`; ``stat`` is the source's). A read's failure is
     raised as the failure of ``name`` (a :class:`TransferError`), a write's as it
     comes, for the caller to name as the destination's. ``stop()`` is asked between
-    chunks (a ``CancelledError`` when it says yes).
+    chunks (:class:`CallStopped` when it says yes).
 
     Returns:
         The bytes copied.
@@ -260,7 +260,7 @@ def _copy_contents(
     done = 0 if _size_says_nothing(stat) else _copy_in_kernel(src.fileno(), dest_fd, stop)
     while True:  # what the kernel did not copy (or all of it)
         if stop():
-            raise concurrent.futures.CancelledError()
+            raise CallStopped
         try:
             chunk = src.read(_COPY_CHUNK)
         except OSError as e:  # the source's failure, not the destination's
@@ -449,7 +449,7 @@ class LocalBackend:
         not pass through this process. Failures of the source are raised as its read's
         (:class:`TransferError`); those of ``open_dest`` and of the writes as they come,
         for the caller to name as the destination's. ``stop()`` is asked between chunks
-        (a ``CancelledError`` when it says yes).
+        (:class:`CallStopped` when it says yes).
 
         Returns:
             The bytes copied.

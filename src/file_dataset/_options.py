@@ -9,6 +9,7 @@ import copy
 import functools
 import itertools
 import logging
+import math
 import operator
 import os
 import queue
@@ -251,24 +252,29 @@ def _default_threshold(part_size: int) -> int:
 class RunState:
     """What the workers and the thread driving one run of calls share.
 
-    Once :meth:`abandon` is called, no call of the run starts (and a part being sent
-    stops at its next read, see :func:`current_run`); :meth:`wait_idle` then waits for
-    the calls already under way. Both sides decide under one lock, so the wait
-    never depends on how many replies the driving thread has consumed (an interrupt
-    between taking a reply and counting it cannot make it wait for ever).
+    Each call belongs to a job, numbered in the run's order. :meth:`stop_from` (a job's
+    failure: see :class:`_Workers` and ``run_jobs``) stops that job and every later
+    one: their calls not yet started are not made, and the bodies they are reading or
+    sending stop at their next chunk (see :func:`stop_if_stopped`). Earlier jobs go on:
+    one of them may fail too, and its failure is the one raised, as it would be with
+    one call at a time. :meth:`abandon` (an interrupt) stops every job;
+    :meth:`wait_idle` then waits for the calls already under way. Both sides decide
+    under one lock, so the wait never depends on how many replies the driving thread
+    has consumed (an interrupt between taking a reply and counting it cannot make it
+    wait for ever).
     """
 
-    __slots__ = ("_abandoned", "_cond", "_executing")
+    __slots__ = ("_cond", "_executing", "_stopped_from")
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._abandoned = False
+        self._stopped_from: float = math.inf  # the first job stopped
         self._executing = 0
 
-    def start_call(self) -> bool:
-        """Called by a worker before a call: ``False`` if the call must be skipped."""
+    def start_call(self, job: int) -> bool:
+        """Called by a worker before a call of ``job``: ``False`` if it must be skipped."""
         with self._cond:
-            if self._abandoned:
+            if job >= self._stopped_from:
                 return False
             self._executing += 1
             return True
@@ -280,19 +286,28 @@ class RunState:
             if not self._executing:
                 self._cond.notify_all()
 
-    def abandon(self) -> None:
-        """No call of the run starts from now on, and part bodies stop being read."""
+    def stop_from(self, job: int) -> None:
+        """Stops ``job`` and every later job of the run."""
         with self._cond:
-            self._abandoned = True
+            self._stopped_from = min(self._stopped_from, job)
+
+    def abandon(self) -> None:
+        """Stops every job of the run."""
+        with self._cond:
+            self._stopped_from = -math.inf
+
+    def stops(self, job: int) -> bool:
+        """Whether ``job`` was stopped.
+
+        Read without the lock: it is checked between the reads of a body, and a read
+        that just misses the change only takes one more chunk.
+        """
+        return job >= self._stopped_from
 
     @property
-    def abandoned(self) -> bool:
-        """Whether :meth:`abandon` was called.
-
-        Read without the lock: it is checked between the reads of a part's body, and
-        a read that just misses the change only sends one more block.
-        """
-        return self._abandoned
+    def stopping(self) -> bool:
+        """Whether some job of the run was stopped."""
+        return self._stopped_from != math.inf
 
     def wait_idle(self) -> None:
         """Waits until no call of the run is under way."""
@@ -300,18 +315,51 @@ class RunState:
             self._cond.wait_for(lambda: not self._executing)
 
 
-# The run of the call that each transfer thread is carrying (see current_run).
+class CallStopped(BaseException):
+    """The call that raised it was stopped part-way, or not made (see :class:`RunState`).
+
+    Raised between the chunks of a body (one being read, or a multipart part being
+    sent) once the call's job is stopped, after a failure or an interrupt; the run
+    then takes it for no failure of its own. A ``BaseException``, as
+    ``KeyboardInterrupt`` and asyncio's ``CancelledError`` are: botocore turns an
+    ``Exception`` raised while it sends a body into an ``HTTPClientError``, which its
+    standard and adaptive retries take for a dropped connection and send again. This
+    one passes through botocore untouched (no retry, no error made of it), and urllib3
+    closes the connection on its way out.
+    """
+
+
+# The run, reply queue and tag of the call that each transfer thread is carrying.
 _CARRYING = threading.local()
 
 
-def current_run() -> RunState | None:
-    """The run of the call that the calling thread carries for :class:`_Workers`.
+def call_stopped() -> bool:
+    """Whether the calling thread's call for :class:`_Workers` was stopped.
 
-    ``None`` outside a worker's call. A call that streams a request body (a multipart
-    upload's part) checks it between reads, so that an abandoned run's requests stop
-    instead of being sent to the end.
+    See :class:`RunState`; ``False`` outside a worker's call.
     """
-    return getattr(_CARRYING, "run", None)
+    run: RunState | None = getattr(_CARRYING, "run", None)
+    return run is not None and run.stops(_CARRYING.tag[0])
+
+
+def _never() -> bool:
+    return False
+
+
+def stop_check() -> Callable[[], bool]:
+    """:func:`call_stopped` for the calling thread's call, to ask from any thread."""
+    run: RunState | None = getattr(_CARRYING, "run", None)
+    return _never if run is None else functools.partial(run.stops, _CARRYING.tag[0])
+
+
+def stop_if_stopped() -> None:
+    """Raises :class:`CallStopped` if the calling thread's call was stopped.
+
+    Checked between the chunks of a body, before a buffer or file is made for one,
+    and between the chunks of a local copy.
+    """
+    if call_stopped():
+        raise CallStopped
 
 
 class MoreCalls:
@@ -364,9 +412,11 @@ class _Workers:
     operations, where ``ThreadPoolExecutor`` also makes a future, locks it and runs its
     callbacks; at thousands of small objects per second that shows.
 
-    Each call comes with the queue its reply goes to and its run's :class:`RunState`:
-    a call of an abandoned run is not run (its reply says it was cancelled), and a call
-    under way can see its run through :func:`current_run`. A thread that has waited
+    Each call comes with the queue its reply goes to, its tag (its job's number in the
+    run and its slot) and its run's :class:`RunState`: a call of a stopped job is not
+    made (its reply is a :class:`CallStopped`), a call under way can see whether its
+    job was stopped (:func:`call_stopped`), and a call that fails stops its job and the
+    later ones. A thread that has waited
     ``linger`` seconds for a call ends; new calls start new threads. The last worker to
     go idle is the first to get work, so under a light load the others end.
 
@@ -389,7 +439,7 @@ class _Workers:
         self,
         call: Callable[[], Any],
         reply: queue.SimpleQueue[Reply],
-        tag: Any,
+        tag: tuple[int, int],
         run: RunState,
     ) -> None:
         """Runs ``call`` on a worker; ``(tag, result, error)`` is put on ``reply``."""
@@ -469,15 +519,20 @@ class _Workers:
             if item is None:
                 return
             call, reply, tag, run = item
-            if not run.start_call():
-                reply.put((tag, None, concurrent.futures.CancelledError()))
+            if not run.start_call(tag[0]):
+                reply.put((tag, None, CallStopped()))
             else:
-                # Attributes set and reset per call (no lock): what current_run gives,
+                # Attributes set and reset per call (no lock): what call_stopped reads,
                 # and where add_calls sends.
                 carrying.run, carrying.reply, carrying.tag = run, reply, tag
                 try:
                     reply.put((tag, call(), None))
                 except BaseException as e:
+                    if not isinstance(e, CallStopped):
+                        # A failed call fails its job (no job recovers from one): its
+                        # job and the later ones stop here, before another call of
+                        # theirs can start on this thread.
+                        run.stop_from(tag[0])
                     reply.put((tag, None, e))
                 finally:
                     carrying.run = carrying.reply = carrying.tag = None

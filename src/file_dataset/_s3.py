@@ -29,6 +29,7 @@ from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeoutError
 from file_dataset._backend import (
     BODY_STALLED,
     CHANGED,
+    CHUNK_BYTES,
     CREDENTIALS_REFUSED,
     SOURCE_CHANGED,
     STREAM_BYTES,
@@ -60,7 +61,7 @@ from file_dataset._errors import (
     masked_cut,
     no_descriptor_left,
 )
-from file_dataset._options import Options, RunState, current_run
+from file_dataset._options import CallStopped, Options, stop_check, stop_if_stopped
 from file_dataset._urls import Location
 
 _NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchUpload"})
@@ -269,7 +270,10 @@ def _fill_some(body: Any, view: memoryview) -> tuple[int, bool]:
     done = 0
     try:
         while done < len(view):
-            n = readinto(view[done:])
+            # At most CHUNK_BYTES a read: a stopped call (see write_chunks) stops
+            # between them, with its connection closed below.
+            stop_if_stopped()
+            n = readinto(view[done : done + CHUNK_BYTES])
             if not n:
                 break
             done += n
@@ -320,17 +324,6 @@ class _SourceShrank(Exception):
     """A part's file ended before the part did (raised while its request is sent)."""
 
 
-class _RunAbandoned(BaseException):
-    """The run of a part's call was abandoned (an interrupt): its request is cut.
-
-    A ``BaseException``, as ``KeyboardInterrupt`` and asyncio's ``CancelledError`` are:
-    botocore turns an ``Exception`` raised while it sends a body into an
-    ``HTTPClientError``, which its standard and adaptive retries take for a dropped
-    connection and send again. This one passes through botocore untouched (no retry,
-    no error made of it), and urllib3 closes the connection on its way out.
-    """
-
-
 class _PartBody(ReadFileChunk):
     """A part of a local file that fails at once when the file ends early.
 
@@ -339,18 +332,18 @@ class _PartBody(ReadFileChunk):
     the server would wait for the rest until the read timeout, for every attempt. Once
     short, the body cannot be rewound either, so botocore does not send it again.
 
-    Its reads also stop once the run of the call sending it is abandoned (``run``):
-    an interrupted ``write_files`` then returns without sending every part in flight
-    to the end (up to ``2 * max_concurrency`` parts of ``part_size``).
+    Its reads also stop once the call sending it is stopped (``stopped``): a
+    ``write_files`` interrupted, or failed in another file, then returns without
+    sending every part in flight to the end (up to ``2 * max_concurrency`` parts of
+    ``part_size``).
     """
 
     shrank = False
-    run: RunState | None = None  # the run of the call that sends the part, if any
+    stopped: Callable[[], bool] = staticmethod(lambda: False)  # see _options.stop_check
 
     def read(self, amount: int | None = None) -> bytes:
-        run = self.run
-        if run is not None and run.abandoned:
-            raise _RunAbandoned
+        if self.stopped():
+            raise CallStopped
         data: bytes = super().read(amount)
         if not data and amount != 0 and self.tell() < len(self):
             self.shrank = True
@@ -451,7 +444,11 @@ class S3Backend:
             # this answer, in one buffer (the caller then asks for no more of it).
             if sink is not None and size <= length and (size >= STREAM_BYTES or total > size):
                 # Straight into the object's buffer, or through a small one to its file.
-                store = sink(total, tag)
+                try:
+                    store = sink(total, tag)
+                except BaseException:  # (a full disk, a stopped call): the answer is left
+                    resp["Body"].close()
+                    raise
                 if isinstance(store, memoryview):
                     self._fill_range(loc, 0, store[:size], tag, resp["Body"])
                 else:
@@ -665,10 +662,10 @@ class S3Backend:
         # The part is streamed from the file (s3transfer's ReadFileChunk, as boto3's own
         # upload_file does) rather than read into an 8 MiB buffer first.
         body = _PartBody.from_filename(str(src), start, length, enable_callbacks=False)
-        # Abandoned, this run cuts the request at the body's next read: _RunAbandoned
-        # is no error of this part (caught below it would be one), it just ends the
+        # Stopped, the call cuts the request at the body's next read: CallStopped is
+        # no error of this part (caught below it would be one), it just ends the
         # call, and the upload's job then aborts the upload from the driving thread.
-        body.run = current_run()
+        body.stopped = stop_check()
         try:
             resp = self._options.s3_client().upload_part(
                 Bucket=loc.bucket,

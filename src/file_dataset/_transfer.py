@@ -47,7 +47,16 @@ from file_dataset._errors import (
 )
 from file_dataset._local import LocalBackend, temp_file_in_place
 from file_dataset._memory import prefault
-from file_dataset._options import MoreCalls, Options, Reply, RunState, add_calls, current_run
+from file_dataset._options import (
+    CallStopped,
+    MoreCalls,
+    Options,
+    Reply,
+    RunState,
+    add_calls,
+    stop_check,
+    stop_if_stopped,
+)
 from file_dataset._urls import Location
 
 T = TypeVar("T")
@@ -83,11 +92,10 @@ def read_job(loc: Location, options: Options) -> Job[Blob]:
     threshold = options.multipart_threshold
     view = memoryview(b"")  # the object's buffer, once its size is known
     asked = False  # whether the later parts went out with the first response
-    failed = [False]  # whether a call of this object failed (its parts then skipped)
 
     def parts(start: int, total: int, tag: str | None) -> list[Call]:
         return [
-            partial(_unless_failed, failed, partial(_read_part, backend, loc, s, view[s:e], tag))
+            partial(_read_part, backend, loc, s, view[s:e], tag)
             for s, e in _ranges(start, total, options.part_size)
         ]
 
@@ -98,14 +106,13 @@ def read_job(loc: Location, options: Options) -> Job[Blob]:
     # reads it (see prefault).
     def sink(total: int, tag: str | None) -> memoryview:
         nonlocal view, asked
+        stop_if_stopped()  # (before its buffer is made and touched)
         view = new_buffer(total, populate=False)
         asked = total > threshold and add_calls(parts(threshold, total, tag))
         prefault(view[:threshold])
         return view
 
-    replies = yield [
-        partial(_unless_failed, failed, partial(backend.read_first, loc, threshold, sink))
-    ]
+    replies = yield [partial(backend.read_first, loc, threshold, sink)]
     first, total, tag = replies[0]
     if first is None:  # streamed into the object's buffer
         start = total if asked else min(total, threshold)
@@ -119,27 +126,6 @@ def read_job(loc: Location, options: Options) -> Job[Blob]:
         del first
     yield parts(start, total, tag)
     return view
-
-
-class _Skipped(Exception):
-    """A call of an object's transfer not made because another of its calls failed."""
-
-
-def _unless_failed(failed: list[bool], call: Callable[[], T]) -> T:
-    """Makes ``call`` unless a call of the same object failed (then marks it failed).
-
-    The parts of a large object are asked for while its first response arrives; when
-    that response (or a part) fails, the parts not yet started are skipped instead of
-    reading the rest of the object before the error is raised (helper-140: 392 MiB of
-    a 400 MiB object, 2.3 s, after a first body failed at 1 MiB).
-    """
-    if failed[0]:
-        raise _Skipped
-    try:
-        return call()
-    except BaseException:
-        failed[0] = True
-        raise
 
 
 def _read_part(
@@ -181,7 +167,6 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
     backend = backend_for(loc, options)
     fd, tmp = -1, ""  # the temporary file, once made
     asked = False  # whether the later parts went out with the first response
-    failed = [False]  # whether a call of this object failed (its parts then skipped)
 
     def open_temp(total: int) -> int:
         nonlocal fd, tmp
@@ -203,6 +188,7 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
         # Its failures are told apart from the transport's here, as the transport's
         # own error handling would take them for its own.
         nonlocal asked
+        stop_if_stopped()  # (before its file is made)
         write = partial(_pwrite_all, checked_open(total))
         threshold = options.multipart_threshold
         asked = total > threshold and add_calls(parts(threshold, total, tag))
@@ -218,11 +204,7 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
     def parts(start: int, total: int, tag: str | None) -> list[Call]:
         # (into the temporary file, once made)
         return [
-            partial(
-                _unless_failed,
-                failed,
-                partial(_read_part_to_file, backend.read_chunks, loc, tag, fd, s, e),
-            )
+            partial(_read_part_to_file, backend.read_chunks, loc, tag, fd, s, e)
             for s, e in _ranges(start, total, options.part_size)
         ]
 
@@ -253,16 +235,13 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
         # A local file is copied whole, through the kernel where it can (one call: a
         # copy that stays in the kernel gains nothing from parts on other threads).
         assert isinstance(backend, LocalBackend)
-        run = current_run()
-        total = backend.copy_into(loc, checked_open, lambda: run is not None and run.abandoned)
+        total = backend.copy_into(loc, checked_open, stop_check())
         finish()
         return total, total, None
 
     local = isinstance(backend, LocalBackend)
     try:
-        [(start, total, tag), *_] = yield [
-            partial(_unless_failed, failed, local_copy if local else first_response)
-        ]
+        [(start, total, tag), *_] = yield [local_copy if local else first_response]
         if asked:  # the later parts came in the same batch as the first response
             finish()
         elif total > start:
@@ -363,13 +342,28 @@ def upload_job(src: Path, loc: Location, options: Options) -> Job[Location]:
 
 
 class _Running:
-    __slots__ = ("error", "gen", "remaining", "results")
+    __slots__ = ("cut", "error", "gen", "remaining", "results")
 
     def __init__(self, gen: Job[Any]) -> None:
         self.gen = gen
         self.results: list[Any] = []
         self.remaining = 0
         self.error: BaseException | None = None
+        self.cut = False  # a call of its batch was stopped, or not made (see RunState)
+
+    def stop(self) -> None:
+        """Ends the job after a failure of its own or an earlier job's; clean-up runs.
+
+        It is never sent the results of a batch that was cut. A job whose last calls
+        were all made is closed: a write among them may have succeeded. One whose
+        calls were cut (see ``cut``) gets :class:`CallStopped` instead, which says that
+        nothing of it was written (a multipart upload is aborted; see
+        ``_writer._outcome_kept``).
+        """
+        if self.cut:
+            with contextlib.suppress(CallStopped, StopIteration):
+                self.gen.throw(CallStopped())
+        self.gen.close()
 
 
 def run_jobs(
@@ -380,10 +374,13 @@ def run_jobs(
 ) -> list[T]:
     """Runs jobs concurrently on the options' pool and returns their results in order.
 
-    On the first failure no new job is started; jobs already under way are stopped
-    at their next step (their clean-up runs: temporary files removed, multipart
-    uploads aborted) and the failure of the first of the failed jobs in the order of
-    ``jobs`` (not in time) is raised, naming its row id and column from ``contexts``.
+    A job's failure stops it and every later job in the order of ``jobs``: no new
+    job is started, their calls not yet started are not made, their bodies being read
+    or sent stop at their next chunk, and they are ended at their next step (their
+    clean-up runs: temporary files removed, multipart uploads aborted). Earlier jobs
+    run to their end, as one of them may fail too. So the failure raised, naming its
+    row id and column from ``contexts``, is the first in the order of ``jobs`` (not in
+    time), the one that running the jobs one at a time would raise.
 
     Args:
         jobs: The jobs (fresh generators).
@@ -408,7 +405,7 @@ def run_jobs(
     running: dict[int, _Running] = {}
     # Every call's (index, slot), result and error arrive here, however many are out.
     finished: queue.SimpleQueue[Reply] = queue.SimpleQueue()
-    run = RunState()  # abandoned: calls not yet started are skipped
+    run = RunState()  # which jobs are stopped
     outstanding = 0
     next_job = 0
     done: list[Reply] = []  # the replies taken at once
@@ -424,8 +421,8 @@ def run_jobs(
                         calls = job.gen.throw(error)
                     finally:
                         del error  # this frame is in the traceback: no cycle (below)
-                elif errors:
-                    job.gen.close()
+                elif job.cut or (errors and index > min(errors)):
+                    job.stop()
                     running.pop(index, None)
                     return
                 elif value is None:
@@ -437,6 +434,7 @@ def run_jobs(
                 break
             except BaseException as e:
                 errors[index] = e
+                run.stop_from(index)
                 running.pop(index, None)
                 return
             if calls:
@@ -458,10 +456,11 @@ def run_jobs(
             on_result(index, result)
         except BaseException as e:
             errors[index] = e
+            run.stop_from(index)
 
     try:
         while True:
-            while not errors and next_job < len(jobs) and outstanding < limit:
+            while not run.stopping and next_job < len(jobs) and outstanding < limit:
                 job = _Running(jobs[next_job])
                 running[next_job] = job
                 step(next_job, job)
@@ -474,7 +473,9 @@ def run_jobs(
             for (index, slot), value, error in done:
                 job = running[index]
                 if isinstance(value, MoreCalls):  # a call of the job's batch adds some
-                    if not errors:  # (else the job is closed once its batch is done)
+                    if run.stops(index):
+                        job.cut = True  # (its batch is not whole: it must not go on)
+                    else:
                         more = value.calls
                         job.results.extend([None] * len(more))
                         job.remaining += len(more)
@@ -485,17 +486,27 @@ def run_jobs(
                 outstanding -= 1
                 if error is None:
                     job.results[slot] = value
-                elif job.error is None and not isinstance(error, _Skipped):
-                    job.error = error  # (the failure that made calls skip comes too)
+                elif isinstance(error, CallStopped):
+                    # Not made, or stopped part-way, after a failure of this job or an
+                    # earlier one (which comes as well): the call that failed stopped
+                    # the jobs from its own on, on its own thread, before any other
+                    # call of theirs could start there. A missing object among large
+                    # ones made its error wait for up to 456 more 8 MiB GETs (2.9 s) on
+                    # the benchmark's S3-like server, and a large object's first body
+                    # cut at 1 MiB for the rest of the object (helper-140: 392 of 400
+                    # MiB).
+                    job.cut = True
+                elif job.error is None:
+                    job.error = error
                 job.remaining -= 1
                 if job.remaining == 0:
                     values, job.results = job.results, []
                     step(index, job, values)
     except BaseException:
-        # Calls under way finish (their jobs' clean-up needs them done), except that
-        # a multipart part being sent stops at its body's next read (_s3._PartBody);
-        # the others are skipped. Waiting on the run's own count, not on replies: an interrupt
-        # right after a reply was taken, before it was counted, made this wait for ever.
+        # Calls under way end (their jobs' clean-up needs them done): bodies being read
+        # or sent stop at their next chunk; calls not started are skipped. Waiting on
+        # the run's own count, not on replies: an interrupt right after a reply was
+        # taken, before it was counted, made this wait for ever.
         run.abandon()
         run.wait_idle()
         for job in running.values():

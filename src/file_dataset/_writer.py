@@ -225,8 +225,9 @@ OTHERS_NOTE = "file_dataset.write_files: "  # begins the note on a call that fai
 def _outcome_kept(job: Job[Location], outcomes: dict[int, str], index: int) -> Job[Location]:
     """``job``, noting in ``outcomes[index]`` how it went.
 
-    "failed" (its own error: nothing of it written), "done", or "stopped" (closed by
-    the call's failure elsewhere, maybe after its last request succeeded).
+    "failed" (its own error, or its requests cut by the call's failure elsewhere:
+    nothing of it written), "done", or "stopped" (closed by the call's failure
+    elsewhere, maybe after its last request succeeded).
     """
     outcomes[index] = "started"
     try:
