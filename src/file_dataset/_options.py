@@ -342,16 +342,6 @@ def call_stopped() -> bool:
     return run is not None and run.stops(_CARRYING.tag[0])
 
 
-def _never() -> bool:
-    return False
-
-
-def stop_check() -> Callable[[], bool]:
-    """:func:`call_stopped` for the calling thread's call, to ask from any thread."""
-    run: RunState | None = getattr(_CARRYING, "run", None)
-    return _never if run is None else functools.partial(run.stops, _CARRYING.tag[0])
-
-
 def stop_if_stopped() -> None:
     """Raises :class:`CallStopped` if the calling thread's call was stopped.
 

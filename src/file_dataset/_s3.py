@@ -61,7 +61,7 @@ from file_dataset._errors import (
     masked_cut,
     no_descriptor_left,
 )
-from file_dataset._options import CallStopped, Options, stop_check, stop_if_stopped
+from file_dataset._options import Options, stop_if_stopped
 from file_dataset._urls import Location
 
 _NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchUpload"})
@@ -332,18 +332,16 @@ class _PartBody(ReadFileChunk):
     the server would wait for the rest until the read timeout, for every attempt. Once
     short, the body cannot be rewound either, so botocore does not send it again.
 
-    Its reads also stop once the call sending it is stopped (``stopped``): a
+    Its reads also stop once the call sending it (on the same thread) is stopped: a
     ``write_files`` interrupted, or failed in another file, then returns without
     sending every part in flight to the end (up to ``2 * max_concurrency`` parts of
     ``part_size``).
     """
 
     shrank = False
-    stopped: Callable[[], bool] = staticmethod(lambda: False)  # see _options.stop_check
 
     def read(self, amount: int | None = None) -> bytes:
-        if self.stopped():
-            raise CallStopped
+        stop_if_stopped()
         data: bytes = super().read(amount)
         if not data and amount != 0 and self.tell() < len(self):
             self.shrank = True
@@ -665,7 +663,6 @@ class S3Backend:
         # Stopped, the call cuts the request at the body's next read: CallStopped is
         # no error of this part (caught below it would be one), it just ends the
         # call, and the upload's job then aborts the upload from the driving thread.
-        body.stopped = stop_check()
         try:
             resp = self._options.s3_client().upload_part(
                 Bucket=loc.bucket,
