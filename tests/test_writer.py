@@ -678,6 +678,43 @@ def test_a_local_source_gone_at_the_copy_is_named_as_the_missing_file(tmp_path: 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("transport", ["boto3", "obstore"])
+def test_a_source_removed_during_its_multipart_upload_is_named_with_its_row(
+    transport: str,
+    s3_server: LocalS3Server,
+    bucket: str,
+    s3_client: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file removed after its first parts were sent: the next part's ``os.stat``
+    raised a bare ``FileNotFoundError`` with no URL, row id or column (helper-145),
+    where a file missing before the upload is an ``ObjectNotFoundError``."""
+    from file_dataset._s3 import S3Backend
+
+    files = make_files(tmp_path, {"big.bin": os.urandom(16 * MiB)})
+    send_part = S3Backend.multipart_part
+
+    def removing_the_file_at_part_3(self: S3Backend, *args: Any) -> Any:
+        number, src = args[2], args[3]
+        if number == 3:
+            src.unlink(missing_ok=True)
+        return send_part(self, *args)
+
+    monkeypatch.setattr(S3Backend, "multipart_part", removing_the_file_at_part_3)
+    options = s3_server.options(
+        transport=transport, part_size=5 * MiB, multipart_threshold=5 * MiB, max_concurrency=1
+    )
+    with pytest.raises(file_dataset.ObjectNotFoundError) as info:
+        file_dataset.write_files(files, f"s3://{bucket}/gone", id="r1", options=options)
+    assert info.value.url == str(files["big.bin"])
+    assert (info.value.row_id, info.value.column) == ("r1", "big.bin")
+    where = f"{files['big.bin']} (row id 'r1', column 'big.bin')"
+    assert str(info.value) == f"cannot read {where}: no such local file"
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert s3_client.list_objects_v2(Bucket=bucket, Prefix="gone/").get("KeyCount") == 0
+
+
 def test_an_s3_url_as_a_source_is_refused_clearly(
     options: Options, bucket: str, s3_client: Any, tmp_path: Path
 ) -> None:

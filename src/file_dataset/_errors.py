@@ -691,6 +691,13 @@ def emfile_reason() -> str:
     )
 
 
+def source_error(error: OSError, path: str) -> TransferError:
+    """The error for a local file that could not be opened or read to be sent or copied."""
+    if isinstance(error, FileNotFoundError):
+        return ObjectNotFoundError(path, "no such local file", operation="read")
+    return translate_os_error(error, path, "read")
+
+
 def translate_os_error(error: OSError, url: str, operation: str) -> TransferError:
     """Turns an ``OSError`` into the matching file_dataset error."""
     reason = error.strerror or str(error)

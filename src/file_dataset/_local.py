@@ -29,9 +29,9 @@ from file_dataset._backend import (
     readinto_chunks,
 )
 from file_dataset._errors import (
-    ObjectNotFoundError,
     TransferError,
     printable,
+    source_error,
     translate_os_error,
 )
 from file_dataset._options import CallStopped
@@ -280,10 +280,8 @@ def atomic_copy(src: Path, dest: Path) -> None:
     """
     try:
         inp = open(src, "rb")  # noqa: SIM115 (closed below, after the temporary file)
-    except FileNotFoundError as e:
-        raise ObjectNotFoundError(str(src), "no such local file", operation="read") from e
     except OSError as e:
-        raise translate_os_error(e, str(src), "read") from e
+        raise source_error(e, str(src)) from e
     with inp:
         fd, tmp = temp_file_in_place(dest)
         try:

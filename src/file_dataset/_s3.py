@@ -60,6 +60,7 @@ from file_dataset._errors import (
     masked_cause,
     masked_cut,
     no_descriptor_left,
+    source_error,
 )
 from file_dataset._options import Options, stop_if_stopped
 from file_dataset._urls import Location
@@ -655,11 +656,16 @@ class S3Backend:
     def multipart_part(
         self, loc: Location, upload_id: str, number: int, src: Path, start: int, length: int
     ) -> Part:
-        if os.stat(src).st_size < start + length:
-            raise TransferError(str(src), SOURCE_CHANGED, operation="read")
         # The part is streamed from the file (s3transfer's ReadFileChunk, as boto3's own
         # upload_file does) rather than read into an 8 MiB buffer first.
-        body = _PartBody.from_filename(str(src), start, length, enable_callbacks=False)
+        try:
+            size = os.stat(src).st_size
+            body = _PartBody.from_filename(str(src), start, length, enable_callbacks=False)
+        except OSError as e:  # removed (or made unreadable) since the upload began
+            raise source_error(e, str(src)) from e
+        if size < start + length:
+            body.close()
+            raise TransferError(str(src), SOURCE_CHANGED, operation="read")
         # Stopped, the call cuts the request at the body's next read: CallStopped is
         # no error of this part (caught below it would be one), it just ends the
         # call, and the upload's job then aborts the upload from the driving thread.

@@ -39,11 +39,11 @@ from file_dataset._backend import (
 from file_dataset._errors import (
     NotAFolderError,
     ObjectAccessDeniedError,
-    ObjectNotFoundError,
     TransferError,
     emfile_reason,
     masked_cut,
     quoted,
+    source_error,
 )
 from file_dataset._local import LocalBackend, temp_file_in_place
 from file_dataset._memory import prefault
@@ -296,8 +296,8 @@ def upload_job(src: Path, loc: Location, options: Options) -> Job[Location]:
     backend = backend_for(loc, options)
     try:
         stat = os.stat(src)
-    except FileNotFoundError as e:
-        raise ObjectNotFoundError(str(src), "no such local file", operation="read") from e
+    except OSError as e:
+        raise source_error(e, str(src)) from e
     size = stat.st_size
     if not backend.supports_multipart or size <= options.multipart_threshold:
         yield [partial(backend.write, src, loc)]
