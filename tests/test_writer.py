@@ -307,6 +307,55 @@ def test_an_interrupt_cuts_the_parts_being_sent(
     assert written == {"big.bin": f"s3://{bucket}/p/1/big.bin"}
 
 
+@pytest.mark.parametrize("transport", ["boto3", "obstore"])
+def test_an_interrupt_during_an_abort_ends_the_call_and_completes_no_upload(
+    transport: str,
+    s3_server: LocalS3Server,
+    bucket: str,
+    s3_client: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C that lands while the calling thread aborts a failed file's upload was
+    taken for that file's failure: the files before it ran on, and one whose parts
+    were under way was completed, after the Ctrl-C (helper-145). Here the first file's
+    part is held until the Ctrl-C, which lands in the second file's abort: the call
+    raises it, the first upload is aborted, not completed, and the interrupted abort
+    is made again, so no upload is left open."""
+    import threading
+
+    from file_dataset._s3 import S3Backend
+
+    files = make_files(tmp_path, {"a.bin": os.urandom(6 * MiB), "b.bin": os.urandom(6 * MiB)})
+    interrupted = threading.Event()
+    aborts: list[str] = []
+    send_part, abort = S3Backend.multipart_part, S3Backend.multipart_abort
+
+    def part(self: S3Backend, loc: Any, upload_id: str, number: int, *rest: Any) -> Any:
+        if loc.key.endswith("a.bin"):
+            assert interrupted.wait(timeout=60)  # a safety net: the Ctrl-C comes at once
+        elif number == 1:
+            raise file_dataset.TransferError(str(loc), "refused", operation="write")
+        return send_part(self, loc, upload_id, number, *rest)
+
+    def interrupted_abort(self: S3Backend, loc: Any, upload_id: str) -> None:
+        aborts.append(loc.key)
+        if loc.key.endswith("b.bin") and not interrupted.is_set():
+            interrupted.set()
+            raise KeyboardInterrupt  # before the request went out
+        abort(self, loc, upload_id)
+
+    monkeypatch.setattr(S3Backend, "multipart_part", part)
+    monkeypatch.setattr(S3Backend, "multipart_abort", interrupted_abort)
+    options = s3_server.options(transport=transport, part_size=5 * MiB, multipart_threshold=5 * MiB)
+    with pytest.raises(KeyboardInterrupt):
+        file_dataset.write_files(files, f"s3://{bucket}/p", id="1", options=options)
+    monkeypatch.undo()
+    assert sorted(aborts) == ["p/1/a.bin", "p/1/b.bin", "p/1/b.bin"]
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+
+
 @pytest.mark.parametrize(
     ("size", "parts"),
     [

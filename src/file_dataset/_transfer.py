@@ -39,6 +39,7 @@ from file_dataset._backend import (
 from file_dataset._errors import (
     NotAFolderError,
     ObjectAccessDeniedError,
+    ObjectNotFoundError,
     TransferError,
     emfile_reason,
     masked_cut,
@@ -329,16 +330,44 @@ def upload_job(src: Path, loc: Location, options: Options) -> Job[Location]:
     except BaseException as failure:
         if started:
             try:
-                backend.multipart_abort(loc, started[0])
-            except Exception as e:  # the parts sent stay stored (and billed) until removed
-                failure.add_note(
-                    f"file_dataset: the multipart upload {started[0]!r} of {loc} could not "
-                    f"be aborted either ({masked_cut(str(e), 300)}): its parts stay "
-                    "stored until it is aborted (a lifecycle rule's "
-                    "AbortIncompleteMultipartUpload does that)"
-                )
+                _abort(backend, loc, started[0], failure)
+            except KeyboardInterrupt:
+                # A Ctrl-C during the abort: it is asked for again (a second Ctrl-C
+                # stops that) so that the upload is not left open, then the interrupt
+                # ends the call. An abort that did reach S3 makes the second one
+                # answer NoSuchUpload, which is no failure.
+                _abort(backend, loc, started[0], failure, again=True)
+                raise
         raise
     return loc
+
+
+def _abort(
+    backend: Backend, loc: Location, upload_id: str, failure: BaseException, again: bool = False
+) -> None:
+    """Aborts a multipart upload after ``failure``; notes on it if that fails too."""
+    try:
+        backend.multipart_abort(loc, upload_id)
+    except Exception as e:  # the parts sent stay stored (and billed) until removed
+        if again and isinstance(e, ObjectNotFoundError):
+            return  # (NoSuchUpload: the first abort reached S3)
+        failure.add_note(
+            f"file_dataset: the multipart upload {upload_id!r} of {loc} could not "
+            f"be aborted either ({masked_cut(str(e), 300)}): its parts stay "
+            "stored until it is aborted (a lifecycle rule's "
+            "AbortIncompleteMultipartUpload does that)"
+        )
+
+
+def _interrupt(error: BaseException) -> bool:
+    """Whether an error raised on the calling thread is an interrupt, not a job's failure.
+
+    A Ctrl-C can land while the calling thread runs a job's own code (its clean-up:
+    aborting a multipart upload, say). Taken for that job's failure, it let the
+    earlier jobs run on, even complete uploads, and gave way to an earlier job's error
+    (helper-145: raised 4.3 s later, or not at all).
+    """
+    return not isinstance(error, Exception | CallStopped)
 
 
 class _Running:
@@ -433,6 +462,8 @@ def run_jobs(
                 result = stop.value
                 break
             except BaseException as e:
+                if _interrupt(e):  # (in a job's clean-up, say): it ends the whole call
+                    raise
                 errors[index] = e
                 run.stop_from(index)
                 running.pop(index, None)
@@ -455,6 +486,8 @@ def run_jobs(
         try:
             on_result(index, result)
         except BaseException as e:
+            if _interrupt(e):
+                raise
             errors[index] = e
             run.stop_from(index)
 
