@@ -3666,7 +3666,64 @@ def test_a_multipart_upload_that_could_not_be_aborted_says_so(tmp_path: Path) ->
     assert "DELETE" in Failing.seen
     assert (
         "file_dataset: the multipart upload 'up-7' of s3://bkt/out/r1/big.bin could not be "
-        "aborted either (" in "".join(raised.value.__notes__)
+        "aborted (" in "".join(raised.value.__notes__)
+    )
+
+
+@pytest.mark.parametrize("transport", ["boto3", "obstore"])
+def test_an_upload_stopped_by_another_files_failure_that_cannot_be_aborted_says_so(
+    transport: str, tmp_path: Path
+) -> None:
+    """The note on an upload that could not be aborted went to that file's own
+    failure; an upload stopped because an earlier file failed has none (it was
+    ``CallStopped``, never raised), so its open upload went unmentioned."""
+    refused = threading.Event()  # a.bin's PUT has been refused
+
+    class Handler(_RefusingHandler):
+        get = (403, "AccessDenied")
+        seen: ClassVar[list[str]] = []
+
+        def do_PUT(self) -> None:
+            if "uploadId=" not in self.path:
+                self._refuse()  # a.bin, in one request
+                refused.set()
+                return
+            self.seen.append("part")
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            assert refused.wait(timeout=60)  # a safety net: the refusal comes at once
+            self.send_response(200)
+            self.send_header("ETag", '"e"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_POST(self) -> None:
+            self.seen.append("create")
+            body = (
+                b"<InitiateMultipartUploadResult><Bucket>bkt</Bucket><Key>k</Key>"
+                b"<UploadId>up-9</UploadId></InitiateMultipartUploadResult>"
+            )
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_DELETE(self) -> None:
+            self.get = (500, "InternalError")
+            self._refuse()
+
+    files = {"a.bin": tmp_path / "a.bin", "m.bin": tmp_path / "m.bin"}
+    files["a.bin"].write_bytes(b"a" * 1000)
+    files["m.bin"].write_bytes(os.urandom(6 * MiB))
+    with (
+        _fake_s3(Handler, transport, part_size=5 * MiB, multipart_threshold=5 * MiB) as options,
+        pytest.raises(file_dataset.ObjectAccessDeniedError) as raised,
+    ):
+        file_dataset.write_files(files, "s3://bkt/out", "r1", options)
+    assert raised.value.url == "s3://bkt/out/r1/a.bin"
+    assert "DELETE" in Handler.seen
+    assert (
+        "file_dataset: the multipart upload 'up-9' of s3://bkt/out/r1/m.bin could not be "
+        "aborted (" in "".join(raised.value.__notes__)
     )
 
 

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import os
 import queue
+import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -67,6 +68,9 @@ Context = tuple[str | None, str | None]  # (row id, column) named in errors
 
 _MAX_PARTS = 10_000
 _MAX_PART = 5 * 2**30  # S3's largest part
+# ``.notes``: what the clean-up of the jobs of the run_jobs call running on this
+# thread (where jobs run) left undone, added to the error that call raises.
+_CLEANUP = threading.local()
 
 
 def _ranges(start: int, total: int, part_size: int) -> list[tuple[int, int]]:
@@ -351,12 +355,20 @@ def _abort(
     except Exception as e:  # the parts sent stay stored (and billed) until removed
         if again and isinstance(e, ObjectNotFoundError):
             return  # (NoSuchUpload: the first abort reached S3)
-        failure.add_note(
+        note = (
             f"file_dataset: the multipart upload {upload_id!r} of {loc} could not "
-            f"be aborted either ({masked_cut(str(e), 300)}): its parts stay "
+            f"be aborted ({masked_cut(str(e), 300)}): its parts stay "
             "stored until it is aborted (a lifecycle rule's "
             "AbortIncompleteMultipartUpload does that)"
         )
+        # Within run_jobs, the note goes to the error the call raises: ``failure`` is
+        # not raised when an earlier file failed too, nor when this upload was only
+        # stopped (CallStopped) or its call interrupted (GeneratorExit).
+        notes: list[str] | None = getattr(_CLEANUP, "notes", None)
+        if notes is None:
+            failure.add_note(note)
+        else:
+            notes.append(note)
 
 
 def _interrupt(error: BaseException) -> bool:
@@ -438,6 +450,9 @@ def run_jobs(
     outstanding = 0
     next_job = 0
     done: list[Reply] = []  # the replies taken at once
+    outer_notes = getattr(_CLEANUP, "notes", None)
+    cleanup_notes: list[str] = []  # see _abort
+    _CLEANUP.notes = cleanup_notes
 
     def step(index: int, job: _Running, value: list[Any] | None = None) -> None:
         """Advances one job until it yields calls to run, or ends."""
@@ -535,7 +550,7 @@ def run_jobs(
                 if job.remaining == 0:
                     values, job.results = job.results, []
                     step(index, job, values)
-    except BaseException:
+    except BaseException as interrupt:
         # Calls under way end (their jobs' clean-up needs them done): bodies being read
         # or sent stop at their next chunk; calls not started are skipped. Waiting on
         # the run's own count, not on replies: an interrupt right after a reply was
@@ -544,6 +559,9 @@ def run_jobs(
         run.wait_idle()
         for job in running.values():
             job.gen.close()
+        for note in cleanup_notes:
+            interrupt.add_note(note)
+        del interrupt
         errors.clear()  # see below
         running.clear()
         # The replies nobody will take (small objects' bytes among them) and the last
@@ -556,6 +574,7 @@ def run_jobs(
     finally:
         for gen in jobs:
             gen.close()
+        _CLEANUP.notes = outer_notes
 
     if not errors:
         return results
@@ -570,6 +589,8 @@ def run_jobs(
     running.clear()
     done.clear()
     value, values = None, []  # the last reply and results taken: not kept with the failure
+    for note in cleanup_notes:
+        error.add_note(note)
     try:
         _raise_failure(error, index, contexts)
     finally:
