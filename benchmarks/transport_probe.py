@@ -1,17 +1,25 @@
-"""The AWS CRT's S3 client against this library on C or D (a probe, not a contender).
+"""Other ways to carry the bytes of C or D, against this library (probes, not contenders).
 
-awscrt is not a dependency of the project; install it beside the environment first:
+Ways: ``crt_file`` and ``crt_mem`` (the AWS CRT's ``S3Client``, its own parallel ranged
+GETs, into files with ``recv_filepath`` or into Arrow buffers from ``on_body`` chunks),
+``presigned`` (a prototype: each object's 8 MiB ranged parts as GETs of one presigned
+URL over urllib3, read with http.client's ``readinto`` straight into an Arrow buffer:
+no botocore per request, no obstore copy), ``pool`` (32 threads, one boto3 GET per
+object, ``.read()``), ``fd_blob`` and ``fd_tempdir``.
+
+awscrt is not a dependency of the project; for the CRT ways install it beside the
+environment first:
 
     uv pip install --target /tmp/awscrt awscrt
-    PYTHONPATH=/tmp/awscrt uv run --all-groups python benchmarks/crt_probe.py C-67108864
+    PYTHONPATH=/tmp/awscrt uv run --all-groups python benchmarks/transport_probe.py C-67108864
 
 The workload's data and frame must exist (any earlier ``benchmarks/run.py`` run that
 included the workload made them under ``--workdir``). The probe starts the suite's
-nginx servers, then, for each way of reading, one process that reads the whole
-workload ``1 + rounds`` times and prints each read's wall time, its CPU per object and
-the CRC-32 of the first object (the first read in a process pays for set-up; compare
-the later ones). Ways: ``crt_file`` (awscrt, ``recv_filepath``), ``crt_mem`` (awscrt,
-``on_body`` chunks copied into Arrow buffers), ``fd_blob`` and ``fd_tempdir``.
+nginx servers, then, for each way, one process that reads the whole workload
+``1 + rounds`` times and prints each read's wall time, its CPU per object (user and
+system) and the CRC-32 of the first object. The first read in a process pays for
+set-up (clients, connections, fresh memory): compare first reads with first reads,
+later ones with later ones.
 """
 
 from __future__ import annotations
@@ -31,13 +39,86 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-WAYS = ("crt_file", "crt_mem", "fd_blob", "fd_tempdir")
+WAYS = ("crt_file", "crt_mem", "presigned", "pool", "fd_blob", "fd_tempdir")
 KEY, SECRET, REGION = "bench-key-id", "bench-secret-key", "us-east-1"
 
 
-def _cpu() -> float:
+def _cpu() -> tuple[float, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime, usage.ru_stime
+
+
+@functools.cache
+def _boto3_client(endpoint: str, connections: int) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=KEY,
+        aws_secret_access_key=SECRET,
+        region_name=REGION,
+        config=Config(max_pool_connections=connections, signature_version="s3v4"),
+    )
+
+
+@functools.cache
+def _threads(count: int) -> Any:
+    import concurrent.futures
+
+    return concurrent.futures.ThreadPoolExecutor(count)
+
+
+@functools.cache
+def _http() -> Any:
+    import urllib3
+
+    return urllib3.PoolManager(maxsize=64, retries=False)
+
+
+def _presigned_read(url: str, endpoint: str) -> Any:
+    """One object: a ranged GET of its first part gives its size, then its other parts."""
+    import pyarrow as pa
+
+    from file_dataset._memory import prefault
+
+    part = 8 << 20
+    bucket, key = url[len("s3://") :].split("/", 1)
+    signed = _boto3_client(endpoint, 64).generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=3600
+    )
+
+    def get(start: int, length: int) -> Any:
+        ranged = {"Range": f"bytes={start}-{start + length - 1}"}
+        return _http().request("GET", signed, headers=ranged, preload_content=False)
+
+    def fill(view: memoryview, response: Any) -> None:
+        if response.status != 206:
+            raise OSError(f"{url}: answered {response.status}")
+        prefault(view)
+        done = 0
+        while done < len(view):
+            got = response._fp.readinto(view[done : done + (1 << 20)])
+            if not got:
+                raise OSError(f"{url}: the body ended early")
+            done += got
+        response.release_conn()
+
+    first = get(0, part)
+    total = int(first.headers["Content-Range"].rsplit("/", 1)[1])
+    buffer = pa.allocate_buffer(total, memory_pool=pa.system_memory_pool())
+    view = memoryview(buffer).cast("B")
+    later = [
+        _threads(64).submit(
+            lambda s: fill(view[s : min(s + part, total)], get(s, min(part, total - s))), s
+        )
+        for s in range(part, total, part)
+    ]
+    fill(view[: min(part, total)], first)
+    for future in later:
+        future.result()
+    return buffer
 
 
 @functools.cache
@@ -102,18 +183,23 @@ def _read_once(
         for request in requests:
             request.finished_future.result()
         return lambda: [zlib.crc32(buffer) for buffer in buffers]
+    if way == "presigned":
+        buffers = list(_threads(16).map(lambda url: _presigned_read(url, endpoint), urls))
+        return lambda: [zlib.crc32(buffer) for buffer in buffers]
+    if way == "pool":
+
+        def whole(url: str) -> bytes:
+            bucket, key = url[len("s3://") :].split("/", 1)
+            body = _boto3_client(endpoint, 32).get_object(Bucket=bucket, Key=key)["Body"]
+            return body.read()  # type: ignore[no-any-return]
+
+        datas = list(_threads(32).map(whole, urls))
+        return lambda: [zlib.crc32(data) for data in datas]
     import pandas as pd
 
     import file_dataset
 
-    options = file_dataset.Options(
-        session_kwargs={
-            "aws_access_key_id": KEY,
-            "aws_secret_access_key": SECRET,
-            "region_name": REGION,
-        },
-        s3_client_kwargs={"endpoint_url": endpoint},
-    )
+    options = _options(endpoint)
     frame = pd.DataFrame({"id": [str(i) for i in range(len(urls))], "x.bin": urls})
     if way == "fd_blob":
         table = file_dataset.reader(frame, options).into_blob_table()
@@ -149,14 +235,16 @@ def _child(way: str, workload: str, endpoint: str, frames: Path, rounds: int) ->
     walls = []
     try:
         for n in range(1 + rounds):
-            started, cpu = time.perf_counter(), _cpu()
+            started, before = time.perf_counter(), _cpu()
             crcs = _read_once(way, urls, size, endpoint, scratch)
-            wall, cpu = time.perf_counter() - started, _cpu() - cpu
+            wall = time.perf_counter() - started
+            user, system = (after - then for after, then in zip(_cpu(), before, strict=True))
             first = crcs()[0]
             walls.append(wall)
             print(
                 f"{way:10} {workload} read {n}: {wall:.3f} s, {len(urls) * size / wall / 1e6:,.0f} MB/s, "
-                f"CPU {cpu * 1000 / len(urls):.0f} ms/object, crc {first:08x}",
+                f"CPU {user * 1000 / len(urls):.0f} user + {system * 1000 / len(urls):.0f} "
+                f"system ms/object, crc {first:08x}",
                 flush=True,
             )
             for leftover in scratch.iterdir():
