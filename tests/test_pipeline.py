@@ -1050,8 +1050,8 @@ def test_a_row_dropped_at_its_upload_says_where_its_other_outputs_may_be(
     assert line == (
         "file_dataset.Pipeline dropped row id '7' (write failed): cannot read "
         "/proc/self/mem (row id '7', column 'bad.mha'): Input/output error; 1 other "
-        f"file(s) of row id '7' may be written already under s3://{bucket}/out/7/ (each "
-        "whole, none half-written: a rerun of the row overwrites them)"
+        f"file(s) of row id '7' are written already under s3://{bucket}/out/7/ ('ok.mha'; "
+        "each whole, none half-written: a rerun of the row overwrites them)"
     )
 
 

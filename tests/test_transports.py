@@ -3986,9 +3986,9 @@ def test_credentials_refused_after_a_file_of_the_row_was_written_say_so(
     assert raised.value.credentials_failed
     assert "PUT o1" in _SecondPutRefused.seen
     assert raised.value.__notes__[-1] == (
-        "file_dataset.write_files: 1 other file(s) of row id 'r1' may be written already "
-        "under s3://bkt/out/r1/ (each whole, none half-written: a rerun of the row "
-        "overwrites them)"
+        "file_dataset.write_files: 1 other file(s) of row id 'r1' are written already "
+        "under s3://bkt/out/r1/ ('o1.bin'; each whole, none half-written: a rerun of the "
+        "row overwrites them)"
     )
 
 

@@ -1005,8 +1005,8 @@ def test_a_call_that_fails_in_part_says_where_its_other_files_may_be(
         assert info.value.errno == errno.EIO
         where = row or f"{tmp_path / 'out' / 'r1'}/"
         assert info.value.__notes__ == [
-            f"file_dataset.write_files: 1 other file(s) of row id 'r1' may be written "
-            f"already under {where} (each whole, none half-written: a rerun of the row "
+            f"file_dataset.write_files: 1 other file(s) of row id 'r1' are written already "
+            f"under {where} ('a.bin'; each whole, none half-written: a rerun of the row "
             "overwrites them)"
         ]
     # One file: nothing else to say.
@@ -1024,6 +1024,67 @@ def test_a_call_that_fails_in_part_says_where_its_other_files_may_be(
     with pytest.raises(file_dataset.ObjectNotFoundError) as no_bucket:
         file_dataset.write_files(two, f"s3://{bucket}-missing/p", "r1", options)
     assert getattr(no_bucket.value, "__notes__", None) is None
+
+
+def test_a_call_whose_first_file_fails_before_the_others_start_says_nothing_of_them(
+    options: Options, bucket: str, s3_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first file removed after write_files checked it: its job fails as it starts,
+    and no other job is started. The note said "2 other file(s) of row id 'r1' may be
+    written already" of an empty bucket (helper-145)."""
+    import file_dataset._writer
+
+    files = make_files(tmp_path, {"a.bin": b"a", "b.bin": b"b", "c.bin": b"c"})
+    run_jobs = file_dataset._writer.run_jobs
+
+    def removing_the_first(*args: Any, **kwargs: Any) -> Any:
+        files["a.bin"].unlink()
+        return run_jobs(*args, **kwargs)
+
+    monkeypatch.setattr(file_dataset._writer, "run_jobs", removing_the_first)
+    with pytest.raises(file_dataset.ObjectNotFoundError) as info:
+        file_dataset.write_files(files, f"s3://{bucket}/p", "r1", options)
+    assert info.value.column == "a.bin"
+    assert getattr(info.value, "__notes__", None) is None
+    assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+
+
+def test_the_note_on_a_call_that_failed_in_part_names_what_is_written_and_what_may_be(
+    tmp_path: Path,
+) -> None:
+    """Which of the other files are written ("done"), which may be (closed after their
+    last request, or failed on their own), and which are not named (cut, never made)."""
+    from file_dataset._urls import parse_url
+    from file_dataset._writer import _others_note
+
+    row = parse_url("s3://bkt/out/r1")
+    names = [f"f{i}" for i in range(10)]
+    refused = file_dataset.TransferError("s3://bkt/out/r1/f2", "refused", column="f2")
+    outcomes = {0: "done", 1: "done", 2: "failed", 3: "stopped", 4: "cut", 5: "failed"}
+    assert _others_note(refused, "r1", names, outcomes, None, row) == (
+        "file_dataset.write_files: 2 other file(s) of row id 'r1' are written and 2 may be "
+        "written already under s3://bkt/out/r1/ (written: 'f0', 'f1'; maybe: 'f3', 'f5'; each "
+        "whole, none half-written: a rerun of the row overwrites them)"
+    )
+    # a missing bucket: what failed on its own wrote nothing
+    no_bucket = file_dataset.ObjectNotFoundError(
+        "s3://bkt/out/r1/f2", "NoSuchBucket", operation="write", column="f2"
+    )
+    assert _others_note(no_bucket, "r1", names, {2: "failed", 5: "failed"}, None, row) is None
+    assert _others_note(refused, "r1", names, {2: "failed", 3: "cut"}, None, row) is None
+    many = dict.fromkeys(range(9), "done")
+    assert _others_note(refused, "r1", names, many, None, row) == (
+        "file_dataset.write_files: 8 other file(s) of row id 'r1' are written already under "
+        "s3://bkt/out/r1/ ('f0', 'f1', 'f3', 'f4', 'f5' and 3 more; each whole, none "
+        "half-written: a rerun of the row overwrites them)"
+    )
+    local = parse_url(str(tmp_path / "out" / "r1"))
+    (tmp_path / "out" / "r1").mkdir(parents=True)
+    assert _others_note(refused, "r1", names, {3: "stopped"}, tmp_path / "out" / "r1", local) == (
+        f"file_dataset.write_files: 1 other file(s) of row id 'r1' may be written already "
+        f"under {tmp_path / 'out' / 'r1'}{os.sep} ('f3'; each whole, none half-written: a "
+        "rerun of the row overwrites them)"
+    )
 
 
 def test_a_source_that_fails_while_read_for_s3_says_so_as_for_a_local_folder(

@@ -27,7 +27,7 @@ from file_dataset._errors import (
 )
 from file_dataset._frame import ID_COLUMN, series_row
 from file_dataset._local import not_a_file
-from file_dataset._options import Options, resolve_options
+from file_dataset._options import CallStopped, Options, resolve_options
 from file_dataset._transfer import Context, Job, run_jobs, upload_job
 from file_dataset._urls import (
     KEY_MAX,
@@ -176,7 +176,7 @@ def write_files(
             column=name,
         )
     jobs: list[Job[Location]] = []
-    outcomes: dict[int, str] = {}  # by job: "started", "failed", "done" or "stopped"
+    outcomes: dict[int, str] = {}  # by job: see _outcome_kept
     contexts: list[Context] = []
     results: dict[str, str | Path] = {}
     for name, path in sources.items():
@@ -205,27 +205,73 @@ def write_files(
         if made is not None:
             with contextlib.suppress(OSError):  # not empty: other files were written
                 made.rmdir()
-        # A file written, or stopped after its last request was sent: credentials that
-        # fail on a refresh, or an endpoint gone, part-way through a row.
-        written = any(outcome in ("done", "stopped") for outcome in outcomes.values())
-        if len(jobs) > 1 and (written or _may_have_written(e, folder)):
-            row = into.child(row_id)
-            e.add_note(
-                f"{OTHERS_NOTE}{len(jobs) - 1} other file(s) of row id {quoted(row_id)} may "
-                f"be written already under {row}{'/' if row.is_s3 else os.sep} (each "
-                "whole, none half-written: a rerun of the row overwrites them)"
-            )
+        note = _others_note(e, row_id, list(sources), outcomes, folder, into.child(row_id))
+        if note is not None:
+            e.add_note(note)
         raise
     return results
 
 
 OTHERS_NOTE = "file_dataset.write_files: "  # begins the note on a call that failed in part
+_NAMES_SHOWN = 5  # in that note, per list
+
+
+def _others_note(
+    error: BaseException,
+    row_id: str,
+    names: list[str],
+    outcomes: dict[int, str],
+    folder: Path | None,
+    row: Location,
+) -> str | None:
+    """What a failed call wrote of its other files, as a note for ``error``, if anything.
+
+    Written: the files whose upload ended. May be written: those closed after their
+    last request was sent, and those that failed on their own (S3 may have stored a
+    file whose answer was lost), unless ``error`` is one that no request of the call
+    gets past (see :func:`_may_have_written`). Files whose requests were cut or never
+    made are not counted (helper-145: "19 other files may be written" of an empty
+    bucket, when the first file failed before the others started).
+    """
+    failed = getattr(error, "column", None)
+    possible = _may_have_written(error, folder)
+    written: list[str] = []
+    maybe: list[str] = []
+    for index, outcome in sorted(outcomes.items()):
+        if names[index] == failed:
+            continue
+        if outcome == "done":
+            written.append(names[index])
+        elif outcome in ("stopped", "started") or (outcome == "failed" and possible):
+            maybe.append(names[index])
+    if not written and not maybe:
+        return None
+
+    def shown(files: list[str]) -> str:
+        listed = ", ".join(quoted(name) for name in files[:_NAMES_SHOWN])
+        more = len(files) - _NAMES_SHOWN
+        return f"{listed} and {more} more" if more > 0 else listed
+
+    where = f"{row}{'/' if row.is_s3 else os.sep}"
+    whose = f"other file(s) of row id {quoted(row_id)}"
+    if written and maybe:
+        said = (
+            f"{len(written)} {whose} are written and {len(maybe)} may be written already "
+            f"under {where} (written: {shown(written)}; maybe: {shown(maybe)}"
+        )
+    elif written:
+        said = f"{len(written)} {whose} are written already under {where} ({shown(written)}"
+    else:
+        said = f"{len(maybe)} {whose} may be written already under {where} ({shown(maybe)}"
+    return (
+        f"{OTHERS_NOTE}{said}; each whole, none half-written: a rerun of the row overwrites them)"
+    )
 
 
 def _outcome_kept(job: Job[Location], outcomes: dict[int, str], index: int) -> Job[Location]:
     """``job``, noting in ``outcomes[index]`` how it went.
 
-    "failed" (its own error, or its requests cut by the call's failure elsewhere:
+    "failed" (its own error), "cut" (its requests cut by the call's failure elsewhere:
     nothing of it written), "done", or "stopped" (closed by the call's failure
     elsewhere, maybe after its last request succeeded).
     """
@@ -234,6 +280,9 @@ def _outcome_kept(job: Job[Location], outcomes: dict[int, str], index: int) -> J
         result = yield from job
     except GeneratorExit:
         outcomes[index] = "stopped"
+        raise
+    except CallStopped:
+        outcomes[index] = "cut"
         raise
     except BaseException:
         outcomes[index] = "failed"
