@@ -743,6 +743,18 @@ class _RefusingHandler(http.server.BaseHTTPRequestHandler):
 
     do_GET = do_HEAD = do_PUT = _refuse
 
+    def _start_upload(self, upload_id: str) -> None:
+        """Answers a CreateMultipartUpload with ``upload_id``."""
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = (
+            b"<InitiateMultipartUploadResult><Bucket>bkt</Bucket><Key>k</Key>"
+            b"<UploadId>%s</UploadId></InitiateMultipartUploadResult>" % upload_id.encode()
+        )
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
 
 @contextlib.contextmanager
 def _fake_s3(
@@ -3644,15 +3656,7 @@ def test_a_multipart_upload_that_could_not_be_aborted_says_so(tmp_path: Path) ->
 
         def do_POST(self) -> None:
             self.seen.append(self.command)
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            body = (
-                b"<InitiateMultipartUploadResult><Bucket>bkt</Bucket><Key>k</Key>"
-                b"<UploadId>up-7</UploadId></InitiateMultipartUploadResult>"
-            )
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self._start_upload("up-7")
 
         do_DELETE = _RefusingHandler._refuse
 
@@ -3698,14 +3702,7 @@ def test_an_upload_stopped_by_another_files_failure_that_cannot_be_aborted_says_
 
         def do_POST(self) -> None:
             self.seen.append("create")
-            body = (
-                b"<InitiateMultipartUploadResult><Bucket>bkt</Bucket><Key>k</Key>"
-                b"<UploadId>up-9</UploadId></InitiateMultipartUploadResult>"
-            )
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self._start_upload("up-9")
 
         def do_DELETE(self) -> None:
             self.get = (500, "InternalError")
