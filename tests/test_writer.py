@@ -356,6 +356,85 @@ def test_an_interrupt_during_an_abort_ends_the_call_and_completes_no_upload(
     assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
 
 
+def test_a_second_interrupt_during_the_clean_up_keeps_the_note_on_an_upload_left_open(
+    s3_server: LocalS3Server,
+    bucket: str,
+    s3_client: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C while two uploads are under way, and a second one while the first is
+    aborted: the second upload is then closed after the call's clean-up was cut, and
+    the note that its abort failed was lost (helper-147), though its parts stay
+    stored."""
+    import queue
+    import threading
+    from types import SimpleNamespace
+
+    import file_dataset._transfer
+    from file_dataset._options import RunState
+    from file_dataset._s3 import S3Backend
+
+    files = make_files(tmp_path, {"x.bin": os.urandom(6 * MiB), "y.bin": os.urandom(6 * MiB)})
+    sending = threading.Event()  # a part is under way
+    abandoned = threading.Event()  # the interrupted call has abandoned its run
+    send_part, abort, abandon = (
+        S3Backend.multipart_part,
+        S3Backend.multipart_abort,
+        RunState.abandon,
+    )
+    aborts: list[str] = []
+
+    def held_part(self: S3Backend, *args: Any) -> Any:
+        sending.set()
+        assert abandoned.wait(timeout=60)  # a safety net: the interrupt comes at once
+        return send_part(self, *args)
+
+    def abandon_and_tell(run: RunState) -> None:
+        abandon(run)
+        abandoned.set()
+
+    def failing_abort(self: S3Backend, loc: Any, upload_id: str) -> None:
+        aborts.append(loc.key)
+        if aborts == ["p/1/x.bin"]:
+            raise KeyboardInterrupt  # the second Ctrl-C, as x's abort is sent
+        if loc.key.endswith("y.bin"):
+            raise file_dataset.TransferError(str(loc), "InternalError (500)", operation="write")
+        abort(self, loc, upload_id)
+
+    class InterruptedQueue(queue.SimpleQueue):  # type: ignore[type-arg]
+        gets = 0
+
+        def get(self, block: bool = True, timeout: float | None = None) -> Any:
+            self.gets += 1
+            if self.gets <= 2:  # the answers to the two CreateMultipartUpload
+                return super().get(block, timeout)
+            assert sending.wait(timeout=60)
+            raise KeyboardInterrupt  # the first Ctrl-C
+
+    monkeypatch.setattr(S3Backend, "multipart_part", held_part)
+    monkeypatch.setattr(S3Backend, "multipart_abort", failing_abort)
+    monkeypatch.setattr(RunState, "abandon", abandon_and_tell)
+    monkeypatch.setattr(
+        file_dataset._transfer, "queue", SimpleNamespace(SimpleQueue=InterruptedQueue)
+    )
+    options = s3_server.options(part_size=5 * MiB, multipart_threshold=5 * MiB)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        file_dataset.write_files(files, f"s3://{bucket}/p", id="1", options=options)
+    monkeypatch.undo()
+    assert aborts == ["p/1/x.bin", "p/1/x.bin", "p/1/y.bin"]
+    [left] = s3_client.list_multipart_uploads(Bucket=bucket)["Uploads"]
+    s3_client.abort_multipart_upload(Bucket=bucket, Key=left["Key"], UploadId=left["UploadId"])
+    assert left["Key"] == "p/1/y.bin"
+    assert [note for note in raised.value.__notes__ if "could not be aborted" in note] == [
+        f"file_dataset: the multipart upload {left['UploadId']!r} of s3://{bucket}/p/1/y.bin "
+        f"could not be aborted (cannot write s3://{bucket}/p/1/y.bin: InternalError (500)): "
+        "its parts stay stored until it is aborted (a lifecycle rule's "
+        "AbortIncompleteMultipartUpload does that)"
+    ]
+    assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+
+
 @pytest.mark.parametrize(
     ("size", "parts"),
     [
@@ -727,9 +806,11 @@ def test_a_local_source_gone_at_the_copy_is_named_as_the_missing_file(tmp_path: 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("last", [False, True], ids=["before part 3", "after the last part"])
 @pytest.mark.parametrize("transport", ["boto3", "obstore"])
 def test_a_source_removed_during_its_multipart_upload_is_named_with_its_row(
     transport: str,
+    last: bool,
     s3_server: LocalS3Server,
     bucket: str,
     s3_client: Any,
@@ -738,7 +819,9 @@ def test_a_source_removed_during_its_multipart_upload_is_named_with_its_row(
 ) -> None:
     """A file removed after its first parts were sent: the next part's ``os.stat``
     raised a bare ``FileNotFoundError`` with no URL, row id or column (helper-145),
-    where a file missing before the upload is an ``ObjectNotFoundError``."""
+    where a file missing before the upload is an ``ObjectNotFoundError``. Removed
+    once every part was sent, it was "the local file changed ... write it again"
+    (helper-147)."""
     from file_dataset._s3 import S3Backend
 
     files = make_files(tmp_path, {"big.bin": os.urandom(16 * MiB)})
@@ -746,9 +829,12 @@ def test_a_source_removed_during_its_multipart_upload_is_named_with_its_row(
 
     def removing_the_file_at_part_3(self: S3Backend, *args: Any) -> Any:
         number, src = args[2], args[3]
-        if number == 3:
+        if number == 3 and not last:
             src.unlink(missing_ok=True)
-        return send_part(self, *args)
+        part = send_part(self, *args)
+        if number == 4 and last:
+            src.unlink()
+        return part
 
     monkeypatch.setattr(S3Backend, "multipart_part", removing_the_file_at_part_3)
     options = s3_server.options(
@@ -1078,6 +1164,19 @@ def test_the_note_on_a_call_that_failed_in_part_names_what_is_written_and_what_m
         "s3://bkt/out/r1/ ('f0', 'f1', 'f3', 'f4', 'f5' and 3 more; each whole, none "
         "half-written: a rerun of the row overwrites them)"
     )
+    # neither an interrupt nor a timeout says that a file that failed on its own was not
+    # stored (helper-147: one whose answer was lost, stored whole, went unnamed)
+    timed_out = file_dataset.TransferError("s3://bkt/out/r1/f2", "timed out", column="f2")
+    timed_out.unreachable = True
+    for error, outcomes in (
+        (KeyboardInterrupt(), {0: "failed"}),
+        (timed_out, {0: "failed", 2: "failed"}),
+    ):
+        assert _others_note(error, "r1", names, outcomes, None, row) == (
+            "file_dataset.write_files: 1 other file(s) of row id 'r1' may be written already "
+            "under s3://bkt/out/r1/ ('f0'; each whole, none half-written: a rerun of the row "
+            "overwrites them)"
+        )
     local = parse_url(str(tmp_path / "out" / "r1"))
     (tmp_path / "out" / "r1").mkdir(parents=True)
     assert _others_note(refused, "r1", names, {3: "stopped"}, tmp_path / "out" / "r1", local) == (

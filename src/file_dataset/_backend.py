@@ -21,7 +21,7 @@ import botocore.exceptions
 import numpy as np
 import pyarrow as pa
 
-from file_dataset._errors import ObjectAccessDeniedError, TransferError, translate_os_error
+from file_dataset._errors import ObjectAccessDeniedError, TransferError, source_error
 from file_dataset._memory import huge_page_buffer, prefault
 from file_dataset._options import CallStopped, Options, call_stopped
 from file_dataset._urls import KEY_MAX, Location
@@ -178,7 +178,7 @@ def read_source(src: Path) -> bytes:
             data = f.read()
             after = file_version(os.fstat(f.fileno()))
     except OSError as e:  # as a local read says it: ENOENT, EACCES, EIO kept as errno
-        raise translate_os_error(e, str(src), "read") from e
+        raise source_error(e, str(src)) from e
     if before != after:
         raise TransferError(str(src), SOURCE_CHANGED, operation="read")
     return data

@@ -299,6 +299,9 @@ def upload_job(src: Path, loc: Location, options: Options) -> Job[Location]:
     were sent; otherwise it is aborted, so the object is never a mix of two versions.
     """
     backend = backend_for(loc, options)
+    # The notes of the run_jobs call that runs this job (it starts the job): an abort
+    # that fails is told there, even if the job is closed later, by another call.
+    notes: list[str] | None = getattr(_CLEANUP, "notes", None)
     try:
         stat = os.stat(src)
     except OSError as e:
@@ -326,45 +329,52 @@ def upload_job(src: Path, loc: Location, options: Options) -> Job[Location]:
         ]
         try:
             unchanged = file_version(os.stat(src)) == file_version(stat)
-        except OSError:
-            unchanged = False
+        except OSError as e:  # removed once its parts were sent, say (helper-147)
+            raise source_error(e, str(src)) from e
         if not unchanged:
             raise TransferError(str(src), SOURCE_CHANGED, operation="read")
         yield [partial(backend.multipart_complete, loc, upload_id, parts)]
     except BaseException as failure:
         if started:
             try:
-                _abort(backend, loc, started[0], failure)
+                _abort(backend, loc, started[0], failure, notes)
             except KeyboardInterrupt:
                 # A Ctrl-C during the abort: it is asked for again (a second Ctrl-C
                 # stops that) so that the upload is not left open, then the interrupt
-                # ends the call. An abort that did reach S3 makes the second one
-                # answer NoSuchUpload, which is no failure.
-                _abort(backend, loc, started[0], failure, again=True)
+                # ends the call.
+                _abort(backend, loc, started[0], failure, notes)
                 raise
         raise
     return loc
 
 
 def _abort(
-    backend: Backend, loc: Location, upload_id: str, failure: BaseException, again: bool = False
+    backend: Backend,
+    loc: Location,
+    upload_id: str,
+    failure: BaseException,
+    notes: list[str] | None,
 ) -> None:
-    """Aborts a multipart upload after ``failure``; notes on it if that fails too."""
+    """Aborts a multipart upload after ``failure``; notes on it if that fails too.
+
+    The note goes to ``notes``, the run_jobs call's, which adds them to the error the
+    call raises (``failure`` is not raised when an earlier file failed too, nor when
+    this upload was only stopped, ``CallStopped``, or its call interrupted,
+    ``GeneratorExit``); to ``failure`` outside run_jobs.
+    """
     try:
         backend.multipart_abort(loc, upload_id)
+    except ObjectNotFoundError:
+        # NoSuchUpload: nothing of it is stored (completed, whatever the call heard of
+        # it, or aborted already: an abort asked for again after a Ctrl-C)
+        pass
     except Exception as e:  # the parts sent stay stored (and billed) until removed
-        if again and isinstance(e, ObjectNotFoundError):
-            return  # (NoSuchUpload: the first abort reached S3)
         note = (
             f"file_dataset: the multipart upload {upload_id!r} of {loc} could not "
             f"be aborted ({masked_cut(str(e), 300)}): its parts stay "
             "stored until it is aborted (a lifecycle rule's "
             "AbortIncompleteMultipartUpload does that)"
         )
-        # Within run_jobs, the note goes to the error the call raises: ``failure`` is
-        # not raised when an earlier file failed too, nor when this upload was only
-        # stopped (CallStopped) or its call interrupted (GeneratorExit).
-        notes: list[str] | None = getattr(_CLEANUP, "notes", None)
         if notes is None:
             failure.add_note(note)
         else:
@@ -437,6 +447,29 @@ def run_jobs(
     Raises:
         TransferError: A job failed.
     """
+    outer = getattr(_CLEANUP, "notes", None)
+    notes: list[str] = []  # what the jobs' clean-up left undone (see _abort)
+    _CLEANUP.notes = notes
+    try:
+        return _run_jobs(jobs, options, contexts, on_result)
+    except BaseException as e:
+        # whatever ends the call (a job's failure, an interrupt, a second one during
+        # the clean-up) says what the clean-up could not do, done by then
+        for note in notes:
+            e.add_note(note)
+        del e
+        raise
+    finally:
+        _CLEANUP.notes = outer
+
+
+def _run_jobs(
+    jobs: Sequence[Job[T]],
+    options: Options,
+    contexts: Sequence[Context] | None,
+    on_result: Callable[[int, T], None] | None,
+) -> list[T]:
+    """:func:`run_jobs`, but for the notes of the jobs' clean-up."""
     results: list[Any] = [None] * len(jobs)
     if not jobs:
         return results
@@ -450,9 +483,6 @@ def run_jobs(
     outstanding = 0
     next_job = 0
     done: list[Reply] = []  # the replies taken at once
-    outer_notes = getattr(_CLEANUP, "notes", None)
-    cleanup_notes: list[str] = []  # see _abort
-    _CLEANUP.notes = cleanup_notes
 
     def step(index: int, job: _Running, value: list[Any] | None = None) -> None:
         """Advances one job until it yields calls to run, or ends."""
@@ -550,7 +580,7 @@ def run_jobs(
                 if job.remaining == 0:
                     values, job.results = job.results, []
                     step(index, job, values)
-    except BaseException as interrupt:
+    except BaseException:
         # Calls under way end (their jobs' clean-up needs them done): bodies being read
         # or sent stop at their next chunk; calls not started are skipped. Waiting on
         # the run's own count, not on replies: an interrupt right after a reply was
@@ -559,9 +589,6 @@ def run_jobs(
         run.wait_idle()
         for job in running.values():
             job.gen.close()
-        for note in cleanup_notes:
-            interrupt.add_note(note)
-        del interrupt
         errors.clear()  # see below
         running.clear()
         # The replies nobody will take (small objects' bytes among them) and the last
@@ -574,7 +601,6 @@ def run_jobs(
     finally:
         for gen in jobs:
             gen.close()
-        _CLEANUP.notes = outer_notes
 
     if not errors:
         return results
@@ -589,8 +615,6 @@ def run_jobs(
     running.clear()
     done.clear()
     value, values = None, []  # the last reply and results taken: not kept with the failure
-    for note in cleanup_notes:
-        error.add_note(note)
     try:
         _raise_failure(error, index, contexts)
     finally:

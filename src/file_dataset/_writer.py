@@ -292,20 +292,21 @@ def _outcome_kept(job: Job[Location], outcomes: dict[int, str], index: int) -> J
 
 
 def _may_have_written(error: BaseException, folder: Path | None) -> bool:
-    """Whether other files of a call that raised ``error`` may have been written.
+    """Whether files of a call that raised ``error`` that failed on their own may be stored.
 
-    Not when the row folder (local) is not there as a folder (this call made it and
-    removed it again, empty; or a file is in its way), nor when the error is one that
-    every request of the call meets: a missing bucket, credentials that failed, an
-    endpoint that gives no answer.
+    Their request may have reached S3 before its answer was lost, or timed out. Not
+    when the row folder (local) is not there as a folder (this call made it and removed
+    it again, empty; or a file is in its way), nor when the error is one that every
+    request of the call meets before anything is stored: a missing bucket, credentials
+    that failed. An interrupt says nothing of the others, and an endpoint that stopped
+    answering may have stored what it was sent (helper-147: a file stored whose answer
+    timed out went unnamed).
     """
-    if not isinstance(error, Exception):
-        return False
     if folder is not None and not folder.is_dir():
         return False
     if isinstance(error, ObjectNotFoundError) and error.operation == "write":
         return False  # the bucket (a source gone meanwhile is a "read")
-    return not (getattr(error, "credentials_failed", False) or getattr(error, "unreachable", False))
+    return not getattr(error, "credentials_failed", False)
 
 
 def written_ids(
