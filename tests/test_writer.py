@@ -10,6 +10,7 @@ import os
 import re
 import stat
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -214,6 +215,51 @@ def test_an_interrupt_as_a_multipart_upload_starts_aborts_it(
     assert written == {"big.bin": f"s3://{bucket}/p/1/big.bin"}
 
 
+def _interrupted_once_sending(
+    monkeypatch: pytest.MonkeyPatch, answers: int
+) -> tuple[threading.Event, threading.Event]:
+    """Interrupts the next write_files call once a part is under way.
+
+    The calling thread takes ``answers`` replies (those to CreateMultipartUpload; the
+    test holds the parts until the call is abandoned), then, once ``sending`` is set
+    (by the test, from a part), gets a Ctrl-C instead of the next one; ``abandoned`` is
+    set when the interrupted call has abandoned its run. Returns ``(sending,
+    abandoned)``.
+    """
+    import queue
+    from types import SimpleNamespace
+
+    import file_dataset._transfer
+    from file_dataset._options import RunState
+
+    sending = threading.Event()
+    abandoned = threading.Event()
+    abandon = RunState.abandon
+
+    def abandon_and_tell(run: RunState) -> None:
+        abandon(run)
+        abandoned.set()
+
+    class InterruptedQueue(queue.SimpleQueue):  # type: ignore[type-arg]
+        gets = 0
+
+        def get(self, block: bool = True, timeout: float | None = None) -> Any:
+            self.gets += 1
+            if self.gets <= answers:
+                return super().get(block, timeout)
+            assert sending.wait(timeout=60)  # parts are on their way: Ctrl-C
+            raise KeyboardInterrupt
+
+        def get_nowait(self) -> Any:  # (counted too: two answers may come at once)
+            return self.get(block=False)
+
+    monkeypatch.setattr(RunState, "abandon", abandon_and_tell)
+    monkeypatch.setattr(
+        file_dataset._transfer, "queue", SimpleNamespace(SimpleQueue=InterruptedQueue)
+    )
+    return sending, abandoned
+
+
 @pytest.mark.parametrize(
     ("transport", "only_sent"), [("boto3", False), ("boto3", True), ("obstore", False)]
 )
@@ -235,15 +281,9 @@ def test_an_interrupt_cuts_the_parts_being_sent(
     Over plain HTTP botocore reads a body twice before sending it (its checksum, and
     the signature's hash of the payload); ``only_sent`` turns both off, so that the
     first read is one of the request being sent, as over HTTPS with S3."""
-    import queue
-    import threading
-    from types import SimpleNamespace
-
     from botocore.config import Config
 
     import file_dataset._s3
-    import file_dataset._transfer
-    from file_dataset._options import RunState
 
     config = Config(
         request_checksum_calculation="when_required", s3={"payload_signing_enabled": False}
@@ -256,8 +296,7 @@ def test_an_interrupt_cuts_the_parts_being_sent(
     )
     data = os.urandom(15 * MiB)  # three parts, all sent at once
     files = make_files(tmp_path, {"big.bin": data})
-    sending = threading.Event()  # a part's body is being read
-    abandoned = threading.Event()  # the interrupted call has abandoned its run
+    sending, abandoned = _interrupted_once_sending(monkeypatch, answers=1)
     reads: list[int] = []  # the body of each read begun once the run was abandoned
     read_bytes: list[int] = []  # and the bytes each of them gave
 
@@ -271,27 +310,7 @@ def test_an_interrupt_cuts_the_parts_being_sent(
         read_bytes.append(len(chunk))
         return chunk
 
-    abandon = RunState.abandon
-
-    def abandon_and_tell(run: RunState) -> None:
-        abandon(run)
-        abandoned.set()
-
-    class InterruptedQueue(queue.SimpleQueue):  # type: ignore[type-arg]
-        gets = 0
-
-        def get(self, block: bool = True, timeout: float | None = None) -> Any:
-            self.gets += 1
-            if self.gets == 1:  # the answer to CreateMultipartUpload
-                return super().get(block, timeout)
-            assert sending.wait(timeout=60)  # parts are on their way: Ctrl-C
-            raise KeyboardInterrupt
-
     monkeypatch.setattr(file_dataset._s3._PartBody, "read", held_read)
-    monkeypatch.setattr(RunState, "abandon", abandon_and_tell)
-    monkeypatch.setattr(
-        file_dataset._transfer, "queue", SimpleNamespace(SimpleQueue=InterruptedQueue)
-    )
     with pytest.raises(KeyboardInterrupt):
         file_dataset.write_files(files, f"s3://{bucket}/p", id="1", options=options)
     monkeypatch.undo()
@@ -367,32 +386,16 @@ def test_a_second_interrupt_during_the_clean_up_keeps_the_note_on_an_upload_left
     aborted: the second upload is then closed after the call's clean-up was cut, and
     the note that its abort failed was lost (helper-147), though its parts stay
     stored."""
-    import queue
-    import threading
-    from types import SimpleNamespace
-
-    import file_dataset._transfer
-    from file_dataset._options import RunState
     from file_dataset._s3 import S3Backend
 
     files = make_files(tmp_path, {"x.bin": os.urandom(6 * MiB), "y.bin": os.urandom(6 * MiB)})
-    sending = threading.Event()  # a part is under way
-    abandoned = threading.Event()  # the interrupted call has abandoned its run
-    send_part, abort, abandon = (
-        S3Backend.multipart_part,
-        S3Backend.multipart_abort,
-        RunState.abandon,
-    )
+    send_part, abort = S3Backend.multipart_part, S3Backend.multipart_abort
     aborts: list[str] = []
 
     def held_part(self: S3Backend, *args: Any) -> Any:
         sending.set()
         assert abandoned.wait(timeout=60)  # a safety net: the interrupt comes at once
         return send_part(self, *args)
-
-    def abandon_and_tell(run: RunState) -> None:
-        abandon(run)
-        abandoned.set()
 
     def failing_abort(self: S3Backend, loc: Any, upload_id: str) -> None:
         aborts.append(loc.key)
@@ -402,22 +405,9 @@ def test_a_second_interrupt_during_the_clean_up_keeps_the_note_on_an_upload_left
             raise file_dataset.TransferError(str(loc), "InternalError (500)", operation="write")
         abort(self, loc, upload_id)
 
-    class InterruptedQueue(queue.SimpleQueue):  # type: ignore[type-arg]
-        gets = 0
-
-        def get(self, block: bool = True, timeout: float | None = None) -> Any:
-            self.gets += 1
-            if self.gets <= 2:  # the answers to the two CreateMultipartUpload
-                return super().get(block, timeout)
-            assert sending.wait(timeout=60)
-            raise KeyboardInterrupt  # the first Ctrl-C
-
+    sending, abandoned = _interrupted_once_sending(monkeypatch, answers=2)  # the first Ctrl-C
     monkeypatch.setattr(S3Backend, "multipart_part", held_part)
     monkeypatch.setattr(S3Backend, "multipart_abort", failing_abort)
-    monkeypatch.setattr(RunState, "abandon", abandon_and_tell)
-    monkeypatch.setattr(
-        file_dataset._transfer, "queue", SimpleNamespace(SimpleQueue=InterruptedQueue)
-    )
     options = s3_server.options(part_size=5 * MiB, multipart_threshold=5 * MiB)
     with pytest.raises(KeyboardInterrupt) as raised:
         file_dataset.write_files(files, f"s3://{bucket}/p", id="1", options=options)
