@@ -110,6 +110,32 @@ def test_a_job_stopped_by_an_earlier_failure_is_never_sent_its_cut_batch(
     assert advanced == []
 
 
+def test_a_local_copy_stops_once_its_call_is_stopped(tmp_path: Path) -> None:
+    """A copy on a transfer thread (a repeated URL's copy to a later cell, a local
+    write_files) ran to its end after an earlier file's failure or a Ctrl-C: only the
+    downloads asked whether their call was stopped. Now every local copy asks, and a
+    stopped one leaves nothing at its destination, nor a temporary file."""
+    import queue
+
+    from file_dataset._local import atomic_copy
+    from file_dataset._options import CallStopped, RunState, _Workers
+
+    source = tmp_path / "source.bin"
+    source.write_bytes(os.urandom(3 * MiB))
+    (tmp_path / "out").mkdir()
+    run = RunState()
+    replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def copy() -> None:
+        run.stop_from(0)  # as an earlier file's failure does, while this call runs
+        atomic_copy(source, tmp_path / "out" / "copy.bin")
+
+    _Workers(1, linger=0.01).submit(copy, replies, (0, 0), run)
+    tag, value, error = replies.get(timeout=60)
+    assert (tag, value, type(error)) == ((0, 0), None, CallStopped)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_a_file_of_more_parts_than_s3_allows_gets_larger_parts(
     s3_server: LocalS3Server,
     bucket: str,

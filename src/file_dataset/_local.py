@@ -34,7 +34,7 @@ from file_dataset._errors import (
     source_error,
     translate_os_error,
 )
-from file_dataset._options import CallStopped
+from file_dataset._options import CallStopped, call_stopped
 from file_dataset._urls import Location, temp_prefix
 
 
@@ -200,21 +200,22 @@ def not_a_folder(folder: Path) -> OSError | None:
 _COPY_CHUNK = 8 * 1024 * 1024
 
 
-def _copy_in_kernel(src_fd: int, dest_fd: int, stop: Callable[[], bool]) -> int:
+def _copy_in_kernel(src_fd: int, dest_fd: int) -> int:
     """Copies the rest of ``src_fd`` to ``dest_fd`` inside the kernel, as far as it can.
 
     ``copy_file_range(2)`` moves the bytes without bringing them into this process;
     XFS and btrfs may share the file's extents instead, and NFS 4.2 copies on the
     server. Where it cannot (an old kernel, file systems it does not pair, any
     failure) it stops quietly with both offsets where it left them, for
-    :func:`_copy_contents` to copy the rest. ``stop`` is asked between chunks.
+    :func:`_copy_contents` to copy the rest, or once its call is stopped (between
+    chunks: see :func:`~file_dataset._options.call_stopped`).
 
     Returns:
         The bytes copied.
     """
     copy = getattr(os, "copy_file_range", None)  # Linux only
     done = 0
-    while copy is not None and not stop():
+    while copy is not None and not call_stopped():
         try:
             n = copy(src_fd, dest_fd, _KERNEL_COPY_CHUNK)
         except OSError:
@@ -235,31 +236,27 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _never() -> bool:
-    return False
-
-
 def _copy_contents(
     src: io.BufferedReader,
     stat: os.stat_result,
     dest_fd: int,
     name: str,
-    stop: Callable[[], bool] = _never,
 ) -> int:
     """Copies the rest of ``src`` to ``dest_fd``, in the kernel as far as it can.
 
     The rest is read and written here (all of it for a file whose size says nothing,
     see :func:`_size_says_nothing`; ``stat`` is the source's). A read's failure is
     raised as the failure of ``name`` (a :class:`TransferError`), a write's as it
-    comes, for the caller to name as the destination's. ``stop()`` is asked between
-    chunks (:class:`CallStopped` when it says yes).
+    comes, for the caller to name as the destination's. A call that is stopped (see
+    :func:`~file_dataset._options.call_stopped`) stops between chunks with
+    :class:`CallStopped`.
 
     Returns:
         The bytes copied.
     """
-    done = 0 if _size_says_nothing(stat) else _copy_in_kernel(src.fileno(), dest_fd, stop)
+    done = 0 if _size_says_nothing(stat) else _copy_in_kernel(src.fileno(), dest_fd)
     while True:  # what the kernel did not copy (or all of it)
-        if stop():
+        if call_stopped():
             raise CallStopped
         try:
             chunk = src.read(_COPY_CHUNK)
@@ -438,16 +435,14 @@ class LocalBackend:
         with _os_errors(loc, "write"):
             atomic_copy(src, loc.path)
 
-    def copy_into(
-        self, loc: Location, open_dest: Callable[[int], int], stop: Callable[[], bool]
-    ) -> int:
+    def copy_into(self, loc: Location, open_dest: Callable[[int], int]) -> int:
         """Copies the whole file at ``loc`` into the file that ``open_dest(size)`` opens.
 
         Through the kernel where it can (see :func:`_copy_in_kernel`), so the bytes do
         not pass through this process. Failures of the source are raised as its read's
         (:class:`TransferError`); those of ``open_dest`` and of the writes as they come,
-        for the caller to name as the destination's. ``stop()`` is asked between chunks
-        (:class:`CallStopped` when it says yes).
+        for the caller to name as the destination's. A stopped call stops between
+        chunks (see :func:`_copy_contents`).
 
         Returns:
             The bytes copied.
@@ -458,7 +453,7 @@ class LocalBackend:
             stat = os.fstat(f.fileno())
             unsized = _size_says_nothing(stat)
             fd = open_dest(0 if unsized else stat.st_size)
-            done = _copy_contents(f, stat, fd, str(loc), stop)
+            done = _copy_contents(f, stat, fd, str(loc))
             if not unsized:
                 if done < stat.st_size:  # the file's tail would be zeros: never hand it out
                     raise TransferError(

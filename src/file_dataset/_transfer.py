@@ -56,7 +56,6 @@ from file_dataset._options import (
     Reply,
     RunState,
     add_calls,
-    call_stopped,
     stop_if_stopped,
 )
 from file_dataset._urls import Location
@@ -240,7 +239,7 @@ def download_job(loc: Location, dest: Path, options: Options) -> Job[Path]:
         # A local file is copied whole, through the kernel where it can (one call: a
         # copy that stays in the kernel gains nothing from parts on other threads).
         assert isinstance(backend, LocalBackend)
-        total = backend.copy_into(loc, checked_open, call_stopped)
+        total = backend.copy_into(loc, checked_open)
         finish()
         return total, total, None
 

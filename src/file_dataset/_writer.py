@@ -242,7 +242,7 @@ def _others_note(
             continue
         if outcome == "done":
             written.append(names[index])
-        elif outcome in ("stopped", "started") or (outcome == "failed" and possible):
+        elif outcome == "stopped" or (outcome == "failed" and possible):
             maybe.append(names[index])
     if not written and not maybe:
         return None
@@ -273,9 +273,9 @@ def _outcome_kept(job: Job[Location], outcomes: dict[int, str], index: int) -> J
 
     "failed" (its own error), "cut" (its requests cut by the call's failure elsewhere:
     nothing of it written), "done", or "stopped" (closed by the call's failure
-    elsewhere, maybe after its last request succeeded).
+    elsewhere, maybe after its last request succeeded). A job never started (run_jobs
+    starts none after a failure) has no outcome: every job started ends in one of these.
     """
-    outcomes[index] = "started"
     try:
         result = yield from job
     except GeneratorExit:
