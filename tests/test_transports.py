@@ -209,9 +209,14 @@ def test_missing_bucket_is_not_found(transport_options: Options) -> None:
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
 def test_unsigned_requests_read_without_any_credentials(
-    s3_server: LocalS3Server, transport: str, put: Callable[[str, bytes], str]
+    s3_server: LocalS3Server,
+    transport: str,
+    put: Callable[[str, bytes], str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The README's public-bucket recipe (s3fs's anon=True): no credentials anywhere."""
+    """The README's public-bucket recipe (s3fs's anon=True): no credentials anywhere.
+    A large object's later parts are not presigned then (obstore, asked to sign, looked
+    for credentials in the instance metadata service, for every part)."""
     import json
 
     from botocore import UNSIGNED
@@ -239,6 +244,13 @@ def test_unsigned_requests_read_without_any_credentials(
     assert table.column("open.bin").to_pylist() == [b"open data"]
     with file_dataset.reader({"open.bin": url}, unsigned).into_temp_dir() as folder:
         assert (folder / "open.bin").read_bytes() == b"open data"
+    large = os.urandom(6 * MiB)
+    row = {"large.bin": put("public/large.bin", large)}
+    in_parts = unsigned.replace(part_size=5 * MiB, multipart_threshold=5 * MiB)
+    with caplog.at_level(logging.DEBUG, logger="file_dataset.signed"):
+        table = file_dataset.reader(row, in_parts).into_blob_table()
+    assert table.column("large.bin").to_pylist() == [large]
+    assert not [r for r in caplog.records if r.name == "file_dataset.signed"]
     signed = Options(s3_client_kwargs=client_kwargs, transport=transport)
     with pytest.raises(file_dataset.TransferError):  # the same without it: no credentials
         file_dataset.reader({"open.bin": url}, signed).into_blob_table()
@@ -587,11 +599,24 @@ def test_refreshable_credentials_of_an_assumed_role_read(
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     url = put("assumed/a.txt", b"read with an assumed role")
-    options = Options({"profile_name": "role"}, {"endpoint_url": endpoint}, transport=transport)
+    large = os.urandom(6 * MiB)  # its second part is a presigned GET with obstore
+    options = Options(
+        {"profile_name": "role"},
+        {"endpoint_url": endpoint},
+        transport=transport,
+        part_size=5 * MiB,
+        multipart_threshold=5 * MiB,
+    )
     with caplog.at_level(logging.DEBUG):
         assert file_dataset.reader({"f": url}, options).into_blob_table().to_pylist() == [
             {"f": b"read with an assumed role"}
         ]
+        row = {"g": put("assumed/large.bin", large)}
+        assert file_dataset.reader(row, options).into_blob_table()["g"].to_pylist() == [large]
+    signed = [r.getMessage() for r in caplog.records if r.name == "file_dataset.signed"]
+    assert [m.split(": ", 1)[1].split(" in ")[0] for m in signed] == (
+        [f"{MiB} of {MiB} bytes"] if transport == "obstore" else []
+    )
     # botocore logs STS's answer, with the role's credentials, before anything here knows
     # them; they were left whole in that DEBUG line.
     logged = "\n".join(logging.Formatter().format(record) for record in caplog.records)
@@ -761,10 +786,12 @@ def _fake_s3(
     handler: type[http.server.BaseHTTPRequestHandler],
     transport: str,
     scheme: str = "http",
+    config: Config | None = None,
     **kwargs: Any,
 ) -> Iterator[Options]:
     """Runs ``handler`` as an S3 server of its own; yields options that reach it by
-    ``scheme`` with made-up credentials (one attempt unless ``kwargs`` say otherwise)."""
+    ``scheme`` with made-up credentials (one attempt unless ``kwargs`` say otherwise),
+    and the client ``config`` if given."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -775,7 +802,10 @@ def _fake_s3(
                 "aws_session_token": "fake-token" * 4,
                 "region_name": "us-east-1",
             },
-            s3_client_kwargs={"endpoint_url": f"{scheme}://127.0.0.1:{server.server_address[1]}"},
+            s3_client_kwargs={
+                "endpoint_url": f"{scheme}://127.0.0.1:{server.server_address[1]}",
+                **({"config": config} if config else {}),
+            },
             transport=transport,
             **{"max_attempts": 1, **kwargs},
         )
@@ -4404,3 +4434,215 @@ def test_a_failed_transfer_lets_go_of_its_frames_without_the_garbage_collector(
         del info, reader, read
     assert held_by_cycles() == []
     assert [path for path in tmp_path.rglob("*") if not path.is_dir()] == []
+
+
+class _SignedPartsHandler(_RangesHandler):
+    """Serves ``data`` to ranged GETs (ETag ``"signed-1"``, ``If-Match`` honoured) and
+    records each as (first byte, presigned or not, ``If-Match``). A presigned GET gets
+    ``status`` instead, if set, or, with ``cut``, only the first half of its body before
+    the connection closes."""
+
+    requests: ClassVar[list[tuple[int, bool, str | None]]] = []
+    paths: ClassVar[list[str]] = []
+    status = 0
+    cut = False
+    replaced = False  # presigned GETs get another version, If-Match ignored
+    reset = False  # presigned GETs get no answer: the connection closes
+
+    def do_GET(self) -> None:
+        start, end, total = self.asked()
+        signed = "X-Amz-Signature=" in self.path
+        self.requests.append((start, signed, self.headers.get("If-Match")))
+        if signed:
+            self.paths.append(self.path)
+        if signed and self.status:
+            codes = {400: "RequestTimeout", 403: "AccessDenied", 429: "SlowDown"}
+            self.refuse(self.status, codes.get(self.status, "SlowDown"))
+            return
+        if signed and self.reset:
+            self.close_connection = True
+            return
+        if signed and self.replaced:
+            self.answer(start, end, total, '"signed-2"')
+            self.wfile.write(bytes(end - start + 1))
+            return
+        if self.headers.get("If-Match", '"signed-1"') != '"signed-1"':
+            self.refuse(412, "PreconditionFailed")
+            return
+        self.answer(start, end, total, '"signed-1"')
+        body = memoryview(self.data)[start : end + 1]
+        if signed and self.cut:
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+def _read_signed(
+    transport: str, status: int = 0, cut: bool = False, reads: int = 1, **settings: Any
+) -> list[list[tuple[int, bool, str | None]]]:
+    """Reads a 20 MiB object (8 MiB parts) ``reads`` times through
+    :class:`_SignedPartsHandler`, checks its bytes, returns each read's requests,
+    sorted."""
+    data = os.urandom(20 * MiB + 12345)
+    handler = _SignedPartsHandler
+    handler.data, handler.status, handler.cut = data, status, cut
+    handler.replaced = handler.reset = False
+    handler.paths = []
+    made = []
+    with _fake_s3(handler, transport, part_size=8 * MiB, **settings) as options:
+        for _ in range(reads):
+            handler.requests = []
+            table = file_dataset.reader({"f.bin": "s3://bkt/big.bin"}, options).into_blob_table()
+            assert table["f.bin"][0].as_py() == data
+            made.append(sorted(handler.requests))
+    return made
+
+
+# The requests of a read whose later parts were each asked for presigned, then by obstore.
+_EACH_PART_BOTH_WAYS = [
+    (0, False, None),
+    (8 * MiB, False, '"signed-1"'),
+    (8 * MiB, True, '"signed-1"'),
+    (16 * MiB, False, '"signed-1"'),
+    (16 * MiB, True, '"signed-1"'),
+]
+
+
+@pytest.mark.parametrize("transport", ["auto", "obstore", "boto3"])
+def test_a_large_objects_later_parts_are_presigned_gets_of_that_version(transport: str) -> None:
+    """With obstore, each later part of an object read into memory is one GET of a
+    presigned URL (Signature Version 4), with the first answer's ETag in If-Match; the
+    first part is obstore's own GET. The boto3 transport sends its own GETs."""
+    [requests] = _read_signed(transport)
+    signed = transport != "boto3"
+    assert requests == [
+        (0, False, None),
+        (8 * MiB, signed, '"signed-1"'),
+        (16 * MiB, signed, '"signed-1"'),
+    ]
+    if signed:
+        assert all("X-Amz-Algorithm=AWS4-HMAC-SHA256" in p for p in _SignedPartsHandler.paths)
+        assert all("X-Amz-Credential=AKIAFAKES30000000000" in p for p in _SignedPartsHandler.paths)
+
+
+def test_a_bucket_that_refuses_a_presigned_get_is_read_by_the_transport_from_then_on() -> None:
+    """A 403 to a presigned GET (a bucket policy that refuses them, say) costs one
+    request per part then under way: those parts, and every later one of the bucket,
+    go by obstore."""
+    first, second = _read_signed("obstore", status=403, reads=2)
+    transport = [(0, False, None), (8 * MiB, False, '"signed-1"'), (16 * MiB, False, '"signed-1"')]
+    assert [r for r in first if not r[1]] == transport
+    assert 1 <= len([r for r in first if r[1]]) <= 2
+    assert second == transport
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_throttled_presigned_get_leaves_the_bucket_to_the_transport_for_a_while(
+    status: int,
+) -> None:
+    """A 429 or 503 (SlowDown): the part goes by obstore, with its retries and their
+    waits, and so do the bucket's next parts for a while: a throttling server gets no
+    second request per part (helper-148)."""
+    first, second = _read_signed("obstore", status=status, reads=2, max_attempts=3)
+    transport = [(0, False, None), (8 * MiB, False, '"signed-1"'), (16 * MiB, False, '"signed-1"')]
+    assert [r for r in first if not r[1]] == transport
+    assert 1 <= len([r for r in first if r[1]]) <= 2  # (the parts already under way)
+    assert second == transport
+
+
+def test_a_presigned_get_answered_400_leaves_that_part_only_to_the_transport() -> None:
+    """A 400 (RequestTimeout, ExpiredToken) says something of that request, not of
+    presigned URLs: the part goes by obstore, and the next parts are presigned again."""
+    for requests in _read_signed("obstore", status=400, reads=2, max_attempts=3):
+        assert requests == _EACH_PART_BOTH_WAYS
+
+
+def test_a_presigned_get_cut_short_is_resumed_by_the_transport_where_it_stopped() -> None:
+    """The bytes a presigned GET gave before its connection closed are kept; obstore
+    reads the rest of the part, from that byte, of the same version."""
+    [requests] = _read_signed("obstore", cut=True)
+    tail = 20 * MiB + 12345 - 16 * MiB
+    assert requests == [
+        (0, False, None),
+        (8 * MiB, True, '"signed-1"'),
+        (12 * MiB, False, '"signed-1"'),
+        (16 * MiB, True, '"signed-1"'),
+        (16 * MiB + tail // 2, False, '"signed-1"'),
+    ]
+
+
+def test_options_without_a_read_timeout_send_no_presigned_get() -> None:
+    """``read_timeout=None`` is no timeout at all to urllib3 (obstore, forced, waits
+    a day): such options keep obstore's GETs (helper-148)."""
+    [requests] = _read_signed("obstore", config=Config(read_timeout=None))
+    assert [r[:2] for r in requests] == [(0, False), (8 * MiB, False), (16 * MiB, False)]
+
+
+def test_options_paying_as_requester_send_no_presigned_get() -> None:
+    """The requester-pays header must be signed: such reads keep obstore's GETs."""
+    [requests] = _read_signed("obstore", request_payer=True)
+    assert [r[:2] for r in requests] == [(0, False), (8 * MiB, False), (16 * MiB, False)]
+
+
+def test_presigned_gets_leave_no_credential_in_debug_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """urllib3 logs each request's path at DEBUG, the presigned query with it (key id,
+    session token, signature): the project's filter masks them."""
+    with caplog.at_level(logging.DEBUG):
+        [requests] = _read_signed("obstore")
+    assert [r[0] for r in requests if r[1]] == [
+        8 * MiB,
+        16 * MiB,
+    ]  # the presigned GETs were sent, and logged:
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "X-Amz-Signature=" in text
+    assert "signed GET s3://bkt/big.bin bytes" in text
+    for secret in ("AKIAFAKES30000000000", "s" * 40, "fake-token" * 4):
+        assert secret not in text
+    assert not re.search(r"X-Amz-Signature=[0-9a-f]{16}", text)
+
+
+def test_a_presigned_get_of_another_version_is_not_taken_and_the_bucket_kept() -> None:
+    """A server that ignores If-Match and answers a presigned GET with another version:
+    its bytes are not taken, the transport's GET (with If-Match) reads the part, and
+    the next read of the bucket is presigned again (a version says nothing of the way).
+    """
+    handler = _SignedPartsHandler
+    data = os.urandom(20 * MiB)
+    handler.data, handler.status, handler.cut, handler.replaced = data, 0, False, True
+    handler.reset = False
+    handler.requests, handler.paths = [], []
+    row = {"f.bin": "s3://bkt/big.bin"}
+    with _fake_s3(handler, "obstore", part_size=8 * MiB) as options:
+        assert file_dataset.reader(row, options).into_blob_table()["f.bin"][0].as_py() == data
+        first = sorted(handler.requests)
+        handler.replaced, handler.requests = False, []
+        assert file_dataset.reader(row, options).into_blob_table()["f.bin"][0].as_py() == data
+    later = [(8 * MiB, True, '"signed-1"'), (16 * MiB, True, '"signed-1"')]
+    assert first == _EACH_PART_BOTH_WAYS
+    assert sorted(handler.requests) == [(0, False, None), *later]
+
+
+def test_a_presigned_get_without_an_answer_holds_no_buffer_until_a_collection(
+    held_by_cycles: Callable[[], list[str]],
+) -> None:
+    """helper-148: urllib3 keeps the error of a request that got no answer in a frame
+    of its own; the dropped error's traceback then held the reading frames, the
+    object's buffer among them (and the presigned URL), until a garbage collection."""
+    handler = _SignedPartsHandler
+    data = os.urandom(20 * MiB)
+    handler.data, handler.status, handler.cut, handler.replaced = data, 0, False, False
+    handler.reset, handler.requests, handler.paths = True, [], []
+    row = {"f.bin": "s3://bkt/big.bin"}
+    with _fake_s3(handler, "obstore", part_size=8 * MiB) as options:
+        table = file_dataset.reader(row, options).into_blob_table()
+        assert table["f.bin"][0].as_py() == data
+        del table
+        assert [r[:2] for r in sorted(handler.requests)] == [
+            (0, False),
+            (8 * MiB, False),
+            (8 * MiB, True),
+            (16 * MiB, False),
+            (16 * MiB, True),
+        ]
+        assert held_by_cycles() == []

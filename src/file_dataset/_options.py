@@ -164,6 +164,7 @@ class _Runtime:
         # connections, which end with it, so they live and go with this runtime.
         self.stores: dict[str, Any] = {}
         self.ca_bundle: str | None = None  # a private CA its sessions trust (see below)
+        self.shared_client: Any = None  # the first client made (_shared_s3_client)
 
     @classmethod
     def for_options(cls, options: Options) -> _Runtime:
@@ -1398,7 +1399,22 @@ class Options:
         client: S3Client | None = getattr(runtime.local, "client", None)
         if client is None:
             client = runtime.local.client = self._make_client()
+            if runtime.shared_client is None:  # (a race makes either one the shared one)
+                runtime.shared_client = client
         return client
+
+    def _shared_s3_client(self) -> S3Client:
+        """A client of these options that any thread may use: the first one made.
+
+        botocore's clients are thread-safe; each thread has its own only so that
+        requests do not wait for one another's connections. This one's connection pool
+        (``max_concurrency`` connections) carries the presigned GETs of large objects'
+        later parts (see ``_s3_signed``) on the obstore transport, whose threads need
+        no client otherwise (the one that resolved obstore's settings is this one).
+        """
+        runtime = self._live()
+        client: S3Client | None = runtime.shared_client
+        return client if client is not None else self.s3_client()
 
     def _make_client(self) -> S3Client:
         from botocore.config import Config

@@ -260,7 +260,7 @@ def _check_end(body: Any) -> None:
         body.readinto(bytearray(1))  # type: ignore[arg-type]
 
 
-def _fill_some(body: Any, view: memoryview) -> tuple[int, bool]:
+def fill_some(body: Any, view: memoryview) -> tuple[int, bool]:
     """Reads a response body straight into ``view`` (see :func:`_readinto`).
 
     Returns:
@@ -536,7 +536,7 @@ class S3Backend:
                 tag = tag or resp.get("ETag")
                 body = resp["Body"]
             try:
-                got, stalled = _fill_some(body, view[done:])
+                got, stalled = fill_some(body, view[done:])
             except FlexibleChecksumError as e:
                 translate_error(e, url, "read")
             done += got

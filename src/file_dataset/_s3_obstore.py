@@ -79,6 +79,7 @@ from file_dataset._errors import (
 from file_dataset._options import Options
 from file_dataset._s3 import _DENIED, _NOT_FOUND, ARCHIVED, S3Backend, denied_reason
 from file_dataset._s3 import translate_error as translate_boto_error
+from file_dataset._s3_signed import read_into as signed_read_into
 from file_dataset._urls import Location
 
 # A streamed body (a large object's first response or a ranged part) is handed over in
@@ -827,7 +828,13 @@ class ObstoreS3Backend:
     def read_into(
         self, loc: Location, start: int, view: memoryview, tag: str | None = None
     ) -> None:
-        write_chunks(partial(copy_into, view), 0, self.read_chunks(loc, start, len(view), tag))
+        # A presigned GET read straight into place when it can, the rest (all of it,
+        # when that GET is not made or not answered as asked) by obstore.
+        done = signed_read_into(self._options, self._store(loc, "read"), loc, start, view, tag)
+        rest = view[done:]
+        write_chunks(
+            partial(copy_into, rest), 0, self.read_chunks(loc, start + done, len(rest), tag)
+        )
 
     def size(self, loc: Location) -> int:
         try:
