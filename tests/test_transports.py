@@ -4449,6 +4449,15 @@ class _SignedPartsHandler(_RangesHandler):
     replaced = False  # presigned GETs get another version, If-Match ignored
     reset = False  # presigned GETs get no answer: the connection closes
 
+    @classmethod
+    def serve(cls, data: bytes, **faults: Any) -> type[_SignedPartsHandler]:
+        """Set for a test: ``data``, these ``faults`` (the others off), no requests."""
+        cls.data, cls.requests, cls.paths = data, [], []
+        for name, off in (("status", 0), ("cut", False), ("replaced", False), ("reset", False)):
+            setattr(cls, name, faults.pop(name, off))
+        assert not faults, faults
+        return cls
+
     def do_GET(self) -> None:
         start, end, total = self.asked()
         signed = "X-Amz-Signature=" in self.path
@@ -4485,10 +4494,7 @@ def _read_signed(
     :class:`_SignedPartsHandler`, checks its bytes, returns each read's requests,
     sorted."""
     data = os.urandom(20 * MiB + 12345)
-    handler = _SignedPartsHandler
-    handler.data, handler.status, handler.cut = data, status, cut
-    handler.replaced = handler.reset = False
-    handler.paths = []
+    handler = _SignedPartsHandler.serve(data, status=status, cut=cut)
     made = []
     with _fake_s3(handler, transport, part_size=8 * MiB, **settings) as options:
         for _ in range(reads):
@@ -4607,11 +4613,8 @@ def test_a_presigned_get_of_another_version_is_not_taken_and_the_bucket_kept() -
     its bytes are not taken, the transport's GET (with If-Match) reads the part, and
     the next read of the bucket is presigned again (a version says nothing of the way).
     """
-    handler = _SignedPartsHandler
     data = os.urandom(20 * MiB)
-    handler.data, handler.status, handler.cut, handler.replaced = data, 0, False, True
-    handler.reset = False
-    handler.requests, handler.paths = [], []
+    handler = _SignedPartsHandler.serve(data, replaced=True)
     row = {"f.bin": "s3://bkt/big.bin"}
     with _fake_s3(handler, "obstore", part_size=8 * MiB) as options:
         assert file_dataset.reader(row, options).into_blob_table()["f.bin"][0].as_py() == data
@@ -4629,10 +4632,8 @@ def test_a_presigned_get_without_an_answer_holds_no_buffer_until_a_collection(
     """helper-148: urllib3 keeps the error of a request that got no answer in a frame
     of its own; the dropped error's traceback then held the reading frames, the
     object's buffer among them (and the presigned URL), until a garbage collection."""
-    handler = _SignedPartsHandler
     data = os.urandom(20 * MiB)
-    handler.data, handler.status, handler.cut, handler.replaced = data, 0, False, False
-    handler.reset, handler.requests, handler.paths = True, [], []
+    handler = _SignedPartsHandler.serve(data, reset=True)
     row = {"f.bin": "s3://bkt/big.bin"}
     with _fake_s3(handler, "obstore", part_size=8 * MiB) as options:
         table = file_dataset.reader(row, options).into_blob_table()
