@@ -136,6 +136,58 @@ def test_a_local_copy_stops_once_its_call_is_stopped(tmp_path: Path) -> None:
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_a_stop_shuts_the_sockets_of_the_bodies_its_jobs_are_reading() -> None:
+    """A stopped job's body read returns at once (its socket shut for reading), also
+    one watched after the stop; a socket handed back before the stop (a body read to
+    its end: its connection goes back to the pool, for any call) and one of an earlier
+    job are left whole. An interrupt (abandon) shuts every one."""
+    import socket
+
+    from file_dataset._options import RunState
+
+    run = RunState()
+    pairs = [socket.socketpair() for _ in range(4)]
+    (blocked, _), (handed_back, peer), (earlier, earlier_peer), (late, _) = pairs
+    got: dict[str, Any] = {}
+
+    def on_thread(name: str, call: Any) -> threading.Thread:
+        thread = threading.Thread(target=lambda: got.setdefault(name, call()), daemon=True)
+        thread.start()
+        return thread
+
+    def read_blocked() -> bytes:
+        run.watch(1, blocked)
+        return blocked.recv(10)  # (nothing is sent: only the stop ends the wait)
+
+    def hand_back() -> bool:
+        run.watch(3, handed_back)
+        return run.unwatch()
+
+    def read_late() -> tuple[bytes, bool]:
+        run.watch(2, late)
+        return late.recv(10), run.unwatch()
+
+    try:
+        run.watch(0, earlier)  # (this thread's)
+        reader = on_thread("blocked", read_blocked)
+        on_thread("handed back", hand_back).join()
+        run.stop_from(1)
+        on_thread("late", read_late).join()
+        reader.join(60)
+        assert got == {"blocked": b"", "handed back": True, "late": (b"", False)}
+        peer.sendall(b"whole")
+        assert handed_back.recv(10) == b"whole"
+        earlier_peer.sendall(b"whole")
+        assert earlier.recv(10) == b"whole"
+        run.abandon()
+        assert earlier.recv(10) == b""
+        assert not run.unwatch()
+    finally:
+        for pair in pairs:
+            for end in pair:
+                end.close()
+
+
 def test_a_file_of_more_parts_than_s3_allows_gets_larger_parts(
     s3_server: LocalS3Server,
     bucket: str,

@@ -4647,3 +4647,97 @@ def test_a_presigned_get_without_an_answer_holds_no_buffer_until_a_collection(
             (16 * MiB, True),
         ]
         assert held_by_cycles() == []
+
+
+def _unread_by_client(port: int) -> int:
+    """Bytes in the receive queue of this process's TCP socket on local ``port``."""
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            local, _, _, queues = line.split()[1:5]
+            if int(local.rpartition(":")[2], 16) == port:
+                return int(queues.partition(":")[2], 16)
+    return 0
+
+
+class _StallingPartHandler(_RangesHandler):
+    """Serves ``data`` as s3://bkt/big.bin (ranged GETs, one ETag). The part from 8 MiB
+    gets half its body, then (once the client has read those) nothing until the
+    client closes the connection (or 20 s pass: ``client_closed`` says which came
+    first). A GET of s3://bkt/missing.bin is
+    answered 404 once that part is stalling."""
+
+    stalling = threading.Event()
+    client_closed = threading.Event()
+
+    @classmethod
+    def serve(cls, data: bytes) -> type[_StallingPartHandler]:
+        cls.data, cls.stalling, cls.client_closed = data, threading.Event(), threading.Event()
+        return cls
+
+    def do_GET(self) -> None:
+        if "/bkt/missing.bin" in self.path:
+            assert self.stalling.wait(20)
+            self.refuse(404, "NoSuchKey")
+            return
+        start, end, total = self.asked()
+        self.answer(start, end, total, '"stalling-1"')
+        body = memoryview(self.data)[start : end + 1]
+        if start != 8 * MiB:
+            self.wfile.write(body)
+            return
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+        # (then the client reads them all, and waits for more: the stall it is in)
+        for _ in range(20_000):
+            if not _unread_by_client(self.client_address[1]):
+                break
+            threading.Event().wait(0.001)
+        self.stalling.set()
+        self.close_connection = True
+        self.connection.settimeout(20)
+        try:
+            closed = self.connection.recv(1) == b""
+        except TimeoutError:
+            closed = False
+        except OSError:  # reset: the client closed the connection with bytes unread
+            closed = True
+        if closed:
+            self.client_closed.set()
+
+
+@pytest.mark.parametrize(
+    ("transport", "into"), [("obstore", "blobs"), ("boto3", "blobs"), ("boto3", "temp dir")]
+)
+def test_a_body_that_stalls_is_left_at_once_when_another_row_fails(
+    transport: str, into: str, tmp_path: Path
+) -> None:
+    """A later part's body stops coming (a stalled S3 connection) while another row's
+    object turns out missing: the call ends with that row's error without waiting for
+    the read timeout (two minutes here), its connection closed. Before, a body read
+    through botocore's connections (the boto3 transport's, the obstore transport's
+    presigned parts) held the call until the timeout. obstore's own GETs (its parts
+    into a temporary folder) still do: they offer no way to stop a read under way."""
+    data = os.urandom(20 * MiB)
+    handler = _StallingPartHandler.serve(data)
+    frame = pd.DataFrame(
+        {"id": ["r0", "r1"], "f.bin": ["s3://bkt/missing.bin", "s3://bkt/big.bin"]}
+    )
+    config = Config(read_timeout=120, retries={"total_max_attempts": 1})
+
+    def read(options: Options) -> None:
+        if into == "blobs":
+            file_dataset.reader(frame, options).into_blob_table()
+        else:
+            with file_dataset.reader(frame, options).into_temp_dir(tmp_path):
+                pass
+
+    with (
+        _fake_s3(handler, transport, config=config, part_size=8 * MiB) as options,
+        pytest.raises(file_dataset.ObjectNotFoundError) as raised,
+    ):
+        read(options)
+    assert "'r0'" in str(raised.value)
+    assert "s3://bkt/missing.bin" in str(raised.value)
+    assert handler.stalling.is_set()
+    assert handler.client_closed.wait(20)  # (not the server's 20 s first)
+    assert list(tmp_path.iterdir()) == []  # (no partial file left behind)

@@ -14,6 +14,7 @@ import operator
 import os
 import queue
 import re
+import socket
 import threading
 import time
 import traceback
@@ -263,14 +264,21 @@ class RunState:
     under one lock, so the wait never depends on how many replies the driving thread
     has consumed (an interrupt between taking a reply and counting it cannot make it
     wait for ever).
+
+    A body that stalls would hold its call until the read timeout (a minute by
+    default) before the next chunk is reached: so a call reading a body from a socket
+    says so (:func:`watch_socket`), and stopping its job shuts that socket for reading,
+    which wakes the blocked read at once.
     """
 
-    __slots__ = ("_cond", "_executing", "_stopped_from")
+    __slots__ = ("_cond", "_executing", "_sockets", "_stopped_from")
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._stopped_from: float = math.inf  # the first job stopped
         self._executing = 0
+        # thread id -> (job, socket) of each body being read by a call of the run
+        self._sockets: dict[int, tuple[int, socket.socket]] = {}
 
     def start_call(self, job: int) -> bool:
         """Called by a worker before a call of ``job``: ``False`` if it must be skipped."""
@@ -283,19 +291,49 @@ class RunState:
     def end_call(self) -> None:
         """Called by a worker after a call that :meth:`start_call` let run."""
         with self._cond:
+            self._sockets.pop(threading.get_ident(), None)
             self._executing -= 1
             if not self._executing:
                 self._cond.notify_all()
 
+    def watch(self, job: int, sock: socket.socket) -> None:
+        """Notes that the calling thread reads a body of ``job`` from ``sock``.
+
+        Stopping the job shuts the socket for reading (see :meth:`unwatch`); if it is
+        stopped already, that happens now. Until the thread watches another socket,
+        calls :meth:`unwatch` or ends its call.
+        """
+        with self._cond:
+            self._sockets[threading.get_ident()] = (job, sock)
+            if job >= self._stopped_from:
+                _shut(sock)
+
+    def unwatch(self) -> bool:
+        """Ends the calling thread's watch; whether its socket is still whole.
+
+        Called before a connection goes back to its pool: from then on, a stop no
+        longer shuts it. A socket that was shut (``False``) must not go back.
+        """
+        with self._cond:
+            watched = self._sockets.pop(threading.get_ident(), None)
+            return watched is None or watched[0] < self._stopped_from
+
+    def _stopped(self, stopped_from: float) -> None:
+        # (under self._cond)
+        self._stopped_from = min(self._stopped_from, stopped_from)
+        for job, sock in self._sockets.values():
+            if job >= self._stopped_from:
+                _shut(sock)
+
     def stop_from(self, job: int) -> None:
         """Stops ``job`` and every later job of the run."""
         with self._cond:
-            self._stopped_from = min(self._stopped_from, job)
+            self._stopped(job)
 
     def abandon(self) -> None:
         """Stops every job of the run."""
         with self._cond:
-            self._stopped_from = -math.inf
+            self._stopped(-math.inf)
 
     def stops(self, job: int) -> bool:
         """Whether ``job`` was stopped.
@@ -314,6 +352,16 @@ class RunState:
         """Waits until no call of the run is under way."""
         with self._cond:
             self._cond.wait_for(lambda: not self._executing)
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shuts ``sock`` for reading: a read blocked on it returns at once, with no bytes.
+
+    The plain socket's ``shutdown`` also for a TLS socket, whose own would drop its
+    TLS state under the thread still reading it. A socket closed meanwhile is left.
+    """
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RD)
 
 
 class CallStopped(BaseException):
@@ -351,6 +399,25 @@ def stop_if_stopped() -> None:
     """
     if call_stopped():
         raise CallStopped
+
+
+def watch_socket(sock: socket.socket) -> None:
+    """Notes that the calling thread's call reads a body from ``sock``.
+
+    See :meth:`RunState.watch`; nothing is noted outside a worker's call.
+    """
+    run: RunState | None = getattr(_CARRYING, "run", None)
+    if run is not None:
+        run.watch(_CARRYING.tag[0], sock)
+
+
+def unwatch_socket() -> bool:
+    """Ends the calling thread's watch: whether the socket may go back to its pool.
+
+    See :meth:`RunState.unwatch`; ``True`` outside a worker's call.
+    """
+    run: RunState | None = getattr(_CARRYING, "run", None)
+    return run is None or run.unwatch()
 
 
 class MoreCalls:

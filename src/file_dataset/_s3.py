@@ -7,6 +7,7 @@ import errno
 import http.client
 import io
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -62,7 +63,7 @@ from file_dataset._errors import (
     no_descriptor_left,
     source_error,
 )
-from file_dataset._options import Options, stop_if_stopped
+from file_dataset._options import Options, stop_if_stopped, unwatch_socket, watch_socket
 from file_dataset._urls import Location
 
 _NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchUpload"})
@@ -226,6 +227,11 @@ def _readinto(body: Any) -> Callable[[memoryview], int]:
     ``body.close()`` as usual. A body that comes with a checksum (botocore's
     ``StreamingChecksumBody``, when the server sent one for the whole object), and
     bodies of other shapes, use botocore's ``readinto``, so the checksum is computed.
+
+    On a transfer thread, the connection's socket is watched while the body is read
+    (see ``_options.RunState``): once the call is stopped, a read blocked on a body
+    that stalls returns at once, and :class:`CallStopped` is raised, instead of after
+    the read timeout.
     """
     raw: Any = getattr(body, "_raw_stream", None)
     response = getattr(raw, "_fp", None)
@@ -237,10 +243,19 @@ def _readinto(body: Any) -> Callable[[memoryview], int]:
     ):
         return body.readinto  # type: ignore[no-any-return]
     read = response.readinto
+    sock = getattr(getattr(raw, "_connection", None), "sock", None)
+    if isinstance(sock, socket.socket):
+        watch_socket(sock)
 
     def readinto(view: memoryview) -> int:
-        n = read(view)
-        if n and response.isclosed():  # the body's last bytes: reuse the connection
+        try:
+            n = read(view)
+        except (OSError, http.client.HTTPException):
+            stop_if_stopped()  # (a socket shut by the stop, under TLS)
+            raise
+        if not n:
+            stop_if_stopped()  # the socket was shut by the stop: not a dropped body
+        elif response.isclosed() and unwatch_socket():  # (the last bytes) to the pool
             release()
         return n
 
