@@ -4706,30 +4706,49 @@ class _StallingPartHandler(_RangesHandler):
 
 
 @pytest.mark.parametrize(
-    ("transport", "into"), [("obstore", "blobs"), ("boto3", "blobs"), ("boto3", "temp dir")]
+    ("transport", "into", "scheme"),
+    [
+        ("obstore", "blobs", "http"),
+        ("boto3", "blobs", "http"),
+        ("boto3", "temp dir", "http"),
+        ("boto3", "blobs", "https"),  # (obstore does not trust a private CA)
+        ("boto3", "temp dir", "https"),
+    ],
 )
 def test_a_body_that_stalls_is_left_at_once_when_another_row_fails(
-    transport: str, into: str, tmp_path: Path
+    transport: str, into: str, scheme: str, tmp_path: Path
 ) -> None:
     """A later part's body stops coming (a stalled S3 connection) while another row's
     object turns out missing: the call ends with that row's error without waiting for
-    the read timeout (two minutes here), its connection closed. Before, a body read
-    through botocore's connections (the boto3 transport's, the obstore transport's
-    presigned parts) held the call until the timeout. obstore's own GETs (its parts
-    into a temporary folder) still do: they offer no way to stop a read under way."""
+    the read timeout (two minutes here), its connection closed; over TLS too. Before,
+    a body read through botocore's connections (the boto3 transport's, the obstore
+    transport's presigned parts) held the call until the timeout. obstore's own GETs
+    (its parts into a temporary folder) still do: they offer no way to stop a read
+    under way."""
     data = os.urandom(20 * MiB)
     handler = _StallingPartHandler.serve(data)
     frame = pd.DataFrame(
         {"id": ["r0", "r1"], "f.bin": ["s3://bkt/missing.bin", "s3://bkt/big.bin"]}
     )
     config = Config(read_timeout=120, retries={"total_max_attempts": 1})
+    out = tmp_path / "out"
+    out.mkdir()
 
-    def read(options: Options) -> None:
+    def read_with(options: Options) -> None:
         if into == "blobs":
             file_dataset.reader(frame, options).into_blob_table()
         else:
-            with file_dataset.reader(frame, options).into_temp_dir(tmp_path):
+            with file_dataset.reader(frame, options).into_temp_dir(out):
                 pass
+
+    def read(options: Options) -> None:
+        if scheme == "http":
+            read_with(options)
+            return
+        cert, key = _self_signed(tmp_path)  # a TLS endpoint in front of the fake server
+        with _tls_in_front_of(options.s3_client_kwargs["endpoint_url"], cert, key) as https:
+            kwargs = {"endpoint_url": https, "verify": str(cert), "config": config}
+            read_with(options.replace(s3_client_kwargs=kwargs))
 
     with (
         _fake_s3(handler, transport, config=config, part_size=8 * MiB) as options,
@@ -4740,4 +4759,4 @@ def test_a_body_that_stalls_is_left_at_once_when_another_row_fails(
     assert "s3://bkt/missing.bin" in str(raised.value)
     assert handler.stalling.is_set()
     assert handler.client_closed.wait(20)  # (not the server's 20 s first)
-    assert list(tmp_path.iterdir()) == []  # (no partial file left behind)
+    assert list(out.iterdir()) == []  # (no partial file left behind)
