@@ -4663,8 +4663,7 @@ class _StallingPartHandler(_RangesHandler):
     """Serves ``data`` as s3://bkt/big.bin (ranged GETs, one ETag). The part from 8 MiB
     gets half its body, then (once the client has read those) nothing until the
     client closes the connection (or 20 s pass: ``client_closed`` says which came
-    first). A GET of s3://bkt/missing.bin is
-    answered 404 once that part is stalling."""
+    first). A GET of s3://bkt/missing.bin is answered 404 once that part stalls."""
 
     stalling = threading.Event()
     client_closed = threading.Event()
@@ -4687,7 +4686,9 @@ class _StallingPartHandler(_RangesHandler):
             return
         self.wfile.write(body[: len(body) // 2])
         self.wfile.flush()
-        # (then the client reads them all, and waits for more: the stall it is in)
+        # Waits until the client has read them all (its receive queue is empty): it is
+        # then blocked reading the rest, the stall to be left. (A stop that came while
+        # bytes were still queued was seen between chunks, also by the code before.)
         for _ in range(20_000):
             if not _unread_by_client(self.client_address[1]):
                 break
