@@ -97,12 +97,12 @@ def read_into(
     began = time.perf_counter()
     response = None
     try:
-        url = obstore.sign(store, "GET", loc.key, _EXPIRES)
-        headers = {"Range": f"bytes={start}-{end}", "If-Match": tag}
-        request = AWSPreparedRequest("GET", url, cast(Any, headers), None, True)
         client: Any = options._shared_s3_client()
         if client.meta.config.read_timeout is None:  # none at all for urllib3: obstore's
             return 0
+        url = obstore.sign(store, "GET", loc.key, _EXPIRES)
+        headers = {"Range": f"bytes={start}-{end}", "If-Match": tag}
+        request = AWSPreparedRequest("GET", url, cast(Any, headers), None, True)
         response = client._endpoint.http_session.send(request)
     except Exception as e:  # not kept: its text holds the presigned URL
         # (no credentials, a connection refused: the transport says so) urllib3 keeps
