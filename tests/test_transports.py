@@ -2542,6 +2542,125 @@ def test_a_local_file_changed_during_its_multipart_upload_writes_nothing(
     assert got == b"b" * (11 * MiB)
 
 
+class _LostCompletion(_ReplacingProxy):
+    """Hangs up without answering the first ``lose[0]`` CompleteMultipartUpload
+    requests, once moto has acted on them: as when the connection drops after S3 has
+    completed the upload. A later completion of an upload already completed is
+    answered ``NoSuchUpload``, as S3 does (moto would complete it again). With
+    ``abort`` set, the upload is aborted instead (by someone else: nothing is
+    written).
+    """
+
+    lose: ClassVar[list[int]] = [1]
+    abort: ClassVar[list[Callable[[str], None]]] = []
+    completed: ClassVar[set[str]] = set()
+
+    def _forward(self) -> None:
+        import http.client
+        import urllib.parse
+
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        upload_id = (query.get("uploadId") or [""])[0]
+        if self.command != "POST" or not upload_id:
+            super()._forward()
+            return
+        if self.lose[0] <= 0:
+            if upload_id in self.completed:
+                body = b"<Error><Code>NoSuchUpload</Code><Message>gone</Message></Error>"
+                self.answer(404, body)
+            else:
+                super()._forward()
+            return
+        self.lose[0] -= 1
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        if upload_id in self.completed:
+            pass
+        elif self.abort:
+            self.abort[0](upload_id)
+            self.completed.add(upload_id)  # (moto answers 500 to a completion after it)
+        else:
+            target = urllib.parse.urlsplit(self.upstream)
+            conn = http.client.HTTPConnection(target.hostname or "", target.port)
+            conn.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
+            assert conn.getresponse().read().startswith(b"<?xml")  # completed
+            conn.close()
+            self.completed.add(upload_id)
+        self.connection.shutdown(socket.SHUT_RDWR)  # and the answer is lost
+        self.close_connection = True
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+@pytest.mark.parametrize("lost", ["first answer", "every answer"])
+def test_a_multipart_upload_whose_completion_was_not_heard_is_written(
+    s3_server: LocalS3Server,
+    transport: str,
+    lost: str,
+    bucket: str,
+    s3_client,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """The answer to CompleteMultipartUpload is lost after the server completed the
+    upload. botocore asks again, and the server no longer knows the upload
+    (NoSuchUpload), or every answer is lost (a dropped connection). The object is
+    written, and the call says so: before, it raised "no such upload" (or the dropped
+    connection) for a file that was stored whole."""
+    src = tmp_path / "big.bin"
+    data = bytes(range(256)) * (11 * MiB // 256)
+    src.write_bytes(data)
+
+    class Handler(_LostCompletion):
+        lose: ClassVar[list[int]] = [1 if lost == "first answer" else 99]
+        completed: ClassVar[set[str]] = set()
+
+    Handler.upstream = s3_server.endpoint_url
+    with _proxy(Handler, s3_server, transport, max_attempts=3) as proxied:
+        written = file_dataset.write_files({"big.bin": src}, f"s3://{bucket}/out", "r1", proxied)
+    assert written == {"big.bin": f"s3://{bucket}/out/r1/big.bin"}
+    assert Handler.lose[0] == (0 if lost == "first answer" else 96)  # 3 attempts
+    assert s3_client.get_object(Bucket=bucket, Key="out/r1/big.bin")["Body"].read() == data
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_multipart_upload_aborted_before_its_completion_is_still_an_error(
+    s3_server: LocalS3Server,
+    transport: str,
+    bucket: str,
+    s3_client,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """The other side of the test above: the upload vanished without being completed
+    (aborted by someone else), and the key holds another object. The HEAD that looks
+    for the upload's object finds another ETag, so the call still fails, naming the
+    file, and the object there is left as it was."""
+    s3_client.put_object(Bucket=bucket, Key="out/r1/big.bin", Body=b"the old object")
+    src = tmp_path / "big.bin"
+    src.write_bytes(bytes(range(256)) * (11 * MiB // 256))
+
+    def abort_upload(upload_id: str) -> None:
+        s3_client.abort_multipart_upload(Bucket=bucket, Key="out/r1/big.bin", UploadId=upload_id)
+
+    class Handler(_LostCompletion):
+        lose: ClassVar[list[int]] = [1]
+        abort: ClassVar[list[Callable[[str], None]]] = [abort_upload]
+        completed: ClassVar[set[str]] = set()
+
+    Handler.upstream = s3_server.endpoint_url
+    with (
+        _proxy(Handler, s3_server, transport, max_attempts=3) as proxied,
+        pytest.raises(file_dataset.TransferError) as raised,
+    ):
+        file_dataset.write_files({"big.bin": src}, f"s3://{bucket}/out", "r1", proxied)
+    message = str(raised.value)
+    assert "NoSuchUpload" in message
+    assert f"s3://{bucket}/out/r1/big.bin" in message
+    assert "row id 'r1', column 'big.bin'" in message
+    got = s3_client.get_object(Bucket=bucket, Key="out/r1/big.bin")["Body"].read()
+    assert got == b"the old object"
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
 def test_a_local_file_cut_short_during_a_parts_upload_fails_at_once(
     s3_server: LocalS3Server,
     bucket: str,

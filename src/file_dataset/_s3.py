@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import hashlib
 import http.client
 import io
 import os
@@ -18,6 +19,7 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     FlexibleChecksumError,
+    HTTPClientError,
     ReadTimeoutError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
@@ -209,6 +211,39 @@ def _translate(error: Exception, url: str, operation: str) -> NoReturn:
 _DROPPED = (BotoCoreError, Urllib3Error, OSError, http.client.HTTPException)
 # What an answer dropped part-way raises when botocore has not wrapped it.
 _ANSWER_DROPPED = (Urllib3Error, http.client.HTTPException, ConnectionError)
+
+
+def _completion_unheard(error: Exception) -> bool:
+    """Whether a failed CompleteMultipartUpload may have completed the upload all the same.
+
+    Its answer was lost (the connection dropped, or no answer came in time), or
+    botocore asked again after such a loss and the server no longer knew the upload
+    (``NoSuchUpload``: S3 forgets an upload once it is completed).
+    """
+    if isinstance(error, ClientError):
+        return str(error.response.get("Error", {}).get("Code", "")).strip() == "NoSuchUpload"
+    return isinstance(error, BotoConnectionError | HTTPClientError)
+
+
+def _multipart_etag(parts: list[Part]) -> str | None:
+    """The ETag S3 gives the object that ``parts`` make, or None if it cannot be known.
+
+    The MD5 of the parts' MD5s, then ``-`` and their count; None when a part's ETag is
+    no MD5 (a server that makes them otherwise, as S3 does for objects encrypted with
+    a customer's key).
+    """
+    digests = []
+    for part in parts:
+        etag = str(part.get("ETag", "")).strip('"')
+        if len(etag) != 32:
+            return None
+        try:
+            digests.append(bytes.fromhex(etag))
+        except ValueError:
+            return None
+    if not digests:
+        return None
+    return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
 
 
 def _answer_dropped(error: Exception) -> bool:
@@ -721,7 +756,31 @@ class S3Backend:
                 **self._args("complete"),
             )
         except (ClientError, BotoCoreError) as e:
+            if _completion_unheard(e) and self._completed(loc, parts):
+                return
             translate_error(e, str(loc), "write")
+
+    def _completed(self, loc: Location, parts: list[Part]) -> bool:
+        """Whether the object at ``loc`` is the one that these parts make.
+
+        Asked when CompleteMultipartUpload's answer was lost (a dropped connection, a
+        read timeout) or when botocore's retry of it was answered ``NoSuchUpload``:
+        the first request may have completed the upload. S3 gives a multipart object
+        the ETag ``md5(the parts' MD5s)-<count>``, so a HEAD tells whether this upload
+        (or one of the very same parts) made the object. Anything else (another ETag,
+        an ETag that is no MD5, a HEAD that fails) is no proof, and the call reports
+        the completion's own error.
+        """
+        expected = _multipart_etag(parts)
+        if expected is None:
+            return False
+        try:
+            resp = self._options.s3_client().head_object(
+                Bucket=loc.bucket, Key=loc.key, **self._args("head")
+            )
+        except (ClientError, BotoCoreError):
+            return False
+        return str(resp.get("ETag") or "").strip('"') == expected
 
     def multipart_abort(self, loc: Location, upload_id: str) -> None:
         try:
