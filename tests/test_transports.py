@@ -4838,28 +4838,13 @@ class _StallingPartHandler(_RangesHandler):
             self.client_closed.set()
 
 
-@pytest.mark.parametrize(
-    ("transport", "into", "scheme"),
-    [
-        ("obstore", "blobs", "http"),
-        ("boto3", "blobs", "http"),
-        ("boto3", "temp dir", "http"),
-        ("boto3", "blobs", "https"),  # (obstore does not trust a private CA)
-        ("boto3", "temp dir", "https"),
-    ],
-)
-def test_a_body_that_stalls_is_left_at_once_when_another_row_fails(
-    transport: str, into: str, scheme: str, tmp_path: Path
+def _left_at_once(
+    handler: type[_StallingPartHandler], transport: str, into: str, scheme: str, tmp_path: Path
 ) -> None:
-    """A later part's body stops coming (a stalled S3 connection) while another row's
-    object turns out missing: the call ends with that row's error without waiting for
-    the read timeout (two minutes here), its connection closed; over TLS too. Before,
-    a body read through botocore's connections (the boto3 transport's, the obstore
-    transport's presigned parts) held the call until the timeout. obstore's own GETs
-    (its parts into a temporary folder) still do: they offer no way to stop a read
-    under way."""
-    data = os.urandom(20 * MiB)
-    handler = _StallingPartHandler.serve(data)
+    """Reads rows r0 (missing) and r1 (whose part from 8 MiB ``handler`` holds) and
+    checks that the call raises r0's error, the held connection closed by the client
+    (not by the server's 20 s), and that nothing is left in the temporary folder."""
+    handler = handler.serve(os.urandom(20 * MiB))
     frame = pd.DataFrame(
         {"id": ["r0", "r1"], "f.bin": ["s3://bkt/missing.bin", "s3://bkt/big.bin"]}
     )
@@ -4893,3 +4878,69 @@ def test_a_body_that_stalls_is_left_at_once_when_another_row_fails(
     assert handler.stalling.is_set()
     assert handler.client_closed.wait(20)  # (not the server's 20 s first)
     assert list(out.iterdir()) == []  # (no partial file left behind)
+
+
+class _SilentPartHandler(_StallingPartHandler):
+    """As :class:`_StallingPartHandler`, but the part from 8 MiB gets no answer at all:
+    its request is read, then nothing is sent until the client closes the connection
+    (or 20 s pass)."""
+
+    def do_GET(self) -> None:
+        if "/bkt/missing.bin" in self.path or self.asked()[0] != 8 * MiB:
+            super().do_GET()
+            return
+        self.stalling.set()
+        self.close_connection = True
+        self.connection.settimeout(20)
+        try:
+            closed = self.connection.recv(1) == b""
+        except TimeoutError:
+            closed = False
+        except OSError:
+            closed = True
+        if closed:
+            self.client_closed.set()
+
+
+@pytest.mark.parametrize(
+    ("transport", "into", "scheme"),
+    [
+        ("obstore", "blobs", "http"),
+        ("boto3", "blobs", "http"),
+        ("boto3", "temp dir", "http"),
+        ("boto3", "blobs", "https"),  # (obstore does not trust a private CA)
+        ("boto3", "temp dir", "https"),
+    ],
+)
+def test_a_body_that_stalls_is_left_at_once_when_another_row_fails(
+    transport: str, into: str, scheme: str, tmp_path: Path
+) -> None:
+    """A later part's body stops coming (a stalled S3 connection) while another row's
+    object turns out missing: the call ends with that row's error without waiting for
+    the read timeout (two minutes here), its connection closed; over TLS too. Before,
+    a body read through botocore's connections (the boto3 transport's, the obstore
+    transport's presigned parts) held the call until the timeout. obstore's own GETs
+    (its parts into a temporary folder) still do: they offer no way to stop a read
+    under way."""
+    _left_at_once(_StallingPartHandler, transport, into, scheme, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("transport", "into", "scheme"),
+    [
+        ("obstore", "blobs", "http"),
+        ("boto3", "blobs", "http"),
+        ("boto3", "temp dir", "http"),
+        ("boto3", "blobs", "https"),
+    ],
+)
+def test_a_part_never_answered_is_left_at_once_when_another_row_fails(
+    transport: str, into: str, scheme: str, tmp_path: Path
+) -> None:
+    """A later part's GET gets no answer at all (a server that took the request and
+    says nothing) while another row's object turns out missing: the call ends with
+    that row's error without waiting for the read timeout, its connection closed.
+    Before, it waited for the answer until the timeout (two minutes here), on
+    botocore's connections (the boto3 transport's, the obstore transport's presigned
+    parts)."""
+    _left_at_once(_SilentPartHandler, transport, into, scheme, tmp_path)

@@ -1499,6 +1499,9 @@ class Options:
         with _CREATE_LOCK, _credential_loading():
             session = _new_session(self.session_kwargs)
             client = session.client("s3", config=config, **client_kwargs)
+        from file_dataset._s3 import watch_answers
+
+        watch_answers(client)
         self._live().ca_bundle = _private_ca_bundle(session)
         with _credential_loading():
             credentials = session.get_credentials()

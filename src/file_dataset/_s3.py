@@ -65,7 +65,13 @@ from file_dataset._errors import (
     no_descriptor_left,
     source_error,
 )
-from file_dataset._options import Options, stop_if_stopped, unwatch_socket, watch_socket
+from file_dataset._options import (
+    CallStopped,
+    Options,
+    stop_if_stopped,
+    unwatch_socket,
+    watch_socket,
+)
 from file_dataset._urls import Location
 
 _NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchUpload"})
@@ -295,6 +301,65 @@ def _readinto(body: Any) -> Callable[[memoryview], int]:
         return n
 
     return readinto
+
+
+# Requests that change nothing on the server: one left unanswered may be given up.
+_READS = frozenset({"GET", "HEAD"})
+# botocore's connection pool classes, and their subclasses made by _watching_pool.
+_WATCHING: dict[type, type] = {}
+
+
+def watch_answers(client: Any) -> None:
+    """Makes ``client``'s connections watch the socket while a read's answer is awaited.
+
+    On a transfer thread, a GET or HEAD whose answer has not begun (a server that
+    took the request and says nothing) is left at once when its call is stopped, as a
+    body that stalls is (see :func:`_readinto`): the socket is shut, and
+    :class:`CallStopped` is raised instead of waiting for the read timeout. Not for
+    writes: the server may have acted on a request whose answer is lost, so their
+    calls wait for it. botocore makes the connection pools of the classes its HTTP
+    session lists per scheme, a dict shared with its pool managers, changed here in
+    place before the client sends anything; an unknown layout is left as it is.
+    """
+    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    classes = getattr(session, "_pool_classes_by_scheme", None)
+    if not isinstance(classes, dict):
+        return
+    for scheme, pool in list(classes.items()):
+        if isinstance(pool, type) and isinstance(getattr(pool, "ConnectionCls", None), type):
+            classes[scheme] = _watching_pool(pool)
+
+
+def _watching_pool(pool: type) -> type:
+    """A subclass of ``pool`` whose connections watch for a stop (see :func:`watch_answers`)."""
+    if pool in _WATCHING.values():
+        return pool
+    made = _WATCHING.get(pool)
+    if made is not None:
+        return made
+    connection: Any = pool.ConnectionCls  # type: ignore[attr-defined]
+
+    class Connection(connection):  # type: ignore[misc]
+        def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+            sock = self.sock
+            if getattr(self, "_method", None) not in _READS or not isinstance(sock, socket.socket):
+                return super().getresponse(*args, **kwargs)
+            watch_socket(sock)
+            try:
+                response = super().getresponse(*args, **kwargs)
+            except BaseException:
+                if not unwatch_socket():  # shut by the stop: no dropped connection
+                    raise CallStopped from None
+                raise
+            if not unwatch_socket():  # (urllib3 closes the connection on the way out)
+                raise CallStopped
+            return response
+
+    Connection.__name__ = Connection.__qualname__ = f"Watching{connection.__name__}"
+    made = _WATCHING[pool] = type(
+        f"Watching{pool.__name__}", (pool,), {"ConnectionCls": Connection}
+    )
+    return made
 
 
 def _check_end(body: Any) -> None:
