@@ -4781,14 +4781,26 @@ def test_a_presigned_get_without_an_answer_holds_no_buffer_until_a_collection(
         assert held_by_cycles() == []
 
 
-def _unread_by_client(port: int) -> int:
-    """Bytes in the receive queue of this process's TCP socket on local ``port``."""
+def _tcp_queues(port: int) -> tuple[int, int]:
+    """Bytes in the send and receive queues of this process's TCP socket on local
+    ``port`` (``/proc/net/tcp``)."""
     with open("/proc/net/tcp") as table:
         for line in table.readlines()[1:]:
             local, _, _, queues = line.split()[1:5]
             if int(local.rpartition(":")[2], 16) == port:
-                return int(queues.partition(":")[2], 16)
-    return 0
+                sent, _, received = queues.partition(":")
+                return int(sent, 16), int(received, 16)
+    return 0, 0
+
+
+def _queued_by_client(port: int) -> int:
+    """Bytes in the send queue of this process's TCP socket on local ``port``."""
+    return _tcp_queues(port)[0]
+
+
+def _unread_by_client(port: int) -> int:
+    """Bytes in the receive queue of this process's TCP socket on local ``port``."""
+    return _tcp_queues(port)[1]
 
 
 class _StallingPartHandler(_RangesHandler):
@@ -4944,3 +4956,111 @@ def test_a_part_never_answered_is_left_at_once_when_another_row_fails(
     botocore's connections (the boto3 transport's, the obstore transport's presigned
     parts)."""
     _left_at_once(_SilentPartHandler, transport, into, scheme, tmp_path)
+
+
+class _StallingUploadHandler(http.server.BaseHTTPRequestHandler):
+    """An S3 server for two uploads to s3://bkt/out/r1/: b.bin's multipart upload,
+    whose first part's body is read for 64 KiB, then no more until ``released`` is
+    set (or 20 s pass: ``waited_out`` says which); and a.bin's PUT, answered 403
+    once that part stalls. Aborts are noted in ``aborted``."""
+
+    protocol_version = "HTTP/1.1"
+    stalling = threading.Event()
+    released = threading.Event()
+    finished = threading.Event()
+    waited_out: ClassVar[list[bool]] = []
+    aborted: ClassVar[list[str]] = []
+
+    @classmethod
+    def serve(cls) -> type[_StallingUploadHandler]:
+        cls.stalling, cls.released, cls.finished = (threading.Event() for _ in range(3))
+        cls.waited_out, cls.aborted = [], []
+        return cls
+
+    def setup(self) -> None:
+        # A small receive buffer (Linux lets it grow to 32 MiB here), so that the
+        # client's send blocks once the server stops reading.
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
+        super().setup()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _reply(self, status: int, body: bytes = b"", **headers: str) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def do_POST(self) -> None:
+        self._body()
+        upload = "<InitiateMultipartUploadResult><Bucket>bkt</Bucket><Key>out/r1/b.bin</Key>"
+        self._reply(
+            200, f"{upload}<UploadId>up-1</UploadId></InitiateMultipartUploadResult>".encode()
+        )
+
+    def do_DELETE(self) -> None:
+        self.aborted.append(self.path.partition("uploadId=")[2])
+        self._reply(204)
+
+    def do_PUT(self) -> None:
+        if "uploadId=" not in self.path:  # a.bin
+            assert self.stalling.wait(20)
+            self._body()
+            denied = b"<Error><Code>AccessDenied</Code><Message>denied</Message></Error>"
+            self._reply(403, denied, **{"Content-Type": "application/xml"})
+            return
+        if "partNumber=1&" not in self.path + "&":
+            self._body()
+            self._reply(200, ETag='"0123456789abcdef0123456789abcdef"')
+            return
+        self.rfile.read(64 * KiB)
+        # Waits until the client's send queue is full (no longer growing): the client
+        # is then blocked sending, the stall to be left. (A stop that came before was
+        # seen between the chunks of the part, also by the code before.)
+        queued, steady = -1, 0
+        for _ in range(20_000):
+            now = _queued_by_client(self.client_address[1])
+            steady = steady + 1 if now == queued and now > 0 else 0
+            if steady == 20:
+                break
+            queued = now
+            threading.Event().wait(0.001)
+        self.stalling.set()
+        self.waited_out.append(not self.released.wait(20))
+        self.close_connection = True
+        self.finished.set()
+
+
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+def test_a_part_whose_send_stalls_is_left_at_once_when_another_file_fails(
+    transport: str, tmp_path: Path
+) -> None:
+    """A multipart upload's part is being sent when the server stops reading it (a
+    stalled connection: the client's send blocks), and an earlier file of the call
+    is refused: the call ends with that file's error without waiting for the read
+    timeout (two minutes here), and the upload is aborted. Before, it waited until the
+    server gave up (its 20 s here)."""
+    handler = _StallingUploadHandler.serve()
+    files = {"a.bin": tmp_path / "a.bin", "b.bin": tmp_path / "b.bin"}
+    files["a.bin"].write_bytes(b"small")
+    files["b.bin"].write_bytes(os.urandom(20 * MiB))
+    config = Config(read_timeout=120, retries={"total_max_attempts": 1})
+    with (
+        _fake_s3(
+            handler, transport, config=config, part_size=16 * MiB, multipart_threshold=16 * MiB
+        ) as options,
+        pytest.raises(file_dataset.ObjectAccessDeniedError) as raised,
+    ):
+        file_dataset.write_files(files, "s3://bkt/out", "r1", options)
+    handler.released.set()
+    assert "s3://bkt/out/r1/a.bin" in str(raised.value)
+    assert "row id 'r1', column 'a.bin'" in str(raised.value)
+    assert handler.finished.wait(20)
+    assert handler.waited_out == [False]  # the call ended before the server's 20 s
+    assert handler.aborted == ["up-1"]

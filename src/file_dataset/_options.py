@@ -267,8 +267,10 @@ class RunState:
 
     A body that stalls would hold its call until the read timeout (a minute by
     default) before the next chunk is reached: so a call reading a body from a socket
-    says so (:func:`watch_socket`), and stopping its job shuts that socket for reading,
-    which wakes the blocked read at once.
+    says so (:func:`watch_socket`), and stopping its job shuts that socket (both ways),
+    which wakes the blocked read at once. So do requests awaiting their answer, and
+    multipart parts being sent, where giving them up is safe (see
+    ``_s3.watch_answers``).
     """
 
     __slots__ = ("_cond", "_executing", "_sockets", "_stopped_from")
@@ -297,9 +299,9 @@ class RunState:
                 self._cond.notify_all()
 
     def watch(self, job: int, sock: socket.socket) -> None:
-        """Notes that the calling thread reads a body of ``job`` from ``sock``.
+        """Notes that the calling thread waits on ``sock`` for ``job`` (a body, say).
 
-        Stopping the job shuts the socket for reading (see :meth:`unwatch`); if it is
+        Stopping the job shuts the socket (see :meth:`unwatch`); if it is
         stopped already, that happens now. Until the thread watches another socket,
         calls :meth:`unwatch` or ends its call.
         """
@@ -355,13 +357,14 @@ class RunState:
 
 
 def _shut(sock: socket.socket) -> None:
-    """Shuts ``sock`` for reading: a read blocked on it returns at once, with no bytes.
+    """Shuts ``sock`` both ways, so that whatever is blocked on it returns at once.
 
-    The plain socket's ``shutdown`` also for a TLS socket, whose own would drop its
-    TLS state under the thread still reading it. A socket closed meanwhile is left.
+    A read gets no bytes, a send fails (``EPIPE``). The plain socket's ``shutdown``
+    also for a TLS socket, whose own would drop its TLS state under the thread still
+    using it. A socket closed meanwhile is left.
     """
     with contextlib.suppress(OSError):
-        socket.socket.shutdown(sock, socket.SHUT_RD)
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class CallStopped(BaseException):

@@ -305,21 +305,35 @@ def _readinto(body: Any) -> Callable[[memoryview], int]:
 
 # Requests that change nothing on the server: one left unanswered may be given up.
 _READS = frozenset({"GET", "HEAD"})
+
+
+def _is_part(method: str, url: str) -> bool:
+    """Whether a request sends a part of a multipart upload (UploadPart).
+
+    A part's request may be given up at any point once its call is stopped: the
+    stopped upload is aborted, so nothing of it is stored either way.
+    """
+    return method == "PUT" and "uploadId=" in url and "partNumber=" in url
+
+
 # botocore's connection pool classes, and their subclasses made by _watching_pool.
 _WATCHING: dict[type, type] = {}
 
 
 def watch_answers(client: Any) -> None:
-    """Makes ``client``'s connections watch the socket while a read's answer is awaited.
+    """Makes ``client``'s connections watch the socket for a stop where that is safe.
 
     On a transfer thread, a GET or HEAD whose answer has not begun (a server that
     took the request and says nothing) is left at once when its call is stopped, as a
     body that stalls is (see :func:`_readinto`): the socket is shut, and
-    :class:`CallStopped` is raised instead of waiting for the read timeout. Not for
-    writes: the server may have acted on a request whose answer is lost, so their
-    calls wait for it. botocore makes the connection pools of the classes its HTTP
-    session lists per scheme, a dict shared with its pool managers, changed here in
-    place before the client sends anything; an unknown layout is left as it is.
+    :class:`CallStopped` is raised instead of waiting for the read timeout. So is a
+    multipart upload's part, from its first byte sent to its answer (a send blocked
+    on a server that stopped reading, too): its upload is then aborted. Not other
+    writes: the server may have acted on a request whose answer is lost (or whose
+    last bytes were on their way), so their calls wait for it. botocore makes the
+    connection pools of the classes its HTTP session lists per scheme, a dict shared
+    with its pool managers, changed here in place before the client sends anything;
+    an unknown layout is left as it is.
     """
     session = getattr(getattr(client, "_endpoint", None), "http_session", None)
     classes = getattr(session, "_pool_classes_by_scheme", None)
@@ -340,9 +354,21 @@ def _watching_pool(pool: type) -> type:
     connection: Any = pool.ConnectionCls  # type: ignore[attr-defined]
 
     class Connection(connection):  # type: ignore[misc]
+        _fd_watched = False  # whether the request under way is watched for a stop
+
+        def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            part = _is_part(method, url)
+            self._fd_watched = part or method in _READS
+            if part:  # watched from its first byte: a blocked send is left too
+                if self.sock is None:
+                    self.connect()
+                if isinstance(self.sock, socket.socket):
+                    watch_socket(self.sock)
+            return super().request(method, url, *args, **kwargs)
+
         def getresponse(self, *args: Any, **kwargs: Any) -> Any:
             sock = self.sock
-            if getattr(self, "_method", None) not in _READS or not isinstance(sock, socket.socket):
+            if not self._fd_watched or not isinstance(sock, socket.socket):
                 return super().getresponse(*args, **kwargs)
             watch_socket(sock)
             try:
