@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -787,12 +788,22 @@ def _fake_s3(
     transport: str,
     scheme: str = "http",
     config: Config | None = None,
+    tls: tuple[Path, Path] | None = None,
     **kwargs: Any,
 ) -> Iterator[Options]:
     """Runs ``handler`` as an S3 server of its own; yields options that reach it by
     ``scheme`` with made-up credentials (one attempt unless ``kwargs`` say otherwise),
-    and the client ``config`` if given."""
+    and the client ``config`` if given. With ``tls`` (a certificate and its key, see
+    :func:`_self_signed`), the server speaks HTTPS and the options trust it."""
+    import ssl
+
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    verify: dict[str, Any] = {}
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme, verify = "https", {"verify": str(tls[0])}
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield Options(
@@ -805,6 +816,7 @@ def _fake_s3(
             s3_client_kwargs={
                 "endpoint_url": f"{scheme}://127.0.0.1:{server.server_address[1]}",
                 **({"config": config} if config else {}),
+                **verify,
             },
             transport=transport,
             **{"max_attempts": 1, **kwargs},
@@ -2548,12 +2560,13 @@ class _LostCompletion(_ReplacingProxy):
     completed the upload. A later completion of an upload already completed is
     answered ``NoSuchUpload``, as S3 does (moto would complete it again). With
     ``abort`` set, the upload is aborted instead (by someone else: nothing is
-    written).
+    written); with ``arrives`` false, the lost completions are not passed on at all.
     """
 
     lose: ClassVar[list[int]] = [1]
     abort: ClassVar[list[Callable[[str], None]]] = []
     completed: ClassVar[set[str]] = set()
+    arrives = True  # False: a lost completion never reached moto either
 
     def _forward(self) -> None:
         import http.client
@@ -2574,7 +2587,7 @@ class _LostCompletion(_ReplacingProxy):
         self.lose[0] -= 1
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
-        if upload_id in self.completed:
+        if upload_id in self.completed or not self.arrives:
             pass
         elif self.abort:
             self.abort[0](upload_id)
@@ -2620,6 +2633,91 @@ def test_a_multipart_upload_whose_completion_was_not_heard_is_written(
     assert Handler.lose[0] == (0 if lost == "first answer" else 96)  # 3 attempts
     assert s3_client.get_object(Bucket=bucket, Key="out/r1/big.bin")["Body"].read() == data
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_a_completion_that_never_arrived_is_an_error_though_the_same_bytes_are_there(
+    s3_server: LocalS3Server,
+    bucket: str,
+    s3_client,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """Every CompleteMultipartUpload is lost before it reaches the server, and the key
+    already holds the very same file (an earlier run's): its ETag is the one these
+    parts make, but this upload was never completed. The upload, still open, is seen
+    (ListParts), so the call fails and aborts it, rather than counting the old object
+    as written and leaving the upload's parts stored (helper-149)."""
+    src = tmp_path / "big.bin"
+    src.write_bytes(bytes(range(256)) * (11 * MiB // 256))
+
+    class Handler(_LostCompletion):
+        lose: ClassVar[list[int]] = [0]
+        completed: ClassVar[set[str]] = set()
+        arrives = False
+
+    Handler.upstream = s3_server.endpoint_url
+    url = f"s3://{bucket}/out/r1/big.bin"
+    with _proxy(Handler, s3_server, "boto3", max_attempts=2) as proxied:
+        file_dataset.write_files({"big.bin": src}, f"s3://{bucket}/out", "r1", proxied)
+        before = s3_client.head_object(Bucket=bucket, Key="out/r1/big.bin")
+        Handler.lose[0] = 99
+        with pytest.raises(file_dataset.TransferError) as raised:
+            file_dataset.write_files({"big.bin": src}, f"s3://{bucket}/out", "r1", proxied)
+    assert url in str(raised.value)
+    assert "row id 'r1', column 'big.bin'" in str(raised.value)
+    assert Handler.lose[0] == 97  # both attempts lost
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    after = s3_client.head_object(Bucket=bucket, Key="out/r1/big.bin")
+    assert after["LastModified"] == before["LastModified"]
+    assert after["ETag"] == before["ETag"]
+
+
+def test_a_lost_completion_checked_as_the_call_stops_says_the_file_may_be_written(
+    s3_server: LocalS3Server,
+    bucket: str,
+    s3_client,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """The answer to big.bin's CompleteMultipartUpload is lost after moto completed
+    it; while the HEAD that checks its object waits for its answer, an earlier file
+    of the call (a.bin) is refused, which stops big.bin's job and cuts that HEAD. The
+    error then says that big.bin may be written. Before (helper-149), the cut HEAD
+    took the job for one stopped before its end, "nothing written", and the note
+    left out a file that was stored."""
+    data = bytes(range(256)) * (11 * MiB // 256)
+    files = {"a.bin": tmp_path / "a.bin", "big.bin": tmp_path / "big.bin"}
+    files["a.bin"].write_bytes(b"small")
+    files["big.bin"].write_bytes(data)
+    head_waits = threading.Event()
+
+    class Handler(_LostCompletion):
+        lose: ClassVar[list[int]] = [1]
+        completed: ClassVar[set[str]] = set()
+
+        def _forward(self) -> None:
+            if self.command == "PUT" and self.path.split("?")[0].endswith("/a.bin"):
+                assert head_waits.wait(20)
+                denied = b"<Error><Code>AccessDenied</Code><Message>no</Message></Error>"
+                self.answer(403, denied)
+                return
+            if self.command == "HEAD" and self.path.split("?")[0].endswith("/big.bin"):
+                head_waits.set()  # no answer: held until the client gives up
+                self.close_connection = True
+                self.connection.settimeout(20)
+                with contextlib.suppress(OSError):
+                    self.connection.recv(1)
+                return
+            super()._forward()
+
+    Handler.upstream = s3_server.endpoint_url
+    with (
+        _proxy(Handler, s3_server, "boto3", max_attempts=1) as proxied,
+        pytest.raises(file_dataset.ObjectAccessDeniedError) as raised,
+    ):
+        file_dataset.write_files(files, f"s3://{bucket}/out", "r1", proxied)
+    assert f"s3://{bucket}/out/r1/a.bin" in str(raised.value)
+    notes = getattr(raised.value, "__notes__", [])
+    assert any("may be written" in note and "'big.bin'" in note for note in notes), notes
+    assert s3_client.get_object(Bucket=bucket, Key="out/r1/big.bin")["Body"].read() == data
 
 
 @pytest.mark.parametrize("transport", ["obstore", "boto3"])
@@ -4781,26 +4879,27 @@ def test_a_presigned_get_without_an_answer_holds_no_buffer_until_a_collection(
         assert held_by_cycles() == []
 
 
-def _tcp_queues(port: int) -> tuple[int, int]:
+def _tcp_queues(port: int, peer: int) -> tuple[int, int]:
     """Bytes in the send and receive queues of this process's TCP socket on local
-    ``port`` (``/proc/net/tcp``)."""
+    ``port`` connected to local ``peer`` (``/proc/net/tcp``)."""
     with open("/proc/net/tcp") as table:
         for line in table.readlines()[1:]:
-            local, _, _, queues = line.split()[1:5]
-            if int(local.rpartition(":")[2], 16) == port:
+            local, remote, _, queues = line.split()[1:5]
+            ports = int(local.rpartition(":")[2], 16), int(remote.rpartition(":")[2], 16)
+            if ports == (port, peer):
                 sent, _, received = queues.partition(":")
                 return int(sent, 16), int(received, 16)
     return 0, 0
 
 
-def _queued_by_client(port: int) -> int:
-    """Bytes in the send queue of this process's TCP socket on local ``port``."""
-    return _tcp_queues(port)[0]
+def _queued_by_client(handler: http.server.BaseHTTPRequestHandler) -> int:
+    """Bytes in the send queue of the client's socket of ``handler``'s connection."""
+    return _tcp_queues(handler.client_address[1], handler.server.server_address[1])[0]
 
 
-def _unread_by_client(port: int) -> int:
-    """Bytes in the receive queue of this process's TCP socket on local ``port``."""
-    return _tcp_queues(port)[1]
+def _unread_by_client(handler: http.server.BaseHTTPRequestHandler) -> int:
+    """Bytes in the receive queue of the client's socket of ``handler``'s connection."""
+    return _tcp_queues(handler.client_address[1], handler.server.server_address[1])[1]
 
 
 class _StallingPartHandler(_RangesHandler):
@@ -4834,7 +4933,7 @@ class _StallingPartHandler(_RangesHandler):
         # then blocked reading the rest, the stall to be left. (A stop that came while
         # bytes were still queued was seen between chunks, also by the code before.)
         for _ in range(20_000):
-            if not _unread_by_client(self.client_address[1]):
+            if not _unread_by_client(self):
                 break
             threading.Event().wait(0.001)
         self.stalling.set()
@@ -4970,11 +5069,12 @@ class _StallingUploadHandler(http.server.BaseHTTPRequestHandler):
     finished = threading.Event()
     waited_out: ClassVar[list[bool]] = []
     aborted: ClassVar[list[str]] = []
+    parts: ClassVar[list[int]] = []
 
     @classmethod
     def serve(cls) -> type[_StallingUploadHandler]:
         cls.stalling, cls.released, cls.finished = (threading.Event() for _ in range(3))
-        cls.waited_out, cls.aborted = [], []
+        cls.waited_out, cls.aborted, cls.parts = [], [], []
         return cls
 
     def setup(self) -> None:
@@ -5009,8 +5109,10 @@ class _StallingUploadHandler(http.server.BaseHTTPRequestHandler):
         self._reply(204)
 
     def do_PUT(self) -> None:
+        if "partNumber=" in self.path:
+            self.parts.append(int(self.path.partition("partNumber=")[2].partition("&")[0]))
         if "uploadId=" not in self.path:  # a.bin
-            assert self.stalling.wait(20)
+            assert self.stalling.wait(60)
             self._body()
             denied = b"<Error><Code>AccessDenied</Code><Message>denied</Message></Error>"
             self._reply(403, denied, **{"Content-Type": "application/xml"})
@@ -5024,8 +5126,9 @@ class _StallingUploadHandler(http.server.BaseHTTPRequestHandler):
         # is then blocked sending, the stall to be left. (A stop that came before was
         # seen between the chunks of the part, also by the code before.)
         queued, steady = -1, 0
-        for _ in range(20_000):
-            now = _queued_by_client(self.client_address[1])
+        deadline = time.monotonic() + 15  # (within a.bin's wait below, also under load)
+        while time.monotonic() < deadline:
+            now = _queued_by_client(self)
             steady = steady + 1 if now == queued and now > 0 else 0
             if steady == 20:
                 break
@@ -5037,23 +5140,36 @@ class _StallingUploadHandler(http.server.BaseHTTPRequestHandler):
         self.finished.set()
 
 
-@pytest.mark.parametrize("transport", ["obstore", "boto3"])
+@pytest.mark.parametrize(
+    ("transport", "scheme", "attempts"),
+    [("obstore", "http", 1), ("boto3", "http", 1), ("boto3", "https", 3)],
+)
 def test_a_part_whose_send_stalls_is_left_at_once_when_another_file_fails(
-    transport: str, tmp_path: Path
+    transport: str, scheme: str, attempts: int, tmp_path: Path
 ) -> None:
     """A multipart upload's part is being sent when the server stops reading it (a
     stalled connection: the client's send blocks), and an earlier file of the call
     is refused: the call ends with that file's error without waiting for the read
-    timeout (two minutes here), and the upload is aborted. Before, it waited until the
-    server gave up (its 20 s here)."""
+    timeout (two minutes here), and the upload is aborted, without a note that the
+    file may be written. Before, it waited until the server gave up (its 20 s here).
+    Over TLS the shut socket's send fails with SSLEOFError, which botocore retried
+    (a part sent after the stop) and which made a note say the file may be written
+    (helper-149)."""
     handler = _StallingUploadHandler.serve()
     files = {"a.bin": tmp_path / "a.bin", "b.bin": tmp_path / "b.bin"}
     files["a.bin"].write_bytes(b"small")
     files["b.bin"].write_bytes(os.urandom(20 * MiB))
-    config = Config(read_timeout=120, retries={"total_max_attempts": 1})
+    config = Config(read_timeout=120, retries={"total_max_attempts": attempts})
+    tls = _self_signed(tmp_path) if scheme == "https" else None
     with (
         _fake_s3(
-            handler, transport, config=config, part_size=16 * MiB, multipart_threshold=16 * MiB
+            handler,
+            transport,
+            config=config,
+            tls=tls,
+            max_attempts=attempts,
+            part_size=16 * MiB,
+            multipart_threshold=16 * MiB,
         ) as options,
         pytest.raises(file_dataset.ObjectAccessDeniedError) as raised,
     ):
@@ -5064,3 +5180,5 @@ def test_a_part_whose_send_stalls_is_left_at_once_when_another_file_fails(
     assert handler.finished.wait(20)
     assert handler.waited_out == [False]  # the call ended before the server's 20 s
     assert handler.aborted == ["up-1"]
+    assert sorted(handler.parts) == [1, 2]  # (none sent again after the stop)
+    assert not getattr(raised.value, "__notes__", None)

@@ -68,6 +68,7 @@ from file_dataset._errors import (
 from file_dataset._options import (
     CallStopped,
     Options,
+    call_stopped,
     stop_if_stopped,
     unwatch_socket,
     watch_socket,
@@ -227,8 +228,15 @@ def _completion_unheard(error: Exception) -> bool:
     (``NoSuchUpload``: S3 forgets an upload once it is completed).
     """
     if isinstance(error, ClientError):
-        return str(error.response.get("Error", {}).get("Code", "")).strip() == "NoSuchUpload"
+        return _no_such_upload(error)
     return isinstance(error, BotoConnectionError | HTTPClientError)
+
+
+def _no_such_upload(error: Exception) -> bool:
+    """Whether S3 answered that it does not know the upload (``NoSuchUpload``)."""
+    if not isinstance(error, ClientError):
+        return False
+    return str(error.response.get("Error", {}).get("Code", "")).strip() == "NoSuchUpload"
 
 
 def _multipart_etag(parts: list[Part]) -> str | None:
@@ -359,12 +367,22 @@ def _watching_pool(pool: type) -> type:
         def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
             part = _is_part(method, url)
             self._fd_watched = part or method in _READS
-            if part:  # watched from its first byte: a blocked send is left too
-                if self.sock is None:
-                    self.connect()
-                if isinstance(self.sock, socket.socket):
-                    watch_socket(self.sock)
-            return super().request(method, url, *args, **kwargs)
+            if not part:
+                return super().request(method, url, *args, **kwargs)
+            # watched from its first byte: a blocked send is left too
+            if self.sock is None:
+                self.connect()
+            if isinstance(self.sock, socket.socket):
+                watch_socket(self.sock)
+            try:
+                return super().request(method, url, *args, **kwargs)
+            except BaseException:
+                # The socket shut by a stop: a plain one's send fails with EPIPE, which
+                # urllib3 lets pass to read the answer (none: CallStopped there); a TLS
+                # one's with SSLEOFError, which botocore would retry.
+                if call_stopped():
+                    raise CallStopped from None
+                raise
 
         def getresponse(self, *args: Any, **kwargs: Any) -> Any:
             sock = self.sock
@@ -847,29 +865,48 @@ class S3Backend:
                 **self._args("complete"),
             )
         except (ClientError, BotoCoreError) as e:
-            if _completion_unheard(e) and self._completed(loc, parts):
+            if _completion_unheard(e) and self._completed(loc, upload_id, parts, e):
                 return
             translate_error(e, str(loc), "write")
 
-    def _completed(self, loc: Location, parts: list[Part]) -> bool:
+    def _completed(
+        self, loc: Location, upload_id: str, parts: list[Part], error: Exception
+    ) -> bool:
         """Whether the object at ``loc`` is the one that these parts make.
 
         Asked when CompleteMultipartUpload's answer was lost (a dropped connection, a
         read timeout) or when botocore's retry of it was answered ``NoSuchUpload``:
-        the first request may have completed the upload. S3 gives a multipart object
-        the ETag ``md5(the parts' MD5s)-<count>``, so a HEAD tells whether this upload
-        (or one of the very same parts) made the object. Anything else (another ETag,
-        an ETag that is no MD5, a HEAD that fails) is no proof, and the call reports
-        the completion's own error.
+        the first request may have completed the upload. After a lost answer, the
+        upload is looked for first (ListParts): one still open was not completed
+        (the request never arrived), and the call fails as before, aborting it. Then
+        S3 gives a multipart object the ETag ``md5(the parts' MD5s)-<count>``, so a
+        HEAD tells whether this upload (or one of the very same parts) made the
+        object. Anything else (another ETag, an ETag that is no MD5, a request that
+        fails, or one cut short by a stop of the call) is no proof, and the call
+        reports the completion's own error (a written file then counts as one that
+        may be written).
         """
         expected = _multipart_etag(parts)
         if expected is None:
             return False
+        client = self._options.s3_client()
         try:
-            resp = self._options.s3_client().head_object(
-                Bucket=loc.bucket, Key=loc.key, **self._args("head")
-            )
-        except (ClientError, BotoCoreError):
+            if not _no_such_upload(error):
+                try:
+                    client.list_parts(
+                        Bucket=loc.bucket,
+                        Key=loc.key,
+                        UploadId=upload_id,
+                        MaxParts=1,
+                        **self._args("list"),
+                    )
+                except ClientError as gone:
+                    if not _no_such_upload(gone):
+                        return False
+                else:
+                    return False  # still open: the completion never arrived
+            resp = client.head_object(Bucket=loc.bucket, Key=loc.key, **self._args("head"))
+        except (ClientError, BotoCoreError, CallStopped):
             return False
         return str(resp.get("ETag") or "").strip('"') == expected
 
