@@ -280,7 +280,7 @@ class RunState:
         self._stopped_from: float = math.inf  # the first job stopped
         self._executing = 0
         # thread id -> (job, socket) of each body being read by a call of the run
-        self._sockets: dict[int, tuple[int, socket.socket]] = {}
+        self._sockets: dict[int, tuple[int, socket.socket, int]] = {}
 
     def start_call(self, job: int) -> bool:
         """Called by a worker before a call of ``job``: ``False`` if it must be skipped."""
@@ -298,17 +298,18 @@ class RunState:
             if not self._executing:
                 self._cond.notify_all()
 
-    def watch(self, job: int, sock: socket.socket) -> None:
+    def watch(self, job: int, sock: socket.socket, how: int = socket.SHUT_RDWR) -> None:
         """Notes that the calling thread waits on ``sock`` for ``job`` (a body, say).
 
-        Stopping the job shuts the socket (see :meth:`unwatch`); if it is
+        Stopping the job shuts the socket (``how``: both ways by default, or only
+        for sending, ``SHUT_WR``; see :meth:`unwatch`); if it is
         stopped already, that happens now. Until the thread watches another socket,
         calls :meth:`unwatch` or ends its call.
         """
         with self._cond:
-            self._sockets[threading.get_ident()] = (job, sock)
+            self._sockets[threading.get_ident()] = (job, sock, how)
             if job >= self._stopped_from:
-                _shut(sock)
+                _shut(sock, how)
 
     def unwatch(self) -> bool:
         """Ends the calling thread's watch; whether its socket is still whole.
@@ -323,9 +324,9 @@ class RunState:
     def _stopped(self, stopped_from: float) -> None:
         # (under self._cond)
         self._stopped_from = min(self._stopped_from, stopped_from)
-        for job, sock in self._sockets.values():
+        for job, sock, how in self._sockets.values():
             if job >= self._stopped_from:
-                _shut(sock)
+                _shut(sock, how)
 
     def stop_from(self, job: int) -> None:
         """Stops ``job`` and every later job of the run."""
@@ -356,15 +357,15 @@ class RunState:
             self._cond.wait_for(lambda: not self._executing)
 
 
-def _shut(sock: socket.socket) -> None:
-    """Shuts ``sock`` both ways, so that whatever is blocked on it returns at once.
+def _shut(sock: socket.socket, how: int = socket.SHUT_RDWR) -> None:
+    """Shuts ``sock`` (both ways by default), so that what is blocked on it returns.
 
     A read gets no bytes, a send fails (``EPIPE``). The plain socket's ``shutdown``
     also for a TLS socket, whose own would drop its TLS state under the thread still
     using it. A socket closed meanwhile is left.
     """
     with contextlib.suppress(OSError):
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        socket.socket.shutdown(sock, how)
 
 
 class CallStopped(BaseException):
@@ -404,14 +405,14 @@ def stop_if_stopped() -> None:
         raise CallStopped
 
 
-def watch_socket(sock: socket.socket) -> None:
-    """Notes that the calling thread's call reads a body from ``sock``.
+def watch_socket(sock: socket.socket, how: int = socket.SHUT_RDWR) -> None:
+    """Notes that the calling thread's call waits on ``sock`` (a body, an answer).
 
     See :meth:`RunState.watch`; nothing is noted outside a worker's call.
     """
     run: RunState | None = getattr(_CARRYING, "run", None)
     if run is not None:
-        run.watch(_CARRYING.tag[0], sock)
+        run.watch(_CARRYING.tag[0], sock, how)
 
 
 def unwatch_socket() -> bool:

@@ -318,8 +318,9 @@ _READS = frozenset({"GET", "HEAD"})
 def _is_part(method: str, url: str) -> bool:
     """Whether a request sends a part of a multipart upload (UploadPart).
 
-    A part's request may be given up at any point once its call is stopped: the
-    stopped upload is aborted, so nothing of it is stored either way.
+    A part's request may be given up while its body is being sent once its call is
+    stopped: the server does not store a part whose body is cut short, and the
+    stopped upload is aborted.
     """
     return method == "PUT" and "uploadId=" in url and "partNumber=" in url
 
@@ -335,10 +336,9 @@ def watch_answers(client: Any) -> None:
     took the request and says nothing) is left at once when its call is stopped, as a
     body that stalls is (see :func:`_readinto`): the socket is shut, and
     :class:`CallStopped` is raised instead of waiting for the read timeout. So is a
-    multipart upload's part, from its first byte sent to its answer (a send blocked
-    on a server that stopped reading, too): its upload is then aborted. Not other
-    writes: the server may have acted on a request whose answer is lost (or whose
-    last bytes were on their way), so their calls wait for it. botocore makes the
+    multipart upload's part while it is sent (a send blocked on a server that stopped
+    reading it): its upload is then aborted. Not a part sent whole, nor other writes:
+    the server may be acting on the request, so their calls wait for its answer. botocore makes the
     connection pools of the classes its HTTP session lists per scheme, a dict shared
     with its pool managers, changed here in place before the client sends anything;
     an unknown layout is left as it is.
@@ -363,29 +363,50 @@ def _watching_pool(pool: type) -> type:
 
     class Connection(connection):  # type: ignore[misc]
         _fd_watched = False  # whether the request under way is watched for a stop
+        _fd_half_shut = False  # shut for sending by a stop once its request was sent
+
+        @property
+        def is_connected(self) -> bool:  # (urllib3 2 asks before it reuses one)
+            return not self._fd_half_shut and bool(super().is_connected)
+
+        def close(self) -> None:
+            self._fd_half_shut = False
+            super().close()
 
         def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-            part = _is_part(method, url)
-            self._fd_watched = part or method in _READS
-            if not part:
+            self._fd_watched = method in _READS
+            if not _is_part(method, url):
                 return super().request(method, url, *args, **kwargs)
-            # watched from its first byte: a blocked send is left too
+            # A part is watched while it is sent, shut for sending only: a send
+            # blocked on a server that stopped reading fails at once, and the server
+            # never gets the whole body. One sent whole waits for its answer (the
+            # server may be storing it: its upload is aborted only after that).
             if self.sock is None:
                 self.connect()
             if isinstance(self.sock, socket.socket):
-                watch_socket(self.sock)
+                watch_socket(self.sock, socket.SHUT_WR)
             try:
-                return super().request(method, url, *args, **kwargs)
+                sent = super().request(method, url, *args, **kwargs)
             except BaseException:
-                # The socket shut by a stop: a plain one's send fails with EPIPE, which
-                # urllib3 lets pass to read the answer (none: CallStopped there); a TLS
-                # one's with SSLEOFError, which botocore would retry.
-                if call_stopped():
+                # The send failed: EPIPE on a plain socket (urllib3 would go on to
+                # read an answer), SSLEOFError on a TLS one (botocore would retry).
+                whole = unwatch_socket()
+                if not whole or call_stopped():
                     raise CallStopped from None
                 raise
+            # (shut just after its last byte: its answer is still read, then closed)
+            self._fd_half_shut = not unwatch_socket()
+            return sent
 
         def getresponse(self, *args: Any, **kwargs: Any) -> Any:
             sock = self.sock
+            if self._fd_half_shut:  # a part shut for sending just after its last byte
+                try:
+                    return super().getresponse(*args, **kwargs)
+                except BaseException:
+                    if call_stopped():  # (no answer: the upload is aborted)
+                        raise CallStopped from None
+                    raise
             if not self._fd_watched or not isinstance(sock, socket.socket):
                 return super().getresponse(*args, **kwargs)
             watch_socket(sock)
