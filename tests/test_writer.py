@@ -1386,3 +1386,59 @@ def test_written_ids_refuses_bad_arguments(
     with pytest.raises(error, match=re.escape(message)) as info:
         file_dataset.written_ids(tmp_path, names, since=since)
     assert isinstance(info.value, file_dataset.InvalidInputError)
+
+
+@pytest.mark.parametrize("stage", ["create", "parts"])
+def test_a_multipart_upload_closed_before_its_completion_is_not_called_maybe_written(
+    stage: str,
+    s3_server: LocalS3Server,
+    bucket: str,
+    s3_client: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An earlier file fails while a large file's CreateMultipartUpload (or its parts)
+    is under way; that request then succeeds, and the job is closed: its upload is
+    aborted, nothing of it is written. Before, the error's note said that it "may be
+    written already" (helper-149's stress runs: 6 to 10 refused writes of 25)."""
+    from file_dataset._options import call_stopped
+    from file_dataset._s3 import S3Backend
+
+    files = make_files(tmp_path, {"a.bin": b"small", "big.bin": os.urandom(10 * MiB)})
+    start, part = S3Backend.multipart_start, S3Backend.multipart_part
+    began = threading.Event()
+    sent = threading.Barrier(2)  # the two 5 MiB parts
+
+    def refused(self: S3Backend, src: Path, loc: Any) -> None:
+        assert began.wait(60)  # (a safety net: the other request is under way at once)
+        raise file_dataset.TransferError(str(loc), "refused", operation="write")
+
+    def until_stopped(method: Callable[..., Any]) -> Callable[..., Any]:
+        def held(*args: Any) -> Any:
+            # A part is sent whole first (it would be cut while sent); the creation
+            # is made after the failure, as when its answer comes after it.
+            result = method(*args) if stage == "parts" else None
+            if stage == "parts":
+                sent.wait(60)  # both parts sent whole
+            began.set()
+            for _ in range(60_000):  # until the call has taken a.bin's failure
+                if call_stopped():
+                    break
+                threading.Event().wait(0.001)
+            return result if stage == "parts" else method(*args)
+
+        return held
+
+    monkeypatch.setattr(S3Backend, "write", refused)
+    if stage == "create":
+        monkeypatch.setattr(S3Backend, "multipart_start", until_stopped(start))
+    else:
+        monkeypatch.setattr(S3Backend, "multipart_part", until_stopped(part))
+    options = s3_server.options(transport="boto3", part_size=5 * MiB, multipart_threshold=5 * MiB)
+    with pytest.raises(file_dataset.TransferError, match="refused") as raised:
+        file_dataset.write_files(files, f"s3://{bucket}/p", id="1", options=options)
+    monkeypatch.undo()
+    assert "row id '1', column 'a.bin'" in str(raised.value)
+    assert getattr(raised.value, "__notes__", None) is None
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0

@@ -291,11 +291,16 @@ def size_job(loc: Location, options: Options) -> Job[int]:
     return int(size)
 
 
-def upload_job(src: Path, loc: Location, options: Options) -> Job[Location]:
+def upload_job(
+    src: Path, loc: Location, options: Options, writing: list[bool] | None = None
+) -> Job[Location]:
     """Writes a local file to ``loc``: one request, or a multipart upload when large.
 
     A multipart upload is completed only if ``src`` is still the version whose parts
     were sent; otherwise it is aborted, so the object is never a mix of two versions.
+    ``writing``, if given, gets an item once the request that may store the object
+    (the PUT, or CompleteMultipartUpload) is asked for: a job closed before that has
+    written nothing (its multipart upload is aborted).
     """
     backend = backend_for(loc, options)
     # The notes of the run_jobs call that runs this job (it starts the job): an abort
@@ -307,6 +312,8 @@ def upload_job(src: Path, loc: Location, options: Options) -> Job[Location]:
         raise source_error(e, str(src)) from e
     size = stat.st_size
     if not backend.supports_multipart or size <= options.multipart_threshold:
+        if writing is not None:
+            writing.append(True)
         yield [partial(backend.write, src, loc)]
         return loc
     part_size = max(options.part_size, -(-size // _MAX_PARTS))
@@ -332,6 +339,8 @@ def upload_job(src: Path, loc: Location, options: Options) -> Job[Location]:
             raise source_error(e, str(src)) from e
         if not unchanged:
             raise TransferError(str(src), SOURCE_CHANGED, operation="read")
+        if writing is not None:
+            writing.append(True)
         yield [partial(backend.multipart_complete, loc, upload_id, parts)]
     except BaseException as failure:
         if started:

@@ -191,7 +191,9 @@ def write_files(
                 row_id=row_id,
                 column=name,
             )
-        jobs.append(_outcome_kept(upload_job(path, dest, options), outcomes, len(jobs)))
+        writing: list[bool] = []
+        job = upload_job(path, dest, options, writing)
+        jobs.append(_outcome_kept(job, outcomes, len(jobs), writing))
         contexts.append((row_id, name))
         results[name] = str(dest) if dest.is_s3 else dest.path
     # A local row folder this call creates is removed again if nothing could be written
@@ -268,18 +270,24 @@ def _others_note(
     )
 
 
-def _outcome_kept(job: Job[Location], outcomes: dict[int, str], index: int) -> Job[Location]:
+def _outcome_kept(
+    job: Job[Location], outcomes: dict[int, str], index: int, writing: list[bool]
+) -> Job[Location]:
     """``job``, noting in ``outcomes[index]`` how it went.
 
-    "failed" (its own error), "cut" (its requests cut by the call's failure elsewhere:
-    nothing of it written), "done", or "stopped" (closed by the call's failure
-    elsewhere, maybe after its last request succeeded). A job never started (run_jobs
-    starts none after a failure) has no outcome: every job started ends in one of these.
+    "failed" (its own error), "cut" (its requests cut by the call's failure elsewhere,
+    or closed by it before the request that stores the object was asked for, as
+    ``writing`` tells (see ``upload_job``): nothing of it written), "done", or
+    "stopped" (closed by the call's failure elsewhere once that request was asked for,
+    maybe after it succeeded). A job never started (run_jobs starts none after a
+    failure) has no outcome: every job started ends in one of these.
     """
     try:
         result = yield from job
     except GeneratorExit:
-        outcomes[index] = "stopped"
+        # (closed between the requests of a multipart upload: CreateMultipartUpload or
+        # its parts answered after the failure; its upload is aborted)
+        outcomes[index] = "stopped" if writing else "cut"
         raise
     except CallStopped:
         outcomes[index] = "cut"
