@@ -4939,6 +4939,11 @@ class _StallingPartHandler(_RangesHandler):
                 break
             threading.Event().wait(0.001)
         self.stalling.set()
+        self.wait_for_close()
+
+    def wait_for_close(self) -> None:
+        """Waits until the client closes the connection (or 20 s pass), sending
+        nothing; sets ``client_closed`` if the client did."""
         self.close_connection = True
         self.connection.settimeout(20)
         try:
@@ -5003,16 +5008,7 @@ class _SilentPartHandler(_StallingPartHandler):
             super().do_GET()
             return
         self.stalling.set()
-        self.close_connection = True
-        self.connection.settimeout(20)
-        try:
-            closed = self.connection.recv(1) == b""
-        except TimeoutError:
-            closed = False
-        except OSError:
-            closed = True
-        if closed:
-            self.client_closed.set()
+        self.wait_for_close()
 
 
 @pytest.mark.parametrize(

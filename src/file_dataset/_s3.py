@@ -161,7 +161,7 @@ def translate_error(error: Exception, url: str, operation: str) -> NoReturn:
         code = ""
         if isinstance(error, ClientError):
             failure.status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            code = str(error.response.get("Error", {}).get("Code", "")).strip()
+            code = _error_code(error)
         failure.credentials_failed = credentials_failed(error, code)
         forget_unmasked(failure, error)
         raise
@@ -171,7 +171,7 @@ def _translate(error: Exception, url: str, operation: str) -> NoReturn:
     cause = masked_cause(error)  # botocore and urllib3 quote the endpoint, password and all
     if isinstance(error, ClientError):
         info = error.response.get("Error", {})
-        code = str(info.get("Code", "")).strip()  # indented XML: line breaks around
+        code = _error_code(error)
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         # a gateway's message may quote the request's headers: its token, say
         message = masked_cut(str(info.get("Message") or "").strip(), 1000)
@@ -232,11 +232,14 @@ def _completion_unheard(error: Exception) -> bool:
     return isinstance(error, BotoConnectionError | HTTPClientError)
 
 
+def _error_code(error: ClientError) -> str:
+    """The S3 error code of an answer (indented XML puts line breaks around it)."""
+    return str(error.response.get("Error", {}).get("Code", "")).strip()
+
+
 def _no_such_upload(error: Exception) -> bool:
     """Whether S3 answered that it does not know the upload (``NoSuchUpload``)."""
-    if not isinstance(error, ClientError):
-        return False
-    return str(error.response.get("Error", {}).get("Code", "")).strip() == "NoSuchUpload"
+    return isinstance(error, ClientError) and _error_code(error) == "NoSuchUpload"
 
 
 def _multipart_etag(parts: list[Part]) -> str | None:
@@ -390,8 +393,8 @@ def _watching_pool(pool: type) -> type:
             except BaseException:
                 # The send failed: EPIPE on a plain socket (urllib3 would go on to
                 # read an answer), SSLEOFError on a TLS one (botocore would retry).
-                whole = unwatch_socket()
-                if not whole or call_stopped():
+                unwatch_socket()
+                if call_stopped():
                     raise CallStopped from None
                 raise
             # (shut just after its last byte: its answer is still read, then closed)
@@ -400,23 +403,21 @@ def _watching_pool(pool: type) -> type:
 
         def getresponse(self, *args: Any, **kwargs: Any) -> Any:
             sock = self.sock
-            if self._fd_half_shut:  # a part shut for sending just after its last byte
-                try:
-                    return super().getresponse(*args, **kwargs)
-                except BaseException:
-                    if call_stopped():  # (no answer: the upload is aborted)
-                        raise CallStopped from None
-                    raise
-            if not self._fd_watched or not isinstance(sock, socket.socket):
+            watched = self._fd_watched and isinstance(sock, socket.socket)
+            # (a part shut for sending just after its last byte: no answer may come)
+            if not watched and not self._fd_half_shut:
                 return super().getresponse(*args, **kwargs)
-            watch_socket(sock)
+            if watched:
+                watch_socket(sock)
             try:
                 response = super().getresponse(*args, **kwargs)
             except BaseException:
-                if not unwatch_socket():  # shut by the stop: no dropped connection
+                if watched:
+                    unwatch_socket()
+                if call_stopped():  # shut by the stop: no dropped connection
                     raise CallStopped from None
                 raise
-            if not unwatch_socket():  # (urllib3 closes the connection on the way out)
+            if watched and not unwatch_socket():  # (urllib3 then closes the connection)
                 raise CallStopped
             return response
 
@@ -913,19 +914,20 @@ class S3Backend:
         client = self._options.s3_client()
         try:
             if not _no_such_upload(error):
-                try:
-                    client.list_parts(
-                        Bucket=loc.bucket,
-                        Key=loc.key,
-                        UploadId=upload_id,
-                        MaxParts=1,
-                        **self._args("list"),
-                    )
-                except ClientError as gone:
-                    if not _no_such_upload(gone):
-                        return False
-                else:
-                    return False  # still open: the completion never arrived
+                client.list_parts(
+                    Bucket=loc.bucket,
+                    Key=loc.key,
+                    UploadId=upload_id,
+                    MaxParts=1,
+                    **self._args("list"),
+                )
+                return False  # still open: the completion never arrived
+        except ClientError as gone:
+            if not _no_such_upload(gone):
+                return False
+        except (BotoCoreError, CallStopped):
+            return False
+        try:
             resp = client.head_object(Bucket=loc.bucket, Key=loc.key, **self._args("head"))
         except (ClientError, BotoCoreError, CallStopped):
             return False
