@@ -3987,6 +3987,73 @@ def test_an_upload_stopped_by_another_files_failure_that_cannot_be_aborted_says_
     assert (said in "".join(getattr(raised.value, "__notes__", []))) == (abort[0] == 500)
 
 
+@pytest.mark.parametrize("transport", ["boto3", "obstore"])
+def test_the_uploads_stopped_by_a_failure_are_aborted_together(
+    transport: str, tmp_path: Path
+) -> None:
+    """Four multipart uploads under way when the first file's PUT is refused: their
+    aborts were made one after another on the calling thread, so the error waited
+    for each answer in turn (12 aborts answered in 0.25 s each: 3.9 s, helper-145).
+    Here each abort is answered only once all four have arrived (the server gives up
+    waiting after 10 s, a safety net): all four arrive together, each upload is
+    aborted once, and the error is the first file's, with no note."""
+    uploads = 4
+    created = threading.Semaphore(0)  # one release per CreateMultipartUpload answered
+    lock = threading.Lock()
+    arrived = threading.Event()  # every abort has arrived
+
+    class Handler(_RefusingHandler):
+        get = (403, "AccessDenied")
+        aborted: ClassVar[list[str]] = []
+        waiting: ClassVar[list[int]] = [0]  # aborts arrived and not answered
+        together: ClassVar[list[int]] = []  # for each abort, how many had arrived
+
+        def do_PUT(self) -> None:
+            if "uploadId=" not in self.path:  # a.bin, in one request
+                for _ in range(uploads):
+                    assert created.acquire(timeout=60)  # a safety net: they come at once
+                self._refuse()
+                return
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("ETag", '"e"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_POST(self) -> None:
+            key = self.path.partition("?")[0].rpartition("/")[2]
+            self._start_upload(f"up-{key}")
+            created.release()
+
+        def do_DELETE(self) -> None:
+            with lock:
+                self.aborted.append(self.path.partition("uploadId=")[2])
+                self.waiting[0] += 1
+                if self.waiting[0] == uploads:
+                    arrived.set()
+            arrived.wait(timeout=10)  # (on the code before, each gave up after 10 s)
+            with lock:
+                self.together.append(self.waiting[0])
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    files = {"a.bin": tmp_path / "a.bin"}
+    files["a.bin"].write_bytes(b"a" * 16_384)
+    for n in range(uploads):
+        files[f"m{n}.bin"] = tmp_path / f"m{n}.bin"
+        files[f"m{n}.bin"].write_bytes(os.urandom(6 * MiB))
+    with (
+        _fake_s3(Handler, transport, part_size=5 * MiB, multipart_threshold=5 * MiB) as options,
+        pytest.raises(file_dataset.ObjectAccessDeniedError) as raised,
+    ):
+        file_dataset.write_files(files, "s3://bkt/out", "r1", options)
+    assert raised.value.url == "s3://bkt/out/r1/a.bin"
+    assert not [n for n in getattr(raised.value, "__notes__", []) if "abort" in n]
+    assert sorted(Handler.aborted) == [f"up-m{n}.bin" for n in range(uploads)]
+    assert Handler.together == [uploads] * uploads  # before: [1, 2, 3, 4]
+
+
 def _expiring_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, later: str) -> None:
     """Profile "expiring": a credential_process whose first answer ends in 5 minutes (so
     botocore runs it again before each use) and whose later runs print ``later``:

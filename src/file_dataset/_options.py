@@ -12,7 +12,6 @@ import logging
 import math
 import operator
 import os
-import queue
 import re
 import socket
 import threading
@@ -20,7 +19,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict, Unpack, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypedDict, Unpack, get_args
 
 import numpy as np
 
@@ -218,6 +217,13 @@ class _Runtime:
 
 # What a worker of _Workers reports: (tag, result, error).
 Reply = tuple[Any, Any, BaseException | None]
+
+
+class ReplyTo(Protocol):
+    """Where a worker of :class:`_Workers` puts a call's :data:`Reply` (a queue, say)."""
+
+    def put(self, item: Reply, /) -> None:
+        """Takes a reply; called on the worker's thread."""
 
 
 # How long a transfer thread waits for work before it ends (its S3 client and
@@ -461,7 +467,7 @@ class _Parked:
 
 
 # A call for _Workers: the callable, the queue its reply goes to, its tag and its run.
-_Call = tuple[Callable[[], Any], "queue.SimpleQueue[Reply]", Any, RunState]
+_Call = tuple[Callable[[], Any], ReplyTo, Any, RunState]
 
 
 class _Workers:
@@ -500,7 +506,7 @@ class _Workers:
     def submit(
         self,
         call: Callable[[], Any],
-        reply: queue.SimpleQueue[Reply],
+        reply: ReplyTo,
         tag: tuple[int, int],
         run: RunState,
     ) -> None:
