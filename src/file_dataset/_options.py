@@ -277,9 +277,15 @@ class RunState:
     which wakes the blocked read at once. So do requests awaiting their answer, and
     multipart parts being sent, where giving them up is safe (see
     ``_s3.watch_answers``).
+
+    A wait that nothing can end early (a read inside obstore's Rust code, whose
+    socket this process cannot reach: see :func:`detachable`) is given up instead:
+    stopping its job gives the job its :class:`CallStopped` reply at once and no
+    longer counts the call as under way, and the thread, once its wait ends by
+    itself, raises :class:`CallDetached` before it touches anything of the job's.
     """
 
-    __slots__ = ("_cond", "_executing", "_sockets", "_stopped_from")
+    __slots__ = ("_blocked", "_cond", "_detached", "_executing", "_sockets", "_stopped_from")
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -287,6 +293,9 @@ class RunState:
         self._executing = 0
         # thread id -> (job, socket) of each body being read by a call of the run
         self._sockets: dict[int, tuple[int, socket.socket, int]] = {}
+        # thread id -> (reply, tag) of each call in a wait that cannot be ended early
+        self._blocked: dict[int, tuple[ReplyTo, tuple[int, int]]] = {}
+        self._detached: set[int] = set()  # the threads of the calls given up
 
     def start_call(self, job: int) -> bool:
         """Called by a worker before a call of ``job``: ``False`` if it must be skipped."""
@@ -299,7 +308,11 @@ class RunState:
     def end_call(self) -> None:
         """Called by a worker after a call that :meth:`start_call` let run."""
         with self._cond:
-            self._sockets.pop(threading.get_ident(), None)
+            me = threading.get_ident()
+            if me in self._detached:  # (counted out, and answered, when given up)
+                self._detached.discard(me)
+                return
+            self._sockets.pop(me, None)
             self._executing -= 1
             if not self._executing:
                 self._cond.notify_all()
@@ -327,12 +340,42 @@ class RunState:
             watched = self._sockets.pop(threading.get_ident(), None)
             return watched is None or watched[0] < self._stopped_from
 
+    # block and unblock take no lock (they come twice per small object): each thread
+    # adds and removes its own entry of ``_blocked``, and a stop (under the lock) gives
+    # up a call by removing its entry. Removing is atomic, so whichever of the two
+    # removes an entry first decides whether the call was given up.
+
+    def block(self, tag: tuple[int, int], reply: ReplyTo) -> None:
+        """Notes that the calling thread's call (``tag``) enters an unstoppable wait.
+
+        Raises :class:`CallStopped` if its job is stopped already.
+        """
+        me = threading.get_ident()
+        self._blocked[me] = (reply, tag)
+        if tag[0] >= self._stopped_from:  # stopped already, or as it was noted
+            if self._blocked.pop(me, None) is None:
+                raise CallDetached  # (given up by that stop: its job has its reply)
+            raise CallStopped
+
+    def unblock(self) -> bool:
+        """Ends the calling thread's :meth:`block`: whether its call was given up."""
+        return self._blocked.pop(threading.get_ident(), None) is None
+
     def _stopped(self, stopped_from: float) -> None:
         # (under self._cond)
         self._stopped_from = min(self._stopped_from, stopped_from)
         for job, sock, how in self._sockets.values():
             if job >= self._stopped_from:
                 _shut(sock, how)
+        for thread, (reply, tag) in list(self._blocked.items()):
+            if tag[0] >= self._stopped_from and self._blocked.pop(thread, None) is not None:
+                # Given up: answered now, counted out, its thread left to its wait.
+                self._sockets.pop(thread, None)
+                self._detached.add(thread)
+                reply.put((tag, None, CallStopped()))
+                self._executing -= 1
+        if not self._executing:
+            self._cond.notify_all()
 
     def stop_from(self, job: int) -> None:
         """Stops ``job`` and every later job of the run."""
@@ -388,6 +431,16 @@ class CallStopped(BaseException):
     """
 
 
+class CallDetached(CallStopped):
+    """Raised by a call given up while it waited (see :class:`RunState`).
+
+    Its job has had its ``CallStopped`` reply already, and may have cleaned up (its
+    temporary file closed and removed): the call must not touch anything of the job's
+    (a buffer, a file descriptor whose number may be another file's by then). The
+    worker that carries it sends no reply.
+    """
+
+
 # The run, reply queue and tag of the call that each transfer thread is carrying.
 _CARRYING = threading.local()
 
@@ -409,6 +462,39 @@ def stop_if_stopped() -> None:
     """
     if call_stopped():
         raise CallStopped
+
+
+class _Detachable:
+    """See :func:`detachable` (a class: cheaper than a generator's context manager)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        run: RunState | None = getattr(_CARRYING, "run", None)
+        if run is not None:
+            run.block(_CARRYING.tag, _CARRYING.reply)
+
+    def __exit__(self, *exc: object) -> None:
+        run: RunState | None = getattr(_CARRYING, "run", None)
+        if run is not None and run.unblock():
+            raise CallDetached
+
+
+_DETACHABLE = _Detachable()
+
+
+def detachable() -> _Detachable:
+    """Marks a wait of the calling thread's call that nothing can end early.
+
+    A read inside obstore's Rust code (waiting for an answer, a body, a chunk of
+    one) cannot be stopped from another thread, and its socket is out of reach. If
+    the call's job is stopped meanwhile, the call is given up (see
+    :class:`RunState`): its job goes on at once, and when the wait ends by itself (an
+    answer, an error, obstore's timeout) :class:`CallDetached` is raised here, in
+    place of what it gave. Raises :class:`CallStopped` at once if the job is stopped
+    already. Does nothing outside a worker's call. Used as ``with detachable():``.
+    """
+    return _DETACHABLE
 
 
 def watch_socket(sock: socket.socket, how: int = socket.SHUT_RDWR) -> None:
@@ -595,6 +681,8 @@ class _Workers:
                 carrying.run, carrying.reply, carrying.tag = run, reply, tag
                 try:
                     reply.put((tag, call(), None))
+                except CallDetached:
+                    pass  # given up: its job has its reply (see RunState)
                 except BaseException as e:
                     if not isinstance(e, CallStopped):
                         # A failed call fails its job (no job recovers from one): its

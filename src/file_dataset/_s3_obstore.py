@@ -76,7 +76,7 @@ from file_dataset._errors import (
     no_descriptor_left,
     remember_secrets,
 )
-from file_dataset._options import Options
+from file_dataset._options import Options, detachable
 from file_dataset._s3 import _DENIED, _NOT_FOUND, ARCHIVED, S3Backend, denied_reason
 from file_dataset._s3 import translate_error as translate_boto_error
 from file_dataset._s3_signed import read_into as signed_read_into
@@ -752,15 +752,19 @@ class ObstoreS3Backend:
     ) -> tuple[Blob | None, int, str | None]:
         url = str(loc)
         try:
-            result = self._get_first(loc, length)
-            total = int(result.meta["size"])
-            tag = result.meta.get("e_tag")
-            expected = min(total, length)
-            if sink is not None and (expected >= STREAM_BYTES or total > length):
+            # obstore's waits for the answer and a small body: given up if the call is
+            # stopped meanwhile (one section: nothing of the job's is touched in it)
+            with detachable():
+                result = self._get_first(loc, length)
+                total = int(result.meta["size"])
+                tag = result.meta.get("e_tag")
+                expected = min(total, length)
+                streamed = sink is not None and (expected >= STREAM_BYTES or total > length)
+                data = b"" if streamed else result.bytes()
+            if streamed and sink is not None:
                 store = store_writer(sink(total, tag))
                 write_chunks(store, 0, self._chunks(result, url, expected))
                 return None, total, tag
-            data = result.bytes()
         except (BaseError, OSError) as e:
             translate_error(e, url, "read")
         if len(data) != expected:
@@ -798,7 +802,12 @@ class ObstoreS3Backend:
         buffers are reused by the allocator instead of touching fresh pages.
         """
         done = 0
-        for chunk in result.stream(min_chunk_size=_STREAM_CHUNK_BYTES):
+        stream = result.stream(min_chunk_size=_STREAM_CHUNK_BYTES)
+        while True:
+            with detachable():  # (the next chunk awaited: see read_first)
+                chunk = next(stream, None)
+            if chunk is None:
+                break
             view = memoryview(chunk)
             if done + len(view) > length:
                 raise TransferError(url, f"got more than the {length} bytes asked for")
@@ -817,9 +826,10 @@ class ObstoreS3Backend:
         if tag and not is_weak(tag):  # a weak ETag never matches If-Match
             get_options["if_match"] = tag
         try:
-            result = self._request(
-                loc, lambda store: obstore.get(store, loc.key, options=cast(Any, get_options))
-            )
+            with detachable():  # (see read_first)
+                result = self._request(
+                    loc, lambda store: obstore.get(store, loc.key, options=cast(Any, get_options))
+                )
             check_same_version(url, tag, result.meta.get("e_tag"))
             yield from self._chunks(result, url, length)
         except (BaseError, OSError) as e:
@@ -838,7 +848,8 @@ class ObstoreS3Backend:
 
     def size(self, loc: Location) -> int:
         try:
-            head = self._request(loc, lambda store: obstore.head(store, loc.key), "head")
+            with detachable():  # (see read_first)
+                head = self._request(loc, lambda store: obstore.head(store, loc.key), "head")
             return int(head["size"])
         except (BaseError, OSError) as e:
             return explain_head(self, loc, partial(translate_error, e, str(loc), "head"))
