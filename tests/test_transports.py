@@ -5135,6 +5135,61 @@ def test_a_part_never_answered_is_left_at_once_when_another_row_fails(
     _left_at_once(_SilentPartHandler, transport, into, scheme, tmp_path)
 
 
+class _SilentObjectHandler(_RefusingHandler):
+    """Takes every request for s3://bkt/small.bin and answers none until the client
+    closes the connection (or 20 s pass: ``gave_up``); s3://bkt/missing.bin is
+    answered 404 once such a request is held."""
+
+    get = head = (404, "NoSuchKey")
+    holding = threading.Event()
+    gave_up = threading.Event()
+
+    def _hold_or_refuse(self) -> None:
+        if "/bkt/missing.bin" not in self.path:
+            self.holding.set()
+            self.close_connection = True
+            self.connection.settimeout(20)
+            try:
+                self.connection.recv(1)
+            except TimeoutError:
+                self.gave_up.set()
+            except OSError:
+                pass
+            return
+        assert self.holding.wait(20)
+        self._refuse()
+
+    do_GET = do_HEAD = _hold_or_refuse
+
+
+@pytest.mark.parametrize("into", ["blobs", "sizes"])  # (into_blob_table, into_size_table)
+def test_an_obstore_request_never_answered_is_given_up_when_another_row_fails(
+    into: str,
+) -> None:
+    """obstore's own GET of a small object (or its HEAD) gets no answer while another
+    row's object turns out missing: the call raises that row's error at once, while
+    the server still holds the request. Before, the call waited until the server gave
+    up (20 s here; the read timeout, two minutes here, otherwise): obstore's reads
+    cannot be ended from another thread, so such a call is now given up."""
+
+    class Handler(_SilentObjectHandler):
+        holding, gave_up = threading.Event(), threading.Event()
+
+    frame = pd.DataFrame(
+        {"id": ["r0", "r1"], "f.bin": ["s3://bkt/missing.bin", "s3://bkt/small.bin"]}
+    )
+    config = Config(read_timeout=120, retries={"total_max_attempts": 1})
+    with (
+        _fake_s3(Handler, "obstore", config=config) as options,
+        pytest.raises(file_dataset.ObjectNotFoundError) as raised,
+    ):
+        getattr(file_dataset.reader(frame, options), f"into_{into[:-1]}_table")()
+    assert "'r0'" in str(raised.value)
+    assert "s3://bkt/missing.bin" in str(raised.value)
+    assert Handler.holding.is_set()
+    assert not Handler.gave_up.is_set()  # before: raised once the server gave up
+
+
 class _StallingUploadHandler(http.server.BaseHTTPRequestHandler):
     """An S3 server for two uploads to s3://bkt/out/r1/: b.bin's multipart upload,
     whose first part's body is read for 64 KiB, then no more until ``released`` is
