@@ -5190,6 +5190,54 @@ def test_an_obstore_request_never_answered_is_given_up_when_another_row_fails(
     assert not Handler.gave_up.is_set()  # before: raised once the server gave up
 
 
+def test_the_threads_of_requests_given_up_are_replaced_in_the_pool() -> None:
+    """A Ctrl-C while obstore waits for the answers to both GETs a pool of two threads
+    is making: the call ends at once, its two requests given up, and the next call
+    on the same options reads at once, on new threads, while the server still holds
+    the two requests. Without the threads replaced, it would wait for the given-up
+    requests to end (the server's 20 s here, the read timeout otherwise)."""
+
+    class Handler(_RangesHandler):
+        data = os.urandom(100_000)
+        held: ClassVar[list[str]] = []
+        gave_up = threading.Event()
+
+        def do_GET(self) -> None:
+            if "/bkt/ok.bin" in self.path:
+                start, end, total = self.asked()
+                self.answer(start, end, total, '"ok-1"')
+                self.wfile.write(self.data[start : end + 1])
+                return
+            self.held.append(self.path)
+            if len(self.held) == 2:  # both requests of the pool are held: Ctrl-C
+                _send_sigint_to_main_thread()
+            self.close_connection = True
+            self.connection.settimeout(20)
+            try:
+                self.connection.recv(1)
+            except TimeoutError:
+                self.gave_up.set()
+            except OSError:
+                pass
+
+    held = pd.DataFrame({"id": ["a", "b"], "f.bin": ["s3://bkt/a.bin", "s3://bkt/b.bin"]})
+    config = Config(read_timeout=120, retries={"total_max_attempts": 1})
+    with _fake_s3(Handler, "obstore", config=config, max_concurrency=2) as options:
+        with pytest.raises(KeyboardInterrupt):
+            file_dataset.reader(held, options).into_blob_table()
+        table = file_dataset.reader({"f.bin": "s3://bkt/ok.bin"}, options).into_blob_table()
+        assert not Handler.gave_up.is_set()  # (read while both requests were held)
+    assert sorted(Handler.held) == ["/bkt/a.bin", "/bkt/b.bin"]
+    assert table.column("f.bin").to_pylist() == [Handler.data]
+
+
+def _send_sigint_to_main_thread() -> None:
+    """A Ctrl-C, as the main thread (where the test's call runs) gets it."""
+    import signal
+
+    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+
 class _StallingUploadHandler(http.server.BaseHTTPRequestHandler):
     """An S3 server for two uploads to s3://bkt/out/r1/: b.bin's multipart upload,
     whose first part's body is read for 64 KiB, then no more until ``released`` is

@@ -293,8 +293,9 @@ class RunState:
         self._executing = 0
         # thread id -> (job, socket) of each body being read by a call of the run
         self._sockets: dict[int, tuple[int, socket.socket, int]] = {}
-        # thread id -> (reply, tag) of each call in a wait that cannot be ended early
-        self._blocked: dict[int, tuple[ReplyTo, tuple[int, int]]] = {}
+        # thread id -> (reply, tag, pool) of each call in a wait that cannot be ended
+        # early
+        self._blocked: dict[int, tuple[ReplyTo, tuple[int, int], _Workers]] = {}
         self._detached: set[int] = set()  # the threads of the calls given up
 
     def start_call(self, job: int) -> bool:
@@ -345,13 +346,14 @@ class RunState:
     # up a call by removing its entry. Removing is atomic, so whichever of the two
     # removes an entry first decides whether the call was given up.
 
-    def block(self, tag: tuple[int, int], reply: ReplyTo) -> None:
+    def block(self, tag: tuple[int, int], reply: ReplyTo, pool: _Workers) -> None:
         """Notes that the calling thread's call (``tag``) enters an unstoppable wait.
 
-        Raises :class:`CallStopped` if its job is stopped already.
+        Raises :class:`CallStopped` if its job is stopped already. ``pool`` is the
+        thread's, which counts it out if the call is given up.
         """
         me = threading.get_ident()
-        self._blocked[me] = (reply, tag)
+        self._blocked[me] = (reply, tag, pool)
         if tag[0] >= self._stopped_from:  # stopped already, or as it was noted
             if self._blocked.pop(me, None) is None:
                 raise CallDetached  # (given up by that stop: its job has its reply)
@@ -367,13 +369,15 @@ class RunState:
         for job, sock, how in self._sockets.values():
             if job >= self._stopped_from:
                 _shut(sock, how)
-        for thread, (reply, tag) in list(self._blocked.items()):
+        for thread, (reply, tag, pool) in list(self._blocked.items()):
             if tag[0] >= self._stopped_from and self._blocked.pop(thread, None) is not None:
-                # Given up: answered now, counted out, its thread left to its wait.
+                # Given up: answered now, counted out (of the run, and of its pool: a
+                # new thread may take its place), its thread left to its wait.
                 self._sockets.pop(thread, None)
                 self._detached.add(thread)
                 reply.put((tag, None, CallStopped()))
                 self._executing -= 1
+                pool.count_out()
         if not self._executing:
             self._cond.notify_all()
 
@@ -472,7 +476,7 @@ class _Detachable:
     def __enter__(self) -> None:
         run: RunState | None = getattr(_CARRYING, "run", None)
         if run is not None:
-            run.block(_CARRYING.tag, _CARRYING.reply)
+            run.block(_CARRYING.tag, _CARRYING.reply, _CARRYING.pool)
 
     def __exit__(self, *exc: object) -> None:
         run: RunState | None = getattr(_CARRYING, "run", None)
@@ -624,6 +628,15 @@ class _Workers:
                     self._threads -= 1
                 raise
 
+    def count_out(self) -> None:
+        """Counts out a thread whose call was given up (see :class:`RunState`).
+
+        The thread may wait in obstore until its ``read_timeout``: a new thread may
+        start in its place meanwhile, and it ends once its call does.
+        """
+        with self._lock:
+            self._threads -= 1
+
     def running_threads(self) -> list[threading.Thread]:
         """This pool's threads that are alive."""
         return [t for t in threading.enumerate() if t.name.startswith(self._name)]
@@ -667,8 +680,10 @@ class _Workers:
         if not began.acquire(blocking=False):
             return  # its submitter was interrupted and counted it out (see submit)
         carrying = _CARRYING
+        carrying.pool = self  # (see detachable)
         me = _Parked()
-        while True:
+        given_up = False
+        while not given_up:
             item = self._next_call(me)
             if item is None:
                 return
@@ -682,7 +697,9 @@ class _Workers:
                 try:
                     reply.put((tag, call(), None))
                 except CallDetached:
-                    pass  # given up: its job has its reply (see RunState)
+                    # Given up: its job has its reply, and this thread was counted out
+                    # of the pool (see RunState): it ends.
+                    given_up = True
                 except BaseException as e:
                     if not isinstance(e, CallStopped):
                         # A failed call fails its job (no job recovers from one): its
