@@ -441,6 +441,106 @@ def test_a_second_interrupt_during_the_clean_up_keeps_the_note_on_an_upload_left
     assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
 
 
+def test_a_second_interrupt_while_aborts_are_under_way_names_the_uploads_maybe_left_open(
+    s3_server: LocalS3Server,
+    bucket: str,
+    s3_client: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first file's part fails, so three uploads are aborted together; a Ctrl-C
+    while the call waits for those aborts waits on, a second one ends the wait.
+    Before, the call then raised with no word of the three uploads whose aborts were
+    unanswered (a helper's probe: 3 of 7 uploads left open, nothing said). Now each
+    is named as maybe left open; the aborts under way still end them."""
+    from file_dataset._s3 import S3Backend
+    from file_dataset._transfer import _Cleanup
+
+    names = ["x.bin", "y.bin", "z.bin"]
+    files = make_files(tmp_path, {name: os.urandom(6 * MiB) for name in names})
+    send_part, abort, wait = S3Backend.multipart_part, S3Backend.multipart_abort, _Cleanup._wait
+    waits = [threading.Event(), threading.Event()]  # the call's first and second wait
+    released, aborted = threading.Event(), threading.Semaphore(0)
+    aborts: list[str] = []
+
+    def part(self: S3Backend, loc: Any, upload_id: str, number: int, *rest: Any) -> Any:
+        if loc.key.endswith("x.bin") and number == 1:
+            raise file_dataset.TransferError(str(loc), "refused", operation="write")
+        return send_part(self, loc, upload_id, number, *rest)
+
+    def held_abort(self: S3Backend, loc: Any, upload_id: str) -> None:
+        aborts.append(loc.key)
+        if len(aborts) == 1:  # (on the pool): two Ctrl-Cs while the call waits
+            for waiting in waits:
+                assert waiting.wait(timeout=60)  # a safety net: the wait comes at once
+                _ctrl_c()
+        assert released.wait(timeout=60)  # held until the test has looked
+        abort(self, loc, upload_id)
+        aborted.release()
+
+    def counted_wait(cleanup: _Cleanup) -> None:
+        waits[0].set() if not waits[0].is_set() else waits[1].set()
+        wait(cleanup)
+
+    monkeypatch.setattr(S3Backend, "multipart_part", part)
+    monkeypatch.setattr(S3Backend, "multipart_abort", held_abort)
+    monkeypatch.setattr(_Cleanup, "_wait", counted_wait)
+    options = s3_server.options(part_size=5 * MiB, multipart_threshold=5 * MiB)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        file_dataset.write_files(files, f"s3://{bucket}/p", id="1", options=options)
+    monkeypatch.undo()
+    said = [n for n in getattr(raised.value, "__notes__", []) if "being aborted" in n]
+    released.set()
+    for _ in names:
+        assert aborted.acquire(timeout=60)  # the aborts under way end the uploads
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert sorted(aborts) == [f"p/1/{name}" for name in names]
+    assert sorted(re.sub(r"'[^']*'", "'ID'", n) for n in said) == [
+        f"file_dataset: the multipart upload 'ID' of s3://{bucket}/p/1/{name} was being "
+        "aborted when the call was interrupted: it may be left open, its parts stored "
+        "until it is aborted (a lifecycle rule's AbortIncompleteMultipartUpload does that)"
+        for name in names
+    ]
+
+
+def test_an_abort_whose_thread_could_not_start_is_made_and_counted_once() -> None:
+    """The pool queues a call before it starts a thread for it, so a submission that
+    fails there (no thread could be started, or a Ctrl-C) may run all the same. The
+    abort was counted out at once and again when that reply came, so a later wait
+    ended before other aborts were answered, their notes lost (helper-150). Now it is
+    made on the calling thread, and the late reply of the queued one is ignored."""
+    from file_dataset._transfer import _Cleanup
+    from file_dataset._urls import Location, parse_url
+
+    made: list[str] = []
+    queued: list[tuple[Callable[[], Any], Any, Any]] = []
+
+    class Refusing:
+        def multipart_abort(self, loc: Location, upload_id: str) -> None:
+            made.append(upload_id)
+            raise file_dataset.TransferError(str(loc), "InternalError (500)", operation="write")
+
+    class Pool:
+        def submit(self, call: Callable[[], Any], reply: Any, tag: Any, run: Any) -> None:
+            queued.append((call, reply, tag))
+            if len(queued) == 1:
+                raise RuntimeError("can't start new thread")
+
+    options = Options()
+    cleanup = _Cleanup(options)
+    loc = parse_url("s3://bkt/p/1/m.bin")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Options, "_transfer_workers", lambda self: Pool())
+        cleanup.abort(Refusing(), loc, "up-1")  # (a Backend in what it is asked here)
+        cleanup.abort(Refusing(), loc, "up-2")
+    assert made == ["up-1"]  # made here, at once
+    for call, reply, tag in queued:  # the queued ones run
+        reply.put((tag, call(), None))
+    cleanup.wait()
+    assert made == ["up-1", "up-1", "up-2"]
+    assert [re.search(r"upload '([^']+)'", n)[1] for n in cleanup.notes] == ["up-1", "up-2"]  # type: ignore[index]
+
+
 @pytest.mark.parametrize(
     ("size", "parts"),
     [

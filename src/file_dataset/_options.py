@@ -312,6 +312,7 @@ class RunState:
             me = threading.get_ident()
             if me in self._detached:  # (counted out, and answered, when given up)
                 self._detached.discard(me)
+                self._sockets.pop(me, None)  # (one watched after it was given up)
                 return
             self._sockets.pop(me, None)
             self._executing -= 1
@@ -632,10 +633,19 @@ class _Workers:
         """Counts out a thread whose call was given up (see :class:`RunState`).
 
         The thread may wait in obstore until its ``read_timeout``: a new thread may
-        start in its place meanwhile, and it ends once its call does.
+        start in its place meanwhile. Once its call ends it comes back if there is
+        room (see :meth:`_back`), else it ends.
         """
         with self._lock:
             self._threads -= 1
+
+    def _back(self) -> bool:
+        """Counts in again a thread counted out, if the pool has room for it."""
+        with self._lock:
+            if self._threads >= self._size:
+                return False
+            self._threads += 1
+            return True
 
     def running_threads(self) -> list[threading.Thread]:
         """This pool's threads that are alive."""
@@ -682,8 +692,7 @@ class _Workers:
         carrying = _CARRYING
         carrying.pool = self  # (see detachable)
         me = _Parked()
-        given_up = False
-        while not given_up:
+        while True:
             item = self._next_call(me)
             if item is None:
                 return
@@ -698,8 +707,10 @@ class _Workers:
                     reply.put((tag, call(), None))
                 except CallDetached:
                     # Given up: its job has its reply, and this thread was counted out
-                    # of the pool (see RunState): it ends.
-                    given_up = True
+                    # of the pool (see RunState). It comes back if there is room (its
+                    # clients with it), else ends.
+                    if not self._back():
+                        return
                 except BaseException as e:
                     if not isinstance(e, CallStopped):
                         # A failed call fails its job (no job recovers from one): its

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import queue
 import threading
@@ -414,12 +415,14 @@ class _Cleanup:
     be aborted: its parts stay stored) to what it raises.
     """
 
-    __slots__ = ("_cond", "_options", "_pending", "_run", "notes")
+    __slots__ = ("_cond", "_options", "_pending", "_run", "_tokens", "notes")
 
     def __init__(self, options: Options) -> None:
         self._options = options
         self._cond = threading.Condition(threading.Lock())
-        self._pending = 0  # aborts asked for and not answered
+        # each abort asked for and not answered, by its token: (location, upload id)
+        self._pending: dict[int, tuple[Location, str]] = {}
+        self._tokens = itertools.count()
         self._run = RunState()  # never stopped: an abort asked for is always made
         self.notes: list[str] = []
 
@@ -432,39 +435,66 @@ class _Cleanup:
             except BaseException as e:  # (a worker's call ends in a reply, never raises)
                 return _unaborted(loc, upload_id, e)
 
+        token = next(self._tokens)
         with self._cond:
-            self._pending += 1
+            self._pending[token] = (loc, upload_id)
         try:
-            self._options._transfer_workers().submit(call, self, (0, 0), self._run)
-        except BaseException:
-            self.put(((0, 0), None, None))  # (not asked for; no reply will come)
-            raise
+            self._options._transfer_workers().submit(call, self, (0, token), self._run)
+        except BaseException as e:
+            # The call may be queued all the same (submit queues it before it starts a
+            # thread): not waited for, and its reply, if one comes, ignored.
+            self._answered(token)
+            if not isinstance(e, Exception):
+                raise  # an interrupt: upload_job asks for the abort again
+            # No thread could be started: the abort is made here.
+            if (note := _aborted(backend, loc, upload_id)) is not None:
+                with self._cond:
+                    self.notes.append(note)
 
     def put(self, item: Reply, /) -> None:
         """Takes an abort's reply (on the worker that made it): its note, if any."""
-        note = item[1]  # (never an error: the call catches its own, see abort)
-        with self._cond:
-            if note is not None:
+        (_, token), note, _ = item  # (never an error: the call catches its own)
+        if self._answered(token) and note is not None:
+            with self._cond:
                 self.notes.append(note)
-            self._pending -= 1
-            if self._pending <= 0:
+
+    def _answered(self, token: int) -> bool:
+        """Counts an abort out; ``False`` if it was already (see :meth:`abort`)."""
+        with self._cond:
+            if self._pending.pop(token, None) is None:
+                return False
+            if not self._pending:
                 self._cond.notify_all()
+            return True
 
     def wait(self) -> None:
         """Waits until every abort asked for is answered.
 
-        A Ctrl-C meanwhile waits on (a second one ends the wait), then is raised:
-        the aborts under way are not given up, so no upload is left open.
+        A Ctrl-C meanwhile waits on, then is raised: the aborts under way are not
+        given up, so no upload is left open. A second one ends the wait, with a note
+        on each upload whose abort was not answered yet (it may be left open).
         """
         try:
             self._wait()
         except KeyboardInterrupt:
-            self._wait()
+            try:
+                self._wait()
+            except KeyboardInterrupt:
+                with self._cond:
+                    unanswered, self._pending = list(self._pending.values()), {}
+                    self.notes.extend(
+                        f"file_dataset: the multipart upload {upload_id!r} of {loc} was "
+                        "being aborted when the call was interrupted: it may be left "
+                        "open, its parts stored until it is aborted (a lifecycle rule's "
+                        "AbortIncompleteMultipartUpload does that)"
+                        for loc, upload_id in unanswered
+                    )
+                raise
             raise
 
     def _wait(self) -> None:
         with self._cond:
-            self._cond.wait_for(lambda: self._pending <= 0)
+            self._cond.wait_for(lambda: not self._pending)
 
 
 def _interrupt(error: BaseException) -> bool:
