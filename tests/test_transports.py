@@ -4054,6 +4054,36 @@ def test_the_uploads_stopped_by_a_failure_are_aborted_together(
     assert Handler.together == [uploads] * uploads  # before: [1, 2, 3, 4]
 
 
+def test_a_file_refused_on_its_own_is_not_named_as_maybe_written(tmp_path: Path) -> None:
+    """The first file's PUT fails (500, one attempt) after the second file's PUT was
+    refused (403) on its own: the call raises the first file's error, and its note
+    named the second as "may be written", though S3 refused it (helper-150). A 4xx
+    answer stores nothing: no note."""
+    refused = threading.Event()  # b.bin's PUT has been refused
+
+    class Handler(_RefusingHandler):
+        def do_PUT(self) -> None:
+            if self.path.endswith("/b.bin"):
+                self.get = (403, "AccessDenied")
+                self._refuse()
+                refused.set()
+                return
+            assert refused.wait(timeout=60)  # a safety net: the refusal comes at once
+            self.get = (500, "InternalError")
+            self._refuse()
+
+    files = {"a.bin": tmp_path / "a.bin", "b.bin": tmp_path / "b.bin"}
+    for path in files.values():
+        path.write_bytes(b"x" * 1000)
+    with (
+        _fake_s3(Handler, "boto3") as options,
+        pytest.raises(file_dataset.TransferError, match="InternalError") as raised,
+    ):
+        file_dataset.write_files(files, "s3://bkt/out", "r1", options)
+    assert raised.value.url == "s3://bkt/out/r1/a.bin"
+    assert not [n for n in getattr(raised.value, "__notes__", []) if "b.bin" in n]
+
+
 def _expiring_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, later: str) -> None:
     """Profile "expiring": a credential_process whose first answer ends in 5 minutes (so
     botocore runs it again before each use) and whose later runs print ``later``:
@@ -5135,6 +5165,21 @@ def test_a_part_never_answered_is_left_at_once_when_another_row_fails(
     _left_at_once(_SilentPartHandler, transport, into, scheme, tmp_path)
 
 
+def _held_until_closed(
+    handler: http.server.BaseHTTPRequestHandler, gave_up: threading.Event
+) -> None:
+    """Sends nothing until the client closes the connection, or 20 s pass (then sets
+    ``gave_up``); the connection is closed after."""
+    handler.close_connection = True
+    handler.connection.settimeout(20)
+    try:
+        handler.connection.recv(1)
+    except TimeoutError:
+        gave_up.set()
+    except OSError:  # reset: the client closed the connection with bytes unread
+        pass
+
+
 class _SilentObjectHandler(_RefusingHandler):
     """Takes every request for s3://bkt/small.bin and answers none until the client
     closes the connection (or 20 s pass: ``gave_up``); s3://bkt/missing.bin is
@@ -5147,14 +5192,7 @@ class _SilentObjectHandler(_RefusingHandler):
     def _hold_or_refuse(self) -> None:
         if "/bkt/missing.bin" not in self.path:
             self.holding.set()
-            self.close_connection = True
-            self.connection.settimeout(20)
-            try:
-                self.connection.recv(1)
-            except TimeoutError:
-                self.gave_up.set()
-            except OSError:
-                pass
+            _held_until_closed(self, self.gave_up)
             return
         assert self.holding.wait(20)
         self._refuse()
@@ -5211,14 +5249,7 @@ def test_the_threads_of_requests_given_up_are_replaced_in_the_pool() -> None:
             self.held.append(self.path)
             if len(self.held) == 2:  # both requests of the pool are held: Ctrl-C
                 _send_sigint_to_main_thread()
-            self.close_connection = True
-            self.connection.settimeout(20)
-            try:
-                self.connection.recv(1)
-            except TimeoutError:
-                self.gave_up.set()
-            except OSError:
-                pass
+            _held_until_closed(self, self.gave_up)
 
     held = pd.DataFrame({"id": ["a", "b"], "f.bin": ["s3://bkt/a.bin", "s3://bkt/b.bin"]})
     config = Config(read_timeout=120, retries={"total_max_attempts": 1})

@@ -452,47 +452,55 @@ def test_a_second_interrupt_while_aborts_are_under_way_names_the_uploads_maybe_l
     while the call waits for those aborts waits on, a second one ends the wait.
     Before, the call then raised with no word of the three uploads whose aborts were
     unanswered (a helper's probe: 3 of 7 uploads left open, nothing said). Now each
-    is named as maybe left open; the aborts under way still end them."""
+    is named as maybe left open; the aborts under way still end them. (Both Ctrl-Cs
+    are raised as the wait begins: a signal sent as a thread is about to block on a
+    lock is only handled once it gets the lock.)"""
     from file_dataset._s3 import S3Backend
     from file_dataset._transfer import _Cleanup
 
     names = ["x.bin", "y.bin", "z.bin"]
     files = make_files(tmp_path, {name: os.urandom(6 * MiB) for name in names})
-    send_part, abort, wait = S3Backend.multipart_part, S3Backend.multipart_abort, _Cleanup._wait
-    waits = [threading.Event(), threading.Event()]  # the call's first and second wait
-    released, aborted = threading.Event(), threading.Semaphore(0)
+    send_part, abort, start = (
+        S3Backend.multipart_part,
+        S3Backend.multipart_abort,
+        S3Backend.multipart_start,
+    )
+    released, aborted, started = threading.Event(), threading.Semaphore(0), threading.Semaphore(0)
     aborts: list[str] = []
+
+    def counted_start(self: S3Backend, loc: Any) -> str:
+        upload_id = start(self, loc)
+        started.release()
+        return upload_id
 
     def part(self: S3Backend, loc: Any, upload_id: str, number: int, *rest: Any) -> Any:
         if loc.key.endswith("x.bin") and number == 1:
+            for _ in names:  # once every upload is made (a safety net: they come at once)
+                assert started.acquire(timeout=60)
             raise file_dataset.TransferError(str(loc), "refused", operation="write")
         return send_part(self, loc, upload_id, number, *rest)
 
     def held_abort(self: S3Backend, loc: Any, upload_id: str) -> None:
         aborts.append(loc.key)
-        if len(aborts) == 1:  # (on the pool): two Ctrl-Cs while the call waits
-            for waiting in waits:
-                assert waiting.wait(timeout=60)  # a safety net: the wait comes at once
-                _ctrl_c()
         assert released.wait(timeout=60)  # held until the test has looked
         abort(self, loc, upload_id)
         aborted.release()
 
-    def counted_wait(cleanup: _Cleanup) -> None:
-        waits[0].set() if not waits[0].is_set() else waits[1].set()
-        wait(cleanup)
+    def interrupted_wait(cleanup: _Cleanup) -> None:
+        raise KeyboardInterrupt  # (the first Ctrl-C, then the second)
 
+    monkeypatch.setattr(S3Backend, "multipart_start", counted_start)
     monkeypatch.setattr(S3Backend, "multipart_part", part)
     monkeypatch.setattr(S3Backend, "multipart_abort", held_abort)
-    monkeypatch.setattr(_Cleanup, "_wait", counted_wait)
+    monkeypatch.setattr(_Cleanup, "_wait", interrupted_wait)
     options = s3_server.options(part_size=5 * MiB, multipart_threshold=5 * MiB)
     with pytest.raises(KeyboardInterrupt) as raised:
         file_dataset.write_files(files, f"s3://{bucket}/p", id="1", options=options)
-    monkeypatch.undo()
     said = [n for n in getattr(raised.value, "__notes__", []) if "being aborted" in n]
     released.set()
     for _ in names:
         assert aborted.acquire(timeout=60)  # the aborts under way end the uploads
+    monkeypatch.undo()
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert sorted(aborts) == [f"p/1/{name}" for name in names]
     assert sorted(re.sub(r"'[^']*'", "'ID'", n) for n in said) == [

@@ -275,7 +275,8 @@ def _outcome_kept(
 ) -> Job[Location]:
     """``job``, noting in ``outcomes[index]`` how it went.
 
-    "failed" (its own error), "cut" (its requests cut by the call's failure elsewhere,
+    "failed" (its own error), "refused" (its own error, an answer that stored
+    nothing: see :func:`_refused`), "cut" (its requests cut by the call's failure elsewhere,
     or closed by it before the request that stores the object was asked for, as
     ``writing`` tells (see ``upload_job``): nothing of it written), "done", or
     "stopped" (closed by the call's failure elsewhere once that request was asked for,
@@ -292,11 +293,23 @@ def _outcome_kept(
     except CallStopped:
         outcomes[index] = "cut"
         raise
-    except BaseException:
-        outcomes[index] = "failed"
+    except BaseException as e:
+        outcomes[index] = "refused" if _refused(e) else "failed"
         raise
     outcomes[index] = "done"
     return result
+
+
+def _refused(error: BaseException) -> bool:
+    """Whether a file's own failure is an answer that stored nothing.
+
+    A 4xx answer to its PUT, one of its parts or its completion (its multipart
+    upload is then aborted). Not a 404: a completion answered ``NoSuchUpload`` whose
+    upload may have been completed by a request whose answer was lost (see
+    ``S3Backend.multipart_complete``).
+    """
+    status = error.status if isinstance(error, TransferError) else None
+    return status is not None and 400 <= status < 500 and status != 404
 
 
 def _may_have_written(error: BaseException, folder: Path | None) -> bool:
