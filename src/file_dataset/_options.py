@@ -310,11 +310,10 @@ class RunState:
         """Called by a worker after a call that :meth:`start_call` let run."""
         with self._cond:
             me = threading.get_ident()
+            self._sockets.pop(me, None)
             if me in self._detached:  # (counted out, and answered, when given up)
                 self._detached.discard(me)
-                self._sockets.pop(me, None)  # (one watched after it was given up)
                 return
-            self._sockets.pop(me, None)
             self._executing -= 1
             if not self._executing:
                 self._cond.notify_all()

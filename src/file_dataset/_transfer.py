@@ -70,6 +70,8 @@ _MAX_PARTS = 10_000
 _MAX_PART = 5 * 2**30  # S3's largest part
 # ``.now``: the _Cleanup of the run_jobs call running on this thread (where jobs run).
 _CLEANUP = threading.local()
+# How a note on an upload maybe left open ends.
+_UNTIL_ABORTED = "until it is aborted (a lifecycle rule's AbortIncompleteMultipartUpload does that)"
 
 
 def _ranges(start: int, total: int, part_size: int) -> list[tuple[int, int]]:
@@ -398,8 +400,7 @@ def _unaborted(loc: Location, upload_id: str, error: BaseException) -> str:
     return (
         f"file_dataset: the multipart upload {upload_id!r} of {loc} could not "
         f"be aborted ({masked_cut(str(error) or type(error).__name__, 300)}): its "
-        "parts stay stored until it is aborted (a lifecycle rule's "
-        "AbortIncompleteMultipartUpload does that)"
+        f"parts stay stored {_UNTIL_ABORTED}"
     )
 
 
@@ -485,8 +486,7 @@ class _Cleanup:
                     self.notes.extend(
                         f"file_dataset: the multipart upload {upload_id!r} of {loc} was "
                         "being aborted when the call was interrupted: it may be left "
-                        "open, its parts stored until it is aborted (a lifecycle rule's "
-                        "AbortIncompleteMultipartUpload does that)"
+                        f"open, its parts stored {_UNTIL_ABORTED}"
                         for loc, upload_id in unanswered
                     )
                 raise
